@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# Brings up (or down) the two real services wxnotify needs, without Docker:
+# PostgreSQL 15 and RabbitMQ on loopback, with CONTRACT §6's default credentials
+# (postgres/postgres, database `wxnotify`; guest/guest on vhost `/`).
+#
+#   scripts/services.sh up       install what is missing, start both, wait until they answer
+#   scripts/services.sh down     stop both
+#   scripts/services.sh status   say what runs
+#
+# Idempotent: running `up` twice is harmless. Needs root (or sudo) on a Debian-like machine.
+set -euo pipefail
+
+PG_VERSION="${PG_VERSION:-15}"
+PG_CLUSTER="${PG_CLUSTER:-main}"
+PG_PASSWORD="${PG_PASSWORD:-postgres}"
+PG_DB="${PG_DB:-wxnotify}"
+
+log() { printf '[services] %s\n' "$*" >&2; }
+
+as_root() {
+  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+apt_updated=0
+apt_install() {
+  if [ "$apt_updated" -eq 0 ]; then
+    log "apt-get update"
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+    apt_updated=1
+  fi
+  log "installing $*"
+  # policy-rc.d on containers may forbid starting services from the package: we start them ourselves.
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+postgres_up() {
+  if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ ! -d "/etc/postgresql/$PG_VERSION/$PG_CLUSTER" ]; then
+    apt_install "postgresql-$PG_VERSION" || apt_install postgresql
+  fi
+  if ! pg_lsclusters -h 2>/dev/null | awk '{print $1" "$2" "$4}' | grep -q "^$PG_VERSION $PG_CLUSTER online"; then
+    log "starting PostgreSQL $PG_VERSION/$PG_CLUSTER"
+    as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start
+  fi
+  for _ in $(seq 1 60); do
+    if as_root -u postgres psql -qAtc 'select 1' >/dev/null 2>&1 || su postgres -c "psql -qAtc 'select 1'" >/dev/null 2>&1; then
+      break
+    fi
+    sleep 0.5
+  done
+  psql_root() { su postgres -c "psql -v ON_ERROR_STOP=1 -qAt $(printf '%q ' "$@")"; }
+  # Tests create a database each; allow plenty of connections for parallel test binaries.
+  psql_root -c "ALTER USER postgres PASSWORD '$PG_PASSWORD'" >/dev/null
+  if [ "$(psql_root -c "select count(*) from pg_database where datname = '$PG_DB'")" = "0" ]; then
+    log "creating database $PG_DB"
+    psql_root -c "CREATE DATABASE \"$PG_DB\"" >/dev/null
+  fi
+  local max
+  max=$(psql_root -c "show max_connections")
+  if [ "$max" -lt 500 ]; then
+    log "raising max_connections to 500 (tests run many pools in parallel); restarting PostgreSQL"
+    psql_root -c "ALTER SYSTEM SET max_connections = 500" >/dev/null
+    as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" restart
+  fi
+  PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -U postgres -d "$PG_DB" -qAtc 'select 1' >/dev/null
+  log "PostgreSQL ready at postgres://postgres:***@127.0.0.1:5432/$PG_DB"
+}
+
+rabbitmq_up() {
+  if ! command -v rabbitmq-server >/dev/null 2>&1; then
+    apt_install rabbitmq-server
+  fi
+  if ! as_root rabbitmqctl -q status >/dev/null 2>&1; then
+    log "starting RabbitMQ"
+    # The Debian package's service may be masked by policy-rc.d; run the server detached ourselves.
+    as_root env HOME=/var/lib/rabbitmq rabbitmq-server -detached
+  fi
+  # `await_startup` needs the node registered with epmd first; poll `ping` until it is.
+  local ok=0
+  for _ in $(seq 1 120); do
+    if as_root rabbitmqctl -q ping >/dev/null 2>&1; then ok=1; break; fi
+    sleep 1
+  done
+  [ "$ok" -eq 1 ] || { log "RabbitMQ did not start; see /var/log/rabbitmq/"; exit 1; }
+  as_root rabbitmqctl -q await_startup --timeout 120 >/dev/null
+  # The management UI shows the dead-letter headers to people; plugin files ship with the package.
+  as_root rabbitmq-plugins -q enable rabbitmq_management >/dev/null 2>&1 || log "management plugin not enabled (optional)"
+  log "RabbitMQ ready at amqp://guest:***@127.0.0.1:5672/%2f (management on http://127.0.0.1:15672)"
+}
+
+postgres_down() { as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" stop 2>/dev/null || true; }
+rabbitmq_down() { as_root rabbitmqctl -q shutdown 2>/dev/null || true; }
+
+case "${1:-up}" in
+  up) postgres_up; rabbitmq_up ;;
+  down) rabbitmq_down; postgres_down ;;
+  status)
+    pg_lsclusters 2>/dev/null || echo "postgres: not installed"
+    as_root rabbitmqctl -q status >/dev/null 2>&1 && echo "rabbitmq: running" || echo "rabbitmq: not running"
+    ;;
+  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+esac

@@ -1,0 +1,163 @@
+//! The command line (CONTRACT §5): clap parses, this module calls the library, and maps errors to
+//! exit codes: 0 success, 2 usage or configuration (naming the setting), 1 runtime failure.
+
+use std::io::Read;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::admin::{self, Health};
+use crate::config::{AmqpArgs, ConfigError, DbArgs, WorkerArgs, redact_url};
+use crate::telemetry::{self, LogFormat};
+use crate::worker::{Worker, WorkerError};
+use crate::{db, ops, shutdown};
+
+#[derive(Debug, Parser)]
+#[command(name = "wxnotify", version, about = "Booking events from RabbitMQ → WeChat notifications, exactly once in effect.")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, env = "WXNOTIFY_LOG_FORMAT", value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Consume booking events, deliver them to WeChat, record each delivery (runs migrations first).
+    Worker {
+        /// Do not apply database migrations at start-up.
+        #[arg(long)]
+        no_migrate: bool,
+        #[command(flatten)]
+        args: Box<WorkerArgs>,
+    },
+    /// Apply database migrations and exit.
+    Migrate {
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Publish events (one JSON object a line) from FILE or stdin, each confirmed by the broker.
+    Publish {
+        /// Input file; stdin when absent or `-`.
+        file: Option<PathBuf>,
+        /// Publish lines as they are, even invalid ones (to exercise the dead-letter path).
+        #[arg(long)]
+        raw: bool,
+        #[command(flatten)]
+        amqp: AmqpArgs,
+    },
+}
+
+/// A failure and its exit code.
+#[derive(Debug, thiserror::Error)]
+enum Failure {
+    #[error("configuration error: {0}")]
+    Config(String),
+    #[error("error: {0}")]
+    Runtime(String),
+}
+
+impl From<ConfigError> for Failure {
+    fn from(e: ConfigError) -> Self {
+        Failure::Config(e.to_string())
+    }
+}
+
+pub fn main() -> ExitCode {
+    let _ = dotenvy::dotenv();
+    let cli = Cli::parse();
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(cli.command)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{e}");
+            ExitCode::from(match e {
+                Failure::Config(_) => 2,
+                Failure::Runtime(_) => 1,
+            })
+        }
+    }
+}
+
+async fn run(command: Command) -> Result<(), Failure> {
+    match command {
+        Command::Worker { no_migrate, args } => worker(*args, no_migrate).await,
+        Command::Migrate { db } => {
+            let url = db.url()?;
+            let pool = db::connect(&url, 2).await.map_err(|e| Failure::Runtime(format!("database {}: {e}", redact_url(&url))))?;
+            db::migrate(&pool).await.map_err(|e| Failure::Runtime(format!("migrations: {e}")))?;
+            println!("migrations applied to {}", redact_url(&url));
+            Ok(())
+        }
+        Command::Publish { file, raw, amqp } => {
+            let topology = amqp.topology()?;
+            let url = amqp.url()?;
+            let input = read_input(file.as_ref())?;
+            let n = ops::publish::publish(&url, &topology, amqp.delivery_limit, &input, raw)
+                .await
+                .map_err(|e| Failure::Runtime(e.to_string()))?;
+            println!("published {n} event(s) to exchange {} (confirmed by the broker)", topology.exchange);
+            Ok(())
+        }
+    }
+}
+
+fn read_input(file: Option<&PathBuf>) -> Result<Vec<u8>, Failure> {
+    match file {
+        Some(p) if p.as_os_str() != "-" => {
+            std::fs::read(p).map_err(|e| Failure::Config(format!("FILE: cannot read {}: {e}", p.display())))
+        }
+        _ => {
+            let mut buf = Vec::new();
+            std::io::stdin().read_to_end(&mut buf).map_err(|e| Failure::Runtime(format!("stdin: {e}")))?;
+            Ok(buf)
+        }
+    }
+}
+
+async fn worker(args: WorkerArgs, no_migrate: bool) -> Result<(), Failure> {
+    let settings = args.into_settings()?;
+    let shutdown = shutdown::on_signals();
+    let health = Arc::new(Health::default());
+    let (addr, server) = admin::bind(settings.admin_addr, health.clone(), shutdown.clone())
+        .await
+        .map_err(|e| Failure::Config(format!("WXNOTIFY_ADMIN_ADDR: cannot listen on {}: {e}", settings.admin_addr)))?;
+    tokio::spawn(server);
+    tracing::info!(%addr, "admin endpoint: /healthz /readyz /metrics");
+
+    // The database may come up after us (compose, restarts): wait for it, readyz says not ready.
+    let mut delay = Duration::from_millis(200);
+    let pool = loop {
+        match db::connect(&settings.database_url, settings.db_pool).await {
+            Ok(p) => break p,
+            Err(e) => {
+                tracing::warn!(error = %e, database = %redact_url(&settings.database_url), "database unreachable; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    };
+    health.set_db(true);
+    if !no_migrate {
+        db::migrate(&pool).await.map_err(|e| Failure::Runtime(format!("migrations: {e}")))?;
+    }
+    let worker = Worker::new(settings, pool, health).map_err(|e| Failure::Config(e.to_string()))?;
+    worker.run(shutdown).await.map_err(|e| match e {
+        WorkerError::Config(m) => Failure::Config(m),
+        WorkerError::Runtime(m) => Failure::Runtime(m),
+    })
+}

@@ -1,0 +1,290 @@
+//! Settings, from flags or environment variables (CONTRACT §6; a `.env` file is read when present),
+//! validated once into plain structs. A bad setting is a [`ConfigError`] that names it (exit 2).
+//! Secrets are `SecretString`s: their `Debug` prints `[REDACTED]`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use secrecy::{ExposeSecret, SecretString};
+
+use crate::queue::topology::Topology;
+use crate::retry::RetryPolicy;
+use crate::template::Catalog;
+use crate::wechat::TokenApi;
+
+/// A setting that cannot be used; `setting` is the env var (or flag) name.
+#[derive(Debug, thiserror::Error)]
+#[error("{setting}: {message}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { setting: setting.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct DbArgs {
+    /// Postgres URL of the ledger.
+    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres:postgres@127.0.0.1:5432/wxnotify", hide_env_values = true)]
+    pub database_url: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct AmqpArgs {
+    /// RabbitMQ URL.
+    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    pub amqp_url: String,
+    /// The topic exchange the booking app publishes to.
+    #[arg(long, env = "WXNOTIFY_EXCHANGE", default_value = "booking.events")]
+    pub exchange: String,
+    /// The work queue; the dead-letter and retry queues are named after it.
+    #[arg(long, env = "WXNOTIFY_QUEUE", default_value = "wxnotify.deliveries")]
+    pub queue: String,
+    /// Quorum-queue delivery limit: a message redelivered this often (e.g. it crashes workers) is
+    /// dead-lettered `delivery_limit`. Part of the work queue's declaration: keep it equal everywhere.
+    #[arg(long, env = "WXNOTIFY_DELIVERY_LIMIT", default_value_t = 20)]
+    pub delivery_limit: u32,
+}
+
+impl AmqpArgs {
+    pub fn topology(&self) -> Result<Topology, ConfigError> {
+        for (setting, name) in [("WXNOTIFY_EXCHANGE", &self.exchange), ("WXNOTIFY_QUEUE", &self.queue)] {
+            if name.is_empty() || name.len() > 200 || name.starts_with("amq.") {
+                return Err(ConfigError::new(setting, format!("{name:?} is not a usable name (1–200 bytes, not amq.*)")));
+            }
+        }
+        Ok(Topology::new(&self.exchange, &self.queue))
+    }
+
+    pub fn url(&self) -> Result<SecretString, ConfigError> {
+        if !(self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://")) {
+            return Err(ConfigError::new("AMQP_URL", "must start with amqp:// or amqps://"));
+        }
+        Ok(SecretString::from(self.amqp_url.clone()))
+    }
+}
+
+impl DbArgs {
+    pub fn url(&self) -> Result<SecretString, ConfigError> {
+        if !(self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")) {
+            return Err(ConfigError::new("DATABASE_URL", "must start with postgres://"));
+        }
+        Ok(SecretString::from(self.database_url.clone()))
+    }
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    /// Base URL of WeChat's API (the simulator's address in tests and the demo).
+    #[arg(long, env = "WECHAT_API_BASE", default_value = "https://api.weixin.qq.com")]
+    pub wechat_api_base: String,
+    /// The default app's id (the official account events without `app_id` go to).
+    #[arg(long, env = "WECHAT_APP_ID")]
+    pub wechat_app_id: Option<String>,
+    /// The default app's secret.
+    #[arg(long, env = "WECHAT_APP_SECRET", hide_env_values = true)]
+    pub wechat_app_secret: Option<String>,
+    /// Token API: `stable` (/cgi-bin/stable_token) or `classic` (/cgi-bin/token).
+    #[arg(long, env = "WECHAT_TOKEN_API", value_enum, default_value = "stable")]
+    pub wechat_token_api: TokenApi,
+    /// The templates file (TOML).
+    #[arg(long, env = "WXNOTIFY_TEMPLATES", default_value = "templates.toml")]
+    pub templates: PathBuf,
+    /// Unacknowledged messages the broker may hand this worker at once.
+    #[arg(long, env = "WXNOTIFY_PREFETCH", default_value_t = 512)]
+    pub prefetch: u16,
+    /// Deliveries processed at once (sends in flight); at most the prefetch.
+    #[arg(long, env = "WXNOTIFY_CONCURRENCY", default_value_t = 400)]
+    pub concurrency: usize,
+    /// Send attempts per delivery before it is dead-lettered `retries_exhausted`.
+    #[arg(long, env = "WXNOTIFY_MAX_ATTEMPTS", default_value_t = 8)]
+    pub max_attempts: u32,
+    /// First retry delay in seconds; doubles per attempt, with jitter.
+    #[arg(long, env = "WXNOTIFY_RETRY_BASE_SECS", default_value_t = 1.0)]
+    pub retry_base_secs: f64,
+    /// Longest retry delay in seconds (before jitter).
+    #[arg(long, env = "WXNOTIFY_RETRY_MAX_SECS", default_value_t = 300.0)]
+    pub retry_max_secs: f64,
+    /// Health and metrics endpoint.
+    #[arg(long, env = "WXNOTIFY_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
+    pub admin_addr: SocketAddr,
+    /// HTTP timeout for WeChat calls, seconds.
+    #[arg(long, env = "WXNOTIFY_HTTP_TIMEOUT_SECS", default_value_t = 10.0)]
+    pub http_timeout_secs: f64,
+    /// Replace a token this many seconds before it expires.
+    #[arg(long, env = "WXNOTIFY_TOKEN_REFRESH_MARGIN_SECS", default_value_t = 180)]
+    pub token_refresh_margin_secs: u64,
+    /// Seconds in-flight deliveries get to finish after SIGTERM before they are handed back.
+    #[arg(long, env = "WXNOTIFY_SHUTDOWN_GRACE_SECS", default_value_t = 20.0)]
+    pub shutdown_grace_secs: f64,
+    /// Postgres connections of this worker.
+    #[arg(long, env = "WXNOTIFY_DB_POOL", default_value_t = 16)]
+    pub db_pool: u32,
+}
+
+/// A WeChat app and its secret.
+#[derive(Clone)]
+pub struct AppCredentials {
+    pub app_id: String,
+    pub secret: Arc<SecretString>,
+}
+
+impl std::fmt::Debug for AppCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppCredentials").field("app_id", &self.app_id).field("secret", &"[REDACTED]").finish()
+    }
+}
+
+/// Everything a worker needs, validated.
+#[derive(Debug, Clone)]
+pub struct WorkerSettings {
+    pub database_url: SecretString,
+    pub db_pool: u32,
+    pub amqp_url: SecretString,
+    pub topology: Topology,
+    pub delivery_limit: u32,
+    pub wechat_api_base: String,
+    pub token_api: TokenApi,
+    /// The default app first, then the templates file's `[[apps]]`.
+    pub apps: Vec<AppCredentials>,
+    pub catalog: Arc<Catalog>,
+    pub prefetch: u16,
+    pub concurrency: usize,
+    pub retry: RetryPolicy,
+    pub admin_addr: SocketAddr,
+    pub http_timeout: Duration,
+    pub token_refresh_margin: Duration,
+    pub shutdown_grace: Duration,
+    /// Unique per process: owner of claims in the ledger.
+    pub worker_id: String,
+}
+
+fn secs(setting: &str, value: f64) -> Result<Duration, ConfigError> {
+    Duration::try_from_secs_f64(value)
+        .ok()
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| ConfigError::new(setting, format!("{value} is not a positive number of seconds")))
+}
+
+fn env_secret(name: &str) -> Result<SecretString, ConfigError> {
+    match std::env::var(name) {
+        Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
+        Ok(_) => Err(ConfigError::new(name, "is empty")),
+        Err(_) => Err(ConfigError::new(name, "is not set")),
+    }
+}
+
+impl WorkerArgs {
+    pub fn into_settings(self) -> Result<WorkerSettings, ConfigError> {
+        let app_id = self
+            .wechat_app_id
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| ConfigError::new("WECHAT_APP_ID", "is not set (the default WeChat app's id)"))?;
+        let secret = self
+            .wechat_app_secret
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| ConfigError::new("WECHAT_APP_SECRET", "is not set (the default WeChat app's secret)"))?;
+        crate::wechat::WechatClient::new(&self.wechat_api_base, Duration::from_secs(1))
+            .map_err(|e| ConfigError::new("WECHAT_API_BASE", e))?;
+        let catalog = Catalog::load(&self.templates).map_err(|e| ConfigError::new("WXNOTIFY_TEMPLATES", e.to_string()))?;
+        let mut apps = vec![AppCredentials {
+            app_id: app_id.trim().to_string(),
+            secret: Arc::new(SecretString::from(secret.trim().to_string())),
+        }];
+        for app in &catalog.apps {
+            if apps.iter().any(|a| a.app_id == app.app_id) {
+                return Err(ConfigError::new(
+                    "WXNOTIFY_TEMPLATES",
+                    format!("[[apps]] lists {}, which is already the default app (WECHAT_APP_ID)", app.app_id),
+                ));
+            }
+            apps.push(AppCredentials { app_id: app.app_id.clone(), secret: Arc::new(env_secret(&app.secret_env)?) });
+        }
+        for t in catalog.templates() {
+            if let Some(a) = &t.app_id
+                && !apps.iter().any(|x| &x.app_id == a)
+            {
+                return Err(ConfigError::new(
+                    "WXNOTIFY_TEMPLATES",
+                    format!("template {} is for app {a}, which is neither WECHAT_APP_ID nor in [[apps]]", t.label),
+                ));
+            }
+        }
+        if self.prefetch == 0 {
+            return Err(ConfigError::new("WXNOTIFY_PREFETCH", "must be at least 1"));
+        }
+        if self.concurrency == 0 || self.concurrency > usize::from(self.prefetch) {
+            return Err(ConfigError::new(
+                "WXNOTIFY_CONCURRENCY",
+                format!("must be between 1 and WXNOTIFY_PREFETCH ({})", self.prefetch),
+            ));
+        }
+        if !(1..=100).contains(&self.max_attempts) {
+            return Err(ConfigError::new("WXNOTIFY_MAX_ATTEMPTS", "must be between 1 and 100"));
+        }
+        if self.amqp.delivery_limit < 2 {
+            return Err(ConfigError::new("WXNOTIFY_DELIVERY_LIMIT", "must be at least 2"));
+        }
+        if !(5..=3600).contains(&self.token_refresh_margin_secs) {
+            return Err(ConfigError::new("WXNOTIFY_TOKEN_REFRESH_MARGIN_SECS", "must be between 5 and 3600"));
+        }
+        if !(1..=200).contains(&self.db_pool) {
+            return Err(ConfigError::new("WXNOTIFY_DB_POOL", "must be between 1 and 200"));
+        }
+        let retry = RetryPolicy::new(
+            self.max_attempts,
+            secs("WXNOTIFY_RETRY_BASE_SECS", self.retry_base_secs)?,
+            secs("WXNOTIFY_RETRY_MAX_SECS", self.retry_max_secs)?,
+        );
+        Ok(WorkerSettings {
+            database_url: self.db.url()?,
+            db_pool: self.db_pool,
+            amqp_url: self.amqp.url()?,
+            topology: self.amqp.topology()?,
+            delivery_limit: self.amqp.delivery_limit,
+            wechat_api_base: self.wechat_api_base,
+            token_api: self.wechat_token_api,
+            apps,
+            catalog: Arc::new(catalog),
+            prefetch: self.prefetch,
+            concurrency: self.concurrency,
+            retry,
+            admin_addr: self.admin_addr,
+            http_timeout: secs("WXNOTIFY_HTTP_TIMEOUT_SECS", self.http_timeout_secs)?,
+            token_refresh_margin: Duration::from_secs(self.token_refresh_margin_secs),
+            shutdown_grace: secs("WXNOTIFY_SHUTDOWN_GRACE_SECS", self.shutdown_grace_secs)?,
+            worker_id: new_worker_id(),
+        })
+    }
+}
+
+/// `host-pid-random`: readable in the ledger, unique across restarts.
+pub fn new_worker_id() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+    let rand = &uuid::Uuid::new_v4().simple().to_string()[..8];
+    format!("{host}-{}-{rand}", std::process::id())
+}
+
+/// A URL with its password masked, for log lines.
+pub fn redact_url(url: &SecretString) -> String {
+    match reqwest::Url::parse(url.expose_secret()) {
+        Ok(mut u) => {
+            if u.password().is_some() {
+                let _ = u.set_password(Some("***"));
+            }
+            u.to_string()
+        }
+        Err(_) => "[unparseable URL]".into(),
+    }
+}

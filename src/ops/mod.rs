@@ -1,0 +1,3 @@
+//! Operator commands besides the worker: [`publish`] (the booking side, for demos and ops).
+
+pub mod publish;

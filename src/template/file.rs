@@ -1,0 +1,56 @@
+//! The templates file (TOML) as written by people: `[[templates]]` and `[[apps]]` (CONTRACT §6).
+//! Unknown keys are refused, so a typo fails at boot instead of being silently ignored.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+
+use crate::wechat::{Api, Miniprogram};
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplatesFile {
+    #[serde(default)]
+    pub templates: Vec<TemplateSpec>,
+    #[serde(default)]
+    pub apps: Vec<AppSpec>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TemplateSpec {
+    pub event_type: String,
+    pub template_id: String,
+    /// Restricts this template to one app (template ids belong to an account); any app when absent.
+    #[serde(default)]
+    pub app_id: Option<String>,
+    #[serde(default)]
+    pub api: Api,
+    /// Template messages: the page opened on tap (MiniJinja).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Template messages: open a mini program instead of `url`.
+    #[serde(default)]
+    pub miniprogram: Option<Miniprogram>,
+    /// Subscribe messages: the mini-program page (MiniJinja).
+    #[serde(default)]
+    pub page: Option<String>,
+    #[serde(default)]
+    pub miniprogram_state: Option<String>,
+    #[serde(default)]
+    pub lang: Option<String>,
+    /// Keyword → MiniJinja source.
+    pub data: BTreeMap<String, String>,
+    /// Extra or overriding sample event fields for the start-up render check
+    /// (e.g. `sample = { data = { room = "A1" } }`).
+    #[serde(default)]
+    pub sample: Option<toml::Table>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AppSpec {
+    pub app_id: String,
+    /// The environment variable holding this app's secret; never the secret itself.
+    pub secret_env: String,
+}

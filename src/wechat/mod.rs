@@ -1,0 +1,33 @@
+//! Everything about WeChat's server API: the HTTP client ([`client`]), the message bodies
+//! ([`message`]), the keyword rules ([`keywords`]) and what each errcode means ([`errcode`]).
+
+pub mod client;
+pub mod errcode;
+pub mod keywords;
+pub mod message;
+
+pub use client::{FetchedToken, SendError, SendReply, TokenFetchError, WechatClient};
+pub use errcode::ErrorClass;
+pub use message::{Api, Miniprogram, OutgoingMessage};
+
+use serde::{Deserialize, Serialize};
+
+/// Which token API a worker uses (`WECHAT_TOKEN_API`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum TokenApi {
+    /// `POST /cgi-bin/stable_token`: the same token while valid; forced refresh only after a rejection.
+    #[default]
+    Stable,
+    /// `GET /cgi-bin/token`: every call issues a new token and retires the previous one.
+    Classic,
+}
+
+impl TokenApi {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenApi::Stable => "stable",
+            TokenApi::Classic => "classic",
+        }
+    }
+}

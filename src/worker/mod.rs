@@ -1,0 +1,235 @@
+//! The worker: consume the work queue with manual acks and a prefetch, process up to
+//! `concurrency` deliveries at once (a semaphore, not prefetch 1), carry out each plan.
+//!
+//! Connection loss: everything broker-side (connection, channels, topology, prefetch, consumer)
+//! is rebuilt from scratch with backoff; deliveries of the dead channel are never acked (their
+//! acker refuses), the broker redelivers them and the ledger makes that harmless.
+//!
+//! Shutdown (`shutdown` token): cancel the consumer, let in-flight deliveries finish and be
+//! recorded for up to the grace period, then close; whatever is unacked goes back to the queue.
+
+mod carry_out;
+pub mod process;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use futures_util::StreamExt;
+use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::FieldTable;
+use sqlx::PgPool;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::admin::Health;
+use crate::config::WorkerSettings;
+use crate::ledger::Ledger;
+use crate::queue::{self, Publisher, Topology};
+use crate::retry::RetryPolicy;
+use crate::template::Catalog;
+use crate::token::{TokenError, TokenProvider, TokenSettings};
+use crate::wechat::WechatClient;
+
+/// What every delivery task shares.
+pub struct Context {
+    pub topology: Topology,
+    pub retry: RetryPolicy,
+    pub catalog: Arc<Catalog>,
+    pub default_app: String,
+    pub ledger: Ledger,
+    pub tokens: TokenProvider,
+    pub wechat: WechatClient,
+    pub health: Arc<Health>,
+    /// Fires when the grace period is over: stop waiting for the database.
+    pub hard_stop: CancellationToken,
+}
+
+/// Why the worker could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    /// A configuration problem found at start-up (exit 2).
+    #[error("{0}")]
+    Config(String),
+    #[error("{0}")]
+    Runtime(String),
+}
+
+pub struct Worker {
+    settings: WorkerSettings,
+    ctx: Arc<Context>,
+}
+
+impl Worker {
+    /// Builds the worker over an existing (migrated) pool.
+    pub fn new(settings: WorkerSettings, pool: PgPool, health: Arc<Health>) -> Result<Self, WorkerError> {
+        let wechat =
+            WechatClient::new(&settings.wechat_api_base, settings.http_timeout).map_err(|e| WorkerError::Config(format!("WECHAT_API_BASE: {e}")))?;
+        let tokens = TokenProvider::new(
+            pool.clone(),
+            wechat.clone(),
+            TokenSettings {
+                api: settings.token_api,
+                margin: settings.token_refresh_margin,
+                credentials_pause: Duration::from_secs(600),
+            },
+            &settings.apps,
+        );
+        let ctx = Context {
+            topology: settings.topology.clone(),
+            retry: settings.retry.clone(),
+            catalog: settings.catalog.clone(),
+            default_app: settings.apps[0].app_id.clone(),
+            ledger: Ledger::new(pool, settings.worker_id.clone()),
+            tokens,
+            wechat,
+            health,
+            hard_stop: CancellationToken::new(),
+        };
+        Ok(Self { settings, ctx: Arc::new(ctx) })
+    }
+
+    pub fn context(&self) -> &Arc<Context> {
+        &self.ctx
+    }
+
+    /// Runs until `shutdown` fires (then drains) or a start-up check fails.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let ctx = self.ctx.clone();
+        // Register before the first claim: others respect claims of live workers only.
+        if process::with_db(&ctx, "register worker", || ctx.ledger.heartbeat()).await.is_err() {
+            return Ok(());
+        }
+        let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
+        self.check_apps().await?;
+
+        let permits = Arc::new(Semaphore::new(self.settings.concurrency));
+        let mut backoff = reconnect_backoff();
+        while !shutdown.is_cancelled() {
+            match self.session(&permits, &shutdown).await {
+                Ok(()) => break,
+                Err(e) => {
+                    // A session that got as far as consuming resets the backoff.
+                    if ctx.health.broker() {
+                        backoff = reconnect_backoff();
+                    }
+                    ctx.health.set_broker(false);
+                    let delay = backoff.next().unwrap_or(Duration::from_secs(10));
+                    tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker session ended; reconnecting");
+                    tokio::select! {
+                        _ = shutdown.cancelled() => break,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+        ctx.health.set_broker(false);
+        ctx.hard_stop.cancel();
+        heartbeat.abort();
+        if let Err(e) = ctx.ledger.retire().await {
+            tracing::warn!(error = %e, "could not deregister this worker; its claims expire by themselves");
+        }
+        tracing::info!("worker stopped");
+        Ok(())
+    }
+
+    /// Fetches (or adopts) every app's token once: wrong credentials stop the worker at boot,
+    /// naming the app, instead of failing every message later.
+    async fn check_apps(&self) -> Result<(), WorkerError> {
+        for app in &self.settings.apps {
+            match self.ctx.tokens.get(&app.app_id).await {
+                Ok(_) => {}
+                Err(e @ TokenError::Credentials { .. }) => return Err(WorkerError::Config(e.to_string())),
+                Err(e) => tracing::warn!(app = %app.app_id, error = %e, "no token yet; sends will retry"),
+            }
+        }
+        Ok(())
+    }
+
+    /// One broker connection's life. `Ok` only when shutdown was requested.
+    async fn session(&self, permits: &Arc<Semaphore>, shutdown: &CancellationToken) -> Result<(), SessionEnd> {
+        let s = &self.settings;
+        let conn = queue::connect(&s.amqp_url, &format!("wxnotify-worker {}", s.worker_id)).await?;
+        let channel = conn.create_channel().await?;
+        s.topology.declare_core(&channel, s.delivery_limit).await?;
+        s.topology.declare_retry_tiers(&channel, &s.retry.tiers()).await?;
+        // Prefetch: how many unacked deliveries the broker lets this consumer hold.
+        channel.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
+        let publisher = Publisher::open(&conn).await?;
+        let tag = format!("wxnotify-{}", s.worker_id);
+        let mut consumer = channel
+            .basic_consume(s.topology.queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+            .await?;
+        self.ctx.health.set_broker(true);
+        tracing::info!(queue = %s.topology.queue, prefetch = s.prefetch, concurrency = s.concurrency, "consuming");
+
+        let result = loop {
+            tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                next = consumer.next() => match next {
+                    Some(Ok(delivery)) => {
+                        let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
+                        let ctx = self.ctx.clone();
+                        let publisher = publisher.clone();
+                        tokio::spawn(async move {
+                            let _permit = permit;
+                            if let Ok(plan) = process::decide(&ctx, &delivery.data, &delivery.properties).await {
+                                let _ = carry_out::carry_out(&ctx, &publisher, &delivery, plan).await;
+                            }
+                        });
+                    }
+                    Some(Err(e)) => break Err(SessionEnd::Amqp(e)),
+                    None => break Err(SessionEnd::ConsumerCancelled),
+                },
+            }
+        };
+        if result.is_ok() {
+            // Stop intake first; in-flight deliveries still ack on this channel while draining.
+            let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+            let all = u32::try_from(s.concurrency).unwrap_or(u32::MAX);
+            match tokio::time::timeout(s.shutdown_grace, permits.acquire_many(all)).await {
+                Ok(_) => tracing::info!("in-flight deliveries finished"),
+                Err(_) => tracing::warn!(
+                    grace_secs = s.shutdown_grace.as_secs_f64(),
+                    "grace period over; unfinished deliveries go back to the queue"
+                ),
+            }
+            self.ctx.hard_stop.cancel();
+            let _ = conn.close(200, "worker shutting down".into()).await;
+        }
+        result
+    }
+}
+
+fn reconnect_backoff() -> impl Iterator<Item = Duration> {
+    ExponentialBuilder::default()
+        .with_min_delay(Duration::from_millis(200))
+        .with_max_delay(Duration::from_secs(10))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+/// Beats until the worker aborts it (after draining: claims stay respected while in flight).
+async fn heartbeat(ctx: Arc<Context>) {
+    let mut tick = tokio::time::interval(ctx.ledger.heartbeat_interval());
+    loop {
+        tick.tick().await;
+        match ctx.ledger.heartbeat().await {
+            Ok(()) => ctx.health.set_db(true),
+            Err(e) => {
+                ctx.health.set_db(false);
+                tracing::warn!(error = %e, "heartbeat failed");
+            }
+        }
+    }
+}
+
+/// Why a broker session ended (other than shutdown).
+#[derive(Debug, thiserror::Error)]
+enum SessionEnd {
+    #[error("{0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("the broker cancelled the consumer (queue deleted?)")]
+    ConsumerCancelled,
+}
