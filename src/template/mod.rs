@@ -365,7 +365,7 @@ secret_env = "WECHAT_APP_SECRET_2"
         let e = event(json!({"booking_id": "B-1", "service": "精洗套餐"}));
         let err = c.render(t, &e, "id".into()).unwrap_err();
         assert!(err.field.starts_with("data."), "{err}");
-        let e = event(json!({"booking_id": "B-1", "service": "一个非常非常非常非常非常非常长的服务名称", "store": "s",
+        let e = event(json!({"booking_id": "B-1", "service": "一个非常非常非常非常非常非常非常长的服务名称", "store": "s",
             "slot_start": "2026-11-22T14:00:00+08:00", "plate": "沪A12345", "price_cents": 1}));
         let err = c.render(t, &e, "id".into()).unwrap_err();
         assert_eq!(err.field, "data.thing1");
