@@ -1,1 +1,182 @@
-pub mod x {}
+//! `wechat-sim`: a WeChat server API simulator faithful to WECHAT_API.md, for the tests and the
+//! demo stack. HTTP 200 with `{errcode, errmsg}` bodies (`errmsg` ends with a request id), tokens
+//! only from the query string, token overlap and rotation, stable-token rules, keyword rules,
+//! `client_msg_id` dedup, quotas, unknown templates, unsubscribed users, and injected faults.
+//!
+//! Inspection and control for tests and people (not part of WeChat):
+//! `GET /sim/messages`, `GET /sim/stats`, `POST /sim/faults` (partial JSON), `POST /sim/rotate?appid=`,
+//! `POST /sim/users` (`{"unsubscribed": [...], "refused": [...]}`), `POST /sim/reset`.
+
+pub mod state;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use rand::Rng;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+pub use state::{Accepted, Faults, FaultsPatch, SimConfig, SimState, Stats};
+
+/// The simulator, shareable between the HTTP server and a test that inspects it in-process.
+#[derive(Clone)]
+pub struct Sim {
+    state: Arc<Mutex<SimState>>,
+}
+
+fn json_reply(status: u16, body: Value) -> Response {
+    let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+    (status, [(header::CONTENT_TYPE, "application/json; encoding=utf-8")], body.to_string()).into_response()
+}
+
+type Params = Query<HashMap<String, String>>;
+
+impl Sim {
+    pub fn new(config: SimConfig) -> Self {
+        Self { state: Arc::new(Mutex::new(SimState::new(config))) }
+    }
+
+    fn with<T>(&self, f: impl FnOnce(&mut SimState) -> T) -> T {
+        f(&mut self.state.lock().expect("sim state lock"))
+    }
+
+    pub fn messages(&self) -> Vec<Accepted> {
+        self.with(|s| s.messages.clone())
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.with(|s| s.stats.clone())
+    }
+
+    pub fn patch_faults(&self, p: FaultsPatch) {
+        self.with(|s| s.patch_faults(p));
+    }
+
+    pub fn rotate(&self, app: &str) {
+        self.with(|s| s.rotate(app));
+    }
+
+    pub fn set_unsubscribed(&self, openids: &[&str]) {
+        self.with(|s| s.config.unsubscribed = openids.iter().map(|o| o.to_string()).collect());
+    }
+
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/cgi-bin/token", get(classic_token))
+            .route("/cgi-bin/stable_token", post(stable_token))
+            .route("/cgi-bin/message/template/send", post(template_send))
+            .route("/cgi-bin/message/subscribe/send", post(subscribe_send))
+            .route("/sim/messages", get(|State(sim): State<Sim>| async move { axum::Json(sim.messages()) }))
+            .route("/sim/stats", get(|State(sim): State<Sim>| async move { axum::Json(sim.stats()) }))
+            .route("/sim/faults", post(faults))
+            .route("/sim/rotate", post(rotate))
+            .route("/sim/users", post(users))
+            .route("/sim/reset", post(reset))
+            .route("/sim/healthz", get(|| async { "ok\n" }))
+            .with_state(self.clone())
+    }
+
+    /// Serves on `addr` (port 0 picks one); returns the bound address.
+    pub async fn spawn(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
+        let listener = TcpListener::bind(addr).await?;
+        let local = listener.local_addr()?;
+        let app = self.router();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        Ok(local)
+    }
+}
+
+async fn classic_token(State(sim): State<Sim>, Query(q): Params) -> Response {
+    let g = |k: &str| q.get(k).map(String::as_str);
+    let (status, body) = sim.with(|s| s.classic_token(g("grant_type"), g("appid"), g("secret")));
+    json_reply(status, body)
+}
+
+async fn stable_token(State(sim): State<Sim>, body: Bytes) -> Response {
+    let Ok(body) = serde_json::from_slice::<Value>(&body) else {
+        return json_reply(200, state::error(47001, "data format error"));
+    };
+    let (status, body) = sim.with(|s| s.stable_token(&body));
+    json_reply(status, body)
+}
+
+async fn send(sim: Sim, api: &str, q: HashMap<String, String>, body: Bytes) -> Response {
+    let (latency, fail_5xx) = sim.with(|s| {
+        let f = &s.config.faults;
+        (f.latency_ms, rand::rng().random::<f64>() < f.http_5xx_rate)
+    });
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    if fail_5xx {
+        sim.with(|s| s.stats.http_5xx += 1);
+        return (StatusCode::BAD_GATEWAY, "<html><body>502 Bad Gateway</body></html>").into_response();
+    }
+    // The token counts only in the query string; a token in the body is ignored (→ 41001).
+    let (status, body) = sim.with(|s| s.send(api, q.get("access_token").map(String::as_str), &body));
+    json_reply(status, body)
+}
+
+async fn template_send(State(sim): State<Sim>, Query(q): Params, body: Bytes) -> Response {
+    send(sim, "template", q, body).await
+}
+
+async fn subscribe_send(State(sim): State<Sim>, Query(q): Params, body: Bytes) -> Response {
+    send(sim, "subscribe", q, body).await
+}
+
+async fn faults(State(sim): State<Sim>, axum::Json(p): axum::Json<FaultsPatch>) -> Response {
+    sim.patch_faults(p);
+    let f = sim.with(|s| s.config.faults.clone());
+    json_reply(200, json!(f))
+}
+
+async fn rotate(State(sim): State<Sim>, Query(q): Params) -> Response {
+    let apps: Vec<String> = match q.get("appid") {
+        Some(a) => vec![a.clone()],
+        None => sim.with(|s| s.config.apps.keys().cloned().collect()),
+    };
+    for a in &apps {
+        sim.rotate(a);
+    }
+    json_reply(200, json!({ "rotated": apps }))
+}
+
+#[derive(Deserialize)]
+struct Users {
+    #[serde(default)]
+    unsubscribed: Option<Vec<String>>,
+    #[serde(default)]
+    refused: Option<Vec<String>>,
+}
+
+async fn users(State(sim): State<Sim>, axum::Json(u): axum::Json<Users>) -> Response {
+    sim.with(|s| {
+        if let Some(list) = u.unsubscribed {
+            s.config.unsubscribed = list.into_iter().collect();
+        }
+        if let Some(list) = u.refused {
+            s.config.refused = list.into_iter().collect();
+        }
+    });
+    json_reply(200, json!({ "ok": true }))
+}
+
+async fn reset(State(sim): State<Sim>) -> Response {
+    sim.with(|s| {
+        s.messages.clear();
+        s.stats = Stats::default();
+    });
+    json_reply(200, json!({ "ok": true }))
+}

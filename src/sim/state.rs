@@ -1,0 +1,425 @@
+//! The simulator's model of WeChat: apps, tokens (classic and stable, with their overlap rules),
+//! accepted messages, `client_msg_id` dedup, quotas, users, and injected faults.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use rand::distr::Alphanumeric;
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::wechat::keywords;
+
+/// Faults to inject; every field optional in the `/sim/faults` body (missing = unchanged).
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct Faults {
+    /// Share of sends answered `-1 system busy`.
+    pub busy_rate: f64,
+    /// Share of sends answered HTTP 502.
+    pub http_5xx_rate: f64,
+    /// Delay before every send's answer, milliseconds.
+    pub latency_ms: u64,
+    /// Revoke the app's tokens (no overlap) after every N accepted sends; 0 = never.
+    pub rotate_every: u64,
+    /// Sends allowed per minute before 45011; 0 = unlimited.
+    pub minute_quota: u64,
+    /// Sends allowed per day before 45009; 0 = unlimited (WeChat's default is 100,000).
+    pub daily_quota: u64,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct FaultsPatch {
+    pub busy_rate: Option<f64>,
+    pub http_5xx_rate: Option<f64>,
+    pub latency_ms: Option<u64>,
+    pub rotate_every: Option<u64>,
+    pub minute_quota: Option<u64>,
+    pub daily_quota: Option<u64>,
+}
+
+/// How the simulator starts.
+#[derive(Debug, Clone)]
+pub struct SimConfig {
+    /// app id → secret.
+    pub apps: HashMap<String, String>,
+    pub token_ttl: Duration,
+    /// How long a replaced token keeps working (WeChat: about 5 minutes).
+    pub overlap: Duration,
+    /// Known template ids; `None` accepts any (except ids starting with `INVALID`).
+    pub templates: Option<HashSet<String>>,
+    pub unsubscribed: HashSet<String>,
+    pub refused: HashSet<String>,
+    /// Calls to `/cgi-bin/token` a day before 45009 (WeChat: 2000).
+    pub token_daily_quota: u64,
+    pub faults: Faults,
+}
+
+impl Default for SimConfig {
+    fn default() -> Self {
+        Self {
+            apps: HashMap::from([("wx1111111111111111".to_string(), "sim-secret".to_string())]),
+            token_ttl: Duration::from_secs(7200),
+            overlap: Duration::from_secs(300),
+            templates: None,
+            unsubscribed: HashSet::new(),
+            refused: HashSet::new(),
+            token_daily_quota: 2000,
+            faults: Faults::default(),
+        }
+    }
+}
+
+struct Token {
+    value: String,
+    app: String,
+    issued: Instant,
+    expires: Instant,
+    /// Replaced by a newer token at this instant: still valid for `overlap`.
+    retired: Option<Instant>,
+    /// Revoked by a forced rotation: invalid at once.
+    revoked: bool,
+}
+
+/// One message WeChat accepted.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Accepted {
+    pub msgid: i64,
+    pub api: String,
+    pub appid: String,
+    pub touser: String,
+    pub template_id: String,
+    pub client_msg_id: Option<String>,
+    pub data: BTreeMap<String, String>,
+    pub url: Option<String>,
+    pub page: Option<String>,
+}
+
+/// Counters for tests and people.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Stats {
+    /// `/cgi-bin/token` calls (each issues a token, when it succeeds).
+    pub token_calls: u64,
+    pub stable_token_calls: u64,
+    pub forced_refreshes: u64,
+    /// Sends that reached the token check.
+    pub send_requests: u64,
+    pub accepted: u64,
+    /// Resends dropped by client_msg_id dedup (answered like a success).
+    pub deduplicated: u64,
+    pub rotations: u64,
+    /// errcode → how often it was answered (token and send APIs).
+    pub errors: BTreeMap<i64, u64>,
+    pub http_5xx: u64,
+}
+
+pub struct SimState {
+    pub config: SimConfig,
+    tokens: Vec<Token>,
+    pub messages: Vec<Accepted>,
+    dedup: HashMap<(String, String), (i64, Instant)>,
+    pub stats: Stats,
+    next_msgid: i64,
+    forced: HashMap<String, (u64, Option<Instant>)>,
+    token_calls_per_app: HashMap<String, u64>,
+    minute_window: (Instant, u64),
+    sends_today: u64,
+}
+
+/// An answer: HTTP status and JSON body.
+pub type Reply = (u16, Value);
+
+fn rid() -> String {
+    let mut r = rand::rng();
+    format!("{:08x}-{:08x}-{:08x}", r.random::<u32>(), r.random::<u32>(), r.random::<u32>())
+}
+
+pub fn error(errcode: i64, errmsg: &str) -> Value {
+    json!({ "errcode": errcode, "errmsg": format!("{errmsg} rid: {}", rid()) })
+}
+
+fn new_token_value() -> String {
+    rand::rng().sample_iter(&Alphanumeric).take(136).map(char::from).collect()
+}
+
+/// A token must be sent byte for byte; these are the errcodes for what is not.
+enum TokenCheck {
+    Ok(String),
+    Missing,
+    Invalid,
+    Expired,
+}
+
+impl SimState {
+    pub fn new(config: SimConfig) -> Self {
+        Self {
+            config,
+            tokens: Vec::new(),
+            messages: Vec::new(),
+            dedup: HashMap::new(),
+            stats: Stats::default(),
+            // Above 2^53, like real msgids: proves nobody parses them through f64.
+            next_msgid: 3_717_005_636_572_528_642,
+            forced: HashMap::new(),
+            token_calls_per_app: HashMap::new(),
+            minute_window: (Instant::now(), 0),
+            sends_today: 0,
+        }
+    }
+
+    fn count_error(&mut self, errcode: i64, errmsg: &str) -> Reply {
+        *self.stats.errors.entry(errcode).or_default() += 1;
+        (200, error(errcode, errmsg))
+    }
+
+    fn valid_until(&self, t: &Token) -> Instant {
+        match t.retired {
+            Some(r) => t.expires.min(r + self.config.overlap),
+            None => t.expires,
+        }
+    }
+
+    fn issue(&mut self, app: &str) -> (String, u64) {
+        let now = Instant::now();
+        let value = new_token_value();
+        self.tokens.push(Token {
+            value: value.clone(),
+            app: app.to_string(),
+            issued: now,
+            expires: now + self.config.token_ttl,
+            retired: None,
+            revoked: false,
+        });
+        // Forget tokens long dead.
+        let horizon = Duration::from_secs(3600);
+        self.tokens.retain(|t| t.expires + horizon > now);
+        (value, self.config.token_ttl.as_secs())
+    }
+
+    fn retire_current(&mut self, app: &str) {
+        let now = Instant::now();
+        for t in self.tokens.iter_mut().filter(|t| t.app == app && t.retired.is_none()) {
+            t.retired = Some(now);
+        }
+    }
+
+    /// Revokes every token of an app at once (a rotation behind the workers' back).
+    pub fn rotate(&mut self, app: &str) {
+        for t in self.tokens.iter_mut().filter(|t| t.app == app) {
+            t.revoked = true;
+        }
+        self.stats.rotations += 1;
+    }
+
+    fn check_credentials(&mut self, grant_type: Option<&str>, appid: Option<&str>, secret: Option<&str>) -> Result<String, Reply> {
+        if grant_type != Some("client_credential") {
+            return Err(self.count_error(40002, "invalid grant_type"));
+        }
+        let appid = appid.unwrap_or_default();
+        let Some(expected) = self.config.apps.get(appid).cloned() else {
+            return Err(self.count_error(40013, "invalid appid"));
+        };
+        if secret != Some(expected.as_str()) {
+            return Err(self.count_error(40125, "invalid appsecret"));
+        }
+        Ok(appid.to_string())
+    }
+
+    /// `GET /cgi-bin/token`: always a new token; the previous one keeps working for `overlap`.
+    pub fn classic_token(&mut self, grant_type: Option<&str>, appid: Option<&str>, secret: Option<&str>) -> Reply {
+        self.stats.token_calls += 1;
+        let app = match self.check_credentials(grant_type, appid, secret) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        let calls = self.token_calls_per_app.entry(app.clone()).or_default();
+        *calls += 1;
+        if *calls > self.config.token_daily_quota {
+            return self.count_error(45009, "reach max api daily quota limit");
+        }
+        self.retire_current(&app);
+        let (token, expires_in) = self.issue(&app);
+        (200, json!({ "access_token": token, "expires_in": expires_in }))
+    }
+
+    /// `POST /cgi-bin/stable_token`: the same token while valid; the next one in its last
+    /// `overlap`; a forced refresh (20 a day, 30 s apart) replaces it at once.
+    pub fn stable_token(&mut self, body: &Value) -> Reply {
+        self.stats.stable_token_calls += 1;
+        let s = |k: &str| body.get(k).and_then(Value::as_str);
+        let app = match self.check_credentials(s("grant_type"), s("appid"), s("secret")) {
+            Ok(a) => a,
+            Err(r) => return r,
+        };
+        let force = body.get("force_refresh").and_then(Value::as_bool).unwrap_or(false);
+        let now = Instant::now();
+        let current = self
+            .tokens
+            .iter()
+            .filter(|t| t.app == app && t.retired.is_none() && !t.revoked && t.expires > now)
+            .max_by_key(|t| t.issued)
+            .map(|t| (t.value.clone(), t.expires));
+        let (count, last) = self.forced.get(&app).copied().unwrap_or((0, None));
+        let may_force = count < 20 && last.is_none_or(|l| now.duration_since(l) >= Duration::from_secs(30));
+        let reuse = match current {
+            Some((value, expires)) if !(force && may_force) && expires.duration_since(now) > self.config.overlap => Some((value, expires)),
+            // Forced but not allowed: WeChat does not refresh; it answers with the current token.
+            Some((value, expires)) if force && !may_force => Some((value, expires)),
+            _ => None,
+        };
+        if let Some((value, expires)) = reuse {
+            return (200, json!({ "access_token": value, "expires_in": expires.duration_since(now).as_secs() }));
+        }
+        if force && may_force {
+            self.forced.insert(app.clone(), (count + 1, Some(now)));
+            self.stats.forced_refreshes += 1;
+        }
+        self.retire_current(&app);
+        let (token, expires_in) = self.issue(&app);
+        (200, json!({ "access_token": token, "expires_in": expires_in }))
+    }
+
+    fn check_token(&self, token: Option<&str>) -> TokenCheck {
+        let Some(token) = token.filter(|t| !t.is_empty()) else {
+            return TokenCheck::Missing;
+        };
+        let now = Instant::now();
+        match self.tokens.iter().find(|t| t.value == token) {
+            Some(t) if !t.revoked && now < self.valid_until(t) => TokenCheck::Ok(t.app.clone()),
+            Some(t) if !t.revoked && now >= t.expires => TokenCheck::Expired,
+            _ => TokenCheck::Invalid,
+        }
+    }
+
+    /// Decides a send before latency and faults, which the HTTP layer applies.
+    pub fn send(&mut self, api: &str, token: Option<&str>, body: &[u8]) -> Reply {
+        let app = match self.check_token(token) {
+            TokenCheck::Ok(app) => app,
+            TokenCheck::Missing => return self.count_error(41001, "access_token missing"),
+            TokenCheck::Invalid => return self.count_error(40001, "invalid credential, access_token is invalid or not latest"),
+            TokenCheck::Expired => return self.count_error(42001, "access_token expired"),
+        };
+        self.stats.send_requests += 1;
+        if rand::rng().random::<f64>() < self.config.faults.busy_rate {
+            return self.count_error(-1, "system error");
+        }
+        let Ok(body) = serde_json::from_slice::<Value>(body) else {
+            return self.count_error(47001, "data format error");
+        };
+        let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
+        let Some(touser) = s("touser").filter(|t| !t.is_empty()) else {
+            return self.count_error(40003, "invalid openid");
+        };
+        let Some(template_id) = s("template_id").filter(|t| !t.is_empty()) else {
+            return self.count_error(40037, "invalid template_id");
+        };
+        let known = match &self.config.templates {
+            Some(set) => set.contains(&template_id),
+            None => !template_id.starts_with("INVALID"),
+        };
+        if !known {
+            return self.count_error(40037, "invalid template_id");
+        }
+        let mut data = BTreeMap::new();
+        if let Some(obj) = body.get("data").and_then(Value::as_object) {
+            for (k, v) in obj {
+                // Dropped silently since 2023.
+                if k == "first" || k == "remark" {
+                    continue;
+                }
+                let Some(value) = v.get("value").and_then(Value::as_str) else {
+                    return self.count_error(47003, &format!("argument invalid! data.{k}.value empty"));
+                };
+                if keywords::check(k, value).is_err() {
+                    return self.count_error(47003, &format!("argument invalid! data.{k}.value invalid"));
+                }
+                data.insert(k.clone(), value.to_string());
+            }
+        } else {
+            return self.count_error(47001, "data format error");
+        }
+        if api == "subscribe" {
+            if let Some(state) = s("miniprogram_state")
+                && !["developer", "trial", "formal"].contains(&state.as_str())
+            {
+                return self.count_error(47003, "argument invalid! miniprogram_state invalid");
+            }
+            if let Some(lang) = s("lang")
+                && !["zh_CN", "en_US", "zh_HK", "zh_TW"].contains(&lang.as_str())
+            {
+                return self.count_error(47003, "argument invalid! lang invalid");
+            }
+            if self.config.refused.contains(&touser) {
+                return self.count_error(43101, "user refuse to accept the msg");
+            }
+        } else if self.config.unsubscribed.contains(&touser) {
+            return self.count_error(43004, "require subscribe");
+        }
+        let now = Instant::now();
+        let client_msg_id = s("client_msg_id").filter(|c| !c.is_empty());
+        if let Some(cmid) = &client_msg_id
+            && let Some((msgid, at)) = self.dedup.get(&(touser.clone(), cmid.clone())).copied()
+            && now.duration_since(at) < Duration::from_secs(600)
+        {
+            self.stats.deduplicated += 1;
+            return (200, json!({ "errcode": 0, "errmsg": "ok", "msgid": msgid }));
+        }
+        if now.duration_since(self.minute_window.0) >= Duration::from_secs(60) {
+            self.minute_window = (now, 0);
+        }
+        let faults = &self.config.faults;
+        if faults.minute_quota > 0 && self.minute_window.1 >= faults.minute_quota {
+            return self.count_error(45011, "api minute-quota reach limit, must slower, retry next minute");
+        }
+        if faults.daily_quota > 0 && self.sends_today >= faults.daily_quota {
+            return self.count_error(45009, "reach max api daily quota limit");
+        }
+        self.minute_window.1 += 1;
+        self.sends_today += 1;
+        let msgid = self.next_msgid;
+        self.next_msgid += 1;
+        if let Some(cmid) = &client_msg_id {
+            self.dedup.insert((touser.clone(), cmid.clone()), (msgid, now));
+        }
+        self.messages.push(Accepted {
+            msgid,
+            api: api.to_string(),
+            appid: app.clone(),
+            touser,
+            template_id,
+            client_msg_id,
+            data,
+            url: s("url"),
+            page: s("page"),
+        });
+        self.stats.accepted += 1;
+        let every = self.config.faults.rotate_every;
+        if every > 0 && self.stats.accepted % every == 0 {
+            self.rotate(&app);
+        }
+        (200, json!({ "errcode": 0, "errmsg": "ok", "msgid": msgid }))
+    }
+
+    pub fn patch_faults(&mut self, p: FaultsPatch) {
+        let f = &mut self.config.faults;
+        if let Some(v) = p.busy_rate {
+            f.busy_rate = v;
+        }
+        if let Some(v) = p.http_5xx_rate {
+            f.http_5xx_rate = v;
+        }
+        if let Some(v) = p.latency_ms {
+            f.latency_ms = v;
+        }
+        if let Some(v) = p.rotate_every {
+            f.rotate_every = v;
+        }
+        if let Some(v) = p.minute_quota {
+            f.minute_quota = v;
+        }
+        if let Some(v) = p.daily_quota {
+            f.daily_quota = v;
+        }
+    }
+}
