@@ -61,6 +61,11 @@ impl Sim {
         self.with(|s| s.patch_faults(p));
     }
 
+    /// Every token value issued so far (for tests proving they never leak).
+    pub fn issued_tokens(&self) -> Vec<String> {
+        self.with(|s| s.issued.clone())
+    }
+
     pub fn rotate(&self, app: &str) {
         self.with(|s| s.rotate(app));
     }

@@ -125,6 +125,8 @@ pub struct SimState {
     token_calls_per_app: HashMap<String, u64>,
     minute_window: (Instant, u64),
     sends_today: u64,
+    /// Every token value ever issued, for leak tests.
+    pub issued: Vec<String>,
 }
 
 /// An answer: HTTP status and JSON body.
@@ -165,6 +167,7 @@ impl SimState {
             token_calls_per_app: HashMap::new(),
             minute_window: (Instant::now(), 0),
             sends_today: 0,
+            issued: Vec::new(),
         }
     }
 
@@ -183,6 +186,7 @@ impl SimState {
     fn issue(&mut self, app: &str) -> (String, u64) {
         let now = Instant::now();
         let value = new_token_value();
+        self.issued.push(value.clone());
         self.tokens.push(Token {
             value: value.clone(),
             app: app.to_string(),

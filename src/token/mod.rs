@@ -70,9 +70,10 @@ pub enum TokenError {
     /// The credentials are wrong; a person must fix them. Nobody asks again before `until`.
     #[error("WeChat rejected the credentials of app {app_id}: errcode {errcode} ({errmsg}); check its app id and secret")]
     Credentials { app_id: String, errcode: i64, errmsg: String, until: DateTime<Utc> },
-    /// Another process found the app unusable; we wait as it decided.
+    /// Another process found the app unusable; we wait as it decided. `credentials`: because
+    /// WeChat rejected its credentials (a configuration error, like [`TokenError::Credentials`]).
     #[error("token fetching for app {app_id} is paused until {until}: {reason}")]
-    Blocked { app_id: String, reason: String, until: DateTime<Utc> },
+    Blocked { app_id: String, reason: String, until: DateTime<Utc>, credentials: bool },
     #[error("the daily token quota of app {app_id} is used up (45009) until {until}")]
     DailyQuota { app_id: String, until: DateTime<Utc> },
     #[error("cannot get a token for app {app_id} now: {message}")]
@@ -83,6 +84,11 @@ pub enum TokenError {
 
 impl TokenError {
     /// When asking again makes sense, if the error says.
+    /// The app's credentials are wrong: a person must fix the configuration.
+    pub fn is_configuration(&self) -> bool {
+        matches!(self, TokenError::Credentials { .. } | TokenError::Blocked { credentials: true, .. })
+    }
+
     pub fn retry_at(&self) -> Option<DateTime<Utc>> {
         match self {
             TokenError::Credentials { until, .. } | TokenError::Blocked { until, .. } | TokenError::DailyQuota { until, .. } => Some(*until),
@@ -137,6 +143,9 @@ struct Inner {
     settings: TokenSettings,
     apps: HashMap<String, Arc<AppSlot>>,
 }
+
+/// How a credentials block starts in `wechat_tokens.blocked_reason`.
+const CREDENTIALS_BLOCK: &str = "credentials rejected";
 
 /// Forced stable-token refreshes WeChat allows: 20 a day, 30 s apart.
 const STABLE_FORCE_PER_DAY: i32 = 20;
@@ -226,9 +235,11 @@ impl TokenProvider {
         }
         let now = locked.row.now;
         if let Some(until) = locked.row.blocked_until.filter(|u| *u > now) {
+            let reason = locked.row.blocked_reason.clone().unwrap_or_default();
             let err = TokenError::Blocked {
                 app_id: app_id.into(),
-                reason: locked.row.blocked_reason.clone().unwrap_or_default(),
+                credentials: reason.starts_with(CREDENTIALS_BLOCK),
+                reason,
                 until,
             };
             locked.commit().await?;
@@ -268,7 +279,7 @@ impl TokenProvider {
                 match classify_token_fetch(errcode) {
                     TokenFetchClass::Credentials => {
                         let until = now + chrono::TimeDelta::from_std(self.inner.settings.credentials_pause).unwrap_or_default();
-                        locked.block(until, &format!("credentials rejected: errcode {errcode}")).await?;
+                        locked.block(until, &format!("{CREDENTIALS_BLOCK}: errcode {errcode} ({errmsg})")).await?;
                         TokenError::Credentials { app_id: app_id.into(), errcode, errmsg, until }
                     }
                     TokenFetchClass::DailyQuota => {

@@ -139,7 +139,7 @@ impl Worker {
         for app in &self.settings.apps {
             match self.ctx.tokens.get(&app.app_id).await {
                 Ok(_) => {}
-                Err(e @ TokenError::Credentials { .. }) => return Err(WorkerError::Config(e.to_string())),
+                Err(e) if e.is_configuration() => return Err(WorkerError::Config(e.to_string())),
                 Err(e) => tracing::warn!(app = %app.app_id, error = %e, "no token yet; sends will retry"),
             }
         }

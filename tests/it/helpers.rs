@@ -1,0 +1,280 @@
+//! Test harness: every test gets a fresh database (named by a UUID, migrated), random exchange and
+//! queue names on the real RabbitMQ, and its own WeChat simulator on port 0. Conditions are awaited
+//! with a timeout, never slept on. Logs show only when `TEST_LOG` is set.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Once};
+use std::time::Duration;
+
+use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{BasicProperties, Connection};
+use secrecy::SecretString;
+use sqlx::{PgPool, Row};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use wxnotify::admin::Health;
+use wxnotify::config::{AmqpArgs, DbArgs, WorkerArgs};
+use wxnotify::queue::{self, Publisher, Topology, headers};
+use wxnotify::sim::{Sim, SimConfig};
+use wxnotify::wechat::TokenApi;
+use wxnotify::worker::{Worker, WorkerError};
+
+pub const APP_ID: &str = "wx1111111111111111";
+pub const APP_SECRET: &str = "sim-secret-Zq81x";
+
+fn base_db_url() -> String {
+    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432".into())
+}
+
+pub fn amqp_url() -> String {
+    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+fn init_logs() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        if std::env::var_os("TEST_LOG").is_some() {
+            wxnotify::telemetry::init(wxnotify::telemetry::LogFormat::Text);
+        }
+    });
+}
+
+pub struct TestEnv {
+    pub db_url: String,
+    pub pool: PgPool,
+    pub topology: Topology,
+    pub sim: Sim,
+    pub sim_base: String,
+    pub templates: PathBuf,
+    conn: Connection,
+    publisher: Publisher,
+}
+
+pub struct WorkerHandle {
+    pub shutdown: CancellationToken,
+    pub join: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl WorkerHandle {
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(30), self.join).await.expect("worker stops within 30 s");
+        r.expect("worker task").expect("worker exits cleanly");
+    }
+}
+
+/// Options a test may change from the defaults.
+#[derive(Clone)]
+pub struct WorkerOpts {
+    pub token_api: TokenApi,
+    pub secret: String,
+    pub concurrency: usize,
+    pub max_attempts: u32,
+    pub token_margin_secs: u64,
+    pub retry_base_secs: f64,
+}
+
+impl Default for WorkerOpts {
+    fn default() -> Self {
+        Self {
+            token_api: TokenApi::Stable,
+            secret: APP_SECRET.into(),
+            concurrency: 64,
+            max_attempts: 8,
+            token_margin_secs: 180,
+            retry_base_secs: 0.2,
+        }
+    }
+}
+
+impl TestEnv {
+    pub async fn new() -> Self {
+        Self::with_sim(SimConfig::default()).await
+    }
+
+    pub async fn with_sim(mut sim_config: SimConfig) -> Self {
+        init_logs();
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let db_name = format!("wxn_test_{}", &id[..16]);
+        let admin = PgPool::connect(&format!("{}/postgres", base_db_url())).await.expect("connect to Postgres (run scripts/services.sh up)");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&admin).await.expect("create test database");
+        admin.close().await;
+        let db_url = format!("{}/{db_name}", base_db_url());
+        let pool = wxnotify::db::connect(&SecretString::from(db_url.clone()), 4).await.expect("connect test db");
+        wxnotify::db::migrate(&pool).await.expect("migrate");
+
+        sim_config.apps = HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]);
+        let sim = Sim::new(sim_config);
+        let addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim binds");
+
+        let topology = Topology::new(&format!("t-{}.x", &id[..10]), &format!("t-{}.q", &id[..10]));
+        let conn = queue::connect(&SecretString::from(amqp_url()), "wxnotify-test").await.expect("connect to RabbitMQ (run scripts/services.sh up)");
+        let publisher = Publisher::open(&conn).await.expect("publisher");
+        topology.declare_core(publisher.channel(), 20).await.expect("declare topology");
+        Self {
+            db_url,
+            pool,
+            topology,
+            sim,
+            sim_base: format!("http://{addr}"),
+            templates: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates.toml"),
+            conn,
+            publisher,
+        }
+    }
+
+    pub fn worker_args(&self, opts: &WorkerOpts) -> WorkerArgs {
+        WorkerArgs {
+            db: DbArgs { database_url: self.db_url.clone() },
+            amqp: AmqpArgs {
+                amqp_url: amqp_url(),
+                exchange: self.topology.exchange.clone(),
+                queue: self.topology.queue.clone(),
+                delivery_limit: 20,
+            },
+            wechat_api_base: self.sim_base.clone(),
+            wechat_app_id: Some(APP_ID.into()),
+            wechat_app_secret: Some(opts.secret.clone()),
+            wechat_token_api: opts.token_api,
+            templates: self.templates.clone(),
+            prefetch: (opts.concurrency * 2) as u16,
+            concurrency: opts.concurrency,
+            max_attempts: opts.max_attempts,
+            retry_base_secs: opts.retry_base_secs,
+            retry_max_secs: 2.0,
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+            http_timeout_secs: 5.0,
+            token_refresh_margin_secs: opts.token_margin_secs,
+            shutdown_grace_secs: 10.0,
+            db_pool: 8,
+        }
+    }
+
+    /// An in-process worker with its own pool, token cache and id, as a separate process would have.
+    pub async fn spawn_worker(&self, opts: &WorkerOpts) -> WorkerHandle {
+        let settings = self.worker_args(opts).into_settings().expect("valid settings");
+        let pool = wxnotify::db::connect(&settings.database_url, settings.db_pool).await.expect("worker pool");
+        let worker = Worker::new(settings, pool, Arc::new(Health::default())).expect("worker");
+        let shutdown = CancellationToken::new();
+        let join = tokio::spawn(worker.run(shutdown.clone()));
+        WorkerHandle { shutdown, join }
+    }
+
+    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+        let props = BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
+        self.publisher.publish(&self.topology.exchange, routing_key, body, props).await.expect("publish");
+    }
+
+    pub async fn publish(&self, event: &serde_json::Value) {
+        let rk = event["event_type"].as_str().unwrap_or("none").to_string();
+        self.publish_raw(&rk, event.to_string().as_bytes()).await;
+    }
+
+    /// Takes every message of the dead-letter queue: (body, wxnotify-* headers).
+    pub async fn drain_dlq(&self) -> Vec<(Vec<u8>, HashMap<String, String>)> {
+        let ch = self.publisher.channel();
+        let mut out = Vec::new();
+        while let Some(msg) = ch.basic_get(self.topology.dlq.as_str().into(), BasicGetOptions::default()).await.expect("basic_get") {
+            let mut h = HashMap::new();
+            for name in [headers::REASON, headers::ERRCODE, headers::ERROR, headers::ATTEMPTS, headers::EVENT_ID] {
+                if let Some(v) = headers::text(&msg.delivery.properties, name) {
+                    h.insert(name.to_string(), v);
+                }
+            }
+            msg.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+            out.push((msg.delivery.data.clone(), h));
+        }
+        out
+    }
+
+    /// Drains the DLQ until it has yielded at least `n` messages; panics after `timeout`.
+    pub async fn collect_dlq(&self, n: usize, timeout: Duration) -> Vec<(Vec<u8>, HashMap<String, String>)> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        while out.len() < n {
+            out.extend(self.drain_dlq().await);
+            if tokio::time::Instant::now() > deadline {
+                panic!("timed out waiting for {n} dead letters, got {}", out.len());
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        out
+    }
+
+    /// Ready messages in the work queue and every retry queue (not the DLQ).
+    pub async fn ready_everywhere(&self) -> u32 {
+        let ch = self.conn.create_channel().await.expect("channel");
+        let policy = wxnotify::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(2));
+        let mut queues = vec![self.topology.queue.clone()];
+        queues.extend(policy.tiers().into_iter().map(|t| self.topology.retry_queue(t)));
+        let mut total = 0;
+        for q in queues {
+            let opts = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
+            if let Ok(info) = ch.queue_declare(q.as_str().into(), opts, lapin::types::FieldTable::default()).await {
+                total += info.message_count();
+            }
+        }
+        let _ = ch.close(200, "done".into()).await;
+        total
+    }
+
+    pub async fn statuses(&self) -> HashMap<String, String> {
+        sqlx::query("SELECT event_id, status FROM deliveries")
+            .fetch_all(&self.pool)
+            .await
+            .expect("query")
+            .into_iter()
+            .map(|r| (r.get::<String, _>(0), r.get::<String, _>(1)))
+            .collect()
+    }
+
+    pub async fn count(&self, sql: &'static str) -> i64 {
+        sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count")
+    }
+
+    /// Deletes this test's broker objects (quorum queues are not free).
+    pub async fn cleanup(self) {
+        let ch = self.publisher.channel();
+        let mut queues = vec![self.topology.queue.clone(), self.topology.dlq.clone()];
+        let policy = wxnotify::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(2));
+        queues.extend(policy.tiers().into_iter().map(|t| self.topology.retry_queue(t)));
+        for q in queues {
+            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        for x in [&self.topology.exchange, &self.topology.dlx] {
+            let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+        }
+        let _ = self.conn.close(200, "test done".into()).await;
+        self.pool.close().await;
+    }
+}
+
+/// Waits until `check` returns true, polling; panics with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if check().await {
+            return;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A valid event of the shipped templates.
+pub fn event(id: &str, event_type: &str, openid: &str) -> serde_json::Value {
+    serde_json::json!({
+        "event_id": id, "event_type": event_type, "occurred_at": "2026-11-21T09:30:00+08:00",
+        "openid": openid,
+        "data": {"booking_id": "B-10023", "service": "精洗套餐", "store": "徐汇店",
+                 "slot_start": "2026-11-22T14:00:00+08:00", "plate": "沪A12345", "price_cents": 3980}
+    })
+}
