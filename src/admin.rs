@@ -72,13 +72,23 @@ pub async fn bind(
 ) -> std::io::Result<(SocketAddr, impl Future<Output = std::io::Result<()>>)> {
     let listener = TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let state = AdminState { health, metrics: metrics_handle() };
+    let state = AdminState {
+        health,
+        metrics: metrics_handle(),
+    };
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/readyz", get(readyz))
-        .route("/metrics", get(|State(s): State<AdminState>| async move { s.metrics.render() }))
+        .route(
+            "/metrics",
+            get(|State(s): State<AdminState>| async move { s.metrics.render() }),
+        )
         .with_state(state);
-    let server = async move { axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await };
+    let server = async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(shutdown.cancelled_owned())
+            .await
+    };
     Ok((local, server))
 }
 
@@ -86,6 +96,9 @@ async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {
     if s.health.ready() {
         (StatusCode::OK, "ready\n")
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready: broker or database unreachable\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: broker or database unreachable\n",
+        )
     }
 }

@@ -16,7 +16,11 @@ use crate::worker::{Worker, WorkerError};
 use crate::{db, ops, shutdown};
 
 #[derive(Debug, Parser)]
-#[command(name = "wxnotify", version, about = "Booking events from RabbitMQ → WeChat notifications, exactly once in effect.")]
+#[command(
+    name = "wxnotify",
+    version,
+    about = "Booking events from RabbitMQ → WeChat notifications, exactly once in effect."
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, env = "WXNOTIFY_LOG_FORMAT", value_enum, default_value = "text", global = true)]
@@ -95,8 +99,12 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Worker { no_migrate, args } => worker(*args, no_migrate).await,
         Command::Migrate { db } => {
             let url = db.url()?;
-            let pool = db::connect(&url, 2).await.map_err(|e| Failure::Runtime(format!("database {}: {e}", redact_url(&url))))?;
-            db::migrate(&pool).await.map_err(|e| Failure::Runtime(format!("migrations: {e}")))?;
+            let pool = db::connect(&url, 2)
+                .await
+                .map_err(|e| Failure::Runtime(format!("database {}: {e}", redact_url(&url))))?;
+            db::migrate(&pool)
+                .await
+                .map_err(|e| Failure::Runtime(format!("migrations: {e}")))?;
             println!("migrations applied to {}", redact_url(&url));
             Ok(())
         }
@@ -107,7 +115,10 @@ async fn run(command: Command) -> Result<(), Failure> {
             let n = ops::publish::publish(&url, &topology, amqp.delivery_limit, &input, raw)
                 .await
                 .map_err(|e| Failure::Runtime(e.to_string()))?;
-            println!("published {n} event(s) to exchange {} (confirmed by the broker)", topology.exchange);
+            println!(
+                "published {n} event(s) to exchange {} (confirmed by the broker)",
+                topology.exchange
+            );
             Ok(())
         }
     }
@@ -120,7 +131,9 @@ fn read_input(file: Option<&PathBuf>) -> Result<Vec<u8>, Failure> {
         }
         _ => {
             let mut buf = Vec::new();
-            std::io::stdin().read_to_end(&mut buf).map_err(|e| Failure::Runtime(format!("stdin: {e}")))?;
+            std::io::stdin()
+                .read_to_end(&mut buf)
+                .map_err(|e| Failure::Runtime(format!("stdin: {e}")))?;
             Ok(buf)
         }
     }
@@ -132,7 +145,12 @@ async fn worker(args: WorkerArgs, no_migrate: bool) -> Result<(), Failure> {
     let health = Arc::new(Health::default());
     let (addr, server) = admin::bind(settings.admin_addr, health.clone(), shutdown.clone())
         .await
-        .map_err(|e| Failure::Config(format!("WXNOTIFY_ADMIN_ADDR: cannot listen on {}: {e}", settings.admin_addr)))?;
+        .map_err(|e| {
+            Failure::Config(format!(
+                "WXNOTIFY_ADMIN_ADDR: cannot listen on {}: {e}",
+                settings.admin_addr
+            ))
+        })?;
     tokio::spawn(server);
     tracing::info!(%addr, "admin endpoint: /healthz /readyz /metrics");
 
@@ -153,7 +171,9 @@ async fn worker(args: WorkerArgs, no_migrate: bool) -> Result<(), Failure> {
     };
     health.set_db(true);
     if !no_migrate {
-        db::migrate(&pool).await.map_err(|e| Failure::Runtime(format!("migrations: {e}")))?;
+        db::migrate(&pool)
+            .await
+            .map_err(|e| Failure::Runtime(format!("migrations: {e}")))?;
     }
     let worker = Worker::new(settings, pool, health).map_err(|e| Failure::Config(e.to_string()))?;
     worker.run(shutdown).await.map_err(|e| match e {

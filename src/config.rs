@@ -25,21 +25,34 @@ pub struct ConfigError {
 
 impl ConfigError {
     pub fn new(setting: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { setting: setting.into(), message: message.into() }
+        Self {
+            setting: setting.into(),
+            message: message.into(),
+        }
     }
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct DbArgs {
     /// Postgres URL of the ledger.
-    #[arg(long, env = "DATABASE_URL", default_value = "postgres://postgres:postgres@127.0.0.1:5432/wxnotify", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres:postgres@127.0.0.1:5432/wxnotify",
+        hide_env_values = true
+    )]
     pub database_url: String,
 }
 
 #[derive(Debug, Clone, Args)]
 pub struct AmqpArgs {
     /// RabbitMQ URL.
-    #[arg(long, env = "AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f",
+        hide_env_values = true
+    )]
     pub amqp_url: String,
     /// The topic exchange the booking app publishes to.
     #[arg(long, env = "WXNOTIFY_EXCHANGE", default_value = "booking.events")]
@@ -57,7 +70,10 @@ impl AmqpArgs {
     pub fn topology(&self) -> Result<Topology, ConfigError> {
         for (setting, name) in [("WXNOTIFY_EXCHANGE", &self.exchange), ("WXNOTIFY_QUEUE", &self.queue)] {
             if name.is_empty() || name.len() > 200 || name.starts_with("amq.") {
-                return Err(ConfigError::new(setting, format!("{name:?} is not a usable name (1–200 bytes, not amq.*)")));
+                return Err(ConfigError::new(
+                    setting,
+                    format!("{name:?} is not a usable name (1–200 bytes, not amq.*)"),
+                ));
             }
         }
         Ok(Topology::new(&self.exchange, &self.queue))
@@ -142,7 +158,10 @@ pub struct AppCredentials {
 
 impl std::fmt::Debug for AppCredentials {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppCredentials").field("app_id", &self.app_id).field("secret", &"[REDACTED]").finish()
+        f.debug_struct("AppCredentials")
+            .field("app_id", &self.app_id)
+            .field("secret", &"[REDACTED]")
+            .finish()
     }
 }
 
@@ -197,7 +216,8 @@ impl WorkerArgs {
             .ok_or_else(|| ConfigError::new("WECHAT_APP_SECRET", "is not set (the default WeChat app's secret)"))?;
         crate::wechat::WechatClient::new(&self.wechat_api_base, Duration::from_secs(1))
             .map_err(|e| ConfigError::new("WECHAT_API_BASE", e))?;
-        let catalog = Catalog::load(&self.templates).map_err(|e| ConfigError::new("WXNOTIFY_TEMPLATES", e.to_string()))?;
+        let catalog =
+            Catalog::load(&self.templates).map_err(|e| ConfigError::new("WXNOTIFY_TEMPLATES", e.to_string()))?;
         let mut apps = vec![AppCredentials {
             app_id: app_id.trim().to_string(),
             secret: Arc::new(SecretString::from(secret.trim().to_string())),
@@ -206,10 +226,16 @@ impl WorkerArgs {
             if apps.iter().any(|a| a.app_id == app.app_id) {
                 return Err(ConfigError::new(
                     "WXNOTIFY_TEMPLATES",
-                    format!("[[apps]] lists {}, which is already the default app (WECHAT_APP_ID)", app.app_id),
+                    format!(
+                        "[[apps]] lists {}, which is already the default app (WECHAT_APP_ID)",
+                        app.app_id
+                    ),
                 ));
             }
-            apps.push(AppCredentials { app_id: app.app_id.clone(), secret: Arc::new(env_secret(&app.secret_env)?) });
+            apps.push(AppCredentials {
+                app_id: app.app_id.clone(),
+                secret: Arc::new(env_secret(&app.secret_env)?),
+            });
         }
         for t in catalog.templates() {
             if let Some(a) = &t.app_id
@@ -217,7 +243,10 @@ impl WorkerArgs {
             {
                 return Err(ConfigError::new(
                     "WXNOTIFY_TEMPLATES",
-                    format!("template {} is for app {a}, which is neither WECHAT_APP_ID nor in [[apps]]", t.label),
+                    format!(
+                        "template {} is for app {a}, which is neither WECHAT_APP_ID nor in [[apps]]",
+                        t.label
+                    ),
                 ));
             }
         }
@@ -237,7 +266,10 @@ impl WorkerArgs {
             return Err(ConfigError::new("WXNOTIFY_DELIVERY_LIMIT", "must be at least 2"));
         }
         if !(5..=3600).contains(&self.token_refresh_margin_secs) {
-            return Err(ConfigError::new("WXNOTIFY_TOKEN_REFRESH_MARGIN_SECS", "must be between 5 and 3600"));
+            return Err(ConfigError::new(
+                "WXNOTIFY_TOKEN_REFRESH_MARGIN_SECS",
+                "must be between 5 and 3600",
+            ));
         }
         if !(1..=200).contains(&self.db_pool) {
             return Err(ConfigError::new("WXNOTIFY_DB_POOL", "must be between 1 and 200"));
@@ -271,7 +303,9 @@ impl WorkerArgs {
 
 /// `host-pid-random`: readable in the ledger, unique across restarts.
 pub fn new_worker_id() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").map(|h| h.trim().to_string()).unwrap_or_else(|_| "host".into());
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "host".into());
     let rand = &uuid::Uuid::new_v4().simple().to_string()[..8];
     format!("{host}-{}-{rand}", std::process::id())
 }

@@ -149,11 +149,24 @@ mod tests {
         let err = BookingEvent::parse(missing.as_bytes()).unwrap_err().to_string();
         assert!(err.contains("openid"), "{err}");
         let long = GOOD.replace("\"e1\"", &format!("\"{}\"", "x".repeat(129)));
-        assert!(BookingEvent::parse(long.as_bytes()).unwrap_err().to_string().contains("1–128"));
+        assert!(
+            BookingEvent::parse(long.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("1–128")
+        );
         let bad_time = GOOD.replace("2026-11-21T09:30:00+08:00", "yesterday");
-        assert!(BookingEvent::parse(bad_time.as_bytes()).unwrap_err().to_string().contains("RFC 3339"));
+        assert!(
+            BookingEvent::parse(bad_time.as_bytes())
+                .unwrap_err()
+                .to_string()
+                .contains("RFC 3339")
+        );
         let typed = GOOD.replace(r#""data":{"x":1}"#, r#""data":[1]"#);
-        assert!(matches!(BookingEvent::parse(typed.as_bytes()), Err(EventError::Field(_))));
+        assert!(matches!(
+            BookingEvent::parse(typed.as_bytes()),
+            Err(EventError::Field(_))
+        ));
     }
 
     #[test]

@@ -56,14 +56,20 @@ impl RetryPolicy {
             if failed_before + 1 >= self.max_attempts {
                 Decision::Exhausted
             } else {
-                Decision::RetryLater { delay: self.backoff(failed_before).max(min), counted: true }
+                Decision::RetryLater {
+                    delay: self.backoff(failed_before).max(min),
+                    counted: true,
+                }
             }
         };
         match class {
             ErrorClass::Token => Decision::Requeue,
             ErrorClass::Transient => counted(Duration::ZERO),
             ErrorClass::MinuteQuota => counted(self.minute_quota_delay),
-            ErrorClass::DailyQuota => Decision::RetryLater { delay: self.daily_quota_delay, counted: false },
+            ErrorClass::DailyQuota => Decision::RetryLater {
+                delay: self.daily_quota_delay,
+                counted: false,
+            },
             ErrorClass::Permanent => Decision::Permanent,
         }
     }
@@ -83,7 +89,9 @@ impl RetryPolicy {
 
     /// The delay tiers, one retry queue each: powers of two seconds, up to the longest delay needed.
     pub fn tiers(&self) -> Vec<Duration> {
-        let longest = (self.max_delay * 2).max(self.daily_quota_delay).max(self.minute_quota_delay * 2);
+        let longest = (self.max_delay * 2)
+            .max(self.daily_quota_delay)
+            .max(self.minute_quota_delay * 2);
         let mut tiers = vec![];
         let mut t = Duration::from_secs(1);
         loop {
@@ -98,7 +106,11 @@ impl RetryPolicy {
     /// The tier a delay waits in: the shortest one at least as long.
     pub fn tier_for(&self, delay: Duration) -> Duration {
         let tiers = self.tiers();
-        tiers.iter().copied().find(|t| *t >= delay).unwrap_or(*tiers.last().expect("at least one tier"))
+        tiers
+            .iter()
+            .copied()
+            .find(|t| *t >= delay)
+            .unwrap_or(*tiers.last().expect("at least one tier"))
     }
 }
 
@@ -115,9 +127,15 @@ mod tests {
         let p = policy();
         assert_eq!(p.decide(ErrorClass::Token, 7), Decision::Requeue);
         assert_eq!(p.decide(ErrorClass::Permanent, 0), Decision::Permanent);
-        assert!(matches!(p.decide(ErrorClass::Transient, 0), Decision::RetryLater { counted: true, .. }));
+        assert!(matches!(
+            p.decide(ErrorClass::Transient, 0),
+            Decision::RetryLater { counted: true, .. }
+        ));
         assert_eq!(p.decide(ErrorClass::Transient, 7), Decision::Exhausted);
-        assert!(matches!(p.decide(ErrorClass::DailyQuota, 7), Decision::RetryLater { counted: false, .. }));
+        assert!(matches!(
+            p.decide(ErrorClass::DailyQuota, 7),
+            Decision::RetryLater { counted: false, .. }
+        ));
         match p.decide(ErrorClass::MinuteQuota, 0) {
             Decision::RetryLater { delay, .. } => assert!(delay >= Duration::from_secs(60)),
             d => panic!("{d:?}"),

@@ -8,7 +8,11 @@ use clap::Parser;
 use wxnotify::sim::{Faults, Sim, SimConfig};
 
 #[derive(Debug, Parser)]
-#[command(name = "wechat-sim", version, about = "A WeChat server API simulator (tokens, template/subscribe send, faults).")]
+#[command(
+    name = "wechat-sim",
+    version,
+    about = "A WeChat server API simulator (tokens, template/subscribe send, faults)."
+)]
 struct Args {
     /// Address to listen on.
     #[arg(long, env = "WECHAT_SIM_ADDR", default_value = "127.0.0.1:8089")]
@@ -16,7 +20,12 @@ struct Args {
     /// The default app it knows (same variables the worker reads).
     #[arg(long, env = "WECHAT_APP_ID", default_value = "wx1111111111111111")]
     app_id: String,
-    #[arg(long, env = "WECHAT_APP_SECRET", default_value = "sim-secret", hide_env_values = true)]
+    #[arg(
+        long,
+        env = "WECHAT_APP_SECRET",
+        default_value = "sim-secret",
+        hide_env_values = true
+    )]
     app_secret: String,
     /// More apps, as APPID:SECRET (repeatable).
     #[arg(long = "app")]
@@ -85,19 +94,26 @@ async fn main() -> std::process::ExitCode {
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,
         Err(e) => {
-            eprintln!("configuration error: WECHAT_SIM_ADDR: cannot listen on {}: {e}", args.listen);
+            eprintln!(
+                "configuration error: WECHAT_SIM_ADDR: cannot listen on {}: {e}",
+                args.listen
+            );
             return std::process::ExitCode::from(2);
         }
     };
     eprintln!("wechat-sim listening on http://{}", args.listen);
     let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
         tokio::select! {
             _ = term.recv() => {}
             _ = tokio::signal::ctrl_c() => {}
         }
     };
-    match axum::serve(listener, sim.router()).with_graceful_shutdown(shutdown).await {
+    match axum::serve(listener, sim.router())
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e}");

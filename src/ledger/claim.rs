@@ -43,7 +43,10 @@ pub struct Claimed {
 pub enum Claim {
     Owned(Claimed),
     /// `sent` or `dead` already: this copy is a duplicate.
-    AlreadyFinal { id: i64, status: Status },
+    AlreadyFinal {
+        id: i64,
+        status: Status,
+    },
     /// Another live worker is on it right now.
     HeldElsewhere,
 }
@@ -95,17 +98,21 @@ impl Ledger {
             }));
         }
         // Not claimed: final, or held. (Rare path: only duplicates get here.)
-        let row = sqlx::query("SELECT id, status FROM deliveries WHERE event_id = $1 AND template_id = $2 AND openid = $3")
-            .bind(&req.event.event_id)
-            .bind(req.template_id)
-            .bind(&req.event.openid)
-            .fetch_optional(&self.pool)
-            .await?;
+        let row =
+            sqlx::query("SELECT id, status FROM deliveries WHERE event_id = $1 AND template_id = $2 AND openid = $3")
+                .bind(&req.event.event_id)
+                .bind(req.template_id)
+                .bind(&req.event.openid)
+                .fetch_optional(&self.pool)
+                .await?;
         Ok(match row {
             Some(row) => {
                 let status: String = row.try_get("status")?;
                 match Status::parse(&status) {
-                    Some(s @ (Status::Sent | Status::Dead)) => Claim::AlreadyFinal { id: row.try_get("id")?, status: s },
+                    Some(s @ (Status::Sent | Status::Dead)) => Claim::AlreadyFinal {
+                        id: row.try_get("id")?,
+                        status: s,
+                    },
                     _ => Claim::HeldElsewhere,
                 }
             }

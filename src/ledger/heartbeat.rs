@@ -24,10 +24,13 @@ impl Ledger {
                     in_doubt_since = COALESCE(in_doubt_since, claimed_at)
              WHERE owner = $1 AND status IN ('pending', 'retrying')",
         )
+        .bind(&self.worker_id)
+        .execute(&self.pool)
+        .await?;
+        sqlx::query("DELETE FROM workers WHERE id = $1")
             .bind(&self.worker_id)
             .execute(&self.pool)
             .await?;
-        sqlx::query("DELETE FROM workers WHERE id = $1").bind(&self.worker_id).execute(&self.pool).await?;
         Ok(())
     }
 }

@@ -35,7 +35,9 @@ impl Status {
     }
 
     pub fn parse(s: &str) -> Option<Self> {
-        [Status::Pending, Status::Sent, Status::Retrying, Status::Dead].into_iter().find(|x| x.as_str() == s)
+        [Status::Pending, Status::Sent, Status::Retrying, Status::Dead]
+            .into_iter()
+            .find(|x| x.as_str() == s)
     }
 }
 
@@ -51,7 +53,12 @@ pub struct Ledger {
 
 impl Ledger {
     pub fn new(pool: PgPool, worker_id: String) -> Self {
-        Self { pool, worker_id, lease: Duration::from_secs(120), liveness: Duration::from_secs(10) }
+        Self {
+            pool,
+            worker_id,
+            lease: Duration::from_secs(120),
+            liveness: Duration::from_secs(10),
+        }
     }
 
     pub fn pool(&self) -> &PgPool {

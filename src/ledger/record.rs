@@ -29,22 +29,48 @@ pub struct Finish {
 
 impl Finish {
     pub fn sent(msgid: Option<i64>) -> Self {
-        Self { status: Status::Sent, errcode: None, error: None, msgid, dead_reason: None, in_doubt: false }
+        Self {
+            status: Status::Sent,
+            errcode: None,
+            error: None,
+            msgid,
+            dead_reason: None,
+            in_doubt: false,
+        }
     }
 
     pub fn retrying(errcode: Option<i64>, error: impl Into<String>) -> Self {
-        Self { status: Status::Retrying, errcode, error: Some(error.into()), msgid: None, dead_reason: None, in_doubt: false }
+        Self {
+            status: Status::Retrying,
+            errcode,
+            error: Some(error.into()),
+            msgid: None,
+            dead_reason: None,
+            in_doubt: false,
+        }
     }
 
     pub fn dead(reason: &'static str, errcode: Option<i64>, error: impl Into<String>) -> Self {
-        Self { status: Status::Dead, errcode, error: Some(error.into()), msgid: None, dead_reason: Some(reason), in_doubt: false }
+        Self {
+            status: Status::Dead,
+            errcode,
+            error: Some(error.into()),
+            msgid: None,
+            dead_reason: Some(reason),
+            in_doubt: false,
+        }
     }
 }
 
 impl Ledger {
     /// Writes the attempt (if any) and the outcome, and releases the claim. Returns whether the
     /// delivery row changed (false: another worker had already made it final).
-    pub async fn record(&self, delivery_id: i64, attempt: Option<&AttemptRecord>, finish: &Finish) -> Result<bool, sqlx::Error> {
+    pub async fn record(
+        &self,
+        delivery_id: i64,
+        attempt: Option<&AttemptRecord>,
+        finish: &Finish,
+    ) -> Result<bool, sqlx::Error> {
         let changed = sqlx::query(
             "WITH attempt AS (
                  INSERT INTO delivery_attempts

@@ -39,14 +39,24 @@ fn prepare(input: &[u8], raw: bool) -> Result<Vec<Outgoing>, PublishCmdError> {
         }
         let line_no = i + 1;
         match BookingEvent::parse(line) {
-            Ok(e) => out.push(Outgoing { line_no, body: line.to_vec(), routing_key: e.event_type, event_id: Some(e.event_id) }),
+            Ok(e) => out.push(Outgoing {
+                line_no,
+                body: line.to_vec(),
+                routing_key: e.event_type,
+                event_id: Some(e.event_id),
+            }),
             Err(e) if raw => {
                 let _ = e;
                 let routing_key = serde_json::from_slice::<serde_json::Value>(line)
                     .ok()
                     .and_then(|v| v.get("event_type").and_then(|t| t.as_str()).map(str::to_string))
                     .unwrap_or_else(|| "invalid".into());
-                out.push(Outgoing { line_no, body: line.to_vec(), routing_key, event_id: BookingEvent::sniff_event_id(line) })
+                out.push(Outgoing {
+                    line_no,
+                    body: line.to_vec(),
+                    routing_key,
+                    event_id: BookingEvent::sniff_event_id(line),
+                })
             }
             Err(e) => errors.push(format!("  line {line_no}: {e}")),
         }
@@ -54,7 +64,10 @@ fn prepare(input: &[u8], raw: bool) -> Result<Vec<Outgoing>, PublishCmdError> {
     if errors.is_empty() {
         Ok(out)
     } else {
-        Err(PublishCmdError::Invalid { count: errors.len(), details: errors.join("\n") })
+        Err(PublishCmdError::Invalid {
+            count: errors.len(),
+            details: errors.join("\n"),
+        })
     }
 }
 
@@ -68,9 +81,14 @@ pub async fn publish(
 ) -> Result<usize, PublishCmdError> {
     let lines = prepare(input, raw)?;
     let broker = |e: &dyn std::fmt::Display| PublishCmdError::Broker(e.to_string());
-    let conn = queue::connect(amqp_url, "wxnotify-publish").await.map_err(|e| broker(&e))?;
+    let conn = queue::connect(amqp_url, "wxnotify-publish")
+        .await
+        .map_err(|e| broker(&e))?;
     let publisher = Publisher::open(&conn).await.map_err(|e| broker(&e))?;
-    topology.declare_core(publisher.channel(), delivery_limit).await.map_err(|e| broker(&e))?;
+    topology
+        .declare_core(publisher.channel(), delivery_limit)
+        .await
+        .map_err(|e| broker(&e))?;
     let results: Vec<Result<(), String>> = futures_util::stream::iter(lines.iter())
         .map(|o| {
             let publisher = publisher.clone();
@@ -118,6 +136,9 @@ mod tests {
             _ => panic!("expected one invalid line"),
         }
         assert_eq!(prepare(input.as_bytes(), true).unwrap().len(), 3);
-        assert_eq!(prepare(good.as_bytes(), false).unwrap()[0].routing_key, "booking.created");
+        assert_eq!(
+            prepare(good.as_bytes(), false).unwrap()[0].routing_key,
+            "booking.created"
+        );
     }
 }

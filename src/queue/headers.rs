@@ -85,7 +85,10 @@ pub fn republish(original: &BasicProperties) -> (BasicProperties, FieldTable) {
 }
 
 pub fn set_text(headers: &mut FieldTable, name: &str, value: &str) {
-    headers.insert(ShortString::from(name), AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())));
+    headers.insert(
+        ShortString::from(name),
+        AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
+    );
 }
 
 pub fn set_int(headers: &mut FieldTable, name: &str, value: i64) {

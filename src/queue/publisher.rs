@@ -41,7 +41,10 @@ impl Publisher {
         body: &[u8],
         props: BasicProperties,
     ) -> Result<(), PublishError> {
-        let opts = BasicPublishOptions { mandatory: true, ..Default::default() };
+        let opts = BasicPublishOptions {
+            mandatory: true,
+            ..Default::default()
+        };
         let confirm = self
             .channel
             .basic_publish(exchange.into(), routing_key.into(), opts, body, props)

@@ -24,7 +24,10 @@ fn string(s: &str) -> AMQPValue {
 }
 
 fn durable() -> QueueDeclareOptions {
-    QueueDeclareOptions { durable: true, ..QueueDeclareOptions::default() }
+    QueueDeclareOptions {
+        durable: true,
+        ..QueueDeclareOptions::default()
+    }
 }
 
 impl Topology {
@@ -45,18 +48,37 @@ impl Topology {
     /// Exchange, work queue with its binding, dead-letter exchange and queue. Shared by the worker
     /// and `publish`, so events published before any worker ran are not dropped as unroutable.
     pub async fn declare_core(&self, ch: &Channel, delivery_limit: u32) -> lapin::Result<()> {
-        let exchange_opts = ExchangeDeclareOptions { durable: true, ..Default::default() };
-        ch.exchange_declare(self.exchange.as_str().into(), ExchangeKind::Topic, exchange_opts, FieldTable::default())
-            .await?;
-        ch.exchange_declare(self.dlx.as_str().into(), ExchangeKind::Fanout, exchange_opts, FieldTable::default())
-            .await?;
+        let exchange_opts = ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        ch.exchange_declare(
+            self.exchange.as_str().into(),
+            ExchangeKind::Topic,
+            exchange_opts,
+            FieldTable::default(),
+        )
+        .await?;
+        ch.exchange_declare(
+            self.dlx.as_str().into(),
+            ExchangeKind::Fanout,
+            exchange_opts,
+            FieldTable::default(),
+        )
+        .await?;
 
         let mut dlq_args = FieldTable::default();
         // Replicated, fsync'd log: a dead letter is kept until a person replays it.
         dlq_args.insert("x-queue-type".into(), string("quorum"));
         ch.queue_declare(self.dlq.as_str().into(), durable(), dlq_args).await?;
-        ch.queue_bind(self.dlq.as_str().into(), self.dlx.as_str().into(), "".into(), QueueBindOptions::default(), FieldTable::default())
-            .await?;
+        ch.queue_bind(
+            self.dlq.as_str().into(),
+            self.dlx.as_str().into(),
+            "".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
 
         let mut args = FieldTable::default();
         args.insert("x-queue-type".into(), string("quorum"));
@@ -70,8 +92,14 @@ impl Topology {
         args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
         args.insert("x-overflow".into(), string("reject-publish"));
         ch.queue_declare(self.queue.as_str().into(), durable(), args).await?;
-        ch.queue_bind(self.queue.as_str().into(), self.exchange.as_str().into(), "#".into(), QueueBindOptions::default(), FieldTable::default())
-            .await?;
+        ch.queue_bind(
+            self.queue.as_str().into(),
+            self.exchange.as_str().into(),
+            "#".into(),
+            QueueBindOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
         Ok(())
     }
 
@@ -90,7 +118,8 @@ impl Topology {
             args.insert("x-dead-letter-routing-key".into(), string(&self.queue));
             args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
             args.insert("x-overflow".into(), string("reject-publish"));
-            ch.queue_declare(self.retry_queue(*tier).as_str().into(), durable(), args).await?;
+            ch.queue_declare(self.retry_queue(*tier).as_str().into(), durable(), args)
+                .await?;
         }
         Ok(())
     }

@@ -35,14 +35,21 @@ pub struct Sim {
 
 fn json_reply(status: u16, body: Value) -> Response {
     let status = StatusCode::from_u16(status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
-    (status, [(header::CONTENT_TYPE, "application/json; encoding=utf-8")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json; encoding=utf-8")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 type Params = Query<HashMap<String, String>>;
 
 impl Sim {
     pub fn new(config: SimConfig) -> Self {
-        Self { state: Arc::new(Mutex::new(SimState::new(config))) }
+        Self {
+            state: Arc::new(Mutex::new(SimState::new(config))),
+        }
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut SimState) -> T) -> T {
@@ -80,8 +87,14 @@ impl Sim {
             .route("/cgi-bin/stable_token", post(stable_token))
             .route("/cgi-bin/message/template/send", post(template_send))
             .route("/cgi-bin/message/subscribe/send", post(subscribe_send))
-            .route("/sim/messages", get(|State(sim): State<Sim>| async move { axum::Json(sim.messages()) }))
-            .route("/sim/stats", get(|State(sim): State<Sim>| async move { axum::Json(sim.stats()) }))
+            .route(
+                "/sim/messages",
+                get(|State(sim): State<Sim>| async move { axum::Json(sim.messages()) }),
+            )
+            .route(
+                "/sim/stats",
+                get(|State(sim): State<Sim>| async move { axum::Json(sim.stats()) }),
+            )
             .route("/sim/faults", post(faults))
             .route("/sim/rotate", post(rotate))
             .route("/sim/users", post(users))

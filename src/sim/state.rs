@@ -134,7 +134,12 @@ pub type Reply = (u16, Value);
 
 fn rid() -> String {
     let mut r = rand::rng();
-    format!("{:08x}-{:08x}-{:08x}", r.random::<u32>(), r.random::<u32>(), r.random::<u32>())
+    format!(
+        "{:08x}-{:08x}-{:08x}",
+        r.random::<u32>(),
+        r.random::<u32>(),
+        r.random::<u32>()
+    )
 }
 
 pub fn error(errcode: i64, errmsg: &str) -> Value {
@@ -142,7 +147,11 @@ pub fn error(errcode: i64, errmsg: &str) -> Value {
 }
 
 fn new_token_value() -> String {
-    rand::rng().sample_iter(&Alphanumeric).take(136).map(char::from).collect()
+    rand::rng()
+        .sample_iter(&Alphanumeric)
+        .take(136)
+        .map(char::from)
+        .collect()
 }
 
 /// A token must be sent byte for byte; these are the errcodes for what is not.
@@ -216,7 +225,12 @@ impl SimState {
         self.stats.rotations += 1;
     }
 
-    fn check_credentials(&mut self, grant_type: Option<&str>, appid: Option<&str>, secret: Option<&str>) -> Result<String, Reply> {
+    fn check_credentials(
+        &mut self,
+        grant_type: Option<&str>,
+        appid: Option<&str>,
+        secret: Option<&str>,
+    ) -> Result<String, Reply> {
         if grant_type != Some("client_credential") {
             return Err(self.count_error(40002, "invalid grant_type"));
         }
@@ -267,13 +281,18 @@ impl SimState {
         let (count, last) = self.forced.get(&app).copied().unwrap_or((0, None));
         let may_force = count < 20 && last.is_none_or(|l| now.duration_since(l) >= Duration::from_secs(30));
         let reuse = match current {
-            Some((value, expires)) if !(force && may_force) && expires.duration_since(now) > self.config.overlap => Some((value, expires)),
+            Some((value, expires)) if !(force && may_force) && expires.duration_since(now) > self.config.overlap => {
+                Some((value, expires))
+            }
             // Forced but not allowed: WeChat does not refresh; it answers with the current token.
             Some((value, expires)) if force && !may_force => Some((value, expires)),
             _ => None,
         };
         if let Some((value, expires)) = reuse {
-            return (200, json!({ "access_token": value, "expires_in": expires.duration_since(now).as_secs() }));
+            return (
+                200,
+                json!({ "access_token": value, "expires_in": expires.duration_since(now).as_secs() }),
+            );
         }
         if force && may_force {
             self.forced.insert(app.clone(), (count + 1, Some(now)));
@@ -301,7 +320,9 @@ impl SimState {
         let app = match self.check_token(token) {
             TokenCheck::Ok(app) => app,
             TokenCheck::Missing => return self.count_error(41001, "access_token missing"),
-            TokenCheck::Invalid => return self.count_error(40001, "invalid credential, access_token is invalid or not latest"),
+            TokenCheck::Invalid => {
+                return self.count_error(40001, "invalid credential, access_token is invalid or not latest");
+            }
             TokenCheck::Expired => return self.count_error(42001, "access_token expired"),
         };
         self.stats.send_requests += 1;

@@ -17,8 +17,12 @@ pub fn datetime(value: String, format: String) -> Result<String, Error> {
         )
     })?;
     let mut out = String::new();
-    write!(out, "{}", dt.format(&format))
-        .map_err(|_| Error::new(ErrorKind::InvalidOperation, format!("datetime: cannot format with {format:?}")))?;
+    write!(out, "{}", dt.format(&format)).map_err(|_| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("datetime: cannot format with {format:?}"),
+        )
+    })?;
     Ok(out)
 }
 

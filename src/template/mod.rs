@@ -69,7 +69,10 @@ pub struct Catalog {
 
 impl std::fmt::Debug for Catalog {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Catalog").field("templates", &self.templates).field("apps", &self.apps).finish()
+        f.debug_struct("Catalog")
+            .field("templates", &self.templates)
+            .field("apps", &self.apps)
+            .finish()
     }
 }
 
@@ -133,7 +136,10 @@ impl Catalog {
         let mut samples = Vec::new();
         for (index, spec) in file.templates.into_iter().enumerate() {
             let label = format!("#{} ({} → {})", index + 1, spec.event_type, spec.template_id);
-            let fail = |message: String| TemplateConfigError::Template { template: label.clone(), message };
+            let fail = |message: String| TemplateConfigError::Template {
+                template: label.clone(),
+                message,
+            };
             if spec.event_type.trim().is_empty() || spec.template_id.trim().is_empty() {
                 return Err(fail("`event_type` and `template_id` must not be empty".into()));
             }
@@ -156,7 +162,9 @@ impl Catalog {
             match spec.api {
                 Api::Template => {
                     if spec.page.is_some() || spec.miniprogram_state.is_some() || spec.lang.is_some() {
-                        return Err(fail("`page`, `miniprogram_state` and `lang` belong to api = \"subscribe\"".into()));
+                        return Err(fail(
+                            "`page`, `miniprogram_state` and `lang` belong to api = \"subscribe\"".into(),
+                        ));
                     }
                 }
                 Api::Subscribe => {
@@ -166,7 +174,9 @@ impl Catalog {
                     if let Some(s) = &spec.miniprogram_state
                         && !MINIPROGRAM_STATES.contains(&s.as_str())
                     {
-                        return Err(fail(format!("miniprogram_state: {s:?} is not one of developer, trial, formal")));
+                        return Err(fail(format!(
+                            "miniprogram_state: {s:?} is not one of developer, trial, formal"
+                        )));
                     }
                     if let Some(l) = &spec.lang
                         && !LANGS.contains(&l.as_str())
@@ -186,7 +196,10 @@ impl Catalog {
                 return Err(fail(format!(
                     "a second template for event type {:?}{}: one template per event type and app",
                     spec.event_type,
-                    spec.app_id.as_deref().map(|a| format!(" and app {a}")).unwrap_or_default()
+                    spec.app_id
+                        .as_deref()
+                        .map(|a| format!(" and app {a}"))
+                        .unwrap_or_default()
                 )));
             }
             let mut sample = sample_event();
@@ -211,7 +224,12 @@ impl Catalog {
                 lang: spec.lang,
             });
         }
-        let catalog = Catalog { env, templates, lookup, apps: file.apps };
+        let catalog = Catalog {
+            env,
+            templates,
+            lookup,
+            apps: file.apps,
+        };
         for (template, sample) in catalog.templates.iter().zip(samples) {
             let ctx = Value::from(Serde(&sample));
             catalog.render_with(template, &ctx, "sample".into(), "wxn-sample".into()).map_err(|e| {
@@ -270,14 +288,23 @@ impl Catalog {
             let tpl = self
                 .env
                 .get_template(&format!("{}.{name}", template.index))
-                .map_err(|e| RenderError { field: field.clone(), message: e.to_string() })?;
-            tpl.render(ctx.clone()).map_err(|e| RenderError { field, message: describe(&e) })
+                .map_err(|e| RenderError {
+                    field: field.clone(),
+                    message: e.to_string(),
+                })?;
+            tpl.render(ctx.clone()).map_err(|e| RenderError {
+                field,
+                message: describe(&e),
+            })
         };
         let mut data = BTreeMap::new();
         for key in &template.keys {
             let field = format!("data.{key}");
             let value = render(&field)?;
-            keywords::check(key, &value).map_err(|e| RenderError { field, message: e.to_string() })?;
+            keywords::check(key, &value).map_err(|e| RenderError {
+                field,
+                message: e.to_string(),
+            })?;
             data.insert(key.clone(), value);
         }
         Ok(OutgoingMessage {
@@ -365,8 +392,10 @@ secret_env = "WECHAT_APP_SECRET_2"
         let e = event(json!({"booking_id": "B-1", "service": "精洗套餐"}));
         let err = c.render(t, &e, "id".into()).unwrap_err();
         assert!(err.field.starts_with("data."), "{err}");
-        let e = event(json!({"booking_id": "B-1", "service": "一个非常非常非常非常非常非常非常长的服务名称", "store": "s",
-            "slot_start": "2026-11-22T14:00:00+08:00", "plate": "沪A12345", "price_cents": 1}));
+        let e = event(
+            json!({"booking_id": "B-1", "service": "一个非常非常非常非常非常非常非常长的服务名称", "store": "s",
+            "slot_start": "2026-11-22T14:00:00+08:00", "plate": "沪A12345", "price_cents": 1}),
+        );
         let err = c.render(t, &e, "id".into()).unwrap_err();
         assert_eq!(err.field, "data.thing1");
     }
@@ -376,7 +405,10 @@ secret_env = "WECHAT_APP_SECRET_2"
         let unknown = GOOD.replace("thing2 = ", "colour2 = ");
         let err = Catalog::parse(&unknown, "t").unwrap_err().to_string();
         assert!(err.contains("#1") && err.contains("colour2"), "{err}");
-        let long = GOOD.replace(r#"thing2 = "{{ data.store }}""#, r#"thing2 = "这是一段超过二十个字符的固定文本内容真的很长很长""#);
+        let long = GOOD.replace(
+            r#"thing2 = "{{ data.store }}""#,
+            r#"thing2 = "这是一段超过二十个字符的固定文本内容真的很长很长""#,
+        );
         let err = Catalog::parse(&long, "t").unwrap_err().to_string();
         assert!(err.contains("thing2") && err.contains("20"), "{err}");
         let unrenderable = GOOD.replace("{{ data.store }}", "{{ data.no_such_field }}");

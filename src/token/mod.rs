@@ -68,12 +68,24 @@ pub enum TokenError {
     #[error("app {app_id} is not configured (neither WECHAT_APP_ID nor in [[apps]])")]
     UnknownApp { app_id: String },
     /// The credentials are wrong; a person must fix them. Nobody asks again before `until`.
-    #[error("WeChat rejected the credentials of app {app_id}: errcode {errcode} ({errmsg}); check its app id and secret")]
-    Credentials { app_id: String, errcode: i64, errmsg: String, until: DateTime<Utc> },
+    #[error(
+        "WeChat rejected the credentials of app {app_id}: errcode {errcode} ({errmsg}); check its app id and secret"
+    )]
+    Credentials {
+        app_id: String,
+        errcode: i64,
+        errmsg: String,
+        until: DateTime<Utc>,
+    },
     /// Another process found the app unusable; we wait as it decided. `credentials`: because
     /// WeChat rejected its credentials (a configuration error, like [`TokenError::Credentials`]).
     #[error("token fetching for app {app_id} is paused until {until}: {reason}")]
-    Blocked { app_id: String, reason: String, until: DateTime<Utc>, credentials: bool },
+    Blocked {
+        app_id: String,
+        reason: String,
+        until: DateTime<Utc>,
+        credentials: bool,
+    },
     #[error("the daily token quota of app {app_id} is used up (45009) until {until}")]
     DailyQuota { app_id: String, until: DateTime<Utc> },
     #[error("cannot get a token for app {app_id} now: {message}")]
@@ -86,12 +98,17 @@ impl TokenError {
     /// When asking again makes sense, if the error says.
     /// The app's credentials are wrong: a person must fix the configuration.
     pub fn is_configuration(&self) -> bool {
-        matches!(self, TokenError::Credentials { .. } | TokenError::Blocked { credentials: true, .. })
+        matches!(
+            self,
+            TokenError::Credentials { .. } | TokenError::Blocked { credentials: true, .. }
+        )
     }
 
     pub fn retry_at(&self) -> Option<DateTime<Utc>> {
         match self {
-            TokenError::Credentials { until, .. } | TokenError::Blocked { until, .. } | TokenError::DailyQuota { until, .. } => Some(*until),
+            TokenError::Credentials { until, .. }
+            | TokenError::Blocked { until, .. }
+            | TokenError::DailyQuota { until, .. } => Some(*until),
             _ => None,
         }
     }
@@ -114,12 +131,20 @@ struct AppSlot {
 
 impl AppSlot {
     fn fresh(&self) -> Option<AccessToken> {
-        self.cached.read().expect("token cache lock").as_ref().filter(|t| t.is_fresh()).cloned()
+        self.cached
+            .read()
+            .expect("token cache lock")
+            .as_ref()
+            .filter(|t| t.is_fresh())
+            .cloned()
     }
 
     fn blocked(&self) -> Option<TokenError> {
         let guard = self.blocked.lock().expect("block lock");
-        guard.as_ref().filter(|(until, _)| Instant::now() < *until).map(|(_, e)| e.clone())
+        guard
+            .as_ref()
+            .filter(|(until, _)| Instant::now() < *until)
+            .map(|(_, e)| e.clone())
     }
 }
 
@@ -155,8 +180,14 @@ const STABLE_FORCE_SPACING: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 pub fn next_quota_reset(now: DateTime<Utc>) -> DateTime<Utc> {
     let beijing = FixedOffset::east_opt(8 * 3600).expect("valid offset");
     let local = now.with_timezone(&beijing).date_naive();
-    let next = local.checked_add_days(Days::new(1)).expect("date in range").and_time(NaiveTime::MIN);
-    next.and_local_timezone(beijing).single().expect("fixed offset").with_timezone(&Utc)
+    let next = local
+        .checked_add_days(Days::new(1))
+        .expect("date in range")
+        .and_time(NaiveTime::MIN);
+    next.and_local_timezone(beijing)
+        .single()
+        .expect("fixed offset")
+        .with_timezone(&Utc)
 }
 
 impl TokenProvider {
@@ -173,7 +204,14 @@ impl TokenProvider {
                 (c.app_id.clone(), Arc::new(slot))
             })
             .collect();
-        Self { inner: Arc::new(Inner { store: TokenStore::new(pool), client, settings, apps }) }
+        Self {
+            inner: Arc::new(Inner {
+                store: TokenStore::new(pool),
+                client,
+                settings,
+                apps,
+            }),
+        }
     }
 
     pub fn knows(&self, app_id: &str) -> bool {
@@ -181,7 +219,10 @@ impl TokenProvider {
     }
 
     fn slot(&self, app_id: &str) -> Result<&Arc<AppSlot>, TokenError> {
-        self.inner.apps.get(app_id).ok_or_else(|| TokenError::UnknownApp { app_id: app_id.into() })
+        self.inner
+            .apps
+            .get(app_id)
+            .ok_or_else(|| TokenError::UnknownApp { app_id: app_id.into() })
     }
 
     /// The current token of an app. Costs nothing while the cached one is fresh.
@@ -202,7 +243,12 @@ impl TokenProvider {
     pub async fn invalidate(&self, failed: &AccessToken) -> Result<(), TokenError> {
         let slot = self.slot(&failed.app_id)?;
         let _flight = slot.flight.lock().await;
-        let cached_generation = slot.cached.read().expect("token cache lock").as_ref().map(|t| t.generation);
+        let cached_generation = slot
+            .cached
+            .read()
+            .expect("token cache lock")
+            .as_ref()
+            .map(|t| t.generation);
         if cached_generation.is_some_and(|g| g > failed.generation) {
             return Ok(());
         }
@@ -250,21 +296,43 @@ impl TokenProvider {
         let force = rejected.is_some()
             && api == TokenApi::Stable
             && locked.row.forced_today < STABLE_FORCE_PER_DAY
-            && locked.row.last_forced_at.is_none_or(|t| now - t >= STABLE_FORCE_SPACING);
+            && locked
+                .row
+                .last_forced_at
+                .is_none_or(|t| now - t >= STABLE_FORCE_SPACING);
         if rejected.is_some() && api == TokenApi::Stable && !force {
-            tracing::warn!(app = app_id, "stable-token forced refresh not allowed now (20 a day, 30 s apart); asking without force");
+            tracing::warn!(
+                app = app_id,
+                "stable-token forced refresh not allowed now (20 a day, 30 s apart); asking without force"
+            );
         }
-        let fetched = self.inner.client.fetch_token(api, app_id, &slot.creds.secret, force).await;
+        let fetched = self
+            .inner
+            .client
+            .fetch_token(api, app_id, &slot.creds.secret, force)
+            .await;
         let result = match fetched {
             Ok(f) => {
                 locked.count_call(api, force, false).await?;
                 let expires = f.expires_in.max(1) as f64;
                 let margin = self.inner.settings.margin.as_secs_f64();
-                let refresh_in = if expires > 2.0 * margin { expires - margin } else { expires / 2.0 };
+                let refresh_in = if expires > 2.0 * margin {
+                    expires - margin
+                } else {
+                    expires / 2.0
+                };
                 let (generation, _, _) = locked.save(api, &f.token, expires, refresh_in, force).await?;
                 locked.commit().await?;
-                metrics::counter!("wxnotify_token_fetches_total", "app" => app_id.to_string(), "result" => "ok").increment(1);
-                tracing::info!(app = app_id, generation, expires_in = f.expires_in, forced = force, api = api.as_str(), "fetched a new access token");
+                metrics::counter!("wxnotify_token_fetches_total", "app" => app_id.to_string(), "result" => "ok")
+                    .increment(1);
+                tracing::info!(
+                    app = app_id,
+                    generation,
+                    expires_in = f.expires_in,
+                    forced = force,
+                    api = api.as_str(),
+                    "fetched a new access token"
+                );
                 let token = AccessToken {
                     secret: Arc::new(f.token),
                     app_id: app_id.into(),
@@ -278,14 +346,25 @@ impl TokenProvider {
                 locked.count_call(api, force, true).await?;
                 match classify_token_fetch(errcode) {
                     TokenFetchClass::Credentials => {
-                        let until = now + chrono::TimeDelta::from_std(self.inner.settings.credentials_pause).unwrap_or_default();
-                        locked.block(until, &format!("{CREDENTIALS_BLOCK}: errcode {errcode} ({errmsg})")).await?;
-                        TokenError::Credentials { app_id: app_id.into(), errcode, errmsg, until }
+                        let until = now
+                            + chrono::TimeDelta::from_std(self.inner.settings.credentials_pause).unwrap_or_default();
+                        locked
+                            .block(until, &format!("{CREDENTIALS_BLOCK}: errcode {errcode} ({errmsg})"))
+                            .await?;
+                        TokenError::Credentials {
+                            app_id: app_id.into(),
+                            errcode,
+                            errmsg,
+                            until,
+                        }
                     }
                     TokenFetchClass::DailyQuota => {
                         let until = next_quota_reset(now);
                         locked.block(until, "daily token quota used up (45009)").await?;
-                        TokenError::DailyQuota { app_id: app_id.into(), until }
+                        TokenError::DailyQuota {
+                            app_id: app_id.into(),
+                            until,
+                        }
                     }
                     TokenFetchClass::Transient => TokenError::Transient {
                         app_id: app_id.into(),
@@ -295,11 +374,15 @@ impl TokenProvider {
             }
             Err(TokenFetchError::Transport(message)) => {
                 locked.count_call(api, force, true).await?;
-                TokenError::Transient { app_id: app_id.into(), message }
+                TokenError::Transient {
+                    app_id: app_id.into(),
+                    message,
+                }
             }
         };
         locked.commit().await?;
-        metrics::counter!("wxnotify_token_fetches_total", "app" => app_id.to_string(), "result" => "error").increment(1);
+        metrics::counter!("wxnotify_token_fetches_total", "app" => app_id.to_string(), "result" => "error")
+            .increment(1);
         tracing::error!(app = app_id, error = %result, "token fetch failed");
         self.block_locally(slot, &result, now);
         Err(result)
@@ -313,7 +396,10 @@ impl TokenProvider {
     }
 
     fn adopt(&self, slot: &AppSlot, row: TokenRow) -> AccessToken {
-        let refresh_in = row.refresh_after.map(|r| (r - row.now).to_std().unwrap_or_default()).unwrap_or_default();
+        let refresh_in = row
+            .refresh_after
+            .map(|r| (r - row.now).to_std().unwrap_or_default())
+            .unwrap_or_default();
         let token = AccessToken {
             secret: Arc::new(row.token.expect("usable row has a token")),
             app_id: slot.creds.app_id.as_str().into(),
@@ -347,8 +433,14 @@ mod tests {
     #[test]
     fn quota_resets_at_beijing_midnight() {
         let now: DateTime<Utc> = "2026-11-21T15:59:00Z".parse().unwrap();
-        assert_eq!(next_quota_reset(now), "2026-11-21T16:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(
+            next_quota_reset(now),
+            "2026-11-21T16:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
         let now: DateTime<Utc> = "2026-11-21T16:00:00Z".parse().unwrap();
-        assert_eq!(next_quota_reset(now), "2026-11-22T16:00:00Z".parse::<DateTime<Utc>>().unwrap());
+        assert_eq!(
+            next_quota_reset(now),
+            "2026-11-22T16:00:00Z".parse::<DateTime<Utc>>().unwrap()
+        );
     }
 }

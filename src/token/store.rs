@@ -65,7 +65,10 @@ impl TokenStore {
 
     /// Reads the current token without locking: how a process adopts what another one fetched.
     pub async fn peek(&self, app_id: &str) -> Result<Option<TokenRow>, sqlx::Error> {
-        let row = sqlx::query(select_token!("")).bind(app_id).fetch_optional(&self.pool).await?;
+        let row = sqlx::query(select_token!(""))
+            .bind(app_id)
+            .fetch_optional(&self.pool)
+            .await?;
         row.map(|r| to_row(&r)).transpose()
     }
 
@@ -78,8 +81,15 @@ impl TokenStore {
             .bind(app_id)
             .execute(&mut *tx)
             .await?;
-        let row = sqlx::query(select_token!("FOR UPDATE OF t")).bind(app_id).fetch_one(&mut *tx).await?;
-        Ok(LockedToken { row: to_row(&row)?, tx, app_id: app_id.to_string() })
+        let row = sqlx::query(select_token!("FOR UPDATE OF t"))
+            .bind(app_id)
+            .fetch_one(&mut *tx)
+            .await?;
+        Ok(LockedToken {
+            row: to_row(&row)?,
+            tx,
+            app_id: app_id.to_string(),
+        })
     }
 }
 
@@ -148,17 +158,23 @@ impl LockedToken {
         .bind(forced)
         .fetch_one(&mut *self.tx)
         .await?;
-        Ok((row.try_get("generation")?, row.try_get("expires_at")?, row.try_get("refresh_after")?))
+        Ok((
+            row.try_get("generation")?,
+            row.try_get("expires_at")?,
+            row.try_get("refresh_after")?,
+        ))
     }
 
     /// Stops every process from asking WeChat for this app's token until `until`.
     pub async fn block(&mut self, until: DateTime<Utc>, reason: &str) -> Result<(), sqlx::Error> {
-        sqlx::query("UPDATE wechat_tokens SET blocked_until = $2, blocked_reason = $3, updated_at = now() WHERE app_id = $1")
-            .bind(&self.app_id)
-            .bind(until)
-            .bind(reason)
-            .execute(&mut *self.tx)
-            .await?;
+        sqlx::query(
+            "UPDATE wechat_tokens SET blocked_until = $2, blocked_reason = $3, updated_at = now() WHERE app_id = $1",
+        )
+        .bind(&self.app_id)
+        .bind(until)
+        .bind(reason)
+        .execute(&mut *self.tx)
+        .await?;
         Ok(())
     }
 

@@ -12,8 +12,8 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::message::OutgoingMessage;
 use super::TokenApi;
+use super::message::OutgoingMessage;
 
 /// A send that got an answer from WeChat (errcode 0 or not).
 #[derive(Debug, Clone)]
@@ -34,10 +34,7 @@ pub enum SendError {
     Connect(String),
     /// Timeouts, resets, garbled answers: WeChat may have received and delivered it.
     #[error("{message}")]
-    Unknown {
-        message: String,
-        http_status: Option<u16>,
-    },
+    Unknown { message: String, http_status: Option<u16> },
 }
 
 impl SendError {
@@ -138,13 +135,17 @@ impl WechatClient {
     /// Sends one message. The token is trimmed and goes into the query string only.
     pub async fn send(&self, msg: &OutgoingMessage, token: &SecretString) -> Result<SendReply, SendError> {
         let mut url = self.url(msg.api.path());
-        url.query_pairs_mut().append_pair("access_token", token.expose_secret().trim());
+        url.query_pairs_mut()
+            .append_pair("access_token", token.expose_secret().trim());
         let started = Instant::now();
         let resp = self.http.post(url).json(&msg.body()).send().await.map_err(|e| {
             if e.is_connect() {
                 SendError::Connect(describe(e))
             } else {
-                SendError::Unknown { message: describe(e), http_status: None }
+                SendError::Unknown {
+                    message: describe(e),
+                    http_status: None,
+                }
             }
         })?;
         let status = resp.status().as_u16();
@@ -166,7 +167,9 @@ impl WechatClient {
             http_status: status,
             errcode: body.errcode,
             errmsg: crate::event::truncate(&body.errmsg, 500).to_string(),
-            msgid: body.msgid.and_then(|n| n.as_i64().or_else(|| n.as_u64().map(|u| u as i64))),
+            msgid: body
+                .msgid
+                .and_then(|n| n.as_i64().or_else(|| n.as_u64().map(|u| u as i64))),
             duration: started.elapsed(),
         })
     }
@@ -195,9 +198,15 @@ impl WechatClient {
                 "force_refresh": force,
             })),
         };
-        let resp = request.send().await.map_err(|e| TokenFetchError::Transport(describe(e)))?;
+        let resp = request
+            .send()
+            .await
+            .map_err(|e| TokenFetchError::Transport(describe(e)))?;
         let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| TokenFetchError::Transport(describe(e)))?;
+        let bytes = resp
+            .bytes()
+            .await
+            .map_err(|e| TokenFetchError::Transport(describe(e)))?;
         if status != 200 {
             return Err(TokenFetchError::Transport(format!("HTTP {status} from the token API")));
         }

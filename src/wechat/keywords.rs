@@ -49,7 +49,11 @@ impl KeywordType {
     }
 
     pub fn name(self) -> &'static str {
-        Self::ALL.iter().find(|(_, t)| *t == self).map(|(n, _)| *n).unwrap_or("?")
+        Self::ALL
+            .iter()
+            .find(|(_, t)| *t == self)
+            .map(|(n, _)| *n)
+            .unwrap_or("?")
     }
 }
 
@@ -107,14 +111,23 @@ fn rule_violation(kind: KeywordType, value: &str) -> Option<&'static str> {
             is_number(value) && value.chars().filter(char::is_ascii_digit).count() <= 32,
             "at most 32 digits (a decimal point allowed)",
         ),
-        KeywordType::Letter => fail(n <= 32 && value.chars().all(|c| c.is_ascii_alphabetic()), "at most 32 letters"),
+        KeywordType::Letter => fail(
+            n <= 32 && value.chars().all(|c| c.is_ascii_alphabetic()),
+            "at most 32 letters",
+        ),
         KeywordType::Symbol => fail(n <= 5 && value.chars().all(is_symbol), "at most 5 symbols"),
         KeywordType::CharacterString => fail(
             n <= 32 && value.chars().all(|c| c.is_ascii_graphic()),
             "at most 32 digits, letters or symbols, no Chinese",
         ),
-        KeywordType::Time | KeywordType::Date => fail(is_time_or_range(value), "a 24-hour time or a date (a range joined with ~)"),
-        KeywordType::Amount => fail(is_amount(value), "an optional currency symbol and at most 10 digits, optional trailing 元"),
+        KeywordType::Time | KeywordType::Date => fail(
+            is_time_or_range(value),
+            "a 24-hour time or a date (a range joined with ~)",
+        ),
+        KeywordType::Amount => fail(
+            is_amount(value),
+            "an optional currency symbol and at most 10 digits, optional trailing 元",
+        ),
         KeywordType::PhoneNumber => fail(
             n <= 17 && value.chars().all(|c| c.is_ascii_digit() || c == '+' || c == '-'),
             "at most 17 digits, + or -",
@@ -126,7 +139,10 @@ fn rule_violation(kind: KeywordType, value: &str) -> Option<&'static str> {
         KeywordType::Name => {
             let all_cjk = value.chars().all(is_cjk);
             let all_letters = value.chars().all(|c| c.is_ascii_alphabetic() || c == ' ');
-            fail((all_cjk && n <= 10) || (all_letters && n <= 20), "at most 10 Chinese characters or 20 letters")
+            fail(
+                (all_cjk && n <= 10) || (all_letters && n <= 20),
+                "at most 10 Chinese characters or 20 letters",
+            )
         }
         KeywordType::Phrase => fail(n <= 5 && value.chars().all(is_cjk), "at most 5 Chinese characters"),
         KeywordType::Const => fail(n <= 20, "at most 20 characters"),
@@ -180,7 +196,10 @@ fn is_date(d: &str) -> bool {
         .split(['-', '/', '年', '月', '日', '.'])
         .filter(|s| !s.is_empty())
         .collect();
-    if !nums.iter().all(|n| !n.is_empty() && n.len() <= 4 && n.chars().all(|c| c.is_ascii_digit())) {
+    if !nums
+        .iter()
+        .all(|n| !n.is_empty() && n.len() <= 4 && n.chars().all(|c| c.is_ascii_digit()))
+    {
         return false;
     }
     let num = |s: &str| s.parse::<u32>().unwrap_or(0);
@@ -193,7 +212,9 @@ fn is_date(d: &str) -> bool {
 
 fn is_clock(t: &str) -> bool {
     let parts: Vec<&str> = t.split(':').collect();
-    let ok = |s: &str, max: u32| s.len() == 2 && s.chars().all(|c| c.is_ascii_digit()) && s.parse::<u32>().is_ok_and(|n| n <= max);
+    let ok = |s: &str, max: u32| {
+        s.len() == 2 && s.chars().all(|c| c.is_ascii_digit()) && s.parse::<u32>().is_ok_and(|n| n <= max)
+    };
     match parts.as_slice() {
         [h, m] => ok(h, 23) && ok(m, 59),
         [h, m, s] => ok(h, 23) && ok(m, 59) && ok(s, 59),
@@ -208,7 +229,10 @@ mod tests {
     #[test]
     fn keys_map_to_types() {
         assert_eq!(KeywordType::of_key("thing1"), Some(KeywordType::Thing));
-        assert_eq!(KeywordType::of_key("character_string12"), Some(KeywordType::CharacterString));
+        assert_eq!(
+            KeywordType::of_key("character_string12"),
+            Some(KeywordType::CharacterString)
+        );
         assert_eq!(KeywordType::of_key("car_number4"), Some(KeywordType::CarNumber));
         assert_eq!(KeywordType::of_key("thing"), None);
         assert_eq!(KeywordType::of_key("colour1"), None);

@@ -46,9 +46,15 @@ pub async fn carry_out(ctx: &Context, publisher: &Publisher, delivery: &Delivery
     }
 
     if let Some(rec) = &plan.record {
-        let applied = with_db(ctx, "record outcome", || ctx.ledger.record(rec.delivery_id, rec.attempt.as_ref(), &rec.finish)).await?;
+        let applied = with_db(ctx, "record outcome", || {
+            ctx.ledger.record(rec.delivery_id, rec.attempt.as_ref(), &rec.finish)
+        })
+        .await?;
         if !applied {
-            tracing::info!(delivery_id = rec.delivery_id, "another worker already recorded a final outcome for this delivery");
+            tracing::info!(
+                delivery_id = rec.delivery_id,
+                "another worker already recorded a final outcome for this delivery"
+            );
         }
     }
 
@@ -61,7 +67,10 @@ pub async fn carry_out(ctx: &Context, publisher: &Publisher, delivery: &Delivery
         Outcome::RetryLater { delay, .. } => {
             let tier = ctx.retry.tier_for(*delay);
             let ms = delay.as_millis().clamp(1, tier.as_millis()).to_string();
-            Some((topo.retry_queue(tier), props.clone().with_headers(hdrs.clone()).with_expiration(ms.into())))
+            Some((
+                topo.retry_queue(tier),
+                props.clone().with_headers(hdrs.clone()).with_expiration(ms.into()),
+            ))
         }
         Outcome::Ack | Outcome::DeadLetter(_) => None,
     };

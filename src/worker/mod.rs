@@ -28,7 +28,7 @@ use crate::ledger::Ledger;
 use crate::queue::{self, Publisher, Topology};
 use crate::retry::RetryPolicy;
 use crate::template::Catalog;
-use crate::token::{TokenError, TokenProvider, TokenSettings};
+use crate::token::{TokenProvider, TokenSettings};
 use crate::wechat::WechatClient;
 
 /// What every delivery task shares.
@@ -63,8 +63,8 @@ pub struct Worker {
 impl Worker {
     /// Builds the worker over an existing (migrated) pool.
     pub fn new(settings: WorkerSettings, pool: PgPool, health: Arc<Health>) -> Result<Self, WorkerError> {
-        let wechat =
-            WechatClient::new(&settings.wechat_api_base, settings.http_timeout).map_err(|e| WorkerError::Config(format!("WECHAT_API_BASE: {e}")))?;
+        let wechat = WechatClient::new(&settings.wechat_api_base, settings.http_timeout)
+            .map_err(|e| WorkerError::Config(format!("WECHAT_API_BASE: {e}")))?;
         let tokens = TokenProvider::new(
             pool.clone(),
             wechat.clone(),
@@ -86,7 +86,10 @@ impl Worker {
             health,
             hard_stop: CancellationToken::new(),
         };
-        Ok(Self { settings, ctx: Arc::new(ctx) })
+        Ok(Self {
+            settings,
+            ctx: Arc::new(ctx),
+        })
     }
 
     pub fn context(&self) -> &Arc<Context> {
@@ -97,7 +100,10 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let ctx = self.ctx.clone();
         // Register before the first claim: others respect claims of live workers only.
-        if process::with_db(&ctx, "register worker", || ctx.ledger.heartbeat()).await.is_err() {
+        if process::with_db(&ctx, "register worker", || ctx.ledger.heartbeat())
+            .await
+            .is_err()
+        {
             return Ok(());
         }
         let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
@@ -158,7 +164,12 @@ impl Worker {
         let publisher = Publisher::open(&conn).await?;
         let tag = format!("wxnotify-{}", s.worker_id);
         let mut consumer = channel
-            .basic_consume(s.topology.queue.as_str().into(), tag.as_str().into(), BasicConsumeOptions::default(), FieldTable::default())
+            .basic_consume(
+                s.topology.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
             .await?;
         self.ctx.health.set_broker(true);
         tracing::info!(queue = %s.topology.queue, prefetch = s.prefetch, concurrency = s.concurrency, "consuming");
@@ -185,7 +196,9 @@ impl Worker {
         };
         if result.is_ok() {
             // Stop intake first; in-flight deliveries still ack on this channel while draining.
-            let _ = channel.basic_cancel(tag.as_str().into(), BasicCancelOptions::default()).await;
+            let _ = channel
+                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
+                .await;
             let all = u32::try_from(s.concurrency).unwrap_or(u32::MAX);
             match tokio::time::timeout(s.shutdown_grace, permits.acquire_many(all)).await {
                 Ok(_) => tracing::info!("in-flight deliveries finished"),

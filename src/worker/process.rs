@@ -45,7 +45,12 @@ pub struct Abandoned;
 
 impl Plan {
     fn new(outcome: Outcome, event_id: Option<String>, attempts: u32) -> Self {
-        Self { outcome, record: None, event_id, attempts }
+        Self {
+            outcome,
+            record: None,
+            event_id,
+            attempts,
+        }
     }
 }
 
@@ -83,18 +88,30 @@ pub async fn decide(ctx: &Context, body: &[u8], props: &BasicProperties) -> Resu
         Ok(e) => e,
         Err(e) => {
             let id = BookingEvent::sniff_event_id(body);
-            return Ok(Plan::new(Outcome::dead(DeadReason::InvalidEvent, None, e.to_string()), id, failed_before));
+            return Ok(Plan::new(
+                Outcome::dead(DeadReason::InvalidEvent, None, e.to_string()),
+                id,
+                failed_before,
+            ));
         }
     };
     let id = Some(event.event_id.clone());
     let app_id = event.app_id.clone().unwrap_or_else(|| ctx.default_app.clone());
     if !ctx.tokens.knows(&app_id) {
         let msg = format!("unknown app_id {app_id:?} (neither WECHAT_APP_ID nor in [[apps]])");
-        return Ok(Plan::new(Outcome::dead(DeadReason::InvalidEvent, None, msg), id, failed_before));
+        return Ok(Plan::new(
+            Outcome::dead(DeadReason::InvalidEvent, None, msg),
+            id,
+            failed_before,
+        ));
     }
     let Some(template) = ctx.catalog.find(&app_id, &event.event_type) else {
         let msg = format!("no template for event type {:?} of app {app_id}", event.event_type);
-        return Ok(Plan::new(Outcome::dead(DeadReason::NoTemplate, None, msg), id, failed_before));
+        return Ok(Plan::new(
+            Outcome::dead(DeadReason::NoTemplate, None, msg),
+            id,
+            failed_before,
+        ));
     };
     let key = DeliveryKey {
         event_id: event.event_id.clone(),
@@ -107,10 +124,21 @@ pub async fn decide(ctx: &Context, body: &[u8], props: &BasicProperties) -> Resu
         Err(e) => {
             let msg = format!("template {}: {e}", template.label);
             with_db(ctx, "record render failure", || {
-                ctx.ledger.record_unsendable(&event, &app_id, &template.template_id, &client_msg_id, "render_failed", &msg)
+                ctx.ledger.record_unsendable(
+                    &event,
+                    &app_id,
+                    &template.template_id,
+                    &client_msg_id,
+                    "render_failed",
+                    &msg,
+                )
             })
             .await?;
-            return Ok(Plan::new(Outcome::dead(DeadReason::RenderFailed, None, msg), id, failed_before));
+            return Ok(Plan::new(
+                Outcome::dead(DeadReason::RenderFailed, None, msg),
+                id,
+                failed_before,
+            ));
         }
     };
 
@@ -131,10 +159,20 @@ pub async fn decide(ctx: &Context, body: &[u8], props: &BasicProperties) -> Resu
         Claim::HeldElsewhere => {
             metrics::counter!("wxnotify_duplicates_total", "status" => "held").increment(1);
             let delay = ctx.retry.hold_delay;
-            return Ok(Plan::new(Outcome::RetryLater { delay, counted: false }, id, failed_before));
+            return Ok(Plan::new(
+                Outcome::RetryLater { delay, counted: false },
+                id,
+                failed_before,
+            ));
         }
     };
-    let record = |attempt: Option<AttemptRecord>, finish: Finish| Some(Record { delivery_id: claimed.id, attempt, finish });
+    let record = |attempt: Option<AttemptRecord>, finish: Finish| {
+        Some(Record {
+            delivery_id: claimed.id,
+            attempt,
+            finish,
+        })
+    };
 
     if let Some(since) = claimed.in_doubt_since {
         let age = (claimed.now - since).to_std().unwrap_or_default();
@@ -181,7 +219,8 @@ pub async fn decide(ctx: &Context, body: &[u8], props: &BasicProperties) -> Resu
             });
         }
         Ok(r) => {
-            metrics::counter!("wxnotify_sends_total", "result" => "errcode", "errcode" => r.errcode.to_string()).increment(1);
+            metrics::counter!("wxnotify_sends_total", "result" => "errcode", "errcode" => r.errcode.to_string())
+                .increment(1);
             let attempt = AttemptRecord {
                 started_at,
                 duration_ms,
@@ -226,12 +265,18 @@ pub async fn decide(ctx: &Context, body: &[u8], props: &BasicProperties) -> Resu
     let decision = ctx.retry.decide(class, failed_before);
     let (outcome, finish, attempts) = match decision {
         Decision::Requeue => (Outcome::Requeue, Finish::retrying(errcode, &error), failed_before),
-        Decision::RetryLater { delay, counted } => {
-            (Outcome::RetryLater { delay, counted }, Finish::retrying(errcode, &error), failed_before + u32::from(counted))
-        }
+        Decision::RetryLater { delay, counted } => (
+            Outcome::RetryLater { delay, counted },
+            Finish::retrying(errcode, &error),
+            failed_before + u32::from(counted),
+        ),
         Decision::Exhausted => {
             let msg = format!("gave up after {} attempts; last: {error}", failed_before + 1);
-            (Outcome::dead(DeadReason::RetriesExhausted, errcode, &msg), Finish::dead("retries_exhausted", errcode, msg), failed_before + 1)
+            (
+                Outcome::dead(DeadReason::RetriesExhausted, errcode, &msg),
+                Finish::dead("retries_exhausted", errcode, msg),
+                failed_before + 1,
+            )
         }
         Decision::Permanent => (
             Outcome::dead(DeadReason::PermanentError, errcode, &error),
@@ -239,17 +284,34 @@ pub async fn decide(ctx: &Context, body: &[u8], props: &BasicProperties) -> Resu
             failed_before + 1,
         ),
     };
-    Ok(Plan { outcome, record: record(Some(attempt), Finish { in_doubt, ..finish }), event_id: id, attempts })
+    Ok(Plan {
+        outcome,
+        record: record(Some(attempt), Finish { in_doubt, ..finish }),
+        event_id: id,
+        attempts,
+    })
 }
 
 /// No token to send with: release the claim and wait, as the error says.
-fn token_unavailable(ctx: &Context, err: TokenError, delivery_id: i64, event_id: Option<String>, failed_before: u32) -> Plan {
+fn token_unavailable(
+    ctx: &Context,
+    err: TokenError,
+    delivery_id: i64,
+    event_id: Option<String>,
+    failed_before: u32,
+) -> Plan {
     let (delay, counted) = match &err {
         TokenError::DailyQuota { .. } => (ctx.retry.daily_quota_delay, false),
         e => match e.retry_at() {
             // Credentials: wait for the pause others respect too; each such wait uses an attempt,
             // so a message ends in the DLQ (replayable) if nobody fixes the secret.
-            Some(at) => ((at - Utc::now()).to_std().unwrap_or_default().max(Duration::from_secs(30)), true),
+            Some(at) => (
+                (at - Utc::now())
+                    .to_std()
+                    .unwrap_or_default()
+                    .max(Duration::from_secs(30)),
+                true,
+            ),
             None => (ctx.retry.backoff(failed_before), true),
         },
     };
@@ -258,14 +320,25 @@ fn token_unavailable(ctx: &Context, err: TokenError, delivery_id: i64, event_id:
         let msg = format!("gave up after {} attempts; last: {error}", failed_before + 1);
         return Plan {
             outcome: Outcome::dead(DeadReason::RetriesExhausted, None, &msg),
-            record: Some(Record { delivery_id, attempt: None, finish: Finish::dead("retries_exhausted", None, msg) }),
+            record: Some(Record {
+                delivery_id,
+                attempt: None,
+                finish: Finish::dead("retries_exhausted", None, msg),
+            }),
             event_id,
             attempts: failed_before + 1,
         };
     }
     Plan {
-        outcome: Outcome::RetryLater { delay: delay.min(ctx.retry.daily_quota_delay), counted },
-        record: Some(Record { delivery_id, attempt: None, finish: Finish::retrying(None, error) }),
+        outcome: Outcome::RetryLater {
+            delay: delay.min(ctx.retry.daily_quota_delay),
+            counted,
+        },
+        record: Some(Record {
+            delivery_id,
+            attempt: None,
+            finish: Finish::retrying(None, error),
+        }),
         event_id,
         attempts: failed_before + u32::from(counted),
     }

@@ -60,7 +60,9 @@ pub struct WorkerHandle {
 impl WorkerHandle {
     pub async fn stop(self) {
         self.shutdown.cancel();
-        let r = tokio::time::timeout(Duration::from_secs(30), self.join).await.expect("worker stops within 30 s");
+        let r = tokio::time::timeout(Duration::from_secs(30), self.join)
+            .await
+            .expect("worker stops within 30 s");
         r.expect("worker task").expect("worker exits cleanly");
     }
 }
@@ -98,11 +100,18 @@ impl TestEnv {
         init_logs();
         let id = uuid::Uuid::new_v4().simple().to_string();
         let db_name = format!("wxn_test_{}", &id[..16]);
-        let admin = PgPool::connect(&format!("{}/postgres", base_db_url())).await.expect("connect to Postgres (run scripts/services.sh up)");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}"))).execute(&admin).await.expect("create test database");
+        let admin = PgPool::connect(&format!("{}/postgres", base_db_url()))
+            .await
+            .expect("connect to Postgres (run scripts/services.sh up)");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
+            .execute(&admin)
+            .await
+            .expect("create test database");
         admin.close().await;
         let db_url = format!("{}/{db_name}", base_db_url());
-        let pool = wxnotify::db::connect(&SecretString::from(db_url.clone()), 4).await.expect("connect test db");
+        let pool = wxnotify::db::connect(&SecretString::from(db_url.clone()), 4)
+            .await
+            .expect("connect test db");
         wxnotify::db::migrate(&pool).await.expect("migrate");
 
         sim_config.apps = HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]);
@@ -110,9 +119,14 @@ impl TestEnv {
         let addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim binds");
 
         let topology = Topology::new(&format!("t-{}.x", &id[..10]), &format!("t-{}.q", &id[..10]));
-        let conn = queue::connect(&SecretString::from(amqp_url()), "wxnotify-test").await.expect("connect to RabbitMQ (run scripts/services.sh up)");
+        let conn = queue::connect(&SecretString::from(amqp_url()), "wxnotify-test")
+            .await
+            .expect("connect to RabbitMQ (run scripts/services.sh up)");
         let publisher = Publisher::open(&conn).await.expect("publisher");
-        topology.declare_core(publisher.channel(), 20).await.expect("declare topology");
+        topology
+            .declare_core(publisher.channel(), 20)
+            .await
+            .expect("declare topology");
         Self {
             db_url,
             pool,
@@ -127,7 +141,9 @@ impl TestEnv {
 
     pub fn worker_args(&self, opts: &WorkerOpts) -> WorkerArgs {
         WorkerArgs {
-            db: DbArgs { database_url: self.db_url.clone() },
+            db: DbArgs {
+                database_url: self.db_url.clone(),
+            },
             amqp: AmqpArgs {
                 amqp_url: amqp_url(),
                 exchange: self.topology.exchange.clone(),
@@ -155,7 +171,9 @@ impl TestEnv {
     /// An in-process worker with its own pool, token cache and id, as a separate process would have.
     pub async fn spawn_worker(&self, opts: &WorkerOpts) -> WorkerHandle {
         let settings = self.worker_args(opts).into_settings().expect("valid settings");
-        let pool = wxnotify::db::connect(&settings.database_url, settings.db_pool).await.expect("worker pool");
+        let pool = wxnotify::db::connect(&settings.database_url, settings.db_pool)
+            .await
+            .expect("worker pool");
         let worker = Worker::new(settings, pool, Arc::new(Health::default())).expect("worker");
         let shutdown = CancellationToken::new();
         let join = tokio::spawn(worker.run(shutdown.clone()));
@@ -163,8 +181,13 @@ impl TestEnv {
     }
 
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
-        let props = BasicProperties::default().with_delivery_mode(2).with_content_type("application/json".into());
-        self.publisher.publish(&self.topology.exchange, routing_key, body, props).await.expect("publish");
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        self.publisher
+            .publish(&self.topology.exchange, routing_key, body, props)
+            .await
+            .expect("publish");
     }
 
     pub async fn publish(&self, event: &serde_json::Value) {
@@ -176,9 +199,19 @@ impl TestEnv {
     pub async fn drain_dlq(&self) -> Vec<(Vec<u8>, HashMap<String, String>)> {
         let ch = self.publisher.channel();
         let mut out = Vec::new();
-        while let Some(msg) = ch.basic_get(self.topology.dlq.as_str().into(), BasicGetOptions::default()).await.expect("basic_get") {
+        while let Some(msg) = ch
+            .basic_get(self.topology.dlq.as_str().into(), BasicGetOptions::default())
+            .await
+            .expect("basic_get")
+        {
             let mut h = HashMap::new();
-            for name in [headers::REASON, headers::ERRCODE, headers::ERROR, headers::ATTEMPTS, headers::EVENT_ID] {
+            for name in [
+                headers::REASON,
+                headers::ERRCODE,
+                headers::ERROR,
+                headers::ATTEMPTS,
+                headers::EVENT_ID,
+            ] {
                 if let Some(v) = headers::text(&msg.delivery.properties, name) {
                     h.insert(name.to_string(), v);
                 }
@@ -211,8 +244,14 @@ impl TestEnv {
         queues.extend(policy.tiers().into_iter().map(|t| self.topology.retry_queue(t)));
         let mut total = 0;
         for q in queues {
-            let opts = lapin::options::QueueDeclareOptions { passive: true, ..Default::default() };
-            if let Ok(info) = ch.queue_declare(q.as_str().into(), opts, lapin::types::FieldTable::default()).await {
+            let opts = lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            if let Ok(info) = ch
+                .queue_declare(q.as_str().into(), opts, lapin::types::FieldTable::default())
+                .await
+            {
                 total += info.message_count();
             }
         }
@@ -244,7 +283,9 @@ impl TestEnv {
             let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
         }
         for x in [&self.topology.exchange, &self.topology.dlx] {
-            let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+            let _ = ch
+                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+                .await;
         }
         let _ = self.conn.close(200, "test done".into()).await;
         self.pool.close().await;

@@ -10,7 +10,9 @@ use wxnotify::worker::WorkerError;
 use crate::helpers::{TestEnv, WorkerOpts, event, wait_for};
 
 async fn publish_many(env: &TestEnv, prefix: &str, n: usize) {
-    let events: Vec<_> = (0..n).map(|i| event(&format!("{prefix}-{i}"), "booking.confirmed", &format!("o{prefix}{i}"))).collect();
+    let events: Vec<_> = (0..n)
+        .map(|i| event(&format!("{prefix}-{i}"), "booking.confirmed", &format!("o{prefix}{i}")))
+        .collect();
     futures_util::future::join_all(events.iter().map(|e| env.publish(e))).await;
 }
 
@@ -21,15 +23,24 @@ async fn sent(env: &TestEnv) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_a_thousand_events_one_token_fetch() {
     let env = TestEnv::new().await;
-    let opts = WorkerOpts { token_api: TokenApi::Classic, ..WorkerOpts::default() };
+    let opts = WorkerOpts {
+        token_api: TokenApi::Classic,
+        ..WorkerOpts::default()
+    };
     let workers = futures_util::future::join_all((0..3).map(|_| env.spawn_worker(&opts))).await;
     publish_many(&env, "k", 1000).await;
-    wait_for("1000 sent", Duration::from_secs(120), || async { sent(&env).await == 1000 }).await;
+    wait_for("1000 sent", Duration::from_secs(120), || async {
+        sent(&env).await == 1000
+    })
+    .await;
     for w in workers {
         w.stop().await;
     }
     let stats = env.sim.stats();
-    println!("3 workers, 1000 events: token fetches = {}, accepted = {}", stats.token_calls, stats.accepted);
+    println!(
+        "3 workers, 1000 events: token fetches = {}, accepted = {}",
+        stats.token_calls, stats.accepted
+    );
     assert_eq!(stats.token_calls, 1, "exactly one token fetch across three workers");
     assert_eq!(stats.accepted, 1000);
     assert_eq!(stats.errors.get(&40001), None);
@@ -39,11 +50,20 @@ async fn three_workers_a_thousand_events_one_token_fetch() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_rotations_cause_at_most_five_refreshes_and_every_event_is_delivered_once() {
     let env = TestEnv::new().await;
-    env.sim.patch_faults(FaultsPatch { rotate_every: Some(200), ..Default::default() });
-    let opts = WorkerOpts { token_api: TokenApi::Classic, ..WorkerOpts::default() };
+    env.sim.patch_faults(FaultsPatch {
+        rotate_every: Some(200),
+        ..Default::default()
+    });
+    let opts = WorkerOpts {
+        token_api: TokenApi::Classic,
+        ..WorkerOpts::default()
+    };
     let workers = futures_util::future::join_all((0..3).map(|_| env.spawn_worker(&opts))).await;
     publish_many(&env, "rot", 1000).await;
-    wait_for("1000 sent", Duration::from_secs(120), || async { sent(&env).await == 1000 }).await;
+    wait_for("1000 sent", Duration::from_secs(120), || async {
+        sent(&env).await == 1000
+    })
+    .await;
     for w in workers {
         w.stop().await;
     }
@@ -56,7 +76,11 @@ async fn five_rotations_cause_at_most_five_refreshes_and_every_event_is_delivere
         stats.token_calls - 1
     );
     assert_eq!(stats.rotations, 5);
-    assert!(stats.token_calls - 1 <= 5, "at most one refresh per rotation, got {}", stats.token_calls - 1);
+    assert!(
+        stats.token_calls - 1 <= 5,
+        "at most one refresh per rotation, got {}",
+        stats.token_calls - 1
+    );
     assert_eq!(stats.accepted, 1000, "every event delivered");
     let mut recipients: Vec<_> = env.sim.messages().into_iter().map(|m| m.touser).collect();
     recipients.sort();
@@ -67,12 +91,22 @@ async fn five_rotations_cause_at_most_five_refreshes_and_every_event_is_delivere
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_tokens_are_replaced_before_they_expire() {
-    let env = TestEnv::with_sim(SimConfig { token_ttl: Duration::from_secs(20), overlap: Duration::from_secs(0), ..SimConfig::default() }).await;
-    let opts = WorkerOpts { token_api: TokenApi::Classic, token_margin_secs: 5, ..WorkerOpts::default() };
+    let env = TestEnv::with_sim(SimConfig {
+        token_ttl: Duration::from_secs(20),
+        overlap: Duration::from_secs(0),
+        ..SimConfig::default()
+    })
+    .await;
+    let opts = WorkerOpts {
+        token_api: TokenApi::Classic,
+        token_margin_secs: 5,
+        ..WorkerOpts::default()
+    };
     let workers = futures_util::future::join_all((0..2).map(|_| env.spawn_worker(&opts))).await;
     // A steady trickle across two and a half token lifetimes.
     for i in 0..60 {
-        env.publish(&event(&format!("ttl-{i}"), "booking.confirmed", &format!("oT{i}"))).await;
+        env.publish(&event(&format!("ttl-{i}"), "booking.confirmed", &format!("oT{i}")))
+            .await;
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     wait_for("60 sent", Duration::from_secs(60), || async { sent(&env).await == 60 }).await;
@@ -80,7 +114,12 @@ async fn short_lived_tokens_are_replaced_before_they_expire() {
         w.stop().await;
     }
     let stats = env.sim.stats();
-    println!("20 s tokens, 5 s margin, 30 s run: token fetches = {}, 42001 = {:?}, 40001 = {:?}", stats.token_calls, stats.errors.get(&42001), stats.errors.get(&40001));
+    println!(
+        "20 s tokens, 5 s margin, 30 s run: token fetches = {}, 42001 = {:?}, 40001 = {:?}",
+        stats.token_calls,
+        stats.errors.get(&42001),
+        stats.errors.get(&40001)
+    );
     assert!(stats.token_calls >= 2, "refreshed proactively");
     assert_eq!(stats.errors.get(&42001), None, "no send carried an expired token");
     assert_eq!(stats.errors.get(&40001), None, "no send carried a replaced token");
@@ -90,9 +129,15 @@ async fn short_lived_tokens_are_replaced_before_they_expire() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_secret_stops_the_worker_naming_the_app_without_a_fetch_loop() {
     let env = TestEnv::new().await;
-    let opts = WorkerOpts { secret: "wrong".into(), ..WorkerOpts::default() };
+    let opts = WorkerOpts {
+        secret: "wrong".into(),
+        ..WorkerOpts::default()
+    };
     let w = env.spawn_worker(&opts).await;
-    let result = tokio::time::timeout(Duration::from_secs(20), w.join).await.expect("worker stops by itself").unwrap();
+    let result = tokio::time::timeout(Duration::from_secs(20), w.join)
+        .await
+        .expect("worker stops by itself")
+        .unwrap();
     match result {
         Err(WorkerError::Config(msg)) => {
             assert!(msg.contains(crate::helpers::APP_ID), "names the app: {msg}");
@@ -102,9 +147,14 @@ async fn a_wrong_secret_stops_the_worker_naming_the_app_without_a_fetch_loop() {
     }
     // A second worker finds the block in Postgres and does not ask WeChat again.
     let w2 = env.spawn_worker(&opts).await;
-    let r2 = tokio::time::timeout(Duration::from_secs(20), w2.join).await.expect("second worker stops").unwrap();
+    let r2 = tokio::time::timeout(Duration::from_secs(20), w2.join)
+        .await
+        .expect("second worker stops")
+        .unwrap();
     match r2 {
-        Err(WorkerError::Config(msg)) => assert!(msg.contains(crate::helpers::APP_ID) && msg.contains("40125"), "{msg}"),
+        Err(WorkerError::Config(msg)) => {
+            assert!(msg.contains(crate::helpers::APP_ID) && msg.contains("40125"), "{msg}")
+        }
         other => panic!("expected a configuration error, got {other:?}"),
     }
     assert_eq!(env.sim.stats().stable_token_calls, 1, "one call, no loop");
@@ -114,19 +164,31 @@ async fn a_wrong_secret_stops_the_worker_naming_the_app_without_a_fetch_loop() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stable_tokens_are_force_refreshed_only_after_a_rejection() {
     let env = TestEnv::new().await;
-    let opts = WorkerOpts { token_api: TokenApi::Stable, ..WorkerOpts::default() };
+    let opts = WorkerOpts {
+        token_api: TokenApi::Stable,
+        ..WorkerOpts::default()
+    };
     let workers = futures_util::future::join_all((0..2).map(|_| env.spawn_worker(&opts))).await;
     publish_many(&env, "st", 100).await;
-    wait_for("100 sent", Duration::from_secs(60), || async { sent(&env).await == 100 }).await;
+    wait_for("100 sent", Duration::from_secs(60), || async {
+        sent(&env).await == 100
+    })
+    .await;
     assert_eq!(env.sim.stats().forced_refreshes, 0, "no force without a rejection");
     env.sim.rotate(crate::helpers::APP_ID);
     publish_many(&env, "st2", 100).await;
-    wait_for("200 sent", Duration::from_secs(60), || async { sent(&env).await == 200 }).await;
+    wait_for("200 sent", Duration::from_secs(60), || async {
+        sent(&env).await == 200
+    })
+    .await;
     for w in workers {
         w.stop().await;
     }
     let stats = env.sim.stats();
-    println!("stable: calls = {}, forced = {}", stats.stable_token_calls, stats.forced_refreshes);
+    println!(
+        "stable: calls = {}, forced = {}",
+        stats.stable_token_calls, stats.forced_refreshes
+    );
     assert_eq!(stats.forced_refreshes, 1, "one forced refresh after the rotation");
     assert_eq!(stats.token_calls, 0, "the classic API was never used");
     env.cleanup().await;

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# The whole test suite on a real RabbitMQ and a real Postgres (started here if needed).
+#   scripts/test.sh            fmt check, clippy, unit + integration tests
+# Each test makes its own database and random queue names, so tests run in parallel.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+scripts/services.sh up
+# Databases left by earlier runs (one per test).
+su postgres -c "psql -qAt -c \"select datname from pg_database where datname like 'wxn_test_%'\"" 2>/dev/null \
+  | while read -r db; do su postgres -c "psql -q -c 'DROP DATABASE IF EXISTS \"$db\"'" >/dev/null 2>&1 || true; done
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --all-targets --locked -- -D warnings
+echo "== cargo test"
+cargo test --locked --all-targets -- --test-threads "${TEST_THREADS:-4}"
