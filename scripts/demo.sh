@@ -25,16 +25,19 @@ cleanup() {
 trap cleanup EXIT
 
 $bin/wxnotify migrate
-# A clean slate for the demo: forget earlier demo runs' deliveries and messages.
-PGPASSWORD=postgres psql -q "$DATABASE_URL" -c "TRUNCATE deliveries, delivery_attempts CASCADE" >/dev/null
+# A clean slate: earlier demo runs' deliveries, dead letters, and tokens of a simulator now gone.
+PGPASSWORD=postgres psql -q "$DATABASE_URL" -c "TRUNCATE deliveries, delivery_attempts, wechat_tokens CASCADE" >/dev/null
+rabbitmqctl -q purge_queue "$WXNOTIFY_QUEUE.dlq" >/dev/null 2>&1 || true
 $bin/wechat-sim --unsubscribed oUpF8uMuAJO_M2pxb1Q9zNjWe004 >"$logs/sim.log" 2>&1 &
 sim_pid=$!
 $bin/wxnotify worker --no-migrate >"$logs/worker.log" 2>&1 &
 worker_pid=$!
 
 wait_http() { for _ in $(seq 1 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
+sleep 0.3
+kill -0 "$sim_pid" 2>/dev/null || { cat "$logs/sim.log" >&2; echo "wechat-sim did not start (is $WECHAT_SIM_ADDR taken?)" >&2; exit 1; }
 wait_http "$WECHAT_API_BASE/sim/healthz"
-wait_http "http://$WXNOTIFY_ADMIN_ADDR/readyz"
+wait_http "http://$WXNOTIFY_ADMIN_ADDR/readyz" || { cat "$logs/worker.log" >&2; exit 1; }
 
 echo "== publishing examples/events.jsonl (10 events, 1 duplicate, 1 without a template; openid ...004 does not follow the account)"
 $bin/wxnotify publish examples/events.jsonl
@@ -51,9 +54,9 @@ PGPASSWORD=postgres psql "$DATABASE_URL" -c \
   "select event_id, event_type, status, attempts, last_errcode, wechat_msgid from deliveries order by event_id"
 echo "== messages the WeChat simulator accepted"
 curl -fsS "$WECHAT_API_BASE/sim/messages" | python3 -c '
-import json,sys
+import json, sys
 for m in json.load(sys.stdin):
-    print(f"  {m[\"msgid\"]}  {m[\"api\"]:9} {m[\"template_id\"]:22} -> {m[\"touser\"]}  {m[\"data\"]}")'
+    print("  %s  %-9s %-22s -> %s  %s" % (m["msgid"], m["api"], m["template_id"], m["touser"], json.dumps(m["data"], ensure_ascii=False)))'
 echo "== dead-letter queue $WXNOTIFY_QUEUE.dlq"
 rabbitmqctl -q list_queues name messages 2>/dev/null | grep -E "^$WXNOTIFY_QUEUE\.dlq\s" || true
 echo "== simulator stats"
