@@ -23,6 +23,13 @@ fn string(s: &str) -> AMQPValue {
     AMQPValue::LongString(LongString::from(s.as_bytes().to_vec()))
 }
 
+/// Broker-side dead-lettering at least once (it needs overflow=reject-publish): without it, a
+/// broker crash in the middle of dead-lettering could drop the message.
+fn at_least_once(args: &mut FieldTable) {
+    args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
+    args.insert("x-overflow".into(), string("reject-publish"));
+}
+
 fn durable() -> QueueDeclareOptions {
     QueueDeclareOptions {
         durable: true,
@@ -87,10 +94,7 @@ impl Topology {
         args.insert("x-delivery-limit".into(), AMQPValue::LongInt(delivery_limit as i32));
         // ...to our dead-letter exchange; the DLQ shows it with x-first-death-reason=delivery_limit.
         args.insert("x-dead-letter-exchange".into(), string(&self.dlx));
-        // Broker-side dead-lettering is at-least-once (needs overflow=reject-publish); without it a
-        // broker crash mid-dead-letter could drop the message.
-        args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
-        args.insert("x-overflow".into(), string("reject-publish"));
+        at_least_once(&mut args);
         ch.queue_declare(self.queue.as_str().into(), durable(), args).await?;
         ch.queue_bind(
             self.queue.as_str().into(),
@@ -116,8 +120,7 @@ impl Topology {
             // i.e. straight back into the work queue.
             args.insert("x-dead-letter-exchange".into(), string(""));
             args.insert("x-dead-letter-routing-key".into(), string(&self.queue));
-            args.insert("x-dead-letter-strategy".into(), string("at-least-once"));
-            args.insert("x-overflow".into(), string("reject-publish"));
+            at_least_once(&mut args);
             ch.queue_declare(self.retry_queue(*tier).as_str().into(), durable(), args)
                 .await?;
         }

@@ -20,6 +20,17 @@ async fn sent(env: &TestEnv) -> i64 {
     env.count("SELECT count(*) FROM deliveries WHERE status = 'sent'").await
 }
 
+/// `workers` independent workers deliver `n` events published at once; returns when all are sent
+/// and the workers have stopped.
+async fn deliver_with_workers(env: &TestEnv, opts: &WorkerOpts, workers: usize, prefix: &str, n: i64) {
+    let handles = futures_util::future::join_all((0..workers).map(|_| env.spawn_worker(opts))).await;
+    publish_many(env, prefix, n as usize).await;
+    wait_for("all sent", Duration::from_secs(120), || async { sent(env).await == n }).await;
+    for w in handles {
+        w.stop().await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_workers_a_thousand_events_one_token_fetch() {
     let env = TestEnv::new().await;
@@ -27,15 +38,7 @@ async fn three_workers_a_thousand_events_one_token_fetch() {
         token_api: TokenApi::Classic,
         ..WorkerOpts::default()
     };
-    let workers = futures_util::future::join_all((0..3).map(|_| env.spawn_worker(&opts))).await;
-    publish_many(&env, "k", 1000).await;
-    wait_for("1000 sent", Duration::from_secs(120), || async {
-        sent(&env).await == 1000
-    })
-    .await;
-    for w in workers {
-        w.stop().await;
-    }
+    deliver_with_workers(&env, &opts, 3, "k", 1000).await;
     let stats = env.sim.stats();
     println!(
         "3 workers, 1000 events: token fetches = {}, accepted = {}",
@@ -58,15 +61,7 @@ async fn five_rotations_cause_at_most_five_refreshes_and_every_event_is_delivere
         token_api: TokenApi::Classic,
         ..WorkerOpts::default()
     };
-    let workers = futures_util::future::join_all((0..3).map(|_| env.spawn_worker(&opts))).await;
-    publish_many(&env, "rot", 1000).await;
-    wait_for("1000 sent", Duration::from_secs(120), || async {
-        sent(&env).await == 1000
-    })
-    .await;
-    for w in workers {
-        w.stop().await;
-    }
+    deliver_with_workers(&env, &opts, 3, "rot", 1000).await;
     let stats = env.sim.stats();
     let rejected = stats.errors.get(&40001).copied().unwrap_or(0);
     println!(
