@@ -16,16 +16,6 @@ pub enum DeadReason {
 }
 
 impl DeadReason {
-    pub const ALL: [DeadReason; 7] = [
-        DeadReason::InvalidEvent,
-        DeadReason::NoTemplate,
-        DeadReason::RenderFailed,
-        DeadReason::PermanentError,
-        DeadReason::RetriesExhausted,
-        DeadReason::DeliveryLimit,
-        DeadReason::Ambiguous,
-    ];
-
     pub fn as_str(self) -> &'static str {
         match self {
             DeadReason::InvalidEvent => "invalid_event",
@@ -36,10 +26,6 @@ impl DeadReason {
             DeadReason::DeliveryLimit => "delivery_limit",
             DeadReason::Ambiguous => "ambiguous",
         }
-    }
-
-    pub fn parse(s: &str) -> Option<Self> {
-        Self::ALL.into_iter().find(|r| r.as_str() == s)
     }
 }
 

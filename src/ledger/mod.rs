@@ -61,14 +61,6 @@ impl Ledger {
         }
     }
 
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
-
-    pub fn worker_id(&self) -> &str {
-        &self.worker_id
-    }
-
     /// How often [`Ledger::heartbeat`] should run so the worker stays "alive" to others.
     pub fn heartbeat_interval(&self) -> Duration {
         self.liveness / 4

@@ -45,8 +45,7 @@ fn prepare(input: &[u8], raw: bool) -> Result<Vec<Outgoing>, PublishCmdError> {
                 routing_key: e.event_type,
                 event_id: Some(e.event_id),
             }),
-            Err(e) if raw => {
-                let _ = e;
+            Err(_) if raw => {
                 let routing_key = serde_json::from_slice::<serde_json::Value>(line)
                     .ok()
                     .and_then(|v| v.get("event_type").and_then(|t| t.as_str()).map(str::to_string))

@@ -53,11 +53,6 @@ pub fn attempts(props: &BasicProperties) -> u32 {
     int(props, ATTEMPTS).and_then(|n| u32::try_from(n).ok()).unwrap_or(0)
 }
 
-/// The reason the broker itself dead-lettered a message (`x-first-death-reason`), e.g. `delivery_limit`.
-pub fn broker_death_reason(props: &BasicProperties) -> Option<String> {
-    text(props, "x-first-death-reason")
-}
-
 /// Properties for republishing a consumed message: persistent, same content type and id, the
 /// producer's own headers kept, the broker's `x-` headers and our previous verdict dropped.
 pub fn republish(original: &BasicProperties) -> (BasicProperties, FieldTable) {
@@ -93,14 +88,4 @@ pub fn set_text(headers: &mut FieldTable, name: &str, value: &str) {
 
 pub fn set_int(headers: &mut FieldTable, name: &str, value: i64) {
     headers.insert(ShortString::from(name), AMQPValue::LongLongInt(value));
-}
-
-pub fn remove(headers: &mut FieldTable, name: &str) -> FieldTable {
-    let mut out = FieldTable::default();
-    for (k, v) in headers.inner() {
-        if k.as_str() != name {
-            out.insert(k.clone(), v.clone());
-        }
-    }
-    out
 }

@@ -321,7 +321,7 @@ impl TokenProvider {
                 } else {
                     expires / 2.0
                 };
-                let (generation, _, _) = locked.save(api, &f.token, expires, refresh_in, force).await?;
+                let generation = locked.save(api, &f.token, expires, refresh_in, force).await?;
                 locked.commit().await?;
                 metrics::counter!("wxnotify_token_fetches_total", "app" => app_id.to_string(), "result" => "ok")
                     .increment(1);

@@ -138,7 +138,7 @@ impl LockedToken {
         expires_in_secs: f64,
         refresh_in_secs: f64,
         forced: bool,
-    ) -> Result<(i64, DateTime<Utc>, DateTime<Utc>), sqlx::Error> {
+    ) -> Result<i64, sqlx::Error> {
         let row = sqlx::query(
             "UPDATE wechat_tokens SET
                  access_token = $2, token_api = $3, generation = generation + 1,
@@ -148,7 +148,7 @@ impl LockedToken {
                  last_forced_at = CASE WHEN $6 THEN now() ELSE last_forced_at END,
                  updated_at = now()
              WHERE app_id = $1
-             RETURNING generation, expires_at, refresh_after",
+             RETURNING generation",
         )
         .bind(&self.app_id)
         .bind(token.expose_secret())
@@ -158,11 +158,7 @@ impl LockedToken {
         .bind(forced)
         .fetch_one(&mut *self.tx)
         .await?;
-        Ok((
-            row.try_get("generation")?,
-            row.try_get("expires_at")?,
-            row.try_get("refresh_after")?,
-        ))
+        row.try_get("generation")
     }
 
     /// Stops every process from asking WeChat for this app's token until `until`.

@@ -92,10 +92,6 @@ impl Worker {
         })
     }
 
-    pub fn context(&self) -> &Arc<Context> {
-        &self.ctx
-    }
-
     /// Runs until `shutdown` fires (then drains) or a start-up check fails.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let ctx = self.ctx.clone();
