@@ -6,6 +6,8 @@
 #   scripts/services.sh up       install what is missing, start both, wait until they answer
 #   scripts/services.sh down     stop both
 #   scripts/services.sh status   say what runs
+#   scripts/services.sh restart-rabbitmq | restart-postgres
+#                                stop and start one of them (the chaos test's faults)
 #
 # Idempotent: running `up` twice is harmless. Needs root (or sudo) on a Debian-like machine.
 set -euo pipefail
@@ -92,10 +94,16 @@ rabbitmq_down() { as_root rabbitmqctl -q shutdown 2>/dev/null || true; }
 
 case "${1:-up}" in
   up) postgres_up; rabbitmq_up ;;
+  restart-rabbitmq) rabbitmq_down; rabbitmq_up ;;
+  restart-postgres)
+    log "restarting PostgreSQL $PG_VERSION/$PG_CLUSTER"
+    as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" restart
+    postgres_up
+    ;;
   down) rabbitmq_down; postgres_down ;;
   status)
     pg_lsclusters 2>/dev/null || echo "postgres: not installed"
     as_root rabbitmqctl -q status >/dev/null 2>&1 && echo "rabbitmq: running" || echo "rabbitmq: not running"
     ;;
-  *) echo "usage: $0 up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|restart-rabbitmq|restart-postgres" >&2; exit 2 ;;
 esac

@@ -134,8 +134,11 @@ async fn send(sim: Sim, api: &str, q: HashMap<String, String>, body: Bytes) -> R
         let f = &s.config.faults;
         (f.latency_ms, rand::rng().random::<f64>() < f.http_5xx_rate)
     });
+    // Half the latency before WeChat acts on the request, half after: a client that dies while
+    // waiting for the answer may have had its message accepted (the case `client_msg_id` is for).
+    let half = Duration::from_millis(latency / 2);
     if latency > 0 {
-        tokio::time::sleep(Duration::from_millis(latency)).await;
+        tokio::time::sleep(half).await;
     }
     if fail_5xx {
         sim.with(|s| s.stats.http_5xx += 1);
@@ -143,6 +146,9 @@ async fn send(sim: Sim, api: &str, q: HashMap<String, String>, body: Bytes) -> R
     }
     // The token counts only in the query string; a token in the body is ignored (→ 41001).
     let (status, body) = sim.with(|s| s.send(api, q.get("access_token").map(String::as_str), &body));
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency) - half).await;
+    }
     json_reply(status, body)
 }
 

@@ -19,7 +19,7 @@ pub struct Faults {
     pub busy_rate: f64,
     /// Share of sends answered HTTP 502.
     pub http_5xx_rate: f64,
-    /// Delay before every send's answer, milliseconds.
+    /// Delay of every send's answer, milliseconds; WeChat acts on the send halfway through.
     pub latency_ms: u64,
     /// Revoke the app's tokens (no overlap) after every N accepted sends; 0 = never.
     pub rotate_every: u64,

@@ -21,16 +21,8 @@ use wxnotify::sim::{Sim, SimConfig};
 use wxnotify::wechat::TokenApi;
 use wxnotify::worker::{Worker, WorkerError};
 
-pub const APP_ID: &str = "wx1111111111111111";
-pub const APP_SECRET: &str = "sim-secret-Zq81x";
-
-fn base_db_url() -> String {
-    std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432".into())
-}
-
-pub fn amqp_url() -> String {
-    std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
-}
+use crate::common::fresh_database;
+pub use crate::common::{APP_ID, APP_SECRET, amqp_url, event};
 
 fn init_logs() {
     static ONCE: Once = Once::new();
@@ -99,20 +91,7 @@ impl TestEnv {
     pub async fn with_sim(mut sim_config: SimConfig) -> Self {
         init_logs();
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let db_name = format!("wxn_test_{}", &id[..16]);
-        let admin = PgPool::connect(&format!("{}/postgres", base_db_url()))
-            .await
-            .expect("connect to Postgres (run scripts/services.sh up)");
-        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
-            .execute(&admin)
-            .await
-            .expect("create test database");
-        admin.close().await;
-        let db_url = format!("{}/{db_name}", base_db_url());
-        let pool = wxnotify::db::connect(&SecretString::from(db_url.clone()), 4)
-            .await
-            .expect("connect test db");
-        wxnotify::db::migrate(&pool).await.expect("migrate");
+        let (db_url, pool) = fresh_database(&id, 4).await;
 
         sim_config.apps = HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]);
         let sim = Sim::new(sim_config);
@@ -308,14 +287,4 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-}
-
-/// A valid event of the shipped templates.
-pub fn event(id: &str, event_type: &str, openid: &str) -> serde_json::Value {
-    serde_json::json!({
-        "event_id": id, "event_type": event_type, "occurred_at": "2026-11-21T09:30:00+08:00",
-        "openid": openid,
-        "data": {"booking_id": "B-10023", "service": "精洗套餐", "store": "徐汇店",
-                 "slot_start": "2026-11-22T14:00:00+08:00", "plate": "沪A12345", "price_cents": 3980}
-    })
 }

@@ -1,5 +1,7 @@
 //! One integration test binary (fast to link): real RabbitMQ, real Postgres, the WeChat simulator.
 
+#[path = "../common/mod.rs"]
+mod common;
 mod delivery;
 mod helpers;
 mod secrets;

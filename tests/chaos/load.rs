@@ -1,0 +1,215 @@
+//! The chaos test's traffic: valid events with unique recipients, ~10% duplicate publishes, a few
+//! recipients who unsubscribed (a permanent WeChat error), and malformed messages of every kind.
+//! And a publisher that rides out a broker restart the way a booking app would: reconnect, publish
+//! again (so a message whose confirm was lost may go twice — just another duplicate).
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use lapin::{BasicProperties, Connection};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use secrecy::SecretString;
+use wxnotify::queue::{self, Publisher};
+
+use crate::common::event;
+
+const TYPES: [&str; 5] = [
+    "booking.created",
+    "booking.confirmed",
+    "booking.cancelled",
+    "booking.reminder",
+    "booking.completed",
+];
+
+/// What a published message should come to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Expect {
+    /// One message at WeChat for this openid, ever.
+    Delivered(String),
+    /// WeChat answers 43004 (unsubscribed): the DLQ with `permanent_error`, no message.
+    Permanent(String),
+    /// The DLQ with this `wxnotify-reason`.
+    Malformed(&'static str),
+}
+
+pub struct Msg {
+    pub routing_key: String,
+    pub body: Vec<u8>,
+    pub expect: Expect,
+}
+
+pub struct Load {
+    pub msgs: Vec<Msg>,
+    pub delivered: BTreeSet<String>,
+    pub unsubscribed: BTreeSet<String>,
+    pub events: usize,
+    pub duplicates: usize,
+    pub malformed: usize,
+    /// Malformed messages that still make a (dead) ledger row: their event parsed.
+    pub malformed_with_row: usize,
+}
+
+/// `events` distinct events (1% of them to unsubscribed users), 10% duplicate publishes, and
+/// `events / 100` malformed messages, shuffled by `seed` (the duplicates land after their original).
+pub fn build(events: usize, seed: u64) -> Load {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut msgs: Vec<Msg> = Vec::new();
+    let mut delivered = BTreeSet::new();
+    let mut unsubscribed = BTreeSet::new();
+    for i in 0..events {
+        let event_type = TYPES[i % TYPES.len()];
+        let openid = format!("o-chaos-{i:05}");
+        let mut ev = event(&format!("evt-chaos-{i:05}"), event_type, &openid);
+        ev["data"]["booking_id"] = format!("B-{i:05}").into();
+        let expect = if i % 100 == 37 {
+            unsubscribed.insert(openid.clone());
+            Expect::Permanent(openid)
+        } else {
+            delivered.insert(openid.clone());
+            Expect::Delivered(openid)
+        };
+        msgs.push(Msg {
+            routing_key: event_type.into(),
+            body: ev.to_string().into_bytes(),
+            expect,
+        });
+    }
+    let malformed = (events / 100).max(5);
+    let mut malformed_with_row = 0;
+    for m in 0..malformed {
+        let (body, reason) = match m % 5 {
+            0 => (
+                format!("{{\"event_id\": \"bad-{m}\", truncated").into_bytes(),
+                "invalid_event",
+            ),
+            1 => {
+                let mut b = vec![0xff, 0xfe];
+                b.extend(format!("bad-{m}").bytes());
+                (b, "invalid_event")
+            }
+            2 => {
+                let mut ev = event(&format!("bad-{m}"), "booking.created", "o-x");
+                ev.as_object_mut().unwrap().remove("openid");
+                (ev.to_string().into_bytes(), "invalid_event")
+            }
+            3 => (
+                event(&format!("bad-{m}"), "booking.teleported", &format!("o-bad-{m}"))
+                    .to_string()
+                    .into_bytes(),
+                "no_template",
+            ),
+            _ => {
+                malformed_with_row += 1;
+                let mut ev = event(&format!("bad-{m}"), "booking.confirmed", &format!("o-bad-{m}"));
+                ev["data"]["service"] = "这是一个远远超过二十个字符限制的非常非常长的服务名称".into();
+                (ev.to_string().into_bytes(), "render_failed")
+            }
+        };
+        let at = rng.random_range(0..=msgs.len());
+        msgs.insert(
+            at,
+            Msg {
+                routing_key: "booking.created".into(),
+                body,
+                expect: Expect::Malformed(reason),
+            },
+        );
+    }
+    // Duplicates: a copy of a random earlier message, right behind it or much later.
+    let duplicates = events / 10;
+    for _ in 0..duplicates {
+        let original = loop {
+            let i = rng.random_range(0..msgs.len());
+            if !matches!(msgs[i].expect, Expect::Malformed(_)) {
+                break i;
+            }
+        };
+        let at = if rng.random_bool(0.5) {
+            original + 1
+        } else {
+            rng.random_range(original + 1..=msgs.len())
+        };
+        let copy = Msg {
+            routing_key: msgs[original].routing_key.clone(),
+            body: msgs[original].body.clone(),
+            expect: msgs[original].expect.clone(),
+        };
+        msgs.insert(at, copy);
+    }
+    Load {
+        msgs,
+        delivered,
+        unsubscribed,
+        events,
+        duplicates,
+        malformed,
+        malformed_with_row,
+    }
+}
+
+/// Publishes with confirms; on any broker error reconnects (with a pause) and publishes again.
+pub struct Feeder {
+    url: String,
+    exchange: String,
+    conn: Option<(Connection, Publisher)>,
+    /// Publishes that failed and were sent again (their first copy may have made it).
+    pub republished: u32,
+}
+
+impl Feeder {
+    pub fn new(url: &str, exchange: &str) -> Self {
+        Self {
+            url: url.into(),
+            exchange: exchange.into(),
+            conn: None,
+            republished: 0,
+        }
+    }
+
+    pub async fn publish(&mut self, routing_key: &str, body: &[u8]) {
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into());
+        let give_up = tokio::time::Instant::now() + Duration::from_secs(180);
+        loop {
+            assert!(
+                tokio::time::Instant::now() < give_up,
+                "the broker stayed away for 3 minutes"
+            );
+            if self.conn.is_none() {
+                match queue::connect(&SecretString::from(self.url.clone()), "wxnotify-chaos-feeder").await {
+                    Ok(conn) => match Publisher::open(&conn).await {
+                        Ok(p) => self.conn = Some((conn, p)),
+                        Err(_) => {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            continue;
+                        }
+                    },
+                    Err(_) => {
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                        continue;
+                    }
+                }
+            }
+            let (_, publisher) = self.conn.as_ref().expect("connected");
+            match publisher
+                .publish(&self.exchange, routing_key, body, props.clone())
+                .await
+            {
+                Ok(()) => return,
+                Err(_) => {
+                    self.conn = None;
+                    self.republished += 1;
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    pub async fn close(self) {
+        if let Some((conn, _)) = self.conn {
+            let _ = conn.close(200, "done".into()).await;
+        }
+    }
+}
