@@ -71,6 +71,16 @@ rabbitmq_up() {
   if ! command -v rabbitmq-server >/dev/null 2>&1; then
     apt_install rabbitmq-server
   fi
+  # Quorum queues with at-least-once dead-lettering (wxnotify's retry queues) try again to route
+  # a dead letter they could not route after this timeout. Right after a restart the exchanges may
+  # not be recovered yet; the default (3 min) would hold those retries that long. Only written when
+  # the machine has no advanced.config of its own; takes effect at the broker's next start.
+  if [ ! -e /etc/rabbitmq/advanced.config ] && [ -d /etc/rabbitmq ]; then
+    log "writing /etc/rabbitmq/advanced.config (dead-letter worker retry: 10 s)"
+    printf '%s\n' "%% Written by wxnotify's scripts/services.sh: see its README, \"What happens when\"." \
+      "[{rabbit, [{dead_letter_worker_publisher_confirm_timeout, 10000}]}]." \
+      | as_root tee /etc/rabbitmq/advanced.config >/dev/null
+  fi
   if ! as_root rabbitmqctl -q status >/dev/null 2>&1; then
     log "starting RabbitMQ"
     # The Debian package's service may be masked by policy-rc.d; run the server detached ourselves.

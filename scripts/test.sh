@@ -14,3 +14,6 @@ echo "== cargo clippy"
 cargo clippy --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --locked --all-targets -- --test-threads "${TEST_THREADS:-4}"
+# Last and alone: it restarts RabbitMQ and Postgres under three worker processes.
+echo "== chaos test"
+scripts/chaos.sh 1

@@ -1,7 +1,7 @@
 //! Carrying out a [`Plan`]: the order of writes is what keeps "nothing lost, nothing twice".
 //!
 //! - dead letter: publish to the DLX (confirmed) → record `dead` → ack. A crash in between can
-//!   leave a second copy in the DLQ, never none.
+//!   leave a second copy in the DLQ, never none. If the publish fails, the claim is handed back.
 //! - everything else: record → publish the retry/requeue copy (confirmed) → ack. The ack is always
 //!   last, after the outcome is committed in Postgres (CONTRACT §3).
 //!
@@ -13,6 +13,7 @@ use lapin::options::BasicAckOptions;
 
 use super::Context;
 use super::process::{Abandoned, Plan, with_db};
+use crate::ledger::Finish;
 use crate::outcome::Outcome;
 use crate::queue::{Publisher, headers};
 
@@ -34,6 +35,17 @@ pub async fn carry_out(ctx: &Context, publisher: &Publisher, delivery: &Delivery
         props = props.with_headers(hdrs.clone());
         if let Err(e) = publisher.publish(&topo.dlx, "", &delivery.data, props.clone()).await {
             tracing::warn!(error = %e, "dead-letter publish failed; leaving the message unacked");
+            // Hand the claim back (keeping the attempt), or the redelivered copy would wait out
+            // our whole lease: this process is alive, so its heartbeat says the claim is held.
+            // The copy sends again; WeChat refuses it again (nothing was delivered) and it goes
+            // to the DLQ then.
+            if let Some(rec) = &plan.record {
+                let release = Finish::retrying(d.errcode, d.error.clone());
+                with_db(ctx, "release claim", || {
+                    ctx.ledger.record(rec.delivery_id, rec.attempt.as_ref(), &release)
+                })
+                .await?;
+            }
             return Err(Abandoned);
         }
         tracing::warn!(

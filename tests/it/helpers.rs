@@ -159,6 +159,31 @@ impl TestEnv {
         WorkerHandle { shutdown, join }
     }
 
+    /// A fresh channel on the test's own connection.
+    pub async fn channel(&self) -> lapin::Channel {
+        self.conn.create_channel().await.expect("channel")
+    }
+
+    /// The real `wxnotify worker` binary, configured for this environment (stdio left to the caller).
+    pub fn worker_command(&self) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxnotify"));
+        cmd.arg("worker")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("DATABASE_URL", &self.db_url)
+            .env("AMQP_URL", amqp_url())
+            .env("WXNOTIFY_EXCHANGE", &self.topology.exchange)
+            .env("WXNOTIFY_QUEUE", &self.topology.queue)
+            .env("WECHAT_API_BASE", &self.sim_base)
+            .env("WECHAT_APP_ID", APP_ID)
+            .env("WECHAT_APP_SECRET", APP_SECRET)
+            .env("WECHAT_TOKEN_API", "classic")
+            .env("WXNOTIFY_TEMPLATES", &self.templates)
+            .env("WXNOTIFY_ADMIN_ADDR", "127.0.0.1:0")
+            .kill_on_drop(true);
+        cmd
+    }
+
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
         let props = BasicProperties::default()
             .with_delivery_mode(2)

@@ -3,6 +3,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod delivery;
+mod faults;
 mod helpers;
 mod secrets;
 mod tokens;

@@ -11,24 +11,11 @@ use crate::helpers::{APP_SECRET, TestEnv, event, wait_for};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn token_and_secret_never_appear_in_the_worker_output() {
     let env = TestEnv::new().await;
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxnotify"))
-        .arg("worker")
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &env.db_url)
-        .env("AMQP_URL", crate::helpers::amqp_url())
-        .env("WXNOTIFY_EXCHANGE", &env.topology.exchange)
-        .env("WXNOTIFY_QUEUE", &env.topology.queue)
-        .env("WECHAT_API_BASE", &env.sim_base)
-        .env("WECHAT_APP_ID", crate::helpers::APP_ID)
-        .env("WECHAT_APP_SECRET", APP_SECRET)
-        .env("WECHAT_TOKEN_API", "classic")
-        .env("WXNOTIFY_TEMPLATES", &env.templates)
-        .env("WXNOTIFY_ADMIN_ADDR", "127.0.0.1:0")
+    let mut child = env
+        .worker_command()
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .kill_on_drop(true)
         .spawn()
         .expect("start wxnotify worker");
     let mut stdout = child.stdout.take().unwrap();
