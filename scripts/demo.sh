@@ -26,7 +26,7 @@ trap cleanup EXIT
 
 $bin/wxnotify migrate
 # A clean slate: earlier demo runs' deliveries, dead letters, and tokens of a simulator now gone.
-PGPASSWORD=postgres psql -q "$DATABASE_URL" -c "TRUNCATE deliveries, delivery_attempts, wechat_tokens CASCADE" >/dev/null
+PGPASSWORD=postgres psql -q "$DATABASE_URL" -c "TRUNCATE deliveries, delivery_attempts, wechat_tokens, dlq_replays CASCADE" >/dev/null
 rabbitmqctl -q purge_queue "$WXNOTIFY_QUEUE.dlq" >/dev/null 2>&1 || true
 $bin/wechat-sim --unsubscribed oUpF8uMuAJO_M2pxb1Q9zNjWe004 >"$logs/sim.log" 2>&1 &
 sim_pid=$!
@@ -57,8 +57,23 @@ curl -fsS "$WECHAT_API_BASE/sim/messages" | python3 -c '
 import json, sys
 for m in json.load(sys.stdin):
     print("  %s  %-9s %-22s -> %s  %s" % (m["msgid"], m["api"], m["template_id"], m["touser"], json.dumps(m["data"], ensure_ascii=False)))'
-echo "== dead-letter queue $WXNOTIFY_QUEUE.dlq"
-rabbitmqctl -q list_queues name messages 2>/dev/null | grep -E "^$WXNOTIFY_QUEUE\.dlq\s" || true
+echo "== dead letters (wxnotify dlq list)"
+$bin/wxnotify dlq list
+echo
+echo "== ...004 follows the account again: wxnotify dlq replay --errcode 43004"
+curl -fsS -X POST -H 'content-type: application/json' -d '{"unsubscribed": []}' "$WECHAT_API_BASE/sim/users" >/dev/null
+$bin/wxnotify dlq replay --errcode 43004
+for _ in $(seq 1 100); do
+  n=$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "select count(*) from deliveries where status = 'sent'")
+  [ "$n" -ge 10 ] && break
+  sleep 0.2
+done
+PGPASSWORD=postgres psql "$DATABASE_URL" -c \
+  "select event_id, status, attempts, wechat_msgid from deliveries where openid like '%004'"
+echo "== dead letters now"
+$bin/wxnotify dlq list
+echo "== wxnotify report (views delivery_daily_summary, delivery_failures)"
+$bin/wxnotify report
 echo "== simulator stats"
 curl -fsS "$WECHAT_API_BASE/sim/stats"; echo
 echo "(worker log: $logs/worker.log)"

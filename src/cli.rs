@@ -54,6 +54,88 @@ pub enum Command {
         #[command(flatten)]
         amqp: AmqpArgs,
     },
+    /// The dead-letter queue: list it, replay from it.
+    Dlq {
+        #[command(subcommand)]
+        command: DlqCommand,
+    },
+    /// The delivery summary (views `delivery_daily_summary` and `delivery_failures`).
+    Report {
+        /// From when: a duration back from now (7d, 24h, 90m) or a date (2026-11-01, Beijing time).
+        #[arg(long, default_value = "7d")]
+        since: ops::report::Since,
+        /// `csv` prints the daily summary only; `table` and `json` add failures by errcode.
+        #[arg(long, value_enum, default_value = "table")]
+        format: ReportFormat,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ReportFormat {
+    Table,
+    Csv,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DlqCommand {
+    /// Show dead letters (oldest first) without removing them.
+    List {
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+        #[command(flatten)]
+        amqp: AmqpArgs,
+    },
+    /// Move matching dead letters back to the work queue with a fresh retry budget. A message
+    /// leaves the DLQ only after the broker confirmed its copy and the replay is recorded.
+    Replay {
+        #[command(flatten)]
+        filter: ReplayArgs,
+        /// At most this many.
+        #[arg(long, default_value_t = usize::MAX, hide_default_value = true)]
+        limit: usize,
+        /// Show what would be replayed; move nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+        #[command(flatten)]
+        amqp: AmqpArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// Which dead letters to replay: exactly one kind of filter.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct ReplayArgs {
+    /// Every dead letter.
+    #[arg(long)]
+    all: bool,
+    /// These events (repeatable).
+    #[arg(long = "event-id", num_args = 1..)]
+    event_id: Vec<String>,
+    /// Dead letters with this reason.
+    #[arg(long, value_parser = [
+        "invalid_event", "no_template", "render_failed", "permanent_error",
+        "retries_exhausted", "delivery_limit", "ambiguous",
+    ])]
+    reason: Option<String>,
+    /// Dead letters with this WeChat errcode.
+    #[arg(long, allow_negative_numbers = true)]
+    errcode: Option<i64>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
 }
 
 /// A failure and its exit code.
@@ -98,14 +180,8 @@ async fn run(command: Command) -> Result<(), Failure> {
     match command {
         Command::Worker { no_migrate, args } => worker(*args, no_migrate).await,
         Command::Migrate { db } => {
-            let url = db.url()?;
-            let pool = db::connect(&url, 2)
-                .await
-                .map_err(|e| Failure::Runtime(format!("database {}: {e}", redact_url(&url))))?;
-            db::migrate(&pool)
-                .await
-                .map_err(|e| Failure::Runtime(format!("migrations: {e}")))?;
-            println!("migrations applied to {}", redact_url(&url));
+            connect_and_migrate(&db).await?;
+            println!("migrations applied to {}", redact_url(&db.url()?));
             Ok(())
         }
         Command::Publish { file, raw, amqp } => {
@@ -121,7 +197,84 @@ async fn run(command: Command) -> Result<(), Failure> {
             );
             Ok(())
         }
+        Command::Dlq { command } => dlq(command).await,
+        Command::Report { since, format, db } => {
+            let pool = connect_and_migrate(&db).await?;
+            let report = ops::report::report(&pool, since)
+                .await
+                .map_err(|e| Failure::Runtime(format!("report: {e}")))?;
+            match format {
+                ReportFormat::Table => print!("{}", ops::report::table(&report)),
+                ReportFormat::Csv => print!("{}", ops::report::csv(&report)),
+                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+            }
+            Ok(())
+        }
     }
+}
+
+async fn dlq(command: DlqCommand) -> Result<(), Failure> {
+    let runtime = |e: ops::dlq::DlqError| Failure::Runtime(e.to_string());
+    match command {
+        DlqCommand::List { limit, format, amqp } => {
+            let rows = ops::dlq::list(&amqp.url()?, &amqp.topology()?, limit)
+                .await
+                .map_err(runtime)?;
+            match format {
+                OutputFormat::Table => print!("{}", ops::dlq::table(&rows)),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default()),
+            }
+            Ok(())
+        }
+        DlqCommand::Replay {
+            filter,
+            limit,
+            dry_run,
+            format,
+            amqp,
+            db: db_args,
+        } => {
+            let filter = ops::dlq::ReplayFilter {
+                all: filter.all,
+                event_ids: filter.event_id,
+                reason: filter.reason,
+                errcode: filter.errcode,
+            };
+            let (url, topology) = (amqp.url()?, amqp.topology()?);
+            let pool = connect_and_migrate(&db_args).await?;
+            let report = ops::dlq::replay(&url, &topology, &pool, &filter, limit, dry_run)
+                .await
+                .map_err(runtime)?;
+            match format {
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+                OutputFormat::Table => {
+                    print!("{}", ops::dlq::table(&report.replayed));
+                    let verb = if dry_run { "would replay" } else { "replayed" };
+                    println!(
+                        "{verb} {} of {} dead letter(s) looked at into {} (replay {}); the others stay in {}",
+                        report.replayed.len(),
+                        report.scanned,
+                        topology.queue,
+                        report.replay_id,
+                        topology.dlq
+                    );
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+/// A small pool for a one-shot command, with the schema brought up to date.
+async fn connect_and_migrate(db_args: &DbArgs) -> Result<sqlx::PgPool, Failure> {
+    let url = db_args.url()?;
+    let pool = db::connect(&url, 2)
+        .await
+        .map_err(|e| Failure::Runtime(format!("database {}: {e}", redact_url(&url))))?;
+    db::migrate(&pool)
+        .await
+        .map_err(|e| Failure::Runtime(format!("migrations: {e}")))?;
+    Ok(pool)
 }
 
 fn read_input(file: Option<&PathBuf>) -> Result<Vec<u8>, Failure> {

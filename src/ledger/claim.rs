@@ -3,6 +3,8 @@
 //! The claim succeeds when the key is new, or `pending`/`retrying` and nobody live holds it (no
 //! owner, an expired lease, or an owner that stopped beating). Taking over from an owner that did
 //! not record an outcome marks the delivery *in doubt* since that owner's claim: it may have sent.
+//! A replayed copy (`dlq replay`) reopens a `dead` delivery and clears its doubt: replaying an
+//! `ambiguous` dead letter is a person deciding to send it again.
 //!
 //! A copy of a key another live worker holds is **not** acked: it goes back through a short retry
 //! queue and looks again. Acking it would be wrong when it is the holder's own message redelivered
@@ -64,7 +66,8 @@ impl Ledger {
                     claimed_at = now(),
                     updated_at = now(),
                     status = CASE WHEN d.status = 'dead' THEN 'retrying' ELSE d.status END,
-                    in_doubt_since = CASE WHEN d.owner IS NOT NULL
+                    in_doubt_since = CASE WHEN d.status = 'dead' THEN NULL
+                                          WHEN d.owner IS NOT NULL
                                           THEN COALESCE(d.in_doubt_since, d.claimed_at)
                                           ELSE d.in_doubt_since END
               WHERE (d.status IN ('pending', 'retrying') OR ($11 AND d.status = 'dead'))

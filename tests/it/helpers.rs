@@ -166,8 +166,13 @@ impl TestEnv {
 
     /// The real `wxnotify worker` binary, configured for this environment (stdio left to the caller).
     pub fn worker_command(&self) -> tokio::process::Command {
+        self.wxnotify(&["worker"])
+    }
+
+    /// The real `wxnotify` binary with `args`, configured for this environment.
+    pub fn wxnotify(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxnotify"));
-        cmd.arg("worker")
+        cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("DATABASE_URL", &self.db_url)

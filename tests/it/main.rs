@@ -3,7 +3,9 @@
 #[path = "../common/mod.rs"]
 mod common;
 mod delivery;
+mod dlq;
 mod faults;
 mod helpers;
+mod report;
 mod secrets;
 mod tokens;

@@ -1,0 +1,374 @@
+//! `wxnotify dlq list` and `wxnotify dlq replay`: the dead-letter queue for people.
+//!
+//! Both read the DLQ with `basic.get` without acking, so a message leaves it only when we ack it:
+//! `list` acks nothing (closing the channel hands every message back), `replay` acks a message
+//! only after the broker confirmed its copy in the work queue and the replay is recorded in
+//! Postgres. A crash anywhere leaves the message in the DLQ; replaying it twice is harmless, the
+//! ledger absorbs the second copy.
+
+use chrono::{DateTime, Utc};
+use lapin::message::BasicGetMessage;
+use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Connection};
+use secrecy::SecretString;
+use serde::Serialize;
+use sqlx::PgPool;
+
+use crate::event::BookingEvent;
+use crate::queue::{self, Publisher, Topology, headers};
+
+#[derive(Debug, thiserror::Error)]
+pub enum DlqError {
+    #[error("broker: {0}")]
+    Broker(String),
+    #[error("the work queue {0} does not exist: start a worker once (it declares the topology)")]
+    NoWorkQueue(String),
+    /// The copy is in the work queue but the replay could not be recorded; the original stays in
+    /// the DLQ (a second replay of it is absorbed by the ledger).
+    #[error(
+        "event {event_id}: republished, but recording the replay failed: {error}; stopped, the original stays in the DLQ"
+    )]
+    Record { event_id: String, error: String },
+}
+
+fn broker(e: impl std::fmt::Display) -> DlqError {
+    DlqError::Broker(e.to_string())
+}
+
+/// One dead letter as a person wants to see it.
+#[derive(Debug, Clone, Serialize)]
+pub struct DeadLetterView {
+    pub event_id: Option<String>,
+    pub event_type: Option<String>,
+    /// `wxnotify-reason`, or the broker's own (`delivery_limit`) for messages it dead-lettered.
+    pub reason: String,
+    pub errcode: Option<i64>,
+    pub attempts: u32,
+    pub dead_at: Option<DateTime<Utc>>,
+    pub age_secs: Option<i64>,
+    pub error: Option<String>,
+}
+
+impl DeadLetterView {
+    fn of(body: &[u8], props: &BasicProperties, now: DateTime<Utc>) -> Self {
+        let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
+        let event_type = json
+            .as_ref()
+            .and_then(|v| v.get("event_type")?.as_str().map(str::to_string));
+        let dead_at = headers::text(props, headers::DEAD_AT)
+            .and_then(|t| DateTime::parse_from_rfc3339(&t).ok())
+            .map(|t| t.with_timezone(&Utc));
+        Self {
+            event_id: headers::text(props, headers::EVENT_ID).or_else(|| BookingEvent::sniff_event_id(body)),
+            event_type,
+            reason: headers::text(props, headers::REASON)
+                .or_else(|| headers::text(props, "x-first-death-reason"))
+                .unwrap_or_else(|| "unknown".into()),
+            errcode: headers::int(props, headers::ERRCODE),
+            attempts: headers::attempts(props),
+            dead_at,
+            age_secs: dead_at.map(|t| (now - t).num_seconds()),
+            error: headers::text(props, headers::ERROR),
+        }
+    }
+}
+
+/// Which dead letters `replay` takes.
+#[derive(Debug, Clone, Default)]
+pub struct ReplayFilter {
+    pub all: bool,
+    pub event_ids: Vec<String>,
+    pub reason: Option<String>,
+    pub errcode: Option<i64>,
+}
+
+impl ReplayFilter {
+    fn matches(&self, v: &DeadLetterView) -> bool {
+        self.all
+            || v.event_id.as_ref().is_some_and(|id| self.event_ids.contains(id))
+            || self.reason.as_ref().is_some_and(|r| *r == v.reason)
+            || self.errcode.is_some_and(|c| Some(c) == v.errcode)
+    }
+
+    /// How the run is described in `dlq_replays.filter`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if self.all {
+            parts.push("--all".to_string());
+        }
+        for id in &self.event_ids {
+            parts.push(format!("--event-id {id}"));
+        }
+        if let Some(r) = &self.reason {
+            parts.push(format!("--reason {r}"));
+        }
+        if let Some(c) = self.errcode {
+            parts.push(format!("--errcode {c}"));
+        }
+        parts.join(" ")
+    }
+}
+
+/// What a replay run did.
+#[derive(Debug, Default, Serialize)]
+pub struct ReplayReport {
+    pub replay_id: String,
+    /// Dead letters looked at.
+    pub scanned: usize,
+    /// Matched and republished (or, with `--dry-run`, would have been).
+    pub replayed: Vec<DeadLetterView>,
+    pub dry_run: bool,
+}
+
+/// A connection and a channel reading the DLQ; dropping the channel hands back what it holds.
+struct DlqReader {
+    conn: Connection,
+    channel: Channel,
+    queue: String,
+    /// Messages in the DLQ when we started: we read at most this many, so handed-back ones are
+    /// not read twice.
+    count: u32,
+}
+
+impl DlqReader {
+    async fn open(amqp_url: &SecretString, topology: &Topology, name: &str) -> Result<Self, DlqError> {
+        let conn = queue::connect(amqp_url, name).await.map_err(broker)?;
+        let channel = conn.create_channel().await.map_err(broker)?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let count = channel
+            .queue_declare(topology.dlq.as_str().into(), passive, FieldTable::default())
+            .await
+            .map_err(|e| DlqError::Broker(format!("dead-letter queue {}: {e}", topology.dlq)))?
+            .message_count();
+        Ok(Self {
+            conn,
+            channel,
+            queue: topology.dlq.clone(),
+            count,
+        })
+    }
+
+    async fn next(&mut self) -> Result<Option<BasicGetMessage>, DlqError> {
+        if self.count == 0 {
+            return Ok(None);
+        }
+        self.count -= 1;
+        self.channel
+            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: false })
+            .await
+            .map_err(broker)
+    }
+
+    /// Closes without acking what is left: the broker puts it back in the DLQ.
+    async fn close(self) {
+        let _ = self.channel.close(200, "done".into()).await;
+        let _ = self.conn.close(200, "done".into()).await;
+    }
+}
+
+/// Up to `limit` dead letters, oldest first, left where they are.
+pub async fn list(amqp_url: &SecretString, topology: &Topology, limit: usize) -> Result<Vec<DeadLetterView>, DlqError> {
+    let mut reader = DlqReader::open(amqp_url, topology, "wxnotify-dlq-list").await?;
+    let now = Utc::now();
+    let mut out = Vec::new();
+    while out.len() < limit {
+        match reader.next().await {
+            Ok(Some(msg)) => out.push(DeadLetterView::of(&msg.delivery.data, &msg.delivery.properties, now)),
+            Ok(None) => break,
+            Err(e) => {
+                reader.close().await;
+                return Err(e);
+            }
+        }
+    }
+    reader.close().await;
+    Ok(out)
+}
+
+/// Moves matching dead letters (at most `limit`) back into the work queue with a fresh retry
+/// budget and the `wxnotify-replay` header, which lets the copy reopen its `dead` delivery.
+pub async fn replay(
+    amqp_url: &SecretString,
+    topology: &Topology,
+    pool: &PgPool,
+    filter: &ReplayFilter,
+    limit: usize,
+    dry_run: bool,
+) -> Result<ReplayReport, DlqError> {
+    let mut reader = DlqReader::open(amqp_url, topology, "wxnotify-dlq-replay").await?;
+    let result = replay_with(&mut reader, topology, pool, filter, limit, dry_run).await;
+    reader.close().await;
+    result
+}
+
+async fn replay_with(
+    reader: &mut DlqReader,
+    topology: &Topology,
+    pool: &PgPool,
+    filter: &ReplayFilter,
+    limit: usize,
+    dry_run: bool,
+) -> Result<ReplayReport, DlqError> {
+    let publisher = Publisher::open(&reader.conn).await.map_err(broker)?;
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    // Checked on a channel of its own: a failed passive declare closes the channel.
+    let check = reader.conn.create_channel().await.map_err(broker)?;
+    if check
+        .queue_declare(topology.queue.as_str().into(), passive, FieldTable::default())
+        .await
+        .is_err()
+    {
+        return Err(DlqError::NoWorkQueue(topology.queue.clone()));
+    }
+    let _ = check.close(200, "checked".into()).await;
+
+    let mut report = ReplayReport {
+        replay_id: uuid::Uuid::new_v4().to_string(),
+        dry_run,
+        ..Default::default()
+    };
+    let description = filter.describe();
+    let now = Utc::now();
+    while report.replayed.len() < limit {
+        let Some(msg) = reader.next().await? else { break };
+        report.scanned += 1;
+        let view = DeadLetterView::of(&msg.delivery.data, &msg.delivery.properties, now);
+        if !filter.matches(&view) {
+            continue; // stays unacked: handed back to the DLQ when we close
+        }
+        if dry_run {
+            report.replayed.push(view);
+            continue;
+        }
+        let (props, mut hdrs) = headers::republish(&msg.delivery.properties);
+        headers::set_int(&mut hdrs, headers::ATTEMPTS, 0);
+        headers::set_int(&mut hdrs, headers::TOKEN_REQUEUES, 0);
+        headers::set_text(&mut hdrs, headers::REPLAY, &report.replay_id);
+        if let Some(id) = &view.event_id {
+            headers::set_text(&mut hdrs, headers::EVENT_ID, id);
+        }
+        // The default exchange routes by queue name: straight into the work queue.
+        publisher
+            .publish("", &topology.queue, &msg.delivery.data, props.with_headers(hdrs))
+            .await
+            .map_err(broker)?;
+        record(pool, &report.replay_id, &description, &view)
+            .await
+            .map_err(|e| DlqError::Record {
+                event_id: view.event_id.clone().unwrap_or_else(|| "?".into()),
+                error: e.to_string(),
+            })?;
+        msg.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(broker)?;
+        report.replayed.push(view);
+    }
+    Ok(report)
+}
+
+async fn record(pool: &PgPool, replay_id: &str, filter: &str, v: &DeadLetterView) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "INSERT INTO dlq_replays (replay_id, filter, event_id, event_type, reason, errcode, dead_at, operator)
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+    )
+    .bind(replay_id)
+    .bind(filter)
+    .bind(&v.event_id)
+    .bind(&v.event_type)
+    .bind(&v.reason)
+    .bind(v.errcode)
+    .bind(v.dead_at)
+    .bind(std::env::var("USER").ok())
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// `3m12s`, `2h05m`, `4d03h`: an age at a glance.
+pub fn human_age(secs: i64) -> String {
+    let s = secs.max(0);
+    match s {
+        0..60 => format!("{s}s"),
+        60..3600 => format!("{}m{:02}s", s / 60, s % 60),
+        3600..86400 => format!("{}h{:02}m", s / 3600, (s % 3600) / 60),
+        _ => format!("{}d{:02}h", s / 86400, (s % 86400) / 3600),
+    }
+}
+
+/// The table `dlq list` and `dlq replay` print.
+pub fn table(rows: &[DeadLetterView]) -> String {
+    let mut out = format!(
+        "{:<28} {:<20} {:<18} {:>7} {:>8} {:>8}  {}\n",
+        "EVENT_ID", "TYPE", "REASON", "ERRCODE", "ATTEMPTS", "AGE", "ERROR"
+    );
+    for r in rows {
+        let errcode = r.errcode.map(|c| c.to_string()).unwrap_or_else(|| "-".into());
+        let age = r.age_secs.map(human_age).unwrap_or_else(|| "-".into());
+        let error = r.error.as_deref().unwrap_or("-");
+        out.push_str(&format!(
+            "{:<28} {:<20} {:<18} {:>7} {:>8} {:>8}  {}\n",
+            crate::event::truncate(r.event_id.as_deref().unwrap_or("?"), 28),
+            crate::event::truncate(r.event_type.as_deref().unwrap_or("?"), 20),
+            r.reason,
+            errcode,
+            r.attempts,
+            age,
+            crate::event::truncate(error, 100),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ages_read_at_a_glance() {
+        assert_eq!(human_age(5), "5s");
+        assert_eq!(human_age(192), "3m12s");
+        assert_eq!(human_age(7500), "2h05m");
+        assert_eq!(human_age(3 * 86400 + 7200), "3d02h");
+    }
+
+    #[test]
+    fn a_filter_matches_on_any_of_its_criteria() {
+        let v = DeadLetterView {
+            event_id: Some("e1".into()),
+            event_type: None,
+            reason: "permanent_error".into(),
+            errcode: Some(43004),
+            attempts: 1,
+            dead_at: None,
+            age_secs: None,
+            error: None,
+        };
+        let by = |f: ReplayFilter| f.matches(&v);
+        assert!(by(ReplayFilter {
+            errcode: Some(43004),
+            ..Default::default()
+        }));
+        assert!(!by(ReplayFilter {
+            errcode: Some(40003),
+            ..Default::default()
+        }));
+        assert!(by(ReplayFilter {
+            reason: Some("permanent_error".into()),
+            ..Default::default()
+        }));
+        assert!(by(ReplayFilter {
+            event_ids: vec!["x".into(), "e1".into()],
+            ..Default::default()
+        }));
+        assert!(!by(ReplayFilter::default()));
+    }
+}

@@ -1,0 +1,249 @@
+//! `wxnotify report`: the delivery summary, read from the reporting views (CONTRACT §4):
+//! `delivery_daily_summary` since a Beijing day, and `delivery_failures` seen since then.
+
+use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+/// Where the report starts: a duration back from now (`7d`, `24h`, `90m`) or a date.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Since(pub DateTime<Utc>);
+
+impl std::str::FromStr for Since {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let s = s.trim();
+        if let Ok(date) = NaiveDate::parse_from_str(s, "%Y-%m-%d") {
+            // Midnight Beijing time: the views' days are Beijing days.
+            let beijing = FixedOffset::east_opt(8 * 3600).expect("valid offset");
+            let start = date.and_hms_opt(0, 0, 0).expect("midnight").and_local_timezone(beijing);
+            return start
+                .single()
+                .map(|t| Since(t.with_timezone(&Utc)))
+                .ok_or_else(|| format!("{s:?}: not a usable date"));
+        }
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (n, unit) = s.split_at(split);
+        let n: i64 = n
+            .parse()
+            .map_err(|_| format!("{s:?}: expected a duration like 7d, 24h, 90m, or a date like 2026-11-01"))?;
+        let secs = match unit {
+            "d" => n * 86400,
+            "h" => n * 3600,
+            "m" => n * 60,
+            "s" => n,
+            _ => {
+                return Err(format!(
+                    "{s:?}: the unit must be d, h, m or s (e.g. 7d), or give a date like 2026-11-01"
+                ));
+            }
+        };
+        Ok(Since(Utc::now() - chrono::Duration::seconds(secs)))
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SummaryRow {
+    pub day: NaiveDate,
+    pub app_id: String,
+    pub event_type: String,
+    pub deliveries: i64,
+    pub sent: i64,
+    pub dead: i64,
+    pub retrying: i64,
+    pub pending: i64,
+    pub attempts: i64,
+    pub p50_send_ms: Option<f64>,
+    pub p95_send_ms: Option<f64>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct FailureRow {
+    /// `None`: no errcode (HTTP 5xx, a timeout, a connection error).
+    pub errcode: Option<i64>,
+    pub attempts: i64,
+    pub deliveries: i64,
+    pub dead: i64,
+    pub last_seen: DateTime<Utc>,
+    pub latest_event_id: String,
+    pub latest_errmsg: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    pub since: DateTime<Utc>,
+    pub summary: Vec<SummaryRow>,
+    pub failures: Vec<FailureRow>,
+}
+
+pub async fn report(pool: &PgPool, since: Since) -> Result<Report, sqlx::Error> {
+    let summary = sqlx::query(
+        "SELECT day, app_id, event_type, deliveries, sent, dead, retrying, pending, attempts,
+                p50_send_ms, p95_send_ms
+           FROM delivery_daily_summary
+          WHERE day >= ($1 AT TIME ZONE 'Asia/Shanghai')::date
+          ORDER BY day, app_id, event_type",
+    )
+    .bind(since.0)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok(SummaryRow {
+            day: r.try_get("day")?,
+            app_id: r.try_get("app_id")?,
+            event_type: r.try_get("event_type")?,
+            deliveries: r.try_get("deliveries")?,
+            sent: r.try_get("sent")?,
+            dead: r.try_get("dead")?,
+            retrying: r.try_get("retrying")?,
+            pending: r.try_get("pending")?,
+            attempts: r.try_get("attempts")?,
+            p50_send_ms: r.try_get("p50_send_ms")?,
+            p95_send_ms: r.try_get("p95_send_ms")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let failures = sqlx::query(
+        "SELECT errcode, attempts, deliveries, dead, last_seen, latest_event_id, latest_errmsg
+           FROM delivery_failures
+          WHERE last_seen >= $1
+          ORDER BY attempts DESC, errcode",
+    )
+    .bind(since.0)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok(FailureRow {
+            errcode: r.try_get("errcode")?,
+            attempts: r.try_get("attempts")?,
+            deliveries: r.try_get("deliveries")?,
+            dead: r.try_get("dead")?,
+            last_seen: r.try_get("last_seen")?,
+            latest_event_id: r.try_get("latest_event_id")?,
+            latest_errmsg: r.try_get("latest_errmsg")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    Ok(Report {
+        since: since.0,
+        summary,
+        failures,
+    })
+}
+
+fn ms(v: Option<f64>) -> String {
+    v.map(|v| format!("{v:.0}")).unwrap_or_else(|| "-".into())
+}
+
+/// Both tables, for people.
+pub fn table(r: &Report) -> String {
+    let mut out = format!(
+        "deliveries since {} (days in Beijing time)\n{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>8} {:>7} {:>7}\n",
+        r.since.format("%Y-%m-%d %H:%M UTC"),
+        "DAY",
+        "APP",
+        "EVENT_TYPE",
+        "DELIVERIES",
+        "SENT",
+        "DEAD",
+        "RETRYING",
+        "PENDING",
+        "ATTEMPTS",
+        "P50_MS",
+        "P95_MS"
+    );
+    for s in &r.summary {
+        out.push_str(&format!(
+            "{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>8} {:>7} {:>7}\n",
+            s.day,
+            s.app_id,
+            s.event_type,
+            s.deliveries,
+            s.sent,
+            s.dead,
+            s.retrying,
+            s.pending,
+            s.attempts,
+            ms(s.p50_send_ms),
+            ms(s.p95_send_ms)
+        ));
+    }
+    out.push_str(&format!(
+        "\nfailed sends by errcode\n{:>8} {:>8} {:>10} {:>6}  {:<20} {:<28} {}\n",
+        "ERRCODE", "ATTEMPTS", "DELIVERIES", "DEAD", "LAST_SEEN", "LATEST_EVENT", "LATEST_ERRMSG"
+    ));
+    for f in &r.failures {
+        out.push_str(&format!(
+            "{:>8} {:>8} {:>10} {:>6}  {:<20} {:<28} {}\n",
+            f.errcode.map(|c| c.to_string()).unwrap_or_else(|| "none".into()),
+            f.attempts,
+            f.deliveries,
+            f.dead,
+            f.last_seen.format("%Y-%m-%d %H:%M:%S"),
+            crate::event::truncate(&f.latest_event_id, 28),
+            f.latest_errmsg.as_deref().unwrap_or("-")
+        ));
+    }
+    out
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// The daily summary as CSV (header row first), for spreadsheets.
+pub fn csv(r: &Report) -> String {
+    let mut out =
+        String::from("day,app_id,event_type,deliveries,sent,dead,retrying,pending,attempts,p50_send_ms,p95_send_ms\n");
+    let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
+    for s in &r.summary {
+        let fields = [
+            s.day.to_string(),
+            csv_field(&s.app_id),
+            csv_field(&s.event_type),
+            s.deliveries.to_string(),
+            s.sent.to_string(),
+            s.dead.to_string(),
+            s.retrying.to_string(),
+            s.pending.to_string(),
+            s.attempts.to_string(),
+            opt(s.p50_send_ms),
+            opt(s.p95_send_ms),
+        ];
+        out.push_str(&fields.join(","));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn since_takes_durations_and_beijing_dates() {
+        let now = Utc::now();
+        let d: Since = "7d".parse().unwrap();
+        assert!((now - d.0 - chrono::Duration::days(7)).num_seconds().abs() < 5);
+        let h: Since = "24h".parse().unwrap();
+        assert!((now - h.0 - chrono::Duration::hours(24)).num_seconds().abs() < 5);
+        let date: Since = "2026-11-01".parse().unwrap();
+        assert_eq!(date.0.to_rfc3339(), "2026-10-31T16:00:00+00:00");
+        assert!("7w".parse::<Since>().unwrap_err().contains("unit"));
+        assert!("yesterday".parse::<Since>().is_err());
+    }
+
+    #[test]
+    fn csv_quotes_what_needs_it() {
+        assert_eq!(csv_field("plain"), "plain");
+        assert_eq!(csv_field("a,b"), "\"a,b\"");
+        assert_eq!(csv_field("say \"hi\""), "\"say \"\"hi\"\"\"");
+    }
+}

@@ -1,0 +1,116 @@
+//! `dlq list` shows dead letters and leaves them; `dlq replay` moves the chosen ones back once
+//! the cause is fixed, records each replay, and leaves the others.
+
+use std::time::Duration;
+
+use secrecy::SecretString;
+use wxnotify::ops::dlq::{self, ReplayFilter};
+
+use crate::helpers::{TestEnv, WorkerOpts, amqp_url, event, wait_for};
+
+const T: Duration = Duration::from_secs(30);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_are_listed_in_place_and_replayed_once_the_cause_is_fixed() {
+    let env = TestEnv::new().await;
+    let url = SecretString::from(amqp_url());
+    env.sim.set_unsubscribed(&["oGone"]);
+    let worker = env.spawn_worker(&WorkerOpts::default()).await;
+    env.publish(&event("d-gone", "booking.confirmed", "oGone")).await;
+    env.publish_raw("booking.confirmed", b"{not json").await;
+    wait_for("two dead letters", T, || async {
+        dlq::list(&url, &env.topology, 10).await.unwrap().len() == 2
+    })
+    .await;
+
+    // Listing twice shows the same two: nothing is removed.
+    let rows = dlq::list(&url, &env.topology, 10).await.unwrap();
+    assert_eq!(rows.len(), 2);
+    let gone = rows
+        .iter()
+        .find(|r| r.event_id.as_deref() == Some("d-gone"))
+        .expect("listed");
+    assert_eq!(gone.reason, "permanent_error");
+    assert_eq!(gone.errcode, Some(43004));
+    assert_eq!(gone.event_type.as_deref(), Some("booking.confirmed"));
+    assert!(gone.age_secs.is_some_and(|a| a >= 0), "age from wxnotify-dead-at");
+    assert!(rows.iter().any(|r| r.reason == "invalid_event"));
+
+    let by_errcode = ReplayFilter {
+        errcode: Some(43004),
+        ..Default::default()
+    };
+    let dry = dlq::replay(&url, &env.topology, &env.pool, &by_errcode, usize::MAX, true)
+        .await
+        .unwrap();
+    assert_eq!(dry.replayed.len(), 1, "a dry run names the match");
+    assert_eq!(
+        dlq::list(&url, &env.topology, 10).await.unwrap().len(),
+        2,
+        "and moves nothing"
+    );
+    assert_eq!(env.count("SELECT count(*) FROM dlq_replays").await, 0);
+
+    // The user follows the account again; ops replay what 43004 refused.
+    env.sim.set_unsubscribed(&[]);
+    let done = dlq::replay(&url, &env.topology, &env.pool, &by_errcode, usize::MAX, false)
+        .await
+        .unwrap();
+    assert_eq!(done.replayed.len(), 1);
+    wait_for("the replayed delivery is sent", T, || async {
+        env.count("SELECT count(*) FROM deliveries WHERE event_id = 'd-gone' AND status = 'sent'")
+            .await
+            == 1
+    })
+    .await;
+    assert_eq!(env.sim.stats().accepted, 1);
+    let left = dlq::list(&url, &env.topology, 10).await.unwrap();
+    assert_eq!(left.len(), 1, "the unmatched dead letter stays");
+    assert_eq!(left[0].reason, "invalid_event");
+    let (filter, reason, errcode): (String, String, Option<i64>) =
+        sqlx::query_as("SELECT filter, reason, errcode FROM dlq_replays WHERE event_id = 'd-gone'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        (filter.as_str(), reason.as_str(), errcode),
+        ("--errcode 43004", "permanent_error", Some(43004))
+    );
+
+    // A second copy of the replayed event (say the DLQ held it twice) finds it sent: no resend.
+    env.publish(&event("d-gone", "booking.confirmed", "oGone")).await;
+    wait_for("the copy is consumed", T, || async {
+        env.ready_everywhere().await == 0
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(env.sim.stats().accepted, 1, "still one message");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_cli_lists_as_json_and_refuses_a_replay_without_a_filter() {
+    let env = TestEnv::new().await;
+    env.publish_raw("booking.confirmed", b"{not json").await;
+    let worker = env.spawn_worker(&WorkerOpts::default()).await;
+    let url = SecretString::from(amqp_url());
+    wait_for("one dead letter", T, || async {
+        dlq::list(&url, &env.topology, 10).await.unwrap().len() == 1
+    })
+    .await;
+    worker.stop().await;
+
+    let out = env
+        .wxnotify(&["dlq", "list", "--format", "json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(rows[0]["reason"], "invalid_event");
+
+    let out = env.wxnotify(&["dlq", "replay"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2), "a usage error");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--all"));
+    env.cleanup().await;
+}
