@@ -11,9 +11,12 @@
 //! after the holder was killed (its heartbeat still looks fresh for a few seconds): the only copy
 //! would be gone. When the holder finishes, the copy finds the key final and is acked then.
 
-use chrono::{DateTime, Utc};
-use sqlx::Row;
+use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
+use sqlx::{PgPool, Row};
+
+use super::batch::LedgerError;
 use super::{Ledger, Status};
 use crate::event::BookingEvent;
 
@@ -53,77 +56,191 @@ pub enum Claim {
     HeldElsewhere,
 }
 
+/// An owned claim request, for the batcher.
+pub(super) struct ClaimJob {
+    event_id: String,
+    event_type: String,
+    app_id: String,
+    openid: String,
+    template_id: String,
+    occurred_at: DateTime<Utc>,
+    client_msg_id: String,
+}
+
+/// The columns the batched statement needs besides the requests.
+#[derive(Clone)]
+pub(super) struct ClaimSettings {
+    pub worker_id: String,
+    pub lease_secs: f64,
+    pub liveness_secs: f64,
+}
+
 impl Ledger {
-    pub async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, sqlx::Error> {
-        let row = sqlx::query(
-            "INSERT INTO deliveries AS d
-                 (event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id,
-                  owner, lease_until, claimed_at)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, now() + make_interval(secs => $9), now())
-             ON CONFLICT (event_id, template_id, openid) DO UPDATE
-                SET owner = EXCLUDED.owner,
-                    lease_until = EXCLUDED.lease_until,
-                    claimed_at = now(),
-                    updated_at = now(),
-                    status = CASE WHEN d.status = 'dead' THEN 'retrying' ELSE d.status END,
-                    in_doubt_since = CASE WHEN d.status = 'dead' THEN NULL
-                                          WHEN d.owner IS NOT NULL
-                                          THEN COALESCE(d.in_doubt_since, d.claimed_at)
-                                          ELSE d.in_doubt_since END
-              WHERE (d.status IN ('pending', 'retrying') OR ($11 AND d.status = 'dead'))
-                AND (d.owner IS NULL
-                     OR d.lease_until < now()
-                     OR NOT EXISTS (SELECT 1 FROM workers w
-                                     WHERE w.id = d.owner
-                                       AND w.heartbeat_at > now() - make_interval(secs => $10)))
-             RETURNING id, attempts, in_doubt_since, (xmax = 0) AS fresh, now() AS now",
-        )
-        .bind(&req.event.event_id)
-        .bind(&req.event.event_type)
-        .bind(req.app_id)
-        .bind(&req.event.openid)
-        .bind(req.template_id)
-        .bind(req.event.occurred)
-        .bind(req.client_msg_id)
-        .bind(&self.worker_id)
-        .bind(self.lease.as_secs_f64())
-        .bind(self.liveness.as_secs_f64())
-        .bind(req.reopen_dead)
-        .fetch_optional(&self.pool)
-        .await?;
-        if let Some(row) = row {
-            return Ok(Claim::Owned(Claimed {
+    /// Claims a delivery key. Claims of many deliveries in flight share one statement (see
+    /// [`super::batch`]); a replay copy, which may reopen a `dead` delivery, runs alone.
+    pub async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, LedgerError> {
+        let job = ClaimJob {
+            event_id: req.event.event_id.clone(),
+            event_type: req.event.event_type.clone(),
+            app_id: req.app_id.to_string(),
+            openid: req.event.openid.clone(),
+            template_id: req.template_id.to_string(),
+            occurred_at: req.event.occurred.with_timezone(&Utc),
+            client_msg_id: req.client_msg_id.to_string(),
+        };
+        if req.reopen_dead {
+            let settings = ClaimSettings {
+                worker_id: self.worker_id.clone(),
+                lease_secs: self.lease.as_secs_f64(),
+                liveness_secs: self.liveness.as_secs_f64(),
+            };
+            let mut one = claim_batch(&self.pool, &settings, vec![job], true).await?;
+            return one.pop().unwrap_or(Ok(Claim::HeldElsewhere));
+        }
+        self.claims.call(job).await
+    }
+}
+
+/// The claim statement, over many keys at once: `unnest` arrays in, one row out per key claimed.
+/// With `reopen_dead` (a replay copy) a `dead` delivery is claimable too, and its doubt cleared. Keys come sorted (a consistent lock order between workers) and
+/// distinct (a key twice in one `ON CONFLICT DO UPDATE` is an error): a second copy of a key in
+/// the same batch is held, like any copy of a key someone holds.
+pub(super) async fn claim_batch(
+    pool: &PgPool,
+    settings: &ClaimSettings,
+    jobs: Vec<ClaimJob>,
+    reopen_dead: bool,
+) -> Result<Vec<Result<Claim, LedgerError>>, LedgerError> {
+    let key =
+        |j: &'_ ClaimJob| -> (String, String, String) { (j.event_id.clone(), j.template_id.clone(), j.openid.clone()) };
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by(|a, b| {
+        let (ja, jb) = (&jobs[*a], &jobs[*b]);
+        (&ja.event_id, &ja.template_id, &ja.openid).cmp(&(&jb.event_id, &jb.template_id, &jb.openid))
+    });
+    let mut unique: Vec<usize> = Vec::with_capacity(jobs.len());
+    for i in order {
+        if unique.last().is_none_or(|last| key(&jobs[*last]) != key(&jobs[i])) {
+            unique.push(i);
+        }
+    }
+    let col = |f: fn(&ClaimJob) -> &str| unique.iter().map(|i| f(&jobs[*i]).to_string()).collect::<Vec<String>>();
+    let rows = sqlx::query(
+        "INSERT INTO deliveries AS d
+             (event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id,
+              owner, lease_until, claimed_at)
+         SELECT t.event_id, t.event_type, t.app_id, t.openid, t.template_id, t.occurred_at, t.client_msg_id,
+                $8, now() + make_interval(secs => $9), now()
+           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
+                AS t(event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id)
+         ON CONFLICT (event_id, template_id, openid) DO UPDATE
+            SET owner = EXCLUDED.owner,
+                lease_until = EXCLUDED.lease_until,
+                claimed_at = now(),
+                updated_at = now(),
+                status = CASE WHEN d.status = 'dead' THEN 'retrying' ELSE d.status END,
+                in_doubt_since = CASE WHEN d.status = 'dead' THEN NULL
+                                      WHEN d.owner IS NOT NULL
+                                      THEN COALESCE(d.in_doubt_since, d.claimed_at)
+                                      ELSE d.in_doubt_since END
+          WHERE (d.status IN ('pending', 'retrying') OR ($11 AND d.status = 'dead'))
+            AND (d.owner IS NULL
+                 OR d.lease_until < now()
+                 OR NOT EXISTS (SELECT 1 FROM workers w
+                                 WHERE w.id = d.owner
+                                   AND w.heartbeat_at > now() - make_interval(secs => $10)))
+         RETURNING id, event_id, template_id, openid, attempts, in_doubt_since, (xmax = 0) AS fresh, now() AS now",
+    )
+    .bind(col(|j| &j.event_id))
+    .bind(col(|j| &j.event_type))
+    .bind(col(|j| &j.app_id))
+    .bind(col(|j| &j.openid))
+    .bind(col(|j| &j.template_id))
+    .bind(unique.iter().map(|i| jobs[*i].occurred_at).collect::<Vec<_>>())
+    .bind(col(|j| &j.client_msg_id))
+    .bind(&settings.worker_id)
+    .bind(settings.lease_secs)
+    .bind(settings.liveness_secs)
+    .bind(reopen_dead)
+    .fetch_all(pool)
+    .await?;
+    let mut owned: HashMap<(String, String, String), Claimed> = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let k = (
+            row.try_get("event_id")?,
+            row.try_get("template_id")?,
+            row.try_get("openid")?,
+        );
+        owned.insert(
+            k,
+            Claimed {
                 id: row.try_get("id")?,
                 attempts: row.try_get("attempts")?,
                 fresh: row.try_get("fresh")?,
                 in_doubt_since: row.try_get("in_doubt_since")?,
                 now: row.try_get("now")?,
-            }));
-        }
-        // Not claimed: final, or held. (Rare path: only duplicates get here.)
-        let row =
-            sqlx::query("SELECT id, status FROM deliveries WHERE event_id = $1 AND template_id = $2 AND openid = $3")
-                .bind(&req.event.event_id)
-                .bind(req.template_id)
-                .bind(&req.event.openid)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(match row {
-            Some(row) => {
-                let status: String = row.try_get("status")?;
-                match Status::parse(&status) {
-                    Some(s @ (Status::Sent | Status::Dead)) => Claim::AlreadyFinal {
-                        id: row.try_get("id")?,
-                        status: s,
-                    },
-                    _ => Claim::HeldElsewhere,
-                }
-            }
-            // Inserted by a transaction our statement could not see yet: someone else holds it.
-            None => Claim::HeldElsewhere,
-        })
+            },
+        );
     }
+    // Keys not claimed: final already, or held (the rare path: duplicates).
+    let mut states: HashMap<(String, String, String), (i64, String)> = HashMap::new();
+    let missed: Vec<&ClaimJob> = unique
+        .iter()
+        .map(|i| &jobs[*i])
+        .filter(|j| !owned.contains_key(&key(j)))
+        .collect();
+    if !missed.is_empty() {
+        let rows = sqlx::query(
+            "SELECT d.id, d.status, d.event_id, d.template_id, d.openid
+               FROM deliveries d
+               JOIN unnest($1::text[], $2::text[], $3::text[]) AS t(event_id, template_id, openid)
+                 ON (d.event_id, d.template_id, d.openid) = (t.event_id, t.template_id, t.openid)",
+        )
+        .bind(missed.iter().map(|j| j.event_id.clone()).collect::<Vec<_>>())
+        .bind(missed.iter().map(|j| j.template_id.clone()).collect::<Vec<_>>())
+        .bind(missed.iter().map(|j| j.openid.clone()).collect::<Vec<_>>())
+        .fetch_all(pool)
+        .await?;
+        for row in rows {
+            let k = (
+                row.try_get("event_id")?,
+                row.try_get("template_id")?,
+                row.try_get("openid")?,
+            );
+            states.insert(k, (row.try_get("id")?, row.try_get("status")?));
+        }
+    }
+    let first_of_key: Vec<bool> = {
+        let mut v = vec![false; jobs.len()];
+        for i in &unique {
+            v[*i] = true;
+        }
+        v
+    };
+    Ok(jobs
+        .iter()
+        .enumerate()
+        .map(|(i, j)| {
+            let k = key(j);
+            if !first_of_key[i] {
+                return Ok(Claim::HeldElsewhere);
+            }
+            if let Some(c) = owned.get(&k) {
+                return Ok(Claim::Owned(c.clone()));
+            }
+            Ok(match states.get(&k) {
+                Some((id, status)) => match Status::parse(status) {
+                    Some(s @ (Status::Sent | Status::Dead)) => Claim::AlreadyFinal { id: *id, status: s },
+                    _ => Claim::HeldElsewhere,
+                },
+                // Inserted by a transaction our statement could not see yet: someone holds it.
+                None => Claim::HeldElsewhere,
+            })
+        })
+        .collect())
+}
 
+impl Ledger {
     /// Records a delivery that failed before any send (its template did not render): `dead` from
     /// the start, unless the key already exists.
     pub async fn record_unsendable(

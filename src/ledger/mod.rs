@@ -2,8 +2,11 @@
 //! attempt (`delivery_attempts`), and the live workers whose claims are respected (`workers`).
 //!
 //! A delivery's life: [`Ledger::claim`] (one atomic `INSERT … ON CONFLICT`), then exactly one
-//! [`Ledger::record`] (attempt and outcome in one statement) by the claim's holder.
+//! [`Ledger::record`] (attempt and outcome in one statement) by the claim's holder. Both are
+//! batched: the claims (or outcomes) of the deliveries in flight share one statement and one
+//! commit, each with its own answer ([`batch`]); a caller is answered only after the commit.
 
+mod batch;
 mod claim;
 mod heartbeat;
 mod record;
@@ -12,6 +15,15 @@ use std::time::Duration;
 
 use sqlx::PgPool;
 
+use batch::Batcher;
+use claim::ClaimSettings;
+
+/// Most requests one batched statement carries.
+const BATCH_MAX: usize = 256;
+/// Batched statements of one kind in flight at once (each holds a pool connection).
+const BATCH_PARALLEL: usize = 4;
+
+pub use batch::LedgerError;
 pub use claim::{Claim, ClaimRequest, Claimed};
 pub use record::{AttemptRecord, Finish};
 
@@ -45,6 +57,8 @@ impl Status {
 pub struct Ledger {
     pool: PgPool,
     worker_id: String,
+    claims: Batcher<claim::ClaimJob, Claim>,
+    records: Batcher<record::RecordJob, bool>,
     /// How long a claim protects a delivery from other workers, whatever happens to its holder.
     lease: Duration,
     /// A holder that has not beaten this long is presumed dead; its claims are taken over.
@@ -52,12 +66,32 @@ pub struct Ledger {
 }
 
 impl Ledger {
+    /// Spawns the batchers of claims and records: call within a tokio runtime.
     pub fn new(pool: PgPool, worker_id: String) -> Self {
+        let lease = Duration::from_secs(120);
+        let liveness = Duration::from_secs(10);
+        let claim_settings = ClaimSettings {
+            worker_id: worker_id.clone(),
+            lease_secs: lease.as_secs_f64(),
+            liveness_secs: liveness.as_secs_f64(),
+        };
+        let p = pool.clone();
+        let claims = Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |jobs| {
+            let (p, s) = (p.clone(), claim_settings.clone());
+            async move { claim::claim_batch(&p, &s, jobs, false).await }
+        });
+        let (p, w) = (pool.clone(), worker_id.clone());
+        let records = Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |jobs| {
+            let (p, w) = (p.clone(), w.clone());
+            async move { record::record_batch(&p, &w, jobs).await }
+        });
         Self {
             pool,
             worker_id,
-            lease: Duration::from_secs(120),
-            liveness: Duration::from_secs(10),
+            claims,
+            records,
+            lease,
+            liveness,
         }
     }
 

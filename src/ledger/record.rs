@@ -2,7 +2,9 @@
 //! The first final outcome wins: a late writer (whose claim was taken over) cannot undo `sent`.
 
 use chrono::{DateTime, Utc};
+use sqlx::PgPool;
 
+use super::batch::LedgerError;
 use super::{Ledger, Status};
 
 /// One HTTP attempt, as it happened.
@@ -62,53 +64,106 @@ impl Finish {
     }
 }
 
+/// One `record` request, owned, for the batcher.
+pub(super) struct RecordJob {
+    delivery_id: i64,
+    attempt: Option<AttemptRecord>,
+    finish: Finish,
+}
+
 impl Ledger {
     /// Writes the attempt (if any) and the outcome, and releases the claim. Returns whether the
-    /// delivery row changed (false: another worker had already made it final).
+    /// delivery row changed (false: another worker had already made it final). Outcomes of many
+    /// deliveries share one statement (see [`super::batch`]).
     pub async fn record(
         &self,
         delivery_id: i64,
         attempt: Option<&AttemptRecord>,
         finish: &Finish,
-    ) -> Result<bool, sqlx::Error> {
-        let changed = sqlx::query(
-            "WITH attempt AS (
-                 INSERT INTO delivery_attempts
-                     (delivery_id, attempt, started_at, duration_ms, http_status, errcode, errmsg, worker)
-                 SELECT d.id, d.attempts + 1, $2, $3, $4, $5, $6, $7
-                   FROM deliveries d WHERE d.id = $1 AND $8
-             )
-             UPDATE deliveries SET
-                 status = $9,
-                 attempts = attempts + CASE WHEN $8 THEN 1 ELSE 0 END,
-                 last_errcode = CASE WHEN $9 = 'sent' THEN last_errcode ELSE $10 END,
-                 last_error = CASE WHEN $9 = 'sent' THEN last_error ELSE $11 END,
-                 wechat_msgid = COALESCE($12, wechat_msgid),
-                 sent_at = CASE WHEN $9 = 'sent' THEN now() ELSE sent_at END,
-                 dead_reason = $13,
-                 in_doubt_since = CASE WHEN $14 THEN COALESCE(in_doubt_since, $2) ELSE in_doubt_since END,
-                 owner = NULL,
-                 lease_until = NULL,
-                 updated_at = now()
-             WHERE id = $1 AND status IN ('pending', 'retrying')",
-        )
-        .bind(delivery_id)
-        .bind(attempt.map(|a| a.started_at))
-        .bind(attempt.map(|a| a.duration_ms))
-        .bind(attempt.and_then(|a| a.http_status))
-        .bind(attempt.and_then(|a| a.errcode))
-        .bind(attempt.and_then(|a| a.errmsg.as_deref()))
-        .bind(&self.worker_id)
-        .bind(attempt.is_some())
-        .bind(finish.status.as_str())
-        .bind(finish.errcode)
-        .bind(finish.error.as_deref())
-        .bind(finish.msgid)
-        .bind(finish.dead_reason)
-        .bind(finish.in_doubt && attempt.is_some())
-        .execute(&self.pool)
-        .await?
-        .rows_affected();
-        Ok(changed > 0)
+    ) -> Result<bool, LedgerError> {
+        self.records
+            .call(RecordJob {
+                delivery_id,
+                attempt: attempt.cloned(),
+                finish: finish.clone(),
+            })
+            .await
     }
+}
+
+/// Attempts and outcomes of many deliveries in one statement: `unnest` arrays in, the ids whose
+/// row changed out. Only the claim's holder records a delivery, so ids are distinct.
+pub(super) async fn record_batch(
+    pool: &PgPool,
+    worker_id: &str,
+    jobs: Vec<RecordJob>,
+) -> Result<Vec<Result<bool, LedgerError>>, LedgerError> {
+    let a =
+        |f: fn(&AttemptRecord) -> Option<i64>| jobs.iter().map(|j| j.attempt.as_ref().and_then(f)).collect::<Vec<_>>();
+    let changed: Vec<i64> = sqlx::query_scalar(
+        "WITH v AS (
+             SELECT * FROM unnest($1::bigint[], $2::bool[], $3::timestamptz[], $4::int[], $5::int[], $6::bigint[],
+                                  $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], $12::text[],
+                                  $13::bool[])
+               AS t(id, has_attempt, started_at, duration_ms, http_status, a_errcode, errmsg,
+                    status, errcode, error, msgid, dead_reason, in_doubt)
+         ),
+         attempt AS (
+             INSERT INTO delivery_attempts
+                 (delivery_id, attempt, started_at, duration_ms, http_status, errcode, errmsg, worker)
+             SELECT d.id, d.attempts + 1, v.started_at, v.duration_ms, v.http_status, v.a_errcode, v.errmsg, $14
+               FROM v JOIN deliveries d ON d.id = v.id
+              WHERE v.has_attempt
+         )
+         UPDATE deliveries d SET
+             status = v.status,
+             attempts = d.attempts + CASE WHEN v.has_attempt THEN 1 ELSE 0 END,
+             last_errcode = CASE WHEN v.status = 'sent' THEN d.last_errcode ELSE v.errcode END,
+             last_error = CASE WHEN v.status = 'sent' THEN d.last_error ELSE v.error END,
+             wechat_msgid = COALESCE(v.msgid, d.wechat_msgid),
+             sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE d.sent_at END,
+             dead_reason = v.dead_reason,
+             in_doubt_since = CASE WHEN v.in_doubt AND v.has_attempt
+                                   THEN COALESCE(d.in_doubt_since, v.started_at) ELSE d.in_doubt_since END,
+             owner = NULL,
+             lease_until = NULL,
+             updated_at = now()
+           FROM v
+          WHERE d.id = v.id AND d.status IN ('pending', 'retrying')
+          RETURNING d.id",
+    )
+    .bind(jobs.iter().map(|j| j.delivery_id).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.attempt.is_some()).collect::<Vec<_>>())
+    .bind(
+        jobs.iter()
+            .map(|j| j.attempt.as_ref().map(|a| a.started_at))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        jobs.iter()
+            .map(|j| j.attempt.as_ref().map(|a| a.duration_ms))
+            .collect::<Vec<_>>(),
+    )
+    .bind(
+        jobs.iter()
+            .map(|j| j.attempt.as_ref().and_then(|a| a.http_status))
+            .collect::<Vec<_>>(),
+    )
+    .bind(a(|x| x.errcode))
+    .bind(
+        jobs.iter()
+            .map(|j| j.attempt.as_ref().and_then(|a| a.errmsg.clone()))
+            .collect::<Vec<_>>(),
+    )
+    .bind(jobs.iter().map(|j| j.finish.status.as_str()).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.finish.errcode).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.finish.error.clone()).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.finish.msgid).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.finish.dead_reason).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.finish.in_doubt).collect::<Vec<_>>())
+    .bind(worker_id)
+    .fetch_all(pool)
+    .await?;
+    let changed: std::collections::HashSet<i64> = changed.into_iter().collect();
+    Ok(jobs.iter().map(|j| Ok(changed.contains(&j.delivery_id))).collect())
 }

@@ -56,10 +56,11 @@ impl Plan {
 
 /// Retries a database call until it works or the worker must stop. A database outage stalls
 /// deliveries (unacked, bounded by the prefetch) instead of losing or dead-lettering them.
-pub(super) async fn with_db<T, F, Fut>(ctx: &Context, what: &str, mut op: F) -> Result<T, Abandoned>
+pub(super) async fn with_db<T, E, F, Fut>(ctx: &Context, what: &str, mut op: F) -> Result<T, Abandoned>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, sqlx::Error>>,
+    Fut: Future<Output = Result<T, E>>,
 {
     let mut delay = Duration::from_millis(100);
     loop {

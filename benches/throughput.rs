@@ -1,0 +1,219 @@
+//! Throughput benchmark: prints figures, asserts nothing (CI does not run it).
+//!
+//!   cargo bench --bench throughput                     # all scenarios, 20,000 events each
+//!   cargo bench --bench throughput -- 50000            # more events
+//!
+//! Scenarios, each on a fresh database and fresh queues of the real RabbitMQ and Postgres:
+//! 1. `broker`: the broker alone: persistent messages published with confirms into a quorum queue
+//!    while a consumer (prefetch 512) acks them. The ceiling for everything else.
+//! 2. `wxnotify, WeChat 0 ms`: N events already queued; one `wxnotify worker` process (release
+//!    build, default settings) delivers them to the simulator; clock from its start to the N-th
+//!    `sent` row in the ledger: consume, claim, render, send, record, ack.
+//! 3. `wxnotify, WeChat 100 ms`: the same with every send answered after 100 ms.
+//!
+//! For each: deliveries per second, and the worker's peak resident memory (VmHWM).
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use lapin::BasicProperties;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
+use secrecy::SecretString;
+use sqlx::PgPool;
+use wxnotify::queue::{self, Publisher, Topology};
+use wxnotify::sim::{Faults, Sim, SimConfig};
+
+use common::{APP_ID, APP_SECRET, amqp_url, event, fresh_database};
+
+fn main() {
+    let events: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        println!("bench: {events} events per scenario; {} cores", num_cpus());
+        let rate = broker_alone(events).await;
+        println!("bench: broker alone                 {rate:>8.0} msgs/s (publish with confirms + consume + ack, persistent, quorum)");
+        for latency in [0, 100] {
+            let (rate, rss_kib, secs) = wxnotify_run(events, latency).await;
+            println!(
+                "bench: wxnotify, WeChat {latency:>3} ms      {rate:>8.0} deliveries/s ({events} in {secs:.1} s; worker peak RSS {} MiB)",
+                rss_kib / 1024
+            );
+        }
+    });
+}
+
+fn num_cpus() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+fn new_topology() -> Topology {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    Topology::new(&format!("bench-{}.x", &id[..8]), &format!("bench-{}.q", &id[..8]))
+}
+
+async fn publish_all(publisher: &Publisher, topology: &Topology, bodies: &[(String, Vec<u8>)]) {
+    let results: Vec<_> = futures_util::stream::iter(bodies)
+        .map(|(rk, body)| {
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
+            publisher.publish(&topology.exchange, rk, body, props)
+        })
+        .buffer_unordered(512)
+        .collect()
+        .await;
+    assert!(results.iter().all(Result::is_ok), "every publish confirmed");
+}
+
+fn bodies(n: usize) -> Vec<(String, Vec<u8>)> {
+    (0..n)
+        .map(|i| {
+            let ev = event(
+                &format!("bench-{i:07}"),
+                "booking.confirmed",
+                &format!("o-bench-{i:07}"),
+            );
+            ("booking.confirmed".to_string(), ev.to_string().into_bytes())
+        })
+        .collect()
+}
+
+async fn delete_queues(conn: &lapin::Connection, topology: &Topology) {
+    let ch = conn.create_channel().await.expect("channel");
+    let policy = wxnotify::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(300));
+    let mut names = vec![topology.queue.clone(), topology.dlq.clone()];
+    names.extend(policy.tiers().into_iter().map(|t| topology.retry_queue(t)));
+    for q in names {
+        let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+}
+
+async fn broker_alone(n: usize) -> f64 {
+    let topology = new_topology();
+    let conn = queue::connect(&SecretString::from(amqp_url()), "bench-broker")
+        .await
+        .expect("RabbitMQ (scripts/services.sh up)");
+    let publisher = Publisher::open(&conn).await.expect("publisher");
+    topology.declare_core(publisher.channel(), 20).await.expect("topology");
+    let consumer_ch = conn.create_channel().await.expect("channel");
+    consumer_ch
+        .basic_qos(512, BasicQosOptions::default())
+        .await
+        .expect("qos");
+    let mut consumer = consumer_ch
+        .basic_consume(
+            topology.queue.as_str().into(),
+            "bench".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await
+        .expect("consume");
+    let bodies = bodies(n);
+    let started = Instant::now();
+    let consume = tokio::spawn(async move {
+        let mut got = 0;
+        while got < n {
+            let d = consumer.next().await.expect("stream").expect("delivery");
+            d.acker.ack(BasicAckOptions::default()).await.expect("ack");
+            got += 1;
+        }
+    });
+    publish_all(&publisher, &topology, &bodies).await;
+    consume.await.expect("consumer");
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    delete_queues(&conn, &topology).await;
+    let _ = conn.close(200, "done".into()).await;
+    rate
+}
+
+async fn sent(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'sent'")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+async fn wxnotify_run(n: usize, latency_ms: u64) -> (f64, u64, f64) {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (db_url, pool) = fresh_database(&id, 2).await;
+    let sim = Sim::new(SimConfig {
+        apps: HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]),
+        faults: Faults {
+            latency_ms,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    });
+    let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim");
+    let topology = new_topology();
+    let conn = queue::connect(&SecretString::from(amqp_url()), "bench-feed")
+        .await
+        .expect("RabbitMQ");
+    let publisher = Publisher::open(&conn).await.expect("publisher");
+    topology.declare_core(publisher.channel(), 20).await.expect("topology");
+    publish_all(&publisher, &topology, &bodies(n)).await;
+
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxnotify"))
+        .arg("worker")
+        .env("DATABASE_URL", &db_url)
+        .env("AMQP_URL", amqp_url())
+        .env("WXNOTIFY_EXCHANGE", &topology.exchange)
+        .env("WXNOTIFY_QUEUE", &topology.queue)
+        .env("WECHAT_API_BASE", format!("http://{sim_addr}"))
+        .env("WECHAT_APP_ID", APP_ID)
+        .env("WECHAT_APP_SECRET", APP_SECRET)
+        .env(
+            "WXNOTIFY_TEMPLATES",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/templates.toml"),
+        )
+        .env("WXNOTIFY_ADMIN_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("wxnotify binary");
+    let pid = child.id().expect("pid");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600);
+    let mut rss = 0;
+    while sent(&pool).await < n as i64 {
+        assert!(Instant::now() < deadline, "not delivered within 10 minutes");
+        rss = rss.max(peak_rss_kib(pid));
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    rss = rss.max(peak_rss_kib(pid));
+    assert_eq!(sim.stats().accepted, n as u64, "one message per event");
+    let _ = tokio::process::Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    delete_queues(&conn, &topology).await;
+    let _ = conn.close(200, "done".into()).await;
+    pool.close().await;
+    (n as f64 / secs, rss, secs)
+}
