@@ -12,6 +12,7 @@
 //! 3. `wxnotify, WeChat 100 ms`: the same with every send answered after 100 ms.
 //!
 //! For each: deliveries per second, and the worker's peak resident memory (VmHWM).
+//! `WXNOTIFY_*` variables of the environment reach the worker (e.g. `WXNOTIFY_CONCURRENCY=1000`).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
@@ -190,6 +191,7 @@ async fn wxnotify_run(n: usize, latency_ms: u64) -> (f64, u64, f64) {
         )
         .env("WXNOTIFY_ADMIN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
+        .envs(std::env::vars().filter(|(k, _)| k.starts_with("WXNOTIFY_")))
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .kill_on_drop(true)
