@@ -3,6 +3,8 @@
 //!   cargo bench --bench throughput                     # all scenarios, 20,000 events each
 //!   cargo bench --bench throughput -- 50000            # more events
 //!
+//! Under `cargo test --all-targets` (the CI) it runs with 200 events, as a smoke test.
+//!
 //! Scenarios, each on a fresh database and fresh queues of the real RabbitMQ and Postgres:
 //! 1. `broker`: the broker alone: persistent messages published with confirms into a quorum queue
 //!    while a consumer (prefetch 512) acks them. The ceiling for everything else.
@@ -33,7 +35,15 @@ use wxnotify::sim::{Faults, Sim, SimConfig};
 use common::{APP_ID, APP_SECRET, amqp_url, event, fresh_database};
 
 fn main() {
-    let events: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(20_000);
+    // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this too (with its own
+    // flags): then it is a smoke test of the benchmark with a few events.
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let events: usize = if args.iter().any(|a| a == "--bench") {
+        args.iter().find_map(|a| a.parse().ok()).unwrap_or(20_000)
+    } else {
+        println!("bench: smoke run under `cargo test` (figures are meaningless; use `cargo bench`)");
+        200
+    };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
