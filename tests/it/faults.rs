@@ -7,14 +7,16 @@ use std::time::Duration;
 
 use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
+use secrecy::SecretString;
 use wxnotify::event::DeliveryKey;
+use wxnotify::ops::dlq::{self, ReplayFilter};
 use wxnotify::sim::{Faults, SimConfig};
 
 use crate::helpers::{APP_ID, TestEnv, WorkerOpts, event, wait_for};
 
 const T: Duration = Duration::from_secs(60);
 
-async fn status(env: &TestEnv, event_id: &str) -> Option<String> {
+async fn status_of(env: &TestEnv, event_id: &str) -> Option<String> {
     sqlx::query_scalar("SELECT status FROM deliveries WHERE event_id = $1")
         .bind(event_id)
         .fetch_optional(&env.pool)
@@ -47,7 +49,7 @@ async fn a_worker_killed_after_wechat_accepted_is_taken_over_and_wechat_drops_th
     child.start_kill().expect("SIGKILL");
     child.wait().await.expect("reaped");
     assert_eq!(
-        status(&env, "kill-1").await.as_deref(),
+        status_of(&env, "kill-1").await.as_deref(),
         Some("pending"),
         "the killed worker never learnt the answer"
     );
@@ -58,7 +60,7 @@ async fn a_worker_killed_after_wechat_accepted_is_taken_over_and_wechat_drops_th
     });
     let worker = env.spawn_worker(&WorkerOpts::default()).await;
     wait_for("the delivery is recorded sent", T, || async {
-        status(&env, "kill-1").await.as_deref() == Some("sent")
+        status_of(&env, "kill-1").await.as_deref() == Some("sent")
     })
     .await;
     worker.stop().await;
@@ -81,7 +83,7 @@ async fn a_worker_killed_after_wechat_accepted_is_taken_over_and_wechat_drops_th
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_delivery_in_doubt_longer_than_the_dedup_window_is_dead_lettered_ambiguous_unsent() {
+async fn a_delivery_in_doubt_past_the_dedup_window_is_dead_lettered_ambiguous_unsent_until_replayed() {
     let env = TestEnv::new().await;
     // The state a worker leaves when it dies mid-send and its message comes back 11 minutes later
     // (say the broker was down): a claim by a worker that stopped beating.
@@ -111,16 +113,18 @@ async fn a_delivery_in_doubt_longer_than_the_dedup_window_is_dead_lettered_ambig
     .await
     .unwrap();
 
+    let url = SecretString::from(crate::helpers::amqp_url());
     let worker = env.spawn_worker(&WorkerOpts::default()).await;
     env.publish(&event("amb-1", "booking.confirmed", "oAmb")).await;
-    let dead = env.collect_dlq(1, T).await;
+    wait_for("a dead letter", T, || async {
+        !dlq::list(&url, &env.topology, 10).await.unwrap().is_empty()
+    })
+    .await;
     worker.stop().await;
-    assert_eq!(dead[0].1["wxnotify-reason"], "ambiguous");
-    assert!(
-        dead[0].1["wxnotify-error"].contains("client_msg_id window"),
-        "{}",
-        dead[0].1["wxnotify-error"]
-    );
+    let dead = dlq::list(&url, &env.topology, 10).await.unwrap();
+    assert_eq!(dead[0].reason, "ambiguous");
+    let error = dead[0].error.clone().unwrap_or_default();
+    assert!(error.contains("client_msg_id window"), "{error}");
     assert_eq!(
         env.sim.stats().send_requests,
         0,
@@ -132,6 +136,23 @@ async fn a_delivery_in_doubt_longer_than_the_dedup_window_is_dead_lettered_ambig
             .await
             .unwrap();
     assert_eq!((status.as_str(), reason.as_deref()), ("dead", Some("ambiguous")));
+
+    // Ops decide it did not arrive and replay it: the replay clears the doubt and sends it.
+    let worker = env.spawn_worker(&WorkerOpts::default()).await;
+    let by_reason = ReplayFilter {
+        reason: Some("ambiguous".into()),
+        ..Default::default()
+    };
+    let done = dlq::replay(&url, &env.topology, &env.pool, &by_reason, usize::MAX, false)
+        .await
+        .unwrap();
+    assert_eq!(done.replayed.len(), 1);
+    wait_for("the replayed delivery is sent", T, || async {
+        status_of(&env, "amb-1").await.as_deref() == Some("sent")
+    })
+    .await;
+    worker.stop().await;
+    assert_eq!(env.sim.stats().accepted, 1, "sent once, on the replay");
     env.cleanup().await;
 }
 
