@@ -246,15 +246,11 @@ pub async fn decide(ctx: &Context, body: &[u8], props: &BasicProperties) -> Resu
         }
     };
 
-    // A token rejected again right after a refresh is not refreshed in a loop: from the third
-    // rejection of one message on, it waits like any transient failure.
-    let class = if class == ErrorClass::Token && headers::int(props, headers::TOKEN_REQUEUES).unwrap_or(0) >= 2 {
-        ErrorClass::Transient
-    } else {
-        class
-    };
     if class == ErrorClass::Token {
-        tracing::info!(app = %app_id, generation = token.generation, errcode, "token rejected; refreshing it if still current and requeueing");
+        // Always: the token that failed is replaced if it is still the current one (once, for
+        // every task and process). Skipping this for a message's later rejections would leave a
+        // revoked token in use for as long as nothing else fails with it.
+        tracing::info!(app = %app_id, generation = token.generation, errcode, "token rejected; refreshing it if still current");
         if let Err(e) = ctx.tokens.invalidate(&token).await {
             tracing::warn!(app = %app_id, error = %e, "could not replace the rejected token; the message waits and retries");
             return Ok(Plan {
@@ -263,6 +259,13 @@ pub async fn decide(ctx: &Context, body: &[u8], props: &BasicProperties) -> Resu
             });
         }
     }
+    // The message itself is requeued at once twice; from its third rejection on it waits like
+    // any transient failure, so a token WeChat keeps refusing does not spin.
+    let class = if class == ErrorClass::Token && headers::int(props, headers::TOKEN_REQUEUES).unwrap_or(0) >= 2 {
+        ErrorClass::Transient
+    } else {
+        class
+    };
     let decision = ctx.retry.decide(class, failed_before);
     let (outcome, finish, attempts) = match decision {
         Decision::Requeue => (Outcome::Requeue, Finish::retrying(errcode, &error), failed_before),

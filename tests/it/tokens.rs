@@ -188,3 +188,50 @@ async fn stable_tokens_are_force_refreshed_only_after_a_rejection() {
     assert_eq!(stats.token_calls, 0, "the classic API was never used");
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_rejected_many_times_still_gets_the_revoked_token_replaced() {
+    // Found by the chaos test: a message already requeued twice for token errors waits like a
+    // transient failure; its rejection must still replace the token, or with nothing else
+    // failing the worker kept the revoked token until the message ran out of attempts.
+    let env = TestEnv::new().await;
+    let opts = WorkerOpts {
+        token_api: TokenApi::Classic,
+        max_attempts: 3,
+        ..WorkerOpts::default()
+    };
+    let worker = env.spawn_worker(&opts).await;
+    env.publish(&event("tk-1", "booking.confirmed", "oTk1")).await;
+    wait_for("first sent", Duration::from_secs(30), || async {
+        sent(&env).await == 1
+    })
+    .await;
+    env.sim.rotate(crate::helpers::APP_ID);
+
+    let mut headers = lapin::types::FieldTable::default();
+    wxnotify::queue::headers::set_int(&mut headers, wxnotify::queue::headers::TOKEN_REQUEUES, 2);
+    let props = lapin::BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(headers);
+    env.channel()
+        .await
+        .basic_publish(
+            env.topology.exchange.as_str().into(),
+            "booking.confirmed".into(),
+            lapin::options::BasicPublishOptions::default(),
+            event("tk-2", "booking.confirmed", "oTk2").to_string().as_bytes(),
+            props,
+        )
+        .await
+        .expect("publish");
+    wait_for(
+        "the twice-requeued message is sent",
+        Duration::from_secs(30),
+        || async { sent(&env).await == 2 },
+    )
+    .await;
+    worker.stop().await;
+    assert_eq!(env.sim.stats().accepted, 2);
+    assert!(env.drain_dlq().await.is_empty(), "nothing dead-lettered");
+    env.cleanup().await;
+}
