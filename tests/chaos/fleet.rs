@@ -104,12 +104,14 @@ impl Fleet {
     }
 
     /// Sum over every process so far of the counters whose name (with labels) starts with `prefix`.
-    pub fn counter(&self, prefix: &str) -> f64 {
+    pub fn counter(&self, prefix: &str) -> u64 {
         let mut all = self.gone.clone();
         for r in self.slots.iter().flatten() {
             add_into(&mut all, &r.last);
         }
-        all.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v).sum()
+        let total: f64 = all.iter().filter(|(k, _)| k.starts_with(prefix)).map(|(_, v)| v).sum();
+        // Counters are whole numbers (and an empty float sum is -0.0).
+        total.max(0.0).round() as u64
     }
 
     /// SIGTERM to all; returns each exit status (they must drain and exit 0).
