@@ -174,19 +174,17 @@ impl DlqReader {
 pub async fn list(amqp_url: &SecretString, topology: &Topology, limit: usize) -> Result<Vec<DeadLetterView>, DlqError> {
     let mut reader = DlqReader::open(amqp_url, topology, "wxnotify-dlq-list").await?;
     let now = Utc::now();
-    let mut out = Vec::new();
-    while out.len() < limit {
-        match reader.next().await {
-            Ok(Some(msg)) => out.push(DeadLetterView::of(&msg.delivery.data, &msg.delivery.properties, now)),
-            Ok(None) => break,
-            Err(e) => {
-                reader.close().await;
-                return Err(e);
-            }
+    let result: Result<_, DlqError> = async {
+        let mut out = Vec::new();
+        while out.len() < limit {
+            let Some(msg) = reader.next().await? else { break };
+            out.push(DeadLetterView::of(&msg.delivery.data, &msg.delivery.properties, now));
         }
+        Ok(out)
     }
+    .await;
     reader.close().await;
-    Ok(out)
+    result
 }
 
 /// Moves matching dead letters (at most `limit`) back into the work queue with a fresh retry
@@ -200,79 +198,71 @@ pub async fn replay(
     dry_run: bool,
 ) -> Result<ReplayReport, DlqError> {
     let mut reader = DlqReader::open(amqp_url, topology, "wxnotify-dlq-replay").await?;
-    let result = replay_with(&mut reader, topology, pool, filter, limit, dry_run).await;
+    let result: Result<_, DlqError> = async {
+        let publisher = Publisher::open(&reader.conn).await.map_err(broker)?;
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        // Checked on a channel of its own: a failed passive declare closes the channel.
+        let check = reader.conn.create_channel().await.map_err(broker)?;
+        if check
+            .queue_declare(topology.queue.as_str().into(), passive, FieldTable::default())
+            .await
+            .is_err()
+        {
+            return Err(DlqError::NoWorkQueue(topology.queue.clone()));
+        }
+        let _ = check.close(200, "checked".into()).await;
+
+        let mut report = ReplayReport {
+            replay_id: uuid::Uuid::new_v4().to_string(),
+            dry_run,
+            ..Default::default()
+        };
+        let description = filter.describe();
+        let now = Utc::now();
+        while report.replayed.len() < limit {
+            let Some(msg) = reader.next().await? else { break };
+            report.scanned += 1;
+            let view = DeadLetterView::of(&msg.delivery.data, &msg.delivery.properties, now);
+            if !filter.matches(&view) {
+                continue; // stays unacked: handed back to the DLQ when we close
+            }
+            if dry_run {
+                report.replayed.push(view);
+                continue;
+            }
+            let (props, mut hdrs) = headers::republish(&msg.delivery.properties);
+            headers::set_int(&mut hdrs, headers::ATTEMPTS, 0);
+            headers::set_int(&mut hdrs, headers::TOKEN_REQUEUES, 0);
+            headers::set_text(&mut hdrs, headers::REPLAY, &report.replay_id);
+            if let Some(id) = &view.event_id {
+                headers::set_text(&mut hdrs, headers::EVENT_ID, id);
+            }
+            // The default exchange routes by queue name: straight into the work queue.
+            publisher
+                .publish("", &topology.queue, &msg.delivery.data, props.with_headers(hdrs))
+                .await
+                .map_err(broker)?;
+            record(pool, &report.replay_id, &description, &view)
+                .await
+                .map_err(|e| DlqError::Record {
+                    event_id: view.event_id.clone().unwrap_or_else(|| "?".into()),
+                    error: e.to_string(),
+                })?;
+            msg.delivery
+                .acker
+                .ack(BasicAckOptions::default())
+                .await
+                .map_err(broker)?;
+            report.replayed.push(view);
+        }
+        Ok(report)
+    }
+    .await;
     reader.close().await;
     result
-}
-
-async fn replay_with(
-    reader: &mut DlqReader,
-    topology: &Topology,
-    pool: &PgPool,
-    filter: &ReplayFilter,
-    limit: usize,
-    dry_run: bool,
-) -> Result<ReplayReport, DlqError> {
-    let publisher = Publisher::open(&reader.conn).await.map_err(broker)?;
-    let passive = QueueDeclareOptions {
-        passive: true,
-        ..Default::default()
-    };
-    // Checked on a channel of its own: a failed passive declare closes the channel.
-    let check = reader.conn.create_channel().await.map_err(broker)?;
-    if check
-        .queue_declare(topology.queue.as_str().into(), passive, FieldTable::default())
-        .await
-        .is_err()
-    {
-        return Err(DlqError::NoWorkQueue(topology.queue.clone()));
-    }
-    let _ = check.close(200, "checked".into()).await;
-
-    let mut report = ReplayReport {
-        replay_id: uuid::Uuid::new_v4().to_string(),
-        dry_run,
-        ..Default::default()
-    };
-    let description = filter.describe();
-    let now = Utc::now();
-    while report.replayed.len() < limit {
-        let Some(msg) = reader.next().await? else { break };
-        report.scanned += 1;
-        let view = DeadLetterView::of(&msg.delivery.data, &msg.delivery.properties, now);
-        if !filter.matches(&view) {
-            continue; // stays unacked: handed back to the DLQ when we close
-        }
-        if dry_run {
-            report.replayed.push(view);
-            continue;
-        }
-        let (props, mut hdrs) = headers::republish(&msg.delivery.properties);
-        headers::set_int(&mut hdrs, headers::ATTEMPTS, 0);
-        headers::set_int(&mut hdrs, headers::TOKEN_REQUEUES, 0);
-        headers::set_text(&mut hdrs, headers::REPLAY, &report.replay_id);
-        if let Some(id) = &view.event_id {
-            headers::set_text(&mut hdrs, headers::EVENT_ID, id);
-        }
-        // The default exchange routes by queue name: straight into the work queue.
-        publisher
-            .publish("", &topology.queue, &msg.delivery.data, props.with_headers(hdrs))
-            .await
-            .map_err(broker)?;
-        record(pool, &report.replay_id, &description, &view)
-            .await
-            .map_err(|e| DlqError::Record {
-                event_id: view.event_id.clone().unwrap_or_else(|| "?".into()),
-                error: e.to_string(),
-            })?;
-        msg.delivery
-            .acker
-            .ack(BasicAckOptions::default())
-            .await
-            .map_err(broker)?;
-        report.replayed.push(view);
-    }
-    Ok(report)
 }
 
 async fn record(pool: &PgPool, replay_id: &str, filter: &str, v: &DeadLetterView) -> Result<(), sqlx::Error> {
