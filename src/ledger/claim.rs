@@ -89,12 +89,7 @@ impl Ledger {
             client_msg_id: req.client_msg_id.to_string(),
         };
         if req.reopen_dead {
-            let settings = ClaimSettings {
-                worker_id: self.worker_id.clone(),
-                lease_secs: self.lease.as_secs_f64(),
-                liveness_secs: self.liveness.as_secs_f64(),
-            };
-            let mut one = claim_batch(&self.pool, &settings, vec![job], true).await?;
+            let mut one = claim_batch(&self.pool, &self.claim_settings, vec![job], true).await?;
             return one.pop().unwrap_or(Ok(Claim::HeldElsewhere));
         }
         self.claims.call(job).await

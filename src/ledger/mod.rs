@@ -60,8 +60,8 @@ pub struct Ledger {
     worker_id: String,
     claims: Batcher<claim::ClaimJob, Claim>,
     records: Batcher<record::RecordJob, bool>,
-    /// How long a claim protects a delivery from other workers, whatever happens to its holder.
-    lease: Duration,
+    /// The owner, lease and liveness every claim statement binds.
+    claim_settings: ClaimSettings,
     /// A holder that has not beaten this long is presumed dead; its claims are taken over.
     liveness: Duration,
 }
@@ -69,6 +69,7 @@ pub struct Ledger {
 impl Ledger {
     /// Spawns the batchers of claims and records: call within a tokio runtime.
     pub fn new(pool: PgPool, worker_id: String) -> Self {
+        // How long a claim protects a delivery from other workers, whatever happens to its holder.
         let lease = Duration::from_secs(120);
         let liveness = Duration::from_secs(10);
         let claim_settings = ClaimSettings {
@@ -76,9 +77,9 @@ impl Ledger {
             lease_secs: lease.as_secs_f64(),
             liveness_secs: liveness.as_secs_f64(),
         };
-        let p = pool.clone();
+        let (p, settings) = (pool.clone(), claim_settings.clone());
         let claims = Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |jobs| {
-            let (p, s) = (p.clone(), claim_settings.clone());
+            let (p, s) = (p.clone(), settings.clone());
             async move { claim::claim_batch(&p, &s, jobs, false).await }
         });
         let (p, w) = (pool.clone(), worker_id.clone());
@@ -91,7 +92,7 @@ impl Ledger {
             worker_id,
             claims,
             records,
-            lease,
+            claim_settings,
             liveness,
         }
     }

@@ -98,8 +98,6 @@ pub(super) async fn record_batch(
     worker_id: &str,
     jobs: Vec<RecordJob>,
 ) -> Result<Vec<Result<bool, LedgerError>>, LedgerError> {
-    let a =
-        |f: fn(&AttemptRecord) -> Option<i64>| jobs.iter().map(|j| j.attempt.as_ref().and_then(f)).collect::<Vec<_>>();
     let changed: Vec<i64> = sqlx::query_scalar(
         "WITH v AS (
              SELECT * FROM unnest($1::bigint[], $2::bool[], $3::timestamptz[], $4::int[], $5::int[], $6::bigint[],
@@ -149,7 +147,11 @@ pub(super) async fn record_batch(
             .map(|j| j.attempt.as_ref().and_then(|a| a.http_status))
             .collect::<Vec<_>>(),
     )
-    .bind(a(|x| x.errcode))
+    .bind(
+        jobs.iter()
+            .map(|j| j.attempt.as_ref().and_then(|a| a.errcode))
+            .collect::<Vec<_>>(),
+    )
     .bind(
         jobs.iter()
             .map(|j| j.attempt.as_ref().and_then(|a| a.errmsg.clone()))
