@@ -32,7 +32,7 @@ use sqlx::PgPool;
 use wxnotify::queue::{self, Publisher, Topology};
 use wxnotify::sim::{Faults, Sim, SimConfig};
 
-use common::{APP_ID, APP_SECRET, amqp_url, event, fresh_database};
+use common::{APP_ID, APP_SECRET, amqp_url, event, fresh_database, worker_env};
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this too (with its own
@@ -188,17 +188,12 @@ async fn wxnotify_run(n: usize, latency_ms: u64) -> (f64, u64, f64) {
 
     let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxnotify"))
         .arg("worker")
-        .env("DATABASE_URL", &db_url)
-        .env("AMQP_URL", amqp_url())
-        .env("WXNOTIFY_EXCHANGE", &topology.exchange)
-        .env("WXNOTIFY_QUEUE", &topology.queue)
-        .env("WECHAT_API_BASE", format!("http://{sim_addr}"))
-        .env("WECHAT_APP_ID", APP_ID)
-        .env("WECHAT_APP_SECRET", APP_SECRET)
-        .env(
-            "WXNOTIFY_TEMPLATES",
+        .envs(worker_env(
+            &db_url,
+            &topology,
+            &format!("http://{sim_addr}"),
             concat!(env!("CARGO_MANIFEST_DIR"), "/templates.toml"),
-        )
+        ))
         .env("WXNOTIFY_ADMIN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")
         .envs(std::env::vars().filter(|(k, _)| k.starts_with("WXNOTIFY_")))

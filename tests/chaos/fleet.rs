@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use tokio::process::{Child, Command};
 
-use crate::deadline;
+use crate::common::wait_for;
 
 const ROOT: &str = env!("CARGO_MANIFEST_DIR");
 
@@ -72,7 +72,7 @@ impl Fleet {
             .spawn()
             .expect("spawn the wxnotify binary");
         let url = format!("http://{admin}/readyz");
-        deadline(&format!("worker {slot} ready"), Duration::from_secs(60), || {
+        wait_for(&format!("worker {slot} ready"), Duration::from_secs(60), || {
             let url = url.clone();
             async move { matches!(reqwest::get(&url).await, Ok(r) if r.status().is_success()) }
         })

@@ -19,13 +19,10 @@ mod fleet;
 mod load;
 
 use std::collections::{BTreeMap, HashMap};
-use std::future::Future;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use lapin::options::{
-    BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions,
-};
+use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use secrecy::SecretString;
 use sqlx::{PgPool, Row};
@@ -33,22 +30,9 @@ use tokio::time::Instant;
 use wxnotify::queue::{self, Topology, headers};
 use wxnotify::sim::{Faults, Sim, SimConfig};
 
-use common::{APP_ID, APP_SECRET, amqp_url, fresh_database};
+use common::{APP_ID, APP_SECRET, Taken, amqp_url, fresh_database, take_all, worker_env};
 use fleet::{Fleet, queue_depths, services};
 use load::{Expect, Feeder, Load};
-
-/// Waits until `check` is true, polling every 200 ms; panics naming `what` after `timeout`.
-pub async fn deadline<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let end = Instant::now() + timeout;
-    while !check().await {
-        assert!(Instant::now() < end, "timed out after {timeout:?} waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
 
 fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
@@ -97,28 +81,23 @@ async fn chaos() {
     let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("target/chaos")
         .join(&prefix);
-    let worker_env = [
-        ("DATABASE_URL", db_url.as_str()),
-        ("AMQP_URL", amqp_url().as_str()),
-        ("WXNOTIFY_EXCHANGE", topology.exchange.as_str()),
-        ("WXNOTIFY_QUEUE", topology.queue.as_str()),
-        ("WECHAT_API_BASE", format!("http://{sim_addr}").as_str()),
-        ("WECHAT_APP_ID", APP_ID),
-        ("WECHAT_APP_SECRET", APP_SECRET),
-        // A rotation every 150 sends is far beyond stable_token's 20 forced refreshes a day.
-        ("WECHAT_TOKEN_API", "classic"),
-        ("WXNOTIFY_TEMPLATES", "templates.toml"),
-        ("WXNOTIFY_CONCURRENCY", "64"),
-        ("WXNOTIFY_PREFETCH", "128"),
-        ("WXNOTIFY_RETRY_BASE_SECS", "0.5"),
-        ("WXNOTIFY_RETRY_MAX_SECS", "4"),
-        ("WXNOTIFY_DB_POOL", "8"),
-        ("WXNOTIFY_SHUTDOWN_GRACE_SECS", "15"),
-        ("RUST_LOG", "info"),
-    ]
-    .into_iter()
-    .map(|(k, v)| (k.to_string(), v.to_string()))
-    .collect();
+    let sim_base = format!("http://{sim_addr}");
+    let mut env = worker_env(&db_url, &topology, &sim_base, "templates.toml");
+    env.extend(
+        [
+            // A rotation every 150 sends is far beyond stable_token's 20 forced refreshes a day.
+            ("WECHAT_TOKEN_API", "classic"),
+            ("WXNOTIFY_CONCURRENCY", "64"),
+            ("WXNOTIFY_PREFETCH", "128"),
+            ("WXNOTIFY_RETRY_BASE_SECS", "0.5"),
+            ("WXNOTIFY_RETRY_MAX_SECS", "4"),
+            ("WXNOTIFY_DB_POOL", "8"),
+            ("WXNOTIFY_SHUTDOWN_GRACE_SECS", "15"),
+            ("RUST_LOG", "info"),
+        ]
+        .map(|(k, v)| (k, v.to_string())),
+    );
+    let worker_env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
     let mut fleet = Fleet::new(WORKERS, worker_env, &logs);
     for slot in 0..WORKERS {
         fleet.start(slot).await;
@@ -370,28 +349,14 @@ async fn ledger_statuses(pool: &PgPool) -> BTreeMap<String, i64> {
         .collect()
 }
 
-type DeadLetters = Vec<(Vec<u8>, HashMap<String, String>)>;
+type DeadLetters = Vec<Taken>;
 
 async fn drain_dlq(topology: &Topology) -> DeadLetters {
     let conn = queue::connect(&SecretString::from(amqp_url()), "wxnotify-chaos-check")
         .await
         .expect("RabbitMQ");
     let ch = conn.create_channel().await.expect("channel");
-    let mut out = Vec::new();
-    while let Some(msg) = ch
-        .basic_get(topology.dlq.as_str().into(), BasicGetOptions::default())
-        .await
-        .expect("basic_get")
-    {
-        let mut h = HashMap::new();
-        for name in [headers::REASON, headers::ERRCODE, headers::EVENT_ID] {
-            if let Some(v) = headers::text(&msg.delivery.properties, name) {
-                h.insert(name.to_string(), v);
-            }
-        }
-        msg.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
-        out.push((msg.delivery.data.clone(), h));
-    }
+    let out = take_all(&ch, &topology.dlq).await;
     let _ = conn.close(200, "checked".into()).await;
     out
 }

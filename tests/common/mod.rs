@@ -2,8 +2,15 @@
 //! test, the simulator's app, and a valid event of the shipped templates.
 #![allow(dead_code)] // each binary uses a different part
 
+use std::collections::HashMap;
+use std::future::Future;
+use std::time::Duration;
+
+use lapin::Channel;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use secrecy::SecretString;
 use sqlx::PgPool;
+use wxnotify::queue::{Topology, headers};
 
 pub const APP_ID: &str = "wx1111111111111111";
 pub const APP_SECRET: &str = "sim-secret-Zq81x";
@@ -44,4 +51,63 @@ pub fn event(id: &str, event_type: &str, openid: &str) -> serde_json::Value {
         "data": {"booking_id": "B-10023", "service": "精洗套餐", "store": "徐汇店",
                  "slot_start": "2026-11-22T14:00:00+08:00", "plate": "沪A12345", "price_cents": 3980}
     })
+}
+
+/// Waits until `check` returns true, polling; panics with `what` after `timeout`.
+pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A message taken from a queue: its body and its `wxnotify-*` headers.
+pub type Taken = (Vec<u8>, HashMap<String, String>);
+
+/// Takes (and acks) every message `queue` holds now.
+pub async fn take_all(ch: &Channel, queue: &str) -> Vec<Taken> {
+    let mut out = Vec::new();
+    while let Some(msg) = ch
+        .basic_get(queue.into(), BasicGetOptions::default())
+        .await
+        .expect("basic_get")
+    {
+        let mut h = HashMap::new();
+        for name in [
+            headers::REASON,
+            headers::ERRCODE,
+            headers::ERROR,
+            headers::ATTEMPTS,
+            headers::EVENT_ID,
+        ] {
+            if let Some(v) = headers::text(&msg.delivery.properties, name) {
+                h.insert(name.to_string(), v);
+            }
+        }
+        msg.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
+        out.push((msg.delivery.data.clone(), h));
+    }
+    out
+}
+
+/// What the `wxnotify` binary needs to run against a test's database, queues and simulator.
+pub fn worker_env(db_url: &str, topology: &Topology, sim_base: &str, templates: &str) -> Vec<(&'static str, String)> {
+    vec![
+        ("DATABASE_URL", db_url.to_string()),
+        ("AMQP_URL", amqp_url()),
+        ("WXNOTIFY_EXCHANGE", topology.exchange.clone()),
+        ("WXNOTIFY_QUEUE", topology.queue.clone()),
+        ("WECHAT_API_BASE", sim_base.to_string()),
+        ("WECHAT_APP_ID", APP_ID.to_string()),
+        ("WECHAT_APP_SECRET", APP_SECRET.to_string()),
+        ("WXNOTIFY_TEMPLATES", templates.to_string()),
+    ]
 }

@@ -3,12 +3,11 @@
 //! with a timeout, never slept on. Logs show only when `TEST_LOG` is set.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::path::PathBuf;
 use std::sync::{Arc, Once};
 use std::time::Duration;
 
-use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Connection};
 use secrecy::SecretString;
 use sqlx::{PgPool, Row};
@@ -16,13 +15,13 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wxnotify::admin::Health;
 use wxnotify::config::{AmqpArgs, DbArgs, WorkerArgs};
-use wxnotify::queue::{self, Publisher, Topology, headers};
+use wxnotify::queue::{self, Publisher, Topology};
 use wxnotify::sim::{Sim, SimConfig};
 use wxnotify::wechat::TokenApi;
 use wxnotify::worker::{Worker, WorkerError};
 
-use crate::common::fresh_database;
-pub use crate::common::{APP_ID, APP_SECRET, amqp_url, event};
+pub use crate::common::{APP_ID, APP_SECRET, amqp_url, event, wait_for};
+use crate::common::{Taken, fresh_database, take_all, worker_env};
 
 fn init_logs() {
     static ONCE: Once = Once::new();
@@ -175,15 +174,13 @@ impl TestEnv {
         cmd.args(args)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("DATABASE_URL", &self.db_url)
-            .env("AMQP_URL", amqp_url())
-            .env("WXNOTIFY_EXCHANGE", &self.topology.exchange)
-            .env("WXNOTIFY_QUEUE", &self.topology.queue)
-            .env("WECHAT_API_BASE", &self.sim_base)
-            .env("WECHAT_APP_ID", APP_ID)
-            .env("WECHAT_APP_SECRET", APP_SECRET)
+            .envs(worker_env(
+                &self.db_url,
+                &self.topology,
+                &self.sim_base,
+                &self.templates.to_string_lossy(),
+            ))
             .env("WECHAT_TOKEN_API", "classic")
-            .env("WXNOTIFY_TEMPLATES", &self.templates)
             .env("WXNOTIFY_ADMIN_ADDR", "127.0.0.1:0")
             .kill_on_drop(true);
         cmd
@@ -205,34 +202,12 @@ impl TestEnv {
     }
 
     /// Takes every message of the dead-letter queue: (body, wxnotify-* headers).
-    pub async fn drain_dlq(&self) -> Vec<(Vec<u8>, HashMap<String, String>)> {
-        let ch = self.publisher.channel();
-        let mut out = Vec::new();
-        while let Some(msg) = ch
-            .basic_get(self.topology.dlq.as_str().into(), BasicGetOptions::default())
-            .await
-            .expect("basic_get")
-        {
-            let mut h = HashMap::new();
-            for name in [
-                headers::REASON,
-                headers::ERRCODE,
-                headers::ERROR,
-                headers::ATTEMPTS,
-                headers::EVENT_ID,
-            ] {
-                if let Some(v) = headers::text(&msg.delivery.properties, name) {
-                    h.insert(name.to_string(), v);
-                }
-            }
-            msg.delivery.acker.ack(BasicAckOptions::default()).await.expect("ack");
-            out.push((msg.delivery.data.clone(), h));
-        }
-        out
+    pub async fn drain_dlq(&self) -> Vec<Taken> {
+        take_all(self.publisher.channel(), &self.topology.dlq).await
     }
 
     /// Drains the DLQ until it has yielded at least `n` messages; panics after `timeout`.
-    pub async fn collect_dlq(&self, n: usize, timeout: Duration) -> Vec<(Vec<u8>, HashMap<String, String>)> {
+    pub async fn collect_dlq(&self, n: usize, timeout: Duration) -> Vec<Taken> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut out = Vec::new();
         while out.len() < n {
@@ -298,23 +273,5 @@ impl TestEnv {
         }
         let _ = self.conn.close(200, "test done".into()).await;
         self.pool.close().await;
-    }
-}
-
-/// Waits until `check` returns true, polling; panics with `what` after `timeout`.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if check().await {
-            return;
-        }
-        if tokio::time::Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for: {what}");
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
