@@ -331,6 +331,5 @@ async fn worker(args: WorkerArgs, no_migrate: bool) -> Result<(), Failure> {
     let worker = Worker::new(settings, pool, health).map_err(|e| Failure::Config(e.to_string()))?;
     worker.run(shutdown).await.map_err(|e| match e {
         WorkerError::Config(m) => Failure::Config(m),
-        WorkerError::Runtime(m) => Failure::Runtime(m),
     })
 }

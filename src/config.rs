@@ -147,6 +147,9 @@ pub struct WorkerArgs {
     /// Postgres connections of this worker.
     #[arg(long, env = "WXNOTIFY_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
+    /// A message body larger than this is dead-lettered `invalid_event` without being parsed.
+    #[arg(long, env = "WXNOTIFY_MAX_BODY_BYTES", default_value_t = 65536)]
+    pub max_body_bytes: usize,
 }
 
 /// A WeChat app and its secret.
@@ -185,6 +188,7 @@ pub struct WorkerSettings {
     pub http_timeout: Duration,
     pub token_refresh_margin: Duration,
     pub shutdown_grace: Duration,
+    pub max_body_bytes: usize,
     /// Unique per process: owner of claims in the ledger.
     pub worker_id: String,
 }
@@ -274,11 +278,20 @@ impl WorkerArgs {
         if !(1..=200).contains(&self.db_pool) {
             return Err(ConfigError::new("WXNOTIFY_DB_POOL", "must be between 1 and 200"));
         }
-        let retry = RetryPolicy::new(
-            self.max_attempts,
-            secs("WXNOTIFY_RETRY_BASE_SECS", self.retry_base_secs)?,
-            secs("WXNOTIFY_RETRY_MAX_SECS", self.retry_max_secs)?,
-        );
+        if !(256..=16 << 20).contains(&self.max_body_bytes) {
+            return Err(ConfigError::new(
+                "WXNOTIFY_MAX_BODY_BYTES",
+                "must be between 256 and 16777216",
+            ));
+        }
+        let retry = RetryPolicy {
+            delivery_limit: self.amqp.delivery_limit,
+            ..RetryPolicy::new(
+                self.max_attempts,
+                secs("WXNOTIFY_RETRY_BASE_SECS", self.retry_base_secs)?,
+                secs("WXNOTIFY_RETRY_MAX_SECS", self.retry_max_secs)?,
+            )
+        };
         Ok(WorkerSettings {
             database_url: self.db.url()?,
             db_pool: self.db_pool,
@@ -296,6 +309,7 @@ impl WorkerArgs {
             http_timeout: secs("WXNOTIFY_HTTP_TIMEOUT_SECS", self.http_timeout_secs)?,
             token_refresh_margin: Duration::from_secs(self.token_refresh_margin_secs),
             shutdown_grace: secs("WXNOTIFY_SHUTDOWN_GRACE_SECS", self.shutdown_grace_secs)?,
+            max_body_bytes: self.max_body_bytes,
             worker_id: new_worker_id(),
         })
     }

@@ -72,6 +72,21 @@ impl BookingEvent {
         {
             return Err(EventError::Field("`app_id` must not be empty when present".into()));
         }
+        // Postgres text cannot hold U+0000, and WeChat would refuse it: no field may carry it.
+        for (name, value) in [
+            ("event_id", raw.event_id.as_str()),
+            ("event_type", raw.event_type.as_str()),
+            ("occurred_at", raw.occurred_at.as_str()),
+            ("openid", raw.openid.as_str()),
+            ("app_id", raw.app_id.as_deref().unwrap_or("")),
+        ] {
+            if value.contains('\0') {
+                return Err(EventError::Field(format!("`{name}` holds U+0000 (NUL)")));
+            }
+        }
+        if let Some(path) = nul_in_map(&raw.data) {
+            return Err(EventError::Field(format!("`data.{path}` holds U+0000 (NUL)")));
+        }
         let occurred = DateTime::parse_from_rfc3339(&raw.occurred_at).map_err(|e| {
             EventError::Field(format!(
                 "`occurred_at` is not an RFC 3339 timestamp ({e}): {:?}",
@@ -94,6 +109,31 @@ impl BookingEvent {
         let value: Value = serde_json::from_slice(body).ok()?;
         let id = value.get("event_id")?.as_str()?;
         Some(truncate(id, 128).to_string())
+    }
+}
+
+/// The path (below `map`) of the first key or string that holds U+0000, if any. Allocates only
+/// when one does.
+fn nul_in_map(map: &Map<String, Value>) -> Option<String> {
+    let name = |k: &str| truncate(k, 32).replace('\0', "\\0");
+    map.iter().find_map(|(k, v)| {
+        if k.contains('\0') {
+            Some(name(k))
+        } else {
+            nul_in_value(v).map(|rest| format!("{}{rest}", name(k)))
+        }
+    })
+}
+
+fn nul_in_value(v: &Value) -> Option<String> {
+    match v {
+        Value::String(s) if s.contains('\0') => Some(String::new()),
+        Value::Array(items) => items
+            .iter()
+            .enumerate()
+            .find_map(|(i, x)| nul_in_value(x).map(|rest| format!("[{i}]{rest}"))),
+        Value::Object(m) => nul_in_map(m).map(|p| format!(".{p}")),
+        _ => None,
     }
 }
 

@@ -26,6 +26,7 @@ pub mod admin;
 pub mod cli;
 pub mod config;
 pub mod db;
+pub(crate) mod delivery;
 pub mod event;
 pub mod ledger;
 pub mod ops;

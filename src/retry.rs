@@ -1,4 +1,6 @@
-//! The retry policy, as data and in one place: what each [`ErrorClass`] leads to, after how long.
+//! The policy, as data and in one place: what each WeChat errcode means for a delivery
+//! ([`ErrorClass`]), how long a failed delivery waits, how often it may try, how long WeChat's
+//! `client_msg_id` window is trusted. Only [`crate::delivery::judge`] reads it to decide.
 //!
 //! Delays come from `backon`'s exponential backoff with jitter (each delay in `[d, 2d)`, `d` doubling
 //! from `base` up to `max`). Delayed messages wait in broker queues, so retries survive restarts:
@@ -10,19 +12,40 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 
-use crate::wechat::ErrorClass;
+use crate::wechat::errcode::{DAILY_QUOTA, MINUTE_QUOTA, SYSTEM_BUSY, TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MALFORMED};
 
-/// What to do after a failed attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Decision {
-    /// Token rejected: back to the work queue at once, the budget untouched.
-    Requeue,
-    /// Wait, then try again. `counted`: this failure uses up one attempt of the budget.
-    RetryLater { delay: Duration, counted: bool },
-    /// The budget is used up.
-    Exhausted,
-    /// It will never work: dead-letter.
+/// The class of a refused send (WECHAT_API.md, "Error codes a sender meets"), matched on the
+/// errcode only, never on `errmsg`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ErrorClass {
+    /// 40001, 40014, 42001: the token was rejected. Replace it if still current, requeue.
+    Token,
+    /// -1 (and transport failures): retry with backoff.
+    Transient,
+    /// 45011: the minute quota. Transient, but no sooner than the next minute.
+    MinuteQuota,
+    /// 45009: the daily quota. Defer until it resets; never hot-retry.
+    DailyQuota,
+    /// Everything else: dead-letter with the errcode.
     Permanent,
+}
+
+/// The class of a non-zero errcode from a send API.
+pub(crate) fn classify_send(errcode: i64) -> ErrorClass {
+    match errcode {
+        TOKEN_INVALID | TOKEN_MALFORMED | TOKEN_EXPIRED => ErrorClass::Token,
+        SYSTEM_BUSY => ErrorClass::Transient,
+        MINUTE_QUOTA => ErrorClass::MinuteQuota,
+        DAILY_QUOTA => ErrorClass::DailyQuota,
+        _ => ErrorClass::Permanent,
+    }
+}
+
+/// After a counted failure: wait this long, or give up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Backoff {
+    Wait(Duration),
+    Exhausted,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +59,16 @@ pub struct RetryPolicy {
     pub minute_quota_delay: Duration,
     /// A copy of a delivery another live worker is sending: look again after this. Not counted.
     pub hold_delay: Duration,
+    /// WeChat drops a resend with the same `client_msg_id` for 10 minutes. We stay clear of the
+    /// edge: a template delivery in doubt for longer than this is dead-lettered `ambiguous`.
+    pub dedup_window: Duration,
+    /// A message whose token was rejected goes straight back to the work queue this often; after
+    /// that it waits like any transient failure, so a token WeChat keeps refusing does not spin.
+    pub token_requeues: u32,
+    /// The work queue's delivery limit: a message handed out this often without being settled
+    /// (it crashed or stalled workers) is dead-lettered `delivery_limit` by us, ledger row included,
+    /// one delivery before the broker would do it without telling the ledger.
+    pub delivery_limit: u32,
 }
 
 impl RetryPolicy {
@@ -47,30 +80,19 @@ impl RetryPolicy {
             daily_quota_delay: Duration::from_secs(30 * 60),
             minute_quota_delay: Duration::from_secs(60),
             hold_delay: Duration::from_secs(5),
+            dedup_window: Duration::from_secs(9 * 60 + 30),
+            token_requeues: 2,
+            delivery_limit: 20,
         }
     }
 
-    /// The decision after a failure of `class`, when `failed_before` counted attempts already failed.
-    pub fn decide(&self, class: ErrorClass, failed_before: u32) -> Decision {
-        let counted = |min: Duration| {
-            if failed_before + 1 >= self.max_attempts {
-                Decision::Exhausted
-            } else {
-                Decision::RetryLater {
-                    delay: self.backoff(failed_before).max(min),
-                    counted: true,
-                }
-            }
-        };
-        match class {
-            ErrorClass::Token => Decision::Requeue,
-            ErrorClass::Transient => counted(Duration::ZERO),
-            ErrorClass::MinuteQuota => counted(self.minute_quota_delay),
-            ErrorClass::DailyQuota => Decision::RetryLater {
-                delay: self.daily_quota_delay,
-                counted: false,
-            },
-            ErrorClass::Permanent => Decision::Permanent,
+    /// After a counted failure, when `failed_before` counted attempts already failed: how long
+    /// to wait (at least `min`), or give up.
+    pub(crate) fn after_failure(&self, failed_before: u32, min: Duration) -> Backoff {
+        if failed_before + 1 >= self.max_attempts {
+            Backoff::Exhausted
+        } else {
+            Backoff::Wait(self.backoff(failed_before).max(min))
         }
     }
 
@@ -123,22 +145,26 @@ mod tests {
     }
 
     #[test]
-    fn each_class_has_its_reaction() {
+    fn errcode_classes() {
+        for c in [40001, 40014, 42001] {
+            assert_eq!(classify_send(c), ErrorClass::Token);
+        }
+        assert_eq!(classify_send(-1), ErrorClass::Transient);
+        assert_eq!(classify_send(45011), ErrorClass::MinuteQuota);
+        assert_eq!(classify_send(45009), ErrorClass::DailyQuota);
+        for c in [41001, 40003, 40037, 43004, 43101, 47001, 47003, 48001, 50001, 50002] {
+            assert_eq!(classify_send(c), ErrorClass::Permanent, "{c}");
+        }
+    }
+
+    #[test]
+    fn counted_failures_run_out() {
         let p = policy();
-        assert_eq!(p.decide(ErrorClass::Token, 7), Decision::Requeue);
-        assert_eq!(p.decide(ErrorClass::Permanent, 0), Decision::Permanent);
-        assert!(matches!(
-            p.decide(ErrorClass::Transient, 0),
-            Decision::RetryLater { counted: true, .. }
-        ));
-        assert_eq!(p.decide(ErrorClass::Transient, 7), Decision::Exhausted);
-        assert!(matches!(
-            p.decide(ErrorClass::DailyQuota, 7),
-            Decision::RetryLater { counted: false, .. }
-        ));
-        match p.decide(ErrorClass::MinuteQuota, 0) {
-            Decision::RetryLater { delay, .. } => assert!(delay >= Duration::from_secs(60)),
-            d => panic!("{d:?}"),
+        assert!(matches!(p.after_failure(0, Duration::ZERO), Backoff::Wait(_)));
+        assert_eq!(p.after_failure(7, Duration::ZERO), Backoff::Exhausted);
+        match p.after_failure(0, Duration::from_secs(60)) {
+            Backoff::Wait(d) => assert!(d >= Duration::from_secs(60)),
+            b => panic!("{b:?}"),
         }
     }
 

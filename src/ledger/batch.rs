@@ -13,6 +13,14 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 #[error("{0}")]
 pub struct LedgerError(pub Arc<sqlx::Error>);
 
+impl LedgerError {
+    /// Postgres refused a value of the request (SQLSTATE class 22: a NUL byte, a string too
+    /// long, a number out of range): retrying cannot help.
+    pub(crate) fn is_data_error(&self) -> bool {
+        matches!(&*self.0, sqlx::Error::Database(e) if e.code().is_some_and(|c| c.starts_with("22")))
+    }
+}
+
 impl From<sqlx::Error> for LedgerError {
     fn from(e: sqlx::Error) -> Self {
         Self(Arc::new(e))

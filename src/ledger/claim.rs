@@ -18,26 +18,24 @@ use sqlx::{PgPool, Row};
 
 use super::batch::LedgerError;
 use super::{Ledger, Status};
-use crate::event::BookingEvent;
+use crate::delivery::judge::Reopen;
+use crate::event::DeliveryKey;
 
 /// What to claim.
-pub struct ClaimRequest<'a> {
-    pub event: &'a BookingEvent,
+pub(crate) struct ClaimRequest<'a> {
+    pub key: &'a DeliveryKey,
+    pub event_type: &'a str,
     pub app_id: &'a str,
-    pub template_id: &'a str,
+    pub occurred_at: DateTime<Utc>,
     pub client_msg_id: &'a str,
-    /// A `dlq replay` copy: it may reopen a `dead` delivery.
-    pub reopen_dead: bool,
+    /// Whether this copy may reopen a `dead` delivery (a recorded `dlq replay`), and its doubt.
+    pub reopen: Reopen,
 }
 
 /// A delivery this worker now holds and must record an outcome for.
 #[derive(Debug, Clone)]
-pub struct Claimed {
+pub(crate) struct Claimed {
     pub id: i64,
-    /// HTTP attempts so far (all of them, across replays).
-    pub attempts: i32,
-    /// The first claim of this key (no earlier copy was ever seen).
-    pub fresh: bool,
     /// Set when an earlier send may have reached WeChat.
     pub in_doubt_since: Option<DateTime<Utc>>,
     /// The database's clock when claimed, for the in-doubt window.
@@ -45,11 +43,10 @@ pub struct Claimed {
 }
 
 #[derive(Debug, Clone)]
-pub enum Claim {
+pub(crate) enum Claim {
     Owned(Claimed),
-    /// `sent` or `dead` already: this copy is a duplicate.
+    /// Final already (`sent`, `dead`, ...): this copy is a duplicate.
     AlreadyFinal {
-        id: i64,
         status: Status,
     },
     /// Another live worker is on it right now.
@@ -78,21 +75,41 @@ pub(super) struct ClaimSettings {
 impl Ledger {
     /// Claims a delivery key. Claims of many deliveries in flight share one statement (see
     /// [`super::batch`]); a replay copy, which may reopen a `dead` delivery, runs alone.
-    pub async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, LedgerError> {
+    pub(crate) async fn claim(&self, req: &ClaimRequest<'_>) -> Result<Claim, LedgerError> {
         let job = ClaimJob {
-            event_id: req.event.event_id.clone(),
-            event_type: req.event.event_type.clone(),
+            event_id: req.key.event_id.clone(),
+            event_type: req.event_type.to_string(),
             app_id: req.app_id.to_string(),
-            openid: req.event.openid.clone(),
-            template_id: req.template_id.to_string(),
-            occurred_at: req.event.occurred.with_timezone(&Utc),
+            openid: req.key.openid.clone(),
+            template_id: req.key.template_id.clone(),
+            occurred_at: req.occurred_at,
             client_msg_id: req.client_msg_id.to_string(),
         };
-        if req.reopen_dead {
-            let mut one = claim_batch(&self.pool, &self.claim_settings, vec![job], true).await?;
+        if req.reopen != Reopen::No {
+            let mut one = claim_batch(&self.pool, &self.claim_settings, vec![job], req.reopen).await?;
             return one.pop().unwrap_or(Ok(Claim::HeldElsewhere));
         }
         self.claims.call(job).await
+    }
+
+    /// The `dlq_replays` row that vouches for a replay copy: (the dead letter's reason, the
+    /// reason the operator filtered by, if any). `None`: no such replay of this event.
+    pub(crate) async fn replay_row(
+        &self,
+        replay_id: &str,
+        event_id: &str,
+    ) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+        let row = sqlx::query(
+            "SELECT reason, CASE WHEN filter LIKE '--reason %' THEN substr(filter, 10) END AS by_reason
+               FROM dlq_replays WHERE replay_id = $1 AND event_id = $2
+              ORDER BY id DESC LIMIT 1",
+        )
+        .bind(replay_id)
+        .bind(event_id)
+        .fetch_optional(&self.pool)
+        .await?;
+        row.map(|r| Ok((r.try_get("reason")?, r.try_get("by_reason")?)))
+            .transpose()
     }
 }
 
@@ -104,10 +121,13 @@ pub(super) async fn claim_batch(
     pool: &PgPool,
     settings: &ClaimSettings,
     jobs: Vec<ClaimJob>,
-    reopen_dead: bool,
+    reopen: Reopen,
 ) -> Result<Vec<Result<Claim, LedgerError>>, LedgerError> {
-    let key =
-        |j: &'_ ClaimJob| -> (String, String, String) { (j.event_id.clone(), j.template_id.clone(), j.openid.clone()) };
+    let key = |j: &'_ ClaimJob| DeliveryKey {
+        event_id: j.event_id.clone(),
+        template_id: j.template_id.clone(),
+        openid: j.openid.clone(),
+    };
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by(|a, b| {
         let (ja, jb) = (&jobs[*a], &jobs[*b]);
@@ -134,7 +154,8 @@ pub(super) async fn claim_batch(
                 claimed_at = now(),
                 updated_at = now(),
                 status = CASE WHEN d.status = 'dead' THEN 'retrying' ELSE d.status END,
-                in_doubt_since = CASE WHEN d.status = 'dead' THEN NULL
+                dead_reason = CASE WHEN d.status = 'dead' THEN NULL ELSE d.dead_reason END,
+                in_doubt_since = CASE WHEN d.status = 'dead' AND $12 THEN NULL
                                       WHEN d.owner IS NOT NULL
                                       THEN COALESCE(d.in_doubt_since, d.claimed_at)
                                       ELSE d.in_doubt_since END
@@ -144,7 +165,7 @@ pub(super) async fn claim_batch(
                  OR NOT EXISTS (SELECT 1 FROM workers w
                                  WHERE w.id = d.owner
                                    AND w.heartbeat_at > now() - make_interval(secs => $10)))
-         RETURNING id, event_id, template_id, openid, attempts, in_doubt_since, (xmax = 0) AS fresh, now() AS now",
+         RETURNING id, event_id, template_id, openid, in_doubt_since, now() AS now",
     )
     .bind(col(|j| &j.event_id))
     .bind(col(|j| &j.event_type))
@@ -156,29 +177,28 @@ pub(super) async fn claim_batch(
     .bind(&settings.worker_id)
     .bind(settings.lease_secs)
     .bind(settings.liveness_secs)
-    .bind(reopen_dead)
+    .bind(reopen != Reopen::No)
+    .bind(reopen == Reopen::ClearDoubt)
     .fetch_all(pool)
     .await?;
-    let mut owned: HashMap<(String, String, String), Claimed> = HashMap::with_capacity(rows.len());
+    let mut owned: HashMap<DeliveryKey, Claimed> = HashMap::with_capacity(rows.len());
     for row in rows {
-        let k = (
-            row.try_get("event_id")?,
-            row.try_get("template_id")?,
-            row.try_get("openid")?,
-        );
+        let k = DeliveryKey {
+            event_id: row.try_get("event_id")?,
+            template_id: row.try_get("template_id")?,
+            openid: row.try_get("openid")?,
+        };
         owned.insert(
             k,
             Claimed {
                 id: row.try_get("id")?,
-                attempts: row.try_get("attempts")?,
-                fresh: row.try_get("fresh")?,
                 in_doubt_since: row.try_get("in_doubt_since")?,
                 now: row.try_get("now")?,
             },
         );
     }
     // Keys not claimed: final already, or held (the rare path: duplicates).
-    let mut states: HashMap<(String, String, String), (i64, String)> = HashMap::new();
+    let mut states: HashMap<DeliveryKey, String> = HashMap::new();
     let missed: Vec<&ClaimJob> = unique
         .iter()
         .map(|i| &jobs[*i])
@@ -186,7 +206,7 @@ pub(super) async fn claim_batch(
         .collect();
     if !missed.is_empty() {
         let rows = sqlx::query(
-            "SELECT d.id, d.status, d.event_id, d.template_id, d.openid
+            "SELECT d.status, d.event_id, d.template_id, d.openid
                FROM deliveries d
                JOIN unnest($1::text[], $2::text[], $3::text[]) AS t(event_id, template_id, openid)
                  ON (d.event_id, d.template_id, d.openid) = (t.event_id, t.template_id, t.openid)",
@@ -197,12 +217,12 @@ pub(super) async fn claim_batch(
         .fetch_all(pool)
         .await?;
         for row in rows {
-            let k = (
-                row.try_get("event_id")?,
-                row.try_get("template_id")?,
-                row.try_get("openid")?,
-            );
-            states.insert(k, (row.try_get("id")?, row.try_get("status")?));
+            let k = DeliveryKey {
+                event_id: row.try_get("event_id")?,
+                template_id: row.try_get("template_id")?,
+                openid: row.try_get("openid")?,
+            };
+            states.insert(k, row.try_get("status")?);
         }
     }
     let first_of_key: Vec<bool> = {
@@ -223,47 +243,12 @@ pub(super) async fn claim_batch(
             if let Some(c) = owned.get(&k) {
                 return Ok(Claim::Owned(c.clone()));
             }
-            Ok(match states.get(&k) {
-                Some((id, status)) => match Status::parse(status) {
-                    Some(s @ (Status::Sent | Status::Dead)) => Claim::AlreadyFinal { id: *id, status: s },
-                    _ => Claim::HeldElsewhere,
-                },
-                // Inserted by a transaction our statement could not see yet: someone holds it.
-                None => Claim::HeldElsewhere,
+            Ok(match states.get(&k).and_then(|s| Status::parse(s)) {
+                Some(status) if status.is_final() => Claim::AlreadyFinal { status },
+                // Being sent, or inserted by a transaction our statement could not see yet:
+                // someone holds it.
+                _ => Claim::HeldElsewhere,
             })
         })
         .collect())
-}
-
-impl Ledger {
-    /// Records a delivery that failed before any send (its template did not render): `dead` from
-    /// the start, unless the key already exists.
-    pub async fn record_unsendable(
-        &self,
-        event: &BookingEvent,
-        app_id: &str,
-        template_id: &str,
-        client_msg_id: &str,
-        reason: &str,
-        error: &str,
-    ) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO deliveries (event_id, event_type, app_id, openid, template_id, occurred_at,
-                                     client_msg_id, status, dead_reason, last_error)
-             VALUES ($1, $2, $3, $4, $5, $6, $7, 'dead', $8, $9)
-             ON CONFLICT (event_id, template_id, openid) DO NOTHING",
-        )
-        .bind(&event.event_id)
-        .bind(&event.event_type)
-        .bind(app_id)
-        .bind(&event.openid)
-        .bind(template_id)
-        .bind(event.occurred)
-        .bind(client_msg_id)
-        .bind(reason)
-        .bind(error)
-        .execute(&self.pool)
-        .await?;
-        Ok(())
-    }
 }

@@ -25,12 +25,12 @@ const BATCH_MAX: usize = 256;
 const BATCH_PARALLEL: usize = 1;
 
 pub use batch::LedgerError;
-pub use claim::{Claim, ClaimRequest, Claimed};
-pub use record::{AttemptRecord, Finish};
+pub(crate) use claim::{Claim, ClaimRequest, Claimed};
+pub(crate) use record::{AttemptRecord, Finish};
 
 /// A delivery's status column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Status {
+pub(crate) enum Status {
     Pending,
     Sent,
     Retrying,
@@ -38,7 +38,7 @@ pub enum Status {
 }
 
 impl Status {
-    pub fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Status::Pending => "pending",
             Status::Sent => "sent",
@@ -47,10 +47,15 @@ impl Status {
         }
     }
 
-    pub fn parse(s: &str) -> Option<Self> {
+    pub(crate) fn parse(s: &str) -> Option<Self> {
         [Status::Pending, Status::Sent, Status::Retrying, Status::Dead]
             .into_iter()
             .find(|x| x.as_str() == s)
+    }
+
+    /// Nothing more will be sent for a delivery in this state.
+    pub(crate) fn is_final(self) -> bool {
+        !matches!(self, Status::Pending | Status::Retrying)
     }
 }
 
@@ -80,7 +85,7 @@ impl Ledger {
         let (p, settings) = (pool.clone(), claim_settings.clone());
         let claims = Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |jobs| {
             let (p, s) = (p.clone(), settings.clone());
-            async move { claim::claim_batch(&p, &s, jobs, false).await }
+            async move { claim::claim_batch(&p, &s, jobs, crate::delivery::judge::Reopen::No).await }
         });
         let (p, w) = (pool.clone(), worker_id.clone());
         let records = Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |jobs| {

@@ -1,15 +1,26 @@
 //! Recording an attempt and the delivery's new state: one statement, one round trip.
-//! The first final outcome wins: a late writer (whose claim was taken over) cannot undo `sent`.
+//!
+//! Who may write: the claim's holder, while the delivery is open (`pending`/`retrying`); a late
+//! writer whose claim was taken over changes nothing (its attempt is still kept). The exception
+//! is proof: a `sent` with WeChat's msgid wins over any other state (`retrying`, `dead`
+//! `ambiguous` written by whoever took over), because WeChat says the message went out.
+
+use std::collections::HashSet;
+use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::batch::LedgerError;
 use super::{Ledger, Status};
+use crate::outcome::{DeadReason, one_line};
 
 /// One HTTP attempt, as it happened.
 #[derive(Debug, Clone)]
-pub struct AttemptRecord {
+pub(crate) struct AttemptRecord {
+    /// When the send started, on this process's monotonic clock: a doubt is stamped with the
+    /// database's clock minus the time since then.
+    pub started: Instant,
     pub started_at: DateTime<Utc>,
     pub duration_ms: i32,
     pub http_status: Option<i32>,
@@ -18,18 +29,24 @@ pub struct AttemptRecord {
 }
 
 /// The delivery's state after this step.
-#[derive(Debug, Clone)]
-pub struct Finish {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Finish {
     pub status: Status,
     pub errcode: Option<i64>,
+    /// One line, bounded (see [`one_line`]).
     pub error: Option<String>,
     pub msgid: Option<i64>,
-    pub dead_reason: Option<&'static str>,
+    pub dead_reason: Option<DeadReason>,
     /// This step's send may have reached WeChat without us knowing (timeout, reset).
     pub in_doubt: bool,
 }
 
 impl Finish {
+    /// WeChat accepted it and said so with a msgid: this record wins over any other.
+    fn is_proven_sent(&self) -> bool {
+        self.status == Status::Sent && self.msgid.is_some()
+    }
+
     pub fn sent(msgid: Option<i64>) -> Self {
         Self {
             status: Status::Sent,
@@ -41,22 +58,22 @@ impl Finish {
         }
     }
 
-    pub fn retrying(errcode: Option<i64>, error: impl Into<String>) -> Self {
+    pub fn retrying(errcode: Option<i64>, error: &str) -> Self {
         Self {
             status: Status::Retrying,
             errcode,
-            error: Some(error.into()),
+            error: Some(one_line(error)),
             msgid: None,
             dead_reason: None,
             in_doubt: false,
         }
     }
 
-    pub fn dead(reason: &'static str, errcode: Option<i64>, error: impl Into<String>) -> Self {
+    pub fn dead(reason: DeadReason, errcode: Option<i64>, error: &str) -> Self {
         Self {
             status: Status::Dead,
             errcode,
-            error: Some(error.into()),
+            error: Some(one_line(error)),
             msgid: None,
             dead_reason: Some(reason),
             in_doubt: false,
@@ -75,7 +92,7 @@ impl Ledger {
     /// Writes the attempt (if any) and the outcome, and releases the claim. Returns whether the
     /// delivery row changed (false: another worker had already made it final). Outcomes of many
     /// deliveries share one statement (see [`super::batch`]).
-    pub async fn record(
+    pub(crate) async fn record(
         &self,
         delivery_id: i64,
         attempt: Option<&AttemptRecord>,
@@ -91,20 +108,38 @@ impl Ledger {
     }
 }
 
-/// Attempts and outcomes of many deliveries in one statement: `unnest` arrays in, the ids whose
-/// row changed out. Only the claim's holder records a delivery, so ids are distinct.
+/// Attempts and outcomes of many deliveries: `unnest` arrays in, the ids whose row changed out.
+/// A statement carries each delivery id once (two outcomes for one row in one statement would
+/// race each other); a second record of the same id (a takeover in this very process) runs in the
+/// next statement, proofs of `sent` first.
 pub(super) async fn record_batch(
     pool: &PgPool,
     worker_id: &str,
     jobs: Vec<RecordJob>,
 ) -> Result<Vec<Result<bool, LedgerError>>, LedgerError> {
+    let mut order: Vec<usize> = (0..jobs.len()).collect();
+    order.sort_by_key(|i| !jobs[*i].finish.is_proven_sent());
+    let mut changed = HashSet::new();
+    let mut rest = order;
+    while !rest.is_empty() {
+        let mut seen = HashSet::new();
+        let (round, later): (Vec<usize>, Vec<usize>) =
+            rest.into_iter().partition(|i| seen.insert(jobs[*i].delivery_id));
+        let round: Vec<&RecordJob> = round.iter().map(|i| &jobs[*i]).collect();
+        changed.extend(record_round(pool, worker_id, &round).await?);
+        rest = later;
+    }
+    Ok(jobs.iter().map(|j| Ok(changed.contains(&j.delivery_id))).collect())
+}
+
+async fn record_round(pool: &PgPool, worker_id: &str, jobs: &[&RecordJob]) -> Result<Vec<i64>, LedgerError> {
     let changed: Vec<i64> = sqlx::query_scalar(
         "WITH v AS (
              SELECT * FROM unnest($1::bigint[], $2::bool[], $3::timestamptz[], $4::int[], $5::int[], $6::bigint[],
                                   $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], $12::text[],
-                                  $13::bool[])
+                                  $13::bool[], $15::float8[])
                AS t(id, has_attempt, started_at, duration_ms, http_status, a_errcode, errmsg,
-                    status, errcode, error, msgid, dead_reason, in_doubt)
+                    status, errcode, error, msgid, dead_reason, in_doubt, since_send_secs)
          ),
          attempt AS (
              INSERT INTO delivery_attempts
@@ -122,12 +157,15 @@ pub(super) async fn record_batch(
              sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE d.sent_at END,
              dead_reason = v.dead_reason,
              in_doubt_since = CASE WHEN v.in_doubt AND v.has_attempt
-                                   THEN COALESCE(d.in_doubt_since, v.started_at) ELSE d.in_doubt_since END,
+                                   THEN COALESCE(d.in_doubt_since, now() - make_interval(secs => v.since_send_secs))
+                                   ELSE d.in_doubt_since END,
              owner = NULL,
              lease_until = NULL,
              updated_at = now()
            FROM v
-          WHERE d.id = v.id AND d.status IN ('pending', 'retrying')
+          WHERE d.id = v.id
+            AND ((d.status IN ('pending', 'retrying') AND d.owner = $14)
+                 OR (v.status = 'sent' AND v.msgid IS NOT NULL AND d.status <> 'sent'))
           RETURNING d.id",
     )
     .bind(jobs.iter().map(|j| j.delivery_id).collect::<Vec<_>>())
@@ -154,18 +192,26 @@ pub(super) async fn record_batch(
     )
     .bind(
         jobs.iter()
-            .map(|j| j.attempt.as_ref().and_then(|a| a.errmsg.clone()))
+            .map(|j| j.attempt.as_ref().and_then(|a| a.errmsg.as_deref().map(one_line)))
             .collect::<Vec<_>>(),
     )
     .bind(jobs.iter().map(|j| j.finish.status.as_str()).collect::<Vec<_>>())
     .bind(jobs.iter().map(|j| j.finish.errcode).collect::<Vec<_>>())
     .bind(jobs.iter().map(|j| j.finish.error.clone()).collect::<Vec<_>>())
     .bind(jobs.iter().map(|j| j.finish.msgid).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.finish.dead_reason).collect::<Vec<_>>())
+    .bind(
+        jobs.iter()
+            .map(|j| j.finish.dead_reason.map(DeadReason::as_str))
+            .collect::<Vec<_>>(),
+    )
     .bind(jobs.iter().map(|j| j.finish.in_doubt).collect::<Vec<_>>())
     .bind(worker_id)
+    .bind(
+        jobs.iter()
+            .map(|j| j.attempt.as_ref().map_or(0.0, |a| a.started.elapsed().as_secs_f64()))
+            .collect::<Vec<_>>(),
+    )
     .fetch_all(pool)
     .await?;
-    let changed: std::collections::HashSet<i64> = changed.into_iter().collect();
-    Ok(jobs.iter().map(|j| Ok(changed.contains(&j.delivery_id))).collect())
+    Ok(changed)
 }

@@ -188,7 +188,8 @@ pub async fn list(amqp_url: &SecretString, topology: &Topology, limit: usize) ->
 }
 
 /// Moves matching dead letters (at most `limit`) back into the work queue with a fresh retry
-/// budget and the `wxnotify-replay` header, which lets the copy reopen its `dead` delivery.
+/// budget and the `wxnotify-replay` header, which lets the copy reopen its `dead` delivery
+/// because the run is recorded in `dlq_replays` (a header alone, without the row, reopens nothing).
 pub async fn replay(
     amqp_url: &SecretString,
     topology: &Topology,
@@ -240,17 +241,19 @@ pub async fn replay(
             if let Some(id) = &view.event_id {
                 headers::set_text(&mut hdrs, headers::EVENT_ID, id);
             }
-            // The default exchange routes by queue name: straight into the work queue.
-            publisher
-                .publish("", &topology.queue, &msg.delivery.data, props.with_headers(hdrs))
-                .await
-                .map_err(broker)?;
+            // Recorded before the copy exists: a worker honours a copy's replay header only when
+            // its run is in `dlq_replays`, and it may take the copy the moment it is published.
             record(pool, &report.replay_id, &description, &view)
                 .await
                 .map_err(|e| DlqError::Record {
                     event_id: view.event_id.clone().unwrap_or_else(|| "?".into()),
                     error: e.to_string(),
                 })?;
+            // The default exchange routes by queue name: straight into the work queue.
+            publisher
+                .publish("", &topology.queue, &msg.delivery.data, props.with_headers(hdrs))
+                .await
+                .map_err(broker)?;
             msg.delivery
                 .acker
                 .ack(BasicAckOptions::default())

@@ -13,8 +13,11 @@ pub const EVENT_ID: &str = "wxnotify-event-id";
 pub const DEAD_AT: &str = "wxnotify-dead-at";
 /// How often this message was requeued because its token was rejected.
 pub const TOKEN_REQUEUES: &str = "wxnotify-token-requeues";
-/// Set by `dlq replay`: this copy may reopen a `dead` delivery.
+/// Set by `dlq replay`: the run that made this copy (it may reopen a `dead` delivery if that run
+/// is recorded in `dlq_replays`).
 pub const REPLAY: &str = "wxnotify-replay";
+/// Set by quorum queues on a redelivery: how often the message was handed out before.
+pub const DELIVERY_COUNT: &str = "x-delivery-count";
 
 fn header<'a>(props: &'a BasicProperties, name: &str) -> Option<&'a AMQPValue> {
     props.headers().as_ref()?.inner().get(name)

@@ -7,7 +7,6 @@ pub mod keywords;
 pub mod message;
 
 pub use client::{FetchedToken, SendError, SendReply, TokenFetchError, WechatClient};
-pub use errcode::ErrorClass;
 pub use message::{Api, Miniprogram, OutgoingMessage};
 
 use serde::{Deserialize, Serialize};

@@ -8,9 +8,7 @@
 //! Shutdown (`shutdown` token): cancel the consumer, let in-flight deliveries finish and be
 //! recorded for up to the grace period, then close; whatever is unacked goes back to the queue.
 
-mod carry_out;
-pub mod process;
-
+use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -24,26 +22,12 @@ use tokio_util::sync::CancellationToken;
 
 use crate::admin::Health;
 use crate::config::WorkerSettings;
+use crate::delivery::intake::Rules;
+use crate::delivery::{self, Context, Session, with_db};
 use crate::ledger::Ledger;
-use crate::queue::{self, Publisher, Topology};
-use crate::retry::RetryPolicy;
-use crate::template::Catalog;
+use crate::queue::{self, Publisher};
 use crate::token::{TokenProvider, TokenSettings};
 use crate::wechat::WechatClient;
-
-/// What every delivery task shares.
-pub struct Context {
-    pub topology: Topology,
-    pub retry: RetryPolicy,
-    pub catalog: Arc<Catalog>,
-    pub default_app: String,
-    pub ledger: Ledger,
-    pub tokens: TokenProvider,
-    pub wechat: WechatClient,
-    pub health: Arc<Health>,
-    /// Fires when the grace period is over: stop waiting for the database.
-    pub hard_stop: CancellationToken,
-}
 
 /// Why the worker could not run.
 #[derive(Debug, thiserror::Error)]
@@ -51,8 +35,6 @@ pub enum WorkerError {
     /// A configuration problem found at start-up (exit 2).
     #[error("{0}")]
     Config(String),
-    #[error("{0}")]
-    Runtime(String),
 }
 
 pub struct Worker {
@@ -76,10 +58,14 @@ impl Worker {
             &settings.apps,
         );
         let ctx = Context {
+            rules: Rules {
+                catalog: settings.catalog.clone(),
+                default_app: settings.apps[0].app_id.clone(),
+                apps: settings.apps.iter().map(|a| a.app_id.clone()).collect::<HashSet<_>>(),
+                max_body: settings.max_body_bytes,
+            },
+            policy: settings.retry.clone(),
             topology: settings.topology.clone(),
-            retry: settings.retry.clone(),
-            catalog: settings.catalog.clone(),
-            default_app: settings.apps[0].app_id.clone(),
             ledger: Ledger::new(pool, settings.worker_id.clone()),
             tokens,
             wechat,
@@ -96,7 +82,7 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let ctx = self.ctx.clone();
         // Register before the first claim: others respect claims of live workers only.
-        if process::with_db(&ctx, "register worker", || ctx.ledger.heartbeat())
+        if with_db(&ctx, "register worker", || ctx.ledger.heartbeat())
             .await
             .is_err()
         {
@@ -155,9 +141,14 @@ impl Worker {
         let channel = conn.create_channel().await?;
         s.topology.declare_core(&channel, s.delivery_limit).await?;
         s.topology.declare_retry_tiers(&channel, &s.retry.tiers()).await?;
+        // A quorum queue counts deliveries in `x-delivery-count`; the judge dead-letters a
+        // message one delivery before the broker's limit, so that its ledger row ends `dead` too.
         // Prefetch: how many unacked deliveries the broker lets this consumer hold.
         channel.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
-        let publisher = Publisher::open(&conn).await?;
+        let session = Session {
+            publisher: Publisher::open(&conn).await?,
+            broken: CancellationToken::new(),
+        };
         let tag = format!("wxnotify-{}", s.worker_id);
         let mut consumer = channel
             .basic_consume(
@@ -170,26 +161,36 @@ impl Worker {
         self.ctx.health.set_broker(true);
         tracing::info!(queue = %s.topology.queue, prefetch = s.prefetch, concurrency = s.concurrency, "consuming");
 
+        // A permit first, then a message: shutdown is heard while every permit is busy (e.g.
+        // deliveries waiting for Postgres), and a broken session ends the loop too.
         let result = loop {
-            tokio::select! {
+            let permit = tokio::select! {
                 _ = shutdown.cancelled() => break Ok(()),
-                next = consumer.next() => match next {
-                    Some(Ok(delivery)) => {
-                        let permit = permits.clone().acquire_owned().await.expect("semaphore never closed");
-                        let ctx = self.ctx.clone();
-                        let publisher = publisher.clone();
-                        tokio::spawn(async move {
-                            let _permit = permit;
-                            if let Ok(plan) = process::decide(&ctx, &delivery.data, &delivery.properties).await {
-                                let _ = carry_out::carry_out(&ctx, &publisher, &delivery, plan).await;
-                            }
-                        });
-                    }
-                    Some(Err(e)) => break Err(SessionEnd::Amqp(e)),
-                    None => break Err(SessionEnd::ConsumerCancelled),
-                },
+                _ = session.broken.cancelled() => break Err(SessionEnd::PublishFailed),
+                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            let next = tokio::select! {
+                _ = shutdown.cancelled() => break Ok(()),
+                _ = session.broken.cancelled() => break Err(SessionEnd::PublishFailed),
+                next = consumer.next() => next,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    let ctx = self.ctx.clone();
+                    let session = session.clone();
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        delivery::deliver(&ctx, &session, &msg).await;
+                    });
+                }
+                Some(Err(e)) => break Err(SessionEnd::Amqp(e)),
+                None => break Err(SessionEnd::ConsumerCancelled),
             }
         };
+        if result.is_err() {
+            // Whatever this session's channels still hold goes back to the queue when they close.
+            let _ = conn.close(200, "session rebuilt".into()).await;
+        }
         if result.is_ok() {
             // Stop intake first; in-flight deliveries still ack on this channel while draining.
             let _ = channel
@@ -241,4 +242,6 @@ enum SessionEnd {
     Amqp(#[from] lapin::Error),
     #[error("the broker cancelled the consumer (queue deleted?)")]
     ConsumerCancelled,
+    #[error("a publish failed (its channel may be closed); rebuilding the session")]
+    PublishFailed,
 }

@@ -143,6 +143,7 @@ impl TestEnv {
             token_refresh_margin_secs: opts.token_margin_secs,
             shutdown_grace_secs: 10.0,
             db_pool: 8,
+            max_body_bytes: 65536,
         }
     }
 

@@ -1,0 +1,314 @@
+//! The judge: every decision about a message, here and nowhere else. It sees what is known about
+//! the delivery ([`Facts`]) and what just happened, applies the policy ([`RetryPolicy`]) and
+//! answers with a [`Plan`] that says everything to do. Two questions, two pure functions:
+//! [`stop_before_send`] at the gates before a send ([`Gate`]), [`judge`] after a step ended ([`Step`]).
+//! No I/O, no clock, no context: unit tests call them over the whole fate table.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+
+use crate::ledger::Finish;
+use crate::outcome::{DeadReason, Outcome, Plan};
+use crate::retry::{Backoff, ErrorClass, RetryPolicy, classify_send};
+use crate::token::TokenError;
+use crate::wechat::Api;
+
+/// What is known about the message and its delivery when the judge is asked.
+#[derive(Debug, Clone)]
+pub(crate) struct Facts {
+    pub api: Api,
+    /// Counted failed attempts before this step (`wxnotify-attempts`).
+    pub failed_before: u32,
+    /// Times this message went straight back to the work queue for a rejected token.
+    pub token_requeues: u32,
+    /// Times the broker handed this message out before without it being settled.
+    pub redeliveries: u32,
+    /// How long an earlier send of this delivery may have been with WeChat, by the database's
+    /// clock; `None` when no send is in doubt.
+    pub in_doubt_for: Option<Duration>,
+    /// Why the delivery's message could not be rendered (a retry copy after a template change).
+    pub render_error: Option<String>,
+    /// The current time, for errors that say until when to wait.
+    pub now: DateTime<Utc>,
+}
+
+/// What the claim found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum ClaimSeen {
+    /// This worker holds the delivery now.
+    Owned,
+    /// The delivery is final already: this copy is a duplicate.
+    Final,
+    /// Another live worker holds it.
+    Held,
+    /// Postgres refused this delivery's values (a data error): it can never be stored.
+    Refused(String),
+}
+
+/// WeChat's answer to a send, as far as the judge cares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Answer {
+    Accepted {
+        msgid: Option<i64>,
+    },
+    Refused {
+        errcode: i64,
+        errmsg: String,
+    },
+    /// The request never reached WeChat (connection refused).
+    NotSent {
+        error: String,
+    },
+    /// No usable answer (timeout, reset, 5xx, garbage): WeChat may have delivered it.
+    Unknown {
+        error: String,
+    },
+}
+
+/// Where the pipeline asks whether it may send.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Gate<'a> {
+    /// The claim statement answered.
+    Claimed(&'a ClaimSeen),
+    /// About to send, after waiting for the token: the doubt is checked again.
+    BeforeSend,
+}
+
+/// The step that ended without a send, or with one.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Step<'a> {
+    /// No token to send with (or the rejected one could not be replaced).
+    NoToken(&'a TokenError),
+    /// WeChat answered the send made with token generation `generation`.
+    Answered { answer: &'a Answer, generation: i64 },
+    /// Carrying out `plan` failed at its dead-letter publish.
+    DeadLetterFailed(&'a Plan),
+}
+
+/// A message that cannot become a delivery (intake): dead-lettered with its reason, once.
+pub(crate) fn reject(reason: DeadReason, error: &str, failed_before: u32) -> Plan {
+    Plan {
+        outcome: Outcome::dead(reason, None, error),
+        finish: None,
+        replace_token: None,
+        attempts: failed_before,
+    }
+}
+
+/// What a `dlq replay` copy may do, from its row in `dlq_replays` (looked up by the copy's replay
+/// id and event id; `None`: no such row, so the copy is an ordinary duplicate).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Reopen {
+    /// Not a replay: a `dead` delivery stays dead.
+    No,
+    /// Reopen a `dead` delivery; any doubt stays (the judge dead-letters it again if in doubt).
+    KeepDoubt,
+    /// Reopen and clear the doubt: an operator replayed reason `ambiguous` by name.
+    ClearDoubt,
+}
+
+/// The replay rule (CONTRACT §3): only a replay of reason `ambiguous` by name resends a delivery
+/// whose earlier send may have arrived.
+pub(crate) fn reopen(replay_row: Option<(&str, Option<&str>)>) -> Reopen {
+    match replay_row {
+        None => Reopen::No,
+        Some((dead_reason, filter_reason)) => {
+            let ambiguous = DeadReason::Ambiguous.as_str();
+            if dead_reason == ambiguous && filter_reason == Some(ambiguous) {
+                Reopen::ClearDoubt
+            } else {
+                Reopen::KeepDoubt
+            }
+        }
+    }
+}
+
+/// `None`: send now. `Some(plan)`: do not send; the plan says what to do instead.
+pub(crate) fn stop_before_send(facts: &Facts, gate: Gate<'_>, policy: &RetryPolicy) -> Option<Plan> {
+    let j = Judge { facts, policy };
+    match gate {
+        Gate::Claimed(ClaimSeen::Owned) | Gate::BeforeSend => j.before_send(),
+        Gate::Claimed(ClaimSeen::Final) => Some(j.plan(Outcome::Ack, None)),
+        Gate::Claimed(ClaimSeen::Held) => Some(j.plan(
+            Outcome::RetryLater {
+                delay: policy.hold_delay,
+            },
+            None,
+        )),
+        Gate::Claimed(ClaimSeen::Refused(error)) => Some(reject(
+            DeadReason::InvalidEvent,
+            &format!("the ledger refused this delivery's values: {error}"),
+            facts.failed_before,
+        )),
+    }
+}
+
+/// The plan after `step`.
+pub(crate) fn judge(facts: &Facts, step: Step<'_>, policy: &RetryPolicy) -> Plan {
+    let j = Judge { facts, policy };
+    match step {
+        Step::NoToken(err) => j.no_token(err),
+        Step::Answered { answer, generation } => j.answered(answer, generation),
+        Step::DeadLetterFailed(plan) => j.dead_letter_failed(plan),
+    }
+}
+
+struct Judge<'a> {
+    facts: &'a Facts,
+    policy: &'a RetryPolicy,
+}
+
+impl Judge<'_> {
+    fn plan(&self, outcome: Outcome, finish: Option<Finish>) -> Plan {
+        Plan {
+            outcome,
+            finish,
+            replace_token: None,
+            attempts: self.facts.failed_before,
+        }
+    }
+
+    fn dead(&self, reason: DeadReason, errcode: Option<i64>, error: &str, counted: bool, in_doubt: bool) -> Plan {
+        Plan {
+            outcome: Outcome::dead(reason, errcode, error),
+            finish: Some(Finish {
+                in_doubt,
+                ..Finish::dead(reason, errcode, error)
+            }),
+            replace_token: None,
+            attempts: self.facts.failed_before + u32::from(counted),
+        }
+    }
+
+    /// Owned, about to send: only a send that cannot duplicate a message may go.
+    fn before_send(&self) -> Option<Plan> {
+        let f = self.facts;
+        if f.redeliveries + 1 >= self.policy.delivery_limit {
+            let error = format!(
+                "handed out {} times without being settled (it stalls or crashes workers); not trying again",
+                f.redeliveries + 1
+            );
+            return Some(self.dead(DeadReason::DeliveryLimit, None, &error, false, false));
+        }
+        if let Some(error) = &f.render_error {
+            return Some(self.dead(DeadReason::RenderFailed, None, error, false, false));
+        }
+        // Not in doubt: nothing can be duplicated, send.
+        let age = f.in_doubt_for?;
+        if f.api == Api::Subscribe {
+            let error = format!(
+                "an earlier send may have reached WeChat {}s ago; subscribe messages have no client_msg_id dedup, so it is not resent",
+                age.as_secs()
+            );
+            return Some(self.dead(DeadReason::Ambiguous, None, &error, false, false));
+        }
+        if age > self.policy.dedup_window {
+            let error = format!(
+                "an earlier send may have reached WeChat {}s ago, beyond its 10-minute client_msg_id window; not resending",
+                age.as_secs()
+            );
+            return Some(self.dead(DeadReason::Ambiguous, None, &error, false, false));
+        }
+        None
+    }
+
+    /// A counted failure: wait as the backoff says (at least `min`), or give up.
+    fn counted(&self, errcode: Option<i64>, error: &str, min: Duration, in_doubt: bool) -> Plan {
+        let f = self.facts;
+        match self.policy.after_failure(f.failed_before, min) {
+            Backoff::Wait(delay) => Plan {
+                outcome: Outcome::RetryLater { delay },
+                finish: Some(Finish {
+                    in_doubt,
+                    ..Finish::retrying(errcode, error)
+                }),
+                replace_token: None,
+                attempts: f.failed_before + 1,
+            },
+            Backoff::Exhausted => {
+                let error = format!("gave up after {} attempts; last: {error}", f.failed_before + 1);
+                self.dead(DeadReason::RetriesExhausted, errcode, &error, true, in_doubt)
+            }
+        }
+    }
+
+    /// Wait without using an attempt.
+    fn uncounted(&self, delay: Duration, errcode: Option<i64>, error: &str) -> Plan {
+        self.plan(Outcome::RetryLater { delay }, Some(Finish::retrying(errcode, error)))
+    }
+
+    fn no_token(&self, err: &TokenError) -> Plan {
+        let error = format!("token: {err}");
+        let p = self.policy;
+        match err {
+            // Our own database, not the delivery: it waits without using an attempt.
+            TokenError::Db(_) => self.uncounted(p.backoff(0), None, &error),
+            TokenError::DailyQuota { .. } => self.uncounted(p.daily_quota_delay, None, &error),
+            TokenError::UnknownApp { .. } => self.dead(DeadReason::InvalidEvent, None, &error, false, false),
+            // Credentials: wait for the pause others respect too; each such wait uses an
+            // attempt, so a message ends in the DLQ (replayable) if nobody fixes the secret.
+            TokenError::Credentials { until, .. } | TokenError::Blocked { until, .. } => {
+                let wait = (*until - self.facts.now)
+                    .to_std()
+                    .unwrap_or_default()
+                    .clamp(Duration::from_secs(30), p.daily_quota_delay);
+                self.counted(None, &error, wait, false)
+            }
+            TokenError::Transient { .. } => self.counted(None, &error, Duration::ZERO, false),
+        }
+    }
+
+    fn answered(&self, answer: &Answer, generation: i64) -> Plan {
+        let f = self.facts;
+        match answer {
+            Answer::Accepted { msgid } => self.plan(Outcome::Ack, Some(Finish::sent(*msgid))),
+            Answer::NotSent { error } => self.counted(None, error, Duration::ZERO, false),
+            Answer::Unknown { error } if f.api == Api::Subscribe => {
+                let error = format!(
+                    "{error}; WeChat may have delivered it and subscribe messages have no client_msg_id dedup, so it is not resent"
+                );
+                self.dead(DeadReason::Ambiguous, None, &error, true, true)
+            }
+            Answer::Unknown { error } => self.counted(None, error, Duration::ZERO, true),
+            Answer::Refused { errcode, errmsg } => {
+                let code = Some(*errcode);
+                let error = format!("WeChat errcode {errcode}: {errmsg}");
+                match classify_send(*errcode) {
+                    // Always replace the token (if still current), whatever this message does
+                    // next: skipping it would leave a revoked token in use for everyone.
+                    ErrorClass::Token if f.token_requeues < self.policy.token_requeues => Plan {
+                        replace_token: Some(generation),
+                        ..self.plan(Outcome::Requeue, Some(Finish::retrying(code, &error)))
+                    },
+                    ErrorClass::Token => Plan {
+                        replace_token: Some(generation),
+                        ..self.counted(code, &error, Duration::ZERO, false)
+                    },
+                    ErrorClass::Transient => self.counted(code, &error, Duration::ZERO, false),
+                    ErrorClass::MinuteQuota => self.counted(code, &error, self.policy.minute_quota_delay, false),
+                    ErrorClass::DailyQuota => self.uncounted(self.policy.daily_quota_delay, code, &error),
+                    ErrorClass::Permanent => self.dead(DeadReason::PermanentError, code, &error, true, false),
+                }
+            }
+        }
+    }
+
+    /// The dead-letter publish failed: hand the claim back (keeping the attempt and any doubt)
+    /// and the message to the broker; its next delivery decides again.
+    fn dead_letter_failed(&self, failed: &Plan) -> Plan {
+        let finish = failed.finish.as_ref().map(|f| Finish {
+            in_doubt: f.in_doubt,
+            ..Finish::retrying(f.errcode, f.error.as_deref().unwrap_or("dead-letter publish failed"))
+        });
+        Plan {
+            outcome: Outcome::Release,
+            finish,
+            replace_token: failed.replace_token,
+            attempts: self.facts.failed_before,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

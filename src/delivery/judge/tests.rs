@@ -1,0 +1,356 @@
+//! The fate table: errcode class × attempts × doubt × age against the window × template or
+//! subscribe × replay, with no services.
+
+use std::time::Duration;
+
+use super::*;
+
+fn policy() -> RetryPolicy {
+    RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(300))
+}
+
+fn facts(api: Api) -> Facts {
+    Facts {
+        api,
+        failed_before: 0,
+        token_requeues: 0,
+        redeliveries: 0,
+        in_doubt_for: None,
+        render_error: None,
+        now: "2026-11-22T08:00:00Z".parse().unwrap(),
+    }
+}
+
+fn done(v: Option<Plan>) -> Plan {
+    v.expect("expected a plan, not a send")
+}
+
+fn answered(f: &Facts, answer: Answer) -> Plan {
+    judge(
+        f,
+        Step::Answered {
+            answer: &answer,
+            generation: 7,
+        },
+        &policy(),
+    )
+}
+
+fn refused(f: &Facts, errcode: i64) -> Plan {
+    answered(
+        f,
+        Answer::Refused {
+            errcode,
+            errmsg: "x rid: 1".into(),
+        },
+    )
+}
+
+fn reason(p: &Plan) -> Option<DeadReason> {
+    match &p.outcome {
+        Outcome::DeadLetter(d) => Some(d.reason),
+        _ => None,
+    }
+}
+
+#[test]
+fn accepted_is_acked_and_recorded_sent_with_its_msgid() {
+    for api in [Api::Template, Api::Subscribe] {
+        let p = answered(&facts(api), Answer::Accepted { msgid: Some(i64::MAX) });
+        assert_eq!(p.outcome, Outcome::Ack);
+        assert_eq!(p.finish, Some(Finish::sent(Some(i64::MAX))));
+        assert_eq!(p.replace_token, None);
+    }
+}
+
+#[test]
+fn every_errcode_class_has_its_reaction_for_each_attempt() {
+    let p = policy();
+    for failed_before in 0..p.max_attempts {
+        let last = failed_before + 1 == p.max_attempts;
+        let f = Facts {
+            failed_before,
+            ..facts(Api::Template)
+        };
+        // Transient (-1) and minute quota (45011): counted; the last one is exhausted.
+        for code in [-1, 45011] {
+            let plan = refused(&f, code);
+            assert_eq!(plan.attempts, failed_before + 1, "{code}");
+            if last {
+                assert_eq!(reason(&plan), Some(DeadReason::RetriesExhausted), "{code}");
+                assert_eq!(plan.finish.as_ref().unwrap().status, crate::ledger::Status::Dead);
+            } else {
+                match plan.outcome {
+                    Outcome::RetryLater { delay } if code == 45011 => assert!(delay >= Duration::from_secs(60)),
+                    Outcome::RetryLater { .. } => {}
+                    ref o => panic!("{code}: {o:?}"),
+                }
+            }
+        }
+        // Daily quota: waits, never counted, never exhausted.
+        let plan = refused(&f, 45009);
+        assert_eq!(
+            plan.outcome,
+            Outcome::RetryLater {
+                delay: p.daily_quota_delay
+            }
+        );
+        assert_eq!(plan.attempts, failed_before);
+        // Permanent: dead at once with its errcode, whatever the attempt.
+        for code in [41001, 40003, 40037, 43004, 43101, 47003, 48001, 50002] {
+            let plan = refused(&f, code);
+            match &plan.outcome {
+                Outcome::DeadLetter(d) => {
+                    assert_eq!(d.reason, DeadReason::PermanentError);
+                    assert_eq!(d.errcode, Some(code));
+                }
+                o => panic!("{code}: {o:?}"),
+            }
+            assert_eq!(
+                plan.finish.as_ref().unwrap().dead_reason,
+                Some(DeadReason::PermanentError)
+            );
+        }
+    }
+}
+
+#[test]
+fn a_rejected_token_is_replaced_and_the_message_requeued_twice_then_it_waits() {
+    let p = policy();
+    for code in [40001, 40014, 42001] {
+        for token_requeues in 0..5 {
+            let f = Facts {
+                token_requeues,
+                failed_before: 3,
+                ..facts(Api::Template)
+            };
+            let plan = refused(&f, code);
+            // The rule fixed in 6f396a0: the token is replaced on every rejection.
+            assert_eq!(plan.replace_token, Some(7), "{code} after {token_requeues} requeues");
+            if token_requeues < p.token_requeues {
+                assert_eq!(plan.outcome, Outcome::Requeue);
+                assert_eq!(plan.attempts, 3, "a requeue uses no attempt");
+            } else {
+                assert!(matches!(plan.outcome, Outcome::RetryLater { .. }), "{:?}", plan.outcome);
+                assert_eq!(plan.attempts, 4);
+            }
+        }
+    }
+}
+
+#[test]
+fn unknown_outcome_template_retries_in_doubt_subscribe_is_ambiguous_at_once() {
+    let unknown = Answer::Unknown {
+        error: "timed out".into(),
+    };
+    let t = answered(&facts(Api::Template), unknown.clone());
+    assert!(matches!(t.outcome, Outcome::RetryLater { .. }));
+    assert!(t.finish.unwrap().in_doubt);
+
+    let s = answered(&facts(Api::Subscribe), unknown);
+    assert_eq!(reason(&s), Some(DeadReason::Ambiguous));
+    assert!(s.finish.unwrap().in_doubt, "the dead row keeps its doubt");
+
+    // Never sent at all: a plain transient failure, no doubt, for both.
+    for api in [Api::Template, Api::Subscribe] {
+        let n = answered(
+            &facts(api),
+            Answer::NotSent {
+                error: "refused".into(),
+            },
+        );
+        assert!(matches!(n.outcome, Outcome::RetryLater { .. }));
+        assert!(!n.finish.unwrap().in_doubt);
+    }
+}
+
+#[test]
+fn doubt_against_the_window_for_each_api() {
+    let p = policy();
+    let ages = [
+        Duration::ZERO,
+        Duration::from_secs(60),
+        p.dedup_window,
+        p.dedup_window + Duration::from_secs(1),
+        Duration::from_secs(3600),
+    ];
+    for step_claimed in [true, false] {
+        for age in ages {
+            for api in [Api::Template, Api::Subscribe] {
+                let f = Facts {
+                    in_doubt_for: Some(age),
+                    ..facts(api)
+                };
+                let v = if step_claimed {
+                    stop_before_send(&f, Gate::Claimed(&ClaimSeen::Owned), &p)
+                } else {
+                    stop_before_send(&f, Gate::BeforeSend, &p)
+                };
+                let resend = api == Api::Template && age <= p.dedup_window;
+                if resend {
+                    assert_eq!(v, None, "{api:?} {age:?}");
+                } else {
+                    let plan = done(v);
+                    assert_eq!(reason(&plan), Some(DeadReason::Ambiguous), "{api:?} {age:?}");
+                    assert_eq!(plan.finish.unwrap().status, crate::ledger::Status::Dead);
+                }
+            }
+        }
+    }
+    // Not in doubt: send, for both.
+    for api in [Api::Template, Api::Subscribe] {
+        assert_eq!(stop_before_send(&facts(api), Gate::BeforeSend, &p), None);
+    }
+}
+
+#[test]
+fn replays_reopen_but_only_ambiguous_by_name_clears_the_doubt() {
+    assert_eq!(
+        reopen(None),
+        Reopen::No,
+        "a forged replay header is an ordinary duplicate"
+    );
+    assert_eq!(reopen(Some(("ambiguous", Some("ambiguous")))), Reopen::ClearDoubt);
+    assert_eq!(reopen(Some(("ambiguous", None))), Reopen::KeepDoubt, "--all");
+    assert_eq!(reopen(Some(("retries_exhausted", None))), Reopen::KeepDoubt);
+    assert_eq!(
+        reopen(Some(("retries_exhausted", Some("retries_exhausted")))),
+        Reopen::KeepDoubt
+    );
+}
+
+#[test]
+fn claim_results() {
+    let p = policy();
+    let f = facts(Api::Template);
+    assert_eq!(stop_before_send(&f, Gate::Claimed(&ClaimSeen::Owned), &p), None);
+    let fin = done(stop_before_send(&f, Gate::Claimed(&ClaimSeen::Final), &p));
+    assert_eq!((fin.outcome, fin.finish), (Outcome::Ack, None));
+    let held = done(stop_before_send(&f, Gate::Claimed(&ClaimSeen::Held), &p));
+    assert_eq!(held.outcome, Outcome::RetryLater { delay: p.hold_delay });
+    assert_eq!((held.finish, held.attempts), (None, 0), "a held copy uses no attempt");
+    let refused = done(stop_before_send(
+        &f,
+        Gate::Claimed(&ClaimSeen::Refused("0x00".into())),
+        &p,
+    ));
+    assert_eq!(reason(&refused), Some(DeadReason::InvalidEvent));
+    assert_eq!(refused.finish, None);
+}
+
+#[test]
+fn a_retry_copy_that_no_longer_renders_ends_dead_with_its_row() {
+    let f = Facts {
+        render_error: Some("template #1: thing1: too long".into()),
+        failed_before: 2,
+        ..facts(Api::Template)
+    };
+    let plan = done(stop_before_send(&f, Gate::Claimed(&ClaimSeen::Owned), &policy()));
+    assert_eq!(reason(&plan), Some(DeadReason::RenderFailed));
+    assert_eq!(plan.finish.unwrap().dead_reason, Some(DeadReason::RenderFailed));
+}
+
+#[test]
+fn a_message_at_the_delivery_limit_ends_dead_with_its_row() {
+    let p = policy();
+    let f = Facts {
+        redeliveries: p.delivery_limit - 1,
+        ..facts(Api::Template)
+    };
+    let plan = done(stop_before_send(&f, Gate::Claimed(&ClaimSeen::Owned), &p));
+    assert_eq!(reason(&plan), Some(DeadReason::DeliveryLimit));
+    assert!(plan.finish.is_some());
+    let below = Facts {
+        redeliveries: p.delivery_limit - 2,
+        ..facts(Api::Template)
+    };
+    assert_eq!(stop_before_send(&below, Gate::Claimed(&ClaimSeen::Owned), &p), None);
+}
+
+#[test]
+fn no_token_database_and_daily_quota_use_no_attempt() {
+    let p = policy();
+    let f = Facts {
+        failed_before: 7,
+        ..facts(Api::Template)
+    };
+    let db = judge(&f, Step::NoToken(&TokenError::Db("down".into())), &p);
+    assert!(matches!(db.outcome, Outcome::RetryLater { .. }));
+    assert_eq!(db.attempts, 7);
+    let quota = TokenError::DailyQuota {
+        app_id: "wx1".into(),
+        until: f.now + chrono::TimeDelta::hours(3),
+    };
+    let q = judge(&f, Step::NoToken(&quota), &p);
+    assert_eq!(
+        q.outcome,
+        Outcome::RetryLater {
+            delay: p.daily_quota_delay
+        }
+    );
+    assert_eq!(q.attempts, 7);
+    // Transient token trouble counts, and the last attempt is exhausted.
+    let t = TokenError::Transient {
+        app_id: "wx1".into(),
+        message: "-1".into(),
+    };
+    assert_eq!(
+        reason(&judge(&f, Step::NoToken(&t), &p)),
+        Some(DeadReason::RetriesExhausted)
+    );
+    // A credentials block waits until it ends (at least 30 s), counted.
+    let blocked = TokenError::Blocked {
+        app_id: "wx1".into(),
+        reason: "credentials rejected".into(),
+        until: f.now + chrono::TimeDelta::seconds(300),
+        credentials: true,
+    };
+    let b = judge(
+        &Facts {
+            failed_before: 0,
+            ..f.clone()
+        },
+        Step::NoToken(&blocked),
+        &p,
+    );
+    match b.outcome {
+        Outcome::RetryLater { delay } => assert!(delay >= Duration::from_secs(300)),
+        o => panic!("{o:?}"),
+    }
+    assert_eq!(b.attempts, 1);
+}
+
+#[test]
+fn a_failed_dead_letter_publish_hands_back_the_claim_keeping_attempt_and_doubt() {
+    let p = policy();
+    let f = facts(Api::Subscribe);
+    let dead = answered(
+        &f,
+        Answer::Unknown {
+            error: "timed out".into(),
+        },
+    );
+    let back = judge(&f, Step::DeadLetterFailed(&dead), &p);
+    assert_eq!(back.outcome, Outcome::Release);
+    let finish = back.finish.unwrap();
+    assert_eq!(finish.status, crate::ledger::Status::Retrying);
+    assert!(finish.in_doubt, "the released claim stays in doubt");
+    assert_eq!(back.attempts, f.failed_before);
+    // An early reject has no row: nothing to record, the message goes back.
+    let early = reject(DeadReason::InvalidEvent, "not JSON", 0);
+    let back = judge(&f, Step::DeadLetterFailed(&early), &p);
+    assert_eq!((back.outcome, back.finish), (Outcome::Release, None));
+}
+
+#[test]
+fn dead_letter_errors_are_one_bounded_line() {
+    let long = format!("a\nb\0c{}", "é".repeat(2000));
+    let plan = reject(DeadReason::InvalidEvent, &long, 0);
+    match plan.outcome {
+        Outcome::DeadLetter(d) => {
+            assert!(!d.error.contains(['\n', '\0']));
+            assert_eq!(d.error.chars().count(), crate::outcome::ERROR_TEXT_MAX);
+        }
+        o => panic!("{o:?}"),
+    }
+}

@@ -1,0 +1,279 @@
+//! One message's trip: [`intake`] → claim → token → send → [`judge`] → [`carry_out`].
+//!
+//! `deliver` is the whole pipeline. Intake and the judge are pure; the steps between them do the
+//! I/O (claim in the ledger, the shared token, the HTTP send) and ask the judge at each gate;
+//! carry-out is the only code that touches the broker for a message. Every log line of a trip
+//! carries its span: event id, delivery key, attempt.
+
+pub(crate) mod carry_out;
+pub(crate) mod intake;
+pub(crate) mod judge;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::Utc;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::admin::Health;
+use crate::ledger::{AttemptRecord, Claim, ClaimRequest, Ledger};
+use crate::outcome::Plan;
+use crate::queue::{Publisher, Topology};
+use crate::retry::RetryPolicy;
+use crate::token::{AccessToken, TokenProvider};
+use crate::wechat::{SendError, SendReply, WechatClient};
+use intake::{Delivery, Intake, Meta, Rules};
+use judge::{Answer, ClaimSeen, Facts, Gate, Reopen, Step};
+
+/// What every trip shares, fixed for the worker's life.
+pub(crate) struct Context {
+    pub rules: Rules,
+    pub policy: RetryPolicy,
+    pub topology: Topology,
+    pub ledger: Ledger,
+    pub tokens: TokenProvider,
+    pub wechat: WechatClient,
+    pub health: Arc<Health>,
+    /// Fires when the grace period is over: stop waiting for the database.
+    pub hard_stop: CancellationToken,
+}
+
+/// The broker side of one session, for carry-out.
+#[derive(Clone)]
+pub(crate) struct Session {
+    pub publisher: Publisher,
+    /// Cancelled when a publish failed: the session is rebuilt (channels, topology, consumer).
+    pub broken: CancellationToken,
+}
+
+/// The worker is stopping while the database is unreachable: leave the message unacked; the
+/// broker hands it out again.
+#[derive(Debug)]
+pub(crate) struct Abandoned;
+
+/// What the trip gathered that carry-out needs besides the plan.
+#[derive(Default)]
+pub(crate) struct Trip {
+    pub event_id: Option<String>,
+    /// The claimed delivery's row.
+    pub delivery_id: Option<i64>,
+    pub attempt: Option<AttemptRecord>,
+    /// The token the send used (a rejected one is replaced).
+    pub token: Option<AccessToken>,
+    /// What the judge knew, to ask it again when carrying out fails.
+    pub facts: Option<Facts>,
+}
+
+/// Takes one message from consume to ack.
+pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::message::Delivery) {
+    let meta = Meta::read(&msg.properties);
+    let span = tracing::info_span!(
+        "delivery",
+        event_id = tracing::field::Empty,
+        template = tracing::field::Empty,
+        openid = tracing::field::Empty,
+        attempt = meta.failed_before,
+        redelivered = msg.redelivered,
+    );
+    async {
+        let mut trip = Trip::default();
+        let plan = match intake::intake(&msg.data, &ctx.rules) {
+            Intake::Reject {
+                reason,
+                error,
+                event_id,
+            } => {
+                if let Some(id) = &event_id {
+                    tracing::Span::current().record("event_id", id.as_str());
+                }
+                trip.event_id = event_id;
+                judge::reject(reason, &error, meta.failed_before)
+            }
+            Intake::Deliver(d) => {
+                let span = tracing::Span::current();
+                span.record("event_id", d.key.event_id.as_str());
+                span.record("template", d.key.template_id.as_str());
+                span.record("openid", d.key.openid.as_str());
+                trip.event_id = Some(d.key.event_id.clone());
+                match decide(ctx, &d, &meta, &mut trip).await {
+                    Ok(plan) => plan,
+                    Err(Abandoned) => return,
+                }
+            }
+        };
+        let _ = carry_out::carry_out(ctx, session, msg, &meta, plan, trip).await;
+    }
+    .instrument(span)
+    .await
+}
+
+/// Claim, token, send, each gate asked of the judge: the plan for this delivery.
+async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Result<Plan, Abandoned> {
+    let mut facts = Facts {
+        api: d.api,
+        failed_before: meta.failed_before,
+        token_requeues: meta.token_requeues,
+        redeliveries: meta.redeliveries,
+        in_doubt_for: None,
+        render_error: d.message.as_ref().err().cloned(),
+        now: Utc::now(),
+    };
+    let reopen = match &meta.replay_id {
+        None => Reopen::No,
+        Some(replay_id) => {
+            let row = with_db(ctx, "look up the replay", || {
+                ctx.ledger.replay_row(replay_id, &d.key.event_id)
+            })
+            .await?;
+            judge::reopen(row.as_ref().map(|(reason, by)| (reason.as_str(), by.as_deref())))
+        }
+    };
+    let request = ClaimRequest {
+        key: &d.key,
+        event_type: &d.event.event_type,
+        app_id: &d.app_id,
+        occurred_at: d.event.occurred.with_timezone(&Utc),
+        client_msg_id: &d.client_msg_id,
+        reopen,
+    };
+    let claim = with_db(ctx, "claim", || async {
+        match ctx.ledger.claim(&request).await {
+            Err(e) if e.is_data_error() => Ok(Err(e.to_string())),
+            other => other.map(Ok),
+        }
+    })
+    .await?;
+    let claimed_at = Instant::now();
+    let (seen, claimed) = match claim {
+        Ok(Claim::Owned(c)) => (ClaimSeen::Owned, Some(c)),
+        Ok(Claim::AlreadyFinal { status }) => {
+            metrics::counter!("wxnotify_duplicates_total", "status" => status.as_str()).increment(1);
+            (ClaimSeen::Final, None)
+        }
+        Ok(Claim::HeldElsewhere) => {
+            metrics::counter!("wxnotify_duplicates_total", "status" => "held").increment(1);
+            (ClaimSeen::Held, None)
+        }
+        Err(refused) => (ClaimSeen::Refused(refused), None),
+    };
+    // How long the doubt has lasted, by the database's clock: its time at the claim plus the
+    // time since, on this process's monotonic clock.
+    let doubt = |c: &crate::ledger::Claimed| {
+        c.in_doubt_since
+            .map(|since| (c.now - since).to_std().unwrap_or_default() + claimed_at.elapsed())
+    };
+    facts.in_doubt_for = claimed.as_ref().and_then(doubt);
+    trip.delivery_id = claimed.as_ref().map(|c| c.id);
+    trip.facts = Some(facts.clone());
+    if let Some(plan) = judge::stop_before_send(&facts, Gate::Claimed(&seen), &ctx.policy) {
+        return Ok(plan);
+    }
+    let (Some(claimed), Ok(message)) = (claimed, &d.message) else {
+        unreachable!("the judge lets only an owned, rendered delivery through");
+    };
+    if facts.in_doubt_for.is_some() {
+        tracing::info!("resending a delivery whose earlier send is in doubt; WeChat drops it if it arrived");
+    }
+
+    let token = match ctx.tokens.get(&d.app_id).await {
+        Ok(t) => t,
+        Err(e) => return Ok(judge::judge(&facts, Step::NoToken(&e), &ctx.policy)),
+    };
+    // The token wait may have been long: the window is checked again right before the send.
+    facts.in_doubt_for = doubt(&claimed);
+    facts.now = Utc::now();
+    trip.facts = Some(facts.clone());
+    if let Some(plan) = judge::stop_before_send(&facts, Gate::BeforeSend, &ctx.policy) {
+        return Ok(plan);
+    }
+
+    let started_at = Utc::now();
+    let started = Instant::now();
+    let reply = ctx.wechat.send(message, token.secret()).await;
+    let elapsed = started.elapsed();
+    metrics::histogram!("wxnotify_send_seconds").record(elapsed.as_secs_f64());
+    let answer = answer(&reply);
+    metrics::counter!("wxnotify_sends_total", "result" => answer_label(&answer)).increment(1);
+    trip.attempt = Some(attempt_record(&reply, started, started_at, elapsed));
+    let generation = token.generation;
+    trip.token = Some(token);
+    Ok(judge::judge(
+        &facts,
+        Step::Answered {
+            answer: &answer,
+            generation,
+        },
+        &ctx.policy,
+    ))
+}
+
+fn answer(reply: &Result<SendReply, SendError>) -> Answer {
+    match reply {
+        Ok(r) if r.errcode == 0 => Answer::Accepted { msgid: r.msgid },
+        Ok(r) => Answer::Refused {
+            errcode: r.errcode,
+            errmsg: r.errmsg.clone(),
+        },
+        Err(e) if e.maybe_delivered() => Answer::Unknown { error: e.to_string() },
+        Err(e) => Answer::NotSent { error: e.to_string() },
+    }
+}
+
+fn answer_label(answer: &Answer) -> &'static str {
+    match answer {
+        Answer::Accepted { .. } => "ok",
+        Answer::Refused { .. } => "errcode",
+        Answer::NotSent { .. } | Answer::Unknown { .. } => "transport",
+    }
+}
+
+fn attempt_record(
+    reply: &Result<SendReply, SendError>,
+    started: Instant,
+    started_at: chrono::DateTime<Utc>,
+    elapsed: Duration,
+) -> AttemptRecord {
+    let (http_status, errcode, errmsg) = match reply {
+        Ok(r) => (Some(i32::from(r.http_status)), Some(r.errcode), Some(r.errmsg.clone())),
+        Err(e) => (e.http_status().map(i32::from), None, Some(e.to_string())),
+    };
+    AttemptRecord {
+        started,
+        started_at,
+        duration_ms: elapsed.as_millis().min(i32::MAX as u128) as i32,
+        http_status,
+        errcode,
+        errmsg,
+    }
+}
+
+/// Retries a database call until it works or the worker must stop. A database outage stalls
+/// deliveries (unacked, bounded by the prefetch) instead of losing or dead-lettering them.
+/// Per-row data errors never come here as errors: the caller turns them into a verdict.
+pub(crate) async fn with_db<T, E, F, Fut>(ctx: &Context, what: &str, mut op: F) -> Result<T, Abandoned>
+where
+    E: std::fmt::Display,
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, E>>,
+{
+    let mut delay = Duration::from_millis(100);
+    loop {
+        match op().await {
+            Ok(v) => {
+                ctx.health.set_db(true);
+                return Ok(v);
+            }
+            Err(e) => {
+                ctx.health.set_db(false);
+                metrics::counter!("wxnotify_db_errors_total").increment(1);
+                tracing::warn!(error = %e, what, retry_in_ms = delay.as_millis() as u64, "database call failed; retrying");
+                tokio::select! {
+                    _ = ctx.hard_stop.cancelled() => return Err(Abandoned),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(5));
+            }
+        }
+    }
+}
