@@ -67,6 +67,12 @@ pub struct WorkerOpts {
     pub max_attempts: u32,
     pub token_margin_secs: u64,
     pub retry_base_secs: f64,
+    pub http_timeout_secs: f64,
+    pub shutdown_grace_secs: f64,
+    /// Another database URL (e.g. through a proxy the test can cut).
+    pub database_url: Option<String>,
+    /// Another templates file.
+    pub templates: Option<PathBuf>,
 }
 
 impl Default for WorkerOpts {
@@ -78,6 +84,10 @@ impl Default for WorkerOpts {
             max_attempts: 8,
             token_margin_secs: 180,
             retry_base_secs: 0.2,
+            http_timeout_secs: 5.0,
+            shutdown_grace_secs: 10.0,
+            database_url: None,
+            templates: None,
         }
     }
 }
@@ -120,7 +130,7 @@ impl TestEnv {
     pub fn worker_args(&self, opts: &WorkerOpts) -> WorkerArgs {
         WorkerArgs {
             db: DbArgs {
-                database_url: self.db_url.clone(),
+                database_url: opts.database_url.clone().unwrap_or_else(|| self.db_url.clone()),
             },
             amqp: AmqpArgs {
                 amqp_url: amqp_url(),
@@ -132,16 +142,16 @@ impl TestEnv {
             wechat_app_id: Some(APP_ID.into()),
             wechat_app_secret: Some(opts.secret.clone()),
             wechat_token_api: opts.token_api,
-            templates: self.templates.clone(),
+            templates: opts.templates.clone().unwrap_or_else(|| self.templates.clone()),
             prefetch: (opts.concurrency * 2) as u16,
             concurrency: opts.concurrency,
             max_attempts: opts.max_attempts,
             retry_base_secs: opts.retry_base_secs,
             retry_max_secs: 2.0,
             admin_addr: "127.0.0.1:0".parse().unwrap(),
-            http_timeout_secs: 5.0,
+            http_timeout_secs: opts.http_timeout_secs,
             token_refresh_margin_secs: opts.token_margin_secs,
-            shutdown_grace_secs: 10.0,
+            shutdown_grace_secs: opts.shutdown_grace_secs,
             db_pool: 8,
             max_body_bytes: 65536,
         }
@@ -195,6 +205,11 @@ impl TestEnv {
             .publish(&self.topology.exchange, routing_key, body, props)
             .await
             .expect("publish");
+    }
+
+    /// Straight into `queue` (the default exchange), with the given properties.
+    pub async fn publish_to_queue(&self, queue: &str, body: &[u8], props: BasicProperties) {
+        self.publisher.publish("", queue, body, props).await.expect("publish");
     }
 
     pub async fn publish(&self, event: &serde_json::Value) {

@@ -6,6 +6,8 @@ mod delivery;
 mod dlq;
 mod faults;
 mod helpers;
+mod holes;
+mod proxy;
 mod report;
 mod secrets;
 mod tokens;
