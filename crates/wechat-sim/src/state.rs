@@ -9,7 +9,7 @@ use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::wechat::keywords;
+use wxnotify::wechat::keywords;
 
 /// Faults to inject; every field optional in the `/sim/faults` body (missing = unchanged).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -448,3 +448,4 @@ impl SimState {
         }
     }
 }
+
