@@ -29,8 +29,8 @@ use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, Queu
 use lapin::types::FieldTable;
 use secrecy::SecretString;
 use sqlx::PgPool;
+use wechat_sim::{Faults, Sim, SimConfig};
 use wxnotify::queue::{self, Publisher, Topology};
-use wxnotify::sim::{Faults, Sim, SimConfig};
 
 use common::{APP_ID, APP_SECRET, amqp_url, event, fresh_database, worker_env};
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite on a real RabbitMQ and a real Postgres (started here if needed).
-#   scripts/test.sh            fmt check, clippy, unit + integration tests
+#   scripts/test.sh            fmt check, clippy, unit + integration tests (wxnotify and crates/wechat-sim)
 # Each test makes its own database and random queue names, so tests run in parallel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,9 +11,9 @@ su postgres -c "psql -qAt -c \"select datname from pg_database where datname lik
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --all-targets --locked -- -D warnings
+cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
-cargo test --locked --all-targets -- --test-threads "${TEST_THREADS:-4}"
+cargo test --workspace --locked --all-targets -- --test-threads "${TEST_THREADS:-4}"
 # Last and alone: it restarts RabbitMQ and Postgres under three worker processes.
 echo "== chaos test"
 scripts/chaos.sh 1

@@ -19,7 +19,6 @@
 //! - [`outcome`]: the one enum that decides a message's fate; [`worker`] only carries it out.
 //! - [`queue`]: topology, our headers, a publisher with confirms.
 //! - [`ops`]: the `publish`, `dlq` and `report` commands.
-//! - [`sim`]: the WeChat API simulator (`wechat-sim`), used by the tests and the demo stack.
 //! - [`config`], [`telemetry`], [`admin`], [`db`], [`shutdown`]: the service around it.
 
 pub mod admin;
@@ -34,7 +33,6 @@ pub mod outcome;
 pub mod queue;
 pub mod retry;
 pub mod shutdown;
-pub mod sim;
 pub mod telemetry;
 pub mod template;
 pub mod token;

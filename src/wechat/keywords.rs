@@ -1,7 +1,7 @@
 //! WeChat's keyword rules (WECHAT_API.md): each `data` key is a type plus a number (`thing1`,
 //! `car_number4`), and its value must fit the type. Used twice, deliberately by the same code:
-//! by the renderer, which refuses what WeChat would refuse (`render_failed`), and by the simulator,
-//! which answers `47003` like WeChat does.
+//! by the renderer, which refuses what WeChat would refuse (`render_failed`), and by the simulator
+//! (`crates/wechat-sim`), which answers `47003` like WeChat does; keep this module `pub` for it.
 
 use std::fmt;
 

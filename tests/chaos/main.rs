@@ -27,8 +27,8 @@ use lapin::types::FieldTable;
 use secrecy::SecretString;
 use sqlx::{PgPool, Row};
 use tokio::time::Instant;
+use wechat_sim::{Faults, Sim, SimConfig};
 use wxnotify::queue::{self, Topology, headers};
-use wxnotify::sim::{Faults, Sim, SimConfig};
 
 use common::{APP_ID, APP_SECRET, Taken, amqp_url, fresh_database, take_all, worker_env};
 use fleet::{Fleet, queue_depths, services};

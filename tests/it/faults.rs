@@ -8,9 +8,9 @@ use std::time::Duration;
 use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use lapin::types::AMQPValue;
 use secrecy::SecretString;
+use wechat_sim::{Faults, SimConfig};
 use wxnotify::event::DeliveryKey;
 use wxnotify::ops::dlq::{self, ReplayFilter};
-use wxnotify::sim::{Faults, SimConfig};
 
 use crate::helpers::{APP_ID, TestEnv, WorkerOpts, event, wait_for};
 
@@ -54,7 +54,7 @@ async fn a_worker_killed_after_wechat_accepted_is_taken_over_and_wechat_drops_th
         "the killed worker never learnt the answer"
     );
 
-    env.sim.patch_faults(wxnotify::sim::FaultsPatch {
+    env.sim.patch_faults(wechat_sim::FaultsPatch {
         latency_ms: Some(0),
         ..Default::default()
     });

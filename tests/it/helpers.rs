@@ -13,10 +13,10 @@ use secrecy::SecretString;
 use sqlx::{PgPool, Row};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use wechat_sim::{Sim, SimConfig};
 use wxnotify::admin::Health;
 use wxnotify::config::{AmqpArgs, DbArgs, WorkerArgs};
 use wxnotify::queue::{self, Publisher, Topology};
-use wxnotify::sim::{Sim, SimConfig};
 use wxnotify::wechat::TokenApi;
 use wxnotify::worker::{Worker, WorkerError};
 

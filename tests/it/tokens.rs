@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use wxnotify::sim::{FaultsPatch, SimConfig};
+use wechat_sim::{FaultsPatch, SimConfig};
 use wxnotify::wechat::TokenApi;
 use wxnotify::worker::WorkerError;
 

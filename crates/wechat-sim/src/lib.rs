@@ -1,7 +1,8 @@
 //! `wechat-sim`: a WeChat server API simulator faithful to WECHAT_API.md, for the tests and the
 //! demo stack. HTTP 200 with `{errcode, errmsg}` bodies (`errmsg` ends with a request id), tokens
 //! only from the query string, token overlap and rotation, stable-token rules, keyword rules,
-//! `client_msg_id` dedup, quotas, unknown templates, unsubscribed users, and injected faults.
+//! `client_msg_id` dedup of template sends (never of subscribe sends), quotas, unknown templates,
+//! unsubscribed users, and injected faults.
 //!
 //! Inspection and control for tests and people (not part of WeChat):
 //! `GET /sim/messages`, `GET /sim/stats`, `POST /sim/faults` (partial JSON), `POST /sim/rotate?appid=`,

@@ -1,11 +1,12 @@
-//! `wechat-sim`: the WeChat API simulator (see `wxnotify::sim`), for the demo stack and by hand.
+//! `wechat-sim`: the WeChat API simulator (the `wechat_sim` library) over HTTP, for the demo stack
+//! and by hand.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use wxnotify::sim::{Faults, Sim, SimConfig};
+use wechat_sim::{Faults, Sim, SimConfig};
 
 #[derive(Debug, Parser)]
 #[command(

@@ -1,5 +1,6 @@
 //! The simulator's model of WeChat: apps, tokens (classic and stable, with their overlap rules),
-//! accepted messages, `client_msg_id` dedup, quotas, users, and injected faults.
+//! accepted messages, template `client_msg_id` dedup (subscribe sends have none), quotas, users, and
+//! injected faults.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -9,7 +10,7 @@ use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::wechat::keywords;
+use wxnotify::wechat::keywords;
 
 /// Faults to inject; every field optional in the `/sim/faults` body (missing = unchanged).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -106,7 +107,7 @@ pub struct Stats {
     /// Sends that reached the token check.
     pub send_requests: u64,
     pub accepted: u64,
-    /// Resends dropped by client_msg_id dedup (answered like a success).
+    /// Template resends dropped by client_msg_id dedup (answered like a success).
     pub deduplicated: u64,
     pub rotations: u64,
     /// errcode → how often it was answered (token and send APIs).
@@ -382,7 +383,9 @@ impl SimState {
             return self.count_error(43004, "require subscribe");
         }
         let now = Instant::now();
-        let client_msg_id = s("client_msg_id").filter(|c| !c.is_empty());
+        // Only template send has a client_msg_id: subscribe send ignores one, so WeChat does not
+        // deduplicate subscribe messages and a resend reaches the user again.
+        let client_msg_id = s("client_msg_id").filter(|c| api == "template" && !c.is_empty());
         if let Some(cmid) = &client_msg_id
             && let Some((msgid, at)) = self.dedup.get(&(touser.clone(), cmid.clone())).copied()
             && now.duration_since(at) < Duration::from_secs(600)
@@ -446,5 +449,56 @@ impl SimState {
         if let Some(v) = p.daily_quota {
             f.daily_quota = v;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Sends the same message (same openid and client_msg_id) twice through `api`; the msgids.
+    fn send_twice(api: &str) -> (SimState, Vec<i64>) {
+        let mut sim = SimState::new(SimConfig::default());
+        let (_, token) = sim.classic_token(
+            Some("client_credential"),
+            Some("wx1111111111111111"),
+            Some("sim-secret"),
+        );
+        let token = token["access_token"].as_str().expect("a token").to_string();
+        let body = json!({
+            "touser": "oResend",
+            "template_id": "TPL",
+            "client_msg_id": "wxn-same",
+            "data": { "thing1": { "value": "精洗套餐" } },
+        })
+        .to_string();
+        let msgids = (0..2)
+            .map(|_| {
+                let (status, reply) = sim.send(api, Some(&token), body.as_bytes());
+                assert_eq!((status, reply["errcode"].as_i64()), (200, Some(0)), "{reply}");
+                reply["msgid"].as_i64().expect("a msgid")
+            })
+            .collect();
+        (sim, msgids)
+    }
+
+    #[test]
+    fn a_subscribe_resend_with_the_same_client_msg_id_is_accepted_again() {
+        let (sim, msgids) = send_twice("subscribe");
+        assert_ne!(msgids[0], msgids[1], "two messages");
+        assert_eq!(sim.stats.accepted, 2);
+        assert_eq!(sim.stats.deduplicated, 0);
+        assert!(
+            sim.messages.iter().all(|m| m.client_msg_id.is_none()),
+            "ignored on subscribe"
+        );
+    }
+
+    #[test]
+    fn a_template_resend_with_the_same_client_msg_id_is_dropped() {
+        let (sim, msgids) = send_twice("template");
+        assert_eq!(msgids[0], msgids[1], "the first message's msgid, answered again");
+        assert_eq!(sim.stats.accepted, 1);
+        assert_eq!(sim.stats.deduplicated, 1);
     }
 }
