@@ -16,17 +16,28 @@
 //! Tokens are replaced `margin` before they expire (default 180 s: longer than a slow send plus
 //! clock skew, and inside the stable API's last five minutes, when a non-forced call already
 //! returns the next token; the old one keeps working meanwhile).
+//!
+//! Failures are single-flight too. A transient failure of the token API (-1, HTTP 5xx, timeout)
+//! is recorded in the app's row (`failures_in_row`, `backoff_until`: 1 s, doubling up to 30 s,
+//! reset by a success) and cached in the process: every task and process waiting for a token
+//! shares that failure until the backoff ends, so an outage costs one call per backoff period,
+//! not one per waiting task. Meanwhile a token past its refresh time but not yet expired is
+//! still used. A credentials block holds only for workers with the secret WeChat rejected (its
+//! fingerprint is stored, never the secret): one worker with a wrong secret does not stop the rest.
 
 mod store;
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Days, FixedOffset, NaiveTime, Utc};
-use secrecy::SecretString;
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
 use sqlx::PgPool;
 
+use store::LockedToken;
 pub use store::{TokenRow, TokenStore};
 
 use crate::config::AppCredentials;
@@ -41,6 +52,8 @@ pub struct AccessToken {
     pub generation: i64,
     /// Local deadline after which this process asks for the current token again.
     refresh_at: Instant,
+    /// When WeChat stops accepting it: never handed out after this, even when no newer one can be had.
+    expires_at: Instant,
 }
 
 impl AccessToken {
@@ -104,6 +117,12 @@ impl TokenError {
         )
     }
 
+    /// A database error (Postgres unreachable, a lock wait that timed out): it says nothing about
+    /// WeChat or the message, so it need not cost the message an attempt (the caller decides).
+    pub fn is_database(&self) -> bool {
+        matches!(self, TokenError::Db(_))
+    }
+
     pub fn retry_at(&self) -> Option<DateTime<Utc>> {
         match self {
             TokenError::Credentials { until, .. }
@@ -122,21 +141,55 @@ impl From<sqlx::Error> for TokenError {
 
 struct AppSlot {
     creds: AppCredentials,
+    /// [`secret_fingerprint`] of `creds.secret`: which credentials blocks concern this process.
+    secret_fp: String,
     cached: RwLock<Option<AccessToken>>,
     /// In-process single flight: one task talks to Postgres/WeChat for this app at a time.
     flight: tokio::sync::Mutex<()>,
-    /// A local copy of a block, so blocked apps cost no database round trip per message.
+    /// A local copy of a block or of a transient failure's backoff: the tasks waiting for a token
+    /// share that one failure, and a blocked app costs no database round trip per message.
     blocked: Mutex<Option<(Instant, TokenError)>>,
+    /// The newest generation WeChat rejected here (0: none). Never handed out again, even while
+    /// no newer one can be had.
+    rejected: AtomicI64,
 }
 
 impl AppSlot {
     fn fresh(&self) -> Option<AccessToken> {
+        let rejected = self.rejected.load(Ordering::Relaxed);
         self.cached
             .read()
             .expect("token cache lock")
             .as_ref()
-            .filter(|t| t.is_fresh())
+            .filter(|t| t.is_fresh() && t.generation > rejected)
             .cloned()
+    }
+
+    /// The cached token, due for refresh but not expired (nor rejected): what is used while no
+    /// newer one can be had. The next task asks again after at most [`STALE_RECHECK`].
+    fn unexpired(&self) -> Option<AccessToken> {
+        let rejected = self.rejected.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let mut cached = self.cached.write().expect("token cache lock");
+        let token = cached
+            .as_mut()
+            .filter(|t| now < t.expires_at && t.generation > rejected)?;
+        token.refresh_at = token.expires_at.min(now + STALE_RECHECK);
+        Some(token.clone())
+    }
+
+    /// Caches `token`; a fresh one ends any local block (the app works again).
+    fn cache(&self, token: AccessToken) -> AccessToken {
+        if token.is_fresh() {
+            *self.blocked.lock().expect("block lock") = None;
+        }
+        *self.cached.write().expect("token cache lock") = Some(token.clone());
+        token
+    }
+
+    /// Nobody in this process asks again for `wait`; they get `err` instead.
+    fn block(&self, err: &TokenError, wait: Duration) {
+        *self.blocked.lock().expect("block lock") = Some((Instant::now() + wait, err.clone()));
     }
 
     fn blocked(&self) -> Option<TokenError> {
@@ -176,6 +229,46 @@ const CREDENTIALS_BLOCK: &str = "credentials rejected";
 const STABLE_FORCE_PER_DAY: i32 = 20;
 const STABLE_FORCE_SPACING: chrono::TimeDelta = chrono::TimeDelta::seconds(30);
 
+/// Transient token API failures in a row back off 1 s, 2 s, 4 s ... up to 30 s.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// A token past its refresh time (the refresh failed) is asked for again this often.
+const STALE_RECHECK: Duration = Duration::from_secs(1);
+
+/// The bound of a token API call, whatever `WXNOTIFY_HTTP_TIMEOUT_SECS` says: the row lock is held
+/// across it, so it must end before Postgres ends the holder's transaction, and that before a
+/// waiter gives up on the lock.
+const TOKEN_FETCH_TIMEOUT: Duration = Duration::from_secs(8);
+const _: () = assert!(
+    TOKEN_FETCH_TIMEOUT.as_millis() < store::IDLE_IN_TRANSACTION.as_millis()
+        && store::IDLE_IN_TRANSACTION.as_millis() < store::LOCK_WAIT.as_millis()
+        && store::LOCK_WAIT.as_millis() < store::STATEMENT.as_millis()
+);
+
+/// How long nobody asks WeChat after the `failures`-th transient failure in a row.
+fn transient_backoff(failures: i32) -> Duration {
+    let doublings = failures.saturating_sub(1).clamp(0, 16) as u32;
+    (BACKOFF_FIRST * 2u32.pow(doublings)).min(BACKOFF_MAX)
+}
+
+/// The first 16 hex digits of SHA-256("wxnotify-secret-fp:" + secret): tells secrets apart (which
+/// worker's secret WeChat rejected) without storing or logging them.
+pub(crate) fn secret_fingerprint(secret: &SecretString) -> String {
+    let digest = Sha256::new()
+        .chain_update("wxnotify-secret-fp:")
+        .chain_update(secret.expose_secret())
+        .finalize();
+    hex::encode(&digest[..8])
+}
+
+fn transient(app_id: &str, message: String) -> TokenError {
+    TokenError::Transient {
+        app_id: app_id.into(),
+        message,
+    }
+}
+
 /// The next midnight in Beijing, when WeChat's daily quotas reset.
 pub fn next_quota_reset(now: DateTime<Utc>) -> DateTime<Utc> {
     let beijing = FixedOffset::east_opt(8 * 3600).expect("valid offset");
@@ -197,9 +290,11 @@ impl TokenProvider {
             .map(|c| {
                 let slot = AppSlot {
                     creds: c.clone(),
+                    secret_fp: secret_fingerprint(&c.secret),
                     cached: RwLock::new(None),
                     flight: tokio::sync::Mutex::new(()),
                     blocked: Mutex::new(None),
+                    rejected: AtomicI64::new(0),
                 };
                 (c.app_id.clone(), Arc::new(slot))
             })
@@ -225,7 +320,9 @@ impl TokenProvider {
             .ok_or_else(|| TokenError::UnknownApp { app_id: app_id.into() })
     }
 
-    /// The current token of an app. Costs nothing while the cached one is fresh.
+    /// The current token of an app. Costs nothing while the cached one is fresh. When it cannot
+    /// be refreshed, the current one is still used until it expires, unless WeChat rejected
+    /// this process's credentials (a person must see that, at boot first).
     pub async fn get(&self, app_id: &str) -> Result<AccessToken, TokenError> {
         let slot = self.slot(app_id)?;
         if let Some(t) = slot.fresh() {
@@ -235,7 +332,22 @@ impl TokenProvider {
         if let Some(t) = slot.fresh() {
             return Ok(t);
         }
-        self.obtain(slot, None).await
+        let err = match self.obtain(slot, None).await {
+            Ok(t) => return Ok(t),
+            Err(e) if e.is_configuration() => return Err(e),
+            Err(e) => e,
+        };
+        let Some(t) = slot.unexpired() else {
+            return Err(err);
+        };
+        tracing::warn!(
+            app = app_id,
+            generation = t.generation,
+            expires_in_secs = t.expires_at.saturating_duration_since(Instant::now()).as_secs(),
+            error = %err,
+            "cannot refresh the access token; using the current one until it expires"
+        );
+        Ok(t)
     }
 
     /// `failed` was rejected by WeChat. Replaces it if, and only if, it is still the current
@@ -243,6 +355,7 @@ impl TokenProvider {
     pub async fn invalidate(&self, failed: &AccessToken) -> Result<(), TokenError> {
         let slot = self.slot(&failed.app_id)?;
         let _flight = slot.flight.lock().await;
+        slot.rejected.fetch_max(failed.generation, Ordering::Relaxed);
         let cached_generation = slot
             .cached
             .read()
@@ -257,172 +370,238 @@ impl TokenProvider {
     }
 
     /// Under the process's flight lock: adopt what Postgres has, or refresh under its row lock.
+    /// `rejected`: the generation WeChat just rejected, if that is why.
     async fn obtain(&self, slot: &AppSlot, rejected: Option<i64>) -> Result<AccessToken, TokenError> {
         if let Some(err) = slot.blocked() {
             return Err(err);
         }
         let app_id = slot.creds.app_id.as_str();
+        let rejected = rejected.unwrap_or(0).max(slot.rejected.load(Ordering::Relaxed));
         let usable = |row: &TokenRow| {
-            row.token.is_some()
-                && row.refresh_after.is_some_and(|r| r > row.now)
-                && rejected.is_none_or(|g| row.generation > g)
+            row.token.is_some() && row.refresh_after.is_some_and(|r| r > row.now) && row.generation > rejected
         };
-        // Most processes find the token another one stored: no lock needed to adopt it.
-        if let Some(row) = self.inner.store.peek(app_id).await?
-            && usable(&row)
-        {
-            return Ok(self.adopt(slot, row));
+        // Most processes find the token another one stored, or the pause another one decided:
+        // no lock needed to follow either.
+        if let Some(row) = self.inner.store.peek(app_id).await? {
+            if usable(&row) {
+                return Ok(self.adopt(slot, &row));
+            }
+            if let Some(err) = self.paused(slot, &row) {
+                self.keep_unexpired(slot, &row);
+                return Err(err);
+            }
         }
         let mut locked = self.inner.store.lock(app_id).await?;
         if usable(&locked.row) {
-            let row = std::mem::replace(&mut locked.row, empty_row());
+            let token = self.adopt(slot, &locked.row);
             locked.commit().await?;
-            return Ok(self.adopt(slot, row));
+            return Ok(token);
         }
-        let now = locked.row.now;
-        if let Some(until) = locked.row.blocked_until.filter(|u| *u > now) {
-            let reason = locked.row.blocked_reason.clone().unwrap_or_default();
-            let err = TokenError::Blocked {
-                app_id: app_id.into(),
-                credentials: reason.starts_with(CREDENTIALS_BLOCK),
-                reason,
-                until,
-            };
+        self.keep_unexpired(slot, &locked.row);
+        if let Some(err) = self.paused(slot, &locked.row) {
             locked.commit().await?;
-            self.block_locally(slot, &err, now);
             return Err(err);
         }
+        let now = locked.row.now;
         let api = self.inner.settings.api;
-        let force = rejected.is_some()
+        let replacing_rejected = locked.row.generation <= rejected && rejected > 0;
+        let force = replacing_rejected
             && api == TokenApi::Stable
             && locked.row.forced_today < STABLE_FORCE_PER_DAY
             && locked
                 .row
                 .last_forced_at
                 .is_none_or(|t| now - t >= STABLE_FORCE_SPACING);
-        if rejected.is_some() && api == TokenApi::Stable && !force {
+        if replacing_rejected && api == TokenApi::Stable && !force {
             tracing::warn!(
                 app = app_id,
                 "stable-token forced refresh not allowed now (20 a day, 30 s apart); asking without force"
             );
         }
-        let fetched = self
-            .inner
-            .client
-            .fetch_token(api, app_id, &slot.creds.secret, force)
-            .await;
-        let result = match fetched {
-            Ok(f) => {
-                locked.count_call(api, force, false).await?;
-                let expires = f.expires_in.max(1) as f64;
-                let margin = self.inner.settings.margin.as_secs_f64();
-                let refresh_in = if expires > 2.0 * margin {
-                    expires - margin
-                } else {
-                    expires / 2.0
-                };
-                let generation = locked.save(api, &f.token, expires, refresh_in, force).await?;
-                locked.commit().await?;
-                metrics::counter!("wxnotify_token_fetches_total", "app" => app_id.to_string(), "result" => "ok")
-                    .increment(1);
-                tracing::info!(
-                    app = app_id,
-                    generation,
-                    expires_in = f.expires_in,
-                    forced = force,
-                    api = api.as_str(),
-                    "fetched a new access token"
-                );
-                let token = AccessToken {
-                    secret: Arc::new(f.token),
-                    app_id: app_id.into(),
-                    generation,
-                    refresh_at: Instant::now() + Duration::from_secs_f64(refresh_in),
-                };
-                *slot.cached.write().expect("token cache lock") = Some(token.clone());
-                return Ok(token);
+        let asked = Instant::now();
+        let fetched = tokio::time::timeout(
+            TOKEN_FETCH_TIMEOUT,
+            self.inner.client.fetch_token(api, app_id, &slot.creds.secret, force),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(TokenFetchError::Transport(format!(
+                "no answer from the token API within {} s",
+                TOKEN_FETCH_TIMEOUT.as_secs()
+            )))
+        });
+        let fetched = match fetched {
+            Ok(f) => f,
+            Err(e) => {
+                // Only a forced refresh WeChat granted uses up one of the day's 20.
+                locked.count_call(api, false, true).await?;
+                return Err(self.failed(slot, locked, e).await?);
             }
-            Err(TokenFetchError::WeChat { errcode, errmsg }) => {
-                locked.count_call(api, force, true).await?;
-                match classify_token_fetch(errcode) {
-                    TokenFetchClass::Credentials => {
-                        let until = now
-                            + chrono::TimeDelta::from_std(self.inner.settings.credentials_pause).unwrap_or_default();
-                        locked
-                            .block(until, &format!("{CREDENTIALS_BLOCK}: errcode {errcode} ({errmsg})"))
-                            .await?;
-                        TokenError::Credentials {
-                            app_id: app_id.into(),
-                            errcode,
-                            errmsg,
-                            until,
-                        }
-                    }
-                    TokenFetchClass::DailyQuota => {
-                        let until = next_quota_reset(now);
-                        locked.block(until, "daily token quota used up (45009)").await?;
-                        TokenError::DailyQuota {
-                            app_id: app_id.into(),
-                            until,
-                        }
-                    }
-                    TokenFetchClass::Transient => TokenError::Transient {
+        };
+        locked.count_call(api, force, false).await?;
+        // The lifetime runs from when WeChat issued it: count it from when we asked.
+        let expires = (fetched.expires_in.max(1) as f64 - asked.elapsed().as_secs_f64()).max(1.0);
+        let margin = self.inner.settings.margin.as_secs_f64();
+        let refresh_in = if expires > 2.0 * margin {
+            expires - margin
+        } else {
+            expires / 2.0
+        };
+        let generation = locked.save(api, &fetched.token, expires, refresh_in, force).await?;
+        locked.commit().await?;
+        metrics::counter!("wxnotify_token_fetches_total", "app" => app_id.to_string(), "result" => "ok").increment(1);
+        tracing::info!(
+            app = app_id,
+            generation,
+            expires_in = fetched.expires_in,
+            forced = force,
+            api = api.as_str(),
+            "fetched a new access token"
+        );
+        let now = Instant::now();
+        Ok(slot.cache(AccessToken {
+            secret: Arc::new(fetched.token),
+            app_id: app_id.into(),
+            generation,
+            refresh_at: now + Duration::from_secs_f64(refresh_in),
+            expires_at: now + Duration::from_secs_f64(expires),
+        }))
+    }
+
+    /// Records a failed token call under the row lock (a block, or one more transient failure and
+    /// its backoff), for this process and the others, and returns the error to report.
+    async fn failed(
+        &self,
+        slot: &AppSlot,
+        mut locked: LockedToken,
+        failure: TokenFetchError,
+    ) -> Result<TokenError, TokenError> {
+        let app_id = slot.creds.app_id.as_str();
+        let now = locked.row.now;
+        let (err, wait) = match failure {
+            TokenFetchError::WeChat { errcode, errmsg } => match classify_token_fetch(errcode) {
+                TokenFetchClass::Credentials => {
+                    let wait = self.inner.settings.credentials_pause;
+                    let until = now + chrono::TimeDelta::from_std(wait).unwrap_or_default();
+                    let reason = format!("{CREDENTIALS_BLOCK}: errcode {errcode} ({errmsg})");
+                    // For this secret only: a worker with another one still asks.
+                    locked.block(until, &reason, Some(&slot.secret_fp)).await?;
+                    let err = TokenError::Credentials {
                         app_id: app_id.into(),
-                        message: format!("errcode {errcode} ({errmsg})"),
-                    },
+                        errcode,
+                        errmsg,
+                        until,
+                    };
+                    (err, wait)
                 }
-            }
-            Err(TokenFetchError::Transport(message)) => {
-                locked.count_call(api, force, true).await?;
-                TokenError::Transient {
-                    app_id: app_id.into(),
-                    message,
+                TokenFetchClass::DailyQuota => {
+                    let until = next_quota_reset(now);
+                    locked.block(until, "daily token quota used up (45009)", None).await?;
+                    let err = TokenError::DailyQuota {
+                        app_id: app_id.into(),
+                        until,
+                    };
+                    (err, (until - now).to_std().unwrap_or_default())
                 }
-            }
+                TokenFetchClass::Transient => {
+                    let message = format!("errcode {errcode} ({errmsg})");
+                    Self::back_off(&mut locked, app_id, message).await?
+                }
+            },
+            TokenFetchError::Transport(message) => Self::back_off(&mut locked, app_id, message).await?,
         };
         locked.commit().await?;
         metrics::counter!("wxnotify_token_fetches_total", "app" => app_id.to_string(), "result" => "error")
             .increment(1);
-        tracing::error!(app = app_id, error = %result, "token fetch failed");
-        self.block_locally(slot, &result, now);
-        Err(result)
+        tracing::error!(app = app_id, error = %err, "token fetch failed");
+        slot.block(&err, wait);
+        Ok(err)
     }
 
-    fn block_locally(&self, slot: &AppSlot, err: &TokenError, now: DateTime<Utc>) {
-        if let Some(until) = err.retry_at() {
-            let wait = (until - now).to_std().unwrap_or_default();
-            *slot.blocked.lock().expect("block lock") = Some((Instant::now() + wait, err.clone()));
-        }
+    /// One more transient failure in a row: nobody asks again before its backoff ends.
+    async fn back_off(
+        locked: &mut LockedToken,
+        app_id: &str,
+        message: String,
+    ) -> Result<(TokenError, Duration), TokenError> {
+        let wait = transient_backoff(locked.row.failures_in_row.saturating_add(1));
+        locked.back_off(wait, &message).await?;
+        Ok((transient(app_id, message), wait))
     }
 
-    fn adopt(&self, slot: &AppSlot, row: TokenRow) -> AccessToken {
-        let refresh_in = row
-            .refresh_after
-            .map(|r| (r - row.now).to_std().unwrap_or_default())
-            .unwrap_or_default();
-        let token = AccessToken {
-            secret: Arc::new(row.token.expect("usable row has a token")),
+    /// Why nobody may ask WeChat for this app's token now, as `row` says: a block (credentials,
+    /// daily quota) or the backoff after transient failures; this process then waits as long.
+    /// A credentials block for another secret than this process's does not count.
+    fn paused(&self, slot: &AppSlot, row: &TokenRow) -> Option<TokenError> {
+        let app_id = slot.creds.app_id.as_str();
+        let block = row.blocked_until.filter(|u| *u > row.now).and_then(|until| {
+            let reason = row.blocked_reason.clone().unwrap_or_default();
+            let credentials = reason.starts_with(CREDENTIALS_BLOCK);
+            if let Some(fp) = &row.blocked_secret_fp
+                && credentials
+                && *fp != slot.secret_fp
+            {
+                tracing::warn!(
+                    app = app_id,
+                    blocked_secret = %fp,
+                    our_secret = %slot.secret_fp,
+                    "WeChat rejected another worker's secret (fingerprints differ); asking with ours"
+                );
+                return None;
+            }
+            let err = TokenError::Blocked {
+                app_id: app_id.into(),
+                reason,
+                until,
+                credentials,
+            };
+            Some((err, until))
+        });
+        let (err, until) = match block {
+            Some(block) => block,
+            None => {
+                let until = row.backoff_until.filter(|u| *u > row.now)?;
+                let message = format!(
+                    "the token API failed {} time(s) in a row, last: {}; next try after {until}",
+                    row.failures_in_row,
+                    row.last_failure.as_deref().unwrap_or("unknown")
+                );
+                (transient(app_id, message), until)
+            }
+        };
+        slot.block(&err, (until - row.now).to_std().unwrap_or_default());
+        Some(err)
+    }
+
+    /// The row's token as this process holds it: `fresh` until the row's refresh time, or due
+    /// at once (then only a fallback until it expires).
+    fn token_of(slot: &AppSlot, row: &TokenRow, fresh: bool) -> Option<AccessToken> {
+        let left = |at: Option<DateTime<Utc>>| at.and_then(|t| (t - row.now).to_std().ok()).unwrap_or_default();
+        let now = Instant::now();
+        Some(AccessToken {
+            secret: Arc::new(row.token.clone()?),
             app_id: slot.creds.app_id.as_str().into(),
             generation: row.generation,
-            refresh_at: Instant::now() + refresh_in,
-        };
-        *slot.cached.write().expect("token cache lock") = Some(token.clone());
-        token
+            refresh_at: if fresh { now + left(row.refresh_after) } else { now },
+            expires_at: now + left(row.expires_at),
+        })
     }
-}
 
-fn empty_row() -> TokenRow {
-    TokenRow {
-        token: None,
-        token_api: None,
-        generation: 0,
-        expires_at: None,
-        refresh_after: None,
-        blocked_until: None,
-        blocked_reason: None,
-        last_forced_at: None,
-        forced_today: 0,
-        now: Utc::now(),
+    /// Takes the token of a usable row (another process fetched it).
+    fn adopt(&self, slot: &AppSlot, row: &TokenRow) -> AccessToken {
+        slot.cache(Self::token_of(slot, row, true).expect("usable row has a token"))
+    }
+
+    /// Keeps the row's token, due for refresh, as the fallback while it has not expired (a
+    /// process that never had it needs it too), unless a newer one is cached.
+    fn keep_unexpired(&self, slot: &AppSlot, row: &TokenRow) {
+        let Some(token) = Self::token_of(slot, row, false).filter(|t| t.expires_at > Instant::now()) else {
+            return;
+        };
+        let mut cached = slot.cached.write().expect("token cache lock");
+        if cached.as_ref().is_none_or(|c| c.generation < token.generation) {
+            *cached = Some(token);
+        }
     }
 }
 
@@ -442,5 +621,22 @@ mod tests {
             next_quota_reset(now),
             "2026-11-22T16:00:00Z".parse::<DateTime<Utc>>().unwrap()
         );
+    }
+
+    #[test]
+    fn transient_failures_back_off_from_one_second_doubling_to_thirty() {
+        let secs: Vec<u64> = (1..=8).map(|n| transient_backoff(n).as_secs()).collect();
+        assert_eq!(secs, [1, 2, 4, 8, 16, 30, 30, 30]);
+        assert_eq!(transient_backoff(i32::MAX), BACKOFF_MAX);
+    }
+
+    #[test]
+    fn secret_fingerprints_tell_secrets_apart_without_showing_them() {
+        let fp = secret_fingerprint(&SecretString::from("sim-secret-Zq81x"));
+        assert_eq!(fp.len(), 16);
+        assert!(fp.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_eq!(fp, secret_fingerprint(&SecretString::from("sim-secret-Zq81x")));
+        assert_ne!(fp, secret_fingerprint(&SecretString::from("wrong")));
+        assert!(!fp.contains("sim-secret"));
     }
 }

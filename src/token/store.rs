@@ -1,6 +1,14 @@
 //! The `wechat_tokens` table. [`TokenStore::lock`] opens a transaction holding the app's row lock
 //! (`SELECT … FOR UPDATE`): whoever holds it is the only process that may ask WeChat for a token;
 //! the others wait on the lock and then see what it stored.
+//!
+//! The lock is held across one HTTP call to WeChat, so the transaction holding it is bounded
+//! (`SET LOCAL`): a process that hangs or is frozen (SIGSTOP, a stalled VM) loses its transaction,
+//! and with it the lock, after [`IDLE_IN_TRANSACTION`]; a waiter gives up after [`LOCK_WAIT`],
+//! which is longer, so it outlasts a frozen holder; no statement runs longer than [`STATEMENT`].
+//! The HTTP call itself is bounded by `TOKEN_FETCH_TIMEOUT`, shorter than all three.
+
+use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use secrecy::{ExposeSecret, SecretString};
@@ -18,6 +26,12 @@ pub struct TokenRow {
     pub blocked_until: Option<DateTime<Utc>>,
     pub blocked_reason: Option<String>,
     pub last_forced_at: Option<DateTime<Utc>>,
+    /// Fingerprint of the secret a credentials block is for (see `secret_fingerprint`).
+    pub blocked_secret_fp: Option<String>,
+    /// Transient token API failures in a row, and until when nobody asks again.
+    pub failures_in_row: i32,
+    pub backoff_until: Option<DateTime<Utc>>,
+    pub last_failure: Option<String>,
     /// Forced stable-token refreshes today (Beijing day).
     pub forced_today: i32,
     /// The database's clock: every process compares against the same time.
@@ -47,7 +61,8 @@ macro_rules! select_token {
     ($lock:literal) => {
         concat!(
             "SELECT t.access_token, t.token_api, t.generation, t.expires_at, t.refresh_after,
-                    t.blocked_until, t.blocked_reason, t.last_forced_at, now() AS now,
+                    t.blocked_until, t.blocked_reason, t.last_forced_at, t.blocked_secret_fp,
+                    t.failures_in_row, t.backoff_until, t.last_failure, now() AS now,
                     COALESCE((SELECT f.forced FROM wechat_token_fetches f
                                WHERE f.app_id = t.app_id AND f.day = ",
             beijing_day!(),
@@ -57,6 +72,13 @@ macro_rules! select_token {
         )
     };
 }
+
+/// How long a process waits for another's refresh before giving up (a database error).
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(15);
+/// How long the lock holder may stay silent (waiting for WeChat) before Postgres ends its session.
+pub(crate) const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
+/// The longest statement under the lock (the lock wait included).
+pub(crate) const STATEMENT: Duration = Duration::from_secs(20);
 
 impl TokenStore {
     pub fn new(pool: PgPool) -> Self {
@@ -72,11 +94,21 @@ impl TokenStore {
         row.map(|r| to_row(&r)).transpose()
     }
 
-    /// Locks the app's row, creating it if needed. Waits at most `lock_timeout` for another
-    /// process's refresh.
+    /// Locks the app's row, creating it if needed. Waits at most [`LOCK_WAIT`] for another
+    /// process's refresh; the transaction ends by itself after [`IDLE_IN_TRANSACTION`] of silence.
     pub async fn lock(&self, app_id: &str) -> Result<LockedToken, sqlx::Error> {
         let mut tx = self.pool.begin().await?;
-        sqlx::query("SET LOCAL lock_timeout = '30s'").execute(&mut *tx).await?;
+        let ms = |d: Duration| format!("{}ms", d.as_millis());
+        // set_config(..., true) is SET LOCAL: it ends with the transaction, not the pooled session.
+        sqlx::query(
+            "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true),
+                    set_config('idle_in_transaction_session_timeout', $3, true)",
+        )
+        .bind(ms(LOCK_WAIT))
+        .bind(ms(STATEMENT))
+        .bind(ms(IDLE_IN_TRANSACTION))
+        .execute(&mut *tx)
+        .await?;
         sqlx::query("INSERT INTO wechat_tokens (app_id) VALUES ($1) ON CONFLICT (app_id) DO NOTHING")
             .bind(app_id)
             .execute(&mut *tx)
@@ -103,13 +135,18 @@ fn to_row(r: &sqlx::postgres::PgRow) -> Result<TokenRow, sqlx::Error> {
         blocked_until: r.try_get("blocked_until")?,
         blocked_reason: r.try_get("blocked_reason")?,
         last_forced_at: r.try_get("last_forced_at")?,
+        blocked_secret_fp: r.try_get("blocked_secret_fp")?,
+        failures_in_row: r.try_get("failures_in_row")?,
+        backoff_until: r.try_get("backoff_until")?,
+        last_failure: r.try_get("last_failure")?,
         forced_today: r.try_get("forced_today")?,
         now: r.try_get("now")?,
     })
 }
 
 impl LockedToken {
-    /// Counts one call to a token API against today's quota.
+    /// Counts one call to a token API against today's quota. `forced`: a forced refresh WeChat
+    /// granted (a failed call does not use up one of the day's 20).
     pub async fn count_call(&mut self, api: TokenApi, forced: bool, failed: bool) -> Result<(), sqlx::Error> {
         sqlx::query(concat!(
             "INSERT INTO wechat_token_fetches (app_id, day, token_api, calls, forced, failures)
@@ -145,6 +182,8 @@ impl LockedToken {
                  expires_at = now() + make_interval(secs => $4),
                  refresh_after = now() + make_interval(secs => $5),
                  fetched_at = now(), blocked_until = NULL, blocked_reason = NULL,
+                 blocked_secret_fp = NULL, failures_in_row = 0, backoff_until = NULL,
+                 last_failure = NULL,
                  last_forced_at = CASE WHEN $6 THEN now() ELSE last_forced_at END,
                  updated_at = now()
              WHERE app_id = $1
@@ -161,17 +200,43 @@ impl LockedToken {
         row.try_get("generation")
     }
 
-    /// Stops every process from asking WeChat for this app's token until `until`.
-    pub async fn block(&mut self, until: DateTime<Utc>, reason: &str) -> Result<(), sqlx::Error> {
+    /// Stops every process from asking WeChat for this app's token until `until`; with
+    /// `secret_fp`, only the processes whose secret has that fingerprint.
+    pub async fn block(
+        &mut self,
+        until: DateTime<Utc>,
+        reason: &str,
+        secret_fp: Option<&str>,
+    ) -> Result<(), sqlx::Error> {
         sqlx::query(
-            "UPDATE wechat_tokens SET blocked_until = $2, blocked_reason = $3, updated_at = now() WHERE app_id = $1",
+            "UPDATE wechat_tokens SET blocked_until = $2, blocked_reason = $3, blocked_secret_fp = $4,
+                 updated_at = now()
+             WHERE app_id = $1",
         )
         .bind(&self.app_id)
         .bind(until)
         .bind(reason)
+        .bind(secret_fp)
         .execute(&mut *self.tx)
         .await?;
         Ok(())
+    }
+
+    /// Records one more transient failure in a row: nobody asks WeChat again for `backoff`.
+    /// Returns until when.
+    pub async fn back_off(&mut self, backoff: Duration, failure: &str) -> Result<DateTime<Utc>, sqlx::Error> {
+        let row = sqlx::query(
+            "UPDATE wechat_tokens SET failures_in_row = failures_in_row + 1,
+                 backoff_until = now() + make_interval(secs => $2), last_failure = $3, updated_at = now()
+             WHERE app_id = $1
+             RETURNING backoff_until",
+        )
+        .bind(&self.app_id)
+        .bind(backoff.as_secs_f64())
+        .bind(failure)
+        .fetch_one(&mut *self.tx)
+        .await?;
+        row.try_get("backoff_until")
     }
 
     pub async fn commit(self) -> Result<(), sqlx::Error> {

@@ -10,7 +10,7 @@ use secrecy::SecretString;
 use sqlx::Row;
 use wxnotify::event::DeliveryKey;
 use wxnotify::ops::dlq::{self, ReplayFilter};
-use wxnotify::sim::{Faults, SimConfig};
+use wechat_sim::{Faults, SimConfig};
 
 use crate::helpers::{APP_ID, TestEnv, WorkerOpts, event, wait_for};
 use crate::proxy::Proxy;
@@ -430,7 +430,7 @@ async fn a_retry_copy_that_no_longer_renders_ends_dead_with_its_row() {
     let tail = tail.replacen("thing1 = \"{{ data.service }}\"", "phrase1 = \"{{ data.service }}\"", 1);
     let text = format!("{head}\"TPL_BOOKING_CONFIRMED\"{tail}");
     std::fs::write(&changed, text).unwrap();
-    env.sim.patch_faults(wxnotify::sim::FaultsPatch {
+    env.sim.patch_faults(wechat_sim::FaultsPatch {
         busy_rate: Some(0.0),
         ..Default::default()
     });

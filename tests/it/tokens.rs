@@ -1,13 +1,17 @@
 //! One token for every worker: several independent workers (own pool, own cache, own id — as
 //! separate processes would be) share one token through Postgres.
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
+use secrecy::SecretString;
 use wechat_sim::{FaultsPatch, SimConfig};
-use wxnotify::wechat::TokenApi;
+use wxnotify::config::AppCredentials;
+use wxnotify::token::{TokenError, TokenProvider, TokenSettings, TokenStore};
+use wxnotify::wechat::{TokenApi, WechatClient};
 use wxnotify::worker::WorkerError;
 
-use crate::helpers::{TestEnv, WorkerOpts, event, wait_for};
+use crate::helpers::{APP_ID, APP_SECRET, TestEnv, WorkerOpts, event, wait_for};
 
 async fn publish_many(env: &TestEnv, prefix: &str, n: usize) {
     let events: Vec<_> = (0..n)
@@ -84,14 +88,19 @@ async fn five_rotations_cause_at_most_five_refreshes_and_every_event_is_delivere
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn short_lived_tokens_are_replaced_before_they_expire() {
-    let env = TestEnv::with_sim(SimConfig {
-        token_ttl: Duration::from_secs(20),
+/// A simulator whose tokens live `ttl` and stop working as soon as they are replaced.
+async fn with_token_lifetime(ttl: Duration) -> TestEnv {
+    TestEnv::with_sim(SimConfig {
+        token_ttl: ttl,
         overlap: Duration::from_secs(0),
         ..SimConfig::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_lived_tokens_are_replaced_before_they_expire() {
+    let env = with_token_lifetime(Duration::from_secs(20)).await;
     let opts = WorkerOpts {
         token_api: TokenApi::Classic,
         token_margin_secs: 5,
@@ -121,37 +130,36 @@ async fn short_lived_tokens_are_replaced_before_they_expire() {
     env.cleanup().await;
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_wrong_secret_stops_the_worker_naming_the_app_without_a_fetch_loop() {
-    let env = TestEnv::new().await;
-    let opts = WorkerOpts {
+fn wrong_secret() -> WorkerOpts {
+    WorkerOpts {
         secret: "wrong".into(),
         ..WorkerOpts::default()
-    };
-    let w = env.spawn_worker(&opts).await;
+    }
+}
+
+/// Starts a worker that must stop by itself at boot with a configuration error; returns its text.
+async fn config_error_at_boot(env: &TestEnv, opts: &WorkerOpts) -> String {
+    let w = env.spawn_worker(opts).await;
     let result = tokio::time::timeout(Duration::from_secs(20), w.join)
         .await
         .expect("worker stops by itself")
         .unwrap();
     match result {
-        Err(WorkerError::Config(msg)) => {
-            assert!(msg.contains(crate::helpers::APP_ID), "names the app: {msg}");
-            assert!(msg.contains("40125"), "says what WeChat said: {msg}");
-        }
+        Err(WorkerError::Config(msg)) => msg,
         other => panic!("expected a configuration error, got {other:?}"),
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_secret_stops_the_worker_naming_the_app_without_a_fetch_loop() {
+    let env = TestEnv::new().await;
+    let opts = wrong_secret();
+    let msg = config_error_at_boot(&env, &opts).await;
+    assert!(msg.contains(APP_ID), "names the app: {msg}");
+    assert!(msg.contains("40125"), "says what WeChat said: {msg}");
     // A second worker finds the block in Postgres and does not ask WeChat again.
-    let w2 = env.spawn_worker(&opts).await;
-    let r2 = tokio::time::timeout(Duration::from_secs(20), w2.join)
-        .await
-        .expect("second worker stops")
-        .unwrap();
-    match r2 {
-        Err(WorkerError::Config(msg)) => {
-            assert!(msg.contains(crate::helpers::APP_ID) && msg.contains("40125"), "{msg}")
-        }
-        other => panic!("expected a configuration error, got {other:?}"),
-    }
+    let msg = config_error_at_boot(&env, &opts).await;
+    assert!(msg.contains(APP_ID) && msg.contains("40125"), "{msg}");
     assert_eq!(env.sim.stats().stable_token_calls, 1, "one call, no loop");
     env.cleanup().await;
 }
@@ -170,7 +178,7 @@ async fn stable_tokens_are_force_refreshed_only_after_a_rejection() {
     })
     .await;
     assert_eq!(env.sim.stats().forced_refreshes, 0, "no force without a rejection");
-    env.sim.rotate(crate::helpers::APP_ID);
+    env.sim.rotate(APP_ID);
     publish_many(&env, "st2", 100).await;
     wait_for("200 sent", Duration::from_secs(60), || async {
         sent(&env).await == 200
@@ -206,7 +214,7 @@ async fn a_message_rejected_many_times_still_gets_the_revoked_token_replaced() {
         sent(&env).await == 1
     })
     .await;
-    env.sim.rotate(crate::helpers::APP_ID);
+    env.sim.rotate(APP_ID);
 
     let mut headers = lapin::types::FieldTable::default();
     wxnotify::queue::headers::set_int(&mut headers, wxnotify::queue::headers::TOKEN_REQUEUES, 2);
@@ -233,5 +241,185 @@ async fn a_message_rejected_many_times_still_gets_the_revoked_token_replaced() {
     worker.stop().await;
     assert_eq!(env.sim.stats().accepted, 2);
     assert!(env.drain_dlq().await.is_empty(), "nothing dead-lettered");
+    env.cleanup().await;
+}
+
+/// A token provider with its own pool and cache, as one worker process has.
+async fn provider(env: &TestEnv, api: TokenApi, margin: Duration) -> TokenProvider {
+    let pool = wxnotify::db::connect(&SecretString::from(env.db_url.clone()), 4)
+        .await
+        .expect("provider pool");
+    let client = WechatClient::new(&env.sim_base, Duration::from_secs(5)).expect("client");
+    let settings = TokenSettings {
+        api,
+        margin,
+        credentials_pause: Duration::from_secs(600),
+    };
+    let app = AppCredentials {
+        app_id: APP_ID.into(),
+        secret: Arc::new(SecretString::from(APP_SECRET)),
+    };
+    TokenProvider::new(pool, client, settings, &[app])
+}
+
+fn token_api_down(env: &TestEnv, down: bool) {
+    env.sim.patch_faults(FaultsPatch {
+        token_busy_rate: Some(if down { 1.0 } else { 0.0 }),
+        ..Default::default()
+    });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_api_outage_costs_one_call_per_backoff_not_one_per_waiting_task() {
+    let env = TestEnv::new().await;
+    token_api_down(&env, true);
+    let processes = [
+        provider(&env, TokenApi::Stable, Duration::from_secs(180)).await,
+        provider(&env, TokenApi::Stable, Duration::from_secs(180)).await,
+    ];
+    // Two processes, each with 200 tasks wanting a token at once, every 200 ms for 3.5 s.
+    let started = Instant::now();
+    let mut gets = 0;
+    while started.elapsed() < Duration::from_millis(3500) {
+        let wave = processes.iter().flat_map(|p| (0..200).map(move |_| p.get(APP_ID)));
+        for result in futures_util::future::join_all(wave).await {
+            let err = result.expect_err("no token during the outage");
+            assert!(matches!(err, TokenError::Transient { .. }), "a transient error: {err}");
+            gets += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let during = env.sim.stats().stable_token_calls;
+    println!("token API down for 3.5 s: {gets} gets in 2 processes, token API calls = {during}");
+    assert!(
+        (2..=4).contains(&during),
+        "one call per backoff period (1 s, 2 s, 4 s...), not one per task: {during}"
+    );
+
+    token_api_down(&env, false);
+    wait_for(
+        "a token once the token API is back",
+        Duration::from_secs(40),
+        || async { processes[0].get(APP_ID).await.is_ok() },
+    )
+    .await;
+    let t = processes[1].get(APP_ID).await.expect("the other process adopts it");
+    assert_eq!(t.generation, 1);
+    assert_eq!(
+        env.sim.stats().stable_token_calls,
+        during + 1,
+        "one call after the outage"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM wechat_tokens WHERE failures_in_row = 0 AND backoff_until IS NULL")
+            .await,
+        1,
+        "a success resets the backoff"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_due_for_refresh_is_used_until_it_expires_while_the_token_api_fails() {
+    let env = with_token_lifetime(Duration::from_secs(6)).await;
+    // 6 s tokens, 4 s margin: replaced after 3 s (half their life).
+    let p = provider(&env, TokenApi::Classic, Duration::from_secs(4)).await;
+    let fetched = Instant::now();
+    let first = p.get(APP_ID).await.expect("first token");
+    token_api_down(&env, true);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    let t = p
+        .get(APP_ID)
+        .await
+        .expect("the refresh fails but the token has not expired: it is still used");
+    assert_eq!(t.generation, first.generation);
+    let other = provider(&env, TokenApi::Classic, Duration::from_secs(4)).await;
+    let t = other
+        .get(APP_ID)
+        .await
+        .expect("a process that never had it uses it too");
+    assert_eq!(t.generation, first.generation);
+    let calls = env.sim.stats().token_calls;
+    println!("token API down past refresh time: token API calls = {calls}");
+    assert!(
+        calls <= 3,
+        "one fetch, then failed refreshes at the backoff's pace: {calls}"
+    );
+
+    tokio::time::sleep(Duration::from_millis(6500).saturating_sub(fetched.elapsed())).await;
+    let err = p.get(APP_ID).await.expect_err("an expired token is never handed out");
+    assert!(matches!(err, TokenError::Transient { .. }), "{err}");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_forced_refresh_does_not_use_up_the_daily_twenty() {
+    let env = TestEnv::new().await;
+    let p = provider(&env, TokenApi::Stable, Duration::from_secs(180)).await;
+    let first = p.get(APP_ID).await.expect("first token");
+    env.sim.rotate(APP_ID);
+    token_api_down(&env, true);
+    let err = p.invalidate(&first).await.expect_err("the forced refresh fails");
+    println!("failed forced refresh: {err}");
+    let forced =
+        || env.count("SELECT COALESCE(sum(forced), 0)::bigint FROM wechat_token_fetches WHERE token_api = 'stable'");
+    assert_eq!(forced().await, 0, "a failed forced call is not counted against the 20");
+    assert_eq!(
+        env.count("SELECT count(*) FROM wechat_tokens WHERE last_forced_at IS NOT NULL")
+            .await,
+        0
+    );
+
+    token_api_down(&env, false);
+    wait_for("the forced refresh succeeds", Duration::from_secs(30), || async {
+        p.invalidate(&first).await.is_ok()
+    })
+    .await;
+    let t = p.get(APP_ID).await.expect("the new token");
+    assert!(t.generation > first.generation);
+    assert_eq!(forced().await, 1, "the successful forced call is counted");
+    assert_eq!(env.sim.stats().forced_refreshes, 1);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_process_cannot_keep_the_token_row_locked() {
+    let env = TestEnv::new().await;
+    // A process takes the row lock to refresh, then freezes (SIGSTOP, a hung call): it says nothing more.
+    let frozen_pool = wxnotify::db::connect(&SecretString::from(env.db_url.clone()), 1)
+        .await
+        .expect("pool");
+    let held = TokenStore::new(frozen_pool).lock(APP_ID).await.expect("row lock");
+    let p = provider(&env, TokenApi::Classic, Duration::from_secs(180)).await;
+    let started = Instant::now();
+    let t = tokio::time::timeout(Duration::from_secs(25), p.get(APP_ID))
+        .await
+        .expect("Postgres ends the frozen transaction: the lock is not held forever")
+        .expect("a token once the lock is free");
+    println!("waited {:?} for a frozen lock holder", started.elapsed());
+    assert_eq!(t.generation, 1);
+    assert!(held.commit().await.is_err(), "the frozen transaction was ended");
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_with_a_wrong_secret_does_not_block_workers_with_the_right_one() {
+    let env = TestEnv::new().await;
+    let wrong = wrong_secret();
+    config_error_at_boot(&env, &wrong).await;
+
+    let right = env.spawn_worker(&WorkerOpts::default()).await;
+    publish_many(&env, "fp", 20).await;
+    wait_for("the right worker delivers", Duration::from_secs(30), || async {
+        sent(&env).await == 20 || right.join.is_finished()
+    })
+    .await;
+    assert!(
+        !right.join.is_finished(),
+        "the worker with the right secret keeps running"
+    );
+    right.stop().await;
+    assert_eq!(env.sim.stats().accepted, 20);
+    assert_eq!(env.sim.stats().stable_token_calls, 2, "one failed call, one good one");
     env.cleanup().await;
 }

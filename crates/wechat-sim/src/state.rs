@@ -28,6 +28,8 @@ pub struct Faults {
     pub minute_quota: u64,
     /// Sends allowed per day before 45009; 0 = unlimited (WeChat's default is 100,000).
     pub daily_quota: u64,
+    /// Share of token API calls (classic and stable) answered `-1 system busy`.
+    pub token_busy_rate: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -38,6 +40,7 @@ pub struct FaultsPatch {
     pub rotate_every: Option<u64>,
     pub minute_quota: Option<u64>,
     pub daily_quota: Option<u64>,
+    pub token_busy_rate: Option<f64>,
 }
 
 /// How the simulator starts.
@@ -226,6 +229,11 @@ impl SimState {
         self.stats.rotations += 1;
     }
 
+    /// WeChat answers a token call `-1` as often as `token_busy_rate` says.
+    fn token_busy(&mut self) -> Option<Reply> {
+        (rand::rng().random::<f64>() < self.config.faults.token_busy_rate).then(|| self.count_error(-1, "system error"))
+    }
+
     fn check_credentials(
         &mut self,
         grant_type: Option<&str>,
@@ -248,6 +256,9 @@ impl SimState {
     /// `GET /cgi-bin/token`: always a new token; the previous one keeps working for `overlap`.
     pub fn classic_token(&mut self, grant_type: Option<&str>, appid: Option<&str>, secret: Option<&str>) -> Reply {
         self.stats.token_calls += 1;
+        if let Some(busy) = self.token_busy() {
+            return busy;
+        }
         let app = match self.check_credentials(grant_type, appid, secret) {
             Ok(a) => a,
             Err(r) => return r,
@@ -266,6 +277,9 @@ impl SimState {
     /// `overlap`; a forced refresh (20 a day, 30 s apart) replaces it at once.
     pub fn stable_token(&mut self, body: &Value) -> Reply {
         self.stats.stable_token_calls += 1;
+        if let Some(busy) = self.token_busy() {
+            return busy;
+        }
         let s = |k: &str| body.get(k).and_then(Value::as_str);
         let app = match self.check_credentials(s("grant_type"), s("appid"), s("secret")) {
             Ok(a) => a,
@@ -448,6 +462,9 @@ impl SimState {
         }
         if let Some(v) = p.daily_quota {
             f.daily_quota = v;
+        }
+        if let Some(v) = p.token_busy_rate {
+            f.token_busy_rate = v;
         }
     }
 }
