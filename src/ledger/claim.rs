@@ -17,7 +17,7 @@ use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
 use super::batch::LedgerError;
-use super::{Ledger, Status};
+use super::{Ledger, Status, storable_error};
 use crate::event::BookingEvent;
 
 /// What to claim.
@@ -89,7 +89,7 @@ impl Ledger {
             client_msg_id: req.client_msg_id.to_string(),
         };
         if req.reopen_dead {
-            let mut one = claim_batch(&self.pool, &self.claim_settings, vec![job], true).await?;
+            let mut one = claim_batch(&self.pool, &self.claim_settings, &[job], true).await?;
             return one.pop().unwrap_or(Ok(Claim::HeldElsewhere));
         }
         self.claims.call(job).await
@@ -103,7 +103,7 @@ impl Ledger {
 pub(super) async fn claim_batch(
     pool: &PgPool,
     settings: &ClaimSettings,
-    jobs: Vec<ClaimJob>,
+    jobs: &[ClaimJob],
     reopen_dead: bool,
 ) -> Result<Vec<Result<Claim, LedgerError>>, LedgerError> {
     let key =
@@ -237,7 +237,7 @@ pub(super) async fn claim_batch(
 
 impl Ledger {
     /// Records a delivery that failed before any send (its template did not render): `dead` from
-    /// the start, unless the key already exists.
+    /// the start, unless the key already exists. The error is stored bounded (see `storable_error`).
     pub async fn record_unsendable(
         &self,
         event: &BookingEvent,
@@ -261,7 +261,7 @@ impl Ledger {
         .bind(event.occurred)
         .bind(client_msg_id)
         .bind(reason)
-        .bind(error)
+        .bind(storable_error(error))
         .execute(&self.pool)
         .await?;
         Ok(())

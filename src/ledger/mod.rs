@@ -28,6 +28,17 @@ pub use batch::LedgerError;
 pub use claim::{Claim, ClaimRequest, Claimed};
 pub use record::{AttemptRecord, Finish};
 
+/// The longest error text the ledger stores (`last_error`, `delivery_attempts.errmsg`), in
+/// characters: the bound of the dead-letter queue's `wxnotify-error` header.
+const ERROR_TEXT_MAX: usize = 500;
+
+/// An error text as the ledger stores it: at most [`ERROR_TEXT_MAX`] characters, cut on a
+/// character boundary, NULs (which Postgres text cannot hold) replaced by U+FFFD. Whatever WeChat
+/// or a transport error says, Postgres never refuses the row for it.
+fn storable_error(text: &str) -> String {
+    crate::event::truncate(text, ERROR_TEXT_MAX).replace('\0', "\u{FFFD}")
+}
+
 /// A delivery's status column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -80,12 +91,12 @@ impl Ledger {
         let (p, settings) = (pool.clone(), claim_settings.clone());
         let claims = Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |jobs| {
             let (p, s) = (p.clone(), settings.clone());
-            async move { claim::claim_batch(&p, &s, jobs, false).await }
+            async move { claim::claim_batch(&p, &s, &jobs, false).await }
         });
         let (p, w) = (pool.clone(), worker_id.clone());
         let records = Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |jobs| {
             let (p, w) = (p.clone(), w.clone());
-            async move { record::record_batch(&p, &w, jobs).await }
+            async move { record::record_batch(&p, &w, &jobs).await }
         });
         Self {
             pool,
@@ -100,5 +111,22 @@ impl Ledger {
     /// How often [`Ledger::heartbeat`] should run so the worker stays "alive" to others.
     pub fn heartbeat_interval(&self) -> Duration {
         self.liveness / 4
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_storable_error_is_bounded_and_has_no_nul() {
+        assert_eq!(
+            storable_error("errcode 47003: argument invalid"),
+            "errcode 47003: argument invalid"
+        );
+        let stored = storable_error(&format!("a\0b{}", "é".repeat(600)));
+        assert_eq!(stored.chars().count(), ERROR_TEXT_MAX);
+        assert!(stored.starts_with("a\u{FFFD}béé"), "{stored}");
+        assert!(!stored.contains('\0'));
     }
 }

@@ -5,7 +5,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::batch::LedgerError;
-use super::{Ledger, Status};
+use super::{Ledger, Status, storable_error};
 
 /// One HTTP attempt, as it happened.
 #[derive(Debug, Clone)]
@@ -72,7 +72,8 @@ pub(super) struct RecordJob {
 }
 
 impl Ledger {
-    /// Writes the attempt (if any) and the outcome, and releases the claim. Returns whether the
+    /// Writes the attempt (if any) and the outcome, and releases the claim; error texts are stored
+    /// bounded (see `storable_error`). Returns whether the
     /// delivery row changed (false: another worker had already made it final). Outcomes of many
     /// deliveries share one statement (see [`super::batch`]).
     pub async fn record(
@@ -81,11 +82,19 @@ impl Ledger {
         attempt: Option<&AttemptRecord>,
         finish: &Finish,
     ) -> Result<bool, LedgerError> {
+        let attempt = attempt.map(|a| AttemptRecord {
+            errmsg: a.errmsg.as_deref().map(storable_error),
+            ..a.clone()
+        });
+        let finish = Finish {
+            error: finish.error.as_deref().map(storable_error),
+            ..finish.clone()
+        };
         self.records
             .call(RecordJob {
                 delivery_id,
-                attempt: attempt.cloned(),
-                finish: finish.clone(),
+                attempt,
+                finish,
             })
             .await
     }
@@ -96,7 +105,7 @@ impl Ledger {
 pub(super) async fn record_batch(
     pool: &PgPool,
     worker_id: &str,
-    jobs: Vec<RecordJob>,
+    jobs: &[RecordJob],
 ) -> Result<Vec<Result<bool, LedgerError>>, LedgerError> {
     let changed: Vec<i64> = sqlx::query_scalar(
         "WITH v AS (

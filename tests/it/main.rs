@@ -6,6 +6,7 @@ mod delivery;
 mod dlq;
 mod faults;
 mod helpers;
+mod ledger;
 mod report;
 mod secrets;
 mod tokens;
