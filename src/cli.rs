@@ -249,9 +249,14 @@ async fn dlq(command: DlqCommand) -> Result<(), Failure> {
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
                 OutputFormat::Table => {
                     print!("{}", ops::dlq::table(&report.replayed));
+                    print!("{}", ops::dlq::skipped_table(&report.skipped));
                     let verb = if dry_run { "would replay" } else { "replayed" };
+                    let skipped = match report.skipped.len() {
+                        0 => String::new(),
+                        n => format!("; skipped {n} (above)"),
+                    };
                     println!(
-                        "{verb} {} of {} dead letter(s) looked at into {} (replay {}); the others stay in {}",
+                        "{verb} {} of {} dead letter(s) looked at into {} (replay {}){skipped}; the others stay in {}",
                         report.replayed.len(),
                         report.scanned,
                         topology.queue,

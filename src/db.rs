@@ -20,3 +20,13 @@ pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgPool,
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
+
+/// Postgres refused a value of the statement (SQLSTATE class 22, "data exception": a NUL in a
+/// text, a string too long, a number out of range). Retrying the same values fails the same way;
+/// other values in the same statement may be fine.
+pub(crate) fn is_data_error(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("22")),
+        _ => false,
+    }
+}

@@ -86,7 +86,7 @@ impl Ledger {
             client_msg_id: req.client_msg_id.to_string(),
         };
         if req.reopen != Reopen::No {
-            let mut one = claim_batch(&self.pool, &self.claim_settings, vec![job], req.reopen).await?;
+            let mut one = claim_batch(&self.pool, &self.claim_settings, &[job], req.reopen).await?;
             return one.pop().unwrap_or(Ok(Claim::HeldElsewhere));
         }
         self.claims.call(job).await
@@ -120,7 +120,7 @@ impl Ledger {
 pub(super) async fn claim_batch(
     pool: &PgPool,
     settings: &ClaimSettings,
-    jobs: Vec<ClaimJob>,
+    jobs: &[ClaimJob],
     reopen: Reopen,
 ) -> Result<Vec<Result<Claim, LedgerError>>, LedgerError> {
     let key = |j: &'_ ClaimJob| DeliveryKey {

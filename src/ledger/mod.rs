@@ -85,12 +85,12 @@ impl Ledger {
         let (p, settings) = (pool.clone(), claim_settings.clone());
         let claims = Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |jobs| {
             let (p, s) = (p.clone(), settings.clone());
-            async move { claim::claim_batch(&p, &s, jobs, crate::delivery::judge::Reopen::No).await }
+            async move { claim::claim_batch(&p, &s, &jobs, crate::delivery::judge::Reopen::No).await }
         });
         let (p, w) = (pool.clone(), worker_id.clone());
         let records = Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |jobs| {
             let (p, w) = (p.clone(), w.clone());
-            async move { record::record_batch(&p, &w, jobs).await }
+            async move { record::record_batch(&p, &w, &jobs).await }
         });
         Self {
             pool,

@@ -89,19 +89,24 @@ pub(super) struct RecordJob {
 }
 
 impl Ledger {
-    /// Writes the attempt (if any) and the outcome, and releases the claim. Returns whether the
-    /// delivery row changed (false: another worker had already made it final). Outcomes of many
-    /// deliveries share one statement (see [`super::batch`]).
+    /// Writes the attempt (if any) and the outcome, and releases the claim; error texts are stored
+    /// bounded and without NUL (see [`one_line`]). Returns whether the delivery row changed
+    /// (false: another worker holds or finished it). Outcomes of many deliveries share one
+    /// statement (see [`super::batch`]).
     pub(crate) async fn record(
         &self,
         delivery_id: i64,
         attempt: Option<&AttemptRecord>,
         finish: &Finish,
     ) -> Result<bool, LedgerError> {
+        let attempt = attempt.map(|a| AttemptRecord {
+            errmsg: a.errmsg.as_deref().map(one_line),
+            ..a.clone()
+        });
         self.records
             .call(RecordJob {
                 delivery_id,
-                attempt: attempt.cloned(),
+                attempt,
                 finish: finish.clone(),
             })
             .await
@@ -115,7 +120,7 @@ impl Ledger {
 pub(super) async fn record_batch(
     pool: &PgPool,
     worker_id: &str,
-    jobs: Vec<RecordJob>,
+    jobs: &[RecordJob],
 ) -> Result<Vec<Result<bool, LedgerError>>, LedgerError> {
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by_key(|i| !jobs[*i].finish.is_proven_sent());

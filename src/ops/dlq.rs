@@ -1,10 +1,15 @@
 //! `wxnotify dlq list` and `wxnotify dlq replay`: the dead-letter queue for people.
 //!
 //! Both read the DLQ with `basic.get` without acking, so a message leaves it only when we ack it:
-//! `list` acks nothing (closing the channel hands every message back), `replay` acks a message
-//! only after the broker confirmed its copy in the work queue and the replay is recorded in
-//! Postgres. A crash anywhere leaves the message in the DLQ; replaying it twice is harmless, the
-//! ledger absorbs the second copy.
+//! `list` acks nothing (closing the channel hands every message back), `replay` records the
+//! replay in Postgres, republishes the copy and acks the message only after the broker confirmed
+//! the copy in the work queue (recorded first, so a copy never arrives without its record). A
+//! crash anywhere leaves the message in the DLQ; replaying it twice is harmless, the ledger
+//! absorbs the second copy.
+//!
+//! A dead letter that cannot be replayed for a reason of its own (Postgres refuses a value of its
+//! record, the broker refuses its copy) is skipped, reported and left in the DLQ; the run goes on.
+//! Losing the broker or the database stops the run.
 
 use chrono::{DateTime, Utc};
 use lapin::message::BasicGetMessage;
@@ -16,7 +21,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::event::BookingEvent;
-use crate::queue::{self, Publisher, Topology, headers};
+use crate::queue::{self, PublishError, Publisher, Topology, headers};
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
@@ -24,12 +29,10 @@ pub enum DlqError {
     Broker(String),
     #[error("the work queue {0} does not exist: start a worker once (it declares the topology)")]
     NoWorkQueue(String),
-    /// The copy is in the work queue but the replay could not be recorded; the original stays in
-    /// the DLQ (a second replay of it is absorbed by the ledger).
-    #[error(
-        "event {event_id}: republished, but recording the replay failed: {error}; stopped, the original stays in the DLQ"
-    )]
-    Record { event_id: String, error: String },
+    /// The database failed (not because of this dead letter's values): the run stops, nothing
+    /// was republished for it, it stays in the DLQ.
+    #[error("event {event_id}: recording the replay failed: {error}; stopped, the dead letter stays in the DLQ")]
+    Database { event_id: String, error: String },
 }
 
 fn broker(e: impl std::fmt::Display) -> DlqError {
@@ -48,6 +51,11 @@ pub struct DeadLetterView {
     pub dead_at: Option<DateTime<Utc>>,
     pub age_secs: Option<i64>,
     pub error: Option<String>,
+}
+
+/// An event id for a person to read: `?` when unknown, control characters escaped.
+fn shown_id(id: Option<&str>) -> String {
+    id.unwrap_or("?").escape_debug().to_string()
 }
 
 impl DeadLetterView {
@@ -118,7 +126,16 @@ pub struct ReplayReport {
     pub scanned: usize,
     /// Matched and republished (or, with `--dry-run`, would have been).
     pub replayed: Vec<DeadLetterView>,
+    /// Matched but left in the DLQ: its replay could not be recorded, or the broker refused its copy.
+    pub skipped: Vec<SkippedDeadLetter>,
     pub dry_run: bool,
+}
+
+/// A dead letter `replay` left where it was, and why.
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedDeadLetter {
+    pub event_id: Option<String>,
+    pub reason: String,
 }
 
 /// A connection and a channel reading the DLQ; dropping the channel hands back what it holds.
@@ -189,7 +206,11 @@ pub async fn list(amqp_url: &SecretString, topology: &Topology, limit: usize) ->
 
 /// Moves matching dead letters (at most `limit`) back into the work queue with a fresh retry
 /// budget and the `wxnotify-replay` header, which lets the copy reopen its `dead` delivery
-/// because the run is recorded in `dlq_replays` (a header alone, without the row, reopens nothing).
+/// because the run is recorded in `dlq_replays` first (a header alone, without the row, reopens
+/// nothing).
+/// Dead letters that cannot be replayed for a reason of their own are left and reported in
+/// [`ReplayReport::skipped`]. When the broker goes away before confirming a copy, the run stops
+/// and that replay's row stays: the copy may have arrived.
 pub async fn replay(
     amqp_url: &SecretString,
     topology: &Topology,
@@ -200,7 +221,7 @@ pub async fn replay(
 ) -> Result<ReplayReport, DlqError> {
     let mut reader = DlqReader::open(amqp_url, topology, "wxnotify-dlq-replay").await?;
     let result: Result<_, DlqError> = async {
-        let publisher = Publisher::open(&reader.conn).await.map_err(broker)?;
+        let mut publisher = Publisher::open(&reader.conn).await.map_err(broker)?;
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
@@ -234,6 +255,22 @@ pub async fn replay(
                 report.replayed.push(view);
                 continue;
             }
+            let database = |e: sqlx::Error| DlqError::Database {
+                event_id: shown_id(view.event_id.as_deref()),
+                error: e.to_string(),
+            };
+            let skip = |reason: String| SkippedDeadLetter {
+                event_id: view.event_id.clone(),
+                reason,
+            };
+            let row = match record(pool, &report.replay_id, &description, &view).await {
+                Ok(row) => row,
+                Err(e) if crate::db::is_data_error(&e) => {
+                    report.skipped.push(skip(format!("its replay cannot be recorded: {e}")));
+                    continue; // stays unacked: handed back to the DLQ when we close
+                }
+                Err(e) => return Err(database(e)),
+            };
             let (props, mut hdrs) = headers::republish(&msg.delivery.properties);
             headers::set_int(&mut hdrs, headers::ATTEMPTS, 0);
             headers::set_int(&mut hdrs, headers::TOKEN_REQUEUES, 0);
@@ -241,19 +278,23 @@ pub async fn replay(
             if let Some(id) = &view.event_id {
                 headers::set_text(&mut hdrs, headers::EVENT_ID, id);
             }
-            // Recorded before the copy exists: a worker honours a copy's replay header only when
-            // its run is in `dlq_replays`, and it may take the copy the moment it is published.
-            record(pool, &report.replay_id, &description, &view)
-                .await
-                .map_err(|e| DlqError::Record {
-                    event_id: view.event_id.clone().unwrap_or_else(|| "?".into()),
-                    error: e.to_string(),
-                })?;
             // The default exchange routes by queue name: straight into the work queue.
-            publisher
+            match publisher
                 .publish("", &topology.queue, &msg.delivery.data, props.with_headers(hdrs))
                 .await
-                .map_err(broker)?;
+            {
+                Ok(()) => {}
+                Err(e) if refused_copy(&e) => {
+                    // No copy: the row must not claim a replay.
+                    unrecord(pool, row).await.map_err(database)?;
+                    if !publisher.channel().status().connected() {
+                        publisher = Publisher::open(&reader.conn).await.map_err(broker)?;
+                    }
+                    report.skipped.push(skip(format!("the broker refused its copy: {e}")));
+                    continue;
+                }
+                Err(e) => return Err(broker(e)),
+            }
             msg.delivery
                 .acker
                 .ack(BasicAckOptions::default())
@@ -268,10 +309,29 @@ pub async fn replay(
     result
 }
 
-async fn record(pool: &PgPool, replay_id: &str, filter: &str, v: &DeadLetterView) -> Result<(), sqlx::Error> {
-    sqlx::query(
+/// The broker refused this one copy (a nack, or the channel closed over it, e.g. a message larger
+/// than the broker takes): the dead letter's own problem, not the broker's or the connection's.
+fn refused_copy(e: &PublishError) -> bool {
+    use lapin::protocol::{AMQPErrorKind, AMQPSoftError};
+    match e {
+        PublishError::Nacked => true,
+        PublishError::Amqp(e) => matches!(
+            e.kind(),
+            lapin::ErrorKind::ProtocolError(p) if matches!(
+                p.kind(),
+                AMQPErrorKind::Soft(AMQPSoftError::PRECONDITIONFAILED | AMQPSoftError::CONTENTTOOLARGE)
+            )
+        ),
+        _ => false,
+    }
+}
+
+/// Records one replay; returns its row's id.
+async fn record(pool: &PgPool, replay_id: &str, filter: &str, v: &DeadLetterView) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
         "INSERT INTO dlq_replays (replay_id, filter, event_id, event_type, reason, errcode, dead_at, operator)
-         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8)
+         RETURNING id",
     )
     .bind(replay_id)
     .bind(filter)
@@ -281,8 +341,16 @@ async fn record(pool: &PgPool, replay_id: &str, filter: &str, v: &DeadLetterView
     .bind(v.errcode)
     .bind(v.dead_at)
     .bind(std::env::var("USER").ok())
-    .execute(pool)
-    .await?;
+    .fetch_one(pool)
+    .await
+}
+
+/// Takes back a replay [`record`]ed for a copy the broker refused.
+async fn unrecord(pool: &PgPool, row: i64) -> Result<(), sqlx::Error> {
+    sqlx::query("DELETE FROM dlq_replays WHERE id = $1")
+        .bind(row)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -321,6 +389,19 @@ pub fn table(rows: &[DeadLetterView]) -> String {
     out
 }
 
+/// The dead letters `dlq replay` left in the DLQ, and why (nothing when none).
+pub(crate) fn skipped_table(rows: &[SkippedDeadLetter]) -> String {
+    if rows.is_empty() {
+        return String::new();
+    }
+    let mut out = format!("{:<28}  {}\n", "SKIPPED EVENT_ID", "WHY (left in the DLQ)");
+    for r in rows {
+        let id = shown_id(r.event_id.as_deref());
+        out.push_str(&format!("{id:<28}  {}\n", r.reason.escape_debug()));
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -331,6 +412,32 @@ mod tests {
         assert_eq!(human_age(192), "3m12s");
         assert_eq!(human_age(7500), "2h05m");
         assert_eq!(human_age(3 * 86400 + 7200), "3d02h");
+    }
+
+    #[test]
+    fn only_the_brokers_refusal_of_one_copy_skips_it() {
+        use lapin::protocol::{AMQPError, AMQPHardError, AMQPSoftError};
+        let closed = |kind: lapin::protocol::AMQPErrorKind| {
+            PublishError::Amqp(lapin::ErrorKind::ProtocolError(AMQPError::new(kind, "closed".into())).into())
+        };
+        assert!(refused_copy(&PublishError::Nacked));
+        assert!(refused_copy(&closed(AMQPSoftError::PRECONDITIONFAILED.into())));
+        assert!(!refused_copy(&closed(AMQPSoftError::ACCESSREFUSED.into())));
+        assert!(!refused_copy(&closed(AMQPHardError::CONNECTIONFORCED.into())));
+        assert!(!refused_copy(&PublishError::Unroutable("q".into())));
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        assert!(!refused_copy(&PublishError::Amqp(io.into())));
+    }
+
+    #[test]
+    fn skipped_dead_letters_are_listed_with_their_ids_escaped() {
+        assert_eq!(skipped_table(&[]), "");
+        let t = skipped_table(&[SkippedDeadLetter {
+            event_id: Some("e\0x".into()),
+            reason: "its replay cannot be recorded: 0x00".into(),
+        }]);
+        assert!(t.contains("e\\0x"), "{t}");
+        assert!(!t.contains('\0'));
     }
 
     #[test]

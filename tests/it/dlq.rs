@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use wxnotify::ops::dlq::{self, ReplayFilter};
+use wxnotify::queue::headers;
 
 use crate::helpers::{TestEnv, WorkerOpts, amqp_url, event, wait_for};
 
@@ -112,5 +113,63 @@ async fn the_cli_lists_as_json_and_refuses_a_replay_without_a_filter() {
     let out = env.wxnotify(&["dlq", "replay"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--all"));
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_that_cannot_be_replayed_is_skipped_reported_and_left_in_place() {
+    let env = TestEnv::new().await;
+    let url = SecretString::from(amqp_url());
+    // Its event id holds a NUL: Postgres cannot record its replay. First in the queue.
+    let poison = event("r-poison", "booking.confirmed", "oP").to_string();
+    env.publish_dead_letter(
+        poison.as_bytes(),
+        &[(headers::REASON, "permanent_error"), (headers::EVENT_ID, "r-\0poison")],
+    )
+    .await;
+    let good = event("r-good", "booking.confirmed", "oG").to_string();
+    env.publish_dead_letter(
+        good.as_bytes(),
+        &[(headers::REASON, "permanent_error"), (headers::EVENT_ID, "r-good")],
+    )
+    .await;
+
+    let out = env
+        .wxnotify(&["dlq", "replay", "--all", "--format", "json"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(report["scanned"], 2);
+    assert_eq!(report["replayed"].as_array().unwrap().len(), 1);
+    assert_eq!(report["replayed"][0]["event_id"], "r-good");
+    let skipped = report["skipped"].as_array().unwrap();
+    assert_eq!(skipped.len(), 1);
+    assert_eq!(skipped[0]["event_id"], "r-\0poison");
+    let why = skipped[0]["reason"].as_str().unwrap();
+    assert!(why.contains("0x00"), "the database's reason: {why}");
+
+    // The good one is in the work queue, its replay recorded; the poison one stays in the DLQ
+    // and no copy of it went anywhere.
+    assert_eq!(env.ready_everywhere().await, 1);
+    assert_eq!(
+        env.count("SELECT count(*) FROM dlq_replays WHERE event_id = 'r-good'")
+            .await,
+        1
+    );
+    assert_eq!(env.count("SELECT count(*) FROM dlq_replays").await, 1);
+    let left = dlq::list(&url, &env.topology, 10).await.unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0].event_id.as_deref(), Some("r-\0poison"));
+
+    // Again, as a table: skipped again, named, and still no copy.
+    let out = env.wxnotify(&["dlq", "replay", "--all"]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("skipped 1"), "{table}");
+    assert!(table.contains("r-\\0poison"), "the id, escaped: {table}");
+    assert_eq!(env.ready_everywhere().await, 1);
+    assert_eq!(dlq::list(&url, &env.topology, 10).await.unwrap().len(), 1);
     env.cleanup().await;
 }

@@ -217,6 +217,22 @@ impl TestEnv {
         self.publish_raw(&rk, event.to_string().as_bytes()).await;
     }
 
+    /// Puts a message straight into the dead-letter queue, with these `wxnotify-*` headers.
+    pub async fn publish_dead_letter(&self, body: &[u8], headers: &[(&str, &str)]) {
+        let mut table = lapin::types::FieldTable::default();
+        for (name, value) in headers {
+            queue::headers::set_text(&mut table, name, value);
+        }
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type("application/json".into())
+            .with_headers(table);
+        self.publisher
+            .publish("", &self.topology.dlq, body, props)
+            .await
+            .expect("publish to the DLQ");
+    }
+
     /// Takes every message of the dead-letter queue: (body, wxnotify-* headers).
     pub async fn drain_dlq(&self) -> Vec<Taken> {
         take_all(self.publisher.channel(), &self.topology.dlq).await

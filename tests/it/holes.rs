@@ -8,9 +8,9 @@ use lapin::options::{BasicGetOptions, BasicRejectOptions, ExchangeDeleteOptions}
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use secrecy::SecretString;
 use sqlx::Row;
+use wechat_sim::{Faults, SimConfig};
 use wxnotify::event::DeliveryKey;
 use wxnotify::ops::dlq::{self, ReplayFilter};
-use wechat_sim::{Faults, SimConfig};
 
 use crate::helpers::{APP_ID, TestEnv, WorkerOpts, event, wait_for};
 use crate::proxy::Proxy;
