@@ -78,7 +78,7 @@ pub fn build(events: usize, seed: u64) -> Load {
     let malformed = (events / 100).max(5);
     let mut malformed_with_row = 0;
     for m in 0..malformed {
-        let (body, reason) = match m % 5 {
+        let (body, reason) = match m % 8 {
             0 => (
                 format!("{{\"event_id\": \"bad-{m}\", truncated").into_bytes(),
                 "invalid_event",
@@ -99,6 +99,23 @@ pub fn build(events: usize, seed: u64) -> Load {
                     .into_bytes(),
                 "no_template",
             ),
+            // Poison values: a NUL in a field, a body over WXNOTIFY_MAX_BODY_BYTES.
+            5 => (
+                event(&format!("bad-{m}"), "booking.confirmed", &format!("o-bad-\u{0}{m}"))
+                    .to_string()
+                    .into_bytes(),
+                "invalid_event",
+            ),
+            6 => {
+                let mut ev = event(&format!("bad-{m}"), "booking.confirmed", &format!("o-bad-{m}"));
+                ev["data"]["store"] = "徐汇\u{0}店".into();
+                (ev.to_string().into_bytes(), "invalid_event")
+            }
+            7 => {
+                let mut ev = event(&format!("bad-{m}"), "booking.confirmed", &format!("o-bad-{m}"));
+                ev["data"]["padding"] = "x".repeat(70_000).into();
+                (ev.to_string().into_bytes(), "invalid_event")
+            }
             _ => {
                 malformed_with_row += 1;
                 let mut ev = event(&format!("bad-{m}"), "booking.confirmed", &format!("o-bad-{m}"));

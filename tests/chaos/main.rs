@@ -18,7 +18,7 @@ mod common;
 mod fleet;
 mod load;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -168,7 +168,15 @@ async fn chaos() {
                 .map(|(_, n)| n)
                 .sum();
             let unacked: u64 = queue_depths(&prefix).await.values().map(|(_, u)| u).sum();
-            if open == 0 && total == expected_rows && served >= load.delivered.len() && ready == 0 && unacked == 0 {
+            // A subscribe send cut off by a SIGKILL is dead-lettered `ambiguous` (CONTRACT §3):
+            // its recipient may have it or not; ops decide.
+            let ambiguous = ambiguous_recipients(&pool).await.len();
+            if open == 0
+                && total == expected_rows
+                && served + ambiguous >= load.delivered.len()
+                && ready == 0
+                && unacked == 0
+            {
                 return;
             }
             tokio::time::sleep(Duration::from_secs(1)).await;
@@ -191,7 +199,16 @@ async fn chaos() {
         }
     }
 
-    // 1. Exactly once per recipient, at WeChat.
+    // 1. Exactly once per recipient, at WeChat; at most once where the outcome is ambiguous
+    // (subscribe messages only: WeChat cannot deduplicate them).
+    let ambiguous = ambiguous_recipients(&pool).await;
+    let not_subscribe: Vec<_> = ambiguous.iter().filter(|(_, t)| t != "booking.reminder").collect();
+    if !not_subscribe.is_empty() {
+        violations.push(format!(
+            "template deliveries dead-lettered ambiguous (WeChat dedups those): {not_subscribe:?}"
+        ));
+    }
+    let ambiguous: BTreeSet<String> = ambiguous.into_iter().map(|(o, _)| o).collect();
     let mut per_recipient: BTreeMap<String, u32> = BTreeMap::new();
     for m in sim.messages() {
         *per_recipient.entry(m.touser).or_default() += 1;
@@ -199,7 +216,7 @@ async fn chaos() {
     let missing: Vec<_> = load
         .delivered
         .iter()
-        .filter(|o| !per_recipient.contains_key(*o))
+        .filter(|o| !per_recipient.contains_key(*o) && !ambiguous.contains(*o))
         .collect();
     let twice: Vec<_> = per_recipient.iter().filter(|(_, n)| **n > 1).collect();
     let stray: Vec<_> = per_recipient.keys().filter(|o| !load.delivered.contains(*o)).collect();
@@ -223,8 +240,8 @@ async fn chaos() {
 
     // 2. Every ledger row final, with the right status.
     let statuses = ledger_statuses(&pool).await;
-    let want_sent = load.delivered.len() as i64;
-    let want_dead = (load.unsubscribed.len() + load.malformed_with_row) as i64;
+    let want_sent = (load.delivered.len() - ambiguous.len()) as i64;
+    let want_dead = (load.unsubscribed.len() + load.malformed_with_row + ambiguous.len()) as i64;
     if statuses.get("sent").copied().unwrap_or(0) != want_sent
         || statuses.get("dead").copied().unwrap_or(0) != want_dead
         || statuses.len() > 2
@@ -236,7 +253,7 @@ async fn chaos() {
 
     // 3. Every malformed message and permanent failure in the DLQ, with its reason; nothing else.
     let dead = drain_dlq(&topology).await;
-    violations.extend(check_dlq(&load, &dead));
+    violations.extend(check_dlq(&load, &dead, &ambiguous));
 
     // 4. Nothing left anywhere: with every consumer gone, an unacked message would be back in its
     // queue, so exact ready counts of every queue of the run tell all.
@@ -296,9 +313,11 @@ async fn chaos() {
         stats.token_calls + stats.stable_token_calls
     );
     println!(
-        "chaos: outcome   {} messages at WeChat for {} recipients; ledger {statuses:?}; DLQ {reasons:?}",
+        "chaos: outcome   {} messages at WeChat for {} recipients; ledger {statuses:?}; DLQ {reasons:?}; {} subscribe deliveries ambiguous after a SIGKILL ({} of them had reached WeChat)",
         stats.accepted,
-        per_recipient.len()
+        per_recipient.len(),
+        ambiguous.len(),
+        ambiguous.iter().filter(|o| per_recipient.contains_key(*o)).count()
     );
     println!(
         "chaos: time      published in {:.1} s, drained {:.1} s after the last publish, {:.1} s in all",
@@ -310,7 +329,9 @@ async fn chaos() {
     cleanup(&prefix, &topology).await;
     pool.close().await;
     if violations.is_empty() {
-        println!("chaos: PASS — every valid event delivered exactly once, nothing lost, nothing left");
+        println!(
+            "chaos: PASS — every valid event delivered exactly once (at most once where ambiguous), nothing lost, nothing left"
+        );
     } else {
         for v in &violations {
             println!("chaos: VIOLATION {v}");
@@ -331,6 +352,14 @@ async fn scalar(pool: &PgPool, sql: &'static str) -> i64 {
 }
 
 /// (pending or retrying, all) ledger rows; (−1, −1) while the database is unreachable.
+/// Recipients whose delivery ended `ambiguous`, with the event type.
+async fn ambiguous_recipients(pool: &PgPool) -> Vec<(String, String)> {
+    sqlx::query_as("SELECT openid, event_type FROM deliveries WHERE dead_reason = 'ambiguous'")
+        .fetch_all(pool)
+        .await
+        .expect("ambiguous deliveries")
+}
+
 async fn ledger_counts(pool: &PgPool) -> (i64, i64) {
     sqlx::query("SELECT count(*) FILTER (WHERE status IN ('pending', 'retrying')), count(*) FROM deliveries")
         .fetch_one(pool)
@@ -363,13 +392,14 @@ async fn drain_dlq(topology: &Topology) -> DeadLetters {
 
 /// Each expected dead letter present with its reason (at least once: a worker killed between
 /// its DLQ publish and its ack publishes it again), and no dead letter nobody expected.
-fn check_dlq(load: &Load, dead: &DeadLetters) -> Vec<String> {
+fn check_dlq(load: &Load, dead: &DeadLetters, ambiguous: &BTreeSet<String>) -> Vec<String> {
     let mut violations = Vec::new();
     let mut expected: HashMap<&[u8], (&'static str, Option<&str>)> = HashMap::new();
     for m in &load.msgs {
         match &m.expect {
             Expect::Malformed(reason) => expected.insert(&m.body, (reason, None)),
             Expect::Permanent(_) => expected.insert(&m.body, ("permanent_error", Some("43004"))),
+            Expect::Delivered(openid) if ambiguous.contains(openid) => expected.insert(&m.body, ("ambiguous", None)),
             Expect::Delivered(_) => None,
         };
     }
