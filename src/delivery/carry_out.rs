@@ -11,11 +11,13 @@
 //! failed. A failed publish also marks the session broken, so the worker rebuilds its channels
 //! instead of publishing into a dead one.
 
+use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::types::FieldTable;
 
 use super::intake::Meta;
-use super::judge::{self, Step};
+use super::judge::{self, Facts, Step};
 use super::{Abandoned, Context, Session, Trip, with_db};
 use crate::outcome::{Outcome, Plan};
 use crate::queue::headers;
@@ -25,56 +27,107 @@ pub(crate) async fn carry_out(
     session: &Session,
     msg: &Delivery,
     meta: &Meta,
-    mut plan: Plan,
+    plan: Plan,
     trip: Trip,
 ) -> Result<(), Abandoned> {
-    if let (Some(generation), Some(token)) = (plan.replace_token, &trip.token) {
+    let c = Carrier {
+        ctx,
+        session,
+        msg,
+        meta,
+        trip,
+    };
+    let plan = c.replace_token(plan).await;
+    let (props, hdrs) = c.headers(&plan);
+    let plan = c.dead_letter(plan, &props, hdrs.clone()).await;
+    c.record(&plan).await?;
+    let released = plan.outcome == Outcome::Release || !c.republish(&plan, props, hdrs).await;
+    c.settle(&plan, released).await
+}
+
+/// One message being carried out, and what its trip gathered.
+struct Carrier<'a> {
+    ctx: &'a Context,
+    session: &'a Session,
+    msg: &'a Delivery,
+    meta: &'a Meta,
+    trip: Trip,
+}
+
+impl Carrier<'_> {
+    /// What the judge knew (or, for a message rejected at intake, what its headers say).
+    fn facts(&self) -> Facts {
+        self.trip.facts.clone().unwrap_or_else(|| Facts {
+            api: crate::wechat::Api::Template,
+            failed_before: self.meta.failed_before,
+            token_requeues: self.meta.token_requeues,
+            redeliveries: self.meta.redeliveries,
+            in_doubt_for: None,
+            render_error: None,
+            now: chrono::Utc::now(),
+        })
+    }
+
+    /// Replaces a rejected token if it is still current; if that fails, the judge decides again.
+    async fn replace_token(&self, plan: Plan) -> Plan {
+        let (Some(generation), Some(token)) = (plan.replace_token, &self.trip.token) else {
+            return plan;
+        };
         tracing::info!(app = %token.app_id, generation, "token rejected; replacing it if still current");
-        if let Err(e) = ctx.tokens.invalidate(token).await {
-            tracing::warn!(error = %e, "could not replace the rejected token; the message waits");
-            if let Some(facts) = &trip.facts {
-                plan = judge::judge(facts, Step::NoToken(&e), &ctx.policy);
+        match self.ctx.tokens.invalidate(token).await {
+            Ok(()) => plan,
+            Err(e) => {
+                tracing::warn!(error = %e, "could not replace the rejected token; the message waits");
+                judge::judge(&self.facts(), Step::NoToken(&e), &self.ctx.policy)
             }
         }
     }
 
-    let (mut props, mut hdrs) = headers::republish(&msg.properties);
-    if let Some(id) = &trip.event_id {
-        headers::set_text(&mut hdrs, headers::EVENT_ID, id);
+    /// The copy's properties and headers: the original's, with our verdict so far.
+    fn headers(&self, plan: &Plan) -> (BasicProperties, FieldTable) {
+        let (props, mut hdrs) = headers::republish(&self.msg.properties);
+        if let Some(id) = &self.trip.event_id {
+            headers::set_text(&mut hdrs, headers::EVENT_ID, id);
+        }
+        headers::set_int(&mut hdrs, headers::ATTEMPTS, i64::from(plan.attempts));
+        (props, hdrs)
     }
-    headers::set_int(&mut hdrs, headers::ATTEMPTS, i64::from(plan.attempts));
 
-    if let Outcome::DeadLetter(d) = &plan.outcome {
+    /// A dead letter is published to the DLX (confirmed). If that fails, the judge's new plan
+    /// replaces it (hand the message back, keep the attempt and the doubt).
+    async fn dead_letter(&self, plan: Plan, props: &BasicProperties, mut hdrs: FieldTable) -> Plan {
+        let Outcome::DeadLetter(d) = &plan.outcome else {
+            return plan;
+        };
         headers::set_text(&mut hdrs, headers::REASON, d.reason.as_str());
         if let Some(code) = d.errcode {
             headers::set_int(&mut hdrs, headers::ERRCODE, code);
         }
         headers::set_text(&mut hdrs, headers::ERROR, &d.error);
         headers::set_text(&mut hdrs, headers::DEAD_AT, &chrono::Utc::now().to_rfc3339());
-        let dead_props = props.clone().with_headers(hdrs.clone());
-        match session
-            .publisher
-            .publish(&ctx.topology.dlx, "", &msg.data, dead_props)
-            .await
-        {
-            Ok(()) => tracing::warn!(
-                reason = d.reason.as_str(),
-                errcode = d.errcode,
-                error = %d.error,
-                "dead-lettered"
-            ),
+        let props = props.clone().with_headers(hdrs);
+        let dlx = &self.ctx.topology.dlx;
+        match self.session.publisher.publish(dlx, "", &self.msg.data, props).await {
+            Ok(()) => {
+                tracing::warn!(reason = d.reason.as_str(), errcode = d.errcode, error = %d.error, "dead-lettered");
+                plan
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "dead-letter publish failed; handing the message back");
-                session.broken.cancel();
-                let facts = trip.facts.clone().unwrap_or_else(|| early_facts(meta));
-                plan = judge::judge(&facts, Step::DeadLetterFailed(&plan), &ctx.policy);
+                self.session.broken.cancel();
+                judge::judge(&self.facts(), Step::DeadLetterFailed(&plan), &self.ctx.policy)
             }
         }
     }
 
-    if let (Some(finish), Some(id)) = (&plan.finish, trip.delivery_id) {
+    /// The plan's ledger write, for the claimed delivery.
+    async fn record(&self, plan: &Plan) -> Result<(), Abandoned> {
+        let (Some(finish), Some(id)) = (&plan.finish, self.trip.delivery_id) else {
+            return Ok(());
+        };
+        let ctx = self.ctx;
         let applied = with_db(ctx, "record outcome", || {
-            ctx.ledger.record(id, trip.attempt.as_ref(), finish)
+            ctx.ledger.record(id, self.trip.attempt.as_ref(), finish)
         })
         .await?;
         if !applied {
@@ -83,60 +136,61 @@ pub(crate) async fn carry_out(
                 "not recorded: another worker holds or finished this delivery"
             );
         }
+        Ok(())
     }
 
-    let republish = match &plan.outcome {
-        Outcome::Requeue => {
-            headers::set_int(&mut hdrs, headers::TOKEN_REQUEUES, i64::from(meta.token_requeues) + 1);
-            Some((ctx.topology.queue.clone(), props.clone().with_headers(hdrs)))
-        }
-        Outcome::RetryLater { delay } => {
-            let tier = ctx.policy.tier_for(*delay);
-            let ms = delay.as_millis().clamp(1, tier.as_millis()).to_string();
-            props = props.with_headers(hdrs).with_expiration(ms.into());
-            Some((ctx.topology.retry_queue(tier), props))
-        }
-        Outcome::Ack | Outcome::DeadLetter(_) | Outcome::Release => None,
-    };
-    let mut release = plan.outcome == Outcome::Release;
-    if let Some((queue, props)) = republish {
+    /// Publishes the requeue or retry copy (confirmed). `false`: it failed; the message is handed
+    /// back and the session rebuilt.
+    async fn republish(&self, plan: &Plan, props: BasicProperties, mut hdrs: FieldTable) -> bool {
+        let ctx = self.ctx;
+        let (queue, props) = match &plan.outcome {
+            Outcome::Requeue => {
+                headers::set_int(
+                    &mut hdrs,
+                    headers::TOKEN_REQUEUES,
+                    i64::from(self.meta.token_requeues) + 1,
+                );
+                (ctx.topology.queue.clone(), props.with_headers(hdrs))
+            }
+            Outcome::RetryLater { delay } => {
+                let tier = ctx.policy.tier_for(*delay);
+                let ms = delay.as_millis().clamp(1, tier.as_millis()).to_string();
+                (
+                    ctx.topology.retry_queue(tier),
+                    props.with_headers(hdrs).with_expiration(ms.into()),
+                )
+            }
+            Outcome::Ack | Outcome::DeadLetter(_) | Outcome::Release => return true,
+        };
         // The default exchange routes by queue name.
-        if let Err(e) = session.publisher.publish("", &queue, &msg.data, props).await {
-            tracing::warn!(error = %e, queue, "republish failed; handing the message back");
-            session.broken.cancel();
-            release = true;
+        match self.session.publisher.publish("", &queue, &self.msg.data, props).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(error = %e, queue, "republish failed; handing the message back");
+                self.session.broken.cancel();
+                false
+            }
         }
     }
 
-    let settled = if release {
-        msg.acker
-            .nack(BasicNackOptions {
+    /// Acks, or hands the message back to the broker (nack with requeue).
+    async fn settle(&self, plan: &Plan, released: bool) -> Result<(), Abandoned> {
+        let settled = if released {
+            let back = BasicNackOptions {
                 requeue: true,
                 ..Default::default()
-            })
-            .await
-    } else {
-        msg.acker.ack(BasicAckOptions::default()).await
-    };
-    if let Err(e) = settled {
-        // The channel died after the outcome was recorded: the redelivery will find it.
-        tracing::debug!(error = %e, "ack failed");
-        return Err(Abandoned);
-    }
-    let label = if release { "release" } else { plan.outcome.label() };
-    metrics::counter!("wxnotify_messages_total", "outcome" => label).increment(1);
-    Ok(())
-}
-
-/// What the judge knows of a message rejected at intake (no delivery, no claim).
-fn early_facts(meta: &Meta) -> judge::Facts {
-    judge::Facts {
-        api: crate::wechat::Api::Template,
-        failed_before: meta.failed_before,
-        token_requeues: meta.token_requeues,
-        redeliveries: meta.redeliveries,
-        in_doubt_for: None,
-        render_error: None,
-        now: chrono::Utc::now(),
+            };
+            self.msg.acker.nack(back).await
+        } else {
+            self.msg.acker.ack(BasicAckOptions::default()).await
+        };
+        if let Err(e) = settled {
+            // The channel died after the outcome was recorded: the redelivery will find it.
+            tracing::debug!(error = %e, "ack failed");
+            return Err(Abandoned);
+        }
+        let label = if released { "release" } else { plan.outcome.label() };
+        metrics::counter!("wxnotify_messages_total", "outcome" => label).increment(1);
+        Ok(())
     }
 }

@@ -17,12 +17,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::admin::Health;
-use crate::ledger::{AttemptRecord, Claim, ClaimRequest, Ledger};
+use crate::ledger::{AttemptRecord, Claim, ClaimRequest, Claimed, Ledger};
 use crate::outcome::Plan;
 use crate::queue::{Publisher, Topology};
 use crate::retry::RetryPolicy;
 use crate::token::{AccessToken, TokenProvider};
-use crate::wechat::{SendError, SendReply, WechatClient};
+use crate::wechat::{OutgoingMessage, SendError, SendReply, WechatClient};
 use intake::{Delivery, Intake, Meta, Rules};
 use judge::{Answer, ClaimSeen, Facts, Gate, Reopen, Step};
 
@@ -119,16 +119,78 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
         render_error: d.message.as_ref().err().cloned(),
         now: Utc::now(),
     };
-    let reopen = match &meta.replay_id {
-        None => Reopen::No,
-        Some(replay_id) => {
-            let row = with_db(ctx, "look up the replay", || {
-                ctx.ledger.replay_row(replay_id, &d.key.event_id)
-            })
-            .await?;
-            judge::reopen(row.as_ref().map(|(reason, by)| (reason.as_str(), by.as_deref())))
-        }
+    let reopen = reopen(ctx, d, meta).await?;
+    let (seen, claimed) = claim(ctx, d, reopen).await?;
+    facts.in_doubt_for = claimed.as_ref().and_then(Held::doubt);
+    trip.delivery_id = claimed.as_ref().map(|c| c.claimed.id);
+    trip.facts = Some(facts.clone());
+    if let Some(plan) = judge::stop_before_send(&facts, Gate::Claimed(&seen), &ctx.policy) {
+        return Ok(plan);
+    }
+    let (Some(held), Ok(message)) = (claimed, &d.message) else {
+        unreachable!("the judge lets only an owned, rendered delivery through");
     };
+    if facts.in_doubt_for.is_some() {
+        tracing::info!("resending a delivery whose earlier send is in doubt; WeChat drops it if it arrived");
+    }
+
+    let token = match ctx.tokens.get(&d.app_id).await {
+        Ok(t) => t,
+        Err(e) => return Ok(judge::judge(&facts, Step::NoToken(&e), &ctx.policy)),
+    };
+    // The token wait may have been long: the window is checked again right before the send.
+    facts.in_doubt_for = held.doubt();
+    facts.now = Utc::now();
+    trip.facts = Some(facts.clone());
+    if let Some(plan) = judge::stop_before_send(&facts, Gate::BeforeSend, &ctx.policy) {
+        return Ok(plan);
+    }
+    let answer = send(ctx, message, &token, trip).await;
+    let generation = token.generation;
+    trip.token = Some(token);
+    Ok(judge::judge(
+        &facts,
+        Step::Answered {
+            answer: &answer,
+            generation,
+        },
+        &ctx.policy,
+    ))
+}
+
+/// A replay copy reopens a `dead` delivery only if its run is recorded (and keeps its doubt
+/// unless the operator replayed reason `ambiguous` by name): the judge's rule.
+async fn reopen(ctx: &Context, d: &Delivery, meta: &Meta) -> Result<Reopen, Abandoned> {
+    let Some(replay_id) = &meta.replay_id else {
+        return Ok(Reopen::No);
+    };
+    let row = with_db(ctx, "look up the replay", || {
+        ctx.ledger.replay_row(replay_id, &d.key.event_id)
+    })
+    .await?;
+    Ok(judge::reopen(
+        row.as_ref().map(|(reason, by)| (reason.as_str(), by.as_deref())),
+    ))
+}
+
+/// A claim this worker holds, and when it was taken on this process's monotonic clock.
+struct Held {
+    claimed: Claimed,
+    at: Instant,
+}
+
+impl Held {
+    /// How long the doubt has lasted, by the database's clock: its time at the claim plus the
+    /// time since, on this process's monotonic clock.
+    fn doubt(&self) -> Option<Duration> {
+        let c = &self.claimed;
+        c.in_doubt_since
+            .map(|since| (c.now - since).to_std().unwrap_or_default() + self.at.elapsed())
+    }
+}
+
+/// Claims the delivery key; a value Postgres refuses is this delivery's verdict, not a retry.
+async fn claim(ctx: &Context, d: &Delivery, reopen: Reopen) -> Result<(ClaimSeen, Option<Held>), Abandoned> {
     let request = ClaimRequest {
         key: &d.key,
         event_type: &d.event.event_type,
@@ -144,9 +206,14 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
         }
     })
     .await?;
-    let claimed_at = Instant::now();
-    let (seen, claimed) = match claim {
-        Ok(Claim::Owned(c)) => (ClaimSeen::Owned, Some(c)),
+    Ok(match claim {
+        Ok(Claim::Owned(claimed)) => (
+            ClaimSeen::Owned,
+            Some(Held {
+                claimed,
+                at: Instant::now(),
+            }),
+        ),
         Ok(Claim::AlreadyFinal { status }) => {
             metrics::counter!("wxnotify_duplicates_total", "status" => status.as_str()).increment(1);
             (ClaimSeen::Final, None)
@@ -156,38 +223,11 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
             (ClaimSeen::Held, None)
         }
         Err(refused) => (ClaimSeen::Refused(refused), None),
-    };
-    // How long the doubt has lasted, by the database's clock: its time at the claim plus the
-    // time since, on this process's monotonic clock.
-    let doubt = |c: &crate::ledger::Claimed| {
-        c.in_doubt_since
-            .map(|since| (c.now - since).to_std().unwrap_or_default() + claimed_at.elapsed())
-    };
-    facts.in_doubt_for = claimed.as_ref().and_then(doubt);
-    trip.delivery_id = claimed.as_ref().map(|c| c.id);
-    trip.facts = Some(facts.clone());
-    if let Some(plan) = judge::stop_before_send(&facts, Gate::Claimed(&seen), &ctx.policy) {
-        return Ok(plan);
-    }
-    let (Some(claimed), Ok(message)) = (claimed, &d.message) else {
-        unreachable!("the judge lets only an owned, rendered delivery through");
-    };
-    if facts.in_doubt_for.is_some() {
-        tracing::info!("resending a delivery whose earlier send is in doubt; WeChat drops it if it arrived");
-    }
+    })
+}
 
-    let token = match ctx.tokens.get(&d.app_id).await {
-        Ok(t) => t,
-        Err(e) => return Ok(judge::judge(&facts, Step::NoToken(&e), &ctx.policy)),
-    };
-    // The token wait may have been long: the window is checked again right before the send.
-    facts.in_doubt_for = doubt(&claimed);
-    facts.now = Utc::now();
-    trip.facts = Some(facts.clone());
-    if let Some(plan) = judge::stop_before_send(&facts, Gate::BeforeSend, &ctx.policy) {
-        return Ok(plan);
-    }
-
+/// One HTTP send; its attempt goes into the trip.
+async fn send(ctx: &Context, message: &OutgoingMessage, token: &AccessToken, trip: &mut Trip) -> Answer {
     let started_at = Utc::now();
     let started = Instant::now();
     let reply = ctx.wechat.send(message, token.secret()).await;
@@ -196,16 +236,7 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
     let answer = answer(&reply);
     metrics::counter!("wxnotify_sends_total", "result" => answer_label(&answer)).increment(1);
     trip.attempt = Some(attempt_record(&reply, started, started_at, elapsed));
-    let generation = token.generation;
-    trip.token = Some(token);
-    Ok(judge::judge(
-        &facts,
-        Step::Answered {
-            answer: &answer,
-            generation,
-        },
-        &ctx.policy,
-    ))
+    answer
 }
 
 fn answer(reply: &Result<SendReply, SendError>) -> Answer {
