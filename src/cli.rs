@@ -4,15 +4,12 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 
-use crate::admin::{self, Health};
+use crate::app::{AppError, Application};
 use crate::config::{AmqpArgs, ConfigError, DbArgs, WorkerArgs, redact_url};
 use crate::telemetry::{self, LogFormat};
-use crate::worker::{Worker, WorkerError};
 use crate::{db, ops, shutdown};
 
 #[derive(Debug, Parser)]
@@ -300,41 +297,15 @@ fn read_input(file: Option<&PathBuf>) -> Result<Vec<u8>, Failure> {
 async fn worker(args: WorkerArgs, no_migrate: bool) -> Result<(), Failure> {
     let settings = args.into_settings()?;
     let shutdown = shutdown::on_signals();
-    let health = Arc::new(Health::default());
-    let (addr, server) = admin::bind(settings.admin_addr, health.clone(), shutdown.clone())
-        .await
-        .map_err(|e| {
-            Failure::Config(format!(
-                "WXNOTIFY_ADMIN_ADDR: cannot listen on {}: {e}",
-                settings.admin_addr
-            ))
-        })?;
-    tokio::spawn(server);
-    tracing::info!(%addr, "admin endpoint: /healthz /readyz /metrics");
-
-    // The database may come up after us (compose, restarts): wait for it, readyz says not ready.
-    let mut delay = Duration::from_millis(200);
-    let pool = loop {
-        match db::connect(&settings.database_url, settings.db_pool).await {
-            Ok(p) => break p,
-            Err(e) => {
-                tracing::warn!(error = %e, database = %redact_url(&settings.database_url), "database unreachable; retrying");
-                tokio::select! {
-                    _ = shutdown.cancelled() => return Ok(()),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(10));
-            }
-        }
+    let app_error = |e: AppError| match e {
+        AppError::Config(m) => Failure::Config(m),
+        AppError::Runtime(m) => Failure::Runtime(m),
     };
-    health.set_db(true);
-    if !no_migrate {
-        db::migrate(&pool)
-            .await
-            .map_err(|e| Failure::Runtime(format!("migrations: {e}")))?;
+    match Application::build(settings, !no_migrate, &shutdown)
+        .await
+        .map_err(app_error)?
+    {
+        Some(app) => app.run(shutdown).await.map_err(app_error),
+        None => Ok(()),
     }
-    let worker = Worker::new(settings, pool, health).map_err(|e| Failure::Config(e.to_string()))?;
-    worker.run(shutdown).await.map_err(|e| match e {
-        WorkerError::Config(m) => Failure::Config(m),
-    })
 }

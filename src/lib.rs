@@ -5,36 +5,44 @@
 //! Data flows one way; each step lives in its own module:
 //!
 //! ```text
-//! queue (consume) → event (parse) → template (render) → ledger (claim)
-//!   → token (shared access token) → wechat (send) → outcome → ledger (record)
-//!   → queue (ack / retry tier / dead-letter)
+//! queue (consume) → delivery::intake (event, template, render; pure) → ledger (claim)
+//!   → token (shared access token) → wechat (send) → delivery::judge (pure: the plan)
+//!   → delivery::carry_out (ledger record → ack / retry tier / dead-letter)
 //! ```
 //!
-//! - [`event`]: `BookingEvent::parse`, the delivery key and its `client_msg_id`.
-//! - [`template`]: the templates file, MiniJinja with our `datetime`/`yuan` filters, start-up checks.
-//! - [`wechat`]: the HTTP client, WeChat's keyword rules and the errcode → [`wechat::ErrorClass`] map.
+//! - `delivery`: one message's trip. `intake` and `judge` are pure functions that unit tests
+//!   call over the whole fate table; `carry_out` is the only code that touches the broker for a
+//!   message; `mod.rs` is the pipeline.
+//! - [`retry`]: all policy as data: errcode classes, backoff tiers, the dedup window, caps.
+//! - `outcome`: the vocabulary of fates: `Plan`, `Outcome`, `DeadReason`.
+//! - [`event`]: `BookingEvent::parse` (every CONTRACT §1 limit), the delivery key, `client_msg_id`.
+//! - `template`: the templates file, MiniJinja with our `datetime`/`yuan` filters, start-up checks.
+//! - [`wechat`]: the HTTP client, WeChat's keyword rules, errcodes.
 //! - [`token`]: one access token per app for every process, single-flight refresh through Postgres.
-//! - [`ledger`]: claims with leases, attempts and outcomes in Postgres.
-//! - [`retry`]: the retry policy as data: which error goes where, after how long.
-//! - [`outcome`]: the one enum that decides a message's fate; [`worker`] only carries it out.
+//! - `ledger`: claims with leases, attempts and outcomes in Postgres, batched.
 //! - [`queue`]: topology, our headers, a publisher with confirms.
+//! - `worker`: the broker session only: consume, permits, reconnect, drain.
+//! - [`app`]: the one start-up path (admin endpoint, database, migrations, worker).
 //! - [`ops`]: the `publish`, `dlq` and `report` commands.
-//! - [`config`], [`telemetry`], [`admin`], [`db`], [`shutdown`]: the service around it.
+//! - [`config`], [`telemetry`], `admin`, [`db`], `shutdown`: the service around it.
+//!
+//! The WeChat API simulator is a crate of its own (`crates/wechat-sim`).
 
-pub mod admin;
+pub(crate) mod admin;
+pub mod app;
 pub mod cli;
 pub mod config;
 pub mod db;
 pub(crate) mod delivery;
 pub mod event;
-pub mod ledger;
+pub(crate) mod ledger;
 pub mod ops;
-pub mod outcome;
+pub(crate) mod outcome;
 pub mod queue;
 pub mod retry;
-pub mod shutdown;
+pub(crate) mod shutdown;
 pub mod telemetry;
-pub mod template;
+pub(crate) mod template;
 pub mod token;
 pub mod wechat;
-pub mod worker;
+pub(crate) mod worker;

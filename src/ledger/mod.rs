@@ -24,7 +24,6 @@ const BATCH_MAX: usize = 256;
 /// best (`cargo bench`): fewer, fuller batches cost Postgres less than several half-full ones.
 const BATCH_PARALLEL: usize = 1;
 
-pub use batch::LedgerError;
 pub(crate) use claim::{Claim, ClaimRequest, Claimed};
 pub(crate) use record::{AttemptRecord, Finish};
 

@@ -20,7 +20,7 @@ use serde_json::json;
 use crate::event::BookingEvent;
 use crate::wechat::keywords::{self, KeywordType};
 use crate::wechat::{Api, Miniprogram, OutgoingMessage};
-pub use file::{AppSpec, TemplateSpec, TemplatesFile};
+pub use file::{AppSpec, TemplatesFile};
 
 /// A templates file that cannot be used. Always names where the problem is.
 #[derive(Debug, thiserror::Error)]

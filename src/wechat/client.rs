@@ -5,7 +5,7 @@
 //! (`without_url`) before it becomes text, so neither a token nor an app secret can reach a log line,
 //! an error message or the ledger.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use reqwest::Url;
 use secrecy::{ExposeSecret, SecretString};
@@ -23,7 +23,6 @@ pub struct SendReply {
     pub errmsg: String,
     /// WeChat's msgid; it can exceed 2^53, so it is parsed as an integer, never through f64.
     pub msgid: Option<i64>,
-    pub duration: Duration,
 }
 
 /// A send that got no usable answer.
@@ -137,7 +136,6 @@ impl WechatClient {
         let mut url = self.url(msg.api.path());
         url.query_pairs_mut()
             .append_pair("access_token", token.expose_secret().trim());
-        let started = Instant::now();
         let resp = self.http.post(url).json(&msg.body()).send().await.map_err(|e| {
             if e.is_connect() {
                 SendError::Connect(describe(e))
@@ -170,7 +168,6 @@ impl WechatClient {
             msgid: body
                 .msgid
                 .and_then(|n| n.as_i64().or_else(|| n.as_u64().map(|u| u as i64))),
-            duration: started.elapsed(),
         })
     }
 

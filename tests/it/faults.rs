@@ -5,7 +5,7 @@
 use std::process::Stdio;
 use std::time::Duration;
 
-use lapin::options::{BasicGetOptions, BasicRejectOptions};
+use lapin::options::BasicGetOptions;
 use lapin::types::AMQPValue;
 use secrecy::SecretString;
 use wechat_sim::{Faults, SimConfig};
@@ -203,21 +203,8 @@ async fn a_message_that_keeps_coming_back_is_dead_lettered_by_the_delivery_limit
     // back, again and again. The work queue's x-delivery-limit (20 here) ends the loop.
     let env = TestEnv::new().await;
     env.publish(&event("poison-1", "booking.confirmed", "oPoison")).await;
-    let ch = env.channel().await;
-    let mut handed_back = 0;
-    while let Some(msg) = ch
-        .basic_get(env.topology.queue.as_str().into(), BasicGetOptions::default())
-        .await
-        .expect("basic_get")
-    {
-        msg.delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: true })
-            .await
-            .expect("reject");
-        handed_back += 1;
-        assert!(handed_back <= 25, "the broker keeps handing it out: no delivery limit");
-    }
+    let handed_back = env.hand_back(26).await;
+    assert!(handed_back <= 25, "the broker keeps handing it out: no delivery limit");
     assert!(handed_back >= 20, "handed out {handed_back} times before the limit");
     let dead = wait_dlq_raw(&env).await;
     let headers = dead.properties.headers().as_ref().expect("headers");

@@ -4,21 +4,20 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::sync::{Arc, Once};
+use std::sync::Once;
 use std::time::Duration;
 
-use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{BasicGetOptions, BasicRejectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::{BasicProperties, Connection};
 use secrecy::SecretString;
 use sqlx::{PgPool, Row};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use wechat_sim::{Sim, SimConfig};
-use wxnotify::admin::Health;
+use wxnotify::app::{AppError, Application};
 use wxnotify::config::{AmqpArgs, DbArgs, WorkerArgs};
 use wxnotify::queue::{self, Publisher, Topology};
 use wxnotify::wechat::TokenApi;
-use wxnotify::worker::{Worker, WorkerError};
 
 pub use crate::common::{APP_ID, APP_SECRET, amqp_url, event, wait_for};
 use crate::common::{Taken, fresh_database, take_all, worker_env};
@@ -45,7 +44,7 @@ pub struct TestEnv {
 
 pub struct WorkerHandle {
     pub shutdown: CancellationToken,
-    pub join: JoinHandle<Result<(), WorkerError>>,
+    pub join: JoinHandle<Result<(), AppError>>,
 }
 
 impl WorkerHandle {
@@ -157,15 +156,16 @@ impl TestEnv {
         }
     }
 
-    /// An in-process worker with its own pool, token cache and id, as a separate process would have.
+    /// An in-process worker with its own pool, token cache and id, as a separate process would
+    /// have, started the way `wxnotify worker` starts one (`Application::build`).
     pub async fn spawn_worker(&self, opts: &WorkerOpts) -> WorkerHandle {
         let settings = self.worker_args(opts).into_settings().expect("valid settings");
-        let pool = wxnotify::db::connect(&settings.database_url, settings.db_pool)
-            .await
-            .expect("worker pool");
-        let worker = Worker::new(settings, pool, Arc::new(Health::default())).expect("worker");
         let shutdown = CancellationToken::new();
-        let join = tokio::spawn(worker.run(shutdown.clone()));
+        let app = Application::build(settings, false, &shutdown)
+            .await
+            .expect("worker builds")
+            .expect("not shut down");
+        let join = tokio::spawn(app.run(shutdown.clone()));
         WorkerHandle { shutdown, join }
     }
 
@@ -205,6 +205,30 @@ impl TestEnv {
             .publish(&self.topology.exchange, routing_key, body, props)
             .await
             .expect("publish");
+    }
+
+    /// Plays a worker that crashes on the work queue's head message: takes it and hands it back
+    /// (reject, requeue), up to `times` times or until the queue is empty. Returns how often.
+    pub async fn hand_back(&self, times: usize) -> usize {
+        let ch = self.channel().await;
+        let mut handed_back = 0;
+        while handed_back < times {
+            let Some(msg) = ch
+                .basic_get(self.topology.queue.as_str().into(), BasicGetOptions::default())
+                .await
+                .expect("basic_get")
+            else {
+                break;
+            };
+            msg.delivery
+                .acker
+                .reject(BasicRejectOptions { requeue: true })
+                .await
+                .expect("reject");
+            handed_back += 1;
+        }
+        let _ = ch.close(200, "done".into()).await;
+        handed_back
     }
 
     /// Straight into `queue` (the default exchange), with the given properties.

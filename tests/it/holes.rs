@@ -4,7 +4,7 @@
 use std::time::{Duration, Instant};
 
 use lapin::BasicProperties;
-use lapin::options::{BasicGetOptions, BasicRejectOptions, ExchangeDeleteOptions};
+use lapin::options::ExchangeDeleteOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use secrecy::SecretString;
 use sqlx::Row;
@@ -456,19 +456,7 @@ async fn a_message_at_the_delivery_limit_ends_dead_with_its_row() {
     let env = TestEnv::new().await;
     env.publish(&event("crash-1", "booking.confirmed", "oCrash")).await;
     // Workers that crashed on it: taken and handed back 19 times (the limit is 20).
-    let ch = env.channel().await;
-    for _ in 0..19 {
-        let msg = ch
-            .basic_get(env.topology.queue.as_str().into(), BasicGetOptions::default())
-            .await
-            .unwrap()
-            .expect("the message is there");
-        msg.delivery
-            .acker
-            .reject(BasicRejectOptions { requeue: true })
-            .await
-            .unwrap();
-    }
+    assert_eq!(env.hand_back(19).await, 19);
     sqlx::query(
         "INSERT INTO deliveries (event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id, status)
          VALUES ('crash-1', 'booking.confirmed', $1, 'oCrash', 'TPL_BOOKING_CONFIRMED', now(), 'x', 'retrying')",

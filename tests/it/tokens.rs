@@ -6,10 +6,10 @@ use std::time::{Duration, Instant};
 
 use secrecy::SecretString;
 use wechat_sim::{FaultsPatch, SimConfig};
+use wxnotify::app::AppError;
 use wxnotify::config::AppCredentials;
 use wxnotify::token::{TokenError, TokenProvider, TokenSettings, TokenStore};
 use wxnotify::wechat::{TokenApi, WechatClient};
-use wxnotify::worker::WorkerError;
 
 use crate::helpers::{APP_ID, APP_SECRET, TestEnv, WorkerOpts, event, wait_for};
 
@@ -145,7 +145,7 @@ async fn config_error_at_boot(env: &TestEnv, opts: &WorkerOpts) -> String {
         .expect("worker stops by itself")
         .unwrap();
     match result {
-        Err(WorkerError::Config(msg)) => msg,
+        Err(AppError::Config(msg)) => msg,
         other => panic!("expected a configuration error, got {other:?}"),
     }
 }
