@@ -12,13 +12,15 @@
 //! instead of publishing into a dead one.
 
 use lapin::BasicProperties;
+use std::time::Instant;
+
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 
 use super::intake::Meta;
 use super::judge::{self, Facts, Step};
-use super::{Abandoned, Context, Session, Trip, with_db};
+use super::{Abandoned, Context, Session, Trip, stage, with_db};
 use crate::outcome::{Outcome, Plan};
 use crate::queue::headers;
 
@@ -126,10 +128,12 @@ impl Carrier<'_> {
             return Ok(());
         };
         let ctx = self.ctx;
+        let started = Instant::now();
         let applied = with_db(ctx, "record outcome", || {
             ctx.ledger.record(id, self.trip.attempt.as_ref(), finish)
         })
         .await?;
+        stage("record", started);
         if !applied {
             tracing::info!(
                 delivery_id = id,
@@ -175,6 +179,7 @@ impl Carrier<'_> {
 
     /// Acks, or hands the message back to the broker (nack with requeue).
     async fn settle(&self, plan: &Plan, released: bool) -> Result<(), Abandoned> {
+        let started = Instant::now();
         let settled = if released {
             let back = BasicNackOptions {
                 requeue: true,
@@ -184,6 +189,7 @@ impl Carrier<'_> {
         } else {
             self.msg.acker.ack(BasicAckOptions::default()).await
         };
+        stage("ack", started);
         if let Err(e) = settled {
             // The channel died after the outcome was recorded: the redelivery will find it.
             tracing::debug!(error = %e, "ack failed");

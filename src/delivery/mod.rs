@@ -65,6 +65,12 @@ pub(crate) struct Trip {
     pub facts: Option<Facts>,
 }
 
+/// Time spent in one stage of a delivery (`wxnotify_stage_seconds{stage}`): where the latency
+/// goes, for the latency benchmark and dashboards.
+pub(crate) fn stage(name: &'static str, since: Instant) {
+    metrics::histogram!("wxnotify_stage_seconds", "stage" => name).record(since.elapsed().as_secs_f64());
+}
+
 /// Takes one message from consume to ack.
 pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::message::Delivery) {
     let meta = Meta::read(&msg.properties);
@@ -91,6 +97,10 @@ pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::messa
                 judge::reject(reason, &error, meta.failed_before)
             }
             Intake::Deliver(d) => {
+                // From the booking app's `occurred_at` to here: broker, prefetch and permit wait.
+                if let Ok(queued) = (Utc::now() - d.event.occurred.with_timezone(&Utc)).to_std() {
+                    metrics::histogram!("wxnotify_stage_seconds", "stage" => "queued").record(queued.as_secs_f64());
+                }
                 let span = tracing::Span::current();
                 span.record("event_id", d.key.event_id.as_str());
                 span.record("template", d.key.template_id.as_str());
@@ -120,7 +130,9 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
         now: Utc::now(),
     };
     let reopen = reopen(ctx, d, meta).await?;
+    let claim_started = Instant::now();
     let (seen, claimed) = claim(ctx, d, reopen).await?;
+    stage("claim", claim_started);
     facts.in_doubt_for = claimed.as_ref().and_then(Held::doubt);
     trip.delivery_id = claimed.as_ref().map(|c| c.claimed.id);
     trip.facts = Some(facts.clone());
@@ -134,10 +146,12 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
         tracing::info!("resending a delivery whose earlier send is in doubt; WeChat drops it if it arrived");
     }
 
+    let token_started = Instant::now();
     let token = match ctx.tokens.get(&d.app_id).await {
         Ok(t) => t,
         Err(e) => return Ok(judge::judge(&facts, Step::NoToken(&e), &ctx.policy)),
     };
+    stage("token", token_started);
     // The token wait may have been long: the window is checked again right before the send.
     facts.in_doubt_for = held.doubt();
     facts.now = Utc::now();
@@ -233,6 +247,7 @@ async fn send(ctx: &Context, message: &OutgoingMessage, token: &AccessToken, tri
     let reply = ctx.wechat.send(message, token.secret()).await;
     let elapsed = started.elapsed();
     metrics::histogram!("wxnotify_send_seconds").record(elapsed.as_secs_f64());
+    stage("send", started);
     let answer = answer(&reply);
     metrics::counter!("wxnotify_sends_total", "result" => answer_label(&answer)).increment(1);
     trip.attempt = Some(attempt_record(&reply, started, started_at, elapsed));
