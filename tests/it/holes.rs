@@ -474,3 +474,47 @@ async fn a_message_at_the_delivery_limit_ends_dead_with_its_row() {
     assert_eq!(env.sim.stats().send_requests, 0);
     env.cleanup().await;
 }
+
+/// Hole 6: the 10-minute window is checked again right before the send, after the token wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_window_is_checked_again_after_a_long_token_wait() {
+    // Tokens live 12 s and are replaced 5 s before they expire: after 7 s a send must fetch one.
+    let sim = SimConfig {
+        token_ttl: Duration::from_secs(12),
+        ..Default::default()
+    };
+    let env = TestEnv::with_sim(sim).await;
+    let opts = WorkerOpts {
+        token_margin_secs: 5,
+        ..Default::default()
+    };
+    let worker = env.spawn_worker(&opts).await;
+    wait_for("the worker's token due for replacement", T, || async {
+        env.count("SELECT count(*) FROM wechat_tokens WHERE refresh_after < now()")
+            .await
+            == 1
+    })
+    .await;
+    // A delivery in doubt for 568 s: inside the 570 s window when claimed...
+    killed_mid_send(
+        &env,
+        &key("win-1", "TPL_BOOKING_CONFIRMED", "oWin"),
+        "booking.confirmed",
+        568,
+    )
+    .await;
+    // ...but the token refresh waits 3 s for another process holding the token row.
+    let mut holder = env.pool.begin().await.unwrap();
+    sqlx::query("SELECT 1 FROM wechat_tokens FOR UPDATE")
+        .execute(&mut *holder)
+        .await
+        .unwrap();
+    env.publish(&event("win-1", "booking.confirmed", "oWin")).await;
+    tokio::time::sleep(Duration::from_secs(3)).await; // the other process's refresh takes 3 s
+    holder.commit().await.unwrap();
+    let dead = env.collect_dlq(1, T).await;
+    worker.stop().await;
+    assert_eq!(dead[0].1["wxnotify-reason"], "ambiguous", "{:?}", dead[0].1);
+    assert_eq!(env.sim.stats().send_requests, 0, "not sent past the window");
+    env.cleanup().await;
+}
