@@ -17,20 +17,20 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::{BTreeMap, HashMap};
-use std::process::Stdio;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
+use lapin::options::BasicAckOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use secrecy::SecretString;
 use wechat_sim::{Sim, SimConfig};
-use wxnotify::queue::{self, Publisher, Topology};
+use wxnotify::queue::{Publisher, Topology};
 
-use common::{APP_ID, APP_SECRET, amqp_url, event, fresh_database, worker_env};
+use common::{APP_ID, APP_SECRET, event, fresh_database};
+use support::{Broker, spawn_worker, stop_worker};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -43,12 +43,7 @@ fn main() {
         println!("latency: smoke run under `cargo test` (figures are meaningless; use `cargo bench --bench latency`)");
         (vec![50], 2)
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    support::runtime().block_on(async {
         for rate in rates {
             let broker = broker_alone(rate, secs).await;
             let (ours, stages) = wxnotify_run(rate, secs).await;
@@ -97,21 +92,6 @@ fn now_us() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_micros() as i64
 }
 
-fn new_topology() -> Topology {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    Topology::new(&format!("lat-{}.x", &id[..8]), &format!("lat-{}.q", &id[..8]))
-}
-
-async fn delete_queues(conn: &lapin::Connection, topology: &Topology) {
-    let ch = conn.create_channel().await.expect("channel");
-    let policy = wxnotify::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(300));
-    let mut names = vec![topology.queue.clone(), topology.dlq.clone()];
-    names.extend(policy.tiers().into_iter().map(|t| topology.retry_queue(t)));
-    for q in names {
-        let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
-    }
-}
-
 /// Publishes `rate × secs` messages at a steady pace (a tick every 10 ms), each confirmed, with
 /// `make(i)` building message i; returns when all are confirmed.
 async fn steady<F>(publisher: &Publisher, topology: &Topology, rate: u64, secs: u64, make: F)
@@ -145,23 +125,8 @@ where
 }
 
 async fn broker_alone(rate: u64, secs: u64) -> Percentiles {
-    let topology = new_topology();
-    let conn = queue::connect(&SecretString::from(amqp_url()), "latency-broker")
-        .await
-        .expect("RabbitMQ (scripts/services.sh up)");
-    let publisher = Publisher::open(&conn).await.expect("publisher");
-    topology.declare_core(publisher.channel(), 20).await.expect("topology");
-    let ch = conn.create_channel().await.expect("channel");
-    ch.basic_qos(512, BasicQosOptions::default()).await.expect("qos");
-    let mut consumer = ch
-        .basic_consume(
-            topology.queue.as_str().into(),
-            "latency".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let broker = Broker::open("latency").await;
+    let mut consumer = broker.consumer("latency").await;
     let total = (rate * secs) as usize;
     let consume = tokio::spawn(async move {
         let mut ms = Vec::with_capacity(total);
@@ -184,7 +149,7 @@ async fn broker_alone(rate: u64, secs: u64) -> Percentiles {
     let body = event("lat-broker", "booking.confirmed", "o-lat")
         .to_string()
         .into_bytes();
-    steady(&publisher, &topology, rate, secs, |_| {
+    steady(&broker.publisher, &broker.topology, rate, secs, |_| {
         let mut h = FieldTable::default();
         h.insert("t".into(), AMQPValue::LongLongInt(now_us()));
         let props = BasicProperties::default()
@@ -195,8 +160,7 @@ async fn broker_alone(rate: u64, secs: u64) -> Percentiles {
     })
     .await;
     let ms = consume.await.expect("consumer");
-    delete_queues(&conn, &topology).await;
-    let _ = conn.close(200, "done".into()).await;
+    broker.close().await;
     percentiles(ms)
 }
 
@@ -215,29 +179,9 @@ async fn wxnotify_run(rate: u64, secs: u64) -> (Percentiles, BTreeMap<String, f6
         ..SimConfig::default()
     });
     let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim");
-    let topology = new_topology();
-    let conn = queue::connect(&SecretString::from(amqp_url()), "latency-feed")
-        .await
-        .expect("RabbitMQ");
-    let publisher = Publisher::open(&conn).await.expect("publisher");
-    topology.declare_core(publisher.channel(), 20).await.expect("topology");
+    let broker = Broker::open("latency").await;
     let admin = format!("127.0.0.1:{}", free_port());
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxnotify"))
-        .arg("worker")
-        .envs(worker_env(
-            &db_url,
-            &topology,
-            &format!("http://{sim_addr}"),
-            concat!(env!("CARGO_MANIFEST_DIR"), "/templates.toml"),
-        ))
-        .env("WXNOTIFY_ADMIN_ADDR", &admin)
-        .env("RUST_LOG", "warn")
-        .envs(std::env::vars().filter(|(k, _)| k.starts_with("WXNOTIFY_")))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("wxnotify binary");
+    let child = spawn_worker(&db_url, &broker.topology, sim_addr, &admin);
     // Ready when it consumes: its admin endpoint says so.
     let http = reqwest::Client::new();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -250,7 +194,7 @@ async fn wxnotify_run(rate: u64, secs: u64) -> (Percentiles, BTreeMap<String, f6
         assert!(Instant::now() < deadline, "worker not ready within 60 s");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    steady(&publisher, &topology, rate, secs, |i| {
+    steady(&broker.publisher, &broker.topology, rate, secs, |i| {
         let mut ev = event(&format!("lat-{i:07}"), "booking.confirmed", &format!("o-lat-{i:07}"));
         ev["occurred_at"] = chrono::Utc::now()
             .to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
@@ -289,13 +233,8 @@ async fn wxnotify_run(rate: u64, secs: u64) -> (Percentiles, BTreeMap<String, f6
         .text()
         .await
         .unwrap_or_default();
-    let _ = tokio::process::Command::new("kill")
-        .args(["-TERM", &child.id().expect("pid").to_string()])
-        .status()
-        .await;
-    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-    delete_queues(&conn, &topology).await;
-    let _ = conn.close(200, "done".into()).await;
+    stop_worker(child).await;
+    broker.close().await;
     pool.close().await;
     (percentiles(ms), stage_means(&metrics))
 }

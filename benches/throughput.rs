@@ -18,21 +18,20 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::collections::HashMap;
-use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
-use lapin::types::FieldTable;
-use secrecy::SecretString;
+use lapin::options::BasicAckOptions;
 use sqlx::PgPool;
 use wechat_sim::{Faults, Sim, SimConfig};
-use wxnotify::queue::{self, Publisher, Topology};
+use wxnotify::queue::{Publisher, Topology};
 
-use common::{APP_ID, APP_SECRET, amqp_url, event, fresh_database, worker_env};
+use common::{APP_ID, APP_SECRET, event, fresh_database};
+use support::{Broker, spawn_worker, stop_worker};
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this too (with its own
@@ -44,12 +43,7 @@ fn main() {
         println!("bench: smoke run under `cargo test` (figures are meaningless; use `cargo bench`)");
         200
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
-    rt.block_on(async {
+    support::runtime().block_on(async {
         println!("bench: {events} events per scenario; {} cores", num_cpus());
         let rate = broker_alone(events).await;
         println!("bench: broker alone                 {rate:>8.0} msgs/s (publish with confirms + consume + ack, persistent, quorum)");
@@ -65,11 +59,6 @@ fn main() {
 
 fn num_cpus() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
-}
-
-fn new_topology() -> Topology {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    Topology::new(&format!("bench-{}.x", &id[..8]), &format!("bench-{}.q", &id[..8]))
 }
 
 async fn publish_all(publisher: &Publisher, topology: &Topology, bodies: &[(String, Vec<u8>)]) {
@@ -99,37 +88,9 @@ fn bodies(n: usize) -> Vec<(String, Vec<u8>)> {
         .collect()
 }
 
-async fn delete_queues(conn: &lapin::Connection, topology: &Topology) {
-    let ch = conn.create_channel().await.expect("channel");
-    let policy = wxnotify::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(300));
-    let mut names = vec![topology.queue.clone(), topology.dlq.clone()];
-    names.extend(policy.tiers().into_iter().map(|t| topology.retry_queue(t)));
-    for q in names {
-        let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
-    }
-}
-
 async fn broker_alone(n: usize) -> f64 {
-    let topology = new_topology();
-    let conn = queue::connect(&SecretString::from(amqp_url()), "bench-broker")
-        .await
-        .expect("RabbitMQ (scripts/services.sh up)");
-    let publisher = Publisher::open(&conn).await.expect("publisher");
-    topology.declare_core(publisher.channel(), 20).await.expect("topology");
-    let consumer_ch = conn.create_channel().await.expect("channel");
-    consumer_ch
-        .basic_qos(512, BasicQosOptions::default())
-        .await
-        .expect("qos");
-    let mut consumer = consumer_ch
-        .basic_consume(
-            topology.queue.as_str().into(),
-            "bench".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .expect("consume");
+    let broker = Broker::open("bench").await;
+    let mut consumer = broker.consumer("bench").await;
     let bodies = bodies(n);
     let started = Instant::now();
     let consume = tokio::spawn(async move {
@@ -140,11 +101,10 @@ async fn broker_alone(n: usize) -> f64 {
             got += 1;
         }
     });
-    publish_all(&publisher, &topology, &bodies).await;
+    publish_all(&broker.publisher, &broker.topology, &bodies).await;
     consume.await.expect("consumer");
     let rate = n as f64 / started.elapsed().as_secs_f64();
-    delete_queues(&conn, &topology).await;
-    let _ = conn.close(200, "done".into()).await;
+    broker.close().await;
     rate
 }
 
@@ -178,30 +138,9 @@ async fn wxnotify_run(n: usize, latency_ms: u64) -> (f64, u64, f64) {
         ..SimConfig::default()
     });
     let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim");
-    let topology = new_topology();
-    let conn = queue::connect(&SecretString::from(amqp_url()), "bench-feed")
-        .await
-        .expect("RabbitMQ");
-    let publisher = Publisher::open(&conn).await.expect("publisher");
-    topology.declare_core(publisher.channel(), 20).await.expect("topology");
-    publish_all(&publisher, &topology, &bodies(n)).await;
-
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxnotify"))
-        .arg("worker")
-        .envs(worker_env(
-            &db_url,
-            &topology,
-            &format!("http://{sim_addr}"),
-            concat!(env!("CARGO_MANIFEST_DIR"), "/templates.toml"),
-        ))
-        .env("WXNOTIFY_ADMIN_ADDR", "127.0.0.1:0")
-        .env("RUST_LOG", "warn")
-        .envs(std::env::vars().filter(|(k, _)| k.starts_with("WXNOTIFY_")))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("wxnotify binary");
+    let broker = Broker::open("bench").await;
+    publish_all(&broker.publisher, &broker.topology, &bodies(n)).await;
+    let child = spawn_worker(&db_url, &broker.topology, sim_addr, "127.0.0.1:0");
     let pid = child.id().expect("pid");
     let started = Instant::now();
     let deadline = started + Duration::from_secs(600);
@@ -214,13 +153,8 @@ async fn wxnotify_run(n: usize, latency_ms: u64) -> (f64, u64, f64) {
     let secs = started.elapsed().as_secs_f64();
     rss = rss.max(peak_rss_kib(pid));
     assert_eq!(sim.stats().accepted, n as u64, "one message per event");
-    let _ = tokio::process::Command::new("kill")
-        .args(["-TERM", &pid.to_string()])
-        .status()
-        .await;
-    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
-    delete_queues(&conn, &topology).await;
-    let _ = conn.close(200, "done".into()).await;
+    stop_worker(child).await;
+    broker.close().await;
     pool.close().await;
     (n as f64 / secs, rss, secs)
 }
