@@ -104,23 +104,31 @@ pub(crate) enum Reopen {
     No,
     /// Reopen a `dead` delivery; any doubt stays (the judge dead-letters it again if in doubt).
     KeepDoubt,
-    /// Reopen and clear the doubt: an operator replayed reason `ambiguous` by name.
-    ClearDoubt,
+    /// Reopen and clear a doubt older than the replay: an operator replayed reason `ambiguous` by
+    /// name at `replayed_at`. A doubt the replay's own send created is newer, and stays: a copy of
+    /// the replay redelivered later does not resend behind anyone's back.
+    ClearDoubtBefore(DateTime<Utc>),
+}
+
+/// A copy's `dlq_replays` row: the dead letter's reason, the reason the operator filtered by (if
+/// any), and when the replay was made.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ReplayRow {
+    pub dead_reason: String,
+    pub by_reason: Option<String>,
+    pub replayed_at: DateTime<Utc>,
 }
 
 /// The replay rule (CONTRACT §3): only a replay of reason `ambiguous` by name resends a delivery
 /// whose earlier send may have arrived.
-pub(crate) fn reopen(replay_row: Option<(&str, Option<&str>)>) -> Reopen {
-    match replay_row {
+pub(crate) fn reopen(row: Option<&ReplayRow>) -> Reopen {
+    let ambiguous = DeadReason::Ambiguous.as_str();
+    match row {
         None => Reopen::No,
-        Some((dead_reason, filter_reason)) => {
-            let ambiguous = DeadReason::Ambiguous.as_str();
-            if dead_reason == ambiguous && filter_reason == Some(ambiguous) {
-                Reopen::ClearDoubt
-            } else {
-                Reopen::KeepDoubt
-            }
+        Some(r) if r.dead_reason == ambiguous && r.by_reason.as_deref() == Some(ambiguous) => {
+            Reopen::ClearDoubtBefore(r.replayed_at)
         }
+        Some(_) => Reopen::KeepDoubt,
     }
 }
 
@@ -246,6 +254,19 @@ impl Judge<'_> {
             TokenError::Db(_) => self.uncounted(p.backoff(0), None, &error),
             TokenError::DailyQuota { .. } => self.uncounted(p.daily_quota_delay, None, &error),
             TokenError::UnknownApp { .. } => self.dead(DeadReason::InvalidEvent, None, &error, false, false),
+            // Another process found the token API unusable for a while (the daily quota, a
+            // backoff): wait until then without using an attempt, like 45009 itself.
+            TokenError::Blocked {
+                until,
+                credentials: false,
+                ..
+            } => {
+                let wait = (*until - self.facts.now)
+                    .to_std()
+                    .unwrap_or_default()
+                    .clamp(Duration::from_secs(1), p.daily_quota_delay);
+                self.uncounted(wait, None, &error)
+            }
             // Credentials: wait for the pause others respect too; each such wait uses an
             // attempt, so a message ends in the DLQ (replayable) if nobody fixes the secret.
             TokenError::Credentials { until, .. } | TokenError::Blocked { until, .. } => {

@@ -182,9 +182,7 @@ async fn reopen(ctx: &Context, d: &Delivery, meta: &Meta) -> Result<Reopen, Aban
         ctx.ledger.replay_row(replay_id, &d.key.event_id)
     })
     .await?;
-    Ok(judge::reopen(
-        row.as_ref().map(|(reason, by)| (reason.as_str(), by.as_deref())),
-    ))
+    Ok(judge::reopen(row.as_ref()))
 }
 
 /// A claim this worker holds, and when it was taken on this process's monotonic clock.

@@ -249,7 +249,7 @@ mod tests {
     }
 
     fn thirteens(r: &u32) -> bool {
-        r % 13 == 0
+        r.is_multiple_of(13)
     }
 
     #[tokio::test]

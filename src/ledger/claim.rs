@@ -3,8 +3,9 @@
 //! The claim succeeds when the key is new, or `pending`/`retrying` and nobody live holds it (no
 //! owner, an expired lease, or an owner that stopped beating). Taking over from an owner that did
 //! not record an outcome marks the delivery *in doubt* since that owner's claim: it may have sent.
-//! A replayed copy (`dlq replay`) reopens a `dead` delivery and clears its doubt: replaying an
-//! `ambiguous` dead letter is a person deciding to send it again.
+//! A replayed copy (`dlq replay`, recorded in `dlq_replays`) reopens a `dead` delivery; it clears
+//! a doubt older than the replay only when the operator replayed reason `ambiguous` by name (see
+//! `judge::reopen`): replaying an `ambiguous` dead letter is a person deciding to send it again.
 //!
 //! A copy of a key another live worker holds is **not** acked: it goes back through a short retry
 //! queue and looks again. Acking it would be wrong when it is the holder's own message redelivered
@@ -18,7 +19,7 @@ use sqlx::{PgPool, Row};
 
 use super::batch::LedgerError;
 use super::{Ledger, Status};
-use crate::delivery::judge::Reopen;
+use crate::delivery::judge::{Reopen, ReplayRow};
 use crate::event::DeliveryKey;
 
 /// What to claim.
@@ -94,13 +95,10 @@ impl Ledger {
 
     /// The `dlq_replays` row that vouches for a replay copy: (the dead letter's reason, the
     /// reason the operator filtered by, if any). `None`: no such replay of this event.
-    pub(crate) async fn replay_row(
-        &self,
-        replay_id: &str,
-        event_id: &str,
-    ) -> Result<Option<(String, Option<String>)>, sqlx::Error> {
+    pub(crate) async fn replay_row(&self, replay_id: &str, event_id: &str) -> Result<Option<ReplayRow>, sqlx::Error> {
         let row = sqlx::query(
-            "SELECT reason, CASE WHEN filter LIKE '--reason %' THEN substr(filter, 10) END AS by_reason
+            "SELECT reason, CASE WHEN filter LIKE '--reason %' THEN substr(filter, 10) END AS by_reason,
+                    replayed_at
                FROM dlq_replays WHERE replay_id = $1 AND event_id = $2
               ORDER BY id DESC LIMIT 1",
         )
@@ -108,13 +106,20 @@ impl Ledger {
         .bind(event_id)
         .fetch_optional(&self.pool)
         .await?;
-        row.map(|r| Ok((r.try_get("reason")?, r.try_get("by_reason")?)))
-            .transpose()
+        row.map(|r| {
+            Ok(ReplayRow {
+                dead_reason: r.try_get("reason")?,
+                by_reason: r.try_get("by_reason")?,
+                replayed_at: r.try_get("replayed_at")?,
+            })
+        })
+        .transpose()
     }
 }
 
 /// The claim statement, over many keys at once: `unnest` arrays in, one row out per key claimed.
-/// With `reopen_dead` (a replay copy) a `dead` delivery is claimable too, and its doubt cleared. Keys come sorted (a consistent lock order between workers) and
+/// With `reopen` (a recorded replay copy) a `dead` delivery is claimable too (its doubt cleared
+/// only as [`Reopen::ClearDoubtBefore`] says). Keys come sorted (a consistent lock order between workers) and
 /// distinct (a key twice in one `ON CONFLICT DO UPDATE` is an error): a second copy of a key in
 /// the same batch is held, like any copy of a key someone holds.
 pub(super) async fn claim_batch(
@@ -155,7 +160,7 @@ pub(super) async fn claim_batch(
                 updated_at = now(),
                 status = CASE WHEN d.status = 'dead' THEN 'retrying' ELSE d.status END,
                 dead_reason = CASE WHEN d.status = 'dead' THEN NULL ELSE d.dead_reason END,
-                in_doubt_since = CASE WHEN d.status = 'dead' AND $12 THEN NULL
+                in_doubt_since = CASE WHEN d.status = 'dead' AND d.in_doubt_since < $12 THEN NULL
                                       WHEN d.owner IS NOT NULL
                                       THEN COALESCE(d.in_doubt_since, d.claimed_at)
                                       ELSE d.in_doubt_since END
@@ -178,7 +183,10 @@ pub(super) async fn claim_batch(
     .bind(settings.lease_secs)
     .bind(settings.liveness_secs)
     .bind(reopen != Reopen::No)
-    .bind(reopen == Reopen::ClearDoubt)
+    .bind(match reopen {
+        Reopen::ClearDoubtBefore(at) => Some(at),
+        Reopen::No | Reopen::KeepDoubt => None,
+    })
     .fetch_all(pool)
     .await?;
     let mut owned: HashMap<DeliveryKey, Claimed> = HashMap::with_capacity(rows.len());

@@ -170,7 +170,8 @@ async fn record_round(pool: &PgPool, worker_id: &str, jobs: &[&RecordJob]) -> Re
            FROM v
           WHERE d.id = v.id
             AND ((d.status IN ('pending', 'retrying') AND d.owner = $14)
-                 OR (v.status = 'sent' AND v.msgid IS NOT NULL AND d.status <> 'sent'))
+                 OR (v.status = 'sent' AND v.msgid IS NOT NULL
+                     AND (d.status <> 'sent' OR d.wechat_msgid IS NULL)))
           RETURNING d.id",
     )
     .bind(jobs.iter().map(|j| j.delivery_id).collect::<Vec<_>>())
@@ -197,7 +198,7 @@ async fn record_round(pool: &PgPool, worker_id: &str, jobs: &[&RecordJob]) -> Re
     )
     .bind(
         jobs.iter()
-            .map(|j| j.attempt.as_ref().and_then(|a| a.errmsg.as_deref().map(one_line)))
+            .map(|j| j.attempt.as_ref().and_then(|a| a.errmsg.clone()))
             .collect::<Vec<_>>(),
     )
     .bind(jobs.iter().map(|j| j.finish.status.as_str()).collect::<Vec<_>>())

@@ -518,3 +518,76 @@ async fn the_window_is_checked_again_after_a_long_token_wait() {
     assert_eq!(env.sim.stats().send_requests, 0, "not sent past the window");
     env.cleanup().await;
 }
+
+/// Hole 3, found in review: a replay of `ambiguous` clears only a doubt older than the replay. When
+/// the replayed subscribe send itself times out, a redelivered copy of the replay (its ack lost)
+/// must not clear that new doubt and send again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redelivered_replay_copy_does_not_clear_the_doubt_of_its_own_send() {
+    let sim = SimConfig {
+        faults: Faults {
+            latency_ms: 1500,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let env = TestEnv::with_sim(sim).await;
+    // A reminder dead-lettered `ambiguous` an hour ago.
+    let k = key("amb-sub-1", "TPL_REMINDER", "oAmbSub");
+    killed_mid_send(&env, &k, "booking.reminder", 3600).await;
+    sqlx::query(
+        "UPDATE deliveries SET status = 'dead', dead_reason = 'ambiguous', owner = NULL,
+                in_doubt_since = now() - interval '1 hour' WHERE event_id = 'amb-sub-1'",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let mut h = FieldTable::default();
+    for (name, value) in [("wxnotify-reason", "ambiguous"), ("wxnotify-event-id", "amb-sub-1")] {
+        h.insert(
+            name.into(),
+            AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
+        );
+    }
+    let body = event("amb-sub-1", "booking.reminder", "oAmbSub").to_string();
+    let props = BasicProperties::default().with_delivery_mode(2).with_headers(h);
+    env.publish_to_queue(&env.topology.dlq, body.as_bytes(), props).await;
+
+    // The operator replays it by name; WeChat takes it at 750 ms, the worker gives up at 1 s.
+    let worker = env
+        .spawn_worker(&WorkerOpts {
+            http_timeout_secs: 1.0,
+            ..Default::default()
+        })
+        .await;
+    let url = SecretString::from(crate::helpers::amqp_url());
+    let by_reason = ReplayFilter {
+        reason: Some("ambiguous".into()),
+        ..Default::default()
+    };
+    let done = dlq::replay(&url, &env.topology, &env.pool, &by_reason, usize::MAX, false)
+        .await
+        .unwrap();
+    assert_eq!(done.replayed.len(), 1);
+    let dead = env.collect_dlq(1, T).await;
+    assert_eq!(dead[0].1["wxnotify-reason"], "ambiguous");
+    assert_eq!(env.sim.stats().accepted, 1);
+
+    // The replay's copy comes back (its ack was lost): same body, same replay header.
+    let mut h = FieldTable::default();
+    h.insert(
+        "wxnotify-replay".into(),
+        AMQPValue::LongString(LongString::from(done.replay_id.as_bytes().to_vec())),
+    );
+    let props = BasicProperties::default().with_delivery_mode(2).with_headers(h);
+    env.publish_to_queue(&env.topology.queue, body.as_bytes(), props).await;
+    let dead = env.collect_dlq(1, T).await;
+    worker.stop().await;
+    assert_eq!(dead[0].1["wxnotify-reason"], "ambiguous");
+    assert_eq!(
+        env.sim.stats().accepted,
+        1,
+        "the reminder reached WeChat once, never twice"
+    );
+    env.cleanup().await;
+}

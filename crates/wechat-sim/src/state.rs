@@ -437,7 +437,7 @@ impl SimState {
         });
         self.stats.accepted += 1;
         let every = self.config.faults.rotate_every;
-        if every > 0 && self.stats.accepted % every == 0 {
+        if every > 0 && self.stats.accepted.is_multiple_of(every) {
             self.rotate(&app);
         }
         (200, json!({ "errcode": 0, "errmsg": "ok", "msgid": msgid }))

@@ -205,16 +205,25 @@ fn doubt_against_the_window_for_each_api() {
 
 #[test]
 fn replays_reopen_but_only_ambiguous_by_name_clears_the_doubt() {
+    let at: DateTime<Utc> = "2026-11-22T08:00:00Z".parse().unwrap();
+    let row = |dead: &str, by: Option<&str>| ReplayRow {
+        dead_reason: dead.into(),
+        by_reason: by.map(Into::into),
+        replayed_at: at,
+    };
     assert_eq!(
         reopen(None),
         Reopen::No,
         "a forged replay header is an ordinary duplicate"
     );
-    assert_eq!(reopen(Some(("ambiguous", Some("ambiguous")))), Reopen::ClearDoubt);
-    assert_eq!(reopen(Some(("ambiguous", None))), Reopen::KeepDoubt, "--all");
-    assert_eq!(reopen(Some(("retries_exhausted", None))), Reopen::KeepDoubt);
     assert_eq!(
-        reopen(Some(("retries_exhausted", Some("retries_exhausted")))),
+        reopen(Some(&row("ambiguous", Some("ambiguous")))),
+        Reopen::ClearDoubtBefore(at)
+    );
+    assert_eq!(reopen(Some(&row("ambiguous", None))), Reopen::KeepDoubt, "--all");
+    assert_eq!(reopen(Some(&row("retries_exhausted", None))), Reopen::KeepDoubt);
+    assert_eq!(
+        reopen(Some(&row("retries_exhausted", Some("retries_exhausted")))),
         Reopen::KeepDoubt
     );
 }
@@ -353,4 +362,27 @@ fn dead_letter_errors_are_one_bounded_line() {
         }
         o => panic!("{o:?}"),
     }
+}
+
+#[test]
+fn a_quota_block_found_by_another_process_uses_no_attempt() {
+    let p = policy();
+    let f = Facts {
+        failed_before: 7,
+        ..facts(Api::Template)
+    };
+    let quota = TokenError::Blocked {
+        app_id: "wx1".into(),
+        reason: "daily token quota used up (45009)".into(),
+        until: f.now + chrono::TimeDelta::hours(5),
+        credentials: false,
+    };
+    let plan = judge(&f, Step::NoToken(&quota), &p);
+    assert_eq!(
+        plan.outcome,
+        Outcome::RetryLater {
+            delay: p.daily_quota_delay
+        }
+    );
+    assert_eq!(plan.attempts, 7, "45009 defers, found here or by another process");
 }
