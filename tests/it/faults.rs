@@ -10,7 +10,7 @@ use lapin::types::AMQPValue;
 use secrecy::SecretString;
 use wechat_sim::{Faults, SimConfig};
 use wxnotify::event::DeliveryKey;
-use wxnotify::ops::dlq::{self, ReplayFilter};
+use wxnotify::ops::dlq;
 
 use crate::helpers::{APP_ID, TestEnv, WorkerOpts, event, wait_for};
 
@@ -139,13 +139,7 @@ async fn a_delivery_in_doubt_past_the_dedup_window_is_dead_lettered_ambiguous_un
 
     // Ops decide it did not arrive and replay it: the replay clears the doubt and sends it.
     let worker = env.spawn_worker(&WorkerOpts::default()).await;
-    let by_reason = ReplayFilter {
-        reason: Some("ambiguous".into()),
-        ..Default::default()
-    };
-    let done = dlq::replay(&url, &env.topology, &env.pool, &by_reason, usize::MAX, false)
-        .await
-        .unwrap();
+    let done = env.replay_by_reason("ambiguous").await;
     assert_eq!(done.replayed.len(), 1);
     wait_for("the replayed delivery is sent", T, || async {
         status_of(&env, "amb-1").await.as_deref() == Some("sent")

@@ -13,9 +13,10 @@ use secrecy::SecretString;
 use sqlx::{PgPool, Row};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
-use wechat_sim::{Sim, SimConfig};
+use wechat_sim::{Faults, Sim, SimConfig};
 use wxnotify::app::{AppError, Application};
 use wxnotify::config::{AmqpArgs, DbArgs, WorkerArgs};
+use wxnotify::ops::dlq::{self, ReplayFilter, ReplayReport};
 use wxnotify::queue::{self, Publisher, Topology};
 use wxnotify::wechat::TokenApi;
 
@@ -94,6 +95,27 @@ impl Default for WorkerOpts {
 impl TestEnv {
     pub async fn new() -> Self {
         Self::with_sim(SimConfig::default()).await
+    }
+
+    /// A test environment whose simulator injects `faults`.
+    pub async fn with_faults(faults: Faults) -> Self {
+        Self::with_sim(SimConfig {
+            faults,
+            ..Default::default()
+        })
+        .await
+    }
+
+    /// `wxnotify dlq replay --reason <reason>`, as the library runs it.
+    pub async fn replay_by_reason(&self, reason: &str) -> ReplayReport {
+        let filter = ReplayFilter {
+            reason: Some(reason.into()),
+            ..Default::default()
+        };
+        let url = SecretString::from(amqp_url());
+        dlq::replay(&url, &self.topology, &self.pool, &filter, usize::MAX, false)
+            .await
+            .expect("replay")
     }
 
     pub async fn with_sim(mut sim_config: SimConfig) -> Self {

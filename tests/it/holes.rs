@@ -6,11 +6,9 @@ use std::time::{Duration, Instant};
 use lapin::BasicProperties;
 use lapin::options::ExchangeDeleteOptions;
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use secrecy::SecretString;
 use sqlx::Row;
 use wechat_sim::{Faults, SimConfig};
 use wxnotify::event::DeliveryKey;
-use wxnotify::ops::dlq::{self, ReplayFilter};
 
 use crate::helpers::{APP_ID, TestEnv, WorkerOpts, event, wait_for};
 use crate::proxy::Proxy;
@@ -158,14 +156,7 @@ async fn replaying_another_reason_keeps_the_doubt() {
     env.publish_to_queue(&env.topology.dlq, body.as_bytes(), props).await;
 
     let worker = env.spawn_worker(&WorkerOpts::default()).await;
-    let url = SecretString::from(crate::helpers::amqp_url());
-    let by_reason = ReplayFilter {
-        reason: Some("retries_exhausted".into()),
-        ..Default::default()
-    };
-    let done = dlq::replay(&url, &env.topology, &env.pool, &by_reason, usize::MAX, false)
-        .await
-        .unwrap();
+    let done = env.replay_by_reason("retries_exhausted").await;
     assert_eq!(done.replayed.len(), 1);
     let dead = env.collect_dlq(1, T).await;
     worker.stop().await;
@@ -213,14 +204,11 @@ async fn a_forged_replay_header_reopens_nothing() {
 /// Hole 5: a msgid recorded by a slow worker wins over a state another worker wrote meanwhile.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_proven_sent_wins_over_a_record_written_by_another() {
-    let sim = SimConfig {
-        faults: Faults {
-            latency_ms: 3000,
-            ..Default::default()
-        },
+    let env = TestEnv::with_faults(Faults {
+        latency_ms: 3000,
         ..Default::default()
-    };
-    let env = TestEnv::with_sim(sim).await;
+    })
+    .await;
     let worker = env.spawn_worker(&WorkerOpts::default()).await;
     env.publish(&event("slow-1", "booking.confirmed", "oSlow")).await;
     wait_for("the send under way", T, || async { env.sim.stats().send_requests == 1 }).await;
@@ -248,15 +236,12 @@ async fn a_proven_sent_wins_over_a_record_written_by_another() {
 /// Hole 5, the other half: an outcome that proves nothing is written only by the claim's owner.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_late_failure_does_not_overwrite_the_owner_who_took_over() {
-    let sim = SimConfig {
-        faults: Faults {
-            latency_ms: 3000,
-            busy_rate: 1.0,
-            ..Default::default()
-        },
+    let env = TestEnv::with_faults(Faults {
+        latency_ms: 3000,
+        busy_rate: 1.0,
         ..Default::default()
-    };
-    let env = TestEnv::with_sim(sim).await;
+    })
+    .await;
     let worker = env.spawn_worker(&WorkerOpts::default()).await;
     env.publish(&event("late-1", "booking.confirmed", "oLate")).await;
     wait_for("the send under way", T, || async { env.sim.stats().send_requests == 1 }).await;
@@ -288,14 +273,11 @@ async fn a_late_failure_does_not_overwrite_the_owner_who_took_over() {
 /// Hole 7: SIGTERM is honoured when every permit is busy waiting for an unreachable Postgres.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_is_heard_while_every_delivery_waits_for_postgres() {
-    let sim = SimConfig {
-        faults: Faults {
-            latency_ms: 1000,
-            ..Default::default()
-        },
+    let env = TestEnv::with_faults(Faults {
+        latency_ms: 1000,
         ..Default::default()
-    };
-    let env = TestEnv::with_sim(sim).await;
+    })
+    .await;
     let proxy = Proxy::to("127.0.0.1:5432".parse().unwrap()).await;
     let through_proxy = env.db_url.replacen("127.0.0.1:5432", &proxy.addr.to_string(), 1);
     assert_ne!(through_proxy, env.db_url, "the test database is on 127.0.0.1:5432");
@@ -359,14 +341,11 @@ async fn a_failed_dead_letter_publish_rebuilds_the_session() {
 /// claim stays in doubt, so the redelivered copy is not resent.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_released_claim_keeps_its_doubt() {
-    let sim = SimConfig {
-        faults: Faults {
-            latency_ms: 1500,
-            ..Default::default()
-        },
+    let env = TestEnv::with_faults(Faults {
+        latency_ms: 1500,
         ..Default::default()
-    };
-    let env = TestEnv::with_sim(sim).await;
+    })
+    .await;
     let opts = WorkerOpts {
         http_timeout_secs: 1.0,
         ..Default::default()
@@ -397,14 +376,11 @@ async fn a_released_claim_keeps_its_doubt() {
 /// Hole 12: a retry copy that no longer renders after a template change ends `dead` with its row.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_retry_copy_that_no_longer_renders_ends_dead_with_its_row() {
-    let sim = SimConfig {
-        faults: Faults {
-            busy_rate: 1.0,
-            ..Default::default()
-        },
+    let env = TestEnv::with_faults(Faults {
+        busy_rate: 1.0,
         ..Default::default()
-    };
-    let env = TestEnv::with_sim(sim).await;
+    })
+    .await;
     let mut e = event("tpl-1", "booking.confirmed", "oTpl");
     e["data"]["service"] = "精洗套餐加打蜡服务".into(); // 9 characters: a thing, not a phrase
     let slow_retry = WorkerOpts {
@@ -524,14 +500,11 @@ async fn the_window_is_checked_again_after_a_long_token_wait() {
 /// must not clear that new doubt and send again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_redelivered_replay_copy_does_not_clear_the_doubt_of_its_own_send() {
-    let sim = SimConfig {
-        faults: Faults {
-            latency_ms: 1500,
-            ..Default::default()
-        },
+    let env = TestEnv::with_faults(Faults {
+        latency_ms: 1500,
         ..Default::default()
-    };
-    let env = TestEnv::with_sim(sim).await;
+    })
+    .await;
     // A reminder dead-lettered `ambiguous` an hour ago.
     let k = key("amb-sub-1", "TPL_REMINDER", "oAmbSub");
     killed_mid_send(&env, &k, "booking.reminder", 3600).await;
@@ -560,14 +533,7 @@ async fn a_redelivered_replay_copy_does_not_clear_the_doubt_of_its_own_send() {
             ..Default::default()
         })
         .await;
-    let url = SecretString::from(crate::helpers::amqp_url());
-    let by_reason = ReplayFilter {
-        reason: Some("ambiguous".into()),
-        ..Default::default()
-    };
-    let done = dlq::replay(&url, &env.topology, &env.pool, &by_reason, usize::MAX, false)
-        .await
-        .unwrap();
+    let done = env.replay_by_reason("ambiguous").await;
     assert_eq!(done.replayed.len(), 1);
     let dead = env.collect_dlq(1, T).await;
     assert_eq!(dead[0].1["wxnotify-reason"], "ambiguous");
