@@ -141,19 +141,15 @@ async fn replaying_another_reason_keeps_the_doubt() {
     .execute(&env.pool)
     .await
     .unwrap();
-    let mut h = FieldTable::default();
-    for (name, value) in [
-        ("wxnotify-reason", "retries_exhausted"),
-        ("wxnotify-event-id", "storm-1"),
-    ] {
-        h.insert(
-            name.into(),
-            AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
-        );
-    }
     let body = event("storm-1", "booking.confirmed", "oStorm").to_string();
-    let props = BasicProperties::default().with_delivery_mode(2).with_headers(h);
-    env.publish_to_queue(&env.topology.dlq, body.as_bytes(), props).await;
+    env.publish_dead_letter(
+        body.as_bytes(),
+        &[
+            ("wxnotify-reason", "retries_exhausted"),
+            ("wxnotify-event-id", "storm-1"),
+        ],
+    )
+    .await;
 
     let worker = env.spawn_worker(&WorkerOpts::default()).await;
     let done = env.replay_by_reason("retries_exhausted").await;
@@ -515,16 +511,12 @@ async fn a_redelivered_replay_copy_does_not_clear_the_doubt_of_its_own_send() {
     .execute(&env.pool)
     .await
     .unwrap();
-    let mut h = FieldTable::default();
-    for (name, value) in [("wxnotify-reason", "ambiguous"), ("wxnotify-event-id", "amb-sub-1")] {
-        h.insert(
-            name.into(),
-            AMQPValue::LongString(LongString::from(value.as_bytes().to_vec())),
-        );
-    }
     let body = event("amb-sub-1", "booking.reminder", "oAmbSub").to_string();
-    let props = BasicProperties::default().with_delivery_mode(2).with_headers(h);
-    env.publish_to_queue(&env.topology.dlq, body.as_bytes(), props).await;
+    env.publish_dead_letter(
+        body.as_bytes(),
+        &[("wxnotify-reason", "ambiguous"), ("wxnotify-event-id", "amb-sub-1")],
+    )
+    .await;
 
     // The operator replays it by name; WeChat takes it at 750 ms, the worker gives up at 1 s.
     let worker = env
