@@ -53,6 +53,18 @@ async fn killed_mid_send(env: &TestEnv, key: &DeliveryKey, event_type: &str, ago
     .unwrap();
 }
 
+/// The dead letter says `ambiguous`, nothing was sent, and the row is `dead`/`ambiguous` and still
+/// in doubt.
+async fn assert_dead_ambiguous_unsent(env: &TestEnv, dead: &[crate::common::Taken], event_id: &str, why: &str) {
+    assert_eq!(dead[0].1["wxnotify-reason"], "ambiguous", "{:?}", dead[0].1);
+    assert_eq!(env.sim.stats().send_requests, 0, "{why}");
+    let (status, reason, doubt, _) = row(env, event_id).await;
+    assert_eq!(
+        (status.as_str(), reason.as_deref(), doubt),
+        ("dead", Some("ambiguous"), true)
+    );
+}
+
 fn key(event_id: &str, template_id: &str, openid: &str) -> DeliveryKey {
     DeliveryKey {
         event_id: event_id.into(),
@@ -117,13 +129,7 @@ async fn an_in_doubt_subscribe_delivery_is_dead_lettered_ambiguous_not_resent() 
     env.publish(&event("sub-1", "booking.reminder", "oSub")).await;
     let dead = env.collect_dlq(1, T).await;
     worker.stop().await;
-    assert_eq!(dead[0].1["wxnotify-reason"], "ambiguous");
-    assert_eq!(env.sim.stats().send_requests, 0, "never resent");
-    let (status, reason, doubt, _) = row(&env, "sub-1").await;
-    assert_eq!(
-        (status.as_str(), reason.as_deref(), doubt),
-        ("dead", Some("ambiguous"), true)
-    );
+    assert_dead_ambiguous_unsent(&env, &dead, "sub-1", "never resent").await;
     env.cleanup().await;
 }
 
@@ -156,13 +162,7 @@ async fn replaying_another_reason_keeps_the_doubt() {
     assert_eq!(done.replayed.len(), 1);
     let dead = env.collect_dlq(1, T).await;
     worker.stop().await;
-    assert_eq!(dead[0].1["wxnotify-reason"], "ambiguous", "{:?}", dead[0].1);
-    assert_eq!(env.sim.stats().send_requests, 0, "not resent behind the user's back");
-    let (status, reason, doubt, _) = row(&env, "storm-1").await;
-    assert_eq!(
-        (status.as_str(), reason.as_deref(), doubt),
-        ("dead", Some("ambiguous"), true)
-    );
+    assert_dead_ambiguous_unsent(&env, &dead, "storm-1", "not resent behind the user's back").await;
     env.cleanup().await;
 }
 
