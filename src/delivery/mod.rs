@@ -47,8 +47,8 @@ pub(crate) struct Session {
     pub broken: CancellationToken,
 }
 
-/// The worker is stopping while the database is unreachable: leave the message unacked; the
-/// broker hands it out again.
+/// The message is left unacked: the worker is stopping while the database is unreachable, or
+/// the channel died under an ack. The broker hands it out again.
 #[derive(Debug)]
 pub(crate) struct Abandoned;
 

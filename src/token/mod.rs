@@ -108,28 +108,12 @@ pub enum TokenError {
 }
 
 impl TokenError {
-    /// When asking again makes sense, if the error says.
     /// The app's credentials are wrong: a person must fix the configuration.
     pub fn is_configuration(&self) -> bool {
         matches!(
             self,
             TokenError::Credentials { .. } | TokenError::Blocked { credentials: true, .. }
         )
-    }
-
-    /// A database error (Postgres unreachable, a lock wait that timed out): it says nothing about
-    /// WeChat or the message, so it need not cost the message an attempt (the caller decides).
-    pub fn is_database(&self) -> bool {
-        matches!(self, TokenError::Db(_))
-    }
-
-    pub fn retry_at(&self) -> Option<DateTime<Utc>> {
-        match self {
-            TokenError::Credentials { until, .. }
-            | TokenError::Blocked { until, .. }
-            | TokenError::DailyQuota { until, .. } => Some(*until),
-            _ => None,
-        }
     }
 }
 
@@ -307,10 +291,6 @@ impl TokenProvider {
                 apps,
             }),
         }
-    }
-
-    pub fn knows(&self, app_id: &str) -> bool {
-        self.inner.apps.contains_key(app_id)
     }
 
     fn slot(&self, app_id: &str) -> Result<&Arc<AppSlot>, TokenError> {
