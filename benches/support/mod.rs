@@ -81,7 +81,7 @@ pub fn spawn_worker(db_url: &str, topology: &Topology, sim: SocketAddr, admin: &
             db_url,
             topology,
             &format!("http://{sim}"),
-            concat!(env!("CARGO_MANIFEST_DIR"), "/templates.toml"),
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/templates.toml"),
         ))
         .env("WXNOTIFY_ADMIN_ADDR", admin)
         .env("RUST_LOG", "warn")

@@ -66,6 +66,8 @@ impl Carrier<'_> {
             redeliveries: self.meta.redeliveries,
             in_doubt_for: None,
             render_error: None,
+            not_after: None,
+            quiet_hours: None,
             now: chrono::Utc::now(),
         })
     }
@@ -90,6 +92,10 @@ impl Carrier<'_> {
         let (props, mut hdrs) = headers::republish(&self.msg.properties);
         if let Some(id) = &self.trip.event_id {
             headers::set_text(&mut hdrs, headers::EVENT_ID, id);
+        }
+        // A copy of this delivery makes this delivery only, not every delivery of its event.
+        if let Some(id) = &self.trip.template_id {
+            headers::set_text(&mut hdrs, headers::TEMPLATE, id);
         }
         headers::set_int(&mut hdrs, headers::ATTEMPTS, i64::from(plan.attempts));
         (props, hdrs)

@@ -1,16 +1,26 @@
-//! Intake: a message body and its headers → a validated delivery, or an early dead letter.
-//! Pure: no I/O. Every limit of CONTRACT §1 is checked here (body size, UTF-8, JSON, fields,
-//! NUL characters, known app, a template for the type), and the message is rendered once.
+//! Intake: a message body and its headers → a validated delivery, deliveries to hold in the
+//! ledger, or an early dead letter. Pure: no I/O (the current time is given). Every limit of
+//! CONTRACT §1 is checked here (body size, UTF-8, JSON, fields, NUL characters, known app, a
+//! template for the type), and each delivery is rendered once.
+//!
+//! An event makes one delivery per template of its type (CONTRACT §8). The common case, one
+//! template that sends at once, is a [`Delivery`] sent on this trip. Anything else (several
+//! templates, a `send_at`, quiet hours, an expiry, a cancel key, or an event that cancels) is a
+//! [`Hold`]: its deliveries are stored in the ledger with their due times and its cancellations
+//! applied, in one transaction, and the due-delivery loop releases each delivery as its own
+//! message (header `wxnotify-template`) when it falls due.
 
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 
 use crate::event::{BookingEvent, DeliveryKey};
+use crate::ledger::{Cancellation, Waiting};
 use crate::outcome::DeadReason;
 use crate::queue::headers;
-use crate::template::Catalog;
+use crate::template::{Catalog, QuietHours, Template};
 use crate::wechat::{Api, OutgoingMessage};
 
 /// What intake needs to know, fixed at start-up.
@@ -34,6 +44,8 @@ pub(crate) struct Meta {
     pub redeliveries: u32,
     /// `wxnotify-replay`: the `dlq replay` run that says it made this copy (checked in the ledger).
     pub replay_id: Option<String>,
+    /// `wxnotify-template`: this copy is the delivery of this template only.
+    pub template_id: Option<String>,
 }
 
 impl Meta {
@@ -48,6 +60,7 @@ impl Meta {
             token_requeues: count(headers::TOKEN_REQUEUES),
             redeliveries: count(headers::DELIVERY_COUNT),
             replay_id: headers::text(props, headers::REPLAY).filter(|id| !id.is_empty() && !id.contains('\0')),
+            template_id: headers::text(props, headers::TEMPLATE).filter(|id| !id.is_empty() && !id.contains('\0')),
         }
     }
 }
@@ -63,11 +76,23 @@ pub(crate) struct Delivery {
     /// The rendered message, or why it did not render (decided after the claim, so that the
     /// delivery's row ends `dead` too).
     pub message: Result<OutgoingMessage, String>,
+    /// Never send after this instant (`not_after`): the delivery ends `expired`.
+    pub not_after: Option<DateTime<Utc>>,
+    pub quiet_hours: Option<QuietHours>,
+}
+
+/// An event whose deliveries wait in the ledger, and the cancellations it makes.
+#[derive(Debug)]
+pub(crate) struct Hold {
+    pub event_id: String,
+    pub waiting: Vec<Waiting>,
+    pub cancellations: Vec<Cancellation>,
 }
 
 #[derive(Debug)]
 pub(crate) enum Intake {
     Deliver(Box<Delivery>),
+    Hold(Box<Hold>),
     Reject {
         reason: DeadReason,
         error: String,
@@ -76,7 +101,7 @@ pub(crate) enum Intake {
     },
 }
 
-pub(crate) fn intake(body: &[u8], rules: &Rules) -> Intake {
+pub(crate) fn intake(body: &[u8], meta: &Meta, rules: &Rules, now: DateTime<Utc>) -> Intake {
     if body.len() > rules.max_body {
         return Intake::Reject {
             reason: DeadReason::InvalidEvent,
@@ -108,28 +133,124 @@ pub(crate) fn intake(body: &[u8], rules: &Rules) -> Intake {
         let error = format!("unknown app_id {app_id:?} (neither WECHAT_APP_ID nor in [[apps]])");
         return reject(DeadReason::InvalidEvent, error, &event);
     }
-    let Some(template) = rules.catalog.find(&app_id, &event.event_type) else {
-        let error = format!("no template for event type {:?} of app {app_id}", event.event_type);
-        return reject(DeadReason::NoTemplate, error, &event);
-    };
-    let key = DeliveryKey {
+    let catalog = &rules.catalog;
+    // A copy of one delivery (released when due, a retry, a dead letter replayed).
+    if let Some(template_id) = &meta.template_id {
+        let Some(template) = catalog.find_one(&app_id, &event.event_type, template_id) else {
+            let error = format!(
+                "no template {template_id} for event type {:?} of app {app_id} (any more)",
+                event.event_type
+            );
+            return reject(DeadReason::NoTemplate, error, &event);
+        };
+        return Intake::Deliver(Box::new(delivery(catalog, template, event, app_id)));
+    }
+    let templates = catalog.find(&app_id, &event.event_type);
+    let cancelling = catalog.cancelled_by(&app_id, &event.event_type);
+    match (templates.as_slice(), cancelling.is_empty()) {
+        ([], true) => {
+            let error = format!("no template for event type {:?} of app {app_id}", event.event_type);
+            reject(DeadReason::NoTemplate, error, &event)
+        }
+        ([one], true) if !one.is_held() => Intake::Deliver(Box::new(delivery(catalog, one, event, app_id))),
+        _ => {
+            let mut cancellations = Vec::with_capacity(cancelling.len());
+            for t in cancelling {
+                match catalog.cancel_key(t, &event) {
+                    // Two templates of one template id (from different event types) cancel the same deliveries.
+                    Ok(Some(cancel_key))
+                        if cancellations
+                            .iter()
+                            .any(|c: &Cancellation| c.template_id == t.template_id && c.cancel_key == cancel_key) => {}
+                    Ok(Some(cancel_key)) => cancellations.push(Cancellation {
+                        app_id: app_id.clone(),
+                        template_id: t.template_id.clone(),
+                        cancel_key,
+                        event_id: event.event_id.clone(),
+                        event_type: event.event_type.clone(),
+                        occurred_at: event.occurred.with_timezone(&Utc),
+                    }),
+                    Ok(None) => {}
+                    Err(e) => {
+                        let error = format!("template {}: cancelling by this event: {e}", t.label);
+                        return reject(DeadReason::RenderFailed, error, &event);
+                    }
+                }
+            }
+            // The body was parsed as UTF-8 JSON above.
+            let payload = String::from_utf8_lossy(body).into_owned();
+            let waiting = templates
+                .iter()
+                .map(|t| waiting(catalog, t, &event, &app_id, &payload, now))
+                .collect();
+            Intake::Hold(Box::new(Hold {
+                event_id: event.event_id.clone(),
+                waiting,
+                cancellations,
+            }))
+        }
+    }
+}
+
+fn key_of(template: &Template, event: &BookingEvent) -> DeliveryKey {
+    DeliveryKey {
         event_id: event.event_id.clone(),
         template_id: template.template_id.clone(),
         openid: event.openid.clone(),
-    };
+    }
+}
+
+/// One template's delivery, to send on this trip.
+fn delivery(catalog: &Catalog, template: &Template, event: BookingEvent, app_id: String) -> Delivery {
+    let key = key_of(template, &event);
     let client_msg_id = key.client_msg_id();
-    let message = rules
-        .catalog
+    let fail = |e: crate::template::RenderError| format!("template {}: {e}", template.label);
+    let timing = catalog.timing(template, &event).map_err(fail);
+    let message = catalog
         .render(template, &event, client_msg_id.clone())
-        .map_err(|e| format!("template {}: {e}", template.label));
-    Intake::Deliver(Box::new(Delivery {
+        .map_err(fail)
+        .and_then(|m| timing.as_ref().map(|_| m).map_err(Clone::clone));
+    Delivery {
         app_id,
         key,
         client_msg_id,
         api: template.api,
         message,
+        not_after: timing.ok().and_then(|t| t.not_after),
+        quiet_hours: template.quiet_hours,
         event,
-    }))
+    }
+}
+
+/// One template's delivery, to wait in the ledger until due. One that cannot render (message or
+/// timing) is due at once: released, it fails as its own delivery (`render_failed`).
+fn waiting(
+    catalog: &Catalog,
+    template: &Template,
+    event: &BookingEvent,
+    app_id: &str,
+    payload: &str,
+    now: DateTime<Utc>,
+) -> Waiting {
+    let key = key_of(template, event);
+    let client_msg_id = key.client_msg_id();
+    let rendered = catalog
+        .render(template, event, client_msg_id.clone())
+        .and_then(|_| catalog.timing(template, event));
+    let timing = rendered.unwrap_or_default();
+    let due = timing.send_at.unwrap_or(now).max(now);
+    let due_at = template.quiet_hours.map_or(due, |q| q.release(due));
+    Waiting {
+        key,
+        event_type: event.event_type.clone(),
+        app_id: app_id.to_string(),
+        occurred_at: event.occurred.with_timezone(&Utc),
+        client_msg_id,
+        due_at,
+        not_after: timing.not_after,
+        cancel_key: timing.cancel_key,
+        payload: payload.to_string(),
+    }
 }
 
 #[cfg(test)]
@@ -158,16 +279,27 @@ mod tests {
         .into_bytes()
     }
 
+    fn now() -> DateTime<Utc> {
+        "2026-11-22T01:00:00Z".parse().unwrap()
+    }
+
+    fn held(i: Intake) -> Hold {
+        match i {
+            Intake::Hold(h) => *h,
+            i => panic!("{i:?}"),
+        }
+    }
+
     fn rejected(i: Intake) -> (DeadReason, String) {
         match i {
             Intake::Reject { reason, error, .. } => (reason, error),
-            Intake::Deliver(d) => panic!("delivered {:?}", d.key),
+            i => panic!("not rejected: {i:?}"),
         }
     }
 
     #[test]
     fn a_good_event_becomes_one_rendered_delivery() {
-        match intake(&body("o1", "booking.confirmed"), &rules()) {
+        match intake(&body("o1", "booking.created"), &Meta::default(), &rules(), now()) {
             Intake::Deliver(d) => {
                 assert_eq!(d.app_id, "wx1");
                 assert_eq!(d.key.openid, "o1");
@@ -180,12 +312,12 @@ mod tests {
 
     #[test]
     fn nul_in_any_text_is_invalid() {
-        let (reason, error) = rejected(intake(&body("o\u{0}1", "booking.confirmed"), &rules()));
+        let (reason, error) = rejected(intake(&body("o\u{0}1", "booking.confirmed"), &Meta::default(), &rules(), now()));
         assert_eq!(reason, DeadReason::InvalidEvent);
         assert!(error.contains("U+0000"), "{error}");
         let mut v: serde_json::Value = serde_json::from_slice(&body("o1", "booking.confirmed")).unwrap();
         v["data"]["store"] = "徐汇\u{0}店".into();
-        let (reason, error) = rejected(intake(v.to_string().as_bytes(), &rules()));
+        let (reason, error) = rejected(intake(v.to_string().as_bytes(), &Meta::default(), &rules(), now()));
         assert_eq!(reason, DeadReason::InvalidEvent);
         assert!(error.contains("data.store"), "{error}");
     }
@@ -194,11 +326,11 @@ mod tests {
     fn an_oversized_body_is_invalid_without_parsing() {
         let mut b = body("o1", "booking.confirmed");
         b.extend(std::iter::repeat_n(b' ', 5000));
-        let (reason, error) = rejected(intake(&b, &rules()));
+        let (reason, error) = rejected(intake(&b, &Meta::default(), &rules(), now()));
         assert_eq!(reason, DeadReason::InvalidEvent);
         assert!(error.contains("WXNOTIFY_MAX_BODY_BYTES"), "{error}");
         // Not even garbage is looked at.
-        let (_, error) = rejected(intake(&vec![0xff; 5000], &rules()));
+        let (_, error) = rejected(intake(&vec![0xff; 5000], &Meta::default(), &rules(), now()));
         assert!(error.contains("WXNOTIFY_MAX_BODY_BYTES"), "{error}");
     }
 
@@ -207,12 +339,72 @@ mod tests {
         let mut v: serde_json::Value = serde_json::from_slice(&body("o1", "booking.confirmed")).unwrap();
         v["app_id"] = "wx9".into();
         assert_eq!(
-            rejected(intake(v.to_string().as_bytes(), &rules())).0,
+            rejected(intake(v.to_string().as_bytes(), &Meta::default(), &rules(), now())).0,
             DeadReason::InvalidEvent
         );
         assert_eq!(
-            rejected(intake(&body("o1", "booking.nope"), &rules())).0,
+            rejected(intake(&body("o1", "booking.nope"), &Meta::default(), &rules(), now())).0,
             DeadReason::NoTemplate
         );
+    }
+
+    #[test]
+    fn each_template_of_the_type_is_its_own_waiting_delivery() {
+        let h = held(intake(&body("o1", "booking.confirmed"), &Meta::default(), &rules(), now()));
+        assert!(h.cancellations.is_empty());
+        let ids: Vec<&str> = h.waiting.iter().map(|w| w.key.template_id.as_str()).collect();
+        assert_eq!(ids, ["TPL_BOOKING_CONFIRMED", "TPL_BOOKING_REMINDER"]);
+        // The confirmation is due at once; the reminder an hour before the 14:00 (+08:00) slot.
+        assert_eq!(h.waiting[0].due_at, now());
+        assert_eq!(h.waiting[0].cancel_key, None);
+        let r = &h.waiting[1];
+        assert_eq!(r.due_at.to_rfc3339(), "2026-11-22T05:00:00+00:00");
+        assert_eq!(r.not_after.unwrap().to_rfc3339(), "2026-11-22T06:00:00+00:00");
+        assert_eq!(r.cancel_key.as_deref(), Some("B-1"));
+        assert!(r.payload.contains("\"booking.confirmed\""));
+        assert_ne!(h.waiting[0].client_msg_id, r.client_msg_id);
+    }
+
+    #[test]
+    fn a_copy_for_one_template_is_that_delivery_only() {
+        let meta = Meta {
+            template_id: Some("TPL_BOOKING_REMINDER".into()),
+            ..Meta::default()
+        };
+        match intake(&body("o1", "booking.confirmed"), &meta, &rules(), now()) {
+            Intake::Deliver(d) => {
+                assert_eq!(d.key.template_id, "TPL_BOOKING_REMINDER");
+                assert_eq!(d.not_after.unwrap().to_rfc3339(), "2026-11-22T06:00:00+00:00");
+                assert!(d.message.is_ok());
+            }
+            i => panic!("{i:?}"),
+        }
+        let gone = Meta {
+            template_id: Some("TPL_GONE".into()),
+            ..Meta::default()
+        };
+        let (reason, error) = rejected(intake(&body("o1", "booking.confirmed"), &gone, &rules(), now()));
+        assert_eq!(reason, DeadReason::NoTemplate);
+        assert!(error.contains("TPL_GONE"), "{error}");
+    }
+
+    #[test]
+    fn cancelling_events_carry_their_cancellations() {
+        let h = held(intake(&body("o1", "booking.cancelled"), &Meta::default(), &rules(), now()));
+        assert_eq!(h.cancellations.len(), 1);
+        let c = &h.cancellations[0];
+        assert_eq!((c.template_id.as_str(), c.cancel_key.as_str()), ("TPL_BOOKING_REMINDER", "B-1"));
+        assert_eq!(c.event_id, "e1");
+        assert_eq!(h.waiting.len(), 1, "its own notice still goes");
+        // A move cancels the old reminder and schedules its own.
+        let h = held(intake(&body("o1", "booking.rescheduled"), &Meta::default(), &rules(), now()));
+        assert_eq!(h.cancellations.len(), 1);
+        assert_eq!(h.waiting.len(), 2);
+        // No booking id: the cancellation cannot be made, the event is dead-lettered.
+        let mut v: serde_json::Value = serde_json::from_slice(&body("o1", "booking.cancelled")).unwrap();
+        v["data"].as_object_mut().unwrap().remove("booking_id");
+        let (reason, error) = rejected(intake(v.to_string().as_bytes(), &Meta::default(), &rules(), now()));
+        assert_eq!(reason, DeadReason::RenderFailed);
+        assert!(error.contains("cancel"), "{error}");
     }
 }

@@ -1,16 +1,18 @@
 //! The judge: every decision about a message, here and nowhere else. It sees what is known about
 //! the delivery ([`Facts`]) and what just happened, applies the policy ([`RetryPolicy`]) and
 //! answers with a [`Plan`] that says everything to do. Two questions, two pure functions:
-//! [`stop_before_send`] at the gates before a send ([`Gate`]), [`judge`] after a step ended ([`Step`]).
+//! [`stop_before_send`] at the gates before a send ([`Gate`]), [`judge`] after a step ended ([`Step`]);
+//! and for a delivery waiting in the ledger, [`due`] when its time comes.
 //! No I/O, no clock, no context: unit tests call them over the whole fate table.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::ledger::Finish;
+use crate::ledger::{DueFate, Finish};
 use crate::outcome::{DeadReason, Outcome, Plan};
 use crate::retry::{Backoff, ErrorClass, RetryPolicy, classify_send};
+use crate::template::QuietHours;
 use crate::token::TokenError;
 use crate::wechat::Api;
 
@@ -29,7 +31,11 @@ pub(crate) struct Facts {
     pub in_doubt_for: Option<Duration>,
     /// Why the delivery's message could not be rendered (a retry copy after a template change).
     pub render_error: Option<String>,
-    /// The current time, for errors that say until when to wait.
+    /// The template's `not_after` for this delivery: not sent after it (CONTRACT §8).
+    pub not_after: Option<DateTime<Utc>>,
+    /// The template's quiet hours: not sent inside them.
+    pub quiet_hours: Option<QuietHours>,
+    /// The current time, for errors that say until when to wait, expiry and quiet hours.
     pub now: DateTime<Utc>,
 }
 
@@ -96,6 +102,24 @@ pub(crate) fn reject(reason: DeadReason, error: &str, failed_before: u32) -> Pla
     }
 }
 
+/// An event whose deliveries wait in the ledger: acked once they are stored; a value the ledger
+/// refuses (`Err`) can never be stored, so it is dead-lettered.
+pub(crate) fn stored(result: Result<(), &str>, failed_before: u32) -> Plan {
+    match result {
+        Ok(()) => Plan {
+            outcome: Outcome::Ack,
+            finish: None,
+            replace_token: None,
+            attempts: failed_before,
+        },
+        Err(error) => reject(
+            DeadReason::InvalidEvent,
+            &format!("the ledger refused this event's values: {error}"),
+            failed_before,
+        ),
+    }
+}
+
 /// What a `dlq replay` copy may do, from its row in `dlq_replays` (looked up by the copy's replay
 /// id and event id; `None`: no such row, so the copy is an ordinary duplicate).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -129,6 +153,17 @@ pub(crate) fn reopen(row: Option<&ReplayRow>) -> Reopen {
             Reopen::ClearDoubtBefore(r.replayed_at)
         }
         Some(_) => Reopen::KeepDoubt,
+    }
+}
+
+/// A waiting delivery whose `due_at` came: released to the work queue (sent as its own message),
+/// deferred to the end of quiet hours, or expired when it cannot go out before `not_after`.
+pub(crate) fn due(not_after: Option<DateTime<Utc>>, quiet_hours: Option<QuietHours>, now: DateTime<Utc>) -> DueFate {
+    let go = quiet_hours.map_or(now, |q| q.release(now));
+    match not_after {
+        Some(limit) if go > limit => DueFate::Expired,
+        _ if go > now => DueFate::Deferred(go),
+        _ => DueFate::Released,
     }
 }
 
@@ -201,6 +236,23 @@ impl Judge<'_> {
         }
         if let Some(error) = &f.render_error {
             return Some(self.dead(DeadReason::RenderFailed, None, error, false, false));
+        }
+        match due(f.not_after, f.quiet_hours, f.now) {
+            DueFate::Released => {}
+            DueFate::Expired => {
+                let error = format!(
+                    "not sent before its not_after ({})",
+                    f.not_after.map(|t| t.to_rfc3339()).unwrap_or_default()
+                );
+                return Some(self.plan(Outcome::Ack, Some(Finish::expired(&error))));
+            }
+            // Waits out the quiet hours without using an attempt (in the longest retry tier,
+            // again if the window is longer).
+            DueFate::Deferred(until) => {
+                let wait = (until - f.now).to_std().unwrap_or_default();
+                let error = format!("quiet hours until {}", until.to_rfc3339());
+                return Some(self.uncounted(wait, None, &error));
+            }
         }
         // Not in doubt: nothing can be duplicated, send.
         let age = f.in_doubt_for?;

@@ -1,4 +1,5 @@
-//! One message's trip: [`intake`] → claim → token → send → [`judge`] → [`carry_out`].
+//! One message's trip: [`intake`] → claim → token → send → [`judge`] → [`carry_out`]; or, for an
+//! event whose deliveries wait (CONTRACT §8), [`intake`] → store them in the ledger → ack.
 //!
 //! `deliver` is the whole pipeline. Intake and the judge are pure; the steps between them do the
 //! I/O (claim in the ledger, the shared token, the HTTP send) and ask the judge at each gate;
@@ -23,7 +24,7 @@ use crate::queue::{Publisher, Topology};
 use crate::retry::RetryPolicy;
 use crate::token::{AccessToken, TokenProvider};
 use crate::wechat::{OutgoingMessage, SendError, SendReply, WechatClient};
-use intake::{Delivery, Intake, Meta, Rules};
+use intake::{Delivery, Hold, Intake, Meta, Rules};
 use judge::{Answer, ClaimSeen, Facts, Gate, Reopen, Step};
 
 /// What every trip shares, fixed for the worker's life.
@@ -56,6 +57,8 @@ pub(crate) struct Abandoned;
 #[derive(Default)]
 pub(crate) struct Trip {
     pub event_id: Option<String>,
+    /// The delivery's template: a copy of the message makes this delivery only.
+    pub template_id: Option<String>,
     /// The claimed delivery's row.
     pub delivery_id: Option<i64>,
     pub attempt: Option<AttemptRecord>,
@@ -84,7 +87,7 @@ pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::messa
     );
     async {
         let mut trip = Trip::default();
-        let plan = match intake::intake(&msg.data, &ctx.rules) {
+        let plan = match intake::intake(&msg.data, &meta, &ctx.rules, Utc::now()) {
             Intake::Reject {
                 reason,
                 error,
@@ -111,6 +114,14 @@ pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::messa
                     Err(Abandoned) => return,
                 }
             }
+            Intake::Hold(h) => {
+                tracing::Span::current().record("event_id", h.event_id.as_str());
+                trip.event_id = Some(h.event_id.clone());
+                match hold(ctx, &h, &meta).await {
+                    Ok(plan) => plan,
+                    Err(Abandoned) => return,
+                }
+            }
         };
         let _ = carry_out::carry_out(ctx, session, msg, &meta, plan, trip).await;
     }
@@ -127,8 +138,11 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
         redeliveries: meta.redeliveries,
         in_doubt_for: None,
         render_error: d.message.as_ref().err().cloned(),
+        not_after: d.not_after,
+        quiet_hours: d.quiet_hours,
         now: Utc::now(),
     };
+    trip.template_id = Some(d.key.template_id.clone());
     let reopen = reopen(ctx, d, meta).await?;
     let claim_started = Instant::now();
     let (seen, claimed) = claim(ctx, d, reopen).await?;
@@ -170,6 +184,30 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
         },
         &ctx.policy,
     ))
+}
+
+/// Stores an event's waiting deliveries and applies its cancellations (one transaction); the
+/// message is acked once they are committed. A value Postgres refuses is the message's verdict.
+async fn hold(ctx: &Context, h: &Hold, meta: &Meta) -> Result<Plan, Abandoned> {
+    let stored = with_db(ctx, "store waiting deliveries", || async {
+        match ctx.ledger.hold(&h.waiting, &h.cancellations).await {
+            Err(e) if crate::db::is_data_error(&e) => Ok(Err(e.to_string())),
+            other => other.map(Ok),
+        }
+    })
+    .await?;
+    if let Ok(held) = &stored {
+        for (status, n) in [
+            ("scheduled", held.scheduled),
+            ("cancelled", held.cancelled),
+            ("expired", held.expired),
+            ("cancelled_other", held.cancelled_others),
+        ] {
+            metrics::counter!("wxnotify_held_total", "status" => status).increment(n);
+        }
+        tracing::debug!(?held, "waiting deliveries stored");
+    }
+    Ok(judge::stored(stored.as_ref().map(|_| ()).map_err(String::as_str), meta.failed_before))
 }
 
 /// A replay copy reopens a `dead` delivery only if its run is recorded (and keeps its doubt

@@ -10,6 +10,7 @@ mod batch;
 mod claim;
 mod heartbeat;
 mod record;
+mod schedule;
 
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ const BATCH_PARALLEL: usize = 1;
 
 pub(crate) use claim::{Claim, ClaimRequest, Claimed};
 pub(crate) use record::{AttemptRecord, Finish};
+pub(crate) use schedule::{Cancellation, Due, DueFate, Waiting};
 
 /// A delivery's status column.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -34,6 +36,12 @@ pub(crate) enum Status {
     Sent,
     Retrying,
     Dead,
+    /// Waiting for its `due_at` (CONTRACT §8).
+    Scheduled,
+    Cancelled,
+    Expired,
+    /// Not sent: the user unfollowed (CONTRACT §9).
+    Suppressed,
 }
 
 impl Status {
@@ -43,16 +51,30 @@ impl Status {
             Status::Sent => "sent",
             Status::Retrying => "retrying",
             Status::Dead => "dead",
+            Status::Scheduled => "scheduled",
+            Status::Cancelled => "cancelled",
+            Status::Expired => "expired",
+            Status::Suppressed => "suppressed",
         }
     }
 
     pub(crate) fn parse(s: &str) -> Option<Self> {
-        [Status::Pending, Status::Sent, Status::Retrying, Status::Dead]
-            .into_iter()
+        [
+            Status::Pending,
+            Status::Sent,
+            Status::Retrying,
+            Status::Dead,
+            Status::Scheduled,
+            Status::Cancelled,
+            Status::Expired,
+            Status::Suppressed,
+        ]
+        .into_iter()
             .find(|x| x.as_str() == s)
     }
 
-    /// Nothing more will be sent for a delivery in this state.
+    /// Nothing more will be sent for a delivery in this state by a copy of its message. A
+    /// `scheduled` delivery is the due-delivery loop's to release: a copy is a duplicate too.
     pub(crate) fn is_final(self) -> bool {
         !matches!(self, Status::Pending | Status::Retrying)
     }

@@ -69,6 +69,18 @@ impl Finish {
         }
     }
 
+    /// Not sent before the template's `not_after`: ledger only, no dead letter.
+    pub fn expired(error: &str) -> Self {
+        Self {
+            status: Status::Expired,
+            errcode: None,
+            error: Some(one_line(error)),
+            msgid: None,
+            dead_reason: None,
+            in_doubt: false,
+        }
+    }
+
     pub fn dead(reason: DeadReason, errcode: Option<i64>, error: &str) -> Self {
         Self {
             status: Status::Dead,

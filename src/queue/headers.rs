@@ -16,6 +16,10 @@ pub const TOKEN_REQUEUES: &str = "wxnotify-token-requeues";
 /// Set by `dlq replay`: the run that made this copy (it may reopen a `dead` delivery if that run
 /// is recorded in `dlq_replays`).
 pub const REPLAY: &str = "wxnotify-replay";
+/// One delivery of its event: the template it is for. Set on every copy wxnotify publishes of a
+/// delivery (a due delivery released from the ledger, a retry, a dead letter), so that the copy
+/// makes that delivery only, not every delivery of its event.
+pub const TEMPLATE: &str = "wxnotify-template";
 /// Set by quorum queues on a redelivery: how often the message was handed out before.
 pub const DELIVERY_COUNT: &str = "x-delivery-count";
 

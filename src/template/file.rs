@@ -39,6 +39,22 @@ pub struct TemplateSpec {
     pub miniprogram_state: Option<String>,
     #[serde(default)]
     pub lang: Option<String>,
+    /// Hold until this instant (MiniJinja rendering to RFC 3339), CONTRACT §8.
+    #[serde(default)]
+    pub send_at: Option<String>,
+    /// Never send after this instant (MiniJinja rendering to RFC 3339): the delivery ends `expired`.
+    #[serde(default)]
+    pub not_after: Option<String>,
+    /// `"22:00-08:00"`, Beijing time: a delivery falling due inside waits until the window ends.
+    #[serde(default)]
+    pub quiet_hours: Option<String>,
+    /// What cancelling events refer to (MiniJinja), rendered over the delivery's event and over
+    /// the cancelling event alike.
+    #[serde(default)]
+    pub cancel_key: Option<String>,
+    /// Event types that cancel this template's waiting deliveries with the same `cancel_key`.
+    #[serde(default)]
+    pub cancelled_by: Vec<String>,
     /// Keyword → MiniJinja source.
     pub data: BTreeMap<String, String>,
     /// Extra or overriding sample event fields for the start-up render check

@@ -26,6 +26,26 @@ pub fn datetime(value: String, format: String) -> Result<String, Error> {
     Ok(out)
 }
 
+/// `{{ data.slot_start | add_minutes(-60) }}`: an RFC 3339 timestamp moved by N minutes (N may be
+/// negative), in the timestamp's own offset, as RFC 3339 again.
+pub fn add_minutes(value: String, minutes: i64) -> Result<String, Error> {
+    let dt = DateTime::parse_from_rfc3339(value.trim()).map_err(|e| {
+        Error::new(
+            ErrorKind::InvalidOperation,
+            format!("add_minutes: {value:?} is not an RFC 3339 timestamp ({e})"),
+        )
+    })?;
+    chrono::TimeDelta::try_minutes(minutes)
+        .and_then(|d| dt.checked_add_signed(d))
+        .map(|t| t.to_rfc3339())
+        .ok_or_else(|| {
+            Error::new(
+                ErrorKind::InvalidOperation,
+                format!("add_minutes: {value:?} plus {minutes} minutes is out of range"),
+            )
+        })
+}
+
 /// Refuses strftime formats chrono cannot render (it would fail mid-render otherwise).
 pub fn check_strftime(format: &str) -> Result<(), String> {
     if StrftimeItems::new(format).any(|item| matches!(item, Item::Error)) {
@@ -63,6 +83,15 @@ mod tests {
         assert_eq!(yuan(Value::from("1200")).unwrap(), "12.00元");
         assert!(yuan(Value::from("12.5")).is_err());
         assert!(yuan(Value::from(1.5)).is_err());
+    }
+
+    #[test]
+    fn add_minutes_moves_in_the_same_offset() {
+        let s = add_minutes("2026-11-22T14:00:00+08:00".into(), -60).unwrap();
+        assert_eq!(s, "2026-11-22T13:00:00+08:00");
+        assert_eq!(add_minutes("2026-11-22T23:30:00Z".into(), 45).unwrap(), "2026-11-23T00:15:00+00:00");
+        assert!(add_minutes("soon".into(), 5).is_err());
+        assert!(add_minutes("2026-11-22T14:00:00+08:00".into(), i64::MAX).is_err());
     }
 
     #[test]

@@ -5,12 +5,16 @@
 //! Start-up checks (each failure is a configuration error, exit 2, naming template and key):
 //! every key is a WeChat keyword type; every value compiles; constant values fit their keyword;
 //! every template renders on a sample event (built in, overridable with `sample = {...}`) into
-//! values that fit their keywords; at most one template per (app, event type).
+//! values that fit their keywords; `send_at` and `not_after` render to RFC 3339 instants on the
+//! sample, `quiet_hours` parses, every `cancelled_by` type is some template's event type; at most
+//! one template per (app, event type, template id). Several templates of one event type are each
+//! their own delivery.
 
 pub mod file;
 pub mod filters;
+pub mod timing;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
 
 use minijinja::value::Serde;
@@ -21,6 +25,7 @@ use crate::event::BookingEvent;
 use crate::wechat::keywords::{self, KeywordType};
 use crate::wechat::{Api, Miniprogram, OutgoingMessage};
 pub use file::{AppSpec, TemplatesFile};
+pub use timing::{QuietHours, Timing};
 
 /// A templates file that cannot be used. Always names where the problem is.
 #[derive(Debug, thiserror::Error)]
@@ -57,13 +62,30 @@ pub struct Template {
     miniprogram: Option<Miniprogram>,
     miniprogram_state: Option<String>,
     lang: Option<String>,
+    has_send_at: bool,
+    has_not_after: bool,
+    has_cancel_key: bool,
+    pub quiet_hours: Option<QuietHours>,
+    /// Event types that cancel this template's waiting deliveries.
+    pub cancelled_by: Vec<String>,
+}
+
+impl Template {
+    /// Its deliveries wait in the ledger (scheduled, cancellable, quiet hours or an expiry)
+    /// instead of going out the moment the event is consumed.
+    pub fn is_held(&self) -> bool {
+        self.has_send_at || self.has_not_after || self.has_cancel_key || self.quiet_hours.is_some()
+    }
 }
 
 /// All templates of a file, compiled, plus the file's extra apps.
 pub struct Catalog {
     env: Environment<'static>,
     templates: Vec<Template>,
-    lookup: HashMap<(Option<String>, String), usize>,
+    /// (app or any, event type) → the templates making its deliveries.
+    lookup: HashMap<(Option<String>, String), Vec<usize>>,
+    /// Event type → the templates it cancels deliveries of.
+    cancels: HashMap<String, Vec<usize>>,
     pub apps: Vec<AppSpec>,
 }
 
@@ -130,9 +152,12 @@ impl Catalog {
         env.set_undefined_behavior(UndefinedBehavior::Strict);
         env.add_filter("datetime", filters::datetime);
         env.add_filter("yuan", filters::yuan);
+        env.add_filter("add_minutes", filters::add_minutes);
 
         let mut templates = Vec::new();
-        let mut lookup = HashMap::new();
+        let mut lookup: HashMap<(Option<String>, String), Vec<usize>> = HashMap::new();
+        let mut cancels: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut seen_ids = HashSet::new();
         let mut samples = Vec::new();
         for (index, spec) in file.templates.into_iter().enumerate() {
             let label = format!("#{} ({} → {})", index + 1, spec.event_type, spec.template_id);
@@ -185,22 +210,44 @@ impl Catalog {
                     }
                 }
             }
-            for (name, source) in [("url", &spec.url), ("page", &spec.page)] {
+            for (name, source) in [
+                ("url", &spec.url),
+                ("page", &spec.page),
+                ("send_at", &spec.send_at),
+                ("not_after", &spec.not_after),
+                ("cancel_key", &spec.cancel_key),
+            ] {
                 if let Some(source) = source {
                     env.add_template_owned(format!("{index}.{name}"), source.clone())
                         .map_err(|e| fail(format!("{name}: {e}")))?;
                 }
             }
-            let slot = (spec.app_id.clone(), spec.event_type.clone());
-            if lookup.insert(slot, index).is_some() {
+            let quiet_hours = spec
+                .quiet_hours
+                .as_deref()
+                .map(str::parse::<QuietHours>)
+                .transpose()
+                .map_err(|e| fail(format!("quiet_hours: {e}")))?;
+            if !spec.cancelled_by.is_empty() && spec.cancel_key.is_none() {
+                return Err(fail("`cancelled_by` needs a `cancel_key` to match deliveries by".into()));
+            }
+            if !seen_ids.insert((spec.app_id.clone(), spec.event_type.clone(), spec.template_id.clone())) {
                 return Err(fail(format!(
-                    "a second template for event type {:?}{}: one template per event type and app",
+                    "a second template {} for event type {:?}{}: each (event type, template id) once",
+                    spec.template_id,
                     spec.event_type,
                     spec.app_id
                         .as_deref()
                         .map(|a| format!(" and app {a}"))
                         .unwrap_or_default()
                 )));
+            }
+            lookup
+                .entry((spec.app_id.clone(), spec.event_type.clone()))
+                .or_default()
+                .push(index);
+            for by in &spec.cancelled_by {
+                cancels.entry(by.clone()).or_default().push(index);
             }
             let mut sample = sample_event();
             sample["event_type"] = json!(spec.event_type);
@@ -222,17 +269,35 @@ impl Catalog {
                 miniprogram: spec.miniprogram,
                 miniprogram_state: spec.miniprogram_state,
                 lang: spec.lang,
+                has_send_at: spec.send_at.is_some(),
+                has_not_after: spec.not_after.is_some(),
+                has_cancel_key: spec.cancel_key.is_some(),
+                quiet_hours,
+                cancelled_by: spec.cancelled_by,
             });
         }
         let catalog = Catalog {
             env,
             templates,
             lookup,
+            cancels,
             apps: file.apps,
         };
+        let event_types: HashSet<&str> = catalog.templates.iter().map(|t| t.event_type.as_str()).collect();
+        for t in &catalog.templates {
+            if let Some(by) = t.cancelled_by.iter().find(|by| !event_types.contains(by.as_str())) {
+                return Err(TemplateConfigError::Template {
+                    template: t.label.clone(),
+                    message: format!("cancelled_by: no template has event type {by:?}"),
+                });
+            }
+        }
         for (template, sample) in catalog.templates.iter().zip(samples) {
             let ctx = Value::from(Serde(&sample));
-            catalog.render_with(template, &ctx, "sample".into(), "wxn-sample".into()).map_err(|e| {
+            catalog
+                .render_with(template, &ctx, "sample".into(), "wxn-sample".into())
+                .and_then(|_| catalog.timing_with(template, &ctx))
+                .map_err(|e| {
                 TemplateConfigError::Template {
                     template: template.label.clone(),
                     message: format!(
@@ -257,12 +322,94 @@ impl Catalog {
         &self.templates
     }
 
-    /// The template for an event: one made for its app first, else one for any app.
-    pub fn find(&self, app_id: &str, event_type: &str) -> Option<&Template> {
+    /// The templates making an event's deliveries: those made for its app if there are any,
+    /// else those for any app. Empty: the event has no template.
+    pub fn find(&self, app_id: &str, event_type: &str) -> Vec<&Template> {
         self.lookup
             .get(&(Some(app_id.to_string()), event_type.to_string()))
             .or_else(|| self.lookup.get(&(None, event_type.to_string())))
-            .map(|&i| &self.templates[i])
+            .map(|ix| ix.iter().map(|&i| &self.templates[i]).collect())
+            .unwrap_or_default()
+    }
+
+    /// One of an event's templates, by template id.
+    pub fn find_one(&self, app_id: &str, event_type: &str, template_id: &str) -> Option<&Template> {
+        self.find(app_id, event_type)
+            .into_iter()
+            .find(|t| t.template_id == template_id)
+    }
+
+    /// The templates whose waiting deliveries an event of this type (and app) cancels.
+    pub fn cancelled_by(&self, app_id: &str, event_type: &str) -> Vec<&Template> {
+        self.cancels
+            .get(event_type)
+            .map(|ix| {
+                ix.iter()
+                    .map(|&i| &self.templates[i])
+                    .filter(|t| t.app_id.as_deref().is_none_or(|a| a == app_id))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// The template's `send_at`, `not_after` and `cancel_key` over an event.
+    pub fn timing(&self, template: &Template, event: &BookingEvent) -> Result<Timing, RenderError> {
+        self.timing_with(template, &Value::from(Serde(event)))
+    }
+
+    /// The template's `cancel_key` over a cancelling event (`None`: the template has none).
+    pub fn cancel_key(&self, template: &Template, event: &BookingEvent) -> Result<Option<String>, RenderError> {
+        self.cancel_key_with(template, &Value::from(Serde(event)))
+    }
+
+    fn timing_with(&self, template: &Template, ctx: &Value) -> Result<Timing, RenderError> {
+        let instant = |name: &str, present: bool| -> Result<Option<chrono::DateTime<chrono::Utc>>, RenderError> {
+            if !present {
+                return Ok(None);
+            }
+            let text = self.render_field(template, name, ctx)?;
+            chrono::DateTime::parse_from_rfc3339(text.trim())
+                .map(|t| Some(t.with_timezone(&chrono::Utc)))
+                .map_err(|e| RenderError {
+                    field: name.to_string(),
+                    message: format!("{text:?} is not an RFC 3339 instant ({e})"),
+                })
+        };
+        Ok(Timing {
+            send_at: instant("send_at", template.has_send_at)?,
+            not_after: instant("not_after", template.has_not_after)?,
+            cancel_key: self.cancel_key_with(template, ctx)?,
+        })
+    }
+
+    fn cancel_key_with(&self, template: &Template, ctx: &Value) -> Result<Option<String>, RenderError> {
+        if !template.has_cancel_key {
+            return Ok(None);
+        }
+        let key = self.render_field(template, "cancel_key", ctx)?;
+        let key = key.trim();
+        if key.is_empty() || key.contains('\0') || key.len() > 256 {
+            return Err(RenderError {
+                field: "cancel_key".into(),
+                message: "must render to 1–256 bytes of text without U+0000".into(),
+            });
+        }
+        Ok(Some(key.to_string()))
+    }
+
+    fn render_field(&self, template: &Template, name: &str, ctx: &Value) -> Result<String, RenderError> {
+        let field = name.to_string();
+        let tpl = self
+            .env
+            .get_template(&format!("{}.{name}", template.index))
+            .map_err(|e| RenderError {
+                field: field.clone(),
+                message: e.to_string(),
+            })?;
+        tpl.render(ctx.clone()).map_err(|e| RenderError {
+            field,
+            message: describe(&e),
+        })
     }
 
     /// Renders an event into a message for `template`.
@@ -283,20 +430,7 @@ impl Catalog {
         touser: String,
         client_msg_id: String,
     ) -> Result<OutgoingMessage, RenderError> {
-        let render = |name: &str| -> Result<String, RenderError> {
-            let field = name.to_string();
-            let tpl = self
-                .env
-                .get_template(&format!("{}.{name}", template.index))
-                .map_err(|e| RenderError {
-                    field: field.clone(),
-                    message: e.to_string(),
-                })?;
-            tpl.render(ctx.clone()).map_err(|e| RenderError {
-                field,
-                message: describe(&e),
-            })
-        };
+        let render = |name: &str| self.render_field(template, name, ctx);
         let mut data = BTreeMap::new();
         for key in &template.keys {
             let field = format!("data.{key}");
@@ -375,20 +509,20 @@ secret_env = "WECHAT_APP_SECRET_2"
     fn the_contract_example_loads_and_renders() {
         let c = Catalog::parse(GOOD, "test").unwrap();
         assert_eq!(c.apps.len(), 1);
-        let t = c.find("wxdefault", "booking.confirmed").unwrap();
+        let t = c.find("wxdefault", "booking.confirmed")[0];
         let e = event(json!({"booking_id": "B-1", "service": "精洗套餐", "store": "徐汇店",
             "slot_start": "2026-11-22T14:00:00+08:00", "plate": "沪A12345", "price_cents": 3980}));
         let m = c.render(t, &e, "id".into()).unwrap();
         assert_eq!(m.data["amount5"], "39.80元");
         assert_eq!(m.data["time3"], "2026年11月22日 14:00");
         assert_eq!(m.url.as_deref(), Some("https://wash.example.com/bookings/B-1"));
-        assert!(c.find("wxdefault", "booking.unknown").is_none());
+        assert!(c.find("wxdefault", "booking.unknown").is_empty());
     }
 
     #[test]
     fn render_fails_on_missing_field_and_on_keyword_rules() {
         let c = Catalog::parse(GOOD, "test").unwrap();
-        let t = c.find("wx", "booking.confirmed").unwrap();
+        let t = c.find("wx", "booking.confirmed")[0];
         let e = event(json!({"booking_id": "B-1", "service": "精洗套餐"}));
         let err = c.render(t, &e, "id".into()).unwrap_err();
         assert!(err.field.starts_with("data."), "{err}");
@@ -422,5 +556,60 @@ secret_env = "WECHAT_APP_SECRET_2"
             1,
         );
         Catalog::parse(&with_sample, "t").unwrap();
+    }
+
+    const REMINDER: &str = r#"
+[[templates]]
+event_type = "booking.confirmed"
+template_id = "TPL_REMINDER"
+send_at = "{{ data.slot_start | add_minutes(-60) }}"
+not_after = "{{ data.slot_start }}"
+quiet_hours = "22:00-08:00"
+cancel_key = "{{ data.booking_id }}"
+cancelled_by = ["booking.cancelled"]
+[templates.data]
+thing1 = "{{ data.service }}"
+
+[[templates]]
+event_type = "booking.cancelled"
+template_id = "TPL_CANCELLED"
+[templates.data]
+thing1 = "{{ data.service }}"
+"#;
+
+    #[test]
+    fn timing_renders_and_cancellers_are_found() {
+        let c = Catalog::parse(&format!("{GOOD}{REMINDER}"), "t").unwrap();
+        let ts = c.find("wx", "booking.confirmed");
+        assert_eq!(ts.len(), 2, "two templates, two deliveries");
+        assert!(!ts[0].is_held() && ts[1].is_held());
+        let e = event(json!({"booking_id": "B-1", "service": "精洗套餐",
+            "slot_start": "2026-11-22T14:00:00+08:00"}));
+        let timing = c.timing(ts[1], &e).unwrap();
+        assert_eq!(timing.send_at.unwrap().to_rfc3339(), "2026-11-22T05:00:00+00:00");
+        assert_eq!(timing.not_after.unwrap().to_rfc3339(), "2026-11-22T06:00:00+00:00");
+        assert_eq!(timing.cancel_key.as_deref(), Some("B-1"));
+        let cancelled = c.cancelled_by("wx", "booking.cancelled");
+        assert_eq!(cancelled.len(), 1);
+        assert_eq!(cancelled[0].template_id, "TPL_REMINDER");
+        assert!(c.cancelled_by("wx", "booking.confirmed").is_empty());
+        assert_eq!(c.find_one("wx", "booking.confirmed", "TPL_REMINDER").unwrap().template_id, "TPL_REMINDER");
+    }
+
+    #[test]
+    fn bad_schedules_fail_at_boot_naming_the_template() {
+        let both = format!("{GOOD}{REMINDER}");
+        let cases = [
+            (both.replace("add_minutes(-60) }}", "datetime('%H:%M') }}"), "send_at"),
+            (both.replace(r#"not_after = "{{ data.slot_start }}""#, r#"not_after = "soon""#), "not_after"),
+            (both.replace("22:00-08:00", "22-8"), "quiet_hours"),
+            (both.replace(r#"["booking.cancelled"]"#, r#"["booking.nope"]"#), "booking.nope"),
+            (both.replace(r#"cancel_key = "{{ data.booking_id }}""#, ""), "cancel_key"),
+            (both.replace("TPL_CANCELLED", "TPL_X").replace(r#"event_type = "booking.cancelled""#, r#"event_type = "booking.confirmed""#).replace("TPL_X", "TPL_REMINDER").replace(r#"["booking.cancelled"]"#, "[]"), "second template"),
+        ];
+        for (text, needle) in cases {
+            let err = Catalog::parse(&text, "t").unwrap_err().to_string();
+            assert!(err.contains(needle) && err.contains('#'), "{needle}: {err}");
+        }
     }
 }

@@ -8,6 +8,8 @@
 //! Shutdown (`shutdown` token): cancel the consumer, let in-flight deliveries finish and be
 //! recorded for up to the grace period, then close; whatever is unacked goes back to the queue.
 
+mod due;
+
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,6 +160,9 @@ impl Worker {
                 FieldTable::default(),
             )
             .await?;
+        // The due-delivery loop publishes on this session's channel: it lives and dies with it.
+        let due_stop = CancellationToken::new();
+        let mut due_loop = tokio::spawn(due::run(self.ctx.clone(), session.clone(), due_stop.clone()));
         self.ctx.health.set_broker(true);
         tracing::info!(queue = %s.topology.queue, prefetch = s.prefetch, concurrency = s.concurrency, "consuming");
 
@@ -187,6 +192,13 @@ impl Worker {
                 None => break Err(SessionEnd::ConsumerCancelled),
             }
         };
+        // Stop releasing due deliveries before the channel goes: a release in progress commits
+        // or rolls back (its rows stay `scheduled`) first.
+        due_stop.cancel();
+        if tokio::time::timeout(Duration::from_secs(5), &mut due_loop).await.is_err() {
+            tracing::warn!("the due-delivery loop did not stop in time; its rows stay scheduled");
+            due_loop.abort();
+        }
         if result.is_err() {
             // Whatever this session's channels still hold goes back to the queue when they close.
             let _ = conn.close(200, "session rebuilt".into()).await;

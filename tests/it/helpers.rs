@@ -142,7 +142,7 @@ impl TestEnv {
             topology,
             sim,
             sim_base: format!("http://{addr}"),
-            templates: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates.toml"),
+            templates: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/templates.toml"),
             conn,
             publisher,
         }
