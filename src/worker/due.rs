@@ -29,6 +29,9 @@ const BATCH: usize = 500;
 const IDLE: Duration = Duration::from_secs(10);
 /// Longest sleep without it.
 const POLL: Duration = Duration::from_secs(1);
+/// Sleep when rows are due but another worker holds them (it releases them, or dies and its
+/// locks go with its connection).
+const HELD: Duration = Duration::from_millis(250);
 
 /// Runs until `stop` fires. Publish failures mark the session broken (it is rebuilt, and this
 /// loop with it); database errors are retried.
@@ -39,7 +42,8 @@ pub(crate) async fn run(ctx: Arc<Context>, session: Session, stop: CancellationT
             listener = ctx.ledger.listen_due().await.ok();
         }
         let wait = match release_all(&ctx, &session).await {
-            Ok(()) => match ctx.ledger.next_due_in().await {
+            Ok(taken) => match ctx.ledger.next_due_in().await {
+                Ok(Some(secs)) if secs <= 0.0 && taken == 0 => HELD,
                 Ok(Some(secs)) => Duration::from_secs_f64(secs.clamp(0.0, 3600.0)),
                 Ok(None) => IDLE,
                 Err(e) => {
@@ -73,13 +77,16 @@ pub(crate) async fn run(ctx: Arc<Context>, session: Session, stop: CancellationT
     }
 }
 
-/// Releases batches until nothing is due.
-async fn release_all(ctx: &Context, session: &Session) -> Result<(), sqlx::Error> {
+/// Releases batches until nothing is due (that nobody else holds); returns how many rows it took.
+async fn release_all(ctx: &Context, session: &Session) -> Result<usize, sqlx::Error> {
+    let mut taken = 0;
     loop {
         let batch = ctx.ledger.take_due(BATCH as i64).await?;
         let full = batch.rows.len() == BATCH;
+        taken += batch.rows.len();
         if batch.rows.is_empty() {
-            return batch.finish(&[]).await;
+            batch.finish(&[]).await?;
+            return Ok(taken);
         }
         let now = batch.now;
         let fates: Vec<DueFate> = batch.rows.iter().map(|row| fate(ctx, row, now)).collect();
@@ -110,7 +117,7 @@ async fn release_all(ctx: &Context, session: &Session) -> Result<(), sqlx::Error
         let fates = done;
         batch.finish(&fates).await?;
         if !full || session.broken.is_cancelled() {
-            return Ok(());
+            return Ok(taken);
         }
     }
 }

@@ -9,5 +9,6 @@ mod helpers;
 mod holes;
 mod proxy;
 mod report;
+mod schedule;
 mod secrets;
 mod tokens;

@@ -98,6 +98,9 @@ pub struct Accepted {
     pub data: BTreeMap<String, String>,
     pub url: Option<String>,
     pub page: Option<String>,
+    /// When it was accepted, in milliseconds since the Unix epoch (tests check send times).
+    #[serde(default)]
+    pub accepted_at_ms: i64,
 }
 
 /// Counters for tests and people.
@@ -434,6 +437,9 @@ impl SimState {
             data,
             url: s("url"),
             page: s("page"),
+            accepted_at_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
         });
         self.stats.accepted += 1;
         let every = self.config.faults.rotate_every;
