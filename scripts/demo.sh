@@ -26,7 +26,7 @@ trap cleanup EXIT
 
 $bin/wxnotify migrate
 # A clean slate: earlier demo runs' deliveries, dead letters, and tokens of a simulator now gone.
-PGPASSWORD=postgres psql -q "$DATABASE_URL" -c "TRUNCATE deliveries, delivery_attempts, wechat_tokens, dlq_replays CASCADE" >/dev/null
+PGPASSWORD=postgres psql -q "$DATABASE_URL" -c "TRUNCATE deliveries, delivery_attempts, wechat_tokens, dlq_replays, delivery_cancellations CASCADE" >/dev/null
 rabbitmqctl -q purge_queue "$WXNOTIFY_QUEUE.dlq" >/dev/null 2>&1 || true
 $bin/wechat-sim --unsubscribed oUpF8uMuAJO_M2pxb1Q9zNjWe004 >"$logs/sim.log" 2>&1 &
 sim_pid=$!
@@ -51,7 +51,7 @@ done
 echo
 echo "== deliveries (Postgres ledger)"
 PGPASSWORD=postgres psql "$DATABASE_URL" -c \
-  "select event_id, event_type, status, attempts, last_errcode, wechat_msgid from deliveries order by event_id"
+  "select event_id, event_type, template_id, status, attempts, last_errcode, wechat_msgid from deliveries order by event_id, template_id"
 echo "== messages the WeChat simulator accepted"
 curl -fsS "$WECHAT_API_BASE/sim/messages" | python3 -c '
 import json, sys
@@ -72,6 +72,48 @@ PGPASSWORD=postgres psql "$DATABASE_URL" -c \
   "select event_id, status, attempts, wechat_msgid from deliveries where openid like '%004'"
 echo "== dead letters now"
 $bin/wxnotify dlq list
+echo
+echo "== reminders (templates.toml: TPL_BOOKING_REMINDER an hour before the slot, cancelled by booking.cancelled / booking.rescheduled)"
+# Three bookings whose slots start in an hour and a few seconds: their reminders fall due in seconds.
+python3 - >"$logs/reminders.jsonl" <<'PY'
+import datetime as dt, json
+bj = dt.timezone(dt.timedelta(hours=8))
+now = dt.datetime.now(bj).replace(microsecond=0)
+def ev(i, kind, booking, openid, due_in, occurred):
+    slot = now + dt.timedelta(minutes=60, seconds=due_in)
+    return json.dumps({"event_id": "evt-demo-%02d" % i, "event_type": kind,
+        "occurred_at": (now + dt.timedelta(seconds=occurred)).isoformat(), "openid": openid,
+        "data": {"booking_id": booking, "service": "精洗套餐", "store": "徐汇店",
+                 "slot_start": slot.isoformat(), "plate": "沪A12345", "price_cents": 3980}}, ensure_ascii=False)
+print(ev(1, "booking.confirmed",   "B-DEMO-1", "oDemoReminder0000000000001", 6, 0))  # reminder in 6 s
+print(ev(2, "booking.confirmed",   "B-DEMO-2", "oDemoReminder0000000000002", 6, 0))  # ...then cancelled
+print(ev(3, "booking.cancelled",   "B-DEMO-2", "oDemoReminder0000000000002", 6, 1))
+print(ev(4, "booking.cancelled",   "B-DEMO-4", "oDemoReminder0000000000004", 6, 1))  # cancellation first,
+print(ev(5, "booking.confirmed",   "B-DEMO-4", "oDemoReminder0000000000004", 6, 0))  # booking second
+print(ev(6, "booking.confirmed",   "B-DEMO-3", "oDemoReminder0000000000003", 6, 0))  # moved: old reminder
+print(ev(7, "booking.rescheduled", "B-DEMO-3", "oDemoReminder0000000000003", 8, 1))  # cancelled, new one in 8 s
+PY
+$bin/wxnotify publish "$logs/reminders.jsonl"
+sleep 1
+echo "-- wxnotify scheduled list (waiting reminders)"
+$bin/wxnotify scheduled list
+for _ in $(seq 1 150); do
+  n=$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "select count(*) from deliveries where event_id like 'evt-demo-%' and template_id = 'TPL_BOOKING_REMINDER' and status = 'sent'")
+  [ "$n" -ge 2 ] && break
+  sleep 0.2
+done
+echo "-- reminders in the ledger (sent ones: within a second of due_at; cancelled ones: never sent)"
+PGPASSWORD=postgres psql "$DATABASE_URL" -c \
+  "select event_id, event_type, status, to_char(due_at at time zone 'Asia/Shanghai', 'HH24:MI:SS.MS') as due_bj,
+          round(extract(epoch from sent_at - due_at)::numeric, 3) as sent_after_due_s, last_error
+     from deliveries where event_id like 'evt-demo-%' and template_id = 'TPL_BOOKING_REMINDER' order by event_id"
+echo "-- reminders WeChat received"
+curl -fsS "$WECHAT_API_BASE/sim/messages" | python3 -c '
+import json, sys
+for m in json.load(sys.stdin):
+    if m["template_id"] == "TPL_BOOKING_REMINDER":
+        print("  %s -> %s  %s" % (m["template_id"], m["touser"], json.dumps(m["data"], ensure_ascii=False)))'
+echo
 echo "== wxnotify report (views delivery_daily_summary, delivery_failures)"
 $bin/wxnotify report
 echo "== simulator stats"

@@ -67,6 +67,50 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Deliveries waiting for their time (`send_at`, quiet hours): list them, cancel them by hand.
+    Scheduled {
+        #[command(subcommand)]
+        command: ScheduledCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ScheduledCommand {
+    /// Scheduled deliveries, soonest first.
+    List {
+        /// Only those due before this: an instant (2026-11-22T14:00:00+08:00) or a duration from now (90m, 2h).
+        #[arg(long)]
+        due_before: Option<ops::scheduled::DueBefore>,
+        /// At most this many.
+        #[arg(long, default_value_t = 50)]
+        limit: i64,
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Cancel waiting deliveries (never one being sent right now); prints how many.
+    Cancel {
+        #[command(flatten)]
+        by: CancelArgs,
+        /// With --cancel-key: only this app's deliveries (every app's when absent).
+        #[arg(long, requires = "cancel_key")]
+        app_id: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+}
+
+/// What to cancel: exactly one of a cancel key or event ids.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct CancelArgs {
+    /// Deliveries whose template's `cancel_key` rendered to this (e.g. a booking id).
+    #[arg(long)]
+    cancel_key: Option<String>,
+    /// Deliveries of these events (repeatable).
+    #[arg(long = "event-id", num_args = 1..)]
+    event_id: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -195,6 +239,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Dlq { command } => dlq(command).await,
+        Command::Scheduled { command } => scheduled(command).await,
         Command::Report { since, format, db } => {
             let pool = connect_and_migrate(&db).await?;
             let report = ops::report::report(&pool, since)
@@ -262,6 +307,36 @@ async fn dlq(command: DlqCommand) -> Result<(), Failure> {
                     );
                 }
             }
+            Ok(())
+        }
+    }
+}
+
+async fn scheduled(command: ScheduledCommand) -> Result<(), Failure> {
+    let runtime = |e: sqlx::Error| Failure::Runtime(format!("scheduled: {e}"));
+    match command {
+        ScheduledCommand::List {
+            due_before,
+            limit,
+            format,
+            db,
+        } => {
+            let pool = connect_and_migrate(&db).await?;
+            let rows = ops::scheduled::list(&pool, due_before, limit).await.map_err(runtime)?;
+            match format {
+                OutputFormat::Table => print!("{}", ops::scheduled::table(&rows)),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default()),
+            }
+            Ok(())
+        }
+        ScheduledCommand::Cancel { by, app_id, db } => {
+            let by = match by.cancel_key {
+                Some(cancel_key) => ops::scheduled::CancelBy::Key { cancel_key, app_id },
+                None => ops::scheduled::CancelBy::Events(by.event_id),
+            };
+            let pool = connect_and_migrate(&db).await?;
+            let n = ops::scheduled::cancel(&pool, &by).await.map_err(runtime)?;
+            println!("cancelled {n} waiting deliver{}", if n == 1 { "y" } else { "ies" });
             Ok(())
         }
     }

@@ -312,7 +312,12 @@ mod tests {
 
     #[test]
     fn nul_in_any_text_is_invalid() {
-        let (reason, error) = rejected(intake(&body("o\u{0}1", "booking.confirmed"), &Meta::default(), &rules(), now()));
+        let (reason, error) = rejected(intake(
+            &body("o\u{0}1", "booking.confirmed"),
+            &Meta::default(),
+            &rules(),
+            now(),
+        ));
         assert_eq!(reason, DeadReason::InvalidEvent);
         assert!(error.contains("U+0000"), "{error}");
         let mut v: serde_json::Value = serde_json::from_slice(&body("o1", "booking.confirmed")).unwrap();
@@ -350,7 +355,12 @@ mod tests {
 
     #[test]
     fn each_template_of_the_type_is_its_own_waiting_delivery() {
-        let h = held(intake(&body("o1", "booking.confirmed"), &Meta::default(), &rules(), now()));
+        let h = held(intake(
+            &body("o1", "booking.confirmed"),
+            &Meta::default(),
+            &rules(),
+            now(),
+        ));
         assert!(h.cancellations.is_empty());
         let ids: Vec<&str> = h.waiting.iter().map(|w| w.key.template_id.as_str()).collect();
         assert_eq!(ids, ["TPL_BOOKING_CONFIRMED", "TPL_BOOKING_REMINDER"]);
@@ -390,14 +400,27 @@ mod tests {
 
     #[test]
     fn cancelling_events_carry_their_cancellations() {
-        let h = held(intake(&body("o1", "booking.cancelled"), &Meta::default(), &rules(), now()));
+        let h = held(intake(
+            &body("o1", "booking.cancelled"),
+            &Meta::default(),
+            &rules(),
+            now(),
+        ));
         assert_eq!(h.cancellations.len(), 1);
         let c = &h.cancellations[0];
-        assert_eq!((c.template_id.as_str(), c.cancel_key.as_str()), ("TPL_BOOKING_REMINDER", "B-1"));
+        assert_eq!(
+            (c.template_id.as_str(), c.cancel_key.as_str()),
+            ("TPL_BOOKING_REMINDER", "B-1")
+        );
         assert_eq!(c.event_id, "e1");
         assert_eq!(h.waiting.len(), 1, "its own notice still goes");
         // A move cancels the old reminder and schedules its own.
-        let h = held(intake(&body("o1", "booking.rescheduled"), &Meta::default(), &rules(), now()));
+        let h = held(intake(
+            &body("o1", "booking.rescheduled"),
+            &Meta::default(),
+            &rules(),
+            now(),
+        ));
         assert_eq!(h.cancellations.len(), 1);
         assert_eq!(h.waiting.len(), 2);
         // No booking id: the cancellation cannot be made, the event is dead-lettered.

@@ -207,7 +207,10 @@ async fn hold(ctx: &Context, h: &Hold, meta: &Meta) -> Result<Plan, Abandoned> {
         }
         tracing::debug!(?held, "waiting deliveries stored");
     }
-    Ok(judge::stored(stored.as_ref().map(|_| ()).map_err(String::as_str), meta.failed_before))
+    Ok(judge::stored(
+        stored.as_ref().map(|_| ()).map_err(String::as_str),
+        meta.failed_before,
+    ))
 }
 
 /// A replay copy reopens a `dead` delivery only if its run is recorded (and keeps its doubt

@@ -70,7 +70,7 @@ impl Status {
             Status::Suppressed,
         ]
         .into_iter()
-            .find(|x| x.as_str() == s)
+        .find(|x| x.as_str() == s)
     }
 
     /// Nothing more will be sent for a delivery in this state by a copy of its message. A

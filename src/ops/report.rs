@@ -56,6 +56,10 @@ pub struct SummaryRow {
     pub attempts: i64,
     pub p50_send_ms: Option<f64>,
     pub p95_send_ms: Option<f64>,
+    /// Waiting for their time, cancelled before it, not sent before `not_after` (CONTRACT §8).
+    pub scheduled: i64,
+    pub cancelled: i64,
+    pub expired: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -80,7 +84,7 @@ pub struct Report {
 pub async fn report(pool: &PgPool, since: Since) -> Result<Report, sqlx::Error> {
     let summary = sqlx::query(
         "SELECT day, app_id, event_type, deliveries, sent, dead, retrying, pending, attempts,
-                p50_send_ms, p95_send_ms
+                p50_send_ms, p95_send_ms, scheduled, cancelled, expired
            FROM delivery_daily_summary
           WHERE day >= ($1 AT TIME ZONE 'Asia/Shanghai')::date
           ORDER BY day, app_id, event_type",
@@ -102,6 +106,9 @@ pub async fn report(pool: &PgPool, since: Since) -> Result<Report, sqlx::Error> 
             attempts: r.try_get("attempts")?,
             p50_send_ms: r.try_get("p50_send_ms")?,
             p95_send_ms: r.try_get("p95_send_ms")?,
+            scheduled: r.try_get("scheduled")?,
+            cancelled: r.try_get("cancelled")?,
+            expired: r.try_get("expired")?,
         })
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -141,7 +148,7 @@ fn ms(v: Option<f64>) -> String {
 /// Both tables, for people.
 pub fn table(r: &Report) -> String {
     let mut out = format!(
-        "deliveries since {} (days in Beijing time)\n{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>8} {:>7} {:>7}\n",
+        "deliveries since {} (days in Beijing time)\n{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>9} {:>9} {:>7} {:>8} {:>7} {:>7}\n",
         r.since.format("%Y-%m-%d %H:%M UTC"),
         "DAY",
         "APP",
@@ -151,13 +158,16 @@ pub fn table(r: &Report) -> String {
         "DEAD",
         "RETRYING",
         "PENDING",
+        "SCHEDULED",
+        "CANCELLED",
+        "EXPIRED",
         "ATTEMPTS",
         "P50_MS",
         "P95_MS"
     );
     for s in &r.summary {
         out.push_str(&format!(
-            "{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>8} {:>7} {:>7}\n",
+            "{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>9} {:>9} {:>7} {:>8} {:>7} {:>7}\n",
             s.day,
             s.app_id,
             s.event_type,
@@ -166,6 +176,9 @@ pub fn table(r: &Report) -> String {
             s.dead,
             s.retrying,
             s.pending,
+            s.scheduled,
+            s.cancelled,
+            s.expired,
             s.attempts,
             ms(s.p50_send_ms),
             ms(s.p95_send_ms)
@@ -200,8 +213,9 @@ fn csv_field(s: &str) -> String {
 
 /// The daily summary as CSV (header row first), for spreadsheets.
 pub fn csv(r: &Report) -> String {
-    let mut out =
-        String::from("day,app_id,event_type,deliveries,sent,dead,retrying,pending,attempts,p50_send_ms,p95_send_ms\n");
+    let mut out = String::from(
+        "day,app_id,event_type,deliveries,sent,dead,retrying,pending,attempts,p50_send_ms,p95_send_ms,scheduled,cancelled,expired\n",
+    );
     let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
     for s in &r.summary {
         let fields = [
@@ -216,6 +230,9 @@ pub fn csv(r: &Report) -> String {
             s.attempts.to_string(),
             opt(s.p50_send_ms),
             opt(s.p95_send_ms),
+            s.scheduled.to_string(),
+            s.cancelled.to_string(),
+            s.expired.to_string(),
         ];
         out.push_str(&fields.join(","));
         out.push('\n');

@@ -89,7 +89,10 @@ mod tests {
     fn add_minutes_moves_in_the_same_offset() {
         let s = add_minutes("2026-11-22T14:00:00+08:00".into(), -60).unwrap();
         assert_eq!(s, "2026-11-22T13:00:00+08:00");
-        assert_eq!(add_minutes("2026-11-22T23:30:00Z".into(), 45).unwrap(), "2026-11-23T00:15:00+00:00");
+        assert_eq!(
+            add_minutes("2026-11-22T23:30:00Z".into(), 45).unwrap(),
+            "2026-11-23T00:15:00+00:00"
+        );
         assert!(add_minutes("soon".into(), 5).is_err());
         assert!(add_minutes("2026-11-22T14:00:00+08:00".into(), i64::MAX).is_err());
     }

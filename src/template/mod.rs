@@ -229,7 +229,9 @@ impl Catalog {
                 .transpose()
                 .map_err(|e| fail(format!("quiet_hours: {e}")))?;
             if !spec.cancelled_by.is_empty() && spec.cancel_key.is_none() {
-                return Err(fail("`cancelled_by` needs a `cancel_key` to match deliveries by".into()));
+                return Err(fail(
+                    "`cancelled_by` needs a `cancel_key` to match deliveries by".into(),
+                ));
             }
             if !seen_ids.insert((spec.app_id.clone(), spec.event_type.clone(), spec.template_id.clone())) {
                 return Err(fail(format!(
@@ -593,7 +595,12 @@ thing1 = "{{ data.service }}"
         assert_eq!(cancelled.len(), 1);
         assert_eq!(cancelled[0].template_id, "TPL_REMINDER");
         assert!(c.cancelled_by("wx", "booking.confirmed").is_empty());
-        assert_eq!(c.find_one("wx", "booking.confirmed", "TPL_REMINDER").unwrap().template_id, "TPL_REMINDER");
+        assert_eq!(
+            c.find_one("wx", "booking.confirmed", "TPL_REMINDER")
+                .unwrap()
+                .template_id,
+            "TPL_REMINDER"
+        );
     }
 
     #[test]
@@ -601,11 +608,29 @@ thing1 = "{{ data.service }}"
         let both = format!("{GOOD}{REMINDER}");
         let cases = [
             (both.replace("add_minutes(-60) }}", "datetime('%H:%M') }}"), "send_at"),
-            (both.replace(r#"not_after = "{{ data.slot_start }}""#, r#"not_after = "soon""#), "not_after"),
+            (
+                both.replace(r#"not_after = "{{ data.slot_start }}""#, r#"not_after = "soon""#),
+                "not_after",
+            ),
             (both.replace("22:00-08:00", "22-8"), "quiet_hours"),
-            (both.replace(r#"["booking.cancelled"]"#, r#"["booking.nope"]"#), "booking.nope"),
-            (both.replace(r#"cancel_key = "{{ data.booking_id }}""#, ""), "cancel_key"),
-            (both.replace("TPL_CANCELLED", "TPL_X").replace(r#"event_type = "booking.cancelled""#, r#"event_type = "booking.confirmed""#).replace("TPL_X", "TPL_REMINDER").replace(r#"["booking.cancelled"]"#, "[]"), "second template"),
+            (
+                both.replace(r#"["booking.cancelled"]"#, r#"["booking.nope"]"#),
+                "booking.nope",
+            ),
+            (
+                both.replace(r#"cancel_key = "{{ data.booking_id }}""#, ""),
+                "cancel_key",
+            ),
+            (
+                both.replace("TPL_CANCELLED", "TPL_X")
+                    .replace(
+                        r#"event_type = "booking.cancelled""#,
+                        r#"event_type = "booking.confirmed""#,
+                    )
+                    .replace("TPL_X", "TPL_REMINDER")
+                    .replace(r#"["booking.cancelled"]"#, "[]"),
+                "second template",
+            ),
         ];
         for (text, needle) in cases {
             let err = Catalog::parse(&text, "t").unwrap_err().to_string();

@@ -78,7 +78,9 @@ mod tests {
     use super::*;
 
     fn bj(s: &str) -> DateTime<Utc> {
-        DateTime::parse_from_rfc3339(&format!("{s}+08:00")).unwrap().with_timezone(&Utc)
+        DateTime::parse_from_rfc3339(&format!("{s}+08:00"))
+            .unwrap()
+            .with_timezone(&Utc)
     }
 
     #[test]

@@ -126,7 +126,10 @@ async fn release_all(ctx: &Context, session: &Session) -> Result<usize, sqlx::Er
 /// the released copy is then dead-lettered `no_template` by the ordinary trip).
 fn fate(ctx: &Context, row: &Due, now: chrono::DateTime<chrono::Utc>) -> DueFate {
     if row.payload.is_none() {
-        tracing::error!(delivery_id = row.id, "a scheduled delivery without its event cannot be sent; expired");
+        tracing::error!(
+            delivery_id = row.id,
+            "a scheduled delivery without its event cannot be sent; expired"
+        );
         return DueFate::Expired;
     }
     let quiet = ctx

@@ -195,7 +195,10 @@ impl Worker {
         // Stop releasing due deliveries before the channel goes: a release in progress commits
         // or rolls back (its rows stay `scheduled`) first.
         due_stop.cancel();
-        if tokio::time::timeout(Duration::from_secs(5), &mut due_loop).await.is_err() {
+        if tokio::time::timeout(Duration::from_secs(5), &mut due_loop)
+            .await
+            .is_err()
+        {
             tracing::warn!("the due-delivery loop did not stop in time; its rows stay scheduled");
             due_loop.abort();
         }

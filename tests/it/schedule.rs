@@ -35,7 +35,14 @@ fn beijing(t: DateTime<Utc>) -> String {
 }
 
 /// A booking event whose reminder falls due `remind_in` from now (its slot an hour later).
-fn booking(event_id: &str, event_type: &str, booking_id: &str, openid: &str, remind_in: TimeDelta, occurred: DateTime<Utc>) -> serde_json::Value {
+fn booking(
+    event_id: &str,
+    event_type: &str,
+    booking_id: &str,
+    openid: &str,
+    remind_in: TimeDelta,
+    occurred: DateTime<Utc>,
+) -> serde_json::Value {
     let slot = Utc::now() + remind_in + TimeDelta::minutes(60);
     serde_json::json!({
         "event_id": event_id, "event_type": event_type, "occurred_at": beijing(occurred),
@@ -46,7 +53,11 @@ fn booking(event_id: &str, event_type: &str, booking_id: &str, openid: &str, rem
 }
 
 fn reminders(env: &TestEnv) -> Vec<Accepted> {
-    env.sim.messages().into_iter().filter(|m| m.template_id == REMINDER).collect()
+    env.sim
+        .messages()
+        .into_iter()
+        .filter(|m| m.template_id == REMINDER)
+        .collect()
 }
 
 async fn row(env: &TestEnv, event_id: &str, template_id: &str) -> Option<(String, Option<DateTime<Utc>>)> {
@@ -69,7 +80,15 @@ async fn wait_status(env: &TestEnv, event_id: &str, template_id: &str, status: &
 async fn a_reminder_arrives_within_a_second_after_its_due_time_once() {
     let env = TestEnv::new().await;
     let worker = env.spawn_worker(&opts()).await;
-    env.publish(&booking("r-1", "booking.confirmed", "B-1", "oR1", TimeDelta::seconds(3), Utc::now())).await;
+    env.publish(&booking(
+        "r-1",
+        "booking.confirmed",
+        "B-1",
+        "oR1",
+        TimeDelta::seconds(3),
+        Utc::now(),
+    ))
+    .await;
     wait_status(&env, "r-1", "TPL_BOOKING_CONFIRMED", "sent").await;
     let (status, due) = row(&env, "r-1", REMINDER).await.expect("reminder row");
     assert_eq!(status, "scheduled", "the confirmation went at once, the reminder waits");
@@ -92,17 +111,57 @@ async fn a_cancelled_booking_never_gets_its_reminder_whichever_event_comes_first
     let worker = env.spawn_worker(&opts()).await;
     let t0 = Utc::now();
     // Cancelled after it was scheduled.
-    env.publish(&booking("c-1", "booking.confirmed", "B-1", "oC1", TimeDelta::seconds(3), t0)).await;
+    env.publish(&booking(
+        "c-1",
+        "booking.confirmed",
+        "B-1",
+        "oC1",
+        TimeDelta::seconds(3),
+        t0,
+    ))
+    .await;
     wait_status(&env, "c-1", REMINDER, "scheduled").await;
-    env.publish(&booking("c-1x", "booking.cancelled", "B-1", "oC1", TimeDelta::seconds(3), t0 + TimeDelta::seconds(1))).await;
+    env.publish(&booking(
+        "c-1x",
+        "booking.cancelled",
+        "B-1",
+        "oC1",
+        TimeDelta::seconds(3),
+        t0 + TimeDelta::seconds(1),
+    ))
+    .await;
     wait_status(&env, "c-1", REMINDER, "cancelled").await;
     // The cancellation arrives before the booking it cancels.
-    env.publish(&booking("c-2x", "booking.cancelled", "B-2", "oC2", TimeDelta::seconds(3), t0 + TimeDelta::seconds(1))).await;
+    env.publish(&booking(
+        "c-2x",
+        "booking.cancelled",
+        "B-2",
+        "oC2",
+        TimeDelta::seconds(3),
+        t0 + TimeDelta::seconds(1),
+    ))
+    .await;
     wait_status(&env, "c-2x", "TPL_BOOKING_CANCELLED", "sent").await;
-    env.publish(&booking("c-2", "booking.confirmed", "B-2", "oC2", TimeDelta::seconds(3), t0)).await;
+    env.publish(&booking(
+        "c-2",
+        "booking.confirmed",
+        "B-2",
+        "oC2",
+        TimeDelta::seconds(3),
+        t0,
+    ))
+    .await;
     wait_status(&env, "c-2", REMINDER, "cancelled").await;
     // A booking made after a cancellation of the same key is not cancelled by it.
-    env.publish(&booking("c-3", "booking.confirmed", "B-2", "oC3", TimeDelta::seconds(4), t0 + TimeDelta::seconds(2))).await;
+    env.publish(&booking(
+        "c-3",
+        "booking.confirmed",
+        "B-2",
+        "oC3",
+        TimeDelta::seconds(4),
+        t0 + TimeDelta::seconds(2),
+    ))
+    .await;
     // It falls due after the others would have: once it is sent, theirs had their chance.
     wait_status(&env, "c-3", REMINDER, "sent").await;
     let sent: Vec<String> = reminders(&env).into_iter().map(|m| m.touser).collect();
@@ -120,9 +179,25 @@ async fn a_moved_booking_gets_the_new_reminder_on_time_and_never_the_old_one() {
     let env = TestEnv::new().await;
     let worker = env.spawn_worker(&opts()).await;
     let t0 = Utc::now();
-    env.publish(&booking("m-1", "booking.confirmed", "B-7", "oM", TimeDelta::seconds(3), t0)).await;
+    env.publish(&booking(
+        "m-1",
+        "booking.confirmed",
+        "B-7",
+        "oM",
+        TimeDelta::seconds(3),
+        t0,
+    ))
+    .await;
     wait_status(&env, "m-1", REMINDER, "scheduled").await;
-    env.publish(&booking("m-2", "booking.rescheduled", "B-7", "oM", TimeDelta::seconds(4), t0 + TimeDelta::seconds(1))).await;
+    env.publish(&booking(
+        "m-2",
+        "booking.rescheduled",
+        "B-7",
+        "oM",
+        TimeDelta::seconds(4),
+        t0 + TimeDelta::seconds(1),
+    ))
+    .await;
     wait_status(&env, "m-1", REMINDER, "cancelled").await;
     wait_status(&env, "m-2", "TPL_BOOKING_RESCHEDULED", "sent").await;
     wait_status(&env, "m-2", REMINDER, "sent").await;
@@ -131,7 +206,10 @@ async fn a_moved_booking_gets_the_new_reminder_on_time_and_never_the_old_one() {
     assert_eq!(sent.len(), 1, "the new reminder only: {sent:?}");
     let at = DateTime::from_timestamp_millis(sent[0].accepted_at_ms).unwrap();
     let late = at - due.unwrap();
-    assert!(late >= TimeDelta::zero() && late <= TimeDelta::seconds(1), "sent {late} after due");
+    assert!(
+        late >= TimeDelta::zero() && late <= TimeDelta::seconds(1),
+        "sent {late} after due"
+    );
     worker.stop().await;
     env.cleanup().await;
 }
@@ -162,18 +240,46 @@ async fn quiet_hours_hold_a_delivery_until_the_window_ends_and_not_after_expires
         .await;
     // Due in 3 s, inside the window: held until the window ends (seconds cut), which is after
     // its slot (not_after): it can never go out in time, so it expires at once.
-    env.publish(&booking("q-1", "booking.confirmed", "B-1", "oQ", TimeDelta::seconds(3), Utc::now())).await;
+    env.publish(&booking(
+        "q-1",
+        "booking.confirmed",
+        "B-1",
+        "oQ",
+        TimeDelta::seconds(3),
+        Utc::now(),
+    ))
+    .await;
     wait_status(&env, "q-1", REMINDER, "expired").await;
     // No send_at: due now, inside the window: scheduled for its end.
-    env.publish(&booking("q-2", "booking.completed", "B-2", "oQ2", TimeDelta::seconds(0), Utc::now())).await;
+    env.publish(&booking(
+        "q-2",
+        "booking.completed",
+        "B-2",
+        "oQ2",
+        TimeDelta::seconds(0),
+        Utc::now(),
+    ))
+    .await;
     wait_status(&env, "q-2", "TPL_SURVEY", "scheduled").await;
     let (_, due) = row(&env, "q-2", "TPL_SURVEY").await.unwrap();
-    let window_end = end_at.with_second(0).and_then(|t| t.with_nanosecond(0)).unwrap().with_timezone(&Utc);
+    let window_end = end_at
+        .with_second(0)
+        .and_then(|t| t.with_nanosecond(0))
+        .unwrap()
+        .with_timezone(&Utc);
     assert_eq!(due, Some(window_end));
     // The confirmation (no quiet hours on it) went.
     wait_status(&env, "q-1", "TPL_BOOKING_CONFIRMED", "sent").await;
     // A slot already started: its reminder is past not_after.
-    env.publish(&booking("q-3", "booking.confirmed", "B-3", "oQ3", TimeDelta::minutes(-90), Utc::now())).await;
+    env.publish(&booking(
+        "q-3",
+        "booking.confirmed",
+        "B-3",
+        "oQ3",
+        TimeDelta::minutes(-90),
+        Utc::now(),
+    ))
+    .await;
     wait_status(&env, "q-3", REMINDER, "expired").await;
     assert!(reminders(&env).is_empty());
     assert!(env.sim.messages().iter().all(|m| m.template_id != "TPL_SURVEY"));
@@ -185,11 +291,20 @@ async fn quiet_hours_hold_a_delivery_until_the_window_ends_and_not_after_expires
 /// Schedules `n` reminders falling due together in `in_secs`.
 async fn schedule_many(env: &TestEnv, prefix: &str, n: usize, in_secs: i64) {
     for i in 0..n {
-        let e = booking(&format!("{prefix}-{i}"), "booking.confirmed", &format!("B-{prefix}-{i}"), &format!("o{prefix}{i}"), TimeDelta::seconds(in_secs), Utc::now());
+        let e = booking(
+            &format!("{prefix}-{i}"),
+            "booking.confirmed",
+            &format!("B-{prefix}-{i}"),
+            &format!("o{prefix}{i}"),
+            TimeDelta::seconds(in_secs),
+            Utc::now(),
+        );
         env.publish(&e).await;
     }
     wait_for("all reminders scheduled", T, || async {
-        env.count("SELECT count(*) FROM deliveries WHERE status = 'scheduled'").await == n as i64
+        env.count("SELECT count(*) FROM deliveries WHERE status = 'scheduled'")
+            .await
+            == n as i64
     })
     .await;
 }
@@ -201,7 +316,10 @@ fn once_each(env: &TestEnv, n: usize) {
         *per_user.entry(m.touser).or_default() += 1;
     }
     assert_eq!(per_user.len(), n, "every reminder arrived");
-    assert!(per_user.values().all(|c| *c == 1), "a reminder arrived twice: {per_user:?}");
+    assert!(
+        per_user.values().all(|c| *c == 1),
+        "a reminder arrived twice: {per_user:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +331,9 @@ async fn three_workers_racing_for_the_same_due_rows_send_each_once() {
     let second = env.spawn_worker(&opts()).await;
     let third = env.spawn_worker(&opts()).await;
     wait_for("every reminder sent", T, || async {
-        env.count("SELECT count(*) FROM deliveries WHERE template_id = 'TPL_BOOKING_REMINDER' AND status = 'sent'").await == n as i64
+        env.count("SELECT count(*) FROM deliveries WHERE template_id = 'TPL_BOOKING_REMINDER' AND status = 'sent'")
+            .await
+            == n as i64
     })
     .await;
     once_each(&env, n);
@@ -246,7 +366,8 @@ async fn a_release_that_dies_before_its_commit_is_released_again_and_sent_once()
         let mut h = FieldTable::default();
         headers::set_text(&mut h, headers::TEMPLATE, template_id);
         let props = BasicProperties::default().with_delivery_mode(2).with_headers(h);
-        env.publish_to_queue(&env.topology.queue, payload.as_bytes(), props).await;
+        env.publish_to_queue(&env.topology.queue, payload.as_bytes(), props)
+            .await;
     }
     // Its rows stay locked while it hangs: a worker skips them (SKIP LOCKED); then it dies
     // (its connection, and the locks with it, go).
@@ -257,13 +378,16 @@ async fn a_release_that_dies_before_its_commit_is_released_again_and_sent_once()
     .await;
     drop(tx);
     wait_for("the rows released again are sent (once)", T, || async {
-        env.count("SELECT count(*) FROM deliveries WHERE status = 'scheduled'").await == 0
+        env.count("SELECT count(*) FROM deliveries WHERE status = 'scheduled'")
+            .await
+            == 0
             && env.ready_everywhere().await == 0
     })
     .await;
     once_each(&env, n);
     assert_eq!(
-        env.count("SELECT count(*) FROM deliveries WHERE template_id = 'TPL_BOOKING_REMINDER' AND status = 'sent'").await,
+        env.count("SELECT count(*) FROM deliveries WHERE template_id = 'TPL_BOOKING_REMINDER' AND status = 'sent'")
+            .await,
         n as i64
     );
     worker.stop().await;
@@ -296,10 +420,81 @@ async fn a_worker_killed_while_releasing_due_rows_leaves_each_to_the_others_once
     doomed.start_kill().expect("SIGKILL");
     doomed.wait().await.expect("reaped");
     wait_for("every reminder sent", T, || async {
-        env.count("SELECT count(*) FROM deliveries WHERE template_id = 'TPL_BOOKING_REMINDER' AND status = 'sent'").await == n as i64
+        env.count("SELECT count(*) FROM deliveries WHERE template_id = 'TPL_BOOKING_REMINDER' AND status = 'sent'")
+            .await
+            == n as i64
     })
     .await;
     once_each(&env, n);
     survivor.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn scheduled_list_and_cancel_by_hand() {
+    let mut env = TestEnv::new().await;
+    env.templates = shipped();
+    let worker = env.spawn_worker(&opts()).await;
+    for (i, booking_id) in ["B-1", "B-1", "B-2"].iter().enumerate() {
+        let remind_in = TimeDelta::minutes(30 + 10 * i as i64);
+        env.publish(&booking(
+            &format!("h-{i}"),
+            "booking.confirmed",
+            booking_id,
+            &format!("oH{i}"),
+            remind_in,
+            Utc::now(),
+        ))
+        .await;
+    }
+    wait_for("three reminders scheduled", T, || async {
+        env.count("SELECT count(*) FROM deliveries WHERE status = 'scheduled'")
+            .await
+            == 3
+    })
+    .await;
+    let out = env
+        .wxnotify(&["scheduled", "list", "--format", "json", "--due-before", "35m"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let ids: Vec<&str> = rows.iter().map(|r| r["event_id"].as_str().unwrap()).collect();
+    assert_eq!(ids, ["h-0"], "only what falls due in the next 35 minutes");
+
+    let out = env
+        .wxnotify(&["scheduled", "cancel", "--cancel-key", "B-1"])
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "cancelled 2 waiting deliveries"
+    );
+    let out = env
+        .wxnotify(&["scheduled", "cancel", "--event-id", "h-2"])
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "cancelled 1 waiting delivery"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM deliveries WHERE status = 'cancelled'")
+            .await,
+        3
+    );
+    // The confirmations were sent already: nothing to cancel there.
+    assert_eq!(
+        env.count("SELECT count(*) FROM deliveries WHERE status = 'sent'").await,
+        3
+    );
+    // Neither a key nor an event: a usage error, exit 2.
+    let out = env.wxnotify(&["scheduled", "cancel"]).output().await.unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    worker.stop().await;
     env.cleanup().await;
 }

@@ -399,10 +399,16 @@ fn a_due_delivery_goes_waits_out_quiet_hours_or_expires() {
     // 23:00 Beijing is 15:00 UTC; the window ends at 08:00 Beijing, 00:00 UTC.
     let late = at("2026-11-22T15:00:00Z");
     assert_eq!(due(None, None, late), DueFate::Released);
-    assert_eq!(due(None, Some(quiet), late), DueFate::Deferred(at("2026-11-23T00:00:00Z")));
+    assert_eq!(
+        due(None, Some(quiet), late),
+        DueFate::Deferred(at("2026-11-23T00:00:00Z"))
+    );
     assert_eq!(due(None, Some(quiet), at("2026-11-22T04:00:00Z")), DueFate::Released);
     // Cannot go out before not_after any more: expired, now, not at 08:00.
-    assert_eq!(due(Some(at("2026-11-22T16:00:00Z")), Some(quiet), late), DueFate::Expired);
+    assert_eq!(
+        due(Some(at("2026-11-22T16:00:00Z")), Some(quiet), late),
+        DueFate::Expired
+    );
     assert_eq!(due(Some(at("2026-11-22T14:59:59Z")), None, late), DueFate::Expired);
     assert_eq!(due(Some(late), None, late), DueFate::Released);
 }
@@ -413,7 +419,10 @@ fn a_copy_past_not_after_ends_expired_without_a_send_or_dead_letter() {
     f.not_after = Some(at("2026-11-22T07:00:00Z"));
     let p = done(stop_before_send(&f, Gate::Claimed(&ClaimSeen::Owned), &policy()));
     assert_eq!(p.outcome, Outcome::Ack);
-    assert_eq!(p.finish.as_ref().map(|f| f.status), Some(crate::ledger::Status::Expired));
+    assert_eq!(
+        p.finish.as_ref().map(|f| f.status),
+        Some(crate::ledger::Status::Expired)
+    );
     // Before not_after it goes.
     f.not_after = Some(at("2026-11-22T09:00:00Z"));
     assert!(stop_before_send(&f, Gate::BeforeSend, &policy()).is_none());
@@ -425,7 +434,15 @@ fn a_copy_in_quiet_hours_waits_without_using_an_attempt() {
     f.failed_before = 3;
     f.quiet_hours = Some("15:00-17:00".parse().unwrap()); // 08:00Z is 16:00 Beijing
     let p = done(stop_before_send(&f, Gate::BeforeSend, &policy()));
-    assert_eq!(p.outcome, Outcome::RetryLater { delay: Duration::from_secs(3600) });
+    assert_eq!(
+        p.outcome,
+        Outcome::RetryLater {
+            delay: Duration::from_secs(3600)
+        }
+    );
     assert_eq!(p.attempts, 3);
-    assert_eq!(p.finish.as_ref().map(|f| f.status), Some(crate::ledger::Status::Retrying));
+    assert_eq!(
+        p.finish.as_ref().map(|f| f.status),
+        Some(crate::ledger::Status::Retrying)
+    );
 }
