@@ -1,11 +1,16 @@
 //! The chaos test's traffic: valid events with unique recipients, ~10% duplicate publishes, a few
 //! recipients who unsubscribed (a permanent WeChat error), and malformed messages of every kind.
+//! Every `booking.confirmed` also schedules a reminder (the shipped templates.toml) falling due
+//! while the faults happen; a quarter of those bookings are cancelled by a `booking.cancelled`
+//! published before or after them, and their reminders, due after the publishing ends, must never
+//! arrive.
 //! And a publisher that rides out a broker restart the way a booking app would: reconnect, publish
 //! again (so a message whose confirm was lost may go twice — just another duplicate).
 
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use chrono::{DateTime, FixedOffset, Utc};
 use lapin::{BasicProperties, Connection};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -41,6 +46,9 @@ pub struct Msg {
 
 pub struct Load {
     pub msgs: Vec<Msg>,
+    /// Recipients whose reminder must arrive once, and those whose booking was cancelled.
+    pub reminders: BTreeSet<String>,
+    pub cancelled_reminders: BTreeSet<String>,
     pub delivered: BTreeSet<String>,
     pub unsubscribed: BTreeSet<String>,
     pub events: usize,
@@ -50,18 +58,54 @@ pub struct Load {
     pub malformed_with_row: usize,
 }
 
+/// The reminder of the shipped templates: an hour before `slot_start`.
+pub const REMINDER: &str = "TPL_BOOKING_REMINDER";
+
+fn beijing(t: DateTime<Utc>) -> String {
+    t.with_timezone(&FixedOffset::east_opt(8 * 3600).expect("UTC+8")).to_rfc3339()
+}
+
 /// `events` distinct events (1% of them to unsubscribed users), 10% duplicate publishes, and
 /// `events / 100` malformed messages, shuffled by `seed` (the duplicates land after their original).
-pub fn build(events: usize, seed: u64) -> Load {
+/// Reminders fall due between 5 and 45 s after `t0`; cancelled ones `cancelled_due` after it.
+pub fn build(events: usize, seed: u64, t0: DateTime<Utc>, cancelled_due: Duration) -> Load {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut msgs: Vec<Msg> = Vec::new();
     let mut delivered = BTreeSet::new();
     let mut unsubscribed = BTreeSet::new();
+    let mut reminders = BTreeSet::new();
+    let mut cancelled_reminders = BTreeSet::new();
+    let mut cancels = Vec::new();
     for i in 0..events {
         let event_type = TYPES[i % TYPES.len()];
         let openid = format!("o-chaos-{i:05}");
         let mut ev = event(&format!("evt-chaos-{i:05}"), event_type, &openid);
         ev["data"]["booking_id"] = format!("B-{i:05}").into();
+        if event_type == "booking.confirmed" && i % 100 != 37 {
+            let cancelled = rng.random_bool(0.25);
+            let due_in = if cancelled {
+                cancelled_due
+            } else {
+                Duration::from_millis(rng.random_range(5_000..45_000))
+            };
+            let slot = t0 + chrono::TimeDelta::from_std(due_in).expect("small") + chrono::TimeDelta::minutes(60);
+            ev["data"]["slot_start"] = beijing(slot).into();
+            if cancelled {
+                cancelled_reminders.insert(openid.clone());
+                let notice = format!("o-chaos-cx-{i:05}");
+                let mut cancel = event(&format!("evt-chaos-cx-{i:05}"), "booking.cancelled", &notice);
+                cancel["data"]["booking_id"] = format!("B-{i:05}").into();
+                cancel["occurred_at"] = "2026-11-21T09:45:00+08:00".into();
+                delivered.insert(notice.clone());
+                cancels.push(Msg {
+                    routing_key: "booking.cancelled".into(),
+                    body: cancel.to_string().into_bytes(),
+                    expect: Expect::Delivered(notice),
+                });
+            } else {
+                reminders.insert(openid.clone());
+            }
+        }
         let expect = if i % 100 == 37 {
             unsubscribed.insert(openid.clone());
             Expect::Permanent(openid)
@@ -74,6 +118,11 @@ pub fn build(events: usize, seed: u64) -> Load {
             body: ev.to_string().into_bytes(),
             expect,
         });
+    }
+    // Cancellations anywhere: before their booking as often as after it.
+    for c in cancels {
+        let at = rng.random_range(0..=msgs.len());
+        msgs.insert(at, c);
     }
     let malformed = (events / 100).max(5);
     let mut malformed_with_row = 0;
@@ -118,7 +167,7 @@ pub fn build(events: usize, seed: u64) -> Load {
             }
             _ => {
                 malformed_with_row += 1;
-                let mut ev = event(&format!("bad-{m}"), "booking.confirmed", &format!("o-bad-{m}"));
+                let mut ev = event(&format!("bad-{m}"), "booking.created", &format!("o-bad-{m}"));
                 ev["data"]["service"] = "这是一个远远超过二十个字符限制的非常非常长的服务名称".into();
                 (ev.to_string().into_bytes(), "render_failed")
             }
@@ -156,6 +205,8 @@ pub fn build(events: usize, seed: u64) -> Load {
     }
     Load {
         msgs,
+        reminders,
+        cancelled_reminders,
         delivered,
         unsubscribed,
         events,

@@ -46,7 +46,10 @@ async fn chaos() {
     let events: usize = env_or("CHAOS_EVENTS", 3000);
     let seed: u64 = env_or("CHAOS_SEED", rand::random::<u32>() as u64);
     let publish_secs: f64 = env_or("CHAOS_PUBLISH_SECS", 40.0);
-    let load = load::build(events, seed);
+    // Cancelled bookings' reminders fall due after the publishing ends: by then every
+    // cancellation is in, so a reminder that arrives is a bug, not a race.
+    let cancelled_due = Duration::from_secs_f64(publish_secs + 30.0);
+    let load = load::build(events, seed, chrono::Utc::now(), cancelled_due);
     let id = uuid::Uuid::new_v4().simple().to_string();
     let prefix = format!("chaos-{}", &id[..8]);
     println!(
@@ -153,7 +156,11 @@ async fn chaos() {
     mark("all messages published");
 
     // Drained: every delivery final, every recipient served, nothing in a queue (ready or unacked).
-    let expected_rows = (load.delivered.len() + load.unsubscribed.len() + load.malformed_with_row) as i64;
+    let expected_rows = (load.delivered.len()
+        + load.unsubscribed.len()
+        + load.malformed_with_row
+        + load.reminders.len()
+        + load.cancelled_reminders.len()) as i64;
     let mut violations: Vec<String> = Vec::new();
     let drain_started = Instant::now();
     let drained = tokio::time::timeout(Duration::from_secs(300), async {
@@ -171,7 +178,10 @@ async fn chaos() {
             // A subscribe send cut off by a SIGKILL is dead-lettered `ambiguous` (CONTRACT §3):
             // its recipient may have it or not; ops decide.
             let ambiguous = ambiguous_recipients(&pool).await.len();
+            let reminders = sim.messages().iter().filter(|m| m.template_id == load::REMINDER).count();
             if open == 0
+                && t0.elapsed() > cancelled_due + Duration::from_secs(3)
+                && reminders >= load.reminders.len()
                 && total == expected_rows
                 && served + ambiguous >= load.delivered.len()
                 && ready == 0
@@ -210,8 +220,33 @@ async fn chaos() {
     }
     let ambiguous: BTreeSet<String> = ambiguous.into_iter().map(|(o, _)| o).collect();
     let mut per_recipient: BTreeMap<String, u32> = BTreeMap::new();
+    let mut reminded: BTreeMap<String, u32> = BTreeMap::new();
     for m in sim.messages() {
-        *per_recipient.entry(m.touser).or_default() += 1;
+        let counts = if m.template_id == load::REMINDER {
+            &mut reminded
+        } else {
+            &mut per_recipient
+        };
+        *counts.entry(m.touser).or_default() += 1;
+    }
+    // Reminders: once each; never for a cancelled booking.
+    let not_reminded: Vec<_> = load.reminders.iter().filter(|o| !reminded.contains_key(*o)).collect();
+    let reminded_twice: Vec<_> = reminded.iter().filter(|(_, n)| **n > 1).collect();
+    let wrongly_reminded: Vec<_> = reminded.keys().filter(|o| !load.reminders.contains(*o)).collect();
+    if !not_reminded.is_empty() {
+        violations.push(format!(
+            "{} reminders never arrived, e.g. {:?}",
+            not_reminded.len(),
+            &not_reminded[..not_reminded.len().min(5)]
+        ));
+    }
+    if !reminded_twice.is_empty() {
+        violations.push(format!("reminders that arrived twice: {reminded_twice:?}"));
+    }
+    if !wrongly_reminded.is_empty() {
+        violations.push(format!(
+            "reminders of cancelled bookings (or strangers) arrived: {wrongly_reminded:?}"
+        ));
     }
     let missing: Vec<_> = load
         .delivered
@@ -240,14 +275,16 @@ async fn chaos() {
 
     // 2. Every ledger row final, with the right status.
     let statuses = ledger_statuses(&pool).await;
-    let want_sent = (load.delivered.len() - ambiguous.len()) as i64;
+    let want_sent = (load.delivered.len() - ambiguous.len() + load.reminders.len()) as i64;
     let want_dead = (load.unsubscribed.len() + load.malformed_with_row + ambiguous.len()) as i64;
+    let want_cancelled = load.cancelled_reminders.len() as i64;
     if statuses.get("sent").copied().unwrap_or(0) != want_sent
         || statuses.get("dead").copied().unwrap_or(0) != want_dead
-        || statuses.len() > 2
+        || statuses.get("cancelled").copied().unwrap_or(0) != want_cancelled
+        || statuses.len() > 3
     {
         violations.push(format!(
-            "ledger statuses {statuses:?}, expected sent {want_sent} and dead {want_dead} only"
+            "ledger statuses {statuses:?}, expected sent {want_sent}, dead {want_dead} and cancelled {want_cancelled} only"
         ));
     }
 
@@ -313,6 +350,14 @@ async fn chaos() {
         stats.token_calls + stats.stable_token_calls
     );
     println!(
+        "chaos: reminders {} scheduled to fall due during the faults, all arrived once: {}; {} cancelled (cancellation before or after the booking), none arrived: {}; released late by p99 {:.0} ms",
+        load.reminders.len(),
+        not_reminded.is_empty() && reminded_twice.is_empty(),
+        load.cancelled_reminders.len(),
+        wrongly_reminded.is_empty(),
+        reminder_lateness_p99(&pool).await * 1000.0
+    );
+    println!(
         "chaos: outcome   {} messages at WeChat for {} recipients; ledger {statuses:?}; DLQ {reasons:?}; {} subscribe deliveries ambiguous after a SIGKILL ({} of them had reached WeChat)",
         stats.accepted,
         per_recipient.len(),
@@ -338,6 +383,17 @@ async fn chaos() {
         }
         panic!("{} violation(s); worker logs in {}", violations.len(), logs.display());
     }
+}
+
+/// How late reminders were sent after their due time, p99 in seconds (a restart or kill delays some).
+async fn reminder_lateness_p99(pool: &PgPool) -> f64 {
+    sqlx::query_scalar(
+        "SELECT COALESCE(percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM sent_at - due_at)), 0)::float8
+           FROM deliveries WHERE template_id = 'TPL_BOOKING_REMINDER' AND status = 'sent'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap_or(-1.0)
 }
 
 fn distinct_recipients(sim: &Sim) -> usize {
