@@ -1,6 +1,9 @@
 //! What the two benchmarks share: fresh queues on the real broker, a plain consumer, and the
 //! `wxnotify worker` process under test.
 
+// Shared by several bench binaries, each of which uses a part of it.
+#![allow(dead_code)]
+
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
