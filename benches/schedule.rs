@@ -90,7 +90,10 @@ async fn schedule_far(pool: &PgPool, n: i64) {
     .await
     .expect("schedule far");
     sqlx::query("ANALYZE deliveries").execute(pool).await.expect("analyze");
-    println!("bench: ({n} waiting deliveries inserted in {:.1} s)", started.elapsed().as_secs_f64());
+    println!(
+        "bench: ({n} waiting deliveries inserted in {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 async fn publish_all(publisher: &Publisher, topology: &Topology, n: usize) {

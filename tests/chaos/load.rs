@@ -62,7 +62,8 @@ pub struct Load {
 pub const REMINDER: &str = "TPL_BOOKING_REMINDER";
 
 fn beijing(t: DateTime<Utc>) -> String {
-    t.with_timezone(&FixedOffset::east_opt(8 * 3600).expect("UTC+8")).to_rfc3339()
+    t.with_timezone(&FixedOffset::east_opt(8 * 3600).expect("UTC+8"))
+        .to_rfc3339()
 }
 
 /// `events` distinct events (1% of them to unsubscribed users), 10% duplicate publishes, and

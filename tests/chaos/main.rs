@@ -178,7 +178,11 @@ async fn chaos() {
             // A subscribe send cut off by a SIGKILL is dead-lettered `ambiguous` (CONTRACT §3):
             // its recipient may have it or not; ops decide.
             let ambiguous = ambiguous_recipients(&pool).await.len();
-            let reminders = sim.messages().iter().filter(|m| m.template_id == load::REMINDER).count();
+            let reminders = sim
+                .messages()
+                .iter()
+                .filter(|m| m.template_id == load::REMINDER)
+                .count();
             if open == 0
                 && t0.elapsed() > cancelled_due + Duration::from_secs(3)
                 && reminders >= load.reminders.len()
