@@ -356,6 +356,9 @@ impl Catalog {
 
     /// The template's `send_at`, `not_after` and `cancel_key` over an event.
     pub fn timing(&self, template: &Template, event: &BookingEvent) -> Result<Timing, RenderError> {
+        if !(template.has_send_at || template.has_not_after || template.has_cancel_key) {
+            return Ok(Timing::default());
+        }
         self.timing_with(template, &Value::from(Serde(event)))
     }
 
