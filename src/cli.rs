@@ -67,6 +67,16 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Per app the shared token (generation, expiry, blocks, calls today); queue depths; deliveries
+    /// in doubt, scheduled and due; live workers.
+    Status {
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+        #[command(flatten)]
+        amqp: AmqpArgs,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Deliveries waiting for their time (`send_at`, quiet hours): list them, cancel them by hand.
     Scheduled {
         #[command(subcommand)]
@@ -240,6 +250,21 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Dlq { command } => dlq(command).await,
         Command::Scheduled { command } => scheduled(command).await,
+        Command::Status { format, amqp, db } => {
+            let (url, topology) = (amqp.url()?, amqp.topology()?);
+            let pool = connect_and_migrate(&db).await?;
+            let mut status = ops::status::ledger(&pool)
+                .await
+                .map_err(|e| Failure::Runtime(format!("status: database: {e}")))?;
+            status.queues = ops::status::queues(&url, &topology)
+                .await
+                .map_err(|e| Failure::Runtime(format!("status: broker: {e}")))?;
+            match format {
+                OutputFormat::Table => print!("{}", ops::status::table(&status)),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default()),
+            }
+            Ok(())
+        }
         Command::Report { since, format, db } => {
             let pool = connect_and_migrate(&db).await?;
             let report = ops::report::report(&pool, since)

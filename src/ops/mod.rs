@@ -1,8 +1,9 @@
 //! Operator commands besides the worker: [`publish`] (the booking side, for demos and ops),
-//! [`dlq`] (list and replay dead letters), [`report`] (the delivery summary) and [`scheduled`]
-//! (deliveries waiting for their time).
+//! [`dlq`] (list and replay dead letters), [`report`] (the delivery summary), [`scheduled`]
+//! (deliveries waiting for their time) and [`status`] (tokens, queues, ledger, workers).
 
 pub mod dlq;
 pub mod publish;
 pub mod report;
 pub mod scheduled;
+pub mod status;

@@ -11,4 +11,5 @@ mod proxy;
 mod report;
 mod schedule;
 mod secrets;
+mod status;
 mod tokens;

@@ -1,0 +1,183 @@
+//! `wxnotify status` (CONTRACT §5): what an on-call engineer asks first. Per app: the shared
+//! token's generation, seconds to expiry, any block and why, token calls today (Beijing day, as
+//! WeChat counts its quota). The queues' depths. Deliveries in doubt, scheduled, due. Live workers.
+
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use secrecy::SecretString;
+use serde::Serialize;
+use sqlx::{PgPool, Row};
+
+use crate::queue::{self, Topology};
+
+/// Liveness as the ledger judges it: a worker that has not beaten this long holds no claims.
+const LIVE_SECS: f64 = 10.0;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppStatus {
+    pub app_id: String,
+    pub token_generation: i64,
+    /// Negative: expired; `None`: no token yet.
+    pub token_expires_in_secs: Option<i64>,
+    pub blocked_until: Option<DateTime<Utc>>,
+    pub blocked_reason: Option<String>,
+    /// Token API calls today (Beijing day), of WeChat's 2,000 a day.
+    pub token_calls_today: i64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct QueueStatus {
+    pub name: String,
+    /// `None`: the queue does not exist (no worker declared it yet).
+    pub messages: Option<u32>,
+    pub consumers: Option<u32>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Status {
+    pub apps: Vec<AppStatus>,
+    pub queues: Vec<QueueStatus>,
+    /// An earlier send may have reached WeChat; not final yet.
+    pub in_doubt: i64,
+    pub scheduled: i64,
+    /// Scheduled and due now: should be 0 or draining when a worker runs.
+    pub due: i64,
+    pub oldest_due_secs: Option<f64>,
+    pub live_workers: Vec<String>,
+}
+
+/// Everything the ledger says.
+pub async fn ledger(pool: &PgPool) -> Result<Status, sqlx::Error> {
+    let apps = sqlx::query(
+        "SELECT t.app_id, t.generation,
+                EXTRACT(EPOCH FROM t.expires_at - now())::bigint AS expires_in,
+                CASE WHEN t.blocked_until > now() THEN t.blocked_until END AS blocked_until,
+                CASE WHEN t.blocked_until > now() THEN t.blocked_reason END AS blocked_reason,
+                COALESCE((SELECT sum(f.calls) FROM wechat_token_fetches f
+                           WHERE f.app_id = t.app_id
+                             AND f.day = (now() AT TIME ZONE 'Asia/Shanghai')::date), 0)::bigint AS calls
+           FROM wechat_tokens t ORDER BY t.app_id",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok(AppStatus {
+            app_id: r.try_get("app_id")?,
+            token_generation: r.try_get("generation")?,
+            token_expires_in_secs: r.try_get("expires_in")?,
+            blocked_until: r.try_get("blocked_until")?,
+            blocked_reason: r.try_get("blocked_reason")?,
+            token_calls_today: r.try_get("calls")?,
+        })
+    })
+    .collect::<Result<Vec<_>, sqlx::Error>>()?;
+    let counts = sqlx::query(
+        "SELECT count(*) FILTER (WHERE in_doubt_since IS NOT NULL AND status IN ('pending', 'retrying')) AS in_doubt,
+                count(*) FILTER (WHERE status = 'scheduled') AS scheduled,
+                count(*) FILTER (WHERE status = 'scheduled' AND due_at <= now()) AS due,
+                EXTRACT(EPOCH FROM now() - min(due_at) FILTER (WHERE status = 'scheduled' AND due_at <= now()))::float8
+                    AS oldest_due
+           FROM deliveries
+          WHERE status IN ('pending', 'retrying', 'scheduled')",
+    )
+    .fetch_one(pool)
+    .await?;
+    let live_workers =
+        sqlx::query_scalar("SELECT id FROM workers WHERE heartbeat_at > now() - make_interval(secs => $1) ORDER BY id")
+            .bind(LIVE_SECS)
+            .fetch_all(pool)
+            .await?;
+    Ok(Status {
+        apps,
+        queues: vec![],
+        in_doubt: counts.try_get("in_doubt")?,
+        scheduled: counts.try_get("scheduled")?,
+        due: counts.try_get("due")?,
+        oldest_due_secs: counts.try_get("oldest_due")?,
+        live_workers,
+    })
+}
+
+/// Depths of the work queue, the dead-letter queue and every retry queue that exists
+/// (`<queue>.retry.<2^k>s`), by passive declares: nothing is created.
+pub async fn queues(amqp_url: &SecretString, topology: &Topology) -> Result<Vec<QueueStatus>, lapin::Error> {
+    let conn = queue::connect(amqp_url, "wxnotify-status").await?;
+    let mut names = vec![topology.queue.clone(), topology.dlq.clone()];
+    names.extend((0..16).map(|k| topology.retry_queue(Duration::from_secs(1 << k))));
+    let mut out = Vec::new();
+    let mut channel = conn.create_channel().await?;
+    for name in names {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        match channel
+            .queue_declare(name.as_str().into(), passive, FieldTable::default())
+            .await
+        {
+            Ok(q) => out.push(QueueStatus {
+                name,
+                messages: Some(q.message_count()),
+                consumers: Some(q.consumer_count()),
+            }),
+            // 404: not declared; the broker closed the channel.
+            Err(_) => {
+                if !name.contains(".retry.") {
+                    out.push(QueueStatus {
+                        name,
+                        messages: None,
+                        consumers: None,
+                    });
+                }
+                channel = conn.create_channel().await?;
+            }
+        }
+    }
+    let _ = conn.close(200, "status read".into()).await;
+    Ok(out)
+}
+
+pub fn table(s: &Status) -> String {
+    let mut out = format!(
+        "{:<20} {:>10} {:>12} {:>12}  {}\n",
+        "APP", "TOKEN_GEN", "EXPIRES_IN_S", "CALLS_TODAY", "BLOCKED"
+    );
+    for a in &s.apps {
+        let blocked = match (&a.blocked_until, &a.blocked_reason) {
+            (Some(until), reason) => format!("until {} ({})", until.to_rfc3339(), reason.as_deref().unwrap_or("-")),
+            (None, _) => "no".into(),
+        };
+        out.push_str(&format!(
+            "{:<20} {:>10} {:>12} {:>7}/2000  {}\n",
+            a.app_id,
+            a.token_generation,
+            a.token_expires_in_secs.map_or("-".into(), |s| s.to_string()),
+            a.token_calls_today,
+            blocked
+        ));
+    }
+    if s.apps.is_empty() {
+        out.push_str("(no token fetched yet)\n");
+    }
+    out.push_str(&format!("\n{:<48} {:>9} {:>9}\n", "QUEUE", "MESSAGES", "CONSUMERS"));
+    for q in &s.queues {
+        let n = |v: Option<u32>| v.map_or("absent".into(), |v| v.to_string());
+        out.push_str(&format!("{:<48} {:>9} {:>9}\n", q.name, n(q.messages), n(q.consumers)));
+    }
+    out.push_str(&format!(
+        "\ndeliveries in doubt {}, scheduled {}, due now {}{}\nlive workers {}: {}\n",
+        s.in_doubt,
+        s.scheduled,
+        s.due,
+        s.oldest_due_secs
+            .map(|secs| format!(" (oldest due {secs:.1} s ago)"))
+            .unwrap_or_default(),
+        s.live_workers.len(),
+        s.live_workers.join(", ")
+    ));
+    out
+}

@@ -1,0 +1,70 @@
+//! `wxnotify status`: tokens, queues, ledger and workers as an on-call engineer sees them.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::helpers::{APP_ID, TestEnv, WorkerOpts, event, wait_for};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_shows_the_token_the_queues_the_waiting_deliveries_and_the_workers() {
+    let mut env = TestEnv::new().await;
+    env.templates = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates.toml");
+    let worker = env
+        .spawn_worker(&WorkerOpts {
+            templates: Some(env.templates.clone()),
+            ..WorkerOpts::default()
+        })
+        .await;
+    // A booking whose slot is two hours ahead: the confirmation goes, the reminder waits.
+    let mut e = event("st-1", "booking.confirmed", "oSt");
+    let slot = chrono::Utc::now() + chrono::TimeDelta::hours(2);
+    e["data"]["slot_start"] = slot.to_rfc3339().into();
+    env.publish(&e).await;
+    wait_for(
+        "confirmation sent, reminder scheduled",
+        Duration::from_secs(60),
+        || async {
+            env.count("SELECT count(*) FROM deliveries WHERE status IN ('sent', 'scheduled')")
+                .await
+                == 2
+        },
+    )
+    .await;
+
+    let out = env.wxnotify(&["status", "--format", "json"]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let s: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let app = &s["apps"][0];
+    assert_eq!(app["app_id"], APP_ID);
+    assert!(app["token_generation"].as_i64().unwrap() >= 1);
+    assert!(app["token_expires_in_secs"].as_i64().unwrap() > 0);
+    assert!(app["token_calls_today"].as_i64().unwrap() >= 1);
+    assert_eq!(app["blocked_until"], serde_json::Value::Null);
+    assert_eq!(s["scheduled"], 1);
+    assert_eq!(s["due"], 0);
+    assert_eq!(s["in_doubt"], 0);
+    assert_eq!(s["live_workers"].as_array().unwrap().len(), 1);
+    let queues = s["queues"].as_array().unwrap();
+    let work = queues
+        .iter()
+        .find(|q| q["name"] == env.topology.queue.as_str())
+        .unwrap();
+    assert_eq!(work["consumers"], 1);
+    assert_eq!(work["messages"], 0);
+    assert!(
+        queues
+            .iter()
+            .any(|q| q["name"] == env.topology.dlq.as_str() && q["messages"] == 0)
+    );
+    assert!(
+        queues.iter().any(|q| q["name"].as_str().unwrap().contains(".retry.")),
+        "the retry queues the worker declared are listed: {queues:?}"
+    );
+    // The table, for people: the app, the queue, the counts.
+    let out = env.wxnotify(&["status"]).output().await.unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains(APP_ID) && text.contains(&env.topology.queue), "{text}");
+    assert!(text.contains("scheduled 1, due now 0"), "{text}");
+    worker.stop().await;
+    env.cleanup().await;
+}
