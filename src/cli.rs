@@ -33,6 +33,10 @@ pub enum Command {
         /// Do not apply database migrations at start-up.
         #[arg(long)]
         no_migrate: bool,
+        /// Print the effective settings (environment, flags, templates file; secrets masked) and
+        /// exit: 0 when they are valid, 2 naming the first invalid one.
+        #[arg(long)]
+        print_config: bool,
         #[command(flatten)]
         args: Box<WorkerArgs>,
     },
@@ -229,7 +233,15 @@ pub fn main() -> ExitCode {
 
 async fn run(command: Command) -> Result<(), Failure> {
     match command {
-        Command::Worker { no_migrate, args } => worker(*args, no_migrate).await,
+        Command::Worker {
+            print_config: true,
+            args,
+            ..
+        } => {
+            print!("{}", args.into_settings()?.effective());
+            Ok(())
+        }
+        Command::Worker { no_migrate, args, .. } => worker(*args, no_migrate).await,
         Command::Migrate { db } => {
             connect_and_migrate(&db).await?;
             println!("migrations applied to {}", redact_url(&db.url()?));

@@ -193,6 +193,71 @@ pub struct WorkerSettings {
     pub worker_id: String,
 }
 
+impl WorkerSettings {
+    /// The effective settings as `NAME=value` lines (`wxnotify worker --print-config`), each under
+    /// the environment variable that sets it; passwords and secrets masked.
+    pub fn effective(&self) -> String {
+        let mut lines = vec![
+            ("DATABASE_URL", redact_url(&self.database_url)),
+            ("WXNOTIFY_DB_POOL", self.db_pool.to_string()),
+            ("AMQP_URL", redact_url(&self.amqp_url)),
+            ("WXNOTIFY_EXCHANGE", self.topology.exchange.clone()),
+            ("WXNOTIFY_QUEUE", self.topology.queue.clone()),
+            ("WXNOTIFY_DELIVERY_LIMIT", self.delivery_limit.to_string()),
+            ("WECHAT_API_BASE", self.wechat_api_base.clone()),
+            (
+                "WECHAT_TOKEN_API",
+                match self.token_api {
+                    TokenApi::Stable => "stable".into(),
+                    TokenApi::Classic => "classic".into(),
+                },
+            ),
+            ("WECHAT_APP_ID", self.apps[0].app_id.clone()),
+            ("WECHAT_APP_SECRET", "*** (set)".into()),
+            ("WXNOTIFY_PREFETCH", self.prefetch.to_string()),
+            ("WXNOTIFY_CONCURRENCY", self.concurrency.to_string()),
+            ("WXNOTIFY_MAX_ATTEMPTS", self.retry.max_attempts.to_string()),
+            ("WXNOTIFY_RETRY_BASE_SECS", self.retry.base.as_secs_f64().to_string()),
+            (
+                "WXNOTIFY_RETRY_MAX_SECS",
+                self.retry.max_delay.as_secs_f64().to_string(),
+            ),
+            ("WXNOTIFY_ADMIN_ADDR", self.admin_addr.to_string()),
+            (
+                "WXNOTIFY_HTTP_TIMEOUT_SECS",
+                self.http_timeout.as_secs_f64().to_string(),
+            ),
+            (
+                "WXNOTIFY_TOKEN_REFRESH_MARGIN_SECS",
+                self.token_refresh_margin.as_secs().to_string(),
+            ),
+            (
+                "WXNOTIFY_SHUTDOWN_GRACE_SECS",
+                self.shutdown_grace.as_secs_f64().to_string(),
+            ),
+            ("WXNOTIFY_MAX_BODY_BYTES", self.max_body_bytes.to_string()),
+        ];
+        let held = self.catalog.templates().iter().filter(|t| t.is_held()).count();
+        lines.push((
+            "WXNOTIFY_TEMPLATES",
+            format!(
+                "{} templates ({held} held: send_at, quiet hours, expiry or cancellation); apps {}",
+                self.catalog.templates().len(),
+                self.apps
+                    .iter()
+                    .map(|a| a.app_id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ));
+        let mut out = String::new();
+        for (name, value) in lines {
+            out.push_str(&format!("{name}={value}\n"));
+        }
+        out
+    }
+}
+
 fn secs(setting: &str, value: f64) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(value)
         .ok()

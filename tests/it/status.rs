@@ -68,3 +68,33 @@ async fn status_shows_the_token_the_queues_the_waiting_deliveries_and_the_worker
     worker.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn print_config_shows_the_effective_settings_with_secrets_masked() {
+    let env = TestEnv::new().await;
+    let out = env.wxnotify(&["worker", "--print-config"]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("WXNOTIFY_QUEUE={}", env.topology.queue)),
+        "{text}"
+    );
+    assert!(text.contains(&format!("WECHAT_APP_ID={APP_ID}")), "{text}");
+    assert!(text.contains("WECHAT_APP_SECRET=*** (set)"), "{text}");
+    assert!(!text.contains(crate::helpers::APP_SECRET), "the secret leaked: {text}");
+    assert!(
+        text.contains("postgres:***@"),
+        "the database password is masked: {text}"
+    );
+    // Nothing else happened: no worker registered.
+    assert_eq!(env.count("SELECT count(*) FROM workers").await, 0);
+    let out = env
+        .wxnotify(&["worker", "--print-config"])
+        .env("WXNOTIFY_MAX_ATTEMPTS", "0")
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WXNOTIFY_MAX_ATTEMPTS"));
+    env.cleanup().await;
+}
