@@ -15,17 +15,12 @@
 mod common;
 mod support;
 
-use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use futures_util::StreamExt;
-use lapin::BasicProperties;
 use sqlx::PgPool;
-use wechat_sim::{Sim, SimConfig};
-use wxnotify::queue::{Publisher, Topology};
 
-use common::{APP_ID, APP_SECRET, event, fresh_database};
-use support::{Broker, spawn_worker, stop_worker};
+use common::{APP_ID, fresh_database};
+use support::{Broker, sent, sim, spawn_worker, stop_worker};
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -59,20 +54,6 @@ fn main() {
     });
 }
 
-fn sim() -> Sim {
-    Sim::new(SimConfig {
-        apps: HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]),
-        ..SimConfig::default()
-    })
-}
-
-async fn sent(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'sent'")
-        .fetch_one(pool)
-        .await
-        .unwrap_or(0)
-}
-
 /// Inserts `n` deliveries scheduled 1 to 30 days ahead, straight into the ledger.
 async fn schedule_far(pool: &PgPool, n: i64) {
     let started = Instant::now();
@@ -96,25 +77,6 @@ async fn schedule_far(pool: &PgPool, n: i64) {
     );
 }
 
-async fn publish_all(publisher: &Publisher, topology: &Topology, n: usize) {
-    let results: Vec<_> = futures_util::stream::iter(0..n)
-        .map(|i| {
-            let body = event(&format!("live-{i:07}"), "booking.confirmed", &format!("o-live-{i:07}")).to_string();
-            let props = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_content_type("application/json".into());
-            async move {
-                publisher
-                    .publish(&topology.exchange, "booking.confirmed", body.as_bytes(), props)
-                    .await
-            }
-        })
-        .buffer_unordered(512)
-        .collect()
-        .await;
-    assert!(results.iter().all(Result::is_ok), "every publish confirmed");
-}
-
 /// Deliveries per second of `n` queued live events, with `waiting` scheduled rows in the ledger.
 async fn live_run(n: usize, waiting: i64) -> f64 {
     let id = uuid::Uuid::new_v4().simple().to_string();
@@ -122,21 +84,7 @@ async fn live_run(n: usize, waiting: i64) -> f64 {
     if waiting > 0 {
         schedule_far(&pool, waiting).await;
     }
-    let sim = sim();
-    let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim");
-    let broker = Broker::open("bench").await;
-    publish_all(&broker.publisher, &broker.topology, n).await;
-    let child = spawn_worker(&db_url, &broker.topology, sim_addr, "127.0.0.1:0");
-    let started = Instant::now();
-    let deadline = started + Duration::from_secs(600);
-    while sent(&pool).await < n as i64 {
-        assert!(Instant::now() < deadline, "not delivered within 10 minutes");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let rate = n as f64 / started.elapsed().as_secs_f64();
-    assert_eq!(sim.stats().accepted, n as u64, "one message per event");
-    stop_worker(child).await;
-    broker.close().await;
+    let rate = support::live_run(&db_url, &pool, n).await;
     pool.close().await;
     rate
 }

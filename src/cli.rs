@@ -81,6 +81,18 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// Delete final deliveries (and their attempts) created longer ago than DURATION, in small
+    /// batches that never block workers; never a scheduled, open or in-doubt one.
+    Prune {
+        /// A duration back from now (180d, 24h) or a date (2026-05-01, Beijing time).
+        #[arg(long)]
+        older_than: ops::report::Since,
+        /// Count what would be deleted; delete nothing.
+        #[arg(long)]
+        dry_run: bool,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Deliveries waiting for their time (`send_at`, quiet hours): list them, cancel them by hand.
     Scheduled {
         #[command(subcommand)]
@@ -262,6 +274,18 @@ async fn run(command: Command) -> Result<(), Failure> {
         }
         Command::Dlq { command } => dlq(command).await,
         Command::Scheduled { command } => scheduled(command).await,
+        Command::Prune {
+            older_than,
+            dry_run,
+            db,
+        } => {
+            let pool = connect_and_migrate(&db).await?;
+            let pruned = ops::prune::prune(&pool, older_than.0, dry_run, std::time::Duration::from_millis(20))
+                .await
+                .map_err(|e| Failure::Runtime(format!("prune: {e}")))?;
+            println!("{pruned}");
+            Ok(())
+        }
         Command::Status { format, amqp, db } => {
             let (url, topology) = (amqp.url()?, amqp.topology()?);
             let pool = connect_and_migrate(&db).await?;

@@ -1,5 +1,5 @@
-//! What the two benchmarks share: fresh queues on the real broker, a plain consumer, and the
-//! `wxnotify worker` process under test.
+//! What the benchmarks share: fresh queues on the real broker, a plain consumer, the
+//! `wxnotify worker` process under test, and a live run of queued events through it.
 
 // Shared by several bench binaries, each of which uses a part of it.
 #![allow(dead_code)]
@@ -8,13 +8,21 @@ use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
+use std::collections::HashMap;
+use std::time::Instant;
+
+use futures_util::StreamExt;
+use lapin::BasicProperties;
 use lapin::options::{BasicConsumeOptions, BasicQosOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, Consumer};
 use secrecy::SecretString;
 use wxnotify::queue::{self, Publisher, Topology};
 
-use crate::common::{amqp_url, worker_env};
+use sqlx::PgPool;
+use wechat_sim::{Sim, SimConfig};
+
+use crate::common::{APP_ID, APP_SECRET, amqp_url, event, worker_env};
 
 /// The benchmarks' own runtime: two threads, like the machine.
 pub fn runtime() -> tokio::runtime::Runtime {
@@ -105,4 +113,69 @@ pub async fn stop_worker(mut child: tokio::process::Child) {
             .await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+}
+
+/// A simulator answering at once.
+pub fn sim() -> Sim {
+    Sim::new(SimConfig {
+        apps: HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]),
+        ..SimConfig::default()
+    })
+}
+
+pub async fn sent(pool: &PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'sent'")
+        .fetch_one(pool)
+        .await
+        .unwrap_or(0)
+}
+
+/// Publishes `n` `booking.confirmed` events with ids `<prefix>-<i>` (confirmed by the broker),
+/// 512 in flight.
+pub async fn publish_live(publisher: &Publisher, topology: &Topology, prefix: &str, n: usize) {
+    let results: Vec<_> = futures_util::stream::iter(0..n)
+        .map(|i| {
+            let body = event(&format!("{prefix}-{i:07}"), "booking.confirmed", &format!("o-{prefix}-{i:07}")).to_string();
+            let props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type("application/json".into());
+            async move {
+                publisher
+                    .publish(&topology.exchange, "booking.confirmed", body.as_bytes(), props)
+                    .await
+            }
+        })
+        .buffer_unordered(512)
+        .collect()
+        .await;
+    assert!(results.iter().all(Result::is_ok), "every publish confirmed");
+}
+
+/// `n` queued live events through one worker process on `db_url`: deliveries per second.
+pub async fn live_run(db_url: &str, pool: &PgPool, n: usize) -> f64 {
+    let sim = sim();
+    let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim");
+    let broker = Broker::open("bench").await;
+    let prefix = format!("live-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
+    publish_live(&broker.publisher, &broker.topology, &prefix, n).await;
+    let child = spawn_worker(db_url, &broker.topology, sim_addr, "127.0.0.1:0");
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(600);
+    let pattern = format!("{prefix}-%");
+    let sent_live = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM deliveries WHERE status = 'sent' AND event_id LIKE $1")
+            .bind(&pattern)
+            .fetch_one(pool)
+            .await
+            .unwrap_or(0)
+    };
+    while sent_live().await < n as i64 {
+        assert!(Instant::now() < deadline, "not delivered within 10 minutes");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let rate = n as f64 / started.elapsed().as_secs_f64();
+    assert_eq!(sim.stats().accepted, n as u64, "one message per event");
+    stop_worker(child).await;
+    broker.close().await;
+    rate
 }

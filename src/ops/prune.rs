@@ -1,0 +1,112 @@
+//! `wxnotify prune --older-than DURATION [--dry-run]` (CONTRACT §5): deletes final deliveries
+//! (`sent`, `dead`, `cancelled`, `expired`, `suppressed`) created before the cutoff, with their
+//! attempts, in small batches, each its own short transaction that skips rows someone holds, so
+//! workers are neither blocked nor slowed. Never a waiting (`scheduled`), open (`pending`,
+//! `retrying`) or in-doubt delivery: those rows are what stops a second message. Also the
+//! cancellations and replay records older than the cutoff, and workers gone for a day.
+//!
+//! The reporting views count what is left: days after the cutoff stay exact.
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+use sqlx::PgPool;
+
+/// Rows deleted per statement: small enough that each statement is short.
+const BATCH: i64 = 2_000;
+/// The statuses nothing more will happen to.
+const FINAL: [&str; 5] = ["sent", "dead", "cancelled", "expired", "suppressed"];
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Pruned {
+    pub cutoff: DateTime<Utc>,
+    pub deliveries: u64,
+    pub cancellations: u64,
+    pub replays: u64,
+    pub workers: u64,
+    pub seconds: f64,
+    pub dry_run: bool,
+}
+
+/// Prunes (or with `dry_run` counts) what is older than `cutoff`; `pause` between batches leaves
+/// room for the workers.
+pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>, dry_run: bool, pause: Duration) -> Result<Pruned, sqlx::Error> {
+    let started = Instant::now();
+    let mut out = Pruned {
+        cutoff,
+        dry_run,
+        ..Pruned::default()
+    };
+    if dry_run {
+        out.deliveries = sqlx::query_scalar::<_, i64>(
+            "SELECT count(*) FROM deliveries
+              WHERE created_at < $1 AND status = ANY($2) AND in_doubt_since IS NULL",
+        )
+        .bind(cutoff)
+        .bind(&FINAL[..])
+        .fetch_one(pool)
+        .await? as u64;
+        out.seconds = started.elapsed().as_secs_f64();
+        return Ok(out);
+    }
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM deliveries WHERE id IN (
+                 SELECT id FROM deliveries
+                  WHERE created_at < $1 AND status = ANY($2) AND in_doubt_since IS NULL
+                  LIMIT $3
+                    FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(cutoff)
+        .bind(&FINAL[..])
+        .bind(BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        out.deliveries += n;
+        if n < BATCH as u64 {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+    }
+    out.cancellations = sqlx::query("DELETE FROM delivery_cancellations WHERE created_at < $1")
+        .bind(cutoff)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    out.replays = sqlx::query("DELETE FROM dlq_replays WHERE replayed_at < $1")
+        .bind(cutoff)
+        .execute(pool)
+        .await?
+        .rows_affected();
+    out.workers = sqlx::query("DELETE FROM workers WHERE heartbeat_at < now() - interval '1 day'")
+        .execute(pool)
+        .await?
+        .rows_affected();
+    out.seconds = started.elapsed().as_secs_f64();
+    Ok(out)
+}
+
+impl std::fmt::Display for Pruned {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.dry_run {
+            return write!(
+                f,
+                "would delete {} final deliveries (with their attempts) created before {}",
+                self.deliveries,
+                self.cutoff.to_rfc3339()
+            );
+        }
+        write!(
+            f,
+            "deleted {} final deliveries (with their attempts), {} cancellations, {} replay records created before {}, and {} workers gone for a day, in {:.1} s",
+            self.deliveries,
+            self.cancellations,
+            self.replays,
+            self.cutoff.to_rfc3339(),
+            self.workers,
+            self.seconds
+        )
+    }
+}
