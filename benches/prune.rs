@@ -88,6 +88,12 @@ async fn insert_old(pool: &PgPool, n: i64) {
     .execute(pool)
     .await
     .expect("old attempts");
-    sqlx::query("VACUUM ANALYZE deliveries").execute(pool).await.expect("analyze");
-    println!("bench: ({n} old deliveries and attempts inserted in {:.1} s)", started.elapsed().as_secs_f64());
+    sqlx::query("VACUUM ANALYZE deliveries")
+        .execute(pool)
+        .await
+        .expect("analyze");
+    println!(
+        "bench: ({n} old deliveries and attempts inserted in {:.1} s)",
+        started.elapsed().as_secs_f64()
+    );
 }

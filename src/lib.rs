@@ -36,6 +36,7 @@ pub mod db;
 pub(crate) mod delivery;
 pub mod event;
 pub(crate) mod ledger;
+pub(crate) mod metrics;
 pub mod ops;
 pub(crate) mod outcome;
 pub mod queue;

@@ -135,7 +135,12 @@ pub async fn sent(pool: &PgPool) -> i64 {
 pub async fn publish_live(publisher: &Publisher, topology: &Topology, prefix: &str, n: usize) {
     let results: Vec<_> = futures_util::stream::iter(0..n)
         .map(|i| {
-            let body = event(&format!("{prefix}-{i:07}"), "booking.confirmed", &format!("o-{prefix}-{i:07}")).to_string();
+            let body = event(
+                &format!("{prefix}-{i:07}"),
+                "booking.confirmed",
+                &format!("o-{prefix}-{i:07}"),
+            )
+            .to_string();
             let props = BasicProperties::default()
                 .with_delivery_mode(2)
                 .with_content_type("application/json".into());

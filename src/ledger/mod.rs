@@ -80,6 +80,12 @@ impl Status {
     }
 }
 
+/// A batched statement's duration and size, by kind.
+fn statement_done(kind: &'static str, size: usize, started: std::time::Instant) {
+    metrics::histogram!("wxnotify_ledger_statement_seconds", "kind" => kind).record(started.elapsed().as_secs_f64());
+    metrics::histogram!("wxnotify_ledger_batch_size", "kind" => kind).record(size as f64);
+}
+
 #[derive(Clone)]
 pub struct Ledger {
     pool: PgPool,
@@ -106,12 +112,22 @@ impl Ledger {
         let (p, settings) = (pool.clone(), claim_settings.clone());
         let claims = Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |jobs| {
             let (p, s) = (p.clone(), settings.clone());
-            async move { claim::claim_batch(&p, &s, &jobs, crate::delivery::judge::Reopen::No).await }
+            async move {
+                let started = std::time::Instant::now();
+                let r = claim::claim_batch(&p, &s, &jobs, crate::delivery::judge::Reopen::No).await;
+                statement_done("claim", jobs.len(), started);
+                r
+            }
         });
         let (p, w) = (pool.clone(), worker_id.clone());
         let records = Batcher::spawn(BATCH_MAX, BATCH_PARALLEL, move |jobs| {
             let (p, w) = (p.clone(), w.clone());
-            async move { record::record_batch(&p, &w, &jobs).await }
+            async move {
+                let started = std::time::Instant::now();
+                let r = record::record_batch(&p, &w, &jobs).await;
+                statement_done("record", jobs.len(), started);
+                r
+            }
         });
         Self {
             pool,
@@ -121,6 +137,11 @@ impl Ledger {
             claim_settings,
             liveness,
         }
+    }
+
+    /// The pool, for read-only views of the ledger (`status`, the worker's sampled gauges).
+    pub(crate) fn pool(&self) -> &PgPool {
+        &self.pool
     }
 
     /// How often [`Ledger::heartbeat`] should run so the worker stays "alive" to others.

@@ -4,8 +4,8 @@
 //! (retention).
 
 pub mod dlq;
+pub mod prune;
 pub mod publish;
 pub mod report;
 pub mod scheduled;
 pub mod status;
-pub mod prune;

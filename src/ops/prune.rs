@@ -31,7 +31,12 @@ pub struct Pruned {
 
 /// Prunes (or with `dry_run` counts) what is older than `cutoff`; `pause` between batches leaves
 /// room for the workers.
-pub async fn prune(pool: &PgPool, cutoff: DateTime<Utc>, dry_run: bool, pause: Duration) -> Result<Pruned, sqlx::Error> {
+pub async fn prune(
+    pool: &PgPool,
+    cutoff: DateTime<Utc>,
+    dry_run: bool,
+    pause: Duration,
+) -> Result<Pruned, sqlx::Error> {
     let started = Instant::now();
     let mut out = Pruned {
         cutoff,

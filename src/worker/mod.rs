@@ -9,6 +9,7 @@
 //! recorded for up to the grace period, then close; whatever is unacked goes back to the queue.
 
 mod due;
+mod gauges;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -59,6 +60,7 @@ impl Worker {
             },
             &settings.apps,
         );
+        crate::metrics::register(&settings.apps.iter().map(|a| a.app_id.clone()).collect::<Vec<_>>());
         let ctx = Context {
             rules: Rules {
                 catalog: settings.catalog.clone(),
@@ -163,6 +165,11 @@ impl Worker {
         // The due-delivery loop publishes on this session's channel: it lives and dies with it.
         let due_stop = CancellationToken::new();
         let mut due_loop = tokio::spawn(due::run(self.ctx.clone(), session.clone(), due_stop.clone()));
+        let sampler = tokio::spawn(gauges::run(
+            self.ctx.clone(),
+            conn.create_channel().await?,
+            due_stop.clone(),
+        ));
         self.ctx.health.set_broker(true);
         tracing::info!(queue = %s.topology.queue, prefetch = s.prefetch, concurrency = s.concurrency, "consuming");
 
@@ -183,9 +190,11 @@ impl Worker {
                 Some(Ok(msg)) => {
                     let ctx = self.ctx.clone();
                     let session = session.clone();
+                    metrics::gauge!("wxnotify_in_flight").increment(1.0);
                     tokio::spawn(async move {
                         let _permit = permit;
                         delivery::deliver(&ctx, &session, &msg).await;
+                        metrics::gauge!("wxnotify_in_flight").decrement(1.0);
                     });
                 }
                 Some(Err(e)) => break Err(SessionEnd::Amqp(e)),
@@ -202,6 +211,7 @@ impl Worker {
             tracing::warn!("the due-delivery loop did not stop in time; its rows stay scheduled");
             due_loop.abort();
         }
+        sampler.abort();
         if result.is_err() {
             // Whatever this session's channels still hold goes back to the queue when they close.
             let _ = conn.close(200, "session rebuilt".into()).await;

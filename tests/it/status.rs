@@ -134,10 +134,18 @@ async fn prune_deletes_old_final_deliveries_only() {
     .await
     .unwrap();
 
-    let out = env.wxnotify(&["prune", "--older-than", "180d", "--dry-run"]).output().await.unwrap();
+    let out = env
+        .wxnotify(&["prune", "--older-than", "180d", "--dry-run"])
+        .output()
+        .await
+        .unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("would delete 5 final deliveries"));
-    assert_eq!(env.count("SELECT count(*) FROM deliveries").await, 17, "a dry run deletes nothing");
+    assert_eq!(
+        env.count("SELECT count(*) FROM deliveries").await,
+        17,
+        "a dry run deletes nothing"
+    );
 
     let out = env.wxnotify(&["prune", "--older-than", "180d"]).output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
@@ -146,12 +154,81 @@ async fn prune_deletes_old_final_deliveries_only() {
         .fetch_all(&env.pool)
         .await
         .unwrap();
-    for gone in ["p-sent-200", "p-dead-200", "p-cancelled-200", "p-expired-200", "p-suppressed-200"] {
+    for gone in [
+        "p-sent-200",
+        "p-dead-200",
+        "p-cancelled-200",
+        "p-expired-200",
+        "p-suppressed-200",
+    ] {
         assert!(!left.contains(&gone.to_string()), "{gone} kept");
     }
-    for kept in ["p-scheduled-200", "p-pending-200", "p-retrying-200", "p-ambiguous", "p-sent-10", "p-dead-10"] {
+    for kept in [
+        "p-scheduled-200",
+        "p-pending-200",
+        "p-retrying-200",
+        "p-ambiguous",
+        "p-sent-10",
+        "p-dead-10",
+    ] {
         assert!(left.contains(&kept.to_string()), "{kept} pruned");
     }
-    assert_eq!(env.count("SELECT count(*) FROM delivery_attempts").await, 12, "attempts go with their delivery");
+    assert_eq!(
+        env.count("SELECT count(*) FROM delivery_attempts").await,
+        12,
+        "attempts go with their delivery"
+    );
+    env.cleanup().await;
+}
+
+/// Every `wxnotify_` series the README lists is exposed by a fresh worker, before anything happened.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_worker_exposes_every_series_with_its_help() {
+    let env = TestEnv::new().await;
+    let mut child = env
+        .wxnotify(&["worker"])
+        .env("WXNOTIFY_ADMIN_ADDR", "127.0.0.1:0")
+        .env("RUST_LOG", "info")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The admin address is logged at start-up.
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stderr));
+    let addr = tokio::time::timeout(Duration::from_secs(30), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(rest) = line.split("addr=").nth(1) {
+                return rest.split_whitespace().next().unwrap().to_string();
+            }
+        }
+        panic!("no admin address logged")
+    })
+    .await
+    .unwrap();
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    let url = format!("http://{addr}/metrics");
+    let scrape = || async { reqwest::get(&url).await.unwrap().text().await.unwrap() };
+    wait_for("sampled gauges", Duration::from_secs(30), || async {
+        scrape().await.contains("wxnotify_live_workers 1")
+    })
+    .await;
+    let text = scrape().await;
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let listed: std::collections::BTreeSet<&str> = readme
+        .split('`')
+        .filter(|w| w.starts_with("wxnotify_") && !w.contains(' '))
+        .map(|w| w.split('{').next().unwrap())
+        .collect();
+    assert!(listed.len() >= 20, "the README lists the metrics: {listed:?}");
+    for name in &listed {
+        assert!(text.contains(&format!("# HELP {name} ")), "{name} has no HELP");
+        assert!(
+            text.lines().any(|l| l.starts_with(name) && !l.starts_with('#')),
+            "{name} has no series"
+        );
+    }
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
     env.cleanup().await;
 }

@@ -1,0 +1,163 @@
+//! Every metric wxnotify exposes, in one place: described (Prometheus HELP) and registered at
+//! start-up with each label value it can take, so that a fresh worker exposes every series — an
+//! alert on a series that does not exist yet is blind. Label values are bounded: outcomes,
+//! statuses, stages and app ids from the configuration, never an errcode or an event's text.
+
+use metrics::{describe_counter, describe_gauge, describe_histogram};
+
+/// Values of the `outcome` label of `wxnotify_messages_total`.
+const OUTCOMES: [&str; 11] = [
+    "ack",
+    "requeue",
+    "retry",
+    "release",
+    "invalid_event",
+    "no_template",
+    "render_failed",
+    "permanent_error",
+    "retries_exhausted",
+    "delivery_limit",
+    "ambiguous",
+];
+const STAGES: [&str; 6] = ["queued", "claim", "token", "send", "record", "ack"];
+const DUPLICATE_STATUSES: [&str; 7] = [
+    "sent",
+    "dead",
+    "held",
+    "scheduled",
+    "cancelled",
+    "expired",
+    "suppressed",
+];
+
+/// Describes and registers every series; `apps` are the configured app ids.
+pub(crate) fn register(apps: &[String]) {
+    describe_counter!(
+        "wxnotify_messages_total",
+        "Broker messages settled, by outcome (ack, requeue, retry, release, or the dead-letter reason)"
+    );
+    for o in OUTCOMES {
+        metrics::counter!("wxnotify_messages_total", "outcome" => o).increment(0);
+    }
+    describe_counter!(
+        "wxnotify_sends_total",
+        "HTTP sends to WeChat, by result: ok, errcode (WeChat refused), transport (no usable answer)"
+    );
+    for r in ["ok", "errcode", "transport"] {
+        metrics::counter!("wxnotify_sends_total", "result" => r).increment(0);
+    }
+    describe_histogram!("wxnotify_send_seconds", "Duration of one HTTP send to WeChat");
+    let _ = metrics::histogram!("wxnotify_send_seconds");
+    describe_histogram!(
+        "wxnotify_stage_seconds",
+        "Time a delivery spends per stage: queued (occurred_at to consume), claim, token, send, record, ack"
+    );
+    for s in STAGES {
+        let _ = metrics::histogram!("wxnotify_stage_seconds", "stage" => s);
+    }
+    describe_counter!(
+        "wxnotify_duplicates_total",
+        "Copies of a delivery that was final, waiting or held elsewhere: not sent again"
+    );
+    for s in DUPLICATE_STATUSES {
+        metrics::counter!("wxnotify_duplicates_total", "status" => s).increment(0);
+    }
+    describe_counter!(
+        "wxnotify_held_total",
+        "Deliveries stored to wait (scheduled, cancelled, expired) and waiting ones cancelled by another event (cancelled_other)"
+    );
+    for s in ["scheduled", "cancelled", "expired", "cancelled_other"] {
+        metrics::counter!("wxnotify_held_total", "status" => s).increment(0);
+    }
+    describe_counter!(
+        "wxnotify_due_total",
+        "Due deliveries taken by the due-delivery loop: released, deferred (quiet hours), expired"
+    );
+    for f in ["released", "deferred", "expired"] {
+        metrics::counter!("wxnotify_due_total", "fate" => f).increment(0);
+    }
+    describe_histogram!(
+        "wxnotify_due_lateness_seconds",
+        "How long after its due_at a due delivery was taken for release"
+    );
+    let _ = metrics::histogram!("wxnotify_due_lateness_seconds");
+    describe_counter!(
+        "wxnotify_db_errors_total",
+        "Database calls that failed and were retried"
+    );
+    metrics::counter!("wxnotify_db_errors_total").increment(0);
+    describe_counter!(
+        "wxnotify_token_fetches_total",
+        "Access token fetches from WeChat, by app and result"
+    );
+    describe_counter!(
+        "wxnotify_token_rejections_total",
+        "Tokens WeChat rejected (40001, 40014, 42001), by app"
+    );
+    describe_gauge!(
+        "wxnotify_token_expires_in_seconds",
+        "Seconds until the app's shared token expires"
+    );
+    describe_gauge!(
+        "wxnotify_token_calls_today",
+        "Token API calls today (Beijing day) by app, of WeChat's 2,000 a day"
+    );
+    describe_gauge!(
+        "wxnotify_token_blocked",
+        "1 while the app's token API use is blocked (quota, credentials)"
+    );
+    for app in apps {
+        for r in ["ok", "error"] {
+            metrics::counter!("wxnotify_token_fetches_total", "app" => app.clone(), "result" => r).increment(0);
+        }
+        metrics::counter!("wxnotify_token_rejections_total", "app" => app.clone()).increment(0);
+        for g in [
+            "wxnotify_token_expires_in_seconds",
+            "wxnotify_token_calls_today",
+            "wxnotify_token_blocked",
+        ] {
+            metrics::gauge!(g, "app" => app.clone()).set(0.0);
+        }
+    }
+    describe_gauge!("wxnotify_broker_up", "1 while the worker's broker session is consuming");
+    describe_gauge!("wxnotify_db_up", "1 while the database answered the last call");
+    metrics::gauge!("wxnotify_broker_up").set(0.0);
+    metrics::gauge!("wxnotify_db_up").set(0.0);
+    describe_gauge!("wxnotify_in_flight", "Deliveries this worker is working on right now");
+    metrics::gauge!("wxnotify_in_flight").set(0.0);
+    describe_histogram!(
+        "wxnotify_ledger_statement_seconds",
+        "Duration of one batched ledger statement, by kind (claim, record)"
+    );
+    describe_histogram!(
+        "wxnotify_ledger_batch_size",
+        "Requests one batched ledger statement carried, by kind"
+    );
+    for k in ["claim", "record"] {
+        let _ = metrics::histogram!("wxnotify_ledger_statement_seconds", "kind" => k);
+        let _ = metrics::histogram!("wxnotify_ledger_batch_size", "kind" => k);
+    }
+    describe_gauge!(
+        "wxnotify_queue_messages",
+        "Messages ready in the work queue, the dead-letter queue and all retry queues (sampled)"
+    );
+    describe_gauge!("wxnotify_queue_consumers", "Consumers of the work queue (sampled)");
+    for q in ["work", "dlq", "retry"] {
+        metrics::gauge!("wxnotify_queue_messages", "queue" => q).set(0.0);
+    }
+    metrics::gauge!("wxnotify_queue_consumers").set(0.0);
+    describe_gauge!(
+        "wxnotify_deliveries",
+        "Deliveries in the ledger by state: in_doubt, scheduled, due (sampled)"
+    );
+    for s in ["in_doubt", "scheduled", "due"] {
+        metrics::gauge!("wxnotify_deliveries", "state" => s).set(0.0);
+    }
+    describe_gauge!(
+        "wxnotify_scheduler_lag_seconds",
+        "How long the oldest due delivery has waited for release (0: none due)"
+    );
+    metrics::gauge!("wxnotify_scheduler_lag_seconds").set(0.0);
+    describe_gauge!("wxnotify_live_workers", "Workers whose heartbeat is fresh (sampled)");
+    metrics::gauge!("wxnotify_live_workers").set(0.0);
+}

@@ -1,0 +1,72 @@
+//! Gauges sampled every few seconds while a broker session lives: the queues' depths (passive
+//! declares of the queues this worker declared), and from the ledger the shared tokens (expiry,
+//! calls today, blocks), deliveries in doubt / scheduled / due, the scheduler's lag and the live
+//! workers. Every worker samples; dashboards take the max.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use lapin::Channel;
+use lapin::options::QueueDeclareOptions;
+use lapin::types::FieldTable;
+use tokio_util::sync::CancellationToken;
+
+use crate::delivery::Context;
+
+const EVERY: Duration = Duration::from_secs(5);
+
+pub(crate) async fn run(ctx: Arc<Context>, channel: Channel, stop: CancellationToken) {
+    let mut tick = tokio::time::interval(EVERY);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        if let Err(e) = queues(&ctx, &channel).await {
+            tracing::debug!(error = %e, "sampling queue depths failed; stopping until the next session");
+            return;
+        }
+        match crate::ops::status::ledger(ctx.ledger.pool()).await {
+            Ok(s) => {
+                for a in &s.apps {
+                    let app = a.app_id.clone();
+                    let expires = a.token_expires_in_secs.unwrap_or(0) as f64;
+                    metrics::gauge!("wxnotify_token_expires_in_seconds", "app" => app.clone()).set(expires);
+                    metrics::gauge!("wxnotify_token_calls_today", "app" => app.clone()).set(a.token_calls_today as f64);
+                    let blocked = f64::from(u8::from(a.blocked_until.is_some()));
+                    metrics::gauge!("wxnotify_token_blocked", "app" => app).set(blocked);
+                }
+                metrics::gauge!("wxnotify_deliveries", "state" => "in_doubt").set(s.in_doubt as f64);
+                metrics::gauge!("wxnotify_deliveries", "state" => "scheduled").set(s.scheduled as f64);
+                metrics::gauge!("wxnotify_deliveries", "state" => "due").set(s.due as f64);
+                metrics::gauge!("wxnotify_scheduler_lag_seconds").set(s.oldest_due_secs.unwrap_or(0.0));
+                metrics::gauge!("wxnotify_live_workers").set(s.live_workers.len() as f64);
+            }
+            Err(e) => tracing::debug!(error = %e, "sampling the ledger failed"),
+        }
+    }
+}
+
+async fn queues(ctx: &Context, channel: &Channel) -> lapin::Result<()> {
+    let topology = &ctx.topology;
+    let depth = |name: String| async move {
+        let passive = QueueDeclareOptions {
+            passive: true,
+            ..QueueDeclareOptions::default()
+        };
+        channel
+            .queue_declare(name.as_str().into(), passive, FieldTable::default())
+            .await
+    };
+    let work = depth(topology.queue.clone()).await?;
+    metrics::gauge!("wxnotify_queue_messages", "queue" => "work").set(f64::from(work.message_count()));
+    metrics::gauge!("wxnotify_queue_consumers").set(f64::from(work.consumer_count()));
+    let dlq = depth(topology.dlq.clone()).await?;
+    metrics::gauge!("wxnotify_queue_messages", "queue" => "dlq").set(f64::from(dlq.message_count()));
+    let mut retrying = 0;
+    for tier in ctx.policy.tiers() {
+        retrying += depth(topology.retry_queue(tier)).await?.message_count();
+    }
+    metrics::gauge!("wxnotify_queue_messages", "queue" => "retry").set(f64::from(retrying));
+    Ok(())
+}
