@@ -193,14 +193,14 @@ pub struct WorkerSettings {
     pub worker_id: String,
 }
 
-fn secs(setting: &str, value: f64) -> Result<Duration, ConfigError> {
+pub(crate) fn secs(setting: &str, value: f64) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(value)
         .ok()
         .filter(|d| !d.is_zero())
         .ok_or_else(|| ConfigError::new(setting, format!("{value} is not a positive number of seconds")))
 }
 
-fn env_secret(name: &str) -> Result<SecretString, ConfigError> {
+pub(crate) fn env_secret(name: &str) -> Result<SecretString, ConfigError> {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
         Ok(_) => Err(ConfigError::new(name, "is empty")),

@@ -1,0 +1,106 @@
+-- Delivery receipts and followers, from WeChat's event push (CONTRACT §9).
+
+-- What WeChat says became of a sent message (TEMPLATESENDJOBFINISH, subscribe_msg_sent_event),
+-- and when (the push's CreateTime). NULL: no receipt yet.
+ALTER TABLE deliveries
+    ADD COLUMN receipt_status TEXT CHECK (receipt_status IN ('delivered', 'user_block', 'system_failed')),
+    ADD COLUMN receipt_at     TIMESTAMPTZ;
+
+-- Receipts are applied by msgid.
+CREATE INDEX deliveries_wechat_msgid ON deliveries (wechat_msgid) WHERE wechat_msgid IS NOT NULL;
+
+-- Every receipt, by app and msgid, kept whether or not a delivery has that msgid yet: WeChat can
+-- push a receipt before the worker's `sent` (with the msgid) is committed. The trigger below
+-- copies it onto the delivery when the msgid is written.
+CREATE TABLE delivery_receipts (
+    app_id        TEXT        NOT NULL,
+    msgid         BIGINT      NOT NULL,
+    openid        TEXT,
+    status        TEXT        NOT NULL CHECK (status IN ('delivered', 'user_block', 'system_failed')),
+    -- WeChat's own words, e.g. `failed: system failed`.
+    wechat_status TEXT        NOT NULL,
+    -- The push's CreateTime; a later push for the same msgid replaces an earlier one.
+    event_at      TIMESTAMPTZ NOT NULL,
+    received_at   TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (app_id, msgid)
+);
+
+-- Who follows each app, as far as WeChat told us: `subscribe`/`unsubscribe` pushes (changed_at =
+-- the push's CreateTime; an older push never overrides a newer one), or a 43004 from the send
+-- API (changed_at = when we got it). No row: never heard of, taken as following.
+CREATE TABLE followers (
+    app_id     TEXT        NOT NULL,
+    openid     TEXT        NOT NULL,
+    followed   BOOLEAN     NOT NULL,
+    changed_at TIMESTAMPTZ NOT NULL,
+    source     TEXT        NOT NULL CHECK (source IN ('push', 'errcode_43004')),
+    updated_at TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (app_id, openid)
+);
+
+CREATE INDEX followers_unfollowed ON followers (app_id, changed_at) WHERE NOT followed;
+
+-- The race between a receipt and the worker's UPDATE that writes the msgid: both sides take the
+-- transaction-scoped advisory lock of the msgid first. The receiver stores the receipt and
+-- updates the deliveries that have the msgid; the worker's row, in this trigger, looks for a
+-- stored receipt. Whichever commits first, the other sees it (READ COMMITTED: each statement
+-- after the lock takes a new snapshot).
+CREATE FUNCTION copy_receipt_onto_delivery() RETURNS trigger LANGUAGE plpgsql AS $$
+DECLARE
+    r RECORD;
+BEGIN
+    PERFORM pg_advisory_xact_lock(NEW.wechat_msgid);
+    SELECT status, event_at INTO r
+      FROM delivery_receipts
+     WHERE app_id = NEW.app_id AND msgid = NEW.wechat_msgid;
+    IF FOUND THEN
+        NEW.receipt_status := r.status;
+        NEW.receipt_at := r.event_at;
+    END IF;
+    RETURN NEW;
+END
+$$;
+
+CREATE TRIGGER deliveries_receipt_on_insert
+    BEFORE INSERT ON deliveries
+    FOR EACH ROW WHEN (NEW.wechat_msgid IS NOT NULL)
+    EXECUTE FUNCTION copy_receipt_onto_delivery();
+
+CREATE TRIGGER deliveries_receipt_on_msgid
+    BEFORE UPDATE OF wechat_msgid ON deliveries
+    FOR EACH ROW WHEN (NEW.wechat_msgid IS NOT NULL AND OLD.wechat_msgid IS DISTINCT FROM NEW.wechat_msgid)
+    EXECUTE FUNCTION copy_receipt_onto_delivery();
+
+-- Stores one push's receipts (msgids distinct) and applies them to the deliveries with those
+-- msgids, in one transaction: one round trip. Idempotent: the same push again changes nothing.
+-- Returns each msgid and whether a delivery has it (false: kept until the delivery is written).
+-- VOLATILE, so each statement after the locks sees what committed while it waited.
+CREATE FUNCTION apply_receipts(
+    p_app_id TEXT, p_openid TEXT, p_event_at TIMESTAMPTZ,
+    p_msgids BIGINT[], p_statuses TEXT[], p_wechat_statuses TEXT[]
+) RETURNS TABLE (receipt_msgid BIGINT, has_delivery BOOLEAN) LANGUAGE plpgsql VOLATILE AS $$
+DECLARE
+    m BIGINT;
+BEGIN
+    -- In ascending order, so that two pushes never wait for each other in a circle.
+    FOR m IN SELECT DISTINCT x FROM unnest(p_msgids) AS x ORDER BY x LOOP
+        PERFORM pg_advisory_xact_lock(m);
+    END LOOP;
+    INSERT INTO delivery_receipts AS r (app_id, msgid, openid, status, wechat_status, event_at)
+    SELECT p_app_id, t.msgid, p_openid, t.status, t.wechat_status, p_event_at
+      FROM unnest(p_msgids, p_statuses, p_wechat_statuses) AS t(msgid, status, wechat_status)
+        ON CONFLICT (app_id, msgid) DO UPDATE
+       SET status = EXCLUDED.status, wechat_status = EXCLUDED.wechat_status,
+           event_at = EXCLUDED.event_at, openid = EXCLUDED.openid, received_at = now()
+     WHERE EXCLUDED.event_at > r.event_at;
+    UPDATE deliveries d
+       SET receipt_status = r.status, receipt_at = r.event_at
+      FROM delivery_receipts r
+     WHERE r.app_id = p_app_id AND r.msgid = ANY (p_msgids)
+       AND d.app_id = r.app_id AND d.wechat_msgid = r.msgid
+       AND (d.receipt_status IS DISTINCT FROM r.status OR d.receipt_at IS DISTINCT FROM r.event_at);
+    RETURN QUERY
+        SELECT x, EXISTS (SELECT 1 FROM deliveries d WHERE d.app_id = p_app_id AND d.wechat_msgid = x)
+          FROM unnest(p_msgids) AS x;
+END
+$$;
