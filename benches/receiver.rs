@@ -88,7 +88,10 @@ async fn run(n: usize) -> (f64, f64) {
         .env("WECHAT_APP_ID", APP_ID)
         .env("WECHAT_CALLBACK_TOKEN", TOKEN)
         .env("WECHAT_ENCODING_AES_KEY", AES_KEY)
-        .env("WXNOTIFY_TEMPLATES", concat!(env!("CARGO_MANIFEST_DIR"), "/templates.toml"))
+        .env(
+            "WXNOTIFY_TEMPLATES",
+            concat!(env!("CARGO_MANIFEST_DIR"), "/templates.toml"),
+        )
         .env("WXNOTIFY_RECEIVER_ADDR", &addr)
         .env("WXNOTIFY_ADMIN_ADDR", "127.0.0.1:0")
         .env("RUST_LOG", "warn")

@@ -71,36 +71,41 @@ CREATE TRIGGER deliveries_receipt_on_msgid
     FOR EACH ROW WHEN (NEW.wechat_msgid IS NOT NULL AND OLD.wechat_msgid IS DISTINCT FROM NEW.wechat_msgid)
     EXECUTE FUNCTION copy_receipt_onto_delivery();
 
--- Stores one push's receipts (msgids distinct) and applies them to the deliveries with those
--- msgids, in one transaction: one round trip. Idempotent: the same push again changes nothing.
--- Returns each msgid and whether a delivery has it (false: kept until the delivery is written).
--- VOLATILE, so each statement after the locks sees what committed while it waited.
+-- Stores a batch of receipts (of one or several pushes) and applies them to the deliveries with
+-- those msgids, in one transaction and one round trip. Idempotent: the same receipts again change
+-- nothing; of two for one msgid, the later CreateTime wins. Returns each receipt's app and msgid
+-- and whether a delivery has it (false: kept until the delivery is written). VOLATILE, so each
+-- statement after the locks sees what committed while it waited.
 CREATE FUNCTION apply_receipts(
-    p_app_id TEXT, p_openid TEXT, p_event_at TIMESTAMPTZ,
-    p_msgids BIGINT[], p_statuses TEXT[], p_wechat_statuses TEXT[]
-) RETURNS TABLE (receipt_msgid BIGINT, has_delivery BOOLEAN) LANGUAGE plpgsql VOLATILE AS $$
+    p_app_ids TEXT[], p_msgids BIGINT[], p_openids TEXT[],
+    p_statuses TEXT[], p_wechat_statuses TEXT[], p_event_ats TIMESTAMPTZ[]
+) RETURNS TABLE (receipt_app_id TEXT, receipt_msgid BIGINT, has_delivery BOOLEAN)
+LANGUAGE plpgsql VOLATILE AS $$
 DECLARE
     m BIGINT;
 BEGIN
-    -- In ascending order, so that two pushes never wait for each other in a circle.
+    -- In ascending order, so that two batches never wait for each other in a circle.
     FOR m IN SELECT DISTINCT x FROM unnest(p_msgids) AS x ORDER BY x LOOP
         PERFORM pg_advisory_xact_lock(m);
     END LOOP;
     INSERT INTO delivery_receipts AS r (app_id, msgid, openid, status, wechat_status, event_at)
-    SELECT p_app_id, t.msgid, p_openid, t.status, t.wechat_status, p_event_at
-      FROM unnest(p_msgids, p_statuses, p_wechat_statuses) AS t(msgid, status, wechat_status)
+    SELECT DISTINCT ON (t.app_id, t.msgid) t.app_id, t.msgid, t.openid, t.status, t.wechat_status, t.event_at
+      FROM unnest(p_app_ids, p_msgids, p_openids, p_statuses, p_wechat_statuses, p_event_ats)
+           AS t(app_id, msgid, openid, status, wechat_status, event_at)
+     ORDER BY t.app_id, t.msgid, t.event_at DESC
         ON CONFLICT (app_id, msgid) DO UPDATE
        SET status = EXCLUDED.status, wechat_status = EXCLUDED.wechat_status,
            event_at = EXCLUDED.event_at, openid = EXCLUDED.openid, received_at = now()
      WHERE EXCLUDED.event_at > r.event_at;
     UPDATE deliveries d
        SET receipt_status = r.status, receipt_at = r.event_at
-      FROM delivery_receipts r
-     WHERE r.app_id = p_app_id AND r.msgid = ANY (p_msgids)
-       AND d.app_id = r.app_id AND d.wechat_msgid = r.msgid
+      FROM (SELECT DISTINCT t.app_id, t.msgid FROM unnest(p_app_ids, p_msgids) AS t(app_id, msgid)) k
+      JOIN delivery_receipts r ON r.app_id = k.app_id AND r.msgid = k.msgid
+     WHERE d.wechat_msgid = r.msgid AND d.app_id = r.app_id
        AND (d.receipt_status IS DISTINCT FROM r.status OR d.receipt_at IS DISTINCT FROM r.event_at);
     RETURN QUERY
-        SELECT x, EXISTS (SELECT 1 FROM deliveries d WHERE d.app_id = p_app_id AND d.wechat_msgid = x)
-          FROM unnest(p_msgids) AS x;
+        SELECT t.app_id, t.msgid,
+               EXISTS (SELECT 1 FROM deliveries d WHERE d.wechat_msgid = t.msgid AND d.app_id = t.app_id)
+          FROM unnest(p_app_ids, p_msgids) AS t(app_id, msgid);
 END
 $$;

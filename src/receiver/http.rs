@@ -1,6 +1,7 @@
 //! The receiver's HTTP face: `GET /wechat/{app_id}` (the URL check) and `POST /wechat/{app_id}`
-//! (pushes). A push is answered `success` only once what it says is committed; a database that
-//! does not answer within [`STORE_TIMEOUT`] gets a 503, so WeChat tries again. Bodies over
+//! (pushes). A push is answered `success` only once what it says is committed: in Postgres, or,
+//! when Postgres does not take it in time and a broker is configured, in the pushes queue
+//! ([`spill`](super::spill)). Otherwise it gets a 503 within 4 s, so WeChat tries again. Bodies over
 //! [`MAX_BODY`] are refused by length before they are read. Whatever the sender wrote reaches the
 //! logs only `Debug`-escaped.
 
@@ -14,23 +15,27 @@ use axum::extract::{Path, Query, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
-use sqlx::PgPool;
 use tower_http::limit::RequestBodyLimitLayer;
 
 use super::envelope::{self, Refusal};
 use super::push::{EventKind, Push};
 use super::settings::CallbackApp;
-use super::store;
+use super::spill::Spill;
+use super::store::Store;
 
 /// WeChat's bodies are a few hundred bytes; CONTRACT §9 caps them at 64 KiB.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
-/// WeChat waits 5 s for an answer; we give the database 4 of them.
+/// WeChat waits 5 s for an answer; we give the database 4 of them ...
 pub(crate) const STORE_TIMEOUT: Duration = Duration::from_secs(4);
+/// ... or 3, when the pushes queue may take the push in the next 1.5.
+pub(crate) const STORE_TIMEOUT_BEFORE_SPILL: Duration = Duration::from_secs(3);
+pub(crate) const SPILL_TIMEOUT: Duration = Duration::from_millis(1500);
 
 #[derive(Clone)]
 pub(crate) struct ReceiverState {
     pub apps: Arc<HashMap<String, CallbackApp>>,
-    pub pool: PgPool,
+    pub store: Store,
+    pub spill: Option<Arc<Spill>>,
 }
 
 pub(crate) fn router(state: ReceiverState) -> Router {
@@ -102,7 +107,12 @@ async fn push(
         count(EventKind::Other.label(), "ok");
         return text(StatusCode::OK, "success");
     }
-    match tokio::time::timeout(STORE_TIMEOUT, store::store(&state.pool, &app_id, &push)).await {
+    let budget = if state.spill.is_some() {
+        STORE_TIMEOUT_BEFORE_SPILL
+    } else {
+        STORE_TIMEOUT
+    };
+    let failure = match tokio::time::timeout(budget, state.store.store(&app_id, &push)).await {
         Ok(Ok(stored)) => {
             count(
                 event,
@@ -112,24 +122,30 @@ async fn push(
                     "ok"
                 },
             );
-            text(StatusCode::OK, "success")
+            return text(StatusCode::OK, "success");
         }
         Ok(Err(e)) if crate::db::is_data_error(&e) => {
             tracing::warn!(app = ?app_id, error = ?e.to_string(), "Postgres refused a value of the push");
             count(event, "bad_body");
-            text(StatusCode::BAD_REQUEST, "bad request\n")
+            return text(StatusCode::BAD_REQUEST, "bad request\n");
         }
-        Ok(Err(e)) => {
-            tracing::warn!(app = ?app_id, error = ?e.to_string(), "push not stored; answering 503 so WeChat retries");
-            count(event, "db_error");
-            text(StatusCode::SERVICE_UNAVAILABLE, "try again\n")
-        }
-        Err(_) => {
-            tracing::warn!(app = ?app_id, timeout = ?STORE_TIMEOUT, "push not stored in time; answering 503 so WeChat retries");
-            count(event, "db_error");
-            text(StatusCode::SERVICE_UNAVAILABLE, "try again\n")
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no answer within {budget:?}"),
+    };
+    if let Some(spill) = &state.spill {
+        match tokio::time::timeout(SPILL_TIMEOUT, spill.publish(&app_id, &push)).await {
+            Ok(Ok(())) => {
+                tracing::info!(app = ?app_id, error = ?failure, "Postgres did not take the push; queued it durably");
+                count(event, "queued");
+                return text(StatusCode::OK, "success");
+            }
+            Ok(Err(e)) => tracing::warn!(app = ?app_id, error = %e, "the pushes queue did not take the push either"),
+            Err(_) => tracing::warn!(app = ?app_id, "the pushes queue did not confirm in time"),
         }
     }
+    tracing::warn!(app = ?app_id, error = ?failure, "push not stored; answering 503 so WeChat retries");
+    count(event, "db_error");
+    text(StatusCode::SERVICE_UNAVAILABLE, "try again\n")
 }
 
 fn refused(app_id: &str, refusal: &Refusal) -> Response {

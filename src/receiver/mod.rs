@@ -6,6 +6,8 @@
 //! POST /wechat/{app_id} → envelope (signature, timestamp, mode; crypto: AES in safe mode)
 //!   → document (XML without entities, or JSON) → push (what it says)
 //!   → store (Postgres, committed) → "success"      | 401 / 400 / 413 / 503 (WeChat retries)
+//!       └ Postgres down or slow, a broker configured: spill (`<queue>.pushes`, confirmed)
+//!         → "success"; the drain stores it in Postgres later
 //! ```
 //!
 //! Every step before `store` is pure and unit-tested; `http` is the axum layer.
@@ -17,6 +19,7 @@ mod http;
 mod push;
 mod settings;
 mod signature;
+mod spill;
 mod store;
 
 use std::net::SocketAddr;
@@ -66,7 +69,11 @@ impl Receiver {
         };
         let state = http::ReceiverState {
             apps: settings.apps.clone(),
-            pool,
+            store: store::Store::new(pool),
+            spill: settings
+                .spill
+                .as_ref()
+                .map(|(url, queue)| spill::Spill::new(url.clone(), queue)),
         };
         Ok(Some(Self {
             listener,
@@ -90,11 +97,24 @@ impl Receiver {
     /// Serves until `shutdown`, then finishes the requests in flight.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         tracing::info!(addr = %self.addr, apps = self.state.apps.len(), "receiver: POST /wechat/{{app_id}}");
-        tokio::spawn(watch_database(self.state.pool.clone(), self.health, shutdown.clone()));
-        axum::serve(self.listener, http::router(self.state))
+        tokio::spawn(watch_database(
+            self.state.store.pool().clone(),
+            self.health,
+            shutdown.clone(),
+        ));
+        let drain = self
+            .state
+            .spill
+            .clone()
+            .map(|s| tokio::spawn(spill::drain(s, self.state.store.clone(), shutdown.clone())));
+        let served = axum::serve(self.listener, http::router(self.state))
             .with_graceful_shutdown(shutdown.cancelled_owned())
             .await
-            .map_err(|e| AppError::Runtime(format!("receiver: {e}")))
+            .map_err(|e| AppError::Runtime(format!("receiver: {e}")));
+        if let Some(drain) = drain {
+            let _ = drain.await;
+        }
+        served
     }
 }
 

@@ -3,11 +3,12 @@
 //! (`subscribe`, `unsubscribe`), or anything else (answered `success`, counted, not stored).
 
 use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
 
 use super::document::Node;
 
 /// What WeChat says became of a message (`deliveries.receipt_status`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum ReceiptStatus {
     Delivered,
     UserBlock,
@@ -42,7 +43,7 @@ impl ReceiptStatus {
 }
 
 /// One message's result.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) struct Receipt {
     pub msgid: i64,
     pub status: ReceiptStatus,
@@ -51,7 +52,7 @@ pub(crate) struct Receipt {
 }
 
 /// The kinds of push, as the metrics name them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum EventKind {
     TemplateFinish,
     SubscribeMsgSent,
@@ -72,8 +73,8 @@ impl EventKind {
     }
 }
 
-/// A push, read.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A push, read (and, when Postgres cannot take it in time, queued as JSON).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub(crate) enum Push {
     Receipts {
         kind: EventKind,

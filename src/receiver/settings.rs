@@ -10,7 +10,7 @@ use clap::Args;
 use secrecy::SecretString;
 
 use super::crypto::AesKey;
-use crate::config::{ConfigError, DbArgs, env_secret};
+use crate::config::{AmqpArgs, ConfigError, DbArgs, env_secret};
 use crate::template::Catalog;
 
 #[derive(Debug, Clone, Args)]
@@ -35,6 +35,14 @@ pub struct ReceiverArgs {
     /// Health and metrics endpoint (use another port than a worker's on the same host).
     #[arg(long, env = "WXNOTIFY_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
     pub admin_addr: SocketAddr,
+    /// RabbitMQ: when given, a push Postgres cannot take within 3 s is queued durably in
+    /// `<WXNOTIFY_QUEUE>.pushes` and answered `success`, and stored from there later; without it,
+    /// such a push is answered 503 and WeChat tries again.
+    #[arg(long, env = "AMQP_URL", hide_env_values = true)]
+    pub amqp_url: Option<String>,
+    /// The work queue's name; the pushes queue is named after it.
+    #[arg(long, env = "WXNOTIFY_QUEUE", default_value = "wxnotify.deliveries")]
+    pub queue: String,
     /// Postgres connections of the receiver.
     #[arg(long, env = "WXNOTIFY_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
@@ -63,6 +71,8 @@ pub struct ReceiverSettings {
     pub db_pool: u32,
     pub receiver_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// The broker and work queue for pushes Postgres cannot take in time; `None`: answer 503.
+    pub spill: Option<(SecretString, String)>,
     /// app id → its callback secrets.
     pub(crate) apps: Arc<HashMap<String, CallbackApp>>,
 }
@@ -146,7 +156,22 @@ impl ReceiverArgs {
         if !(1..=200).contains(&self.db_pool) {
             return Err(ConfigError::new("WXNOTIFY_DB_POOL", "must be between 1 and 200"));
         }
+        let spill = match self.amqp_url.filter(|u| !u.trim().is_empty()) {
+            Some(url) => {
+                // Checked as the worker checks them (the exchange is the worker's business).
+                let amqp = AmqpArgs {
+                    amqp_url: url,
+                    exchange: "booking.events".into(),
+                    queue: self.queue.clone(),
+                    delivery_limit: 2,
+                };
+                amqp.topology()?;
+                Some((amqp.url()?, self.queue))
+            }
+            None => None,
+        };
         Ok(ReceiverSettings {
+            spill,
             database_url: self.db.url()?,
             db_pool: self.db_pool,
             receiver_addr: self.receiver_addr,

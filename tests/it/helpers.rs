@@ -383,8 +383,9 @@ impl ReceiverHandle {
 
 impl TestEnv {
     /// A receiver for the default app (callback token and AES key above), on this test's
-    /// database or on `database_url` (e.g. through a proxy the test can cut).
-    pub async fn spawn_receiver(&self, database_url: Option<&str>) -> ReceiverHandle {
+    /// database or on `database_url` (e.g. through a proxy the test can cut); with `spill`, it
+    /// queues what Postgres cannot take in `<queue>.pushes` on the real RabbitMQ.
+    pub async fn spawn_receiver(&self, database_url: Option<&str>, spill: bool) -> ReceiverHandle {
         let args = wxnotify::receiver::ReceiverArgs {
             db: DbArgs {
                 database_url: database_url.unwrap_or(&self.db_url).to_string(),
@@ -395,6 +396,8 @@ impl TestEnv {
             templates: self.templates.clone(),
             receiver_addr: "127.0.0.1:0".parse().unwrap(),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
+            amqp_url: spill.then(amqp_url),
+            queue: self.topology.queue.clone(),
             db_pool: 8,
         };
         let settings = args.into_settings().expect("valid receiver settings");

@@ -120,7 +120,7 @@ async fn stored_receipts(env: &TestEnv) -> i64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn plain_compatible_and_safe_pushes_are_accepted_and_applied() {
     let env = TestEnv::new().await;
-    let receiver = env.spawn_receiver(None).await;
+    let receiver = env.spawn_receiver(None, false).await;
     for (i, msgid) in [1001_i64, 1002, 1003].into_iter().enumerate() {
         env.insert_sent(&format!("e-{i}"), Some(msgid)).await;
     }
@@ -186,7 +186,7 @@ async fn plain_compatible_and_safe_pushes_are_accepted_and_applied() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn forged_and_stale_pushes_get_401_and_change_nothing() {
     let env = TestEnv::new().await;
-    let receiver = env.spawn_receiver(None).await;
+    let receiver = env.spawn_receiver(None, false).await;
     env.insert_sent("e-1", Some(2001)).await;
     let xml = finish(2001, "success");
     let wrong_token = Push {
@@ -260,7 +260,7 @@ async fn raw_status(receiver: &ReceiverHandle, head: &str, body: &[u8]) -> Strin
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_bodies_get_4xx_fast_and_the_receiver_lives_on() {
     let env = TestEnv::new().await;
-    let receiver = env.spawn_receiver(None).await;
+    let receiver = env.spawn_receiver(None, false).await;
     env.insert_sent("e-1", Some(3001)).await;
     let laughs = format!(
         "<?xml version=\"1.0\"?><!DOCTYPE xml [<!ENTITY a \"aaaaaaaaaa\">{}]><xml><MsgType>event</MsgType>\
@@ -349,7 +349,7 @@ async fn hostile_bodies_get_4xx_fast_and_the_receiver_lives_on() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_receipt_before_its_sent_row_is_kept_and_applied_when_the_msgid_is_written() {
     let env = TestEnv::new().await;
-    let receiver = env.spawn_receiver(None).await;
+    let receiver = env.spawn_receiver(None, false).await;
     for (msgid, status) in [(4001_i64, "success"), (4002, "failed:user block")] {
         let xml = finish(msgid, status);
         assert_eq!(Push::new(&xml, Mode::Safe).send(&receiver).await.0, StatusCode::OK);
@@ -375,7 +375,7 @@ async fn a_receipt_before_its_sent_row_is_kept_and_applied_when_the_msgid_is_wri
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_push_repeated_three_times_is_applied_once_and_an_older_one_never_wins() {
     let env = TestEnv::new().await;
-    let receiver = env.spawn_receiver(None).await;
+    let receiver = env.spawn_receiver(None, false).await;
     env.insert_sent("e-1", Some(5001)).await;
     let xml = wire::template_finish("oUser", unix_now() - 10, 5001, "failed:user block");
     let mut seen = Vec::new();
@@ -425,7 +425,7 @@ async fn a_push_repeated_three_times_is_applied_once_and_an_older_one_never_wins
 async fn receipts_racing_the_writes_of_their_msgids_each_land_on_their_row() {
     const N: i64 = 1000;
     let env = TestEnv::new().await;
-    let receiver = env.spawn_receiver(None).await;
+    let receiver = env.spawn_receiver(None, false).await;
     sqlx::query(
         "INSERT INTO deliveries (event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id)
          SELECT 'race-' || i, 'booking.confirmed', $1, 'o' || i, 'TPL', now(), 'c' || i FROM generate_series(1, $2) i",
@@ -504,7 +504,7 @@ async fn no_success_for_what_postgres_did_not_store_and_retries_land_after() {
     let proxy = Proxy::to(upstream).await;
     let via_proxy = env.db_url.replace("127.0.0.1:5432", &proxy.addr.to_string());
     assert_ne!(via_proxy, env.db_url, "the test database is on 127.0.0.1:5432");
-    let receiver = env.spawn_receiver(Some(&via_proxy)).await;
+    let receiver = env.spawn_receiver(Some(&via_proxy), false).await;
     env.push_to(&receiver, true, 1500);
     for i in 0..N {
         env.insert_sent(&format!("e-{i}"), Some(8000 + i)).await;
@@ -552,7 +552,7 @@ async fn no_success_for_what_postgres_did_not_store_and_retries_land_after() {
 async fn end_to_end_the_worker_sends_the_simulator_pushes_and_the_row_gets_its_receipt() {
     const N: usize = 300;
     let env = TestEnv::new().await;
-    let receiver = env.spawn_receiver(None).await;
+    let receiver = env.spawn_receiver(None, false).await;
     env.push_to(&receiver, true, 1000);
     env.sim.patch_faults(wechat_sim::FaultsPatch {
         push_user_block_rate: Some(0.2),
