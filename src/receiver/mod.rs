@@ -41,7 +41,6 @@ pub struct Receiver {
     addr: SocketAddr,
     admin_addr: SocketAddr,
     state: http::ReceiverState,
-    health: Arc<Health>,
 }
 
 impl Receiver {
@@ -74,13 +73,13 @@ impl Receiver {
                 .spill
                 .as_ref()
                 .map(|(url, queue)| spill::Spill::new(url.clone(), queue)),
+            health,
         };
         Ok(Some(Self {
             listener,
             addr,
             admin_addr,
             state,
-            health,
         }))
     }
 
@@ -99,7 +98,7 @@ impl Receiver {
         tracing::info!(addr = %self.addr, apps = self.state.apps.len(), "receiver: POST /wechat/{{app_id}}");
         tokio::spawn(watch_database(
             self.state.store.pool().clone(),
-            self.health,
+            self.state.health.clone(),
             shutdown.clone(),
         ));
         let drain = self
