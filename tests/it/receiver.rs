@@ -561,8 +561,14 @@ async fn end_to_end_the_worker_sends_the_simulator_pushes_and_the_row_gets_its_r
         ..Default::default()
     });
     let worker = env.spawn_worker(&WorkerOpts::default()).await;
+    // Two thirds template messages, a third subscribe messages (booking.reminder).
     for i in 0..N {
-        env.publish(&event(&format!("e2e-{i}"), "booking.confirmed", &format!("oE2E{i}")))
+        let event_type = if i % 3 == 0 {
+            "booking.reminder"
+        } else {
+            "booking.confirmed"
+        };
+        env.publish(&event(&format!("e2e-{i}"), event_type, &format!("oE2E{i}")))
             .await;
     }
     wait_for("every delivery with its receipt", Duration::from_secs(60), || async {
@@ -577,13 +583,24 @@ async fn end_to_end_the_worker_sends_the_simulator_pushes_and_the_row_gets_its_r
     })
     .await;
     let pushed = env.sim.pushes();
+    let subscribe_results = pushed
+        .iter()
+        .filter(|p| matches!(p.event.kind, wechat_sim::PushKind::SubscribeMsgSent { .. }))
+        .count();
+    assert_eq!(
+        subscribe_results,
+        N / 3,
+        "a subscribe_msg_sent_event for each subscribe message"
+    );
     for p in &pushed {
-        let wechat_sim::PushKind::TemplateFinish { msgid, status } = &p.event.kind else {
-            panic!("{p:?}");
+        let (msgid, status) = match &p.event.kind {
+            wechat_sim::PushKind::TemplateFinish { msgid, status } => (msgid, status),
+            wechat_sim::PushKind::SubscribeMsgSent { msgid, status, .. } => (msgid, status),
+            other => panic!("{other:?}"),
         };
         let expected = match status.as_str() {
             "success" => "delivered",
-            "failed:user block" => "user_block",
+            s if s.starts_with("failed:user") => "user_block",
             _ => "system_failed",
         };
         assert!(p.acknowledged);
@@ -672,5 +689,151 @@ async fn with_a_broker_a_push_postgres_cannot_take_is_queued_answered_success_an
     let _ = ch
         .queue_delete(pushes.as_str().into(), lapin::options::QueueDeleteOptions::default())
         .await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_database_gets_503_within_4_s_and_the_retry_lands() {
+    let env = TestEnv::new().await;
+    let receiver = env.spawn_receiver(None, false).await;
+    env.insert_sent("e-1", Some(10_001)).await;
+    // Another transaction holds the msgid's lock: the receiver's write waits, as on a stuck database.
+    let mut blocker = env.pool.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(10001)")
+        .execute(&mut *blocker)
+        .await
+        .unwrap();
+    let xml = finish(10_001, "failed:user block");
+    let started = Instant::now();
+    let (status, _) = Push::new(&xml, Mode::Safe).send(&receiver).await;
+    let took = started.elapsed();
+    assert_eq!(
+        status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "no success before it is stored"
+    );
+    assert!(
+        took >= Duration::from_secs(3) && took < Duration::from_secs(5),
+        "answered before WeChat's 5 s: {took:?}"
+    );
+    assert_eq!(env.receipt_of(10_001).await, None);
+    blocker.rollback().await.unwrap();
+    // WeChat's next try.
+    assert_eq!(Push::new(&xml, Mode::Safe).send(&receiver).await.0, StatusCode::OK);
+    assert_eq!(env.receipt_of(10_001).await.as_deref(), Some("user_block"));
+    receiver.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mini_program_json_pushes_are_read_in_plain_and_safe_mode() {
+    let env = TestEnv::new().await;
+    let receiver = env.spawn_receiver(None, false).await;
+    // Above 2^53: exact only if never read through an f64.
+    let (a, b) = (9_007_199_254_740_993_i64, 9_007_199_254_740_995_i64);
+    env.insert_sent("e-a", Some(a)).await;
+    env.insert_sent("e-b", Some(b)).await;
+    let now = unix_now();
+    let one = format!(
+        r#"{{"ToUserName":"gh_sim","FromUserName":"oUser","CreateTime":{now},"MsgType":"event",
+            "Event":"subscribe_msg_sent_event","SubscribeMsgSentEvent":{{"List":
+            {{"TemplateId":"TPL","MsgID":"{a}","ErrorCode":0,"ErrorStatus":"success"}}}}}}"#
+    );
+    assert_eq!(Push::new(&one, Mode::Plain).send(&receiver).await.0, StatusCode::OK);
+    assert_eq!(env.receipt_of(a).await.as_deref(), Some("delivered"));
+    let many = format!(
+        r#"{{"ToUserName":"gh_sim","FromUserName":"oUser","CreateTime":{now},"MsgType":"event",
+            "Event":"subscribe_msg_sent_event","SubscribeMsgSentEvent":{{"List":[
+            {{"TemplateId":"TPL","MsgID":{b},"ErrorCode":43101,"ErrorStatus":"failed:user refuse to accept the msg"}},
+            {{"TemplateId":"TPL","MsgID":{a},"ErrorCode":0,"ErrorStatus":"success"}}]}}}}"#
+    );
+    // Safe mode in JSON: the envelope is JSON too.
+    let (query, _) = Push::new(&many, Mode::Safe).build();
+    let key = wire::aes_key(AES_KEY).unwrap();
+    let encrypted = wire::encrypt(&key, &many, APP_ID);
+    let ts = query.iter().find(|(k, _)| *k == "timestamp").unwrap().1.clone();
+    let nonce = query.iter().find(|(k, _)| *k == "nonce").unwrap().1.clone();
+    let query: Vec<(&str, String)> = query
+        .into_iter()
+        .map(|(k, v)| match k {
+            "msg_signature" => (k, wire::sign(&[CALLBACK_TOKEN, &ts, &nonce, &encrypted])),
+            _ => (k, v),
+        })
+        .collect();
+    let body = format!(r#"{{"ToUserName":"gh_sim","Encrypt":"{encrypted}"}}"#);
+    assert_eq!(post(&receiver.url(), &query, body).await.0, StatusCode::OK);
+    assert_eq!(env.receipt_of(b).await.as_deref(), Some("user_block"));
+    assert_eq!(env.receipt_of(a).await.as_deref(), Some("delivered"));
+    receiver.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_binary_prints_no_secret_and_nothing_the_sender_wrote_unescaped() {
+    use std::process::Stdio;
+
+    let env = TestEnv::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut child = env
+        .wxnotify(&["receiver"])
+        .env("RUST_LOG", "trace")
+        .env("WECHAT_CALLBACK_TOKEN", CALLBACK_TOKEN)
+        .env("WECHAT_ENCODING_AES_KEY", AES_KEY)
+        .env("WXNOTIFY_RECEIVER_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start wxnotify receiver");
+    let mut stderr = child.stderr.take().unwrap();
+    let err_task = tokio::spawn(async move {
+        let mut buf = Vec::new();
+        stderr.read_to_end(&mut buf).await.map(|_| buf)
+    });
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for("the receiver listens", Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    env.insert_sent("e-1", Some(11_001)).await;
+    let url = format!("{base}/wechat/{APP_ID}");
+    let good = finish(11_001, "success");
+    let (query, body) = Push::new(&good, Mode::Safe).build();
+    assert_eq!(post(&url, &query, body).await.0, StatusCode::OK);
+    let (mut query, body) = Push::new(&good, Mode::Plain).build();
+    query[0].1 = "0".repeat(40);
+    assert_eq!(post(&url, &query, body).await.0, StatusCode::UNAUTHORIZED);
+    // Line breaks and a fake log line, in the path and in a malformed body.
+    let (query, _) = Push::new("", Mode::Plain).build();
+    let injected = "<xml><MsgType>event</MsgType>\nINJECTED-LINE level=ERROR<Event></xml>";
+    assert_eq!(post(&url, &query, injected).await.0, StatusCode::BAD_REQUEST);
+    let r = reqwest::Client::new()
+        .post(format!("{base}/wechat/wx%0AINJECTED-PATH%0D"))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+
+    let pid = child.id().expect("running").to_string();
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+    let status = tokio::time::timeout(Duration::from_secs(30), child.wait())
+        .await
+        .expect("exits after SIGTERM")
+        .unwrap();
+    assert!(status.success(), "exit 0 after SIGTERM, got {status:?}");
+    let output = String::from_utf8_lossy(&err_task.await.unwrap().unwrap()).into_owned();
+    assert!(output.len() > 1000, "trace output was captured");
+    assert!(!output.contains(CALLBACK_TOKEN), "the callback token leaked");
+    assert!(!output.contains(&AES_KEY[..20]), "the AES key leaked");
+    assert!(output.contains("INJECTED-PATH"), "the unknown app was logged (escaped)");
+    for line in output.lines() {
+        assert!(
+            !line.starts_with("INJECTED") && !line.contains("\rINJECTED"),
+            "the sender broke a log line: {line:?}"
+        );
+    }
     env.cleanup().await;
 }
