@@ -89,3 +89,84 @@ pub(crate) fn open(
     let inner = key.decrypt(encrypted, app_id).map_err(Refusal::Decrypt)?;
     Ok(push::read(&document::parse(inner.as_bytes())?)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+    use sha1::{Digest, Sha1};
+
+    use super::*;
+
+    const NOW: i64 = 1_795_000_000;
+
+    fn app(aes: bool) -> CallbackApp {
+        CallbackApp {
+            token: SecretString::from("tok123"),
+            aes_key: aes.then(|| {
+                crate::receiver::crypto::AesKey::parse("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap()
+            }),
+        }
+    }
+
+    /// The documented signature, by hand.
+    fn query(timestamp: i64, extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let ts = timestamp.to_string();
+        let mut parts = ["tok123", ts.as_str(), "42"];
+        parts.sort();
+        let sig = hex::encode(Sha1::digest(parts.concat()));
+        let mut q: HashMap<String, String> = [("timestamp", ts.as_str()), ("nonce", "42"), ("signature", &sig)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        q.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        q
+    }
+
+    const BODY: &[u8] = b"<xml><FromUserName>oU</FromUserName><CreateTime>1</CreateTime>\
+        <MsgType>event</MsgType><Event>unsubscribe</Event></xml>";
+
+    #[test]
+    fn a_plain_push_with_its_signature_opens() {
+        let push = open(&app(false), "wx1", &query(NOW - 299, &[]), BODY, NOW).unwrap();
+        assert_eq!(push.kind(), crate::receiver::push::EventKind::Unsubscribe);
+    }
+
+    #[test]
+    fn signature_time_and_key_refusals_are_401_body_refusals_400() {
+        let mut q = query(NOW, &[]);
+        q.insert("signature".into(), "0".repeat(40));
+        let refused = open(&app(false), "wx1", &q, BODY, NOW).unwrap_err();
+        assert!(matches!(refused, Refusal::Signature) && refused.is_unauthorized());
+        let mut q = query(NOW, &[]);
+        q.remove("nonce");
+        assert!(matches!(
+            open(&app(false), "wx1", &q, BODY, NOW),
+            Err(Refusal::Signature)
+        ));
+        for skew in [301, -301] {
+            let refused = open(&app(false), "wx1", &query(NOW + skew, &[]), BODY, NOW).unwrap_err();
+            assert!(matches!(refused, Refusal::Stale) && refused.is_unauthorized(), "{skew}");
+        }
+        let aes = query(NOW, &[("encrypt_type", "aes"), ("msg_signature", "x")]);
+        let refused = open(&app(false), "wx1", &aes, BODY, NOW).unwrap_err();
+        assert!(matches!(refused, Refusal::NoKey) && refused.is_unauthorized());
+        let refused = open(&app(true), "wx1", &aes, BODY, NOW).unwrap_err();
+        assert!(matches!(refused, Refusal::NoEncrypt) && !refused.is_unauthorized());
+        let refused = open(&app(false), "wx1", &query(NOW, &[]), b"<xml><MsgType>", NOW).unwrap_err();
+        assert!(matches!(refused, Refusal::Document(_)) && !refused.is_unauthorized());
+    }
+
+    #[test]
+    fn safe_mode_checks_msg_signature_before_decrypting() {
+        let body = b"<xml><ToUserName>gh</ToUserName><Encrypt><![CDATA[AAAA]]></Encrypt></xml>";
+        let q = query(NOW, &[("encrypt_type", "aes"), ("msg_signature", &"0".repeat(40))]);
+        let refused = open(&app(true), "wx1", &q, body, NOW).unwrap_err();
+        assert!(matches!(refused, Refusal::MsgSignature) && refused.is_unauthorized());
+        let mut parts = ["tok123", &NOW.to_string(), "42", "AAAA"].map(str::to_string);
+        parts.sort();
+        let msg_signature = hex::encode(Sha1::digest(parts.concat()));
+        let q = query(NOW, &[("encrypt_type", "aes"), ("msg_signature", &msg_signature)]);
+        let refused = open(&app(true), "wx1", &q, body, NOW).unwrap_err();
+        assert!(matches!(refused, Refusal::Decrypt(_)) && refused.is_unauthorized());
+    }
+}
