@@ -21,7 +21,7 @@ use super::envelope::{self, Refusal};
 use super::push::{EventKind, Push};
 use super::settings::CallbackApp;
 use super::spill::Spill;
-use super::store::Store;
+use super::store::{Store, Stored};
 use crate::admin::Health;
 
 /// WeChat's bodies are a few hundred bytes; CONTRACT §9 caps them at 64 KiB.
@@ -110,6 +110,47 @@ async fn push(
         count(EventKind::Other.label(), "ok");
         return text(StatusCode::OK, "success");
     }
+    match keep(&state, &app_id, &push).await {
+        Kept::Stored(stored) => {
+            count(
+                event,
+                if stored.unknown_msgids > 0 {
+                    "unknown_msgid"
+                } else {
+                    "ok"
+                },
+            );
+            text(StatusCode::OK, "success")
+        }
+        Kept::Queued => {
+            count(event, "queued");
+            text(StatusCode::OK, "success")
+        }
+        Kept::Refused => {
+            count(event, "bad_body");
+            text(StatusCode::BAD_REQUEST, "bad request\n")
+        }
+        Kept::Not => {
+            count(event, "db_error");
+            text(StatusCode::SERVICE_UNAVAILABLE, "try again\n")
+        }
+    }
+}
+
+/// Where a push ended up.
+enum Kept {
+    /// Committed in Postgres.
+    Stored(Stored),
+    /// Confirmed by the pushes queue (Postgres being away or slow).
+    Queued,
+    /// Postgres refused one of its values: trying again cannot help.
+    Refused,
+    /// Nowhere: the answer must make WeChat try again.
+    Not,
+}
+
+/// Stores `push` in Postgres within the budget, or else in the pushes queue when there is one.
+async fn keep(state: &ReceiverState, app_id: &str, push: &Push) -> Kept {
     let budget = if state.spill.is_some() {
         STORE_TIMEOUT_BEFORE_SPILL
     } else {
@@ -118,41 +159,28 @@ async fn push(
     let failure = if state.spill.is_some() && !state.health.ready() {
         "the database probe says Postgres is down".to_string()
     } else {
-        match tokio::time::timeout(budget, state.store.store(&app_id, &push)).await {
-            Ok(Ok(stored)) => {
-                count(
-                    event,
-                    if stored.unknown_msgids > 0 {
-                        "unknown_msgid"
-                    } else {
-                        "ok"
-                    },
-                );
-                return text(StatusCode::OK, "success");
-            }
+        match tokio::time::timeout(budget, state.store.store(app_id, push)).await {
+            Ok(Ok(stored)) => return Kept::Stored(stored),
             Ok(Err(e)) if crate::db::is_data_error(&e) => {
                 tracing::warn!(app = ?app_id, error = ?e.to_string(), "Postgres refused a value of the push");
-                count(event, "bad_body");
-                return text(StatusCode::BAD_REQUEST, "bad request\n");
+                return Kept::Refused;
             }
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {budget:?}"),
         }
     };
     if let Some(spill) = &state.spill {
-        match tokio::time::timeout(SPILL_TIMEOUT, spill.publish(&app_id, &push)).await {
+        match tokio::time::timeout(SPILL_TIMEOUT, spill.publish(app_id, push)).await {
             Ok(Ok(())) => {
                 tracing::info!(app = ?app_id, error = ?failure, "Postgres did not take the push; queued it durably");
-                count(event, "queued");
-                return text(StatusCode::OK, "success");
+                return Kept::Queued;
             }
             Ok(Err(e)) => tracing::warn!(app = ?app_id, error = %e, "the pushes queue did not take the push either"),
             Err(_) => tracing::warn!(app = ?app_id, "the pushes queue did not confirm in time"),
         }
     }
     tracing::warn!(app = ?app_id, error = ?failure, "push not stored; answering 503 so WeChat retries");
-    count(event, "db_error");
-    text(StatusCode::SERVICE_UNAVAILABLE, "try again\n")
+    Kept::Not
 }
 
 fn refused(app_id: &str, refusal: &Refusal) -> Response {
