@@ -837,3 +837,93 @@ async fn the_binary_prints_no_secret_and_nothing_the_sender_wrote_unescaped() {
     }
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_configured_app_is_served_with_its_own_token_and_key() {
+    use std::process::Stdio;
+
+    const APP2: &str = "wx2222222222222222";
+    const TOKEN2: &str = "secondAppToken";
+    const KEY2: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";
+    let env = TestEnv::new().await;
+    let dir = std::env::temp_dir().join(format!("wxn-receiver-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let shipped = std::fs::read_to_string(&env.templates).unwrap();
+    let with_app = dir.join("templates.toml");
+    std::fs::write(
+        &with_app,
+        format!(
+            "{shipped}\n[[apps]]\napp_id = \"{APP2}\"\nsecret_env = \"APP2_SECRET\"\n\
+             callback_token_env = \"APP2_CALLBACK_TOKEN\"\naes_key_env = \"APP2_AES_KEY\"\n"
+        ),
+    )
+    .unwrap();
+    let without_token = dir.join("no-token.toml");
+    std::fs::write(
+        &without_token,
+        format!("{shipped}\n[[apps]]\napp_id = \"{APP2}\"\nsecret_env = \"APP2_SECRET\"\n"),
+    )
+    .unwrap();
+
+    let out = env
+        .wxnotify(&["receiver"])
+        .env("WECHAT_CALLBACK_TOKEN", CALLBACK_TOKEN)
+        .env("WXNOTIFY_TEMPLATES", &without_token)
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains(APP2) && stderr.contains("callback_token_env"),
+        "{stderr}"
+    );
+
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut child = env
+        .wxnotify(&["receiver"])
+        .env("WECHAT_CALLBACK_TOKEN", CALLBACK_TOKEN)
+        .env("WECHAT_ENCODING_AES_KEY", AES_KEY)
+        .env("WXNOTIFY_TEMPLATES", &with_app)
+        .env("APP2_CALLBACK_TOKEN", TOKEN2)
+        .env("APP2_AES_KEY", KEY2)
+        .env("WXNOTIFY_RECEIVER_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start wxnotify receiver");
+    wait_for("the receiver listens", Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    let xml = finish(12_001, "success");
+    let url2 = format!("http://127.0.0.1:{port}/wechat/{APP2}");
+    let app2 = Push {
+        token: TOKEN2,
+        aes_key: KEY2,
+        appid: APP2,
+        ..Push::new(&xml, Mode::Safe)
+    };
+    let (query, body) = app2.build();
+    assert_eq!(post(&url2, &query, body).await, (StatusCode::OK, "success".into()));
+    // The default app's credentials do not open the second app's door, nor the other way round.
+    let (query, body) = Push::new(&xml, Mode::Safe).build();
+    assert_eq!(post(&url2, &query, body).await.0, StatusCode::UNAUTHORIZED);
+    let (query, body) = app2.build();
+    let url1 = format!("http://127.0.0.1:{port}/wechat/{APP_ID}");
+    assert_eq!(post(&url1, &query, body).await.0, StatusCode::UNAUTHORIZED);
+    let stored: Vec<String> = sqlx::query_scalar("SELECT app_id FROM delivery_receipts")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, vec![APP2.to_string()]);
+
+    let pid = child.id().expect("running").to_string();
+    let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
+    let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
+    let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
