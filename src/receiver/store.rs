@@ -122,24 +122,56 @@ async fn write_and_answer(pool: &PgPool, jobs: Vec<Job>) {
     }
 }
 
-/// One `apply_receipts` call for the receipts of `jobs`; what each job found.
-async fn write(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Stored>, sqlx::Error> {
-    let all = || jobs.iter().flat_map(|j| j.receipts.iter().map(move |r| (j, r)));
-    let rows: Vec<(String, i64, bool)> = sqlx::query_as(
-        "SELECT receipt_app_id, receipt_msgid, has_delivery FROM apply_receipts($1, $2, $3, $4, $5, $6)",
+/// What `apply_receipts` says of one receipt.
+#[derive(sqlx::FromRow)]
+struct Applied {
+    receipt_app_id: String,
+    receipt_msgid: i64,
+    has_delivery: bool,
+    deferred: bool,
+}
+
+/// One call of `apply_receipts` for these receipts; with `wait`, it waits for busy msgid locks
+/// (only ever for one receipt: see the function's comment on deadlocks).
+async fn call(pool: &PgPool, items: &[(&Job, &Receipt)], wait: bool) -> Result<Vec<Applied>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT receipt_app_id, receipt_msgid, has_delivery, deferred
+           FROM apply_receipts($1, $2, $3, $4, $5, $6, $7)",
     )
-    .bind(all().map(|(j, _)| j.app_id.as_str()).collect::<Vec<_>>())
-    .bind(all().map(|(_, r)| r.msgid).collect::<Vec<_>>())
-    .bind(all().map(|(j, _)| j.openid.as_deref()).collect::<Vec<_>>())
-    .bind(all().map(|(_, r)| r.status.as_str()).collect::<Vec<_>>())
-    .bind(all().map(|(_, r)| r.wechat_status.as_str()).collect::<Vec<_>>())
-    .bind(all().map(|(j, _)| j.at).collect::<Vec<_>>())
+    .bind(items.iter().map(|(j, _)| j.app_id.as_str()).collect::<Vec<_>>())
+    .bind(items.iter().map(|(_, r)| r.msgid).collect::<Vec<_>>())
+    .bind(items.iter().map(|(j, _)| j.openid.as_deref()).collect::<Vec<_>>())
+    .bind(items.iter().map(|(_, r)| r.status.as_str()).collect::<Vec<_>>())
+    .bind(items.iter().map(|(_, r)| r.wechat_status.as_str()).collect::<Vec<_>>())
+    .bind(items.iter().map(|(j, _)| j.at).collect::<Vec<_>>())
+    .bind(wait)
     .fetch_all(pool)
-    .await?;
-    let unknown: HashSet<(String, i64)> = rows
+    .await
+}
+
+/// The receipts of `jobs`: one call for all, then one call each for those whose msgid was being
+/// written right then (deferred); what each job found.
+async fn write(pool: &PgPool, jobs: &[Job]) -> Result<Vec<Stored>, sqlx::Error> {
+    let items: Vec<(&Job, &Receipt)> = jobs
+        .iter()
+        .flat_map(|j| j.receipts.iter().map(move |r| (j, r)))
+        .collect();
+    let mut applied = call(pool, &items, false).await?;
+    let deferred: HashSet<(String, i64)> = applied
+        .iter()
+        .filter(|a| a.deferred)
+        .map(|a| (a.receipt_app_id.clone(), a.receipt_msgid))
+        .collect();
+    for item in items
+        .iter()
+        .filter(|(j, r)| deferred.contains(&(j.app_id.clone(), r.msgid)))
+    {
+        applied.extend(call(pool, std::slice::from_ref(item), true).await?);
+    }
+    let unknown: HashSet<(String, i64)> = applied
         .into_iter()
-        .filter(|(_, _, has_delivery)| !has_delivery)
-        .map(|(app, msgid, _)| (app, msgid))
+        .filter(|a| !a.has_delivery && !a.deferred)
+        .map(|a| (a.receipt_app_id, a.receipt_msgid))
         .collect();
     Ok(jobs
         .iter()

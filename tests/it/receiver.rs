@@ -697,9 +697,9 @@ async fn a_slow_database_gets_503_within_4_s_and_the_retry_lands() {
     let env = TestEnv::new().await;
     let receiver = env.spawn_receiver(None, false).await;
     env.insert_sent("e-1", Some(10_001)).await;
-    // Another transaction holds the msgid's lock: the receiver's write waits, as on a stuck database.
+    // A stuck transaction holds the msgid's lock (as a worker's write of it would): the receiver waits.
     let mut blocker = env.pool.begin().await.unwrap();
-    sqlx::query("SELECT pg_advisory_xact_lock(10001)")
+    sqlx::query("SELECT lock_receipt_msgid(10001)")
         .execute(&mut *blocker)
         .await
         .unwrap();
@@ -925,5 +925,64 @@ async fn every_configured_app_is_served_with_its_own_token_and_key() {
     let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     let _ = std::fs::remove_dir_all(&dir);
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_push_of_several_receipts_never_deadlocks_with_a_worker_writing_their_msgids() {
+    let env = TestEnv::new().await;
+    let receiver = env.spawn_receiver(None, false).await;
+    // Two msgids whose locks the receiver would take second-first (by their hash order).
+    let m1: i64 = 13_001;
+    let m2: i64 = sqlx::query_scalar(
+        "SELECT m FROM generate_series(13002::bigint, 13100) m WHERE hashint8(m) < hashint8(13001::bigint) LIMIT 1",
+    )
+    .fetch_one(&env.pool)
+    .await
+    .unwrap();
+    let r1 = env.insert_sent("e-1", None).await;
+    let r2 = env.insert_sent("e-2", None).await;
+    // A worker's batched record, mid-way: msgid 1 written (its lock held), msgid 2 next.
+    let mut worker = env.pool.begin().await.unwrap();
+    sqlx::query("UPDATE deliveries SET status = 'sent', wechat_msgid = $1 WHERE id = $2")
+        .bind(m1)
+        .bind(r1)
+        .execute(&mut *worker)
+        .await
+        .unwrap();
+    let now = unix_now();
+    let xml = format!(
+        "<xml><ToUserName>gh</ToUserName><FromUserName>oUser</FromUserName><CreateTime>{now}</CreateTime>\
+         <MsgType>event</MsgType><Event>subscribe_msg_sent_event</Event><SubscribeMsgSentEvent>\
+         <List><TemplateId>T</TemplateId><MsgID>{m1}</MsgID><ErrorCode>0</ErrorCode><ErrorStatus>success</ErrorStatus></List>\
+         <List><TemplateId>T</TemplateId><MsgID>{m2}</MsgID><ErrorCode>0</ErrorCode><ErrorStatus>success</ErrorStatus></List>\
+         </SubscribeMsgSentEvent></xml>"
+    );
+    let (query, body) = Push::new(&xml, Mode::Plain).build();
+    let url = receiver.url();
+    let push = tokio::spawn(async move { post(&url, &query, body).await });
+    wait_for(
+        "the receiver waits for msgid 1's lock",
+        Duration::from_secs(10),
+        || async {
+            env.count(
+                "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' AND wait_event = 'advisory'",
+            )
+            .await
+                == 1
+        },
+    )
+    .await;
+    let second = sqlx::query("UPDATE deliveries SET status = 'sent', wechat_msgid = $1 WHERE id = $2")
+        .bind(m2)
+        .bind(r2)
+        .execute(&mut *worker)
+        .await;
+    assert!(second.is_ok(), "the worker's write failed: {second:?}");
+    worker.commit().await.unwrap();
+    assert_eq!(push.await.unwrap().0, StatusCode::OK);
+    assert_eq!(env.receipt_of(m1).await.as_deref(), Some("delivered"));
+    assert_eq!(env.receipt_of(m2).await.as_deref(), Some("delivered"));
+    receiver.stop().await;
     env.cleanup().await;
 }
