@@ -113,6 +113,13 @@ async fn metrics(receiver: &ReceiverHandle) -> String {
         .expect("text")
 }
 
+async fn readyz(receiver: &ReceiverHandle) -> StatusCode {
+    reqwest::get(format!("http://{}/readyz", receiver.admin_addr))
+        .await
+        .expect("readyz")
+        .status()
+}
+
 async fn stored_receipts(env: &TestEnv) -> i64 {
     env.count("SELECT count(*) FROM delivery_receipts").await
 }
@@ -506,7 +513,8 @@ async fn no_success_for_what_postgres_did_not_store_and_retries_land_after() {
     let via_proxy = env.db_url.replace("127.0.0.1:5432", &proxy.addr.to_string());
     assert_ne!(via_proxy, env.db_url, "the test database is on 127.0.0.1:5432");
     let receiver = env.spawn_receiver(Some(&via_proxy), false).await;
-    env.push_to(&receiver, true, 1500);
+    // WeChat's tries 3 s apart: room for the checks below before the last one.
+    env.push_to(&receiver, true, 3000);
     for i in 0..N {
         env.insert_sent(&format!("e-{i}"), Some(8000 + i)).await;
     }
@@ -532,6 +540,10 @@ async fn no_success_for_what_postgres_did_not_store_and_retries_land_after() {
     );
     assert_eq!(stored_receipts(&env).await, 0);
     assert!(metrics(&receiver).await.contains("result=\"db_error\""));
+    wait_for("/readyz says not ready", Duration::from_secs(5), || async {
+        readyz(&receiver).await == StatusCode::SERVICE_UNAVAILABLE
+    })
+    .await;
 
     let _back = Proxy::at(proxy.addr, upstream).await;
     wait_for("every receipt applied by a retry", Duration::from_secs(30), || async {
@@ -545,6 +557,10 @@ async fn no_success_for_what_postgres_did_not_store_and_retries_land_after() {
     })
     .await;
     assert_eq!(env.sim.stats().pushes_abandoned, 0);
+    wait_for("/readyz says ready again", Duration::from_secs(10), || async {
+        readyz(&receiver).await == StatusCode::OK
+    })
+    .await;
     receiver.stop().await;
     env.cleanup().await;
 }
