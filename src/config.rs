@@ -193,7 +193,7 @@ pub struct WorkerSettings {
     pub worker_id: String,
 }
 
-pub(crate) fn secs(setting: &str, value: f64) -> Result<Duration, ConfigError> {
+fn secs(setting: &str, value: f64) -> Result<Duration, ConfigError> {
     Duration::try_from_secs_f64(value)
         .ok()
         .filter(|d| !d.is_zero())
