@@ -1,5 +1,6 @@
 //! The admin endpoint (`WXNOTIFY_ADMIN_ADDR`): `/healthz` (the process runs), `/readyz` (broker
-//! and database reachable right now), `/metrics` (Prometheus text).
+//! and database reachable right now; the database alone for `wxnotify receiver`), `/metrics`
+//! (Prometheus text).
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -19,9 +20,19 @@ use tokio_util::sync::CancellationToken;
 pub struct Health {
     broker: AtomicBool,
     db: AtomicBool,
+    /// A process with no broker (`wxnotify receiver`): ready when the database is.
+    no_broker: bool,
 }
 
 impl Health {
+    /// For a process that uses no broker.
+    pub fn db_only() -> Self {
+        Self {
+            no_broker: true,
+            ..Self::default()
+        }
+    }
+
     pub fn set_broker(&self, up: bool) {
         self.broker.store(up, Ordering::Relaxed);
         metrics::gauge!("wxnotify_broker_up").set(f64::from(u8::from(up)));
@@ -37,7 +48,7 @@ impl Health {
     }
 
     pub fn ready(&self) -> bool {
-        self.broker() && self.db.load(Ordering::Relaxed)
+        (self.no_broker || self.broker()) && self.db.load(Ordering::Relaxed)
     }
 }
 
@@ -97,6 +108,14 @@ pub async fn bind(
             .await
     };
     Ok((local, server))
+}
+
+/// Binds the admin endpoint and serves it in the background until `shutdown`; the bound address.
+pub async fn start(addr: SocketAddr, health: Arc<Health>, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+    let (local, server) = bind(addr, health, shutdown).await?;
+    tokio::spawn(server);
+    tracing::info!(addr = %local, "admin endpoint: /healthz /readyz /metrics");
+    Ok(local)
 }
 
 async fn readyz(State(s): State<AdminState>) -> (StatusCode, &'static str) {

@@ -1,14 +1,14 @@
 //! One start-up path for a worker, used by the CLI (`wxnotify worker`) and by the in-process
 //! workers of the tests alike: admin endpoint, database (waited for), migrations, worker.
 
+use secrecy::SecretString;
+use sqlx::PgPool;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
-
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Health};
-use crate::config::{WorkerSettings, redact_url};
+use crate::config::WorkerSettings;
 use crate::db;
 use crate::worker::{Worker, WorkerError};
 
@@ -29,6 +29,39 @@ impl From<WorkerError> for AppError {
     }
 }
 
+/// Serves the admin endpoint in the background; an address it cannot bind is a configuration
+/// error naming `WXNOTIFY_ADMIN_ADDR`.
+pub(crate) async fn start_admin(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    shutdown: &CancellationToken,
+) -> Result<SocketAddr, AppError> {
+    admin::start(addr, health, shutdown.clone())
+        .await
+        .map_err(|e| AppError::Config(format!("WXNOTIFY_ADMIN_ADDR: cannot listen on {addr}: {e}")))
+}
+
+/// The pool, once the database answers (waited for: it may come up after us; `/readyz` says not
+/// ready meanwhile), with migrations applied if `migrate`. `None`: `shutdown` fired while waiting.
+pub(crate) async fn open_database(
+    url: &SecretString,
+    size: u32,
+    migrate: bool,
+    health: &Health,
+    shutdown: &CancellationToken,
+) -> Result<Option<PgPool>, AppError> {
+    let Some(pool) = db::connect_patiently(url, size, shutdown).await else {
+        return Ok(None);
+    };
+    health.set_db(true);
+    if migrate {
+        db::migrate(&pool)
+            .await
+            .map_err(|e| AppError::Runtime(format!("migrations: {e}")))?;
+    }
+    Ok(Some(pool))
+}
+
 /// A worker ready to run, with its admin endpoint listening.
 pub struct Application {
     worker: Worker,
@@ -45,37 +78,11 @@ impl Application {
         shutdown: &CancellationToken,
     ) -> Result<Option<Self>, AppError> {
         let health = Arc::new(Health::default());
-        let (admin_addr, server) = admin::bind(settings.admin_addr, health.clone(), shutdown.clone())
-            .await
-            .map_err(|e| {
-                AppError::Config(format!(
-                    "WXNOTIFY_ADMIN_ADDR: cannot listen on {}: {e}",
-                    settings.admin_addr
-                ))
-            })?;
-        tokio::spawn(server);
-        tracing::info!(addr = %admin_addr, "admin endpoint: /healthz /readyz /metrics");
-
-        let mut delay = Duration::from_millis(200);
-        let pool = loop {
-            match db::connect(&settings.database_url, settings.db_pool).await {
-                Ok(p) => break p,
-                Err(e) => {
-                    tracing::warn!(error = %e, database = %redact_url(&settings.database_url), "database unreachable; retrying");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                    delay = (delay * 2).min(Duration::from_secs(10));
-                }
-            }
+        let admin_addr = start_admin(settings.admin_addr, health.clone(), shutdown).await?;
+        let Some(pool) = open_database(&settings.database_url, settings.db_pool, migrate, &health, shutdown).await?
+        else {
+            return Ok(None);
         };
-        health.set_db(true);
-        if migrate {
-            db::migrate(&pool)
-                .await
-                .map_err(|e| AppError::Runtime(format!("migrations: {e}")))?;
-        }
         let worker = Worker::new(settings, pool, health)?;
         Ok(Some(Self { worker, admin_addr }))
     }

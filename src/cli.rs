@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{AppError, Application};
 use crate::config::{AmqpArgs, ConfigError, DbArgs, WorkerArgs, redact_url};
+use crate::receiver::{Receiver, ReceiverArgs};
 use crate::telemetry::{self, LogFormat};
 use crate::{db, ops, shutdown};
 
@@ -39,6 +40,15 @@ pub enum Command {
         print_config: bool,
         #[command(flatten)]
         args: Box<WorkerArgs>,
+    },
+    /// Receive WeChat's event push (delivery receipts, follow/unfollow) at POST /wechat/{app_id}
+    /// and store it in the ledger (runs migrations first).
+    Receiver {
+        /// Do not apply database migrations at start-up.
+        #[arg(long)]
+        no_migrate: bool,
+        #[command(flatten)]
+        args: Box<ReceiverArgs>,
     },
     /// Apply database migrations and exit.
     Migrate {
@@ -254,6 +264,7 @@ async fn run(command: Command) -> Result<(), Failure> {
             Ok(())
         }
         Command::Worker { no_migrate, args, .. } => worker(*args, no_migrate).await,
+        Command::Receiver { no_migrate, args } => receiver(*args, no_migrate).await,
         Command::Migrate { db } => {
             connect_and_migrate(&db).await?;
             println!("migrations applied to {}", redact_url(&db.url()?));
@@ -430,18 +441,29 @@ fn read_input(file: Option<&PathBuf>) -> Result<Vec<u8>, Failure> {
     }
 }
 
+impl From<AppError> for Failure {
+    fn from(e: AppError) -> Self {
+        match e {
+            AppError::Config(m) => Failure::Config(m),
+            AppError::Runtime(m) => Failure::Runtime(m),
+        }
+    }
+}
+
 async fn worker(args: WorkerArgs, no_migrate: bool) -> Result<(), Failure> {
     let settings = args.into_settings()?;
     let shutdown = shutdown::on_signals();
-    let app_error = |e: AppError| match e {
-        AppError::Config(m) => Failure::Config(m),
-        AppError::Runtime(m) => Failure::Runtime(m),
-    };
-    match Application::build(settings, !no_migrate, &shutdown)
-        .await
-        .map_err(app_error)?
-    {
-        Some(app) => app.run(shutdown).await.map_err(app_error),
+    match Application::build(settings, !no_migrate, &shutdown).await? {
+        Some(app) => Ok(app.run(shutdown).await?),
+        None => Ok(()),
+    }
+}
+
+async fn receiver(args: ReceiverArgs, no_migrate: bool) -> Result<(), Failure> {
+    let settings = args.into_settings()?;
+    let shutdown = shutdown::on_signals();
+    match Receiver::build(settings, !no_migrate, &shutdown).await? {
+        Some(receiver) => Ok(receiver.run(shutdown).await?),
         None => Ok(()),
     }
 }

@@ -265,7 +265,7 @@ fn secs(setting: &str, value: f64) -> Result<Duration, ConfigError> {
         .ok_or_else(|| ConfigError::new(setting, format!("{value} is not a positive number of seconds")))
 }
 
-fn env_secret(name: &str) -> Result<SecretString, ConfigError> {
+pub(crate) fn env_secret(name: &str) -> Result<SecretString, ConfigError> {
     match std::env::var(name) {
         Ok(v) if !v.trim().is_empty() => Ok(SecretString::from(v.trim().to_string())),
         Ok(_) => Err(ConfigError::new(name, "is empty")),

@@ -5,6 +5,9 @@ use std::time::Duration;
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::PgPool;
 use sqlx::postgres::PgPoolOptions;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::redact_url;
 
 pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -15,6 +18,29 @@ pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgPool,
         .acquire_timeout(Duration::from_secs(10))
         .connect(url.expose_secret())
         .await
+}
+
+/// Connects, waiting for a database that is not up yet (compose, restarts; `/readyz` says not
+/// ready meanwhile) with backoff up to 10 s. `None`: `shutdown` fired while waiting.
+pub async fn connect_patiently(
+    url: &SecretString,
+    max_connections: u32,
+    shutdown: &CancellationToken,
+) -> Option<PgPool> {
+    let mut delay = Duration::from_millis(200);
+    loop {
+        match connect(url, max_connections).await {
+            Ok(p) => return Some(p),
+            Err(e) => {
+                tracing::warn!(error = %e, database = %redact_url(url), "database unreachable; retrying");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return None,
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                delay = (delay * 2).min(Duration::from_secs(10));
+            }
+        }
+    }
 }
 
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {

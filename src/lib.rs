@@ -24,6 +24,7 @@
 //! - `worker`: the broker session only: consume, permits, reconnect, drain.
 //! - [`app`]: the one start-up path (admin endpoint, database, migrations, worker).
 //! - [`ops`]: the `publish`, `dlq` and `report` commands.
+//! - [`receiver`]: `wxnotify receiver`, WeChat's event push (receipts, followers) into the ledger.
 //! - [`config`], [`telemetry`], `admin`, [`db`], `shutdown`: the service around it.
 //!
 //! The WeChat API simulator is a crate of its own (`crates/wechat-sim`).
@@ -40,6 +41,7 @@ pub(crate) mod metrics;
 pub mod ops;
 pub(crate) mod outcome;
 pub mod queue;
+pub mod receiver;
 pub mod retry;
 pub(crate) mod shutdown;
 pub mod telemetry;

@@ -60,6 +60,12 @@ pub struct SummaryRow {
     pub scheduled: i64,
     pub cancelled: i64,
     pub expired: i64,
+    /// Receipts WeChat pushed: the user got it, blocked the account, or WeChat failed.
+    pub delivered: i64,
+    pub user_block: i64,
+    pub system_failed: i64,
+    /// Not sent: the user had left the account.
+    pub suppressed: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -84,7 +90,8 @@ pub struct Report {
 pub async fn report(pool: &PgPool, since: Since) -> Result<Report, sqlx::Error> {
     let summary = sqlx::query(
         "SELECT day, app_id, event_type, deliveries, sent, dead, retrying, pending, attempts,
-                p50_send_ms, p95_send_ms, scheduled, cancelled, expired
+                p50_send_ms, p95_send_ms, scheduled, cancelled, expired, delivered, user_block, system_failed,
+                suppressed
            FROM delivery_daily_summary
           WHERE day >= ($1 AT TIME ZONE 'Asia/Shanghai')::date
           ORDER BY day, app_id, event_type",
@@ -109,6 +116,10 @@ pub async fn report(pool: &PgPool, since: Since) -> Result<Report, sqlx::Error> 
             scheduled: r.try_get("scheduled")?,
             cancelled: r.try_get("cancelled")?,
             expired: r.try_get("expired")?,
+            delivered: r.try_get("delivered")?,
+            user_block: r.try_get("user_block")?,
+            system_failed: r.try_get("system_failed")?,
+            suppressed: r.try_get("suppressed")?,
         })
     })
     .collect::<Result<Vec<_>, sqlx::Error>>()?;
@@ -148,7 +159,7 @@ fn ms(v: Option<f64>) -> String {
 /// Both tables, for people.
 pub fn table(r: &Report) -> String {
     let mut out = format!(
-        "deliveries since {} (days in Beijing time)\n{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>9} {:>9} {:>7} {:>8} {:>7} {:>7}\n",
+        "deliveries since {} (days in Beijing time; DELIVERED, USER_BLOCK, SYS_FAILED: WeChat's receipts)\n{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>9} {:>9} {:>7} {:>8} {:>7} {:>7} {:>9} {:>10} {:>10} {:>10}\n",
         r.since.format("%Y-%m-%d %H:%M UTC"),
         "DAY",
         "APP",
@@ -163,11 +174,15 @@ pub fn table(r: &Report) -> String {
         "EXPIRED",
         "ATTEMPTS",
         "P50_MS",
-        "P95_MS"
+        "P95_MS",
+        "DELIVERED",
+        "USER_BLOCK",
+        "SYS_FAILED",
+        "SUPPRESSED"
     );
     for s in &r.summary {
         out.push_str(&format!(
-            "{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>9} {:>9} {:>7} {:>8} {:>7} {:>7}\n",
+            "{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>9} {:>9} {:>7} {:>8} {:>7} {:>7} {:>9} {:>10} {:>10} {:>10}\n",
             s.day,
             s.app_id,
             s.event_type,
@@ -181,7 +196,11 @@ pub fn table(r: &Report) -> String {
             s.expired,
             s.attempts,
             ms(s.p50_send_ms),
-            ms(s.p95_send_ms)
+            ms(s.p95_send_ms),
+            s.delivered,
+            s.user_block,
+            s.system_failed,
+            s.suppressed
         ));
     }
     out.push_str(&format!(
@@ -214,7 +233,8 @@ fn csv_field(s: &str) -> String {
 /// The daily summary as CSV (header row first), for spreadsheets.
 pub fn csv(r: &Report) -> String {
     let mut out = String::from(
-        "day,app_id,event_type,deliveries,sent,dead,retrying,pending,attempts,p50_send_ms,p95_send_ms,scheduled,cancelled,expired\n",
+        "day,app_id,event_type,deliveries,sent,dead,retrying,pending,attempts,p50_send_ms,p95_send_ms,\
+         scheduled,cancelled,expired,delivered,user_block,system_failed,suppressed\n",
     );
     let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
     for s in &r.summary {
@@ -233,6 +253,10 @@ pub fn csv(r: &Report) -> String {
             s.scheduled.to_string(),
             s.cancelled.to_string(),
             s.expired.to_string(),
+            s.delivered.to_string(),
+            s.user_block.to_string(),
+            s.system_failed.to_string(),
+            s.suppressed.to_string(),
         ];
         out.push_str(&fields.join(","));
         out.push('\n');

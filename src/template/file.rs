@@ -69,4 +69,12 @@ pub struct AppSpec {
     pub app_id: String,
     /// The environment variable holding this app's secret; never the secret itself.
     pub secret_env: String,
+    /// `wxnotify receiver`: the environment variable holding this app's callback (server
+    /// configuration) token.
+    #[serde(default)]
+    pub callback_token_env: Option<String>,
+    /// `wxnotify receiver`: the environment variable holding this app's 43-character
+    /// EncodingAESKey (safe and compatible modes); plaintext mode only when absent.
+    #[serde(default)]
+    pub aes_key_env: Option<String>,
 }

@@ -353,3 +353,105 @@ impl TestEnv {
         self.pool.close().await;
     }
 }
+
+/// The default app's callback token and EncodingAESKey in the receiver tests.
+pub const CALLBACK_TOKEN: &str = "cbToken2026";
+pub const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+/// An in-process `wxnotify receiver`.
+pub struct ReceiverHandle {
+    pub addr: std::net::SocketAddr,
+    pub admin_addr: std::net::SocketAddr,
+    pub shutdown: CancellationToken,
+    pub join: JoinHandle<Result<(), AppError>>,
+}
+
+impl ReceiverHandle {
+    /// The default app's push URL.
+    pub fn url(&self) -> String {
+        format!("http://{}/wechat/{APP_ID}", self.addr)
+    }
+
+    pub async fn stop(self) {
+        self.shutdown.cancel();
+        let r = tokio::time::timeout(Duration::from_secs(30), self.join)
+            .await
+            .expect("receiver stops within 30 s");
+        r.expect("receiver task").expect("receiver exits cleanly");
+    }
+}
+
+impl TestEnv {
+    /// A receiver for the default app (callback token and AES key above), on this test's
+    /// database or on `database_url` (e.g. through a proxy the test can cut); with `spill`, it
+    /// queues what Postgres cannot take in `<queue>.pushes` on the real RabbitMQ.
+    pub async fn spawn_receiver(&self, database_url: Option<&str>, spill: bool) -> ReceiverHandle {
+        let args = wxnotify::receiver::ReceiverArgs {
+            db: DbArgs {
+                database_url: database_url.unwrap_or(&self.db_url).to_string(),
+            },
+            wechat_app_id: Some(APP_ID.into()),
+            wechat_callback_token: Some(CALLBACK_TOKEN.into()),
+            wechat_encoding_aes_key: Some(AES_KEY.into()),
+            templates: self.templates.clone(),
+            receiver_addr: "127.0.0.1:0".parse().unwrap(),
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+            amqp_url: spill.then(amqp_url),
+            queue: self.topology.queue.clone(),
+            db_pool: 8,
+        };
+        let settings = args.into_settings().expect("valid receiver settings");
+        let shutdown = CancellationToken::new();
+        let receiver = wxnotify::receiver::Receiver::build(settings, false, &shutdown)
+            .await
+            .expect("receiver builds")
+            .expect("not shut down");
+        let (addr, admin_addr) = (receiver.addr(), receiver.admin_addr());
+        let join = tokio::spawn(receiver.run(shutdown.clone()));
+        ReceiverHandle {
+            addr,
+            admin_addr,
+            shutdown,
+            join,
+        }
+    }
+
+    /// Has the simulator push to `receiver` (safe mode when `aes`), at once, retrying after
+    /// `retry_gap_ms`.
+    pub fn push_to(&self, receiver: &ReceiverHandle, aes: bool, retry_gap_ms: u64) {
+        self.sim.set_push(wechat_sim::PushConfig {
+            callback_url: Some(format!("http://{}/wechat/{{appid}}", receiver.addr)),
+            token: CALLBACK_TOKEN.into(),
+            aes_key: aes.then(|| AES_KEY.into()),
+            retry_gap_ms,
+            ..Default::default()
+        });
+    }
+
+    /// Inserts a `sent` delivery with this msgid (or none), as the worker would have; its id.
+    pub async fn insert_sent(&self, event_id: &str, msgid: Option<i64>) -> i64 {
+        sqlx::query_scalar(
+            "INSERT INTO deliveries (event_id, event_type, app_id, openid, template_id, status,
+                                     wechat_msgid, occurred_at, client_msg_id, sent_at)
+             VALUES ($1, 'booking.confirmed', $2, 'oUser', 'TPL', CASE WHEN $3::bigint IS NULL THEN 'pending' ELSE 'sent' END,
+                     $3, now(), $1, now())
+             RETURNING id",
+        )
+        .bind(event_id)
+        .bind(APP_ID)
+        .bind(msgid)
+        .fetch_one(&self.pool)
+        .await
+        .expect("insert delivery")
+    }
+
+    /// `receipt_status` of the delivery with this msgid.
+    pub async fn receipt_of(&self, msgid: i64) -> Option<String> {
+        sqlx::query_scalar("SELECT receipt_status FROM deliveries WHERE wechat_msgid = $1")
+            .bind(msgid)
+            .fetch_optional(&self.pool)
+            .await
+            .expect("query")
+            .flatten()
+    }
+}

@@ -16,6 +16,23 @@ pub struct Proxy {
 impl Proxy {
     pub async fn to(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
+        Self::serve(listener, upstream)
+    }
+
+    /// A proxy listening on `addr` again (the address of one that was cut: the database host
+    /// comes back), once the port is free.
+    pub async fn at(addr: SocketAddr, upstream: SocketAddr) -> Self {
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            match TcpListener::bind(addr).await {
+                Ok(listener) => return Self::serve(listener, upstream),
+                Err(e) if tokio::time::Instant::now() > deadline => panic!("rebind {addr}: {e}"),
+                Err(_) => tokio::time::sleep(std::time::Duration::from_millis(20)).await,
+            }
+        }
+    }
+
+    fn serve(listener: TcpListener, upstream: SocketAddr) -> Self {
         let addr = listener.local_addr().expect("addr");
         let tasks: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
         let held = tasks.clone();

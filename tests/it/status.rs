@@ -215,9 +215,12 @@ async fn a_fresh_worker_exposes_every_series_with_its_help() {
     .await;
     let text = scrape().await;
     let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    // The worker's metrics table: rows starting with a `wxnotify_` series.
     let listed: std::collections::BTreeSet<&str> = readme
-        .split('`')
-        .filter(|w| w.starts_with("wxnotify_") && !w.contains(' '))
+        .lines()
+        .filter(|l| l.starts_with("| `wxnotify_"))
+        .flat_map(|l| l.split('|').nth(1).unwrap().split('`'))
+        .filter(|w| w.starts_with("wxnotify_"))
         .map(|w| w.split('{').next().unwrap())
         .collect();
     assert!(listed.len() >= 20, "the README lists the metrics: {listed:?}");

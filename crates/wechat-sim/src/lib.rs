@@ -7,8 +7,15 @@
 //! Inspection and control for tests and people (not part of WeChat):
 //! `GET /sim/messages`, `GET /sim/stats`, `POST /sim/faults` (partial JSON), `POST /sim/rotate?appid=`,
 //! `POST /sim/users` (`{"unsubscribed": [...], "refused": [...]}`), `POST /sim/reset`.
+//!
+//! Event push (off unless configured; see [`push`]): `POST /sim/push` sets where and how
+//! (a [`PushConfig`] as JSON), `POST /sim/events` (`{"appid", "openid", "event": "subscribe" |
+//! "unsubscribe"}`) has a user follow or leave and pushes it, `GET /sim/pushes` lists the pushes
+//! made and their fate. The result mix and delay are faults (`push_*`).
 
+pub mod push;
 pub mod state;
+pub mod wire;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,12 +33,15 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+pub use push::{PushConfig, PushEvent, PushKind, Pushed};
 pub use state::{Accepted, Faults, FaultsPatch, SimConfig, SimState, Stats};
 
 /// The simulator, shareable between the HTTP server and a test that inspects it in-process.
 #[derive(Clone)]
 pub struct Sim {
     state: Arc<Mutex<SimState>>,
+    /// The event push's client.
+    http: reqwest::Client,
 }
 
 fn json_reply(status: u16, body: Value) -> Response {
@@ -50,6 +60,60 @@ impl Sim {
     pub fn new(config: SimConfig) -> Self {
         Self {
             state: Arc::new(Mutex::new(SimState::new(config))),
+            http: reqwest::Client::new(),
+        }
+    }
+
+    /// Where and how to push (replaces the whole push configuration).
+    pub fn set_push(&self, config: PushConfig) {
+        self.with(|s| s.config.push = config);
+    }
+
+    /// Pushes made so far, with their fate.
+    pub fn pushes(&self) -> Vec<Pushed> {
+        self.with(|s| s.pushed.clone())
+    }
+
+    /// A user follows (or leaves) `appid`'s account: pushed when pushes are on.
+    pub fn follow(&self, appid: &str, openid: &str, followed: bool) {
+        self.with(|s| s.follow(appid, openid, followed));
+        self.flush_outbox();
+    }
+
+    /// Pushes `event` in the background (after the configured delay), as WeChat would.
+    pub fn push(&self, event: PushEvent) {
+        let sim = self.clone();
+        tokio::spawn(async move {
+            let (config, delay) = sim.with(|s| (s.config.push.clone(), s.config.faults.push_delay_ms));
+            if delay > 0 {
+                tokio::time::sleep(Duration::from_millis(delay)).await;
+            }
+            let on_try = |acknowledged: bool| {
+                sim.with(|s| {
+                    s.stats.push_tries += 1;
+                    s.stats.push_tries_failed += u64::from(!acknowledged);
+                })
+            };
+            let (tries, acknowledged) = push::deliver(&sim.http, &config, &event, on_try).await;
+            sim.with(|s| {
+                if acknowledged {
+                    s.stats.pushes_acknowledged += 1;
+                } else {
+                    s.stats.pushes_abandoned += 1;
+                }
+                s.pushed.push(Pushed {
+                    event,
+                    tries,
+                    acknowledged,
+                });
+            });
+        });
+    }
+
+    /// Spawns the pushes the last calls queued.
+    fn flush_outbox(&self) {
+        for event in self.with(|s| std::mem::take(&mut s.outbox)) {
+            self.push(event);
         }
     }
 
@@ -100,6 +164,12 @@ impl Sim {
             .route("/sim/rotate", post(rotate))
             .route("/sim/users", post(users))
             .route("/sim/reset", post(reset))
+            .route("/sim/push", post(set_push))
+            .route(
+                "/sim/pushes",
+                get(|State(sim): State<Sim>| async move { axum::Json(sim.pushes()) }),
+            )
+            .route("/sim/events", post(follow_event))
             .route("/sim/healthz", get(|| async { "ok\n" }))
             .with_state(self.clone())
     }
@@ -147,6 +217,7 @@ async fn send(sim: Sim, api: &str, q: HashMap<String, String>, body: Bytes) -> R
     }
     // The token counts only in the query string; a token in the body is ignored (→ 41001).
     let (status, body) = sim.with(|s| s.send(api, q.get("access_token").map(String::as_str), &body));
+    sim.flush_outbox();
     if latency > 0 {
         tokio::time::sleep(Duration::from_millis(latency) - half).await;
     }
@@ -195,6 +266,36 @@ async fn users(State(sim): State<Sim>, axum::Json(u): axum::Json<Users>) -> Resp
             s.config.refused = list.into_iter().collect();
         }
     });
+    json_reply(200, json!({ "ok": true }))
+}
+
+async fn set_push(State(sim): State<Sim>, axum::Json(config): axum::Json<PushConfig>) -> Response {
+    sim.set_push(config);
+    json_reply(200, json!({ "ok": true }))
+}
+
+#[derive(Deserialize)]
+struct FollowEvent {
+    /// Optional when the simulator knows one app.
+    appid: Option<String>,
+    openid: String,
+    /// `subscribe` or `unsubscribe`.
+    event: String,
+}
+
+async fn follow_event(State(sim): State<Sim>, axum::Json(e): axum::Json<FollowEvent>) -> Response {
+    let followed = match e.event.as_str() {
+        "subscribe" => true,
+        "unsubscribe" => false,
+        _ => return json_reply(400, json!({ "error": "event must be subscribe or unsubscribe" })),
+    };
+    let apps: Vec<String> = sim.with(|s| s.config.apps.keys().cloned().collect());
+    let appid = match (e.appid, apps.as_slice()) {
+        (Some(a), _) if apps.contains(&a) => a,
+        (None, [only]) => only.clone(),
+        _ => return json_reply(400, json!({ "error": "appid missing or unknown" })),
+    };
+    sim.follow(&appid, &e.openid, followed);
     json_reply(200, json!({ "ok": true }))
 }
 

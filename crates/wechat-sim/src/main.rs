@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use wechat_sim::{Faults, Sim, SimConfig};
+use wechat_sim::{Faults, PushConfig, Sim, SimConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -58,6 +58,31 @@ struct Args {
     /// Revoke the tokens after every N accepted sends (0: never).
     #[arg(long, default_value_t = 0)]
     rotate_every: u64,
+    /// Push results and follower events to this server URL (`{appid}` is replaced by the app's
+    /// id, e.g. http://127.0.0.1:8080/wechat/{appid}); no pushes when absent.
+    #[arg(long, env = "WECHAT_SIM_CALLBACK_URL")]
+    callback_url: Option<String>,
+    /// The token pushes are signed with (the receiver's variable).
+    #[arg(long, env = "WECHAT_CALLBACK_TOKEN", default_value = "", hide_env_values = true)]
+    callback_token: String,
+    /// Encrypt pushes with this EncodingAESKey (safe mode; the receiver's variable).
+    #[arg(long, env = "WECHAT_ENCODING_AES_KEY", hide_env_values = true)]
+    encoding_aes_key: Option<String>,
+    /// With an AES key: compatible mode (plain fields beside Encrypt) instead of safe mode.
+    #[arg(long)]
+    compatible: bool,
+    /// Delay between accepting a message and pushing its result, milliseconds.
+    #[arg(long, default_value_t = 1000)]
+    push_delay_ms: u64,
+    /// Share of results pushed as `failed:user block`.
+    #[arg(long, default_value_t = 0.0)]
+    push_user_block_rate: f64,
+    /// Share of results pushed as `failed: system failed`.
+    #[arg(long, default_value_t = 0.0)]
+    push_system_failed_rate: f64,
+    /// Pause before pushing again after an answer that was not `success`, milliseconds.
+    #[arg(long, default_value_t = 5000)]
+    push_retry_gap_ms: u64,
 }
 
 #[tokio::main]
@@ -88,9 +113,26 @@ async fn main() -> std::process::ExitCode {
             http_5xx_rate: args.http_5xx_rate,
             latency_ms: args.latency_ms,
             rotate_every: args.rotate_every,
+            push_delay_ms: args.push_delay_ms,
+            push_user_block_rate: args.push_user_block_rate,
+            push_system_failed_rate: args.push_system_failed_rate,
             ..Faults::default()
         },
+        push: PushConfig {
+            callback_url: args.callback_url,
+            token: args.callback_token,
+            aes_key: args.encoding_aes_key,
+            compatible: args.compatible,
+            retry_gap_ms: args.push_retry_gap_ms,
+            ..PushConfig::default()
+        },
     };
+    if let Some(key) = &config.push.aes_key
+        && wechat_sim::wire::aes_key(key).is_none()
+    {
+        eprintln!("configuration error: WECHAT_ENCODING_AES_KEY: must be 43 base64 characters");
+        return std::process::ExitCode::from(2);
+    }
     let sim = Sim::new(config);
     let listener = match tokio::net::TcpListener::bind(args.listen).await {
         Ok(l) => l,

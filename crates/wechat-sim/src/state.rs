@@ -12,6 +12,8 @@ use serde_json::{Value, json};
 
 use wxnotify::wechat::keywords;
 
+use crate::push::{PushConfig, PushEvent, PushKind, Pushed, draw_status};
+
 /// Faults to inject; every field optional in the `/sim/faults` body (missing = unchanged).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 #[serde(default)]
@@ -30,6 +32,12 @@ pub struct Faults {
     pub daily_quota: u64,
     /// Share of token API calls (classic and stable) answered `-1 system busy`.
     pub token_busy_rate: f64,
+    /// Delay between accepting a message (or a follower event) and pushing it, milliseconds.
+    pub push_delay_ms: u64,
+    /// Share of pushed results that say the user blocked the account.
+    pub push_user_block_rate: f64,
+    /// Share of pushed results that say WeChat failed.
+    pub push_system_failed_rate: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -41,6 +49,9 @@ pub struct FaultsPatch {
     pub minute_quota: Option<u64>,
     pub daily_quota: Option<u64>,
     pub token_busy_rate: Option<f64>,
+    pub push_delay_ms: Option<u64>,
+    pub push_user_block_rate: Option<f64>,
+    pub push_system_failed_rate: Option<f64>,
 }
 
 /// How the simulator starts.
@@ -58,6 +69,8 @@ pub struct SimConfig {
     /// Calls to `/cgi-bin/token` a day before 45009 (WeChat: 2000).
     pub token_daily_quota: u64,
     pub faults: Faults,
+    /// The event push (receipts, follower events); off by default.
+    pub push: PushConfig,
 }
 
 impl Default for SimConfig {
@@ -71,6 +84,7 @@ impl Default for SimConfig {
             refused: HashSet::new(),
             token_daily_quota: 2000,
             faults: Faults::default(),
+            push: PushConfig::default(),
         }
     }
 }
@@ -119,6 +133,11 @@ pub struct Stats {
     /// errcode → how often it was answered (token and send APIs).
     pub errors: BTreeMap<i64, u64>,
     pub http_5xx: u64,
+    /// Event push: tries made, tries not answered `success`, pushes acknowledged, pushes given up.
+    pub push_tries: u64,
+    pub push_tries_failed: u64,
+    pub pushes_acknowledged: u64,
+    pub pushes_abandoned: u64,
 }
 
 pub struct SimState {
@@ -134,6 +153,10 @@ pub struct SimState {
     sends_today: u64,
     /// Every token value ever issued, for leak tests.
     pub issued: Vec<String>,
+    /// Pushes to make, taken by the HTTP layer (which spawns them) after each call.
+    pub outbox: Vec<PushEvent>,
+    /// Pushes made, with their fate.
+    pub pushed: Vec<Pushed>,
 }
 
 /// An answer: HTTP status and JSON body.
@@ -184,6 +207,52 @@ impl SimState {
             minute_window: (Instant::now(), 0),
             sends_today: 0,
             issued: Vec::new(),
+            outbox: Vec::new(),
+            pushed: Vec::new(),
+        }
+    }
+
+    /// Queues the result of an accepted message, when pushes are on.
+    fn queue_result(&mut self, api: &str, appid: &str, openid: &str, template_id: &str, msgid: i64) {
+        if self.config.push.callback_url.is_none() {
+            return;
+        }
+        let f = &self.config.faults;
+        let status = draw_status(api, f.push_user_block_rate, f.push_system_failed_rate).to_string();
+        let kind = if api == "subscribe" {
+            PushKind::SubscribeMsgSent {
+                msgid,
+                template_id: template_id.to_string(),
+                status,
+            }
+        } else {
+            PushKind::TemplateFinish { msgid, status }
+        };
+        self.outbox.push(PushEvent {
+            appid: appid.to_string(),
+            openid: openid.to_string(),
+            kind,
+        });
+    }
+
+    /// A user follows the account again (`subscribe`) or leaves it (`unsubscribe`): sends to it
+    /// answer 43004 while it is away, and the event is pushed when pushes are on.
+    pub fn follow(&mut self, appid: &str, openid: &str, followed: bool) {
+        if followed {
+            self.config.unsubscribed.remove(openid);
+        } else {
+            self.config.unsubscribed.insert(openid.to_string());
+        }
+        if self.config.push.callback_url.is_some() {
+            self.outbox.push(PushEvent {
+                appid: appid.to_string(),
+                openid: openid.to_string(),
+                kind: if followed {
+                    PushKind::Subscribe
+                } else {
+                    PushKind::Unsubscribe
+                },
+            });
         }
     }
 
@@ -427,6 +496,7 @@ impl SimState {
         if let Some(cmid) = &client_msg_id {
             self.dedup.insert((touser.clone(), cmid.clone()), (msgid, now));
         }
+        self.queue_result(api, &app, &touser, &template_id, msgid);
         self.messages.push(Accepted {
             msgid,
             api: api.to_string(),
@@ -471,6 +541,15 @@ impl SimState {
         }
         if let Some(v) = p.token_busy_rate {
             f.token_busy_rate = v;
+        }
+        if let Some(v) = p.push_delay_ms {
+            f.push_delay_ms = v;
+        }
+        if let Some(v) = p.push_user_block_rate {
+            f.push_user_block_rate = v;
+        }
+        if let Some(v) = p.push_system_failed_rate {
+            f.push_system_failed_rate = v;
         }
     }
 }

@@ -1,0 +1,73 @@
+//! Who follows each app (`followers`), as WeChat told us: a `subscribe`/`unsubscribe` push (the
+//! receiver) or a 43004 from the send API (the delivery path). The latest word wins by its own
+//! time: an older push that arrives late never overrides a newer one.
+
+use chrono::{DateTime, Utc};
+use sqlx::PgPool;
+
+use super::Ledger;
+
+/// Where the word came from (`followers.source`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum FollowSource {
+    /// A `subscribe`/`unsubscribe` push; its time is the push's CreateTime.
+    Push,
+    /// The send API answered 43004 ("require subscribe"); its time is when it did.
+    Errcode43004,
+}
+
+impl FollowSource {
+    fn as_str(self) -> &'static str {
+        match self {
+            FollowSource::Push => "push",
+            FollowSource::Errcode43004 => "errcode_43004",
+        }
+    }
+}
+
+/// Stores that `openid` follows `app_id` (or not) as of `at`, unless a word at least as new is
+/// stored already. Returns whether the row changed.
+pub(crate) async fn set_following(
+    pool: &PgPool,
+    app_id: &str,
+    openid: &str,
+    followed: bool,
+    at: DateTime<Utc>,
+    source: FollowSource,
+) -> Result<bool, sqlx::Error> {
+    let changed = sqlx::query(
+        "INSERT INTO followers AS f (app_id, openid, followed, changed_at, source)
+         VALUES ($1, $2, $3, $4, $5)
+         ON CONFLICT (app_id, openid) DO UPDATE
+            SET followed = EXCLUDED.followed, changed_at = EXCLUDED.changed_at,
+                source = EXCLUDED.source, updated_at = now()
+          WHERE EXCLUDED.changed_at >= f.changed_at
+            AND (f.followed, f.changed_at) IS DISTINCT FROM (EXCLUDED.followed, EXCLUDED.changed_at)",
+    )
+    .bind(app_id)
+    .bind(openid)
+    .bind(followed)
+    .bind(at)
+    .bind(source.as_str())
+    .execute(pool)
+    .await?
+    .rows_affected();
+    Ok(changed > 0)
+}
+
+impl Ledger {
+    /// WeChat answered 43004 for `openid`: it does not follow `app_id`. Later template messages
+    /// to it end `suppressed` until a `subscribe` push newer than now says otherwise.
+    #[allow(dead_code)] // called by the delivery path once suppression is wired (issue 10)
+    pub(crate) async fn mark_unfollowed(&self, app_id: &str, openid: &str) -> Result<bool, sqlx::Error> {
+        set_following(
+            &self.pool,
+            app_id,
+            openid,
+            false,
+            Utc::now(),
+            FollowSource::Errcode43004,
+        )
+        .await
+    }
+}

@@ -1,0 +1,172 @@
+//! From a request to the push inside it, or a refusal (pure; no I/O): the query's signature and
+//! timestamp, the mode (plaintext; safe and compatible: `encrypt_type=aes`, where the decrypted
+//! message is the one read), then the document and the push.
+
+use std::collections::HashMap;
+
+use secrecy::ExposeSecret;
+
+use super::crypto::DecryptError;
+use super::document::{self, DocumentError};
+use super::push::{self, Push, PushError};
+use super::settings::CallbackApp;
+use super::signature;
+
+/// A push's timestamp may be this far from our clock, either way (replays are refused).
+pub(crate) const MAX_SKEW_SECS: i64 = 300;
+
+/// Why a request is refused. 401: the sender did not prove it is WeChat (or is replaying);
+/// 400: it did, but the body is not a push we can read. No variant carries the sender's text.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum Refusal {
+    #[error("missing or wrong signature")]
+    Signature,
+    #[error("missing or wrong msg_signature")]
+    MsgSignature,
+    #[error("timestamp missing or more than {MAX_SKEW_SECS} s away")]
+    Stale,
+    #[error("an encrypted push, but this app has no EncodingAESKey configured")]
+    NoKey,
+    #[error("cannot decrypt: {0}")]
+    Decrypt(DecryptError),
+    #[error("no Encrypt element in an encrypted push")]
+    NoEncrypt,
+    #[error("bad document: {0}")]
+    Document(#[from] DocumentError),
+    #[error("bad push: {0}")]
+    Push(#[from] PushError),
+}
+
+impl Refusal {
+    /// 401 for the sender's credentials, 400 for the body.
+    pub(crate) fn is_unauthorized(&self) -> bool {
+        match self {
+            Refusal::Signature | Refusal::MsgSignature | Refusal::Stale | Refusal::NoKey => true,
+            Refusal::Decrypt(e) => *e != DecryptError::NotUtf8,
+            Refusal::NoEncrypt | Refusal::Document(_) | Refusal::Push(_) => false,
+        }
+    }
+}
+
+/// Checks the query's `signature` (over token, timestamp, nonce) and the timestamp: the URL
+/// check and every push start with this.
+pub(crate) fn check_query(app: &CallbackApp, query: &HashMap<String, String>, now: i64) -> Result<(), Refusal> {
+    let q = |k: &str| query.get(k).map(String::as_str);
+    let (Some(timestamp), Some(nonce), Some(sig)) = (q("timestamp"), q("nonce"), q("signature")) else {
+        return Err(Refusal::Signature);
+    };
+    if !signature::verify(&[app.token.expose_secret(), timestamp, nonce], sig) {
+        return Err(Refusal::Signature);
+    }
+    let fresh = timestamp.parse::<i64>().is_ok_and(|t| (now - t).abs() <= MAX_SKEW_SECS);
+    if !fresh {
+        return Err(Refusal::Stale);
+    }
+    Ok(())
+}
+
+/// Opens a push addressed to `app_id`: its checks, then what it says.
+pub(crate) fn open(
+    app: &CallbackApp,
+    app_id: &str,
+    query: &HashMap<String, String>,
+    body: &[u8],
+    now: i64,
+) -> Result<Push, Refusal> {
+    check_query(app, query, now)?;
+    let outer = document::parse(body)?;
+    if query.get("encrypt_type").map(String::as_str) != Some("aes") {
+        return Ok(push::read(&outer)?);
+    }
+    let key = app.aes_key.as_ref().ok_or(Refusal::NoKey)?;
+    let encrypted = outer.text_of("Encrypt").ok_or(Refusal::NoEncrypt)?;
+    let q = |k: &str| query.get(k).map(String::as_str).unwrap_or_default();
+    let msg_signature = query.get("msg_signature").ok_or(Refusal::MsgSignature)?;
+    let parts = [app.token.expose_secret(), q("timestamp"), q("nonce"), encrypted];
+    if !signature::verify(&parts, msg_signature) {
+        return Err(Refusal::MsgSignature);
+    }
+    let inner = key.decrypt(encrypted, app_id).map_err(Refusal::Decrypt)?;
+    Ok(push::read(&document::parse(inner.as_bytes())?)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use secrecy::SecretString;
+    use sha1::{Digest, Sha1};
+
+    use super::*;
+
+    const NOW: i64 = 1_795_000_000;
+
+    fn app(aes: bool) -> CallbackApp {
+        CallbackApp {
+            token: SecretString::from("tok123"),
+            aes_key: aes.then(|| {
+                crate::receiver::crypto::AesKey::parse("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").unwrap()
+            }),
+        }
+    }
+
+    /// The documented signature, by hand.
+    fn query(timestamp: i64, extra: &[(&str, &str)]) -> HashMap<String, String> {
+        let ts = timestamp.to_string();
+        let mut parts = ["tok123", ts.as_str(), "42"];
+        parts.sort();
+        let sig = hex::encode(Sha1::digest(parts.concat()));
+        let mut q: HashMap<String, String> = [("timestamp", ts.as_str()), ("nonce", "42"), ("signature", &sig)]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        q.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+        q
+    }
+
+    const BODY: &[u8] = b"<xml><FromUserName>oU</FromUserName><CreateTime>1</CreateTime>\
+        <MsgType>event</MsgType><Event>unsubscribe</Event></xml>";
+
+    #[test]
+    fn a_plain_push_with_its_signature_opens() {
+        let push = open(&app(false), "wx1", &query(NOW - 299, &[]), BODY, NOW).unwrap();
+        assert_eq!(push.kind(), crate::receiver::push::EventKind::Unsubscribe);
+    }
+
+    #[test]
+    fn signature_time_and_key_refusals_are_401_body_refusals_400() {
+        let mut q = query(NOW, &[]);
+        q.insert("signature".into(), "0".repeat(40));
+        let refused = open(&app(false), "wx1", &q, BODY, NOW).unwrap_err();
+        assert!(matches!(refused, Refusal::Signature) && refused.is_unauthorized());
+        let mut q = query(NOW, &[]);
+        q.remove("nonce");
+        assert!(matches!(
+            open(&app(false), "wx1", &q, BODY, NOW),
+            Err(Refusal::Signature)
+        ));
+        for skew in [301, -301] {
+            let refused = open(&app(false), "wx1", &query(NOW + skew, &[]), BODY, NOW).unwrap_err();
+            assert!(matches!(refused, Refusal::Stale) && refused.is_unauthorized(), "{skew}");
+        }
+        let aes = query(NOW, &[("encrypt_type", "aes"), ("msg_signature", "x")]);
+        let refused = open(&app(false), "wx1", &aes, BODY, NOW).unwrap_err();
+        assert!(matches!(refused, Refusal::NoKey) && refused.is_unauthorized());
+        let refused = open(&app(true), "wx1", &aes, BODY, NOW).unwrap_err();
+        assert!(matches!(refused, Refusal::NoEncrypt) && !refused.is_unauthorized());
+        let refused = open(&app(false), "wx1", &query(NOW, &[]), b"<xml><MsgType>", NOW).unwrap_err();
+        assert!(matches!(refused, Refusal::Document(_)) && !refused.is_unauthorized());
+    }
+
+    #[test]
+    fn safe_mode_checks_msg_signature_before_decrypting() {
+        let body = b"<xml><ToUserName>gh</ToUserName><Encrypt><![CDATA[AAAA]]></Encrypt></xml>";
+        let q = query(NOW, &[("encrypt_type", "aes"), ("msg_signature", &"0".repeat(40))]);
+        let refused = open(&app(true), "wx1", &q, body, NOW).unwrap_err();
+        assert!(matches!(refused, Refusal::MsgSignature) && refused.is_unauthorized());
+        let mut parts = ["tok123", &NOW.to_string(), "42", "AAAA"].map(str::to_string);
+        parts.sort();
+        let msg_signature = hex::encode(Sha1::digest(parts.concat()));
+        let q = query(NOW, &[("encrypt_type", "aes"), ("msg_signature", &msg_signature)]);
+        let refused = open(&app(true), "wx1", &q, body, NOW).unwrap_err();
+        assert!(matches!(refused, Refusal::Decrypt(_)) && refused.is_unauthorized());
+    }
+}

@@ -1,0 +1,195 @@
+//! The receiver's HTTP face: `GET /wechat/{app_id}` (the URL check) and `POST /wechat/{app_id}`
+//! (pushes). A push is answered `success` only once what it says is committed: in Postgres, or,
+//! when Postgres does not take it in time and a broker is configured, in the pushes queue
+//! ([`spill`](super::spill)). Otherwise it gets a 503 within 4 s, so WeChat tries again. Bodies over
+//! [`MAX_BODY`] are refused by length before they are read. Whatever the sender wrote reaches the
+//! logs only `Debug`-escaped.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, State};
+use axum::http::{StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::limit::RequestBodyLimitLayer;
+
+use super::envelope::{self, Refusal};
+use super::push::{EventKind, Push};
+use super::settings::CallbackApp;
+use super::spill::Spill;
+use super::store::{Store, Stored};
+use crate::admin::Health;
+
+/// WeChat's bodies are a few hundred bytes; CONTRACT §9 caps them at 64 KiB.
+pub(crate) const MAX_BODY: usize = 64 * 1024;
+/// WeChat waits 5 s for an answer; we give the database 4 of them ...
+pub(crate) const STORE_TIMEOUT: Duration = Duration::from_secs(4);
+/// ... or 3, when the pushes queue may take the push in the next 1.5.
+pub(crate) const STORE_TIMEOUT_BEFORE_SPILL: Duration = Duration::from_secs(3);
+pub(crate) const SPILL_TIMEOUT: Duration = Duration::from_millis(1500);
+
+#[derive(Clone)]
+pub(crate) struct ReceiverState {
+    pub apps: Arc<HashMap<String, CallbackApp>>,
+    pub store: Store,
+    pub spill: Option<Arc<Spill>>,
+    /// The database probe's verdict: while it says down, a push goes straight to the spill.
+    pub health: Arc<Health>,
+}
+
+pub(crate) fn router(state: ReceiverState) -> Router {
+    Router::new()
+        .route("/wechat/{app_id}", get(url_check).post(push))
+        .layer(RequestBodyLimitLayer::new(MAX_BODY))
+        .layer(axum::middleware::map_response(count_too_large))
+        .with_state(state)
+}
+
+/// The body limit answers 413 before any handler runs: count it here.
+async fn count_too_large(response: Response) -> Response {
+    if response.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        count("unknown", "too_large");
+    }
+    response
+}
+
+fn count(event: &'static str, result: &'static str) {
+    metrics::counter!("wxnotify_pushes_total", "event" => event, "result" => result).increment(1);
+}
+
+fn text(status: StatusCode, body: &'static str) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body).into_response()
+}
+
+fn now() -> i64 {
+    chrono::Utc::now().timestamp()
+}
+
+async fn url_check(
+    State(state): State<ReceiverState>,
+    Path(app_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Response {
+    let Some(app) = state.apps.get(&app_id) else {
+        tracing::debug!(app = ?app_id, "URL check for an unknown app");
+        return text(StatusCode::NOT_FOUND, "unknown app\n");
+    };
+    if let Err(refusal) = envelope::check_query(app, &query, now()) {
+        tracing::info!(app = ?app_id, error = ?refusal, "URL check refused");
+        return text(StatusCode::UNAUTHORIZED, "unauthorized\n");
+    }
+    let echo = query.get("echostr").cloned().unwrap_or_default();
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        echo,
+    )
+        .into_response()
+}
+
+async fn push(
+    State(state): State<ReceiverState>,
+    Path(app_id): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    body: Bytes,
+) -> Response {
+    let Some(app) = state.apps.get(&app_id) else {
+        tracing::debug!(app = ?app_id, "push for an unknown app");
+        return text(StatusCode::NOT_FOUND, "unknown app\n");
+    };
+    let push = match envelope::open(app, &app_id, &query, &body, now()) {
+        Ok(push) => push,
+        Err(refusal) => return refused(&app_id, &refusal),
+    };
+    let event = push.kind().label();
+    if push == Push::Other {
+        count(EventKind::Other.label(), "ok");
+        return text(StatusCode::OK, "success");
+    }
+    match keep(&state, &app_id, &push).await {
+        Kept::Stored(stored) => {
+            count(
+                event,
+                if stored.unknown_msgids > 0 {
+                    "unknown_msgid"
+                } else {
+                    "ok"
+                },
+            );
+            text(StatusCode::OK, "success")
+        }
+        Kept::Queued => {
+            count(event, "queued");
+            text(StatusCode::OK, "success")
+        }
+        Kept::Refused => {
+            count(event, "bad_body");
+            text(StatusCode::BAD_REQUEST, "bad request\n")
+        }
+        Kept::Not => {
+            count(event, "db_error");
+            text(StatusCode::SERVICE_UNAVAILABLE, "try again\n")
+        }
+    }
+}
+
+/// Where a push ended up.
+enum Kept {
+    /// Committed in Postgres.
+    Stored(Stored),
+    /// Confirmed by the pushes queue (Postgres being away or slow).
+    Queued,
+    /// Postgres refused one of its values: trying again cannot help.
+    Refused,
+    /// Nowhere: the answer must make WeChat try again.
+    Not,
+}
+
+/// Stores `push` in Postgres within the budget, or else in the pushes queue when there is one.
+async fn keep(state: &ReceiverState, app_id: &str, push: &Push) -> Kept {
+    let budget = if state.spill.is_some() {
+        STORE_TIMEOUT_BEFORE_SPILL
+    } else {
+        STORE_TIMEOUT
+    };
+    let failure = if state.spill.is_some() && !state.health.ready() {
+        "the database probe says Postgres is down".to_string()
+    } else {
+        match tokio::time::timeout(budget, state.store.store(app_id, push)).await {
+            Ok(Ok(stored)) => return Kept::Stored(stored),
+            Ok(Err(e)) if crate::db::is_data_error(&e) => {
+                tracing::warn!(app = ?app_id, error = ?e.to_string(), "Postgres refused a value of the push");
+                return Kept::Refused;
+            }
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no answer within {budget:?}"),
+        }
+    };
+    if let Some(spill) = &state.spill {
+        match tokio::time::timeout(SPILL_TIMEOUT, spill.publish(app_id, push)).await {
+            Ok(Ok(())) => {
+                tracing::info!(app = ?app_id, error = ?failure, "Postgres did not take the push; queued it durably");
+                return Kept::Queued;
+            }
+            Ok(Err(e)) => tracing::warn!(app = ?app_id, error = %e, "the pushes queue did not take the push either"),
+            Err(_) => tracing::warn!(app = ?app_id, "the pushes queue did not confirm in time"),
+        }
+    }
+    tracing::warn!(app = ?app_id, error = ?failure, "push not stored; answering 503 so WeChat retries");
+    Kept::Not
+}
+
+fn refused(app_id: &str, refusal: &Refusal) -> Response {
+    tracing::info!(app = ?app_id, error = ?refusal, "push refused");
+    if refusal.is_unauthorized() {
+        count("unknown", "bad_signature");
+        text(StatusCode::UNAUTHORIZED, "unauthorized\n")
+    } else {
+        count("unknown", "bad_body");
+        text(StatusCode::BAD_REQUEST, "bad request\n")
+    }
+}
