@@ -14,7 +14,6 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
-#[allow(dead_code)] // the broker and worker helpers are the other benchmarks'
 mod support;
 
 use std::process::Stdio;

@@ -68,6 +68,7 @@ impl Carrier<'_> {
             render_error: None,
             not_after: None,
             quiet_hours: None,
+            unfollowed: false,
             now: chrono::Utc::now(),
         })
     }

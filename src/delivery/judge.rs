@@ -35,6 +35,8 @@ pub(crate) struct Facts {
     pub not_after: Option<DateTime<Utc>>,
     /// The template's quiet hours: not sent inside them.
     pub quiet_hours: Option<QuietHours>,
+    /// The recipient does not follow the app (CONTRACT §9): template messages are not sent.
+    pub unfollowed: bool,
     /// The current time, for errors that say until when to wait, expiry and quiet hours.
     pub now: DateTime<Utc>,
 }
@@ -100,6 +102,12 @@ pub(crate) fn reject(reason: DeadReason, error: &str, failed_before: u32) -> Pla
         replace_token: None,
         attempts: failed_before,
     }
+}
+
+/// WeChat's answer says the recipient does not follow the account (43004 to a template message):
+/// it is recorded, so that later template messages to it end `suppressed` without a call.
+pub(crate) fn left_the_account(api: Api, answer: &Answer) -> bool {
+    api == Api::Template && matches!(answer, Answer::Refused { errcode: 43004, .. })
 }
 
 /// An event whose deliveries wait in the ledger: acked once they are stored; a value the ledger
@@ -236,6 +244,9 @@ impl Judge<'_> {
         }
         if let Some(error) = &f.render_error {
             return Some(self.dead(DeadReason::RenderFailed, None, error, false, false));
+        }
+        if f.unfollowed && f.api == Api::Template {
+            return Some(self.plan(Outcome::Ack, Some(Finish::suppressed())));
         }
         match due(f.not_after, f.quiet_hours, f.now) {
             DueFate::Released => {}

@@ -140,6 +140,7 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
         render_error: d.message.as_ref().err().cloned(),
         not_after: d.not_after,
         quiet_hours: d.quiet_hours,
+        unfollowed: false,
         now: Utc::now(),
     };
     trip.template_id = Some(d.key.template_id.clone());
@@ -148,6 +149,7 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
     let (seen, claimed) = claim(ctx, d, reopen).await?;
     stage("claim", claim_started);
     facts.in_doubt_for = claimed.as_ref().and_then(Held::doubt);
+    facts.unfollowed = claimed.as_ref().is_some_and(|c| c.claimed.unfollowed);
     trip.delivery_id = claimed.as_ref().map(|c| c.claimed.id);
     trip.facts = Some(facts.clone());
     if let Some(plan) = judge::stop_before_send(&facts, Gate::Claimed(&seen), &ctx.policy) {
@@ -174,6 +176,12 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
         return Ok(plan);
     }
     let answer = send(ctx, message, &token, trip).await;
+    if judge::left_the_account(d.api, &answer) {
+        // Best effort: the delivery's own fate does not depend on it.
+        if let Err(e) = ctx.ledger.mark_unfollowed(&d.app_id, &d.key.openid).await {
+            tracing::warn!(error = %e, "could not record that the recipient left the account");
+        }
+    }
     let generation = token.generation;
     trip.token = Some(token);
     Ok(judge::judge(

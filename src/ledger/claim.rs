@@ -41,6 +41,8 @@ pub(crate) struct Claimed {
     pub in_doubt_since: Option<DateTime<Utc>>,
     /// The database's clock when claimed, for the in-doubt window.
     pub now: DateTime<Utc>,
+    /// The recipient does not follow the app (an `unsubscribe` push or a 43004, CONTRACT §9).
+    pub unfollowed: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -170,7 +172,9 @@ pub(super) async fn claim_batch(
                  OR NOT EXISTS (SELECT 1 FROM workers w
                                  WHERE w.id = d.owner
                                    AND w.heartbeat_at > now() - make_interval(secs => $10)))
-         RETURNING id, event_id, template_id, openid, in_doubt_since, now() AS now",
+         RETURNING id, event_id, template_id, openid, in_doubt_since, now() AS now,
+                   EXISTS (SELECT 1 FROM followers f
+                            WHERE f.app_id = d.app_id AND f.openid = d.openid AND NOT f.followed) AS unfollowed",
     )
     .bind(col(|j| &j.event_id))
     .bind(col(|j| &j.event_type))
@@ -202,6 +206,7 @@ pub(super) async fn claim_batch(
                 id: row.try_get("id")?,
                 in_doubt_since: row.try_get("in_doubt_since")?,
                 now: row.try_get("now")?,
+                unfollowed: row.try_get("unfollowed")?,
             },
         );
     }

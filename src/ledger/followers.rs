@@ -58,7 +58,6 @@ pub(crate) async fn set_following(
 impl Ledger {
     /// WeChat answered 43004 for `openid`: it does not follow `app_id`. Later template messages
     /// to it end `suppressed` until a `subscribe` push newer than now says otherwise.
-    #[allow(dead_code)] // called by the delivery path once suppression is wired (issue 10)
     pub(crate) async fn mark_unfollowed(&self, app_id: &str, openid: &str) -> Result<bool, sqlx::Error> {
         set_following(
             &self.pool,

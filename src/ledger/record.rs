@@ -69,6 +69,18 @@ impl Finish {
         }
     }
 
+    /// Not sent: the recipient does not follow the account (ledger only, no dead letter).
+    pub fn suppressed() -> Self {
+        Self {
+            status: Status::Suppressed,
+            errcode: None,
+            error: Some("the recipient does not follow the account (unsubscribe push or 43004); not sent".into()),
+            msgid: None,
+            dead_reason: None,
+            in_doubt: false,
+        }
+    }
+
     /// Not sent before the template's `not_after`: ledger only, no dead letter.
     pub fn expired(error: &str) -> Self {
         Self {

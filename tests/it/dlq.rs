@@ -54,6 +54,11 @@ async fn dead_letters_are_listed_in_place_and_replayed_once_the_cause_is_fixed()
 
     // The user follows the account again; ops replay what 43004 refused.
     env.sim.set_unsubscribed(&[]);
+    // WeChat pushes `subscribe`; the receiver stores it (as here): the 43004 no longer suppresses.
+    sqlx::query("UPDATE followers SET followed = true, changed_at = now(), source = 'push' WHERE openid = 'oGone'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
     let done = dlq::replay(&url, &env.topology, &env.pool, &by_errcode, usize::MAX, false)
         .await
         .unwrap();

@@ -1002,3 +1002,86 @@ async fn a_push_of_several_receipts_never_deadlocks_with_a_worker_writing_their_
     receiver.stop().await;
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_user_who_left_gets_no_template_message_until_they_follow_again() {
+    let env = TestEnv::new().await;
+    let receiver = env.spawn_receiver(None, false).await;
+    env.push_to(&receiver, true, 0);
+    let worker = env.spawn_worker(&WorkerOpts::default()).await;
+    // The user leaves: WeChat pushes `unsubscribe`.
+    env.sim.follow(APP_ID, "oLeft", false);
+    wait_for("the unfollow stored", Duration::from_secs(10), || async {
+        env.count("SELECT count(*) FROM followers WHERE openid = 'oLeft' AND NOT followed")
+            .await
+            == 1
+    })
+    .await;
+    let sends_before = env.sim.stats().send_requests;
+    env.publish(&event("left-1", "booking.confirmed", "oLeft")).await;
+    // A subscribe message (mini program) is not about following the account: it goes.
+    env.publish(&event("left-2", "booking.reminder", "oLeft")).await;
+    wait_for("both final", Duration::from_secs(30), || async {
+        env.count("SELECT count(*) FROM deliveries WHERE status IN ('suppressed', 'sent')")
+            .await
+            == 2
+    })
+    .await;
+    let statuses = env.statuses().await;
+    assert_eq!(statuses["left-1"], "suppressed");
+    assert_eq!(statuses["left-2"], "sent");
+    assert_eq!(
+        env.sim.stats().send_requests,
+        sends_before + 1,
+        "no call for the suppressed one"
+    );
+    assert_eq!(
+        env.collect_dlq(0, Duration::from_millis(200)).await.len(),
+        0,
+        "no dead letter"
+    );
+    // They follow again: the next one is sent.
+    env.sim.follow(APP_ID, "oLeft", true);
+    wait_for("the follow stored", Duration::from_secs(10), || async {
+        env.count("SELECT count(*) FROM followers WHERE openid = 'oLeft' AND followed")
+            .await
+            == 1
+    })
+    .await;
+    env.publish(&event("left-3", "booking.confirmed", "oLeft")).await;
+    wait_for("sent", Duration::from_secs(30), || async {
+        env.statuses().await.get("left-3").map(String::as_str) == Some("sent")
+    })
+    .await;
+    worker.stop().await;
+    receiver.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_43004_marks_the_user_unfollowed_and_the_next_template_message_is_suppressed() {
+    let env = TestEnv::new().await;
+    env.sim.set_unsubscribed(&["oGone"]);
+    let worker = env.spawn_worker(&WorkerOpts::default()).await;
+    env.publish(&event("gone-1", "booking.confirmed", "oGone")).await;
+    wait_for("dead on 43004", Duration::from_secs(30), || async {
+        env.statuses().await.get("gone-1").map(String::as_str) == Some("dead")
+    })
+    .await;
+    assert_eq!(
+        env.count(
+            "SELECT count(*) FROM followers WHERE openid = 'oGone' AND NOT followed AND source = 'errcode_43004'"
+        )
+        .await,
+        1
+    );
+    let sends = env.sim.stats().send_requests;
+    env.publish(&event("gone-2", "booking.completed", "oGone")).await;
+    wait_for("suppressed", Duration::from_secs(30), || async {
+        env.statuses().await.get("gone-2").map(String::as_str) == Some("suppressed")
+    })
+    .await;
+    assert_eq!(env.sim.stats().send_requests, sends, "WeChat was not called again");
+    worker.stop().await;
+    env.cleanup().await;
+}

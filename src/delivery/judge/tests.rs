@@ -19,6 +19,7 @@ fn facts(api: Api) -> Facts {
         render_error: None,
         not_after: None,
         quiet_hours: None,
+        unfollowed: false,
         now: "2026-11-22T08:00:00Z".parse().unwrap(),
     }
 }
@@ -445,4 +446,32 @@ fn a_copy_in_quiet_hours_waits_without_using_an_attempt() {
         p.finish.as_ref().map(|f| f.status),
         Some(crate::ledger::Status::Retrying)
     );
+}
+
+#[test]
+fn a_template_message_to_someone_who_left_is_suppressed_a_subscribe_message_is_not() {
+    let mut f = facts(Api::Template);
+    f.unfollowed = true;
+    let p = done(stop_before_send(&f, Gate::Claimed(&ClaimSeen::Owned), &policy()));
+    assert_eq!(p.outcome, Outcome::Ack, "no dead letter");
+    assert_eq!(
+        p.finish.as_ref().map(|f| f.status),
+        Some(crate::ledger::Status::Suppressed)
+    );
+    // Mini-program users do not follow an account: subscribe messages go.
+    let mut f = facts(Api::Subscribe);
+    f.unfollowed = true;
+    assert!(stop_before_send(&f, Gate::Claimed(&ClaimSeen::Owned), &policy()).is_none());
+}
+
+#[test]
+fn a_43004_to_a_template_message_means_the_user_left() {
+    let refused = |errcode| Answer::Refused {
+        errcode,
+        errmsg: "require subscribe".into(),
+    };
+    assert!(left_the_account(Api::Template, &refused(43004)));
+    assert!(!left_the_account(Api::Subscribe, &refused(43004)));
+    assert!(!left_the_account(Api::Template, &refused(43101)));
+    assert!(!left_the_account(Api::Template, &Answer::Accepted { msgid: Some(1) }));
 }
