@@ -15,21 +15,33 @@ export WECHAT_API_BASE="http://$WECHAT_SIM_ADDR"
 export WXNOTIFY_TEMPLATES="${WXNOTIFY_TEMPLATES:-templates.toml}"
 export WXNOTIFY_QUEUE="${WXNOTIFY_QUEUE:-wxnotify.demo}"
 export WXNOTIFY_ADMIN_ADDR="${WXNOTIFY_ADMIN_ADDR:-127.0.0.1:9464}"
+# The account's server configuration (§9): the receiver checks pushes with these, the simulator signs
+# and encrypts (safe mode) with them.
+export WECHAT_CALLBACK_TOKEN="${WECHAT_CALLBACK_TOKEN:-demoCallbackToken}"
+export WECHAT_ENCODING_AES_KEY="${WECHAT_ENCODING_AES_KEY:-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG}"
+export WXNOTIFY_RECEIVER_ADDR="${WXNOTIFY_RECEIVER_ADDR:-127.0.0.1:8080}"
 bin=target/release
 logs=$(mktemp -d)
 
 cleanup() {
   [ -n "${worker_pid:-}" ] && kill -TERM "$worker_pid" 2>/dev/null && wait "$worker_pid" 2>/dev/null || true
+  [ -n "${receiver_pid:-}" ] && kill -TERM "$receiver_pid" 2>/dev/null && wait "$receiver_pid" 2>/dev/null || true
   [ -n "${sim_pid:-}" ] && kill -TERM "$sim_pid" 2>/dev/null && wait "$sim_pid" 2>/dev/null || true
 }
 trap cleanup EXIT
 
 $bin/wxnotify migrate
 # A clean slate: earlier demo runs' deliveries, dead letters, and tokens of a simulator now gone.
-PGPASSWORD=postgres psql -q "$DATABASE_URL" -c "TRUNCATE deliveries, delivery_attempts, wechat_tokens, dlq_replays, delivery_cancellations CASCADE" >/dev/null
+PGPASSWORD=postgres psql -q "$DATABASE_URL" -c "TRUNCATE deliveries, delivery_attempts, wechat_tokens, dlq_replays, delivery_cancellations, delivery_receipts, followers CASCADE" >/dev/null
 rabbitmqctl -q purge_queue "$WXNOTIFY_QUEUE.dlq" >/dev/null 2>&1 || true
-$bin/wechat-sim --unsubscribed oUpF8uMuAJO_M2pxb1Q9zNjWe004 >"$logs/sim.log" 2>&1 &
+# The simulator pushes each message's result to the receiver 300 ms after accepting it, like
+# WeChat (10% "user block").
+$bin/wechat-sim --unsubscribed oUpF8uMuAJO_M2pxb1Q9zNjWe004 \
+  --callback-url "http://$WXNOTIFY_RECEIVER_ADDR/wechat/{appid}" --push-delay-ms 300 --push-user-block-rate 0.1 \
+  >"$logs/sim.log" 2>&1 &
 sim_pid=$!
+WXNOTIFY_ADMIN_ADDR=127.0.0.1:9465 $bin/wxnotify receiver --no-migrate >"$logs/receiver.log" 2>&1 &
+receiver_pid=$!
 $bin/wxnotify worker --no-migrate >"$logs/worker.log" 2>&1 &
 worker_pid=$!
 
@@ -38,6 +50,7 @@ sleep 0.3
 kill -0 "$sim_pid" 2>/dev/null || { cat "$logs/sim.log" >&2; echo "wechat-sim did not start (is $WECHAT_SIM_ADDR taken?)" >&2; exit 1; }
 wait_http "$WECHAT_API_BASE/sim/healthz"
 wait_http "http://$WXNOTIFY_ADMIN_ADDR/readyz" || { cat "$logs/worker.log" >&2; exit 1; }
+wait_http "http://127.0.0.1:9465/readyz" || { cat "$logs/receiver.log" >&2; exit 1; }
 
 echo "== publishing examples/events.jsonl (10 events, 1 duplicate, 1 without a template; openid ...004 does not follow the account)"
 $bin/wxnotify publish examples/events.jsonl
@@ -61,7 +74,13 @@ echo "== dead letters (wxnotify dlq list)"
 $bin/wxnotify dlq list
 echo
 echo "== ...004 follows the account again: wxnotify dlq replay --errcode 43004"
-curl -fsS -X POST -H 'content-type: application/json' -d '{"unsubscribed": []}' "$WECHAT_API_BASE/sim/users" >/dev/null
+# WeChat pushes `subscribe`: the receiver records the user follows again (the 43004 had marked them gone).
+curl -fsS -X POST -H 'content-type: application/json' -d '{"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWe004", "event": "subscribe"}' "$WECHAT_API_BASE/sim/events" >/dev/null
+for _ in $(seq 1 50); do
+  n=$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "select count(*) from followers where openid like '%004' and followed")
+  [ "$n" -ge 1 ] && break
+  sleep 0.1
+done
 $bin/wxnotify dlq replay --errcode 43004
 for _ in $(seq 1 100); do
   n=$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "select count(*) from deliveries where status = 'sent'")
@@ -114,8 +133,36 @@ for m in json.load(sys.stdin):
     if m["template_id"] == "TPL_BOOKING_REMINDER":
         print("  %s -> %s  %s" % (m["template_id"], m["touser"], json.dumps(m["data"], ensure_ascii=False)))'
 echo
+echo "== receipts (WeChat's event push → wxnotify receiver → the ledger)"
+for _ in $(seq 1 100); do
+  n=$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "select count(*) from deliveries where status = 'sent' and receipt_status is null")
+  [ "$n" -eq 0 ] && break
+  sleep 0.2
+done
+PGPASSWORD=postgres psql "$DATABASE_URL" -c \
+  "select status, receipt_status, count(*) from deliveries where status = 'sent' group by 1, 2 order by 1, 2"
+echo "-- one user leaves the account (WeChat pushes unsubscribe); the next message to them is not sent"
+curl -fsS -X POST -H 'content-type: application/json' -d '{"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWe003", "event": "unsubscribe"}' "$WECHAT_API_BASE/sim/events" >/dev/null
+for _ in $(seq 1 50); do
+  n=$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "select count(*) from followers where openid like '%003' and not followed")
+  [ "$n" -ge 1 ] && break
+  sleep 0.1
+done
+before=$(curl -fsS "$WECHAT_API_BASE/sim/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["send_requests"])')
+echo '{"event_id": "evt-20261122-000100", "event_type": "booking.completed", "occurred_at": "2026-11-22T10:00:00+08:00", "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWe003", "data": {"booking_id": "B-10023", "service": "精洗套餐", "price_cents": 4280}}' \
+  | $bin/wxnotify publish
+for _ in $(seq 1 100); do
+  n=$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "select count(*) from deliveries where event_id = 'evt-20261122-000100' and status = 'suppressed'")
+  [ "$n" -ge 1 ] && break
+  sleep 0.1
+done
+after=$(curl -fsS "$WECHAT_API_BASE/sim/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["send_requests"])')
+PGPASSWORD=postgres psql "$DATABASE_URL" -c \
+  "select event_id, openid, status, last_error from deliveries where event_id = 'evt-20261122-000100'"
+echo "   send requests at the simulator before and after: $before -> $after (no call for the suppressed one)"
+echo
 echo "== wxnotify report (views delivery_daily_summary, delivery_failures)"
 $bin/wxnotify report
 echo "== simulator stats"
 curl -fsS "$WECHAT_API_BASE/sim/stats"; echo
-echo "(worker log: $logs/worker.log)"
+echo "(logs: $logs/worker.log, $logs/receiver.log, $logs/sim.log)"
