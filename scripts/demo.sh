@@ -46,6 +46,16 @@ $bin/wxnotify worker --no-migrate >"$logs/worker.log" 2>&1 &
 worker_pid=$!
 
 wait_http() { for _ in $(seq 1 100); do curl -fsS "$1" >/dev/null 2>&1 && return 0; sleep 0.1; done; echo "no answer from $1" >&2; return 1; }
+# wait_sql "select <boolean>" SECONDS: polls the ledger until the condition holds; says so if it
+# never does (the tables below then show what happened instead).
+wait_sql() {
+  local deadline=$((SECONDS + $2))
+  while [ "$SECONDS" -lt "$deadline" ]; do
+    [ "$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "$1")" = t ] && return 0
+    sleep 0.1
+  done
+  echo "(still not true after $2 s: $1)" >&2
+}
 sleep 0.3
 kill -0 "$sim_pid" 2>/dev/null || { cat "$logs/sim.log" >&2; echo "wechat-sim did not start (is $WECHAT_SIM_ADDR taken?)" >&2; exit 1; }
 wait_http "$WECHAT_API_BASE/sim/healthz"
@@ -55,11 +65,7 @@ wait_http "http://127.0.0.1:9465/readyz" || { cat "$logs/receiver.log" >&2; exit
 echo "== publishing examples/events.jsonl (10 events, 1 duplicate, 1 without a template; openid ...004 does not follow the account)"
 $bin/wxnotify publish examples/events.jsonl
 
-for _ in $(seq 1 100); do
-  n=$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "select count(*) from deliveries where status in ('sent','dead')")
-  [ "$n" -ge 10 ] && break
-  sleep 0.2
-done
+wait_sql "select (select count(*) from deliveries where status in ('sent','dead')) >= 10" 20
 
 echo
 echo "== deliveries (Postgres ledger)"
@@ -76,17 +82,9 @@ echo
 echo "== ...004 follows the account again: wxnotify dlq replay --errcode 43004"
 # WeChat pushes `subscribe`: the receiver records the user follows again (the 43004 had marked them gone).
 curl -fsS -X POST -H 'content-type: application/json' -d '{"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWe004", "event": "subscribe"}' "$WECHAT_API_BASE/sim/events" >/dev/null
-for _ in $(seq 1 50); do
-  n=$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "select count(*) from followers where openid like '%004' and followed")
-  [ "$n" -ge 1 ] && break
-  sleep 0.1
-done
+wait_sql "select (select count(*) from followers where openid like '%004' and followed) >= 1" 5
 $bin/wxnotify dlq replay --errcode 43004
-for _ in $(seq 1 100); do
-  n=$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "select count(*) from deliveries where status = 'sent'")
-  [ "$n" -ge 10 ] && break
-  sleep 0.2
-done
+wait_sql "select (select count(*) from deliveries where status = 'sent') >= 10" 20
 PGPASSWORD=postgres psql "$DATABASE_URL" -c \
   "select event_id, status, attempts, wechat_msgid from deliveries where openid like '%004'"
 echo "== dead letters now"
@@ -116,11 +114,7 @@ $bin/wxnotify publish "$logs/reminders.jsonl"
 sleep 1
 echo "-- wxnotify scheduled list (waiting reminders)"
 $bin/wxnotify scheduled list
-for _ in $(seq 1 150); do
-  n=$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "select count(*) from deliveries where event_id like 'evt-demo-%' and template_id = 'TPL_BOOKING_REMINDER' and status = 'sent'")
-  [ "$n" -ge 2 ] && break
-  sleep 0.2
-done
+wait_sql "select (select count(*) from deliveries where event_id like 'evt-demo-%' and template_id = 'TPL_BOOKING_REMINDER' and status = 'sent') >= 2" 30
 echo "-- reminders in the ledger (sent ones: within a second of due_at; cancelled ones: never sent)"
 PGPASSWORD=postgres psql "$DATABASE_URL" -c \
   "select event_id, event_type, status, to_char(due_at at time zone 'Asia/Shanghai', 'HH24:MI:SS.MS') as due_bj,
@@ -134,28 +128,16 @@ for m in json.load(sys.stdin):
         print("  %s -> %s  %s" % (m["template_id"], m["touser"], json.dumps(m["data"], ensure_ascii=False)))'
 echo
 echo "== receipts (WeChat's event push → wxnotify receiver → the ledger)"
-for _ in $(seq 1 100); do
-  n=$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "select count(*) from deliveries where status = 'sent' and receipt_status is null")
-  [ "$n" -eq 0 ] && break
-  sleep 0.2
-done
+wait_sql "select (select count(*) from deliveries where status = 'sent' and receipt_status is null) = 0" 20
 PGPASSWORD=postgres psql "$DATABASE_URL" -c \
   "select status, receipt_status, count(*) from deliveries where status = 'sent' group by 1, 2 order by 1, 2"
 echo "-- one user leaves the account (WeChat pushes unsubscribe); the next message to them is not sent"
 curl -fsS -X POST -H 'content-type: application/json' -d '{"openid": "oUpF8uMuAJO_M2pxb1Q9zNjWe003", "event": "unsubscribe"}' "$WECHAT_API_BASE/sim/events" >/dev/null
-for _ in $(seq 1 50); do
-  n=$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "select count(*) from followers where openid like '%003' and not followed")
-  [ "$n" -ge 1 ] && break
-  sleep 0.1
-done
+wait_sql "select (select count(*) from followers where openid like '%003' and not followed) >= 1" 5
 before=$(curl -fsS "$WECHAT_API_BASE/sim/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["send_requests"])')
 echo '{"event_id": "evt-20261122-000100", "event_type": "booking.completed", "occurred_at": "2026-11-22T10:00:00+08:00", "openid": "oUpF8uMuAJO_M2pxb1Q9zNjWe003", "data": {"booking_id": "B-10023", "service": "精洗套餐", "price_cents": 4280}}' \
   | $bin/wxnotify publish
-for _ in $(seq 1 100); do
-  n=$(PGPASSWORD=postgres psql -qAt "$DATABASE_URL" -c "select count(*) from deliveries where event_id = 'evt-20261122-000100' and status = 'suppressed'")
-  [ "$n" -ge 1 ] && break
-  sleep 0.1
-done
+wait_sql "select (select count(*) from deliveries where event_id = 'evt-20261122-000100' and status = 'suppressed') >= 1" 10
 after=$(curl -fsS "$WECHAT_API_BASE/sim/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["send_requests"])')
 PGPASSWORD=postgres psql "$DATABASE_URL" -c \
   "select event_id, openid, status, last_error from deliveries where event_id = 'evt-20261122-000100'"
