@@ -1085,3 +1085,109 @@ async fn a_43004_marks_the_user_unfollowed_and_the_next_template_message_is_supp
     worker.stop().await;
     env.cleanup().await;
 }
+
+/// The receiver process's resident memory, in KiB (`VmRSS`, or the peak with `VmHWM`).
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with(field))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Streams `total` bytes of chunked garbage at the receiver and returns its status line (the
+/// receiver may hang up after 64 KiB: the rest is not sent).
+async fn stream_chunked(addr: std::net::SocketAddr, total: usize) -> String {
+    let (query, _) = Push::new("", Mode::Plain).build();
+    let qs = query
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join("&");
+    let mut stream = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let head = format!(
+        "POST /wechat/{APP_ID}?{qs} HTTP/1.1\r\nhost: x\r\ncontent-type: text/xml\r\ntransfer-encoding: chunked\r\n\r\n"
+    );
+    stream.write_all(head.as_bytes()).await.expect("head");
+    let chunk = format!("{:x}\r\n{}\r\n", 65536, "<".repeat(65536));
+    let mut sent = 0;
+    while sent < total {
+        if stream.write_all(chunk.as_bytes()).await.is_err() {
+            break;
+        }
+        sent += 65536;
+    }
+    let _ = stream.write_all(b"0\r\n\r\n").await;
+    let mut answer = vec![0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(5), stream.read(&mut answer))
+        .await
+        .expect("answered within 5 s")
+        .unwrap_or(0);
+    String::from_utf8_lossy(&answer[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hostile_bodies_keep_the_receiver_process_memory_flat() {
+    use std::process::Stdio;
+
+    let env = TestEnv::new().await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .unwrap()
+        .port();
+    let mut child = env
+        .wxnotify(&["receiver"])
+        .env("WECHAT_CALLBACK_TOKEN", CALLBACK_TOKEN)
+        .env("WECHAT_ENCODING_AES_KEY", AES_KEY)
+        .env("WXNOTIFY_RECEIVER_ADDR", format!("127.0.0.1:{port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start wxnotify receiver");
+    let pid = child.id().unwrap();
+    wait_for("the receiver listens", Duration::from_secs(30), || async {
+        tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
+    })
+    .await;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    // Warm up with a few of each, then measure the growth over many more.
+    let laughs = format!(
+        "<?xml version=\"1.0\"?><!DOCTYPE xml [{}]><xml><Status>&a9;</Status></xml>",
+        (1..10)
+            .map(|i| format!("<!ENTITY a{i} \"{}\">", format!("&a{};", i - 1).repeat(10)))
+            .collect::<String>()
+    );
+    let url = format!("http://{addr}/wechat/{APP_ID}");
+    let round = |n: usize| {
+        let (laughs, url) = (laughs.clone(), url.clone());
+        async move {
+            for _ in 0..n {
+                let ten_mb = stream_chunked(addr, 10 << 20);
+                let (query, _) = Push::new("", Mode::Plain).build();
+                let bomb = post(&url, &query, laughs.clone());
+                let (status, (bomb, _)) = tokio::join!(ten_mb, bomb);
+                assert!(status.starts_with("HTTP/1.1 413"), "{status}");
+                assert_eq!(bomb, StatusCode::BAD_REQUEST);
+            }
+        }
+    };
+    round(5).await;
+    let before = rss_kib(pid, "VmRSS:");
+    round(40).await;
+    let after = rss_kib(pid, "VmRSS:");
+    let peak = rss_kib(pid, "VmHWM:");
+    println!(
+        "receiver RSS {before} KiB before, {after} KiB after 40 × (10 MB chunked + billion laughs); peak {peak} KiB"
+    );
+    assert!(after < before + 16 * 1024, "memory grew from {before} to {after} KiB");
+    assert!(peak < 128 * 1024, "peak {peak} KiB");
+    assert_eq!(stored_receipts(&env).await, 0, "nothing stored");
+    child.start_kill().unwrap();
+    let _ = child.wait().await;
+    env.cleanup().await;
+}
