@@ -3,7 +3,8 @@
 //! attempts, in small batches, each its own short transaction that skips rows someone holds, so
 //! workers are neither blocked nor slowed. Never a waiting (`scheduled`), open (`pending`,
 //! `retrying`) or in-doubt delivery: those rows are what stops a second message. Also the
-//! cancellations and replay records older than the cutoff, and workers gone for a day.
+//! receipts, cancellations and replay records older than the cutoff, and workers gone for a day.
+//! `followers` is state, not history: it stays.
 //!
 //! The reporting views count what is left: days after the cutoff stay exact.
 
@@ -23,6 +24,8 @@ pub struct Pruned {
     pub cutoff: DateTime<Utc>,
     pub deliveries: u64,
     pub cancellations: u64,
+    /// Receipts WeChat pushed before the cutoff (their deliveries are gone or final).
+    pub receipts: u64,
     pub replays: u64,
     pub workers: u64,
     pub seconds: f64,
@@ -75,6 +78,22 @@ pub async fn prune(
         }
         tokio::time::sleep(pause).await;
     }
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM delivery_receipts WHERE (app_id, msgid) IN (
+                 SELECT app_id, msgid FROM delivery_receipts WHERE received_at < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        out.receipts += n;
+        if n < BATCH as u64 {
+            break;
+        }
+        tokio::time::sleep(pause).await;
+    }
     out.cancellations = sqlx::query("DELETE FROM delivery_cancellations WHERE created_at < $1")
         .bind(cutoff)
         .execute(pool)
@@ -105,8 +124,9 @@ impl std::fmt::Display for Pruned {
         }
         write!(
             f,
-            "deleted {} final deliveries (with their attempts), {} cancellations, {} replay records created before {}, and {} workers gone for a day, in {:.1} s",
+            "deleted {} final deliveries (with their attempts), {} receipts, {} cancellations, {} replay records created before {}, and {} workers gone for a day, in {:.1} s",
             self.deliveries,
+            self.receipts,
             self.cancellations,
             self.replays,
             self.cutoff.to_rfc3339(),

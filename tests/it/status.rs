@@ -134,6 +134,15 @@ async fn prune_deletes_old_final_deliveries_only() {
     .await
     .unwrap();
 
+    sqlx::query(
+        "INSERT INTO delivery_receipts (app_id, msgid, status, wechat_status, event_at, received_at)
+         VALUES ($1, 1, 'delivered', 'success', now() - interval '200 days', now() - interval '200 days'),
+                ($1, 2, 'delivered', 'success', now(), now())",
+    )
+    .bind(APP_ID)
+    .execute(&env.pool)
+    .await
+    .unwrap();
     let out = env
         .wxnotify(&["prune", "--older-than", "180d", "--dry-run"])
         .output()
@@ -177,6 +186,11 @@ async fn prune_deletes_old_final_deliveries_only() {
         env.count("SELECT count(*) FROM delivery_attempts").await,
         12,
         "attempts go with their delivery"
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM delivery_receipts").await,
+        1,
+        "the old receipt went"
     );
     env.cleanup().await;
 }
