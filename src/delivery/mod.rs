@@ -66,6 +66,10 @@ pub(crate) struct Trip {
     pub token: Option<AccessToken>,
     /// What the judge knew, to ask it again when carrying out fails.
     pub facts: Option<Facts>,
+    /// WeChat said this (app, openid) does not follow the account (43004): recorded after this
+    /// delivery's own outcome, so that a crash in between leaves the delivery to be decided again
+    /// (and dead-lettered with its errcode), not suppressed.
+    pub left_the_account: Option<(String, String)>,
 }
 
 /// Time spent in one stage of a delivery (`wxnotify_stage_seconds{stage}`): where the latency
@@ -177,10 +181,7 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
     }
     let answer = send(ctx, message, &token, trip).await;
     if judge::left_the_account(d.api, &answer) {
-        // Best effort: the delivery's own fate does not depend on it.
-        if let Err(e) = ctx.ledger.mark_unfollowed(&d.app_id, &d.key.openid).await {
-            tracing::warn!(error = %e, "could not record that the recipient left the account");
-        }
+        trip.left_the_account = Some((d.app_id.clone(), d.key.openid.clone()));
     }
     let generation = token.generation;
     trip.token = Some(token);

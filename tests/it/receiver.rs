@@ -1191,3 +1191,69 @@ async fn hostile_bodies_keep_the_receiver_process_memory_flat() {
     let _ = child.wait().await;
     env.cleanup().await;
 }
+
+/// The 43004 is noted only after the delivery's own outcome: a worker killed in between leaves
+/// the message to be decided again (dead-lettered with its errcode, replayable), not suppressed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_after_a_43004_but_before_its_record_leaves_a_dead_letter_not_a_suppression() {
+    use std::process::Stdio;
+
+    let env = TestEnv::with_faults(wechat_sim::Faults {
+        latency_ms: 1500,
+        ..wechat_sim::Faults::default()
+    })
+    .await;
+    env.sim.set_unsubscribed(&["oKill43004"]);
+    let mut child = env
+        .worker_command()
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start wxnotify worker");
+    env.publish(&event("k43-1", "booking.confirmed", "oKill43004")).await;
+    wait_for("claimed, being sent", Duration::from_secs(30), || async {
+        env.statuses().await.get("k43-1").map(String::as_str) == Some("pending")
+    })
+    .await;
+    // Hold the row: the worker's record of the outcome waits behind this lock.
+    let mut tx = env.pool.begin().await.unwrap();
+    sqlx::query("SELECT id FROM deliveries WHERE event_id = 'k43-1' FOR UPDATE")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    wait_for("WeChat answered 43004", Duration::from_secs(30), || async {
+        env.sim.stats().errors.get(&43004).copied().unwrap_or(0) == 1
+    })
+    .await;
+    // The simulator counts the error when it decides, halfway through its latency: give the
+    // answer time to reach the worker and the worker time to do whatever comes before its
+    // record (which this lock holds back).
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let noted = env
+        .count("SELECT count(*) FROM followers WHERE openid = 'oKill43004'")
+        .await;
+    child.start_kill().expect("SIGKILL");
+    child.wait().await.expect("reaped");
+    drop(tx);
+    assert_eq!(
+        noted, 0,
+        "the 43004 was noted before the delivery's outcome was recorded"
+    );
+
+    env.sim.patch_faults(wechat_sim::FaultsPatch {
+        latency_ms: Some(0),
+        ..Default::default()
+    });
+    let worker = env.spawn_worker(&WorkerOpts::default()).await;
+    wait_for("dead on 43004", Duration::from_secs(60), || async {
+        env.statuses().await.get("k43-1").map(String::as_str) == Some("dead")
+    })
+    .await;
+    let dead = env.collect_dlq(1, Duration::from_secs(10)).await;
+    // Its outcome: dead with its errcode, in the DLQ for a replay; the killed worker's held-back
+    // record may land after it died (its statement was already in Postgres) or the next worker
+    // decides again: either way the message is not `suppressed`.
+    assert_eq!(dead[0].1.get("wxnotify-errcode").map(String::as_str), Some("43004"));
+    worker.stop().await;
+    env.cleanup().await;
+}
