@@ -118,8 +118,13 @@ impl Worker {
         ctx.health.set_broker(false);
         ctx.hard_stop.cancel();
         heartbeat.abort();
-        if let Err(e) = ctx.ledger.retire().await {
-            tracing::warn!(error = %e, "could not deregister this worker; its claims expire by themselves");
+        // Bounded: with the database away, the claims expire by themselves (liveness, lease).
+        match tokio::time::timeout(Duration::from_secs(3), ctx.ledger.retire()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not deregister this worker; its claims expire by themselves")
+            }
+            Err(_) => tracing::warn!("deregistering took too long; this worker's claims expire by themselves"),
         }
         tracing::info!("worker stopped");
         Ok(())
@@ -201,21 +206,10 @@ impl Worker {
                 None => break Err(SessionEnd::ConsumerCancelled),
             }
         };
-        // Stop releasing due deliveries before the channel goes: a release in progress commits
-        // or rolls back (its rows stay `scheduled`) first.
+        // Stop releasing due deliveries (a release in progress still commits or rolls back: its
+        // rows stay `scheduled`), and stop sampling.
         due_stop.cancel();
-        if tokio::time::timeout(Duration::from_secs(5), &mut due_loop)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the due-delivery loop did not stop in time; its rows stay scheduled");
-            due_loop.abort();
-        }
         sampler.abort();
-        if result.is_err() {
-            // Whatever this session's channels still hold goes back to the queue when they close.
-            let _ = conn.close(200, "session rebuilt".into()).await;
-        }
         if result.is_ok() {
             // Stop intake first; in-flight deliveries still ack on this channel while draining.
             let _ = channel
@@ -230,8 +224,23 @@ impl Worker {
                 ),
             }
             self.ctx.hard_stop.cancel();
-            let _ = conn.close(200, "worker shutting down".into()).await;
         }
+        // The release in progress had the drain's time too (it publishes on this connection);
+        // one stuck on the database is dropped (its transaction rolls back).
+        if tokio::time::timeout(Duration::from_secs(1), &mut due_loop)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the due-delivery loop did not stop in time; its rows stay scheduled");
+            due_loop.abort();
+        }
+        // Whatever this session's channels still hold goes back to the queue when they close.
+        let reason = if result.is_ok() {
+            "worker shutting down"
+        } else {
+            "session rebuilt"
+        };
+        let _ = conn.close(200, reason.into()).await;
         result
     }
 }
