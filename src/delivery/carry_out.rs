@@ -6,7 +6,8 @@
 //!   second copy in the DLQ, never none;
 //! - otherwise: record → publish the retry/requeue copy (confirmed) → ack. The ack is always last,
 //!   after the outcome is committed in Postgres (CONTRACT §3);
-//! - a 43004 marks the recipient unfollowed only after the delivery's own outcome is recorded.
+//! - a 43004 marks the recipient unfollowed only after the delivery's dead letter is published and
+//!   its outcome recorded.
 //!
 //! When one of its own steps fails, carry-out does not decide: it asks the judge again with what
 //! failed. A failed publish also marks the session broken, so the worker rebuilds its channels
@@ -44,7 +45,7 @@ pub(crate) async fn carry_out(
     let (props, hdrs) = c.headers(&plan);
     let plan = c.dead_letter(plan, &props, hdrs.clone()).await;
     c.record(&plan).await?;
-    c.note_unfollowed().await;
+    c.note_unfollowed(&plan).await;
     let released = plan.outcome == Outcome::Release || !c.republish(&plan, props, hdrs).await;
     c.settle(&plan, released).await
 }
@@ -153,11 +154,16 @@ impl Carrier<'_> {
     }
 
     /// After the outcome is recorded: the recipient left the account (43004), so later template
-    /// messages to them end `suppressed`. Best effort: this delivery's fate does not depend on it.
-    async fn note_unfollowed(&self) {
+    /// messages to them end `suppressed`. Only once this delivery's dead letter is out: when its
+    /// publish failed, the message goes back and its next delivery must meet WeChat's 43004 again,
+    /// not a suppression. Best effort: this delivery's fate does not depend on it.
+    async fn note_unfollowed(&self, plan: &Plan) {
         let Some((app_id, openid)) = &self.trip.left_the_account else {
             return;
         };
+        if !matches!(plan.outcome, Outcome::DeadLetter(_)) {
+            return;
+        }
         if let Err(e) = self.ctx.ledger.mark_unfollowed(app_id, openid).await {
             tracing::warn!(error = %e, "could not record that the recipient left the account");
         }

@@ -1257,3 +1257,37 @@ async fn a_worker_killed_after_a_43004_but_before_its_record_leaves_a_dead_lette
     worker.stop().await;
     env.cleanup().await;
 }
+
+/// A 43004 whose dead letter could not be published (its exchange gone) is not noted: the message
+/// goes back, meets WeChat's 43004 again and is dead-lettered with it, not suppressed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_43004_whose_dead_letter_publish_failed_is_dead_lettered_on_its_next_delivery_not_suppressed() {
+    use lapin::options::ExchangeDeleteOptions;
+
+    let env = TestEnv::new().await;
+    env.sim.set_unsubscribed(&["oNoDlx"]);
+    let worker = env.spawn_worker(&WorkerOpts::default()).await;
+    env.publish(&event("warm", "booking.confirmed", "oWarm")).await;
+    wait_for("the worker delivers", Duration::from_secs(30), || async {
+        env.count("SELECT count(*) FROM deliveries WHERE status = 'sent'").await == 1
+    })
+    .await;
+    // The dead-letter exchange vanishes: the 43004's dead-letter publish fails.
+    let ch = env.channel().await;
+    ch.exchange_delete(env.topology.dlx.as_str().into(), ExchangeDeleteOptions::default())
+        .await
+        .unwrap();
+    env.publish(&event("nodlx-1", "booking.confirmed", "oNoDlx")).await;
+    let dead = env.collect_dlq(1, Duration::from_secs(60)).await;
+    assert_eq!(dead[0].1.get("wxnotify-errcode").map(String::as_str), Some("43004"));
+    wait_for("dead", Duration::from_secs(30), || async {
+        env.statuses().await.get("nodlx-1").map(String::as_str) == Some("dead")
+    })
+    .await;
+    assert!(
+        env.sim.stats().errors.get(&43004).copied().unwrap_or(0) >= 2,
+        "sent again after the failed publish"
+    );
+    worker.stop().await;
+    env.cleanup().await;
+}
