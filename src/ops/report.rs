@@ -23,23 +23,11 @@ impl std::str::FromStr for Since {
                 .map(|t| Since(t.with_timezone(&Utc)))
                 .ok_or_else(|| format!("{s:?}: not a usable date"));
         }
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (n, unit) = s.split_at(split);
-        let n: i64 = n
-            .parse()
-            .map_err(|_| format!("{s:?}: expected a duration like 7d, 24h, 90m, or a date like 2026-11-01"))?;
-        let secs = match unit {
-            "d" => n * 86400,
-            "h" => n * 3600,
-            "m" => n * 60,
-            "s" => n,
-            _ => {
-                return Err(format!(
-                    "{s:?}: the unit must be d, h, m or s (e.g. 7d), or give a date like 2026-11-01"
-                ));
-            }
-        };
-        Ok(Since(Utc::now() - chrono::Duration::seconds(secs)))
+        let bad =
+            || format!("{s:?}: expected a duration like 7d, 24h, 90m (unit d, h, m or s), or a date like 2026-11-01");
+        let secs = super::duration_secs(s).ok_or_else(bad)?;
+        let back = chrono::TimeDelta::try_seconds(secs).ok_or_else(bad)?;
+        Utc::now().checked_sub_signed(back).map(Since).ok_or_else(bad)
     }
 }
 

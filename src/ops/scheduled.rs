@@ -17,19 +17,9 @@ impl std::str::FromStr for DueBefore {
         if let Ok(t) = DateTime::parse_from_rfc3339(s) {
             return Ok(DueBefore(t.with_timezone(&Utc)));
         }
-        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-        let (n, unit) = s.split_at(split);
         let bad =
             || format!("{s:?}: expected an instant like 2026-11-22T14:00:00+08:00 or a duration like 90m, 2h, 1d");
-        let n: i64 = n.parse().map_err(|_| bad())?;
-        let secs = match unit {
-            "d" => n.checked_mul(86400),
-            "h" => n.checked_mul(3600),
-            "m" => n.checked_mul(60),
-            "s" => Some(n),
-            _ => None,
-        }
-        .ok_or_else(bad)?;
+        let secs = super::duration_secs(s).ok_or_else(bad)?;
         chrono::TimeDelta::try_seconds(secs)
             .and_then(|d| Utc::now().checked_add_signed(d))
             .map(DueBefore)
