@@ -11,6 +11,8 @@
 //! record, the broker refuses its copy) is skipped, reported and left in the DLQ; the run goes on.
 //! Losing the broker or the database stops the run.
 
+use std::time::Duration;
+
 use chrono::{DateTime, Utc};
 use lapin::message::BasicGetMessage;
 use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
@@ -22,6 +24,9 @@ use sqlx::PgPool;
 
 use crate::event::BookingEvent;
 use crate::queue::{self, PublishError, Publisher, Topology, headers};
+
+/// How long closing a reader waits for the DLQ to take back what it read.
+const HAND_BACK_WAIT: Duration = Duration::from_secs(5);
 
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
@@ -146,6 +151,9 @@ struct DlqReader {
     /// Messages in the DLQ when we started: we read at most this many, so handed-back ones are
     /// not read twice.
     count: u32,
+    /// The DLQ's ready count when we opened, and how many of those we acked (moved for good).
+    at_open: u32,
+    acked: u32,
 }
 
 impl DlqReader {
@@ -166,6 +174,8 @@ impl DlqReader {
             channel,
             queue: topology.dlq.clone(),
             count,
+            at_open: count,
+            acked: 0,
         })
     }
 
@@ -180,9 +190,29 @@ impl DlqReader {
             .map_err(broker)
     }
 
-    /// Closes without acking what is left: the broker puts it back in the DLQ.
+    /// Closes without acking what is left: the broker puts it back in the DLQ. A quorum queue
+    /// takes it back a moment after the channel is gone, so this waits (at most
+    /// [`HAND_BACK_WAIT`]) until the DLQ holds again what it held minus what we acked: a `list`
+    /// run right after this one sees every dead letter (it saw none).
     async fn close(self) {
         let _ = self.channel.close(200, "done".into()).await;
+        let expected = self.at_open.saturating_sub(self.acked);
+        if let Ok(check) = self.conn.create_channel().await {
+            let passive = QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let deadline = tokio::time::Instant::now() + HAND_BACK_WAIT;
+            while let Ok(q) = check
+                .queue_declare(self.queue.as_str().into(), passive, FieldTable::default())
+                .await
+            {
+                if q.message_count() >= expected || tokio::time::Instant::now() >= deadline {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
         let _ = self.conn.close(200, "done".into()).await;
     }
 }
@@ -300,6 +330,7 @@ pub async fn replay(
                 .ack(BasicAckOptions::default())
                 .await
                 .map_err(broker)?;
+            reader.acked += 1;
             report.replayed.push(view);
         }
         Ok(report)

@@ -178,3 +178,42 @@ async fn a_dead_letter_that_cannot_be_replayed_is_skipped_reported_and_left_in_p
     assert_eq!(dlq::list(&url, &env.topology, 10).await.unwrap().len(), 1);
     env.cleanup().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_back_to_back_always_shows_every_dead_letter() {
+    // A list hands what it read back by closing its channel; the quorum queue takes them back
+    // a moment later. A list that opened in that moment saw an empty DLQ (CI).
+    let env = TestEnv::new().await;
+    let url = SecretString::from(amqp_url());
+    let worker = env.spawn_worker(&WorkerOpts::default()).await;
+    for i in 0..3 {
+        env.publish_raw("booking.confirmed", format!("{{not json {i}").as_bytes())
+            .await;
+    }
+    wait_for("three dead letters", T, || async {
+        dlq::list(&url, &env.topology, 10).await.unwrap().len() == 3
+    })
+    .await;
+    let ch = env.channel().await;
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    for round in 0..40 {
+        let rows = dlq::list(&url, &env.topology, 10).await.unwrap();
+        assert_eq!(rows.len(), 3, "round {round}: a list must see every dead letter");
+        // Once `list` returns, what it read is back in the DLQ, ready for the next reader.
+        let ready = ch
+            .queue_declare(
+                env.topology.dlq.as_str().into(),
+                passive,
+                lapin::types::FieldTable::default(),
+            )
+            .await
+            .unwrap()
+            .message_count();
+        assert_eq!(ready, 3, "round {round}: every dead letter is back when list returns");
+    }
+    worker.stop().await;
+    env.cleanup().await;
+}
