@@ -150,6 +150,10 @@ pub struct WorkerArgs {
     /// A message body larger than this is dead-lettered `invalid_event` without being parsed.
     #[arg(long, env = "WXNOTIFY_MAX_BODY_BYTES", default_value_t = 65536)]
     pub max_body_bytes: usize,
+    /// Sends a second per app for the whole fleet: each live worker takes an equal share.
+    /// Unset: no limit.
+    #[arg(long, env = "WXNOTIFY_RATE_LIMIT")]
+    pub rate_limit: Option<f64>,
 }
 
 /// A WeChat app and its secret.
@@ -189,6 +193,8 @@ pub struct WorkerSettings {
     pub token_refresh_margin: Duration,
     pub shutdown_grace: Duration,
     pub max_body_bytes: usize,
+    /// `WXNOTIFY_RATE_LIMIT`: sends a second per app, shared by the live workers.
+    pub rate_limit: Option<f64>,
     /// Unique per process: owner of claims in the ledger.
     pub worker_id: String,
 }
@@ -236,6 +242,12 @@ impl WorkerSettings {
                 self.shutdown_grace.as_secs_f64().to_string(),
             ),
             ("WXNOTIFY_MAX_BODY_BYTES", self.max_body_bytes.to_string()),
+            (
+                "WXNOTIFY_RATE_LIMIT",
+                self.rate_limit.map_or("unset (no limit)".into(), |r| {
+                    format!("{r} sends/s per app, shared by the live workers")
+                }),
+            ),
         ];
         let held = self.catalog.templates().iter().filter(|t| t.is_held()).count();
         lines.push((
@@ -349,6 +361,14 @@ impl WorkerArgs {
                 "must be between 256 and 16777216",
             ));
         }
+        if let Some(r) = self.rate_limit
+            && !(r.is_finite() && (0.01..=100_000.0).contains(&r))
+        {
+            return Err(ConfigError::new(
+                "WXNOTIFY_RATE_LIMIT",
+                "must be a number of sends a second between 0.01 and 100000",
+            ));
+        }
         let retry = RetryPolicy {
             delivery_limit: self.amqp.delivery_limit,
             ..RetryPolicy::new(
@@ -375,6 +395,7 @@ impl WorkerArgs {
             token_refresh_margin: Duration::from_secs(self.token_refresh_margin_secs),
             shutdown_grace: secs("WXNOTIFY_SHUTDOWN_GRACE_SECS", self.shutdown_grace_secs)?,
             max_body_bytes: self.max_body_bytes,
+            rate_limit: self.rate_limit,
             worker_id: new_worker_id(),
         })
     }

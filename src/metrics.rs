@@ -19,7 +19,7 @@ const OUTCOMES: [&str; 11] = [
     "delivery_limit",
     "ambiguous",
 ];
-const STAGES: [&str; 6] = ["queued", "claim", "token", "send", "record", "ack"];
+const STAGES: [&str; 7] = ["queued", "rate", "claim", "token", "send", "record", "ack"];
 const DUPLICATE_STATUSES: [&str; 7] = [
     "sent",
     "dead",
@@ -50,7 +50,7 @@ pub(crate) fn register(apps: &[String]) {
     let _ = metrics::histogram!("wxnotify_send_seconds");
     describe_histogram!(
         "wxnotify_stage_seconds",
-        "Time a delivery spends per stage: queued (occurred_at to consume), claim, token, send, record, ack"
+        "Time a delivery spends per stage: queued (occurred_at to consume), rate (waiting for a send slot), claim, token, send, record, ack"
     );
     for s in STAGES {
         let _ = metrics::histogram!("wxnotify_stage_seconds", "stage" => s);
@@ -123,6 +123,11 @@ pub(crate) fn register(apps: &[String]) {
     describe_gauge!("wxnotify_db_up", "1 while the database answered the last call");
     metrics::gauge!("wxnotify_broker_up").set(0.0);
     metrics::gauge!("wxnotify_db_up").set(0.0);
+    describe_gauge!(
+        "wxnotify_rate_share",
+        "Sends a second per app this worker may make: WXNOTIFY_RATE_LIMIT over the live workers (0: no limit)"
+    );
+    metrics::gauge!("wxnotify_rate_share").set(0.0);
     describe_gauge!("wxnotify_in_flight", "Deliveries this worker is working on right now");
     metrics::gauge!("wxnotify_in_flight").set(0.0);
     describe_histogram!(

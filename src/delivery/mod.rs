@@ -9,6 +9,7 @@
 pub(crate) mod carry_out;
 pub(crate) mod intake;
 pub(crate) mod judge;
+pub(crate) mod rate;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -38,6 +39,40 @@ pub(crate) struct Context {
     pub health: Arc<Health>,
     /// Fires when the grace period is over: stop waiting for the database.
     pub hard_stop: CancellationToken,
+    /// Fires when shutdown begins: deliveries waiting for a send slot hand their message back.
+    pub draining: CancellationToken,
+    /// `WXNOTIFY_RATE_LIMIT`: this worker's share of the fleet's sends a second per app.
+    pub rate: Option<rate::RateLimit>,
+}
+
+impl Context {
+    /// `live` workers share the fleet's rate limit now (from the heartbeat).
+    pub(crate) fn share_rate(&self, live: u64) {
+        if let Some(rate) = &self.rate {
+            rate.set_workers(live);
+        }
+    }
+
+    /// Waits for this delivery's send slot (the rate limit), before it claims anything: a
+    /// shutdown or a broken session while waiting hands the message back untouched.
+    async fn pace(&self, session: &Session, app_id: &str) -> Result<(), Abandoned> {
+        let Some(rate) = &self.rate else {
+            return Ok(());
+        };
+        let wait = rate.reserve(app_id);
+        if wait.is_zero() {
+            return Ok(());
+        }
+        let started = Instant::now();
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {
+                stage("rate", started);
+                Ok(())
+            }
+            _ = self.draining.cancelled() => Err(Abandoned),
+            _ = session.broken.cancelled() => Err(Abandoned),
+        }
+    }
 }
 
 /// The broker side of one session, for carry-out.
@@ -113,6 +148,9 @@ pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::messa
                 span.record("template", d.key.template_id.as_str());
                 span.record("openid", d.key.openid.as_str());
                 trip.event_id = Some(d.key.event_id.clone());
+                if ctx.pace(session, &d.app_id).await.is_err() {
+                    return;
+                }
                 match decide(ctx, &d, &meta, &mut trip).await {
                     Ok(plan) => plan,
                     Err(Abandoned) => return,

@@ -4,16 +4,23 @@
 use super::Ledger;
 
 impl Ledger {
-    /// Registers or refreshes this worker's heartbeat.
-    pub async fn heartbeat(&self) -> Result<(), sqlx::Error> {
-        sqlx::query(
-            "INSERT INTO workers (id) VALUES ($1)
-             ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()",
+    /// Registers or refreshes this worker's heartbeat; the live workers, this one included (the
+    /// fleet's rate limit is shared among them). One statement: the count reads the table as it
+    /// was before this beat, so it counts the others and adds this one.
+    pub async fn heartbeat(&self) -> Result<u64, sqlx::Error> {
+        let live: i64 = sqlx::query_scalar(
+            "WITH beat AS (
+                INSERT INTO workers (id) VALUES ($1)
+                ON CONFLICT (id) DO UPDATE SET heartbeat_at = now()
+             )
+             SELECT 1 + count(*) FROM workers
+              WHERE id <> $1 AND heartbeat_at > now() - make_interval(secs => $2)",
         )
         .bind(&self.worker_id)
-        .execute(&self.pool)
+        .bind(self.liveness.as_secs_f64())
+        .fetch_one(&self.pool)
         .await?;
-        Ok(())
+        Ok(u64::try_from(live).unwrap_or(1))
     }
 
     /// On exit: forget this worker and hand back any claim it still holds. Such a claim belongs to a

@@ -26,6 +26,7 @@ use tokio_util::sync::CancellationToken;
 use crate::admin::Health;
 use crate::config::WorkerSettings;
 use crate::delivery::intake::Rules;
+use crate::delivery::rate::RateLimit;
 use crate::delivery::{self, Context, Session, with_db};
 use crate::ledger::Ledger;
 use crate::queue::{self, Publisher};
@@ -60,7 +61,8 @@ impl Worker {
             },
             &settings.apps,
         );
-        crate::metrics::register(&settings.apps.iter().map(|a| a.app_id.clone()).collect::<Vec<_>>());
+        let app_ids: Vec<String> = settings.apps.iter().map(|a| a.app_id.clone()).collect();
+        crate::metrics::register(&app_ids);
         let ctx = Context {
             rules: Rules {
                 catalog: settings.catalog.clone(),
@@ -75,6 +77,8 @@ impl Worker {
             wechat,
             health,
             hard_stop: CancellationToken::new(),
+            draining: CancellationToken::new(),
+            rate: settings.rate_limit.map(|limit| RateLimit::new(limit, &app_ids)),
         };
         Ok(Self {
             settings,
@@ -86,11 +90,9 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let ctx = self.ctx.clone();
         // Register before the first claim: others respect claims of live workers only.
-        if with_db(&ctx, "register worker", || ctx.ledger.heartbeat())
-            .await
-            .is_err()
-        {
-            return Ok(());
+        match with_db(&ctx, "register worker", || ctx.ledger.heartbeat()).await {
+            Ok(live) => ctx.share_rate(live),
+            Err(_) => return Ok(()),
         }
         let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
         self.check_apps().await?;
@@ -207,8 +209,14 @@ impl Worker {
             }
         };
         // Stop releasing due deliveries (a release in progress still commits or rolls back: its
-        // rows stay `scheduled`), and stop sampling.
+        // rows stay `scheduled`), and stop sampling. Deliveries still waiting for a send slot
+        // (the rate limit) give their message back at once: they have claimed nothing.
         due_stop.cancel();
+        if result.is_ok() {
+            self.ctx.draining.cancel();
+        } else {
+            session.broken.cancel();
+        }
         sampler.abort();
         if result.is_ok() {
             // Stop intake first; in-flight deliveries still ack on this channel while draining.
@@ -260,7 +268,10 @@ async fn heartbeat(ctx: Arc<Context>) {
     loop {
         tick.tick().await;
         match ctx.ledger.heartbeat().await {
-            Ok(()) => ctx.health.set_db(true),
+            Ok(live) => {
+                ctx.health.set_db(true);
+                ctx.share_rate(live);
+            }
             Err(e) => {
                 ctx.health.set_db(false);
                 tracing::warn!(error = %e, "heartbeat failed");

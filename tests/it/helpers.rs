@@ -73,6 +73,8 @@ pub struct WorkerOpts {
     pub database_url: Option<String>,
     /// Another templates file.
     pub templates: Option<PathBuf>,
+    /// `WXNOTIFY_RATE_LIMIT`.
+    pub rate_limit: Option<f64>,
 }
 
 impl Default for WorkerOpts {
@@ -88,6 +90,7 @@ impl Default for WorkerOpts {
             shutdown_grace_secs: 10.0,
             database_url: None,
             templates: None,
+            rate_limit: None,
         }
     }
 }
@@ -175,6 +178,7 @@ impl TestEnv {
             shutdown_grace_secs: opts.shutdown_grace_secs,
             db_pool: 8,
             max_body_bytes: 65536,
+            rate_limit: opts.rate_limit,
         }
     }
 

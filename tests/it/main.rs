@@ -8,6 +8,7 @@ mod faults;
 mod helpers;
 mod holes;
 mod proxy;
+mod rate;
 mod receiver;
 mod report;
 mod schedule;
