@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Brings up (or down) the two real services wxnotify needs, without Docker:
 # PostgreSQL 15 and RabbitMQ on loopback, with CONTRACT §6's default credentials
-# (postgres/postgres, database `wxnotify`; guest/guest on vhost `/`).
+# (postgres/postgres, database `wxnotify`; guest/guest on vhost `/`). `up` also installs Debian's
+# `prometheus` package (the binaries only: tests/it/prometheus.rs runs its own Prometheus and
+# promtool against dashboards/); no Prometheus daemon is left running.
 #
 #   scripts/services.sh up       install what is missing, start both, wait until they answer
 #   scripts/services.sh down     stop both
@@ -24,15 +26,24 @@ as_root() {
 }
 
 apt_updated=0
-apt_install() {
+apt_update() {
   if [ "$apt_updated" -eq 0 ]; then
     log "apt-get update"
     as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
     apt_updated=1
   fi
+}
+# Installs packages (apt-get install arguments); `apt-get update` first only when the package
+# lists are missing or the install fails on them (stale lists), and then once per run.
+apt_install() {
   log "installing $*"
   # policy-rc.d on containers may forbid starting services from the package: we start them ourselves.
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  if ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then apt_update; fi
+  if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; then
+    [ "$apt_updated" -eq 0 ] || return 1
+    apt_update
+    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+  fi
 }
 
 postgres_up() {
@@ -102,8 +113,35 @@ rabbitmq_up() {
 postgres_down() { as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" stop 2>/dev/null || true; }
 rabbitmq_down() { as_root rabbitmqctl -q shutdown 2>/dev/null || true; }
 
+# Debian's `prometheus` package, for its `prometheus` and `promtool` binaries: the test runs its
+# own Prometheus on a free port. The package's service must not run (it would hold :9090 and
+# scrape nothing of ours): a policy-rc.d keeps its postinst from starting it, and where systemd
+# runs, the unit is disabled and stopped. Without the recommended node exporter (another daemon).
+prometheus_up() {
+  if command -v prometheus >/dev/null 2>&1 && command -v promtool >/dev/null 2>&1; then
+    return
+  fi
+  local policy=/usr/sbin/policy-rc.d ours=0
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\n# Written by wxnotify scripts/services.sh while installing prometheus.\nexit 101\n' \
+      | as_root tee "$policy" >/dev/null
+    as_root chmod 755 "$policy"
+    ours=1
+  fi
+  local rc=0
+  apt_install --no-install-recommends prometheus || rc=$?
+  [ "$ours" -eq 0 ] || as_root rm -f "$policy"
+  [ "$rc" -eq 0 ] || { log "installing prometheus failed"; exit "$rc"; }
+  if [ -d /run/systemd/system ]; then
+    as_root systemctl disable --now prometheus.service >/dev/null 2>&1 || true
+  elif [ -x /etc/init.d/prometheus ]; then
+    as_root /etc/init.d/prometheus stop >/dev/null 2>&1 || true
+  fi
+  log "prometheus $(prometheus --version 2>&1 | awk 'NR==1 {print $3}') installed (not started): prometheus, promtool"
+}
+
 case "${1:-up}" in
-  up) postgres_up; rabbitmq_up ;;
+  up) postgres_up; rabbitmq_up; prometheus_up ;;
   restart-rabbitmq) rabbitmq_down; rabbitmq_up ;;
   restart-postgres)
     log "restarting PostgreSQL $PG_VERSION/$PG_CLUSTER"
@@ -114,6 +152,7 @@ case "${1:-up}" in
   status)
     pg_lsclusters 2>/dev/null || echo "postgres: not installed"
     as_root rabbitmqctl -q status >/dev/null 2>&1 && echo "rabbitmq: running" || echo "rabbitmq: not running"
+    command -v promtool >/dev/null 2>&1 && echo "prometheus: installed (not a service)" || echo "prometheus: not installed"
     ;;
   *) echo "usage: $0 up|down|status|restart-rabbitmq|restart-postgres" >&2; exit 2 ;;
 esac

@@ -44,6 +44,8 @@ pub struct TestEnv {
 }
 
 pub struct WorkerHandle {
+    /// Where its `/healthz`, `/readyz` and `/metrics` answer.
+    pub admin_addr: std::net::SocketAddr,
     pub shutdown: CancellationToken,
     pub join: JoinHandle<Result<(), AppError>>,
 }
@@ -191,8 +193,13 @@ impl TestEnv {
             .await
             .expect("worker builds")
             .expect("not shut down");
+        let admin_addr = app.admin_addr();
         let join = tokio::spawn(app.run(shutdown.clone()));
-        WorkerHandle { shutdown, join }
+        WorkerHandle {
+            admin_addr,
+            shutdown,
+            join,
+        }
     }
 
     /// A fresh channel on the test's own connection.

@@ -7,6 +7,7 @@ mod dlq;
 mod faults;
 mod helpers;
 mod holes;
+mod prometheus;
 mod proxy;
 mod rate;
 mod receiver;
