@@ -8,6 +8,7 @@ mod faults;
 mod helpers;
 mod holes;
 mod proxy;
+mod publish;
 mod receiver;
 mod report;
 mod schedule;
