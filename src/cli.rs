@@ -4,11 +4,13 @@
 use std::io::Read;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Instant;
 
 use clap::{Parser, Subcommand};
 
 use crate::app::{AppError, Application};
 use crate::config::{AmqpArgs, ConfigError, DbArgs, WorkerArgs, redact_url};
+use crate::ops::progress::{self, Progress};
 use crate::receiver::{Receiver, ReceiverArgs};
 use crate::telemetry::{self, LogFormat};
 use crate::{db, ops, shutdown};
@@ -274,12 +276,18 @@ async fn run(command: Command) -> Result<(), Failure> {
             let topology = amqp.topology()?;
             let url = amqp.url()?;
             let input = read_input(file.as_ref())?;
-            let n = ops::publish::publish(&url, &topology, amqp.delivery_limit, &input, raw)
+            let started = Instant::now();
+            let bar = Progress::on_stderr("events");
+            let n = ops::publish::publish(&url, &topology, amqp.delivery_limit, &input, raw, &bar)
                 .await
                 .map_err(|e| Failure::Runtime(e.to_string()))?;
+            bar.finish();
+            let took = started.elapsed();
             println!(
-                "published {n} event(s) to exchange {} (confirmed by the broker)",
-                topology.exchange
+                "published {n} event(s) to exchange {} (confirmed by the broker) in {} ({})",
+                topology.exchange,
+                progress::seconds(took),
+                progress::per_second(n, took)
             );
             Ok(())
         }
@@ -356,27 +364,39 @@ async fn dlq(command: DlqCommand) -> Result<(), Failure> {
             };
             let (url, topology) = (amqp.url()?, amqp.topology()?);
             let pool = connect_and_migrate(&db_args).await?;
-            let report = ops::dlq::replay(&url, &topology, &pool, &filter, limit, dry_run)
+            let started = Instant::now();
+            let bar = Progress::on_stderr("dead letters");
+            let report = ops::dlq::replay(&url, &topology, &pool, &filter, limit, dry_run, &bar)
                 .await
                 .map_err(runtime)?;
+            bar.finish();
+            let took = started.elapsed();
+            // The table ends with it on stdout; JSON stays alone on stdout, it goes to stderr.
+            let summary = |skipped_where: &str| {
+                let verb = if dry_run { "would replay" } else { "replayed" };
+                let skipped = match report.skipped.len() {
+                    0 => String::new(),
+                    n => format!("; skipped {n}{skipped_where}"),
+                };
+                format!(
+                    "{verb} {} of {} dead letter(s) looked at into {} in {} (replay {}){skipped}; the others stay in {}",
+                    report.replayed.len(),
+                    report.scanned,
+                    topology.queue,
+                    progress::seconds(took),
+                    report.replay_id,
+                    topology.dlq
+                )
+            };
             match format {
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+                OutputFormat::Json => {
+                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                    eprintln!("{}", summary(""));
+                }
                 OutputFormat::Table => {
                     print!("{}", ops::dlq::table(&report.replayed));
                     print!("{}", ops::dlq::skipped_table(&report.skipped));
-                    let verb = if dry_run { "would replay" } else { "replayed" };
-                    let skipped = match report.skipped.len() {
-                        0 => String::new(),
-                        n => format!("; skipped {n} (above)"),
-                    };
-                    println!(
-                        "{verb} {} of {} dead letter(s) looked at into {} (replay {}){skipped}; the others stay in {}",
-                        report.replayed.len(),
-                        report.scanned,
-                        topology.queue,
-                        report.replay_id,
-                        topology.dlq
-                    );
+                    println!("{}", summary(" (above)"));
                 }
             }
             Ok(())

@@ -23,6 +23,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use crate::event::BookingEvent;
+use crate::ops::progress::Progress;
 use crate::queue::{self, PublishError, Publisher, Topology, headers};
 
 /// How long closing a reader waits for the DLQ to take back what it read.
@@ -136,6 +137,18 @@ pub struct ReplayReport {
     pub dry_run: bool,
 }
 
+impl ReplayReport {
+    /// `3 replayed, 1 skipped`: the progress bar's note.
+    fn so_far(&self) -> String {
+        let done = self.replayed.len();
+        match (self.dry_run, self.skipped.len()) {
+            (true, _) => format!("{done} would be replayed"),
+            (false, 0) => format!("{done} replayed"),
+            (false, skipped) => format!("{done} replayed, {skipped} skipped"),
+        }
+    }
+}
+
 /// A dead letter `replay` left where it was, and why.
 #[derive(Debug, Clone, Serialize)]
 pub struct SkippedDeadLetter {
@@ -241,6 +254,7 @@ pub async fn list(amqp_url: &SecretString, topology: &Topology, limit: usize) ->
 /// Dead letters that cannot be replayed for a reason of their own are left and reported in
 /// [`ReplayReport::skipped`]. When the broker goes away before confirming a copy, the run stops
 /// and that replay's row stays: the copy may have arrived.
+/// `progress` counts the dead letters looked at, out of those in the DLQ when the run started.
 pub async fn replay(
     amqp_url: &SecretString,
     topology: &Topology,
@@ -248,8 +262,10 @@ pub async fn replay(
     filter: &ReplayFilter,
     limit: usize,
     dry_run: bool,
+    progress: &Progress,
 ) -> Result<ReplayReport, DlqError> {
     let mut reader = DlqReader::open(amqp_url, topology, "wxnotify-dlq-replay").await?;
+    progress.set_total(reader.at_open.into());
     let result: Result<_, DlqError> = async {
         let mut publisher = Publisher::open(&reader.conn).await.map_err(broker)?;
         let passive = QueueDeclareOptions {
@@ -275,8 +291,10 @@ pub async fn replay(
         let description = filter.describe();
         let now = Utc::now();
         while report.replayed.len() < limit {
+            progress.note(report.so_far());
             let Some(msg) = reader.next().await? else { break };
             report.scanned += 1;
+            progress.advance();
             let view = DeadLetterView::of(&msg.delivery.data, &msg.delivery.properties, now);
             if !filter.matches(&view) {
                 continue; // stays unacked: handed back to the DLQ when we close

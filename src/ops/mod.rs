@@ -1,9 +1,10 @@
 //! Operator commands besides the worker: [`publish`] (the booking side, for demos and ops),
 //! [`dlq`] (list and replay dead letters), [`report`] (the delivery summary), [`scheduled`]
 //! (deliveries waiting for their time), [`status`] (tokens, queues, ledger, workers) and [`prune`]
-//! (retention).
+//! (retention). The long ones (`publish`, `dlq replay`) show their [`progress`] at a terminal.
 
 pub mod dlq;
+pub mod progress;
 pub mod prune;
 pub mod publish;
 pub mod report;

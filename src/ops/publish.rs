@@ -9,6 +9,7 @@ use lapin::BasicProperties;
 use lapin::types::FieldTable;
 
 use crate::event::BookingEvent;
+use crate::ops::progress::Progress;
 use crate::queue::{self, Publisher, Topology};
 use secrecy::SecretString;
 
@@ -70,15 +71,18 @@ fn prepare(input: &[u8], raw: bool) -> Result<Vec<Outgoing>, PublishCmdError> {
     }
 }
 
-/// Publishes; returns how many the broker confirmed.
+/// Publishes; returns how many the broker confirmed. `progress` counts the events the broker
+/// answered, out of the valid lines.
 pub async fn publish(
     amqp_url: &SecretString,
     topology: &Topology,
     delivery_limit: u32,
     input: &[u8],
     raw: bool,
+    progress: &Progress,
 ) -> Result<usize, PublishCmdError> {
     let lines = prepare(input, raw)?;
+    progress.set_total(lines.len() as u64);
     let broker = |e: &dyn std::fmt::Display| PublishCmdError::Broker(e.to_string());
     let conn = queue::connect(amqp_url, "wxnotify-publish")
         .await
@@ -106,6 +110,7 @@ pub async fn publish(
             }
         })
         .buffered(256)
+        .inspect(|_| progress.advance())
         .collect()
         .await;
     let _ = conn.close(200, "done".into()).await;

@@ -5,9 +5,10 @@ use std::time::Duration;
 
 use secrecy::SecretString;
 use wxnotify::ops::dlq::{self, ReplayFilter};
+use wxnotify::ops::progress::Progress;
 use wxnotify::queue::headers;
 
-use crate::helpers::{TestEnv, WorkerOpts, amqp_url, event, wait_for};
+use crate::helpers::{TestEnv, WorkerOpts, amqp_url, event, plain_stderr, summary_line, wait_for};
 
 const T: Duration = Duration::from_secs(30);
 
@@ -41,7 +42,8 @@ async fn dead_letters_are_listed_in_place_and_replayed_once_the_cause_is_fixed()
         errcode: Some(43004),
         ..Default::default()
     };
-    let dry = dlq::replay(&url, &env.topology, &env.pool, &by_errcode, usize::MAX, true)
+    let no_bar = Progress::hidden();
+    let dry = dlq::replay(&url, &env.topology, &env.pool, &by_errcode, usize::MAX, true, &no_bar)
         .await
         .unwrap();
     assert_eq!(dry.replayed.len(), 1, "a dry run names the match");
@@ -59,7 +61,7 @@ async fn dead_letters_are_listed_in_place_and_replayed_once_the_cause_is_fixed()
         .execute(&env.pool)
         .await
         .unwrap();
-    let done = dlq::replay(&url, &env.topology, &env.pool, &by_errcode, usize::MAX, false)
+    let done = dlq::replay(&url, &env.topology, &env.pool, &by_errcode, usize::MAX, false, &no_bar)
         .await
         .unwrap();
     assert_eq!(done.replayed.len(), 1);
@@ -215,5 +217,51 @@ async fn listing_back_to_back_always_shows_every_dead_letter() {
         assert_eq!(ready, 3, "round {round}: every dead letter is back when list returns");
     }
     worker.stop().await;
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_off_a_terminal_draws_no_bar_and_ends_with_a_timed_summary() {
+    let env = TestEnv::new().await;
+    for id in ["p-1", "p-2"] {
+        let body = event(id, "booking.confirmed", "oP").to_string();
+        env.publish_dead_letter(
+            body.as_bytes(),
+            &[(headers::REASON, "permanent_error"), (headers::EVENT_ID, id)],
+        )
+        .await;
+    }
+    env.publish_dead_letter(b"{not json", &[(headers::REASON, "invalid_event")])
+        .await;
+
+    // JSON: stdout stays JSON alone; the summary goes to stderr.
+    let out = env
+        .wxnotify_ok(&[
+            "dlq",
+            "replay",
+            "--reason",
+            "permanent_error",
+            "--dry-run",
+            "--format",
+            "json",
+        ])
+        .await;
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON alone on stdout");
+    assert_eq!(report["scanned"], 3);
+    let stderr = plain_stderr(&out);
+    let (line, secs) = summary_line(&stderr, "would replay 2 of 3 dead letter(s) looked at into ");
+    assert!(line.contains(&env.topology.queue), "{line}");
+    assert!((0.0..30.0).contains(&secs), "{line}");
+
+    // A table: the summary ends it on stdout, timed as well.
+    let out = env.wxnotify_ok(&["dlq", "replay", "--reason", "permanent_error"]).await;
+    plain_stderr(&out);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let (line, _) = summary_line(&stdout, "replayed 2 of 3 dead letter(s) looked at into ");
+    assert!(
+        line.ends_with(&format!("the others stay in {}", env.topology.dlq)),
+        "{line}"
+    );
+    assert_eq!(env.ready_everywhere().await, 2);
     env.cleanup().await;
 }

@@ -17,6 +17,7 @@ use wechat_sim::{Faults, Sim, SimConfig};
 use wxnotify::app::{AppError, Application};
 use wxnotify::config::{AmqpArgs, DbArgs, WorkerArgs};
 use wxnotify::ops::dlq::{self, ReplayFilter, ReplayReport};
+use wxnotify::ops::progress::Progress;
 use wxnotify::queue::{self, Publisher, Topology};
 use wxnotify::wechat::TokenApi;
 
@@ -117,8 +118,8 @@ impl TestEnv {
             reason: Some(reason.into()),
             ..Default::default()
         };
-        let url = SecretString::from(amqp_url());
-        dlq::replay(&url, &self.topology, &self.pool, &filter, usize::MAX, false)
+        let (url, no_bar) = (SecretString::from(amqp_url()), Progress::hidden());
+        dlq::replay(&url, &self.topology, &self.pool, &filter, usize::MAX, false, &no_bar)
             .await
             .expect("replay")
     }
@@ -228,6 +229,18 @@ impl TestEnv {
             .env("WXNOTIFY_ADMIN_ADDR", "127.0.0.1:0")
             .kill_on_drop(true);
         cmd
+    }
+
+    /// Runs the `wxnotify` binary with `args`, its output captured (not a terminal), and checks
+    /// that it exited 0 (showing its stderr when not).
+    pub async fn wxnotify_ok(&self, args: &[&str]) -> std::process::Output {
+        let out = self.wxnotify(args).output().await.expect("run wxnotify");
+        assert!(
+            out.status.success(),
+            "wxnotify {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
     }
 
     pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
@@ -465,4 +478,27 @@ impl TestEnv {
             .expect("query")
             .flatten()
     }
+}
+
+/// What the command wrote to stderr, checked to hold no terminal escape code: off a terminal
+/// (a pipe, as here) there is no progress bar and no colour.
+pub fn plain_stderr(out: &std::process::Output) -> String {
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!stderr.contains("\x1b["), "escape codes off a terminal: {stderr:?}");
+    stderr
+}
+
+/// The line of `text` that starts with `start`, and the seconds it says the run took
+/// (`… in 1.2s …`). Panics, showing `text`, when there is no such line.
+pub fn summary_line<'a>(text: &'a str, start: &str) -> (&'a str, f64) {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with(start))
+        .unwrap_or_else(|| panic!("no line starting {start:?} in {text:?}"));
+    let secs = line
+        .split(" in ")
+        .skip(1)
+        .find_map(|rest| rest.split_once("s")?.0.parse::<f64>().ok())
+        .unwrap_or_else(|| panic!("no time (`in 1.2s`) in {line:?}"));
+    (line, secs)
 }

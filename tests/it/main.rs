@@ -9,6 +9,7 @@ mod helpers;
 mod holes;
 mod prometheus;
 mod proxy;
+mod publish;
 mod rate;
 mod receiver;
 mod report;
