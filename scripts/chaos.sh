@@ -11,5 +11,5 @@ scripts/services.sh up
 runs="${1:-1}"
 for i in $(seq 1 "$runs"); do
   echo "== chaos run $i of $runs"
-  cargo test --locked -p wxnotify --test chaos -- --ignored --nocapture
+  cargo test --locked -p wxnotify --test chaos -- --ignored --nocapture --exact chaos
 done

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite on a real RabbitMQ and a real Postgres (started here if needed).
-#   scripts/test.sh            fmt check, clippy, unit + integration tests (wxnotify and crates/wechat-sim)
+#   scripts/test.sh            fmt check, clippy, unit + integration tests (wxnotify and crates/wechat-sim),
+#                              then one chaos run and one cluster run, each alone
 # Each test makes its own database and random queue names, so tests run in parallel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,3 +18,6 @@ cargo test --workspace --locked --all-targets -- --test-threads "${TEST_THREADS:
 # Last and alone: it restarts RabbitMQ and Postgres under three worker processes.
 echo "== chaos test"
 scripts/chaos.sh 1
+# Alone too: a three-node RabbitMQ cluster loses the node leading the work queue.
+echo "== cluster test"
+scripts/cluster-chaos.sh 1

@@ -46,7 +46,7 @@ pub struct DbArgs {
 
 #[derive(Debug, Clone, Args)]
 pub struct AmqpArgs {
-    /// RabbitMQ URL.
+    /// RabbitMQ URL; the nodes of a cluster as several URLs separated by commas.
     #[arg(
         long,
         env = "AMQP_URL",
@@ -80,8 +80,17 @@ impl AmqpArgs {
     }
 
     pub fn url(&self) -> Result<SecretString, ConfigError> {
-        if !(self.amqp_url.starts_with("amqp://") || self.amqp_url.starts_with("amqps://")) {
-            return Err(ConfigError::new("AMQP_URL", "must start with amqp:// or amqps://"));
+        let nodes = crate::queue::node_urls(&self.amqp_url);
+        if nodes.is_empty() {
+            return Err(ConfigError::new("AMQP_URL", "is empty"));
+        }
+        for (i, node) in nodes.iter().enumerate() {
+            if !(node.starts_with("amqp://") || node.starts_with("amqps://")) {
+                return Err(ConfigError::new(
+                    "AMQP_URL",
+                    format!("URL {} of {} must start with amqp:// or amqps://", i + 1, nodes.len()),
+                ));
+            }
         }
         Ok(SecretString::from(self.amqp_url.clone()))
     }
@@ -410,15 +419,19 @@ pub fn new_worker_id() -> String {
     format!("{host}-{}-{rand}", std::process::id())
 }
 
-/// A URL with its password masked, for log lines.
+/// A URL (or a comma-separated list of them) with its passwords masked, for log lines.
 pub fn redact_url(url: &SecretString) -> String {
-    match reqwest::Url::parse(url.expose_secret()) {
-        Ok(mut u) => {
-            if u.password().is_some() {
-                let _ = u.set_password(Some("***"));
+    crate::queue::node_urls(url.expose_secret())
+        .into_iter()
+        .map(|one| match reqwest::Url::parse(one) {
+            Ok(mut u) => {
+                if u.password().is_some() {
+                    let _ = u.set_password(Some("***"));
+                }
+                u.to_string()
             }
-            u.to_string()
-        }
-        Err(_) => "[unparseable URL]".into(),
-    }
+            Err(_) => "[unparseable URL]".into(),
+        })
+        .collect::<Vec<_>>()
+        .join(",")
 }

@@ -5,16 +5,91 @@ pub mod headers;
 pub mod publisher;
 pub mod topology;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
 use lapin::{Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use publisher::{PublishError, Publisher};
 pub use topology::Topology;
 
+/// How long one node gets to answer before the next one is tried.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The node this process connected to last (an index into its URL list); unset at first.
+static LAST_NODE: AtomicUsize = AtomicUsize::new(usize::MAX);
+
 /// Opens a connection named after this process (the name shows in the management UI).
 /// Recovery is ours, not lapin's: the worker rebuilds connection, channels, topology, prefetch
 /// and consumer from scratch after any failure, so no state of a dead channel is reused.
+///
+/// `url` may list the nodes of a RabbitMQ cluster separated by commas (CONTRACT §6): they are
+/// tried in turn, each for at most [`CONNECT_TIMEOUT`], starting with the node this process used
+/// last (at first one picked by process id, so a fleet spreads over the nodes). A node that went
+/// away refuses at once, so a reconnect lands on the next one that answers.
 pub async fn connect(url: &SecretString, name: &str) -> lapin::Result<Connection> {
-    let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
-    Connection::connect(url.expose_secret(), props).await
+    let urls = node_urls(url.expose_secret());
+    let start = match LAST_NODE.load(Ordering::Relaxed) {
+        usize::MAX => std::process::id() as usize,
+        last => last,
+    };
+    let mut last_error = None;
+    for i in 0..urls.len() {
+        let node = (start + i) % urls.len();
+        let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
+        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(urls[node], props)).await {
+            Ok(Ok(conn)) => {
+                LAST_NODE.store(node, Ordering::Relaxed);
+                if urls.len() > 1 {
+                    let address = reqwest::Url::parse(urls[node])
+                        .map(|u| format!("{}:{}", u.host_str().unwrap_or("?"), u.port().unwrap_or(5672)))
+                        .unwrap_or_default();
+                    tracing::info!(node = node + 1, of = urls.len(), %address, connection = name, "connected to a RabbitMQ node");
+                }
+                return Ok(conn);
+            }
+            Ok(Err(e)) => last_error = Some(e),
+            Err(_) => {
+                last_error = Some(
+                    std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        format!("node {} of AMQP_URL did not answer in {CONNECT_TIMEOUT:?}", node + 1),
+                    )
+                    .into(),
+                )
+            }
+        }
+    }
+    Err(last_error.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "AMQP_URL is empty").into()))
+}
+
+/// The URLs of a comma-separated list, blanks dropped.
+pub(crate) fn node_urls(list: &str) -> Vec<&str> {
+    list.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_list_of_nodes_is_split_and_blanks_dropped() {
+        assert_eq!(
+            node_urls("amqp://a:5672/%2f, amqp://b:5672/%2f,,"),
+            ["amqp://a:5672/%2f", "amqp://b:5672/%2f"]
+        );
+        assert_eq!(node_urls("amqp://one/%2f"), ["amqp://one/%2f"]);
+        assert!(node_urls(" , ").is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_node_that_refuses_is_skipped_for_the_next() {
+        // Port 1 refuses at once; the second "node" is not a broker either: the error is the
+        // last node's, after both were tried (no hang, no panic).
+        let list = SecretString::from("amqp://guest:guest@127.0.0.1:1/%2f,amqp://guest:guest@127.0.0.1:2/%2f");
+        let started = std::time::Instant::now();
+        assert!(connect(&list, "test").await.is_err());
+        assert!(started.elapsed() < CONNECT_TIMEOUT, "refusals are not waited out");
+    }
 }

@@ -153,11 +153,27 @@ fn parse_counters(text: &str) -> BTreeMap<String, f64> {
         .collect()
 }
 
-/// Runs `scripts/services.sh <what>` (restart-rabbitmq, restart-postgres); panics if it fails.
+/// Declares the run's topology (exchange, work queue, DLX/DLQ) through `url`.
+pub async fn declare(url: &str, topology: &wxnotify::queue::Topology) {
+    let conn = wxnotify::queue::connect(&secrecy::SecretString::from(url.to_string()), "wxnotify-chaos-setup")
+        .await
+        .expect("RabbitMQ (scripts/services.sh up, or cluster up)");
+    let ch = conn.create_channel().await.expect("channel");
+    topology.declare_core(&ch, 20).await.expect("topology");
+    let _ = conn.close(200, "set up".into()).await;
+}
+
+/// Where a run's worker logs go: `target/chaos/<run>/`.
+pub fn logs_of(run: &str) -> PathBuf {
+    Path::new(ROOT).join("target/chaos").join(run)
+}
+
+/// Runs `scripts/services.sh <what>` (restart-rabbitmq, restart-postgres, cluster stop-node 2…);
+/// panics if it fails.
 pub async fn services(what: &str) {
     let status = Command::new("bash")
         .arg(Path::new(ROOT).join("scripts/services.sh"))
-        .arg(what)
+        .args(what.split_whitespace())
         .status()
         .await
         .expect("run scripts/services.sh");
@@ -166,7 +182,14 @@ pub async fn services(what: &str) {
 
 /// What the broker holds per queue whose name starts with `prefix`: (messages, unacknowledged).
 pub async fn queue_depths(prefix: &str) -> BTreeMap<String, (u64, u64)> {
+    queue_depths_at(None, prefix).await
+}
+
+/// [`queue_depths`] as node `node` (`rabbit2@host`) sees them, or the default node's.
+pub async fn queue_depths_at(node: Option<&str>, prefix: &str) -> BTreeMap<String, (u64, u64)> {
+    let node_args = node.map(|n| ["-n", n]);
     let out = Command::new("rabbitmqctl")
+        .args(node_args.iter().flatten())
         .args([
             "-q",
             "list_queues",

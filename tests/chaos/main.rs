@@ -13,13 +13,13 @@
 //! suite and run alone: `scripts/chaos.sh` (which `scripts/test.sh` calls last).
 //! Knobs: `CHAOS_EVENTS` (default 3000), `CHAOS_SEED` (default random; printed), `CHAOS_PUBLISH_SECS`.
 
+mod cluster;
 #[path = "../common/mod.rs"]
 mod common;
 mod fleet;
 mod load;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
@@ -72,18 +72,8 @@ async fn chaos() {
     let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim binds");
 
     let topology = Topology::new(&format!("{prefix}.x"), &format!("{prefix}.q"));
-    {
-        let conn = queue::connect(&SecretString::from(amqp_url()), "wxnotify-chaos-setup")
-            .await
-            .expect("RabbitMQ (scripts/services.sh up)");
-        let ch = conn.create_channel().await.expect("channel");
-        topology.declare_core(&ch, 20).await.expect("topology");
-        let _ = conn.close(200, "set up".into()).await;
-    }
-
-    let logs = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("target/chaos")
-        .join(&prefix);
+    fleet::declare(&amqp_url(), &topology).await;
+    let logs = fleet::logs_of(&prefix);
     let sim_base = format!("http://{sim_addr}");
     let mut env = worker_env(&db_url, &topology, &sim_base, "templates.toml");
     env.extend(
