@@ -38,8 +38,8 @@ fn cluster_url() -> String {
         .join(",")
 }
 
-/// The node (1..=3) leading quorum queue `queue`, as node `ask` sees it.
-async fn leader_of(queue: &str, ask: usize) -> Option<usize> {
+/// Quorum queue `queue` as node `ask` sees it: its leader (1..=3) and how many members it has.
+async fn replicas_of(queue: &str, ask: usize) -> Option<(usize, usize)> {
     let out = Command::new("rabbitmqctl")
         .args([
             "-q",
@@ -48,6 +48,7 @@ async fn leader_of(queue: &str, ask: usize) -> Option<usize> {
             "list_queues",
             "name",
             "leader",
+            "members",
             "--formatter",
             "json",
         ])
@@ -55,10 +56,10 @@ async fn leader_of(queue: &str, ask: usize) -> Option<usize> {
         .await
         .ok()?;
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).ok()?;
-    let leader = rows.iter().find(|r| r["name"] == queue)?["leader"]
-        .as_str()?
-        .to_string();
-    (1..=NODES).find(|i| node(*i) == leader)
+    let row = rows.iter().find(|r| r["name"] == queue)?;
+    let leader = row["leader"].as_str()?;
+    let members = row["members"].as_array().map_or(0, Vec::len);
+    Some(((1..=NODES).find(|i| node(*i) == leader)?, members))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -132,17 +133,21 @@ async fn the_cluster_loses_the_node_leading_the_work_queue_and_every_event_is_se
 
     let mark = |what: &str| println!("cluster: t={:>5.1}s {what}", t0.elapsed().as_secs_f64());
     tokio::time::sleep_until(t0 + Duration::from_secs_f64(publish_secs * 0.3)).await;
-    let leader = leader_of(&topology.queue, 1)
+    let (leader, members) = replicas_of(&topology.queue, 1)
         .await
         .expect("the work queue has a leader");
-    mark(&format!("stopping {} (leads the work queue)", node(leader)));
+    assert_eq!(members, NODES, "the work queue is replicated on every node");
+    mark(&format!(
+        "stopping {} (leads the work queue, {members} replicas)",
+        node(leader)
+    ));
     services(&format!("cluster stop-node {leader}")).await;
     mark("stopped");
     let survivor = if leader == 1 { 2 } else { 1 };
     tokio::time::sleep_until(t0 + Duration::from_secs_f64(publish_secs * 0.7)).await;
     mark(&format!(
         "new leader {:?}; starting {} again",
-        leader_of(&topology.queue, survivor).await.map(node),
+        replicas_of(&topology.queue, survivor).await.map(|(l, _)| node(l)),
         node(leader)
     ));
     services(&format!("cluster start-node {leader}")).await;
