@@ -29,6 +29,24 @@ use crate::queue::{self, PublishError, Publisher, Topology, headers};
 /// How long closing a reader waits for the DLQ to take back what it read.
 const HAND_BACK_WAIT: Duration = Duration::from_secs(5);
 
+/// How long any one broker call of `list` / `replay` may take: a broker that stops answering
+/// (seen on an overloaded single node) is an error naming the call, not a command that hangs.
+const BROKER_ANSWER: Duration = Duration::from_secs(30);
+
+/// `call` with [`BROKER_ANSWER`] as its limit.
+async fn answered<T, E: std::fmt::Display>(
+    what: &str,
+    call: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, DlqError> {
+    match tokio::time::timeout(BROKER_ANSWER, call).await {
+        Ok(r) => r.map_err(|e| DlqError::Broker(format!("{what}: {e}"))),
+        Err(_) => Err(DlqError::Broker(format!(
+            "{what}: the broker did not answer in {} s",
+            BROKER_ANSWER.as_secs()
+        ))),
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum DlqError {
     #[error("broker: {0}")]
@@ -171,17 +189,18 @@ struct DlqReader {
 
 impl DlqReader {
     async fn open(amqp_url: &SecretString, topology: &Topology, name: &str) -> Result<Self, DlqError> {
-        let conn = queue::connect(amqp_url, name).await.map_err(broker)?;
-        let channel = conn.create_channel().await.map_err(broker)?;
+        let conn = answered("connect", queue::connect(amqp_url, name)).await?;
+        let channel = answered("open a channel", conn.create_channel()).await?;
         let passive = QueueDeclareOptions {
             passive: true,
             ..Default::default()
         };
-        let count = channel
-            .queue_declare(topology.dlq.as_str().into(), passive, FieldTable::default())
-            .await
-            .map_err(|e| DlqError::Broker(format!("dead-letter queue {}: {e}", topology.dlq)))?
-            .message_count();
+        let count = answered(
+            &format!("dead-letter queue {}", topology.dlq),
+            channel.queue_declare(topology.dlq.as_str().into(), passive, FieldTable::default()),
+        )
+        .await?
+        .message_count();
         Ok(Self {
             conn,
             channel,
@@ -197,10 +216,12 @@ impl DlqReader {
             return Ok(None);
         }
         self.count -= 1;
-        self.channel
-            .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: false })
-            .await
-            .map_err(broker)
+        answered(
+            "read a dead letter",
+            self.channel
+                .basic_get(self.queue.as_str().into(), BasicGetOptions { no_ack: false }),
+        )
+        .await
     }
 
     /// Closes without acking what is left: the broker puts it back in the DLQ. A quorum queue
@@ -208,6 +229,14 @@ impl DlqReader {
     /// [`HAND_BACK_WAIT`]) until the DLQ holds again what it held minus what we acked: a `list`
     /// run right after this one sees every dead letter (it saw none).
     async fn close(self) {
+        // Bounded as a whole: what we did not ack goes back when the connection goes anyway.
+        if tokio::time::timeout(BROKER_ANSWER, self.hand_back()).await.is_err() {
+            tracing::warn!("the broker did not confirm the hand-back in time; closing");
+        }
+        let _ = tokio::time::timeout(BROKER_ANSWER, self.conn.close(200, "done".into())).await;
+    }
+
+    async fn hand_back(&self) {
         let _ = self.channel.close(200, "done".into()).await;
         let expected = self.at_open.saturating_sub(self.acked);
         if let Ok(check) = self.conn.create_channel().await {
@@ -226,7 +255,6 @@ impl DlqReader {
                 tokio::time::sleep(Duration::from_millis(5)).await;
             }
         }
-        let _ = self.conn.close(200, "done".into()).await;
     }
 }
 

@@ -84,6 +84,26 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_node_that_accepts_but_never_speaks_is_an_error_not_a_hang() {
+        // A wedged broker: the TCP connection is accepted, the AMQP handshake never answered.
+        let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = silent.local_addr().unwrap();
+        let held = tokio::spawn(async move {
+            let mut open = Vec::new();
+            while let Ok((sock, _)) = silent.accept().await {
+                open.push(sock);
+            }
+        });
+        let url = SecretString::from(format!("amqp://guest:guest@{addr}/%2f"));
+        let err = tokio::time::timeout(CONNECT_TIMEOUT * 3, connect(&url, "test"))
+            .await
+            .expect("connect gives up by itself")
+            .expect_err("nothing answered");
+        assert!(err.to_string().contains("did not answer"), "{err}");
+        held.abort();
+    }
+
+    #[tokio::test]
     async fn a_node_that_refuses_is_skipped_for_the_next() {
         // Port 1 refuses at once; the second "node" is not a broker either: the error is the
         // last node's, after both were tried (no hang, no panic).
