@@ -45,8 +45,6 @@ pub struct TestEnv {
 }
 
 pub struct WorkerHandle {
-    /// Where its `/healthz`, `/readyz` and `/metrics` answer.
-    pub admin_addr: std::net::SocketAddr,
     pub shutdown: CancellationToken,
     pub join: JoinHandle<Result<(), AppError>>,
 }
@@ -194,13 +192,8 @@ impl TestEnv {
             .await
             .expect("worker builds")
             .expect("not shut down");
-        let admin_addr = app.admin_addr();
         let join = tokio::spawn(app.run(shutdown.clone()));
-        WorkerHandle {
-            admin_addr,
-            shutdown,
-            join,
-        }
+        WorkerHandle { shutdown, join }
     }
 
     /// A fresh channel on the test's own connection.
@@ -443,8 +436,13 @@ impl TestEnv {
     /// Has the simulator push to `receiver` (safe mode when `aes`), at once, retrying after
     /// `retry_gap_ms`.
     pub fn push_to(&self, receiver: &ReceiverHandle, aes: bool, retry_gap_ms: u64) {
+        self.push_to_addr(receiver.addr, aes, retry_gap_ms);
+    }
+
+    /// [`TestEnv::push_to`] a receiver listening on `addr` (e.g. the real binary).
+    pub fn push_to_addr(&self, addr: std::net::SocketAddr, aes: bool, retry_gap_ms: u64) {
         self.sim.set_push(wechat_sim::PushConfig {
-            callback_url: Some(format!("http://{}/wechat/{{appid}}", receiver.addr)),
+            callback_url: Some(format!("http://{addr}/wechat/{{appid}}")),
             token: CALLBACK_TOKEN.into(),
             aes_key: aes.then(|| AES_KEY.into()),
             retry_gap_ms,

@@ -13,7 +13,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::{APP_ID, TestEnv, WorkerOpts, event, wait_for};
+use crate::helpers::{AES_KEY, APP_ID, CALLBACK_TOKEN, TestEnv, event, wait_for};
+
+/// A loopback address nobody listens on (yet).
+fn free_addr() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+}
 
 const DASHBOARDS: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/dashboards");
 
@@ -222,16 +229,39 @@ async fn the_dashboard_and_the_alerts_hold_on_a_real_prometheus() {
     assert!(check.status.success(), "promtool check config: {check:?}");
 
     let env = TestEnv::new().await;
-    let receiver = env.spawn_receiver(None, false).await;
-    env.push_to(&receiver, true, 0);
-    let worker = env.spawn_worker(&WorkerOpts::default()).await;
-    // In this test process both expose the process's one registry; scraped apart, as deployed.
+    // The real binaries, each its own process and so its own registry: an in-process worker
+    // would share this test process's registry with every test running beside it (CI saw a
+    // neighbour's gauges set off other alerts).
+    let (worker_admin, receiver_addr, receiver_admin) = (free_addr(), free_addr(), free_addr());
+    let mut worker = env
+        .worker_command()
+        .env("WXNOTIFY_ADMIN_ADDR", worker_admin.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start wxnotify worker");
+    let mut receiver = env
+        .wxnotify(&["receiver"])
+        .env("WECHAT_CALLBACK_TOKEN", CALLBACK_TOKEN)
+        .env("WECHAT_ENCODING_AES_KEY", AES_KEY)
+        .env("WXNOTIFY_RECEIVER_ADDR", receiver_addr.to_string())
+        .env("WXNOTIFY_ADMIN_ADDR", receiver_admin.to_string())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start wxnotify receiver");
+    for admin in [worker_admin, receiver_admin] {
+        wait_for(&format!("{admin} ready"), Duration::from_secs(60), || async move {
+            matches!(reqwest::get(format!("http://{admin}/readyz")).await, Ok(r) if r.status().is_success())
+        })
+        .await;
+    }
+    env.push_to_addr(receiver_addr, true, 0);
     let prometheus = Prometheus::start(
         &rules,
-        &[
-            ("wxnotify", worker.admin_addr),
-            ("wxnotify-receiver", receiver.admin_addr),
-        ],
+        &[("wxnotify", worker_admin), ("wxnotify-receiver", receiver_admin)],
     )
     .await;
     // Scraped a few times before anything happens: the rates and the DLQ's delta start at zero.
@@ -242,6 +272,14 @@ async fn the_dashboard_and_the_alerts_hold_on_a_real_prometheus() {
         )
         .await;
 
+    // The empty DLQ is on record first: the "growing" rule compares with it (CI once published
+    // the dead letter before the worker's first sample, so the DLQ was never seen empty).
+    prometheus
+        .wait_until(
+            "the empty DLQ scraped",
+            r#"max(wxnotify_queue_messages{queue="dlq"}) == 0"#,
+        )
+        .await;
     for i in 0..3 {
         env.publish(&event(&format!("prom-{i}"), "booking.confirmed", &format!("oProm{i}")))
             .await;
@@ -281,10 +319,18 @@ async fn the_dashboard_and_the_alerts_hold_on_a_real_prometheus() {
     let expected: BTreeSet<String> = ["WxnotifyDeadLetterQueueGrowing", "WxnotifyTokenQuotaHigh"]
         .map(String::from)
         .into();
-    wait_for("the two alerts pending", Duration::from_secs(30), || async {
-        prometheus.active_alerts().await == expected
-    })
-    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let active = prometheus.active_alerts().await;
+        if active == expected {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "waited 60 s for exactly {expected:?} pending; active: {active:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // Prometheus loaded every rule of the file and evaluates each without error.
     let groups = prometheus.api("rules", None).await.expect("rules");
@@ -335,7 +381,9 @@ async fn the_dashboard_and_the_alerts_hold_on_a_real_prometheus() {
     assert!(by_result.iter().any(|(r, v)| r == "ok" && *v > 0.0), "{by_result:?}");
 
     prometheus.stop().await;
-    worker.stop().await;
-    receiver.stop().await;
+    for child in [&mut worker, &mut receiver] {
+        child.start_kill().expect("stop");
+        let _ = child.wait().await;
+    }
     env.cleanup().await;
 }
