@@ -532,5 +532,12 @@ mod tests {
         );
         let e = amqp("amqp://u:p@h/%2f?cacertfile=/nonexistent/ca.pem").unwrap_err();
         assert!(e.message.contains("needs an amqps:// URL"), "{e}");
+        // A cluster: each node's URL is checked, and the message says which.
+        let e = amqp("amqps://u:p@a/%2f,amqps://u:p@b/%2f?cacertfile=/nonexistent/ca.pem").unwrap_err();
+        assert!(
+            e.message
+                .starts_with("URL 2 of 2: cacertfile: cannot read /nonexistent/ca.pem"),
+            "{e}"
+        );
     }
 }

@@ -133,6 +133,15 @@ async fn a_worker_delivers_over_verified_tls_to_both_services() {
     assert!(worker_line.starts_with("true\t"), "not TLS: {worker_line:?}");
 
     worker.stop().await;
+
+    // A cluster's list of nodes: each URL has its own cacertfile (nothing listens on port 1, so
+    // whichever node is tried first, the connection ends on the TLS node).
+    let ca = &tls.ca;
+    let nodes = format!("amqps://guest:guest@localhost:1/%2f?cacertfile={ca},{}", env.amqp_url);
+    let conn = wxnotify::queue::connect(&SecretString::from(nodes), "wxnotify-tls-test")
+        .await
+        .expect("the TLS node of the list connects");
+    let _ = conn.close(200, "done".into()).await;
     cleanup(tls, env).await;
 }
 
