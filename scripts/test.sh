@@ -6,6 +6,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh up
+# tests/it/tls.rs starts a TLS-only Postgres cluster and RabbitMQ node (scripts/tls-services.sh):
+# stopped after the tests, and on any failure.
+trap 'scripts/tls-services.sh down >/dev/null 2>&1 || true' EXIT
 # Databases left by earlier runs (one per test).
 su postgres -c "psql -qAt -c \"select datname from pg_database where datname like 'wxn_test_%'\"" 2>/dev/null \
   | while read -r db; do su postgres -c "psql -q -c 'DROP DATABASE IF EXISTS \"$db\"'" >/dev/null 2>&1 || true; done
@@ -15,6 +18,7 @@ echo "== cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "== cargo test"
 cargo test --workspace --locked --all-targets -- --test-threads "${TEST_THREADS:-4}"
+scripts/tls-services.sh down
 # Last and alone: it restarts RabbitMQ and Postgres under three worker processes.
 echo "== chaos test"
 scripts/chaos.sh 1

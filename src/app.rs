@@ -8,7 +8,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::{self, Health};
-use crate::config::WorkerSettings;
+use crate::config::{WorkerSettings, redact_url};
 use crate::db;
 use crate::worker::{Worker, WorkerError};
 
@@ -25,6 +25,7 @@ impl From<WorkerError> for AppError {
     fn from(e: WorkerError) -> Self {
         match e {
             WorkerError::Config(m) => AppError::Config(m),
+            WorkerError::Tls(m) => AppError::Runtime(m),
         }
     }
 }
@@ -43,6 +44,7 @@ pub(crate) async fn start_admin(
 
 /// The pool, once the database answers (waited for: it may come up after us; `/readyz` says not
 /// ready meanwhile), with migrations applied if `migrate`. `None`: `shutdown` fired while waiting.
+/// A TLS failure is not waited out: it is an error naming `DATABASE_URL` (exit 1).
 pub(crate) async fn open_database(
     url: &SecretString,
     size: u32,
@@ -50,7 +52,10 @@ pub(crate) async fn open_database(
     health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<Option<PgPool>, AppError> {
-    let Some(pool) = db::connect_patiently(url, size, shutdown).await else {
+    let pool = db::connect_patiently(url, size, shutdown)
+        .await
+        .map_err(|e| AppError::Runtime(format!("DATABASE_URL: TLS with {} failed: {e}", redact_url(url))))?;
+    let Some(pool) = pool else {
         return Ok(None);
     };
     health.set_db(true);

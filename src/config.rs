@@ -3,16 +3,19 @@
 //! Secrets are `SecretString`s: their `Debug` prints `[REDACTED]`.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
 use secrecy::{ExposeSecret, SecretString};
+use sqlx::postgres::PgConnectOptions;
 
 use crate::queue::topology::Topology;
 use crate::retry::RetryPolicy;
 use crate::template::Catalog;
+use crate::tls::{self, AmqpUrl};
 use crate::wechat::TokenApi;
 
 /// A setting that cannot be used; `setting` is the env var (or flag) name.
@@ -79,17 +82,25 @@ impl AmqpArgs {
         Ok(Topology::new(&self.exchange, &self.queue))
     }
 
+    /// The URL (each node's, for a cluster), checked: its scheme, and the CA file of a
+    /// `cacertfile` parameter (amqps:// only), which must hold a PEM certificate.
     pub fn url(&self) -> Result<SecretString, ConfigError> {
         let nodes = crate::queue::node_urls(&self.amqp_url);
         if nodes.is_empty() {
             return Err(ConfigError::new("AMQP_URL", "is empty"));
         }
         for (i, node) in nodes.iter().enumerate() {
+            // "URL 2 of 3: …" where there are several.
+            let which = |message: String| match nodes.len() {
+                1 => ConfigError::new("AMQP_URL", message),
+                n => ConfigError::new("AMQP_URL", format!("URL {} of {n}: {message}", i + 1)),
+            };
             if !(node.starts_with("amqp://") || node.starts_with("amqps://")) {
-                return Err(ConfigError::new(
-                    "AMQP_URL",
-                    format!("URL {} of {} must start with amqp:// or amqps://", i + 1, nodes.len()),
-                ));
+                return Err(which("must start with amqp:// or amqps://".into()));
+            }
+            let parsed = AmqpUrl::parse(node).map_err(which)?;
+            if let Some(ca) = &parsed.ca_file {
+                tls::read_ca_file(ca).map_err(|e| which(format!("cacertfile: {e}")))?;
             }
         }
         Ok(SecretString::from(self.amqp_url.clone()))
@@ -97,11 +108,39 @@ impl AmqpArgs {
 }
 
 impl DbArgs {
+    /// The URL, checked as sqlx reads it (an `sslmode` it does not know is refused here, not at
+    /// every connection attempt), with the files of `sslrootcert` (a PEM certificate), `sslcert`
+    /// and `sslkey` readable.
     pub fn url(&self) -> Result<SecretString, ConfigError> {
-        if !(self.database_url.starts_with("postgres://") || self.database_url.starts_with("postgresql://")) {
+        let url = &self.database_url;
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
             return Err(ConfigError::new("DATABASE_URL", "must start with postgres://"));
         }
-        Ok(SecretString::from(self.database_url.clone()))
+        PgConnectOptions::from_str(url).map_err(|e| {
+            let message = match e {
+                sqlx::Error::Configuration(inner) => inner.to_string(),
+                e => e.to_string(),
+            };
+            ConfigError::new("DATABASE_URL", message)
+        })?;
+        if let Ok(parsed) = reqwest::Url::parse(url) {
+            for (key, value) in parsed.query_pairs() {
+                // sqlx takes a value that looks like PEM as the certificate itself.
+                if value.trim_start().starts_with("-----BEGIN") {
+                    continue;
+                }
+                let path = Path::new(value.as_ref());
+                let checked = match key.as_ref() {
+                    "sslrootcert" | "ssl-root-cert" | "ssl-ca" => tls::read_ca_file(path).map(drop),
+                    "sslcert" | "ssl-cert" | "sslkey" | "ssl-key" => std::fs::File::open(path)
+                        .map(drop)
+                        .map_err(|e| format!("cannot read {}: {e}", path.display())),
+                    _ => Ok(()),
+                };
+                checked.map_err(|e| ConfigError::new("DATABASE_URL", format!("{key}: {e}")))?;
+            }
+        }
+        Ok(SecretString::from(url.clone()))
     }
 }
 
@@ -434,4 +473,71 @@ pub fn redact_url(url: &SecretString) -> String {
         })
         .collect::<Vec<_>>()
         .join(",")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn db(url: &str) -> Result<SecretString, ConfigError> {
+        DbArgs {
+            database_url: url.into(),
+        }
+        .url()
+    }
+
+    #[test]
+    fn database_urls_are_checked_as_sqlx_reads_them() {
+        assert!(db("postgres://u:p@h:5432/db?sslmode=require").is_ok());
+        let e = db("postgres://u:secret@h:5432/db?sslmode=verify-fulll").unwrap_err();
+        assert_eq!(e.setting, "DATABASE_URL");
+        assert!(
+            e.message.contains("verify-fulll") && !e.message.contains("secret"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn the_certificate_files_of_a_database_url_must_be_readable() {
+        for key in ["sslrootcert", "ssl-root-cert", "sslcert", "sslkey"] {
+            let e = db(&format!(
+                "postgres://u:p@h/db?sslmode=verify-full&{key}=/nonexistent/x.pem"
+            ))
+            .unwrap_err();
+            assert_eq!(e.setting, "DATABASE_URL");
+            assert!(
+                e.message.starts_with(&format!("{key}: cannot read /nonexistent/x.pem")),
+                "{e}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_cacertfile_must_be_readable_and_on_an_amqps_url() {
+        let amqp = |url: &str| {
+            AmqpArgs {
+                amqp_url: url.into(),
+                exchange: "x".into(),
+                queue: "q".into(),
+                delivery_limit: 20,
+            }
+            .url()
+        };
+        assert!(amqp("amqps://u:p@h/%2f").is_ok());
+        let e = amqp("amqps://u:p@h/%2f?cacertfile=/nonexistent/ca.pem").unwrap_err();
+        assert_eq!(e.setting, "AMQP_URL");
+        assert!(
+            e.message.starts_with("cacertfile: cannot read /nonexistent/ca.pem"),
+            "{e}"
+        );
+        let e = amqp("amqp://u:p@h/%2f?cacertfile=/nonexistent/ca.pem").unwrap_err();
+        assert!(e.message.contains("needs an amqps:// URL"), "{e}");
+        // A cluster: each node's URL is checked, and the message says which.
+        let e = amqp("amqps://u:p@a/%2f,amqps://u:p@b/%2f?cacertfile=/nonexistent/ca.pem").unwrap_err();
+        assert!(
+            e.message
+                .starts_with("URL 2 of 2: cacertfile: cannot read /nonexistent/ca.pem"),
+            "{e}"
+        );
+    }
 }

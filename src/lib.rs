@@ -25,7 +25,7 @@
 //! - [`app`]: the one start-up path (admin endpoint, database, migrations, worker).
 //! - [`ops`]: the `publish`, `dlq` and `report` commands.
 //! - [`receiver`]: `wxnotify receiver`, WeChat's event push (receipts, followers) into the ledger.
-//! - [`config`], [`telemetry`], `admin`, [`db`], `shutdown`: the service around it.
+//! - [`config`], [`telemetry`], `admin`, [`db`], [`tls`], `shutdown`: the service around it.
 //!
 //! The WeChat API simulator is a crate of its own (`crates/wechat-sim`).
 
@@ -46,6 +46,7 @@ pub mod retry;
 pub(crate) mod shutdown;
 pub mod telemetry;
 pub(crate) mod template;
+pub mod tls;
 pub mod token;
 pub mod wechat;
 pub(crate) mod worker;

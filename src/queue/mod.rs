@@ -8,11 +8,14 @@ pub mod topology;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 
 pub use publisher::{PublishError, Publisher};
 pub use topology::Topology;
+
+use crate::tls::{self, AmqpUrl};
 
 /// How long one node gets to answer before the next one is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -28,7 +31,11 @@ static LAST_NODE: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// tried in turn, each for at most [`CONNECT_TIMEOUT`], starting with the node this process used
 /// last (at first one picked by process id, so a fleet spreads over the nodes). A node that went
 /// away refuses at once, so a reconnect lands on the next one that answers.
+///
+/// `amqps://` URLs use TLS, trusting the system's roots and the CA file of a `cacertfile`
+/// parameter (read anew at each connection, so a renewed CA file needs no restart).
 pub async fn connect(url: &SecretString, name: &str) -> lapin::Result<Connection> {
+    tls::install_crypto_provider();
     let urls = node_urls(url.expose_secret());
     let start = match LAST_NODE.load(Ordering::Relaxed) {
         usize::MAX => std::process::id() as usize,
@@ -37,13 +44,15 @@ pub async fn connect(url: &SecretString, name: &str) -> lapin::Result<Connection
     let mut last_error = None;
     for i in 0..urls.len() {
         let node = (start + i) % urls.len();
-        let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
-        match tokio::time::timeout(CONNECT_TIMEOUT, Connection::connect(urls[node], props)).await {
+        match tokio::time::timeout(CONNECT_TIMEOUT, connect_node(urls[node], name)).await {
             Ok(Ok(conn)) => {
                 LAST_NODE.store(node, Ordering::Relaxed);
                 if urls.len() > 1 {
                     let address = reqwest::Url::parse(urls[node])
-                        .map(|u| format!("{}:{}", u.host_str().unwrap_or("?"), u.port().unwrap_or(5672)))
+                        .map(|u| {
+                            let port = u.port().unwrap_or(if u.scheme() == "amqps" { 5671 } else { 5672 });
+                            format!("{}:{port}", u.host_str().unwrap_or("?"))
+                        })
                         .unwrap_or_default();
                     tracing::info!(node = node + 1, of = urls.len(), %address, connection = name, "connected to a RabbitMQ node");
                 }
@@ -62,6 +71,22 @@ pub async fn connect(url: &SecretString, name: &str) -> lapin::Result<Connection
         }
     }
     Err(last_error.unwrap_or_else(|| std::io::Error::new(std::io::ErrorKind::InvalidInput, "AMQP_URL is empty").into()))
+}
+
+/// One node's connection: its `cacertfile` taken off the URL and given to lapin as an extra root.
+async fn connect_node(url: &str, name: &str) -> lapin::Result<Connection> {
+    let invalid =
+        |message: String| std::io::Error::new(std::io::ErrorKind::InvalidInput, format!("AMQP_URL: {message}"));
+    let AmqpUrl { url, ca_file } = AmqpUrl::parse(url).map_err(invalid)?;
+    let tls_config = OwnedTLSConfig {
+        identity: None,
+        cert_chain: match ca_file {
+            Some(path) => Some(tls::read_ca_file(&path).map_err(|e| invalid(format!("cacertfile: {e}")))?),
+            None => None,
+        },
+    };
+    let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
+    Connection::connect_with_config(&url, props, tls_config, lapin::runtime::default_runtime()?).await
 }
 
 /// The URLs of a comma-separated list, blanks dropped.

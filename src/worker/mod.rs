@@ -24,7 +24,7 @@ use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::admin::Health;
-use crate::config::WorkerSettings;
+use crate::config::{WorkerSettings, redact_url};
 use crate::delivery::intake::Rules;
 use crate::delivery::rate::RateLimit;
 use crate::delivery::{self, Context, Session, with_db};
@@ -39,6 +39,10 @@ pub enum WorkerError {
     /// A configuration problem found at start-up (exit 2).
     #[error("{0}")]
     Config(String),
+    /// The broker's TLS refused at start-up (a certificate the CA did not sign, a host name it
+    /// does not name): not an outage to wait out (exit 1).
+    #[error("{0}")]
+    Tls(String),
 }
 
 pub struct Worker {
@@ -99,6 +103,7 @@ impl Worker {
 
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut backoff = reconnect_backoff();
+        let (mut consumed_once, mut fatal) = (false, None);
         while !shutdown.is_cancelled() {
             match self.session(&permits, &shutdown).await {
                 Ok(()) => break,
@@ -106,6 +111,14 @@ impl Worker {
                     // A session that got as far as consuming resets the backoff.
                     if ctx.health.broker() {
                         backoff = reconnect_backoff();
+                        consumed_once = true;
+                    }
+                    // Before any session: a TLS refusal is AMQP_URL's to fix (CA, host name).
+                    // Later it is retried like any outage (a certificate being rotated).
+                    if !consumed_once && e.is_tls_failure() {
+                        let url = redact_url(&self.settings.amqp_url);
+                        fatal = Some(WorkerError::Tls(format!("AMQP_URL: TLS with {url} failed: {e}")));
+                        break;
                     }
                     ctx.health.set_broker(false);
                     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
@@ -129,7 +142,7 @@ impl Worker {
             Err(_) => tracing::warn!("deregistering took too long; this worker's claims expire by themselves"),
         }
         tracing::info!("worker stopped");
-        Ok(())
+        fatal.map_or(Ok(()), Err)
     }
 
     /// Fetches (or adopts) every app's token once: wrong credentials stop the worker at boot,
@@ -289,4 +302,10 @@ enum SessionEnd {
     ConsumerCancelled,
     #[error("a publish failed (its channel may be closed); rebuilding the session")]
     PublishFailed,
+}
+
+impl SessionEnd {
+    fn is_tls_failure(&self) -> bool {
+        matches!(self, SessionEnd::Amqp(e) if crate::tls::tls_failure(e).is_some())
+    }
 }

@@ -26,21 +26,33 @@ pub fn amqp_url() -> String {
 /// A new, migrated database named `wxn_test_<16 hex>` (`scripts/test.sh` drops old ones).
 /// Returns its URL and a pool of `pool_size` connections.
 pub async fn fresh_database(id: &str, pool_size: u32) -> (String, PgPool) {
+    fresh_database_at(&base_db_url(), "", id, pool_size).await
+}
+
+/// [`fresh_database`] on the server at `base` (`postgres://user:password@host:port`), every URL
+/// ending in `params` (a query such as `?sslmode=verify-full&sslrootcert=…`, or empty).
+pub async fn fresh_database_at(base: &str, params: &str, id: &str, pool_size: u32) -> (String, PgPool) {
     let db_name = format!("wxn_test_{}", &id[..16]);
-    let admin = PgPool::connect(&format!("{}/postgres", base_db_url()))
-        .await
-        .expect("connect to Postgres (run scripts/services.sh up)");
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {db_name}")))
-        .execute(&admin)
-        .await
-        .expect("create test database");
-    admin.close().await;
-    let db_url = format!("{}/{db_name}", base_db_url());
+    admin_execute(base, params, format!("CREATE DATABASE {db_name}")).await;
+    let db_url = format!("{base}/{db_name}{params}");
     let pool = wxnotify::db::connect(&SecretString::from(db_url.clone()), pool_size)
         .await
         .expect("connect test db");
     wxnotify::db::migrate(&pool).await.expect("migrate");
     (db_url, pool)
+}
+
+/// Runs `sql` (`CREATE DATABASE`, `DROP DATABASE`) on the `postgres` database of the server at
+/// `base`, over a connection of its own; URL as in [`fresh_database_at`].
+pub async fn admin_execute(base: &str, params: &str, sql: String) {
+    let admin = PgPool::connect(&format!("{base}/postgres{params}"))
+        .await
+        .expect("connect to Postgres (run scripts/services.sh up)");
+    sqlx::query(sqlx::AssertSqlSafe(sql.clone()))
+        .execute(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+    admin.close().await;
 }
 
 /// A valid event of the shipped templates.

@@ -22,7 +22,7 @@ use wxnotify::queue::{self, Publisher, Topology};
 use wxnotify::wechat::TokenApi;
 
 pub use crate::common::{APP_ID, APP_SECRET, amqp_url, event, wait_for};
-use crate::common::{Taken, fresh_database, take_all, worker_env};
+use crate::common::{Taken, base_db_url, fresh_database_at, take_all, worker_env};
 
 fn init_logs() {
     static ONCE: Once = Once::new();
@@ -33,8 +33,31 @@ fn init_logs() {
     });
 }
 
+/// Where a test environment's Postgres and RabbitMQ are: the shared services of
+/// `scripts/services.sh` by default, the TLS ones of `scripts/tls-services.sh` in tls.rs.
+#[derive(Clone)]
+pub struct Services {
+    /// `postgres://user:password@host:port`: the test's database is made there.
+    pub db_base: String,
+    /// The query every database URL ends with (`?sslmode=…`), or empty.
+    pub db_params: String,
+    pub amqp_url: String,
+}
+
+impl Default for Services {
+    fn default() -> Self {
+        Self {
+            db_base: base_db_url(),
+            db_params: String::new(),
+            amqp_url: amqp_url(),
+        }
+    }
+}
+
 pub struct TestEnv {
     pub db_url: String,
+    /// The broker the topology is on, the workers and the test's publisher connect to.
+    pub amqp_url: String,
     pub pool: PgPool,
     pub topology: Topology,
     pub sim: Sim,
@@ -116,23 +139,28 @@ impl TestEnv {
             reason: Some(reason.into()),
             ..Default::default()
         };
-        let (url, no_bar) = (SecretString::from(amqp_url()), Progress::hidden());
+        let (url, no_bar) = (SecretString::from(self.amqp_url.clone()), Progress::hidden());
         dlq::replay(&url, &self.topology, &self.pool, &filter, usize::MAX, false, &no_bar)
             .await
             .expect("replay")
     }
 
-    pub async fn with_sim(mut sim_config: SimConfig) -> Self {
+    pub async fn with_sim(sim_config: SimConfig) -> Self {
+        Self::on(Services::default(), sim_config).await
+    }
+
+    /// A test environment on other services than the shared ones.
+    pub async fn on(services: Services, mut sim_config: SimConfig) -> Self {
         init_logs();
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let (db_url, pool) = fresh_database(&id, 4).await;
+        let (db_url, pool) = fresh_database_at(&services.db_base, &services.db_params, &id, 4).await;
 
         sim_config.apps = HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]);
         let sim = Sim::new(sim_config);
         let addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim binds");
 
         let topology = Topology::new(&format!("t-{}.x", &id[..10]), &format!("t-{}.q", &id[..10]));
-        let conn = queue::connect(&SecretString::from(amqp_url()), "wxnotify-test")
+        let conn = queue::connect(&SecretString::from(services.amqp_url.clone()), "wxnotify-test")
             .await
             .expect("connect to RabbitMQ (run scripts/services.sh up)");
         let publisher = Publisher::open(&conn).await.expect("publisher");
@@ -142,6 +170,7 @@ impl TestEnv {
             .expect("declare topology");
         Self {
             db_url,
+            amqp_url: services.amqp_url,
             pool,
             topology,
             sim,
@@ -158,7 +187,7 @@ impl TestEnv {
                 database_url: opts.database_url.clone().unwrap_or_else(|| self.db_url.clone()),
             },
             amqp: AmqpArgs {
-                amqp_url: amqp_url(),
+                amqp_url: self.amqp_url.clone(),
                 exchange: self.topology.exchange.clone(),
                 queue: self.topology.queue.clone(),
                 delivery_limit: 20,
@@ -218,6 +247,7 @@ impl TestEnv {
                 &self.sim_base,
                 &self.templates.to_string_lossy(),
             ))
+            .env("AMQP_URL", &self.amqp_url)
             .env("WECHAT_TOKEN_API", "classic")
             .env("WXNOTIFY_ADMIN_ADDR", "127.0.0.1:0")
             .kill_on_drop(true);
@@ -413,7 +443,7 @@ impl TestEnv {
             templates: self.templates.clone(),
             receiver_addr: "127.0.0.1:0".parse().unwrap(),
             admin_addr: "127.0.0.1:0".parse().unwrap(),
-            amqp_url: spill.then(amqp_url),
+            amqp_url: spill.then(|| self.amqp_url.clone()),
             queue: self.topology.queue.clone(),
             db_pool: 8,
         };

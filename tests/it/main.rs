@@ -16,4 +16,5 @@ mod report;
 mod schedule;
 mod secrets;
 mod status;
+mod tls;
 mod tokens;
