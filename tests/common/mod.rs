@@ -25,8 +25,10 @@ pub fn amqp_url() -> String {
 
 /// A new, migrated database named `wxn_test_<16 hex>` (`scripts/test.sh` drops old ones).
 /// Returns its URL and a pool of `pool_size` connections.
+/// `TEST_DATABASE_PARAMS` ends every URL (e.g. `?sslmode=disable` to measure without TLS).
 pub async fn fresh_database(id: &str, pool_size: u32) -> (String, PgPool) {
-    fresh_database_at(&base_db_url(), "", id, pool_size).await
+    let params = std::env::var("TEST_DATABASE_PARAMS").unwrap_or_default();
+    fresh_database_at(&base_db_url(), &params, id, pool_size).await
 }
 
 /// [`fresh_database`] on the server at `base` (`postgres://user:password@host:port`), every URL
