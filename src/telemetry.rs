@@ -12,10 +12,16 @@ pub enum LogFormat {
     Json,
 }
 
+/// The filter when `RUST_LOG` is unset.
+pub const DEFAULT_FILTER: &str = "info,sqlx::postgres::notice=warn,lapin=off";
+
 pub fn init(format: LogFormat) {
     let filter = EnvFilter::try_from_default_env()
-        // sqlx logs Postgres notices ("relation … already exists, skipping") at info.
-        .unwrap_or_else(|_| EnvFilter::new("info,sqlx::postgres::notice=warn"));
+        // sqlx logs Postgres notices ("relation … already exists, skipping") at info. lapin logs
+        // every channel the broker closes at ERROR, including the passive declares `status` and
+        // the gauges make on purpose; what matters of its errors reaches our code, which logs it
+        // with its context (a session ended, a publish failed). `RUST_LOG=lapin=debug` shows them.
+        .unwrap_or_else(|_| EnvFilter::new(DEFAULT_FILTER));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)

@@ -70,6 +70,30 @@ async fn status_shows_the_token_the_queues_the_waiting_deliveries_and_the_worker
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_on_a_broker_without_the_queues_says_absent_and_logs_no_error() {
+    // No worker has declared anything under this name: every passive declare is refused, which
+    // lapin logged as an ERROR line per queue (18 of them) above a correct table.
+    let env = TestEnv::new().await;
+    let out = env
+        .wxnotify(&["status"])
+        .env("WXNOTIFY_QUEUE", format!("{}-never-declared", env.topology.queue))
+        .output()
+        .await
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("absent"), "{stdout}");
+    assert!(
+        !stderr.contains("ERROR"),
+        "a refused passive declare is not an error:\n{stderr}"
+    );
+    env.cleanup().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn print_config_shows_the_effective_settings_with_secrets_masked() {
     let env = TestEnv::new().await;
     let out = env.wxnotify(&["worker", "--print-config"]).output().await.unwrap();
