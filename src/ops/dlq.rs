@@ -15,8 +15,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 use lapin::message::BasicGetMessage;
-use lapin::options::{BasicAckOptions, BasicGetOptions, QueueDeclareOptions};
-use lapin::types::FieldTable;
+use lapin::options::{BasicAckOptions, BasicGetOptions};
 use lapin::{BasicProperties, Channel, Connection};
 use secrecy::SecretString;
 use serde::Serialize;
@@ -191,13 +190,9 @@ impl DlqReader {
     async fn open(amqp_url: &SecretString, topology: &Topology, name: &str) -> Result<Self, DlqError> {
         let conn = answered("connect", queue::connect(amqp_url, name)).await?;
         let channel = answered("open a channel", conn.create_channel()).await?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
         let count = answered(
             &format!("dead-letter queue {}", topology.dlq),
-            channel.queue_declare(topology.dlq.as_str().into(), passive, FieldTable::default()),
+            queue::peek(&channel, &topology.dlq),
         )
         .await?
         .message_count();
@@ -240,15 +235,8 @@ impl DlqReader {
         let _ = self.channel.close(200, "done".into()).await;
         let expected = self.at_open.saturating_sub(self.acked);
         if let Ok(check) = self.conn.create_channel().await {
-            let passive = QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
             let deadline = tokio::time::Instant::now() + HAND_BACK_WAIT;
-            while let Ok(q) = check
-                .queue_declare(self.queue.as_str().into(), passive, FieldTable::default())
-                .await
-            {
+            while let Ok(q) = queue::peek(&check, &self.queue).await {
                 if q.message_count() >= expected || tokio::time::Instant::now() >= deadline {
                     break;
                 }
@@ -296,17 +284,9 @@ pub async fn replay(
     progress.set_total(reader.at_open.into());
     let result: Result<_, DlqError> = async {
         let mut publisher = Publisher::open(&reader.conn).await.map_err(broker)?;
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
         // Checked on a channel of its own: a failed passive declare closes the channel.
         let check = reader.conn.create_channel().await.map_err(broker)?;
-        if check
-            .queue_declare(topology.queue.as_str().into(), passive, FieldTable::default())
-            .await
-            .is_err()
-        {
+        if queue::peek(&check, &topology.queue).await.is_err() {
             return Err(DlqError::NoWorkQueue(topology.queue.clone()));
         }
         let _ = check.close(200, "checked".into()).await;

@@ -5,8 +5,6 @@
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use secrecy::SecretString;
 use serde::Serialize;
 use sqlx::{PgPool, Row};
@@ -111,14 +109,7 @@ pub async fn queues(amqp_url: &SecretString, topology: &Topology) -> Result<Vec<
     let mut out = Vec::new();
     let mut channel = conn.create_channel().await?;
     for name in names {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        match channel
-            .queue_declare(name.as_str().into(), passive, FieldTable::default())
-            .await
-        {
+        match queue::peek(&channel, &name).await {
             Ok(q) => out.push(QueueStatus {
                 name,
                 messages: Some(q.message_count()),

@@ -89,6 +89,18 @@ async fn connect_node(url: &str, name: &str) -> lapin::Result<Connection> {
     Connection::connect_with_config(&url, props, tls_config, lapin::runtime::default_runtime()?).await
 }
 
+/// A queue's counts (ready messages, consumers) without declaring it: a passive declare. A queue
+/// that does not exist is an error, and the broker closes `channel` with it.
+pub(crate) async fn peek(channel: &lapin::Channel, queue: &str) -> lapin::Result<lapin::Queue> {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    channel
+        .queue_declare(queue.into(), passive, lapin::types::FieldTable::default())
+        .await
+}
+
 /// The URLs of a comma-separated list, blanks dropped.
 pub(crate) fn node_urls(list: &str) -> Vec<&str> {
     list.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()

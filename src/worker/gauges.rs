@@ -7,8 +7,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lapin::Channel;
-use lapin::options::QueueDeclareOptions;
-use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Context;
@@ -49,15 +47,7 @@ pub(crate) async fn run(ctx: Arc<Context>, channel: Channel, stop: CancellationT
 
 async fn queues(ctx: &Context, channel: &Channel) -> lapin::Result<()> {
     let topology = &ctx.topology;
-    let depth = |name: String| async move {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        channel
-            .queue_declare(name.as_str().into(), passive, FieldTable::default())
-            .await
-    };
+    let depth = |name: String| async move { crate::queue::peek(channel, &name).await };
     let work = depth(topology.queue.clone()).await?;
     metrics::gauge!("wxnotify_queue_messages", "queue" => "work").set(f64::from(work.message_count()));
     metrics::gauge!("wxnotify_queue_consumers").set(f64::from(work.consumer_count()));
