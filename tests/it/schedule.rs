@@ -301,11 +301,17 @@ async fn schedule_many(env: &TestEnv, prefix: &str, n: usize, in_secs: i64) {
         );
         env.publish(&e).await;
     }
-    // The reminders only: each confirmation is `scheduled` (due now) for a moment too.
-    wait_for("all reminders scheduled", T, || async {
+    // Each confirmation is `scheduled` (due now) for a moment too, until the due loop releases
+    // it: wait for that as well, so that a caller stopping the worker next finds only the
+    // reminders waiting (a CI run once found 53 rows `scheduled` for 50 reminders).
+    wait_for("all reminders scheduled, every confirmation released", T, || async {
         env.count("SELECT count(*) FROM deliveries WHERE status = 'scheduled' AND template_id = 'TPL_BOOKING_REMINDER'")
             .await
             == n as i64
+            && env
+                .count("SELECT count(*) FROM deliveries WHERE status = 'scheduled' AND template_id <> 'TPL_BOOKING_REMINDER'")
+                .await
+                == 0
     })
     .await;
 }
@@ -358,7 +364,7 @@ async fn a_release_that_dies_before_its_commit_is_released_again_and_sent_once()
     // A releaser takes the due rows, publishes them, and dies before it commits.
     let mut tx = env.pool.begin().await.unwrap();
     let rows: Vec<(String, String)> =
-        sqlx::query_as("SELECT template_id, payload FROM deliveries WHERE status = 'scheduled' FOR UPDATE")
+        sqlx::query_as("SELECT template_id, payload FROM deliveries WHERE status = 'scheduled' AND template_id = 'TPL_BOOKING_REMINDER' FOR UPDATE")
             .fetch_all(&mut *tx)
             .await
             .unwrap();
