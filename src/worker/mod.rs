@@ -196,12 +196,16 @@ impl Worker {
         // A permit first, then a message: shutdown is heard while every permit is busy (e.g.
         // deliveries waiting for Postgres), and a broken session ends the loop too.
         let result = loop {
+            // `biased`: a stop or a broken session wins over a ready message, so a message handed
+            // back by a broken session is not taken again by it (each time costs a delivery).
             let permit = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break Ok(()),
                 _ = session.broken.cancelled() => break Err(SessionEnd::PublishFailed),
                 p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
             };
             let next = tokio::select! {
+                biased;
                 _ = shutdown.cancelled() => break Ok(()),
                 _ = session.broken.cancelled() => break Err(SessionEnd::PublishFailed),
                 next = consumer.next() => next,
@@ -261,7 +265,14 @@ impl Worker {
         } else {
             "session rebuilt"
         };
-        let _ = conn.close(200, reason.into()).await;
+        // Bounded: a broker that no longer answers must not keep the worker from reconnecting
+        // (dropping the connection closes its socket, and the broker requeues all the same).
+        if tokio::time::timeout(Duration::from_secs(5), conn.close(200, reason.into()))
+            .await
+            .is_err()
+        {
+            tracing::warn!("the broker did not confirm the connection's close in 5 s; dropping it");
+        }
         result
     }
 }
