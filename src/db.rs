@@ -53,6 +53,14 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
+/// `pool.begin()`, boxed: sqlx's future for it is ~14 KB (release build), and an `async fn` that
+/// awaits it inline carries those bytes in its own future, and in every future awaiting that one,
+/// up to each delivery in flight (its task, and every move of it). Boxed, they are allocated only
+/// while a transaction is being begun.
+pub(crate) async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    Box::pin(pool.begin()).await
+}
+
 /// Postgres refused a value of the statement (SQLSTATE class 22, "data exception": a NUL in a
 /// text, a string too long, a number out of range). Retrying the same values fails the same way;
 /// other values in the same statement may be fine.
@@ -60,5 +68,28 @@ pub(crate) fn is_data_error(e: &sqlx::Error) -> bool {
     match e {
         sqlx::Error::Database(db) => db.code().is_some_and(|c| c.starts_with("22")),
         _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A delivery's future holds the largest of the futures it awaits, for every message in
+    /// flight and in every copy tokio makes of it. sqlx's `Pool::begin` future is ~14 KB; the
+    /// transactions on the delivery path (the token row, waiting deliveries) must not inline it.
+    #[tokio::test]
+    async fn transactions_on_the_delivery_path_keep_their_futures_small() {
+        let pool = PgPoolOptions::new()
+            .connect_lazy("postgres://nobody@127.0.0.1:1/none")
+            .expect("lazy pool");
+        let store = crate::token::TokenStore::new(pool.clone());
+        let ledger = crate::ledger::Ledger::new(pool, "w".into());
+        let lock = std::mem::size_of_val(&store.lock("app"));
+        let hold = std::mem::size_of_val(&ledger.hold(&[], &[]));
+        let due = std::mem::size_of_val(&ledger.take_due(1));
+        assert!(lock < 2048, "TokenStore::lock future: {lock} bytes");
+        assert!(hold < 2048, "Ledger::hold future: {hold} bytes");
+        assert!(due < 2048, "Ledger::take_due future: {due} bytes");
     }
 }

@@ -86,7 +86,7 @@ impl Broker {
 /// The real `wxnotify worker` (the release build under `cargo bench`) on this run's database,
 /// queues and simulator; `WXNOTIFY_*` variables of the environment reach it.
 pub fn spawn_worker(db_url: &str, topology: &Topology, sim: SocketAddr, admin: &str) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_wxnotify"))
+    tokio::process::Command::new(worker_binary())
         .arg("worker")
         .envs(worker_env(
             db_url,
@@ -102,6 +102,12 @@ pub fn spawn_worker(db_url: &str, topology: &Topology, sim: SocketAddr, admin: &
         .kill_on_drop(true)
         .spawn()
         .expect("wxnotify binary")
+}
+
+/// The binary under test: this build's, or `BENCH_WORKER_BIN` (another build of the same
+/// worker, to compare two builds in one run on this noisy machine).
+fn worker_binary() -> String {
+    std::env::var("BENCH_WORKER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wxnotify").to_string())
 }
 
 /// SIGTERM, then wait (at most 30 s) for the worker to drain and exit.

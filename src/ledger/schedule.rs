@@ -90,7 +90,7 @@ pub(crate) enum DueFate {
 impl Ledger {
     /// Stores an event's waiting deliveries and applies its cancellations, in one transaction.
     pub(crate) async fn hold(&self, waiting: &[Waiting], cancellations: &[Cancellation]) -> Result<Held, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         lock_keys(&mut tx, waiting, cancellations).await?;
         let mut held = Held::default();
         if !cancellations.is_empty() {
@@ -135,7 +135,7 @@ impl Ledger {
 
     /// Takes up to `limit` due rows nobody else is releasing (`FOR UPDATE SKIP LOCKED`).
     pub(crate) async fn take_due(&self, limit: i64) -> Result<DueBatch, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         let rows = sqlx::query(
             "SELECT id, event_id, event_type, app_id, template_id, due_at, not_after, payload, now() AS now
                FROM deliveries

@@ -97,7 +97,7 @@ impl TokenStore {
     /// Locks the app's row, creating it if needed. Waits at most [`LOCK_WAIT`] for another
     /// process's refresh; the transaction ends by itself after [`IDLE_IN_TRANSACTION`] of silence.
     pub async fn lock(&self, app_id: &str) -> Result<LockedToken, sqlx::Error> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = crate::db::begin(&self.pool).await?;
         let ms = |d: Duration| format!("{}ms", d.as_millis());
         // set_config(..., true) is SET LOCAL: it ends with the transaction, not the pooled session.
         sqlx::query(
