@@ -1,5 +1,6 @@
 //! One integration test binary (fast to link): real RabbitMQ, real Postgres, the WeChat simulator.
 
+mod broker;
 #[path = "../common/mod.rs"]
 mod common;
 mod delivery;
