@@ -84,6 +84,19 @@ mod tests {
             .connect_lazy("postgres://nobody@127.0.0.1:1/none")
             .expect("lazy pool");
         let store = crate::token::TokenStore::new(pool.clone());
+        let tokens = crate::token::TokenProvider::new(
+            pool.clone(),
+            crate::wechat::WechatClient::new("http://127.0.0.1:1", std::time::Duration::from_secs(1)).unwrap(),
+            crate::token::TokenSettings {
+                api: crate::wechat::TokenApi::Stable,
+                margin: std::time::Duration::from_secs(60),
+                credentials_pause: std::time::Duration::from_secs(60),
+            },
+            &[],
+        );
+        // Every delivery awaits `get`; only a missing or stale token takes the slow path.
+        let get = std::mem::size_of_val(&tokens.get("app"));
+        assert!(get < 512, "TokenProvider::get future: {get} bytes");
         let ledger = crate::ledger::Ledger::new(pool, "w".into());
         let lock = std::mem::size_of_val(&store.lock("app"));
         let hold = std::mem::size_of_val(&ledger.hold(&[], &[]));

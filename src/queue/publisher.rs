@@ -45,11 +45,14 @@ impl Publisher {
             mandatory: true,
             ..Default::default()
         };
-        let confirm = self
-            .channel
-            .basic_publish(exchange.into(), routing_key.into(), opts, body, props)
-            .await?
-            .await?;
+        // Boxed: lapin's publish future is ~1.5 KB, and a delivery's future would carry it
+        // all its life for the few deliveries that publish (retries, dead letters).
+        let confirm = Box::pin(
+            self.channel
+                .basic_publish(exchange.into(), routing_key.into(), opts, body, props),
+        )
+        .await?
+        .await?;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(routing_key.to_string())),

@@ -312,7 +312,9 @@ impl TokenProvider {
         if let Some(t) = slot.fresh() {
             return Ok(t);
         }
-        let err = match self.obtain(slot, None).await {
+        // Boxed: the slow path's future (database, then maybe WeChat) is allocated only when it
+        // is taken, instead of inflating every delivery's future (see `db::begin`).
+        let err = match Box::pin(self.obtain(slot, None)).await {
             Ok(t) => return Ok(t),
             Err(e) if e.is_configuration() => return Err(e),
             Err(e) => e,
@@ -346,7 +348,7 @@ impl TokenProvider {
             return Ok(());
         }
         metrics::counter!("wxnotify_token_rejections_total", "app" => failed.app_id.to_string()).increment(1);
-        self.obtain(slot, Some(failed.generation)).await.map(|_| ())
+        Box::pin(self.obtain(slot, Some(failed.generation))).await.map(|_| ())
     }
 
     /// Under the process's flight lock: adopt what Postgres has, or refresh under its row lock.
