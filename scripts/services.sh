@@ -8,6 +8,8 @@
 #   scripts/services.sh up       install what is missing, start both, wait until they answer
 #   scripts/services.sh down     stop both
 #   scripts/services.sh status   say what runs
+#   scripts/services.sh clean    drop what killed tests and benchmarks left (test databases,
+#                                test queues and exchanges); run it before a benchmark
 #   scripts/services.sh cluster up|down|status|stop-node N|start-node N
 #                                a three-node RabbitMQ cluster beside them (ports 5681-5683)
 #   scripts/services.sh restart-rabbitmq | restart-postgres
@@ -211,7 +213,31 @@ cluster_down() {
   log "RabbitMQ cluster stopped (data kept in $CLUSTER_DIR)"
 }
 
+# What tests and benchmarks leave behind when they are killed before their cleanup: databases
+# `wxn_test_*`, and queues and exchanges named `t-`, `bench-`, `latency-`, `chaos-` or `cluster-`
+# with their hex id. Every quorum queue is a Raft group the broker keeps ticking: a hundred left
+# over made every figure of the benchmarks worse (BENCHMARKS.md). Nothing else is touched.
+clean() {
+  local db n=0 kind name
+  while read -r db; do
+    [ -n "$db" ] || continue
+    as_root su postgres -c "psql -q -c 'DROP DATABASE IF EXISTS \"$db\"'" >/dev/null 2>&1 && n=$((n + 1))
+  done < <(as_root su postgres -c "psql -qAt -c \"select datname from pg_database where datname like 'wxn_test_%'\"" 2>/dev/null)
+  log "dropped $n test databases"
+  for kind in queues exchanges; do
+    n=0
+    while read -r name; do
+      [ -n "$name" ] || continue
+      curl -fsS -u guest:guest -X DELETE "http://127.0.0.1:15672/api/$kind/%2f/$name" >/dev/null 2>&1 && n=$((n + 1))
+    done < <(curl -fsS -u guest:guest "http://127.0.0.1:15672/api/$kind/%2f?columns=name" 2>/dev/null \
+      | grep -o '"name":"[^"]*"' | cut -d'"' -f4 \
+      | grep -E '^(t|bench|latency|chaos|cluster)-[0-9a-f]{8,10}\.' || true)
+    log "deleted $n test $kind"
+  done
+}
+
 case "${1:-up}" in
+  clean) clean ;;
   cluster)
     case "${2:-up}" in
       up) cluster_up ;;
@@ -235,5 +261,5 @@ case "${1:-up}" in
     as_root rabbitmqctl -q status >/dev/null 2>&1 && echo "rabbitmq: running" || echo "rabbitmq: not running"
     command -v promtool >/dev/null 2>&1 && echo "prometheus: installed (not a service)" || echo "prometheus: not installed"
     ;;
-  *) echo "usage: $0 up|down|status|restart-rabbitmq|restart-postgres|cluster up|down|status" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|clean|restart-rabbitmq|restart-postgres|cluster up|down|status" >&2; exit 2 ;;
 esac

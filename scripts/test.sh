@@ -9,9 +9,8 @@ scripts/services.sh up
 # tests/it/tls.rs starts a TLS-only Postgres cluster and RabbitMQ node (scripts/tls-services.sh):
 # stopped after the tests, and on any failure.
 trap 'scripts/tls-services.sh down >/dev/null 2>&1 || true' EXIT
-# Databases left by earlier runs (one per test).
-su postgres -c "psql -qAt -c \"select datname from pg_database where datname like 'wxn_test_%'\"" 2>/dev/null \
-  | while read -r db; do su postgres -c "psql -q -c 'DROP DATABASE IF EXISTS \"$db\"'" >/dev/null 2>&1 || true; done
+# Databases, queues and exchanges left by earlier runs (killed before their cleanup).
+scripts/services.sh clean
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"

@@ -166,10 +166,10 @@ pub struct WorkerArgs {
     #[arg(long, env = "WXNOTIFY_TEMPLATES", default_value = "templates.toml")]
     pub templates: PathBuf,
     /// Unacknowledged messages the broker may hand this worker at once.
-    #[arg(long, env = "WXNOTIFY_PREFETCH", default_value_t = 512)]
+    #[arg(long, env = "WXNOTIFY_PREFETCH", default_value_t = 1024)]
     pub prefetch: u16,
     /// Deliveries processed at once (sends in flight); at most the prefetch.
-    #[arg(long, env = "WXNOTIFY_CONCURRENCY", default_value_t = 400)]
+    #[arg(long, env = "WXNOTIFY_CONCURRENCY", default_value_t = 1000)]
     pub concurrency: usize,
     /// Send attempts per delivery before it is dead-lettered `retries_exhausted`.
     #[arg(long, env = "WXNOTIFY_MAX_ATTEMPTS", default_value_t = 8)]
