@@ -193,38 +193,7 @@ impl Worker {
         self.ctx.health.set_broker(true);
         tracing::info!(queue = %s.topology.queue, prefetch = s.prefetch, concurrency = s.concurrency, "consuming");
 
-        // A permit first, then a message: shutdown is heard while every permit is busy (e.g.
-        // deliveries waiting for Postgres), and a broken session ends the loop too.
-        let result = loop {
-            // `biased`: a stop or a broken session wins over a ready message, so a message handed
-            // back by a broken session is not taken again by it (each time costs a delivery).
-            let permit = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break Ok(()),
-                _ = session.broken.cancelled() => break Err(SessionEnd::PublishFailed),
-                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            };
-            let next = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => break Ok(()),
-                _ = session.broken.cancelled() => break Err(SessionEnd::PublishFailed),
-                next = consumer.next() => next,
-            };
-            match next {
-                Some(Ok(msg)) => {
-                    let ctx = self.ctx.clone();
-                    let session = session.clone();
-                    metrics::gauge!("wxnotify_in_flight").increment(1.0);
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        delivery::deliver(&ctx, &session, &msg).await;
-                        metrics::gauge!("wxnotify_in_flight").decrement(1.0);
-                    });
-                }
-                Some(Err(e)) => break Err(SessionEnd::Amqp(e)),
-                None => break Err(SessionEnd::ConsumerCancelled),
-            }
-        };
+        let result = self.consume(&mut consumer, &session, permits, shutdown).await;
         // Stop releasing due deliveries (a release in progress still commits or rolls back: its
         // rows stay `scheduled`), and stop sampling. Deliveries still waiting for a send slot
         // (the rate limit) give their message back at once: they have claimed nothing.
@@ -236,19 +205,7 @@ impl Worker {
         }
         sampler.abort();
         if result.is_ok() {
-            // Stop intake first; in-flight deliveries still ack on this channel while draining.
-            let _ = channel
-                .basic_cancel(tag.as_str().into(), BasicCancelOptions::default())
-                .await;
-            let all = u32::try_from(s.concurrency).unwrap_or(u32::MAX);
-            match tokio::time::timeout(s.shutdown_grace, permits.acquire_many(all)).await {
-                Ok(_) => tracing::info!("in-flight deliveries finished"),
-                Err(_) => tracing::warn!(
-                    grace_secs = s.shutdown_grace.as_secs_f64(),
-                    "grace period over; unfinished deliveries go back to the queue"
-                ),
-            }
-            self.ctx.hard_stop.cancel();
+            self.drain(&channel, &tag, permits).await;
         }
         // The release in progress had the drain's time too (it publishes on this connection);
         // one stuck on the database is dropped (its transaction rolls back).
@@ -274,6 +231,65 @@ impl Worker {
             tracing::warn!("the broker did not confirm the connection's close in 5 s; dropping it");
         }
         result
+    }
+
+    /// Takes messages, each delivery its own task, until shutdown (`Ok`) or the session ends.
+    /// A permit first, then a message: shutdown is heard while every permit is busy (e.g.
+    /// deliveries waiting for Postgres), and a broken session ends the loop too.
+    async fn consume(
+        &self,
+        consumer: &mut lapin::Consumer,
+        session: &Session,
+        permits: &Arc<Semaphore>,
+        shutdown: &CancellationToken,
+    ) -> Result<(), SessionEnd> {
+        loop {
+            // `biased`: a stop or a broken session wins over a ready message, so a message handed
+            // back by a broken session is not taken again by it (each time costs a delivery).
+            let permit = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = session.broken.cancelled() => return Err(SessionEnd::PublishFailed),
+                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            };
+            let next = tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = session.broken.cancelled() => return Err(SessionEnd::PublishFailed),
+                next = consumer.next() => next,
+            };
+            match next {
+                Some(Ok(msg)) => {
+                    let ctx = self.ctx.clone();
+                    let session = session.clone();
+                    metrics::gauge!("wxnotify_in_flight").increment(1.0);
+                    tokio::spawn(async move {
+                        let _permit = permit;
+                        delivery::deliver(&ctx, &session, &msg).await;
+                        metrics::gauge!("wxnotify_in_flight").decrement(1.0);
+                    });
+                }
+                Some(Err(e)) => return Err(SessionEnd::Amqp(e)),
+                None => return Err(SessionEnd::ConsumerCancelled),
+            }
+        }
+    }
+
+    /// Shutdown: intake stops first (in-flight deliveries still ack on `channel`), then the
+    /// deliveries in flight get the grace period to finish; past it they stop waiting for the
+    /// database and their messages go back to the queue.
+    async fn drain(&self, channel: &lapin::Channel, tag: &str, permits: &Semaphore) {
+        let s = &self.settings;
+        let _ = channel.basic_cancel(tag.into(), BasicCancelOptions::default()).await;
+        let all = u32::try_from(s.concurrency).unwrap_or(u32::MAX);
+        match tokio::time::timeout(s.shutdown_grace, permits.acquire_many(all)).await {
+            Ok(_) => tracing::info!("in-flight deliveries finished"),
+            Err(_) => tracing::warn!(
+                grace_secs = s.shutdown_grace.as_secs_f64(),
+                "grace period over; unfinished deliveries go back to the queue"
+            ),
+        }
+        self.ctx.hard_stop.cancel();
     }
 }
 
