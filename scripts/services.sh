@@ -29,6 +29,9 @@ as_root() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+# psql as the postgres superuser, over the local socket.
+psql_root() { su postgres -c "psql -v ON_ERROR_STOP=1 -qAt $(printf '%q ' "$@")"; }
+
 apt_updated=0
 apt_update() {
   if [ "$apt_updated" -eq 0 ]; then
@@ -64,7 +67,6 @@ postgres_up() {
     fi
     sleep 0.5
   done
-  psql_root() { su postgres -c "psql -v ON_ERROR_STOP=1 -qAt $(printf '%q ' "$@")"; }
   # Tests create a database each; allow plenty of connections for parallel test binaries.
   psql_root -c "ALTER USER postgres PASSWORD '$PG_PASSWORD'" >/dev/null
   if [ "$(psql_root -c "select count(*) from pg_database where datname = '$PG_DB'")" = "0" ]; then
@@ -221,8 +223,8 @@ clean() {
   local db n=0 kind name
   while read -r db; do
     [ -n "$db" ] || continue
-    as_root su postgres -c "psql -q -c 'DROP DATABASE IF EXISTS \"$db\"'" >/dev/null 2>&1 && n=$((n + 1))
-  done < <(as_root su postgres -c "psql -qAt -c \"select datname from pg_database where datname like 'wxn_test_%'\"" 2>/dev/null)
+    psql_root -c "DROP DATABASE IF EXISTS \"$db\"" >/dev/null 2>&1 && n=$((n + 1))
+  done < <(psql_root -c "select datname from pg_database where datname like 'wxn_test_%'" 2>/dev/null)
   log "dropped $n test databases"
   for kind in queues exchanges; do
     n=0

@@ -10,6 +10,7 @@ use lapin::Channel;
 use tokio_util::sync::CancellationToken;
 
 use crate::delivery::Context;
+use crate::queue::peek;
 
 const EVERY: Duration = Duration::from_secs(5);
 
@@ -47,15 +48,14 @@ pub(crate) async fn run(ctx: Arc<Context>, channel: Channel, stop: CancellationT
 
 async fn queues(ctx: &Context, channel: &Channel) -> lapin::Result<()> {
     let topology = &ctx.topology;
-    let depth = |name: String| async move { crate::queue::peek(channel, &name).await };
-    let work = depth(topology.queue.clone()).await?;
+    let work = peek(channel, &topology.queue).await?;
     metrics::gauge!("wxnotify_queue_messages", "queue" => "work").set(f64::from(work.message_count()));
     metrics::gauge!("wxnotify_queue_consumers").set(f64::from(work.consumer_count()));
-    let dlq = depth(topology.dlq.clone()).await?;
+    let dlq = peek(channel, &topology.dlq).await?;
     metrics::gauge!("wxnotify_queue_messages", "queue" => "dlq").set(f64::from(dlq.message_count()));
     let mut retrying = 0;
     for tier in ctx.policy.tiers() {
-        retrying += depth(topology.retry_queue(tier)).await?.message_count();
+        retrying += peek(channel, &topology.retry_queue(tier)).await?.message_count();
     }
     metrics::gauge!("wxnotify_queue_messages", "queue" => "retry").set(f64::from(retrying));
     Ok(())
