@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use clap::Args;
-use secrecy::{ExposeSecret, SecretString};
+use secrecy::SecretString;
 use sqlx::postgres::PgConnectOptions;
 
 use crate::queue::topology::Topology;
@@ -17,6 +17,8 @@ use crate::retry::RetryPolicy;
 use crate::template::Catalog;
 use crate::tls::{self, AmqpUrl};
 use crate::wechat::TokenApi;
+
+pub use crate::redact::redact_url;
 
 /// A setting that cannot be used; `setting` is the env var (or flag) name.
 #[derive(Debug, thiserror::Error)]
@@ -456,23 +458,6 @@ pub fn new_worker_id() -> String {
         .unwrap_or_else(|_| "host".into());
     let rand = &uuid::Uuid::new_v4().simple().to_string()[..8];
     format!("{host}-{}-{rand}", std::process::id())
-}
-
-/// A URL (or a comma-separated list of them) with its passwords masked, for log lines.
-pub fn redact_url(url: &SecretString) -> String {
-    crate::queue::node_urls(url.expose_secret())
-        .into_iter()
-        .map(|one| match reqwest::Url::parse(one) {
-            Ok(mut u) => {
-                if u.password().is_some() {
-                    let _ = u.set_password(Some("***"));
-                }
-                u.to_string()
-            }
-            Err(_) => "[unparseable URL]".into(),
-        })
-        .collect::<Vec<_>>()
-        .join(",")
 }
 
 #[cfg(test)]

@@ -5,20 +5,6 @@
 
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 
-/// Values of the `outcome` label of `wxnotify_messages_total`.
-const OUTCOMES: [&str; 11] = [
-    "ack",
-    "requeue",
-    "retry",
-    "release",
-    "invalid_event",
-    "no_template",
-    "render_failed",
-    "permanent_error",
-    "retries_exhausted",
-    "delivery_limit",
-    "ambiguous",
-];
 const STAGES: [&str; 7] = ["queued", "rate", "claim", "token", "send", "record", "ack"];
 const DUPLICATE_STATUSES: [&str; 7] = [
     "sent",
@@ -36,7 +22,7 @@ pub(crate) fn register(apps: &[String]) {
         "wxnotify_messages_total",
         "Broker messages settled, by outcome (ack, requeue, retry, release, or the dead-letter reason)"
     );
-    for o in OUTCOMES {
+    for o in crate::fate::Outcome::labels() {
         metrics::counter!("wxnotify_messages_total", "outcome" => o).increment(0);
     }
     describe_counter!(

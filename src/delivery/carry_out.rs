@@ -22,8 +22,9 @@ use lapin::types::FieldTable;
 
 use super::intake::Meta;
 use super::judge::{self, Facts, Step};
-use super::{Abandoned, Context, Session, Trip, stage, with_db};
-use crate::outcome::{Outcome, Plan};
+use super::{Abandoned, Context, Trip, stage, with_db};
+use crate::fate::{Outcome, Plan};
+use crate::queue::Session;
 use crate::queue::headers;
 
 pub(crate) async fn carry_out(

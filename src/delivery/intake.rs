@@ -17,10 +17,10 @@ use chrono::{DateTime, Utc};
 use lapin::BasicProperties;
 
 use crate::event::{BookingEvent, DeliveryKey};
-use crate::ledger::{Cancellation, Waiting};
-use crate::outcome::DeadReason;
+use crate::fate::DeadReason;
 use crate::queue::headers;
-use crate::template::{Catalog, QuietHours, Template};
+use crate::schedule::{Cancellation, QuietHours, Waiting};
+use crate::template::{Catalog, Template};
 use crate::wechat::{Api, OutgoingMessage};
 
 /// What intake needs to know, fixed at start-up.

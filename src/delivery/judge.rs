@@ -2,17 +2,16 @@
 //! the delivery ([`Facts`]) and what just happened, applies the policy ([`RetryPolicy`]) and
 //! answers with a [`Plan`] that says everything to do. Two questions, two pure functions:
 //! [`stop_before_send`] at the gates before a send ([`Gate`]), [`judge`] after a step ended ([`Step`]);
-//! and for a delivery waiting in the ledger, [`due`] when its time comes.
+//! and for a delivery waiting in the ledger, [`crate::schedule::due`] when its time comes.
 //! No I/O, no clock, no context: unit tests call them over the whole fate table.
 
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
-use crate::ledger::{DueFate, Finish};
-use crate::outcome::{DeadReason, Outcome, Plan};
+use crate::fate::{DeadReason, Doubt, DueFate, Finish, Outcome, Plan, Reopen, ReplayRow};
 use crate::retry::{Backoff, ErrorClass, RetryPolicy, classify_send};
-use crate::template::QuietHours;
+use crate::schedule::{QuietHours, due};
 use crate::token::TokenError;
 use crate::wechat::Api;
 
@@ -128,29 +127,6 @@ pub(crate) fn stored(result: Result<(), &str>, failed_before: u32) -> Plan {
     }
 }
 
-/// What a `dlq replay` copy may do, from its row in `dlq_replays` (looked up by the copy's replay
-/// id and event id; `None`: no such row, so the copy is an ordinary duplicate).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Reopen {
-    /// Not a replay: a `dead` delivery stays dead.
-    No,
-    /// Reopen a `dead` delivery; any doubt stays (the judge dead-letters it again if in doubt).
-    KeepDoubt,
-    /// Reopen and clear a doubt older than the replay: an operator replayed reason `ambiguous` by
-    /// name at `replayed_at`. A doubt the replay's own send created is newer, and stays: a copy of
-    /// the replay redelivered later does not resend behind anyone's back.
-    ClearDoubtBefore(DateTime<Utc>),
-}
-
-/// A copy's `dlq_replays` row: the dead letter's reason, the reason the operator filtered by (if
-/// any), and when the replay was made.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ReplayRow {
-    pub dead_reason: String,
-    pub by_reason: Option<String>,
-    pub replayed_at: DateTime<Utc>,
-}
-
 /// The replay rule (CONTRACT §3): only a replay of reason `ambiguous` by name resends a delivery
 /// whose earlier send may have arrived.
 pub(crate) fn reopen(row: Option<&ReplayRow>) -> Reopen {
@@ -161,17 +137,6 @@ pub(crate) fn reopen(row: Option<&ReplayRow>) -> Reopen {
             Reopen::ClearDoubtBefore(r.replayed_at)
         }
         Some(_) => Reopen::KeepDoubt,
-    }
-}
-
-/// A waiting delivery whose `due_at` came: released to the work queue (sent as its own message),
-/// deferred to the end of quiet hours, or expired when it cannot go out before `not_after`.
-pub(crate) fn due(not_after: Option<DateTime<Utc>>, quiet_hours: Option<QuietHours>, now: DateTime<Utc>) -> DueFate {
-    let go = quiet_hours.map_or(now, |q| q.release(now));
-    match not_after {
-        Some(limit) if go > limit => DueFate::Expired,
-        _ if go > now => DueFate::Deferred(go),
-        _ => DueFate::Released,
     }
 }
 
@@ -205,6 +170,13 @@ pub(crate) fn judge(facts: &Facts, step: Step<'_>, policy: &RetryPolicy) -> Plan
     }
 }
 
+/// Whether a step uses one of the delivery's attempts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Charge {
+    Attempt,
+    Free,
+}
+
 struct Judge<'a> {
     facts: &'a Facts,
     policy: &'a RetryPolicy,
@@ -220,15 +192,12 @@ impl Judge<'_> {
         }
     }
 
-    fn dead(&self, reason: DeadReason, errcode: Option<i64>, error: &str, counted: bool, in_doubt: bool) -> Plan {
+    fn dead(&self, reason: DeadReason, errcode: Option<i64>, error: &str, charge: Charge, doubt: Doubt) -> Plan {
         Plan {
             outcome: Outcome::dead(reason, errcode, error),
-            finish: Some(Finish {
-                in_doubt,
-                ..Finish::dead(reason, errcode, error)
-            }),
+            finish: Some(Finish::dead(reason, errcode, error, doubt)),
             replace_token: None,
-            attempts: self.facts.failed_before + u32::from(counted),
+            attempts: self.facts.failed_before + u32::from(charge == Charge::Attempt),
         }
     }
 
@@ -240,13 +209,13 @@ impl Judge<'_> {
                 "handed out {} times without being settled (it stalls or crashes workers); not trying again",
                 f.redeliveries + 1
             );
-            return Some(self.dead(DeadReason::DeliveryLimit, None, &error, false, false));
+            return Some(self.dead(DeadReason::DeliveryLimit, None, &error, Charge::Free, Doubt::Settled));
         }
         if let Some(error) = &f.render_error {
-            return Some(self.dead(DeadReason::RenderFailed, None, error, false, false));
+            return Some(self.dead(DeadReason::RenderFailed, None, error, Charge::Free, Doubt::Settled));
         }
         if f.unfollowed && f.api == Api::Template {
-            return Some(self.plan(Outcome::Ack, Some(Finish::suppressed())));
+            return Some(self.plan(Outcome::Ack, Some(Finish::Suppressed)));
         }
         match due(f.not_after, f.quiet_hours, f.now) {
             DueFate::Released => {}
@@ -272,41 +241,41 @@ impl Judge<'_> {
                 "an earlier send may have reached WeChat {}s ago; subscribe messages have no client_msg_id dedup, so it is not resent",
                 age.as_secs()
             );
-            return Some(self.dead(DeadReason::Ambiguous, None, &error, false, false));
+            return Some(self.dead(DeadReason::Ambiguous, None, &error, Charge::Free, Doubt::Settled));
         }
         if age > self.policy.dedup_window {
             let error = format!(
                 "an earlier send may have reached WeChat {}s ago, beyond its 10-minute client_msg_id window; not resending",
                 age.as_secs()
             );
-            return Some(self.dead(DeadReason::Ambiguous, None, &error, false, false));
+            return Some(self.dead(DeadReason::Ambiguous, None, &error, Charge::Free, Doubt::Settled));
         }
         None
     }
 
     /// A counted failure: wait as the backoff says (at least `min`), or give up.
-    fn counted(&self, errcode: Option<i64>, error: &str, min: Duration, in_doubt: bool) -> Plan {
+    fn counted(&self, errcode: Option<i64>, error: &str, min: Duration, doubt: Doubt) -> Plan {
         let f = self.facts;
         match self.policy.after_failure(f.failed_before, min) {
             Backoff::Wait(delay) => Plan {
                 outcome: Outcome::RetryLater { delay },
-                finish: Some(Finish {
-                    in_doubt,
-                    ..Finish::retrying(errcode, error)
-                }),
+                finish: Some(Finish::retrying(errcode, error, doubt)),
                 replace_token: None,
                 attempts: f.failed_before + 1,
             },
             Backoff::Exhausted => {
                 let error = format!("gave up after {} attempts; last: {error}", f.failed_before + 1);
-                self.dead(DeadReason::RetriesExhausted, errcode, &error, true, in_doubt)
+                self.dead(DeadReason::RetriesExhausted, errcode, &error, Charge::Attempt, doubt)
             }
         }
     }
 
     /// Wait without using an attempt.
     fn uncounted(&self, delay: Duration, errcode: Option<i64>, error: &str) -> Plan {
-        self.plan(Outcome::RetryLater { delay }, Some(Finish::retrying(errcode, error)))
+        self.plan(
+            Outcome::RetryLater { delay },
+            Some(Finish::retrying(errcode, error, Doubt::Settled)),
+        )
     }
 
     fn no_token(&self, err: &TokenError) -> Plan {
@@ -316,7 +285,9 @@ impl Judge<'_> {
             // Our own database, not the delivery: it waits without using an attempt.
             TokenError::Db(_) => self.uncounted(p.backoff(0), None, &error),
             TokenError::DailyQuota { .. } => self.uncounted(p.daily_quota_delay, None, &error),
-            TokenError::UnknownApp { .. } => self.dead(DeadReason::InvalidEvent, None, &error, false, false),
+            TokenError::UnknownApp { .. } => {
+                self.dead(DeadReason::InvalidEvent, None, &error, Charge::Free, Doubt::Settled)
+            }
             // Another process found the token API unusable for a while (the daily quota, a
             // backoff): wait until then without using an attempt, like 45009 itself.
             TokenError::Blocked {
@@ -337,24 +308,30 @@ impl Judge<'_> {
                     .to_std()
                     .unwrap_or_default()
                     .clamp(Duration::from_secs(30), p.daily_quota_delay);
-                self.counted(None, &error, wait, false)
+                self.counted(None, &error, wait, Doubt::Settled)
             }
-            TokenError::Transient { .. } => self.counted(None, &error, Duration::ZERO, false),
+            TokenError::Transient { .. } => self.counted(None, &error, Duration::ZERO, Doubt::Settled),
         }
     }
 
     fn answered(&self, answer: &Answer, generation: i64) -> Plan {
         let f = self.facts;
         match answer {
-            Answer::Accepted { msgid } => self.plan(Outcome::Ack, Some(Finish::sent(*msgid))),
-            Answer::NotSent { error } => self.counted(None, error, Duration::ZERO, false),
+            Answer::Accepted { msgid } => self.plan(Outcome::Ack, Some(Finish::Sent { msgid: *msgid })),
+            Answer::NotSent { error } => self.counted(None, error, Duration::ZERO, Doubt::Settled),
             Answer::Unknown { error } if f.api == Api::Subscribe => {
                 let error = format!(
                     "{error}; WeChat may have delivered it and subscribe messages have no client_msg_id dedup, so it is not resent"
                 );
-                self.dead(DeadReason::Ambiguous, None, &error, true, true)
+                self.dead(
+                    DeadReason::Ambiguous,
+                    None,
+                    &error,
+                    Charge::Attempt,
+                    Doubt::MayHaveArrived,
+                )
             }
-            Answer::Unknown { error } => self.counted(None, error, Duration::ZERO, true),
+            Answer::Unknown { error } => self.counted(None, error, Duration::ZERO, Doubt::MayHaveArrived),
             Answer::Refused { errcode, errmsg } => {
                 let code = Some(*errcode);
                 let error = format!("WeChat errcode {errcode}: {errmsg}");
@@ -363,16 +340,24 @@ impl Judge<'_> {
                     // next: skipping it would leave a revoked token in use for everyone.
                     ErrorClass::Token if f.token_requeues < self.policy.token_requeues => Plan {
                         replace_token: Some(generation),
-                        ..self.plan(Outcome::Requeue, Some(Finish::retrying(code, &error)))
+                        ..self.plan(Outcome::Requeue, Some(Finish::retrying(code, &error, Doubt::Settled)))
                     },
                     ErrorClass::Token => Plan {
                         replace_token: Some(generation),
-                        ..self.counted(code, &error, Duration::ZERO, false)
+                        ..self.counted(code, &error, Duration::ZERO, Doubt::Settled)
                     },
-                    ErrorClass::Transient => self.counted(code, &error, Duration::ZERO, false),
-                    ErrorClass::MinuteQuota => self.counted(code, &error, self.policy.minute_quota_delay, false),
+                    ErrorClass::Transient => self.counted(code, &error, Duration::ZERO, Doubt::Settled),
+                    ErrorClass::MinuteQuota => {
+                        self.counted(code, &error, self.policy.minute_quota_delay, Doubt::Settled)
+                    }
                     ErrorClass::DailyQuota => self.uncounted(self.policy.daily_quota_delay, code, &error),
-                    ErrorClass::Permanent => self.dead(DeadReason::PermanentError, code, &error, true, false),
+                    ErrorClass::Permanent => self.dead(
+                        DeadReason::PermanentError,
+                        code,
+                        &error,
+                        Charge::Attempt,
+                        Doubt::Settled,
+                    ),
                 }
             }
         }
@@ -381,9 +366,9 @@ impl Judge<'_> {
     /// The dead-letter publish failed: hand the claim back (keeping the attempt and any doubt)
     /// and the message to the broker; its next delivery decides again.
     fn dead_letter_failed(&self, failed: &Plan) -> Plan {
-        let finish = failed.finish.as_ref().map(|f| Finish {
-            in_doubt: f.in_doubt,
-            ..Finish::retrying(f.errcode, f.error.as_deref().unwrap_or("dead-letter publish failed"))
+        let finish = failed.finish.as_ref().map(|f| {
+            let error = f.error().unwrap_or("dead-letter publish failed");
+            Finish::retrying(f.errcode(), error, f.doubt())
         });
         Plan {
             outcome: Outcome::Release,

@@ -19,14 +19,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::admin::Health;
+use crate::fate::Plan;
+use crate::fate::Reopen;
 use crate::ledger::{AttemptRecord, Claim, ClaimRequest, Claimed, Ledger};
-use crate::outcome::Plan;
-use crate::queue::{Publisher, Topology};
+use crate::queue::{Session, Topology};
 use crate::retry::RetryPolicy;
 use crate::token::{AccessToken, TokenProvider};
 use crate::wechat::{OutgoingMessage, SendError, SendReply, WechatClient};
 use intake::{Delivery, Hold, Intake, Meta, Rules};
-use judge::{Answer, ClaimSeen, Facts, Gate, Reopen, Step};
+use judge::{Answer, ClaimSeen, Facts, Gate, Step};
 
 /// What every trip shares, fixed for the worker's life.
 pub(crate) struct Context {
@@ -73,14 +74,6 @@ impl Context {
             _ = session.broken.cancelled() => Err(Abandoned),
         }
     }
-}
-
-/// The broker side of one session, for carry-out.
-#[derive(Clone)]
-pub(crate) struct Session {
-    pub publisher: Publisher,
-    /// Cancelled when a publish failed: the session is rebuilt (channels, topology, consumer).
-    pub broken: CancellationToken,
 }
 
 /// The message is left unacked: the worker is stopping while the database is unreachable, or

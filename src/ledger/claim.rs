@@ -17,10 +17,10 @@ use std::collections::HashMap;
 use chrono::{DateTime, Utc};
 use sqlx::{PgPool, Row};
 
+use super::Ledger;
 use super::batch::LedgerError;
-use super::{Ledger, Status};
-use crate::delivery::judge::{Reopen, ReplayRow};
 use crate::event::DeliveryKey;
+use crate::fate::{Reopen, ReplayRow, Status};
 
 /// What to claim.
 pub(crate) struct ClaimRequest<'a> {

@@ -11,7 +11,6 @@ mod claim;
 pub(crate) mod followers;
 mod heartbeat;
 mod record;
-mod schedule;
 
 use std::time::Duration;
 
@@ -27,59 +26,7 @@ const BATCH_MAX: usize = 256;
 const BATCH_PARALLEL: usize = 1;
 
 pub(crate) use claim::{Claim, ClaimRequest, Claimed};
-pub(crate) use record::{AttemptRecord, Finish};
-pub(crate) use schedule::{Cancellation, Due, DueFate, Waiting};
-
-/// A delivery's status column.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Status {
-    Pending,
-    Sent,
-    Retrying,
-    Dead,
-    /// Waiting for its `due_at` (CONTRACT §8).
-    Scheduled,
-    Cancelled,
-    Expired,
-    /// Not sent: the user unfollowed (CONTRACT §9).
-    Suppressed,
-}
-
-impl Status {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            Status::Pending => "pending",
-            Status::Sent => "sent",
-            Status::Retrying => "retrying",
-            Status::Dead => "dead",
-            Status::Scheduled => "scheduled",
-            Status::Cancelled => "cancelled",
-            Status::Expired => "expired",
-            Status::Suppressed => "suppressed",
-        }
-    }
-
-    pub(crate) fn parse(s: &str) -> Option<Self> {
-        [
-            Status::Pending,
-            Status::Sent,
-            Status::Retrying,
-            Status::Dead,
-            Status::Scheduled,
-            Status::Cancelled,
-            Status::Expired,
-            Status::Suppressed,
-        ]
-        .into_iter()
-        .find(|x| x.as_str() == s)
-    }
-
-    /// Nothing more will be sent for a delivery in this state by a copy of its message. A
-    /// `scheduled` delivery is the due-delivery loop's to release: a copy is a duplicate too.
-    pub(crate) fn is_final(self) -> bool {
-        !matches!(self, Status::Pending | Status::Retrying)
-    }
-}
+pub(crate) use record::AttemptRecord;
 
 /// A batched statement's duration and size, by kind.
 fn statement_done(kind: &'static str, size: usize, started: std::time::Instant) {
@@ -115,7 +62,7 @@ impl Ledger {
             let (p, s) = (p.clone(), settings.clone());
             async move {
                 let started = std::time::Instant::now();
-                let r = claim::claim_batch(&p, &s, &jobs, crate::delivery::judge::Reopen::No).await;
+                let r = claim::claim_batch(&p, &s, &jobs, crate::fate::Reopen::No).await;
                 statement_done("claim", jobs.len(), started);
                 r
             }

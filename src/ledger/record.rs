@@ -11,9 +11,9 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
+use super::Ledger;
 use super::batch::LedgerError;
-use super::{Ledger, Status};
-use crate::outcome::{DeadReason, one_line};
+use crate::fate::{DeadReason, Doubt, Finish, one_line};
 
 /// One HTTP attempt, as it happened.
 #[derive(Debug, Clone)]
@@ -26,83 +26,6 @@ pub(crate) struct AttemptRecord {
     pub http_status: Option<i32>,
     pub errcode: Option<i64>,
     pub errmsg: Option<String>,
-}
-
-/// The delivery's state after this step.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Finish {
-    pub status: Status,
-    pub errcode: Option<i64>,
-    /// One line, bounded (see [`one_line`]).
-    pub error: Option<String>,
-    pub msgid: Option<i64>,
-    pub dead_reason: Option<DeadReason>,
-    /// This step's send may have reached WeChat without us knowing (timeout, reset).
-    pub in_doubt: bool,
-}
-
-impl Finish {
-    /// WeChat accepted it and said so with a msgid: this record wins over any other.
-    fn is_proven_sent(&self) -> bool {
-        self.status == Status::Sent && self.msgid.is_some()
-    }
-
-    pub fn sent(msgid: Option<i64>) -> Self {
-        Self {
-            status: Status::Sent,
-            errcode: None,
-            error: None,
-            msgid,
-            dead_reason: None,
-            in_doubt: false,
-        }
-    }
-
-    pub fn retrying(errcode: Option<i64>, error: &str) -> Self {
-        Self {
-            status: Status::Retrying,
-            errcode,
-            error: Some(one_line(error)),
-            msgid: None,
-            dead_reason: None,
-            in_doubt: false,
-        }
-    }
-
-    /// Not sent: the recipient does not follow the account (ledger only, no dead letter).
-    pub fn suppressed() -> Self {
-        Self {
-            status: Status::Suppressed,
-            errcode: None,
-            error: Some("the recipient does not follow the account (unsubscribe push or 43004); not sent".into()),
-            msgid: None,
-            dead_reason: None,
-            in_doubt: false,
-        }
-    }
-
-    /// Not sent before the template's `not_after`: ledger only, no dead letter.
-    pub fn expired(error: &str) -> Self {
-        Self {
-            status: Status::Expired,
-            errcode: None,
-            error: Some(one_line(error)),
-            msgid: None,
-            dead_reason: None,
-            in_doubt: false,
-        }
-    }
-
-    pub fn dead(reason: DeadReason, errcode: Option<i64>, error: &str) -> Self {
-        Self {
-            status: Status::Dead,
-            errcode,
-            error: Some(one_line(error)),
-            msgid: None,
-            dead_reason: Some(reason),
-            in_doubt: false,
-        }
-    }
 }
 
 /// One `record` request, owned, for the batcher.
@@ -225,16 +148,20 @@ async fn record_round(pool: &PgPool, worker_id: &str, jobs: &[&RecordJob]) -> Re
             .map(|j| j.attempt.as_ref().and_then(|a| a.errmsg.clone()))
             .collect::<Vec<_>>(),
     )
-    .bind(jobs.iter().map(|j| j.finish.status.as_str()).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.finish.errcode).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.finish.error.clone()).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.finish.msgid).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.finish.status().as_str()).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.finish.errcode()).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.finish.error()).collect::<Vec<_>>())
+    .bind(jobs.iter().map(|j| j.finish.msgid()).collect::<Vec<_>>())
     .bind(
         jobs.iter()
-            .map(|j| j.finish.dead_reason.map(DeadReason::as_str))
+            .map(|j| j.finish.dead_reason().map(DeadReason::as_str))
             .collect::<Vec<_>>(),
     )
-    .bind(jobs.iter().map(|j| j.finish.in_doubt).collect::<Vec<_>>())
+    .bind(
+        jobs.iter()
+            .map(|j| j.finish.doubt() == Doubt::MayHaveArrived)
+            .collect::<Vec<_>>(),
+    )
     .bind(worker_id)
     .bind(
         jobs.iter()

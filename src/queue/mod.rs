@@ -12,6 +12,7 @@ use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 
+pub(crate) use publisher::Session;
 pub use publisher::{PublishError, Publisher};
 pub use topology::Topology;
 

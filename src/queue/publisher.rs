@@ -61,3 +61,12 @@ impl Publisher {
         }
     }
 }
+
+/// The broker side of one worker session: what a delivery or the due-delivery loop publishes
+/// with, and the signal that the session must be rebuilt.
+#[derive(Clone)]
+pub(crate) struct Session {
+    pub publisher: Publisher,
+    /// Cancelled when a publish failed: the session is rebuilt (channels, topology, consumer).
+    pub broken: tokio_util::sync::CancellationToken,
+}

@@ -12,7 +12,6 @@
 
 pub mod file;
 pub mod filters;
-pub mod timing;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -22,10 +21,10 @@ use minijinja::{Environment, UndefinedBehavior, Value};
 use serde_json::json;
 
 use crate::event::BookingEvent;
+pub(crate) use crate::schedule::timing::{QuietHours, Timing};
 use crate::wechat::keywords::{self, KeywordType};
 use crate::wechat::{Api, Miniprogram, OutgoingMessage};
 pub use file::{AppSpec, TemplatesFile};
-pub use timing::{QuietHours, Timing};
 
 /// A templates file that cannot be used. Always names where the problem is.
 #[derive(Debug, thiserror::Error)]

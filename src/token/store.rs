@@ -215,7 +215,7 @@ impl LockedToken {
         )
         .bind(&self.app_id)
         .bind(until)
-        .bind(crate::outcome::one_line(reason))
+        .bind(crate::fate::one_line(reason))
         .bind(secret_fp)
         .execute(&mut *self.tx)
         .await?;
@@ -233,7 +233,7 @@ impl LockedToken {
         )
         .bind(&self.app_id)
         .bind(backoff.as_secs_f64())
-        .bind(crate::outcome::one_line(failure))
+        .bind(crate::fate::one_line(failure))
         .fetch_one(&mut *self.tx)
         .await?;
         row.try_get("backoff_until")

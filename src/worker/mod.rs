@@ -8,7 +8,6 @@
 //! Shutdown (`shutdown` token): cancel the consumer, let in-flight deliveries finish and be
 //! recorded for up to the grace period, then close; whatever is unacked goes back to the queue.
 
-mod due;
 mod gauges;
 
 use std::collections::HashSet;
@@ -27,9 +26,10 @@ use crate::admin::Health;
 use crate::config::{WorkerSettings, redact_url};
 use crate::delivery::intake::Rules;
 use crate::delivery::rate::RateLimit;
-use crate::delivery::{self, Context, Session, with_db};
+use crate::delivery::{self, Context, with_db};
 use crate::ledger::Ledger;
-use crate::queue::{self, Publisher};
+use crate::queue::{self, Publisher, Session};
+use crate::schedule::Releaser;
 use crate::token::{TokenProvider, TokenSettings};
 use crate::wechat::WechatClient;
 
@@ -48,6 +48,7 @@ pub enum WorkerError {
 pub struct Worker {
     settings: WorkerSettings,
     ctx: Arc<Context>,
+    releaser: Releaser,
 }
 
 impl Worker {
@@ -84,9 +85,18 @@ impl Worker {
             draining: CancellationToken::new(),
             rate: settings.rate_limit.map(|limit| RateLimit::new(limit, &app_ids)),
         };
+        let catalog = settings.catalog.clone();
+        let releaser = Releaser {
+            ledger: ctx.ledger.clone(),
+            queue: settings.topology.queue.clone(),
+            quiet_hours: Arc::new(move |app, event_type, template| {
+                catalog.find_one(app, event_type, template).and_then(|t| t.quiet_hours)
+            }),
+        };
         Ok(Self {
             settings,
             ctx: Arc::new(ctx),
+            releaser,
         })
     }
 
@@ -184,7 +194,11 @@ impl Worker {
             .await?;
         // The due-delivery loop publishes on this session's channel: it lives and dies with it.
         let due_stop = CancellationToken::new();
-        let mut due_loop = tokio::spawn(due::run(self.ctx.clone(), session.clone(), due_stop.clone()));
+        let mut due_loop = tokio::spawn(crate::schedule::release::run(
+            self.releaser.clone(),
+            session.clone(),
+            due_stop.clone(),
+        ));
         let sampler = tokio::spawn(gauges::run(
             self.ctx.clone(),
             conn.create_channel().await?,

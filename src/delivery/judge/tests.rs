@@ -61,7 +61,7 @@ fn accepted_is_acked_and_recorded_sent_with_its_msgid() {
     for api in [Api::Template, Api::Subscribe] {
         let p = answered(&facts(api), Answer::Accepted { msgid: Some(i64::MAX) });
         assert_eq!(p.outcome, Outcome::Ack);
-        assert_eq!(p.finish, Some(Finish::sent(Some(i64::MAX))));
+        assert_eq!(p.finish, Some(Finish::Sent { msgid: Some(i64::MAX) }));
         assert_eq!(p.replace_token, None);
     }
 }
@@ -81,7 +81,7 @@ fn every_errcode_class_has_its_reaction_for_each_attempt() {
             assert_eq!(plan.attempts, failed_before + 1, "{code}");
             if last {
                 assert_eq!(reason(&plan), Some(DeadReason::RetriesExhausted), "{code}");
-                assert_eq!(plan.finish.as_ref().unwrap().status, crate::ledger::Status::Dead);
+                assert_eq!(plan.finish.as_ref().unwrap().status(), crate::fate::Status::Dead);
             } else {
                 match plan.outcome {
                     Outcome::RetryLater { delay } if code == 45011 => assert!(delay >= Duration::from_secs(60)),
@@ -110,7 +110,7 @@ fn every_errcode_class_has_its_reaction_for_each_attempt() {
                 o => panic!("{code}: {o:?}"),
             }
             assert_eq!(
-                plan.finish.as_ref().unwrap().dead_reason,
+                plan.finish.as_ref().unwrap().dead_reason(),
                 Some(DeadReason::PermanentError)
             );
         }
@@ -148,11 +148,15 @@ fn unknown_outcome_template_retries_in_doubt_subscribe_is_ambiguous_at_once() {
     };
     let t = answered(&facts(Api::Template), unknown.clone());
     assert!(matches!(t.outcome, Outcome::RetryLater { .. }));
-    assert!(t.finish.unwrap().in_doubt);
+    assert_eq!(t.finish.unwrap().doubt(), Doubt::MayHaveArrived);
 
     let s = answered(&facts(Api::Subscribe), unknown);
     assert_eq!(reason(&s), Some(DeadReason::Ambiguous));
-    assert!(s.finish.unwrap().in_doubt, "the dead row keeps its doubt");
+    assert_eq!(
+        s.finish.unwrap().doubt(),
+        Doubt::MayHaveArrived,
+        "the dead row keeps its doubt"
+    );
 
     // Never sent at all: a plain transient failure, no doubt, for both.
     for api in [Api::Template, Api::Subscribe] {
@@ -163,7 +167,7 @@ fn unknown_outcome_template_retries_in_doubt_subscribe_is_ambiguous_at_once() {
             },
         );
         assert!(matches!(n.outcome, Outcome::RetryLater { .. }));
-        assert!(!n.finish.unwrap().in_doubt);
+        assert_eq!(n.finish.unwrap().doubt(), Doubt::Settled);
     }
 }
 
@@ -195,7 +199,7 @@ fn doubt_against_the_window_for_each_api() {
                 } else {
                     let plan = done(v);
                     assert_eq!(reason(&plan), Some(DeadReason::Ambiguous), "{api:?} {age:?}");
-                    assert_eq!(plan.finish.unwrap().status, crate::ledger::Status::Dead);
+                    assert_eq!(plan.finish.unwrap().status(), crate::fate::Status::Dead);
                 }
             }
         }
@@ -259,7 +263,7 @@ fn a_retry_copy_that_no_longer_renders_ends_dead_with_its_row() {
     };
     let plan = done(stop_before_send(&f, Gate::Claimed(&ClaimSeen::Owned), &policy()));
     assert_eq!(reason(&plan), Some(DeadReason::RenderFailed));
-    assert_eq!(plan.finish.unwrap().dead_reason, Some(DeadReason::RenderFailed));
+    assert_eq!(plan.finish.unwrap().dead_reason(), Some(DeadReason::RenderFailed));
 }
 
 #[test]
@@ -345,8 +349,12 @@ fn a_failed_dead_letter_publish_hands_back_the_claim_keeping_attempt_and_doubt()
     let back = judge(&f, Step::DeadLetterFailed(&dead), &p);
     assert_eq!(back.outcome, Outcome::Release);
     let finish = back.finish.unwrap();
-    assert_eq!(finish.status, crate::ledger::Status::Retrying);
-    assert!(finish.in_doubt, "the released claim stays in doubt");
+    assert_eq!(finish.status(), crate::fate::Status::Retrying);
+    assert_eq!(
+        finish.doubt(),
+        Doubt::MayHaveArrived,
+        "the released claim stays in doubt"
+    );
     assert_eq!(back.attempts, f.failed_before);
     // An early reject has no row: nothing to record, the message goes back.
     let early = reject(DeadReason::InvalidEvent, "not JSON", 0);
@@ -361,7 +369,7 @@ fn dead_letter_errors_are_one_bounded_line() {
     match plan.outcome {
         Outcome::DeadLetter(d) => {
             assert!(!d.error.contains(['\n', '\0']));
-            assert_eq!(d.error.chars().count(), crate::outcome::ERROR_TEXT_MAX);
+            assert_eq!(d.error.chars().count(), crate::fate::ERROR_TEXT_MAX);
         }
         o => panic!("{o:?}"),
     }
@@ -421,8 +429,8 @@ fn a_copy_past_not_after_ends_expired_without_a_send_or_dead_letter() {
     let p = done(stop_before_send(&f, Gate::Claimed(&ClaimSeen::Owned), &policy()));
     assert_eq!(p.outcome, Outcome::Ack);
     assert_eq!(
-        p.finish.as_ref().map(|f| f.status),
-        Some(crate::ledger::Status::Expired)
+        p.finish.as_ref().map(Finish::status),
+        Some(crate::fate::Status::Expired)
     );
     // Before not_after it goes.
     f.not_after = Some(at("2026-11-22T09:00:00Z"));
@@ -443,8 +451,8 @@ fn a_copy_in_quiet_hours_waits_without_using_an_attempt() {
     );
     assert_eq!(p.attempts, 3);
     assert_eq!(
-        p.finish.as_ref().map(|f| f.status),
-        Some(crate::ledger::Status::Retrying)
+        p.finish.as_ref().map(Finish::status),
+        Some(crate::fate::Status::Retrying)
     );
 }
 
@@ -455,8 +463,8 @@ fn a_template_message_to_someone_who_left_is_suppressed_a_subscribe_message_is_n
     let p = done(stop_before_send(&f, Gate::Claimed(&ClaimSeen::Owned), &policy()));
     assert_eq!(p.outcome, Outcome::Ack, "no dead letter");
     assert_eq!(
-        p.finish.as_ref().map(|f| f.status),
-        Some(crate::ledger::Status::Suppressed)
+        p.finish.as_ref().map(Finish::status),
+        Some(crate::fate::Status::Suppressed)
     );
     // Mini-program users do not follow an account: subscribe messages go.
     let mut f = facts(Api::Subscribe);

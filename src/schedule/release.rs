@@ -1,9 +1,9 @@
-//! The due-delivery loop, every worker's second job (CONTRACT §8): when a waiting delivery falls
-//! due, take it (`FOR UPDATE SKIP LOCKED`: never two workers on one row), ask the judge
-//! ([`judge::due`]: go, wait out quiet hours, or expire), republish the ones that go to the work
+//! The due-delivery loop, which every worker session runs beside its consumer (docs/interface.md
+//! §8): when a waiting delivery falls due, take it (`FOR UPDATE SKIP LOCKED`: never two workers on
+//! one row), ask the judge ([`super::due`]: go, wait out quiet hours, or expire), republish the ones that go to the work
 //! queue as their own message (header `wxnotify-template`, confirmed by the broker), and only then
 //! mark them `pending` and commit. From there the ordinary trip sends each with every guarantee
-//! of CONTRACT §3: claim, doubt, retries, dead letters.
+//! of docs/interface.md §3: claim, doubt, retries, dead letters.
 //!
 //! A crash between the publish and the commit leaves the row `scheduled`: it is released again
 //! and the second copy finds the delivery claimed or final (the ledger makes it harmless).
@@ -19,9 +19,11 @@ use lapin::BasicProperties;
 use lapin::types::FieldTable;
 use tokio_util::sync::CancellationToken;
 
-use crate::delivery::{Context, Session, judge};
-use crate::ledger::{Due, DueFate};
-use crate::queue::headers;
+use super::store::Due;
+use super::timing::QuietHours;
+use crate::fate::DueFate;
+use crate::ledger::Ledger;
+use crate::queue::{Session, headers};
 
 /// Most rows one release transaction takes.
 const BATCH: usize = 500;
@@ -33,9 +35,22 @@ const POLL: Duration = Duration::from_secs(1);
 /// locks go with its connection).
 const HELD: Duration = Duration::from_millis(250);
 
+/// A template's quiet hours, by (app, event type, template id); `None` also when the template is
+/// gone (the released copy is then dead-lettered `no_template` by the ordinary trip).
+pub(crate) type QuietHoursOf = Arc<dyn Fn(&str, &str, &str) -> Option<QuietHours> + Send + Sync>;
+
+/// What the loop needs, fixed for the worker's life.
+#[derive(Clone)]
+pub(crate) struct Releaser {
+    pub ledger: Ledger,
+    /// The work queue released deliveries go to.
+    pub queue: String,
+    pub quiet_hours: QuietHoursOf,
+}
+
 /// Runs until `stop` fires. Publish failures mark the session broken (it is rebuilt, and this
 /// loop with it); database errors are retried.
-pub(crate) async fn run(ctx: Arc<Context>, session: Session, stop: CancellationToken) {
+pub(crate) async fn run(ctx: Releaser, session: Session, stop: CancellationToken) {
     let mut listener = None;
     loop {
         if listener.is_none() {
@@ -78,7 +93,7 @@ pub(crate) async fn run(ctx: Arc<Context>, session: Session, stop: CancellationT
 }
 
 /// Releases batches until nothing is due (that nobody else holds); returns how many rows it took.
-async fn release_all(ctx: &Context, session: &Session) -> Result<usize, sqlx::Error> {
+async fn release_all(ctx: &Releaser, session: &Session) -> Result<usize, sqlx::Error> {
     let mut taken = 0;
     loop {
         let batch = ctx.ledger.take_due(BATCH as i64).await?;
@@ -103,12 +118,7 @@ async fn release_all(ctx: &Context, session: &Session) -> Result<usize, sqlx::Er
             if !ok {
                 continue;
             }
-            let label = match fate {
-                DueFate::Released => "released",
-                DueFate::Deferred(_) => "deferred",
-                DueFate::Expired => "expired",
-            };
-            metrics::counter!("wxnotify_due_total", "fate" => label).increment(1);
+            metrics::counter!("wxnotify_due_total", "fate" => fate.label()).increment(1);
             if let Ok(late) = (now - row.due_at).to_std() {
                 metrics::histogram!("wxnotify_due_lateness_seconds").record(late.as_secs_f64());
             }
@@ -122,9 +132,8 @@ async fn release_all(ctx: &Context, session: &Session) -> Result<usize, sqlx::Er
     }
 }
 
-/// The judge's word on a due row, with its template's quiet hours (none if the template is gone:
-/// the released copy is then dead-lettered `no_template` by the ordinary trip).
-fn fate(ctx: &Context, row: &Due, now: chrono::DateTime<chrono::Utc>) -> DueFate {
+/// The judge's word on a due row, with its template's quiet hours.
+fn fate(ctx: &Releaser, row: &Due, now: chrono::DateTime<chrono::Utc>) -> DueFate {
     if row.payload.is_none() {
         tracing::error!(
             delivery_id = row.id,
@@ -132,16 +141,12 @@ fn fate(ctx: &Context, row: &Due, now: chrono::DateTime<chrono::Utc>) -> DueFate
         );
         return DueFate::Expired;
     }
-    let quiet = ctx
-        .rules
-        .catalog
-        .find_one(&row.app_id, &row.event_type, &row.template_id)
-        .and_then(|t| t.quiet_hours);
-    judge::due(row.not_after, quiet, now)
+    let quiet = (ctx.quiet_hours)(&row.app_id, &row.event_type, &row.template_id);
+    super::due(row.not_after, quiet, now)
 }
 
 /// Republishes a due delivery's event to the work queue as that delivery alone.
-async fn publish(ctx: &Context, session: &Session, row: &Due) -> bool {
+async fn publish(ctx: &Releaser, session: &Session, row: &Due) -> bool {
     let Some(payload) = &row.payload else {
         return false;
     };
@@ -152,7 +157,7 @@ async fn publish(ctx: &Context, session: &Session, row: &Due) -> bool {
         .with_delivery_mode(2)
         .with_content_type("application/json".into())
         .with_headers(hdrs);
-    let queue = &ctx.topology.queue;
+    let queue = &ctx.queue;
     match session.publisher.publish("", queue, payload.as_bytes(), props).await {
         Ok(()) => true,
         Err(e) => {

@@ -1,58 +1,24 @@
-//! The vocabulary of a message's fate: [`Plan`] (everything to do), [`Outcome`] (what happens to
-//! the broker message), [`DeadReason`]. Only [`crate::delivery::judge`] makes plans;
-//! [`crate::delivery::carry_out`] executes them.
+//! The vocabulary of a message's fate, owned here and only here: [`Plan`] (everything to do with
+//! one message), [`Outcome`] (what happens to the broker message), [`Finish`] (the delivery's
+//! new state in the ledger, with its [`Status`]), [`DeadReason`], [`DueFate`] (a waiting
+//! delivery's fate when it falls due) and [`Reopen`] (what a replay copy may do).
+//!
+//! The judge (`crate::delivery::judge`) makes plans from these words; the ledger flattens a
+//! [`Finish`] into its columns; carry-out executes the plan. This module imports none of them.
+
+mod dead;
+mod due;
+mod finish;
+mod replay;
 
 use std::time::Duration;
 
-use crate::ledger::Finish;
-
-/// Why a message went to the dead-letter queue: the `wxnotify-reason` header (CONTRACT §2).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DeadReason {
-    InvalidEvent,
-    NoTemplate,
-    RenderFailed,
-    PermanentError,
-    RetriesExhausted,
-    DeliveryLimit,
-    Ambiguous,
-}
-
-impl DeadReason {
-    pub(crate) fn as_str(self) -> &'static str {
-        match self {
-            DeadReason::InvalidEvent => "invalid_event",
-            DeadReason::NoTemplate => "no_template",
-            DeadReason::RenderFailed => "render_failed",
-            DeadReason::PermanentError => "permanent_error",
-            DeadReason::RetriesExhausted => "retries_exhausted",
-            DeadReason::DeliveryLimit => "delivery_limit",
-            DeadReason::Ambiguous => "ambiguous",
-        }
-    }
-}
-
-/// Longest error text in a header or a ledger row, in characters.
-pub(crate) const ERROR_TEXT_MAX: usize = 500;
-
-/// An error text fit for a header and a ledger row: one line, no NUL, at most
-/// [`ERROR_TEXT_MAX`] characters.
-pub(crate) fn one_line(error: &str) -> String {
-    let cleaned: String = error
-        .chars()
-        .map(|c| if c == '\n' || c == '\r' || c == '\0' { ' ' } else { c })
-        .collect();
-    crate::event::truncate(&cleaned, ERROR_TEXT_MAX).to_string()
-}
-
-/// A dead letter's readable cause.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct DeadLetter {
-    pub reason: DeadReason,
-    pub errcode: Option<i64>,
-    /// One line, no secrets.
-    pub error: String,
-}
+#[cfg(test)]
+pub(crate) use dead::ERROR_TEXT_MAX;
+pub(crate) use dead::{DeadLetter, DeadReason, one_line};
+pub(crate) use due::DueFate;
+pub(crate) use finish::{Doubt, Finish, Status};
+pub(crate) use replay::{Reopen, ReplayRow};
 
 /// What happens to the broker message.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,6 +45,13 @@ impl Outcome {
         })
     }
 
+    /// Every label [`Outcome::label`] can give: the values of `wxnotify_messages_total{outcome}`.
+    pub(crate) fn labels() -> impl Iterator<Item = &'static str> {
+        ["ack", "requeue", "retry", "release"]
+            .into_iter()
+            .chain(DeadReason::ALL.iter().map(|r| r.as_str()))
+    }
+
     /// A label for metrics and logs.
     pub(crate) fn label(&self) -> &'static str {
         match self {
@@ -102,4 +75,27 @@ pub(crate) struct Plan {
     pub replace_token: Option<i64>,
     /// Counted failed attempts after this step (the `wxnotify-attempts` header).
     pub attempts: u32,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_outcome_label_is_listed_once() {
+        let labels: Vec<_> = Outcome::labels().collect();
+        let mut unique = labels.clone();
+        unique.sort_unstable();
+        unique.dedup();
+        assert_eq!(unique.len(), labels.len());
+        for o in [
+            Outcome::Ack,
+            Outcome::Requeue,
+            Outcome::RetryLater { delay: Duration::ZERO },
+            Outcome::Release,
+            Outcome::dead(DeadReason::Ambiguous, None, "x"),
+        ] {
+            assert!(labels.contains(&o.label()), "{o:?}");
+        }
+    }
 }

@@ -1,4 +1,4 @@
-//! Deliveries that wait (CONTRACT §8): stored `scheduled` with their `due_at`, cancelled by the
+//! Deliveries that wait (docs/interface.md §8): stored `scheduled` with their `due_at`, cancelled by the
 //! events listed in their template's `cancelled_by` (whichever arrives first), and taken when due
 //! by one worker's due-delivery loop, which republishes each to the work queue.
 //!
@@ -9,8 +9,9 @@
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Row, Transaction};
 
-use super::Ledger;
 use crate::event::DeliveryKey;
+use crate::fate::DueFate;
+use crate::ledger::Ledger;
 
 /// The channel a worker notifies when it stored a delivery that falls due: every worker's
 /// due-delivery loop listens, so the earliest due time is known to all of them.
@@ -76,21 +77,10 @@ pub(crate) struct DueBatch {
     pub now: DateTime<Utc>,
 }
 
-/// What becomes of one due row.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum DueFate {
-    /// Published to the work queue: the row waits there as `pending`.
-    Released,
-    /// Inside quiet hours: due again at this instant.
-    Deferred(DateTime<Utc>),
-    /// Past `not_after`: never sent.
-    Expired,
-}
-
 impl Ledger {
     /// Stores an event's waiting deliveries and applies its cancellations, in one transaction.
     pub(crate) async fn hold(&self, waiting: &[Waiting], cancellations: &[Cancellation]) -> Result<Held, sqlx::Error> {
-        let mut tx = crate::db::begin(&self.pool).await?;
+        let mut tx = crate::db::begin(self.pool()).await?;
         lock_keys(&mut tx, waiting, cancellations).await?;
         let mut held = Held::default();
         if !cancellations.is_empty() {
@@ -122,20 +112,20 @@ impl Ledger {
         sqlx::query_scalar(
             "SELECT EXTRACT(EPOCH FROM min(due_at) - now())::float8 FROM deliveries WHERE status = 'scheduled'",
         )
-        .fetch_one(&self.pool)
+        .fetch_one(self.pool())
         .await
     }
 
     /// Listens for [`DUE_CHANNEL`]: a worker stored a delivery that will fall due.
     pub(crate) async fn listen_due(&self) -> Result<sqlx::postgres::PgListener, sqlx::Error> {
-        let mut listener = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+        let mut listener = sqlx::postgres::PgListener::connect_with(self.pool()).await?;
         listener.listen(DUE_CHANNEL).await?;
         Ok(listener)
     }
 
     /// Takes up to `limit` due rows nobody else is releasing (`FOR UPDATE SKIP LOCKED`).
     pub(crate) async fn take_due(&self, limit: i64) -> Result<DueBatch, sqlx::Error> {
-        let mut tx = crate::db::begin(&self.pool).await?;
+        let mut tx = crate::db::begin(self.pool()).await?;
         let rows = sqlx::query(
             "SELECT id, event_id, event_type, app_id, template_id, due_at, not_after, payload, now() AS now
                FROM deliveries
