@@ -22,7 +22,7 @@ use lapin::types::FieldTable;
 
 use super::intake::Meta;
 use super::judge::{self, Facts, Step};
-use super::{Abandoned, Context, Trip, stage, with_db};
+use super::{Abandoned, Context, Sent, Trip, stage};
 use crate::fate::{Outcome, Plan};
 use crate::queue::Session;
 use crate::queue::headers;
@@ -63,23 +63,20 @@ struct Carrier<'a> {
 impl Carrier<'_> {
     /// What the judge knew (or, for a message rejected at intake, what its headers say).
     fn facts(&self) -> Facts {
-        self.trip.facts.clone().unwrap_or_else(|| Facts {
-            api: crate::wechat::Api::Template,
-            failed_before: self.meta.failed_before,
-            token_requeues: self.meta.token_requeues,
-            redeliveries: self.meta.redeliveries,
-            in_doubt_for: None,
-            render_error: None,
-            not_after: None,
-            quiet_hours: None,
-            unfollowed: false,
-            now: chrono::Utc::now(),
-        })
+        match &self.trip.delivery {
+            Some(d) => d.facts.clone(),
+            None => Facts::new(crate::wechat::Api::Template, self.meta, chrono::Utc::now()),
+        }
+    }
+
+    /// The send this trip made, if any.
+    fn sent(&self) -> Option<&Sent> {
+        self.trip.delivery.as_ref().and_then(|d| d.sent.as_ref())
     }
 
     /// Replaces a rejected token if it is still current; if that fails, the judge decides again.
     async fn replace_token(&self, plan: Plan) -> Plan {
-        let (Some(generation), Some(token)) = (plan.replace_token, &self.trip.token) else {
+        let (Some(generation), Some(Sent { token, .. })) = (plan.replace_token, self.sent()) else {
             return plan;
         };
         tracing::info!(app = %token.app_id, generation, "token rejected; replacing it if still current");
@@ -99,8 +96,8 @@ impl Carrier<'_> {
             headers::set_text(&mut hdrs, headers::EVENT_ID, id);
         }
         // A copy of this delivery makes this delivery only, not every delivery of its event.
-        if let Some(id) = &self.trip.template_id {
-            headers::set_text(&mut hdrs, headers::TEMPLATE, id);
+        if let Some(d) = &self.trip.delivery {
+            headers::set_text(&mut hdrs, headers::TEMPLATE, &d.template_id);
         }
         headers::set_int(&mut hdrs, headers::ATTEMPTS, i64::from(plan.attempts));
         (props, hdrs)
@@ -135,15 +132,18 @@ impl Carrier<'_> {
 
     /// The plan's ledger write, for the claimed delivery.
     async fn record(&self, plan: &Plan) -> Result<(), Abandoned> {
-        let (Some(finish), Some(id)) = (&plan.finish, self.trip.delivery_id) else {
+        let delivery_id = self.trip.delivery.as_ref().and_then(|d| d.delivery_id);
+        let (Some(finish), Some(id)) = (&plan.finish, delivery_id) else {
             return Ok(());
         };
         let ctx = self.ctx;
         let started = Instant::now();
-        let applied = with_db(ctx, "record outcome", || {
-            ctx.ledger.record(id, self.trip.attempt.as_ref(), finish)
-        })
-        .await?;
+        let applied = ctx
+            .db
+            .retry("record outcome", || {
+                ctx.ledger.record(id, self.sent().map(|s| &s.attempt), finish)
+            })
+            .await?;
         stage("record", started);
         if !applied {
             tracing::info!(
@@ -159,7 +159,7 @@ impl Carrier<'_> {
     /// publish failed, the message goes back and its next delivery must meet WeChat's 43004 again,
     /// not a suppression. Best effort: this delivery's fate does not depend on it.
     async fn note_unfollowed(&self, plan: &Plan) {
-        let Some((app_id, openid)) = &self.trip.left_the_account else {
+        let Some((app_id, openid)) = self.sent().and_then(|s| s.left_the_account.as_ref()) else {
             return;
         };
         if !matches!(plan.outcome, Outcome::DeadLetter(_)) {

@@ -102,37 +102,10 @@ pub(crate) enum Intake {
 }
 
 pub(crate) fn intake(body: &[u8], meta: &Meta, rules: &Rules, now: DateTime<Utc>) -> Intake {
-    if body.len() > rules.max_body {
-        return Intake::Reject {
-            reason: DeadReason::InvalidEvent,
-            error: format!(
-                "body is {} bytes, over WXNOTIFY_MAX_BODY_BYTES ({}); not parsed",
-                body.len(),
-                rules.max_body
-            ),
-            event_id: None,
-        };
-    }
-    let event = match BookingEvent::parse(body) {
-        Ok(e) => e,
-        Err(e) => {
-            return Intake::Reject {
-                reason: DeadReason::InvalidEvent,
-                error: e.to_string(),
-                event_id: BookingEvent::sniff_event_id(body),
-            };
-        }
+    let (event, app_id) = match accept(body, rules) {
+        Ok(accepted) => accepted,
+        Err(rejected) => return rejected,
     };
-    let reject = |reason, error: String, event: &BookingEvent| Intake::Reject {
-        reason,
-        error,
-        event_id: Some(event.event_id.clone()),
-    };
-    let app_id = event.app_id.clone().unwrap_or_else(|| rules.default_app.clone());
-    if !rules.apps.contains(&app_id) {
-        let error = format!("unknown app_id {app_id:?} (neither WECHAT_APP_ID nor in [[apps]])");
-        return reject(DeadReason::InvalidEvent, error, &event);
-    }
     let catalog = &rules.catalog;
     // A copy of one delivery (released when due, a retry, a dead letter replayed).
     if let Some(template_id) = &meta.template_id {
@@ -154,30 +127,11 @@ pub(crate) fn intake(body: &[u8], meta: &Meta, rules: &Rules, now: DateTime<Utc>
         }
         ([one], true) if !one.is_held() => Intake::Deliver(Box::new(delivery(catalog, one, event, app_id))),
         _ => {
-            let mut cancellations = Vec::with_capacity(cancelling.len());
-            for t in cancelling {
-                match catalog.cancel_key(t, &event) {
-                    // Two templates of one template id (from different event types) cancel the same deliveries.
-                    Ok(Some(cancel_key))
-                        if cancellations
-                            .iter()
-                            .any(|c: &Cancellation| c.template_id == t.template_id && c.cancel_key == cancel_key) => {}
-                    Ok(Some(cancel_key)) => cancellations.push(Cancellation {
-                        app_id: app_id.clone(),
-                        template_id: t.template_id.clone(),
-                        cancel_key,
-                        event_id: event.event_id.clone(),
-                        event_type: event.event_type.clone(),
-                        occurred_at: event.occurred.with_timezone(&Utc),
-                    }),
-                    Ok(None) => {}
-                    Err(e) => {
-                        let error = format!("template {}: cancelling by this event: {e}", t.label);
-                        return reject(DeadReason::RenderFailed, error, &event);
-                    }
-                }
-            }
-            // The body was parsed as UTF-8 JSON above.
+            let cancellations = match cancellations(catalog, &cancelling, &event, &app_id) {
+                Ok(c) => c,
+                Err(error) => return reject(DeadReason::RenderFailed, error, &event),
+            };
+            // The body was parsed as UTF-8 JSON by `accept`.
             let payload = String::from_utf8_lossy(body).into_owned();
             let waiting = templates
                 .iter()
@@ -190,6 +144,75 @@ pub(crate) fn intake(body: &[u8], meta: &Meta, rules: &Rules, now: DateTime<Utc>
             }))
         }
     }
+}
+
+/// The body's limits (size, then everything `BookingEvent::parse` checks) and a known app: the
+/// event and its app id, or the message's rejection.
+fn accept(body: &[u8], rules: &Rules) -> Result<(BookingEvent, String), Intake> {
+    if body.len() > rules.max_body {
+        return Err(Intake::Reject {
+            reason: DeadReason::InvalidEvent,
+            error: format!(
+                "body is {} bytes, over WXNOTIFY_MAX_BODY_BYTES ({}); not parsed",
+                body.len(),
+                rules.max_body
+            ),
+            event_id: None,
+        });
+    }
+    let event = BookingEvent::parse(body).map_err(|e| Intake::Reject {
+        reason: DeadReason::InvalidEvent,
+        error: e.to_string(),
+        event_id: BookingEvent::sniff_event_id(body),
+    })?;
+    let app_id = event.app_id.clone().unwrap_or_else(|| rules.default_app.clone());
+    if !rules.apps.contains(&app_id) {
+        let error = format!("unknown app_id {app_id:?} (neither WECHAT_APP_ID nor in [[apps]])");
+        return Err(reject(DeadReason::InvalidEvent, error, &event));
+    }
+    Ok((event, app_id))
+}
+
+fn reject(reason: DeadReason, error: String, event: &BookingEvent) -> Intake {
+    Intake::Reject {
+        reason,
+        error,
+        event_id: Some(event.event_id.clone()),
+    }
+}
+
+/// What this event cancels: one cancellation per (template id, cancel key), or the error of a
+/// template whose cancel key does not render.
+fn cancellations(
+    catalog: &Catalog,
+    cancelling: &[&Template],
+    event: &BookingEvent,
+    app_id: &str,
+) -> Result<Vec<Cancellation>, String> {
+    let mut cancellations: Vec<Cancellation> = Vec::with_capacity(cancelling.len());
+    for t in cancelling {
+        let cancel_key = match catalog.cancel_key(t, event) {
+            Ok(Some(key)) => key,
+            Ok(None) => continue,
+            Err(e) => return Err(format!("template {}: cancelling by this event: {e}", t.label)),
+        };
+        // Two templates of one template id (from different event types) cancel the same deliveries.
+        if cancellations
+            .iter()
+            .any(|c| c.template_id == t.template_id && c.cancel_key == cancel_key)
+        {
+            continue;
+        }
+        cancellations.push(Cancellation {
+            app_id: app_id.to_string(),
+            template_id: t.template_id.clone(),
+            cancel_key,
+            event_id: event.event_id.clone(),
+            event_type: event.event_type.clone(),
+            occurred_at: event.occurred.with_timezone(&Utc),
+        });
+    }
+    Ok(cancellations)
 }
 
 fn key_of(template: &Template, event: &BookingEvent) -> DeliveryKey {

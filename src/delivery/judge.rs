@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use chrono::{DateTime, Utc};
 
+use super::intake::Meta;
 use crate::fate::{DeadReason, Doubt, DueFate, Finish, Outcome, Plan, Reopen, ReplayRow};
 use crate::retry::{Backoff, ErrorClass, RetryPolicy, classify_send};
 use crate::schedule::{QuietHours, due};
@@ -38,6 +39,24 @@ pub(crate) struct Facts {
     pub unfollowed: bool,
     /// The current time, for errors that say until when to wait, expiry and quiet hours.
     pub now: DateTime<Utc>,
+}
+
+impl Facts {
+    /// What the message's headers say, before anything is known of its delivery.
+    pub(crate) fn new(api: Api, meta: &Meta, now: DateTime<Utc>) -> Self {
+        Facts {
+            api,
+            failed_before: meta.failed_before,
+            token_requeues: meta.token_requeues,
+            redeliveries: meta.redeliveries,
+            in_doubt_for: None,
+            render_error: None,
+            not_after: None,
+            quiet_hours: None,
+            unfollowed: false,
+            now,
+        }
+    }
 }
 
 /// What the claim found.

@@ -7,18 +7,17 @@
 //! carries its span: event id, delivery key, attempt.
 
 pub(crate) mod carry_out;
+mod db_retry;
 pub(crate) mod intake;
 pub(crate) mod judge;
 pub(crate) mod rate;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::admin::Health;
 use crate::fate::Plan;
 use crate::fate::Reopen;
 use crate::ledger::{AttemptRecord, Claim, ClaimRequest, Claimed, Ledger};
@@ -26,6 +25,7 @@ use crate::queue::{Session, Topology};
 use crate::retry::RetryPolicy;
 use crate::token::{AccessToken, TokenProvider};
 use crate::wechat::{OutgoingMessage, SendError, SendReply, WechatClient};
+pub(crate) use db_retry::DbRetry;
 use intake::{Delivery, Hold, Intake, Meta, Rules};
 use judge::{Answer, ClaimSeen, Facts, Gate, Step};
 
@@ -37,9 +37,8 @@ pub(crate) struct Context {
     pub ledger: Ledger,
     pub tokens: TokenProvider,
     pub wechat: WechatClient,
-    pub health: Arc<Health>,
-    /// Fires when the grace period is over: stop waiting for the database.
-    pub hard_stop: CancellationToken,
+    /// Database calls on the delivery path wait out an outage (until the grace period is over).
+    pub db: DbRetry,
     /// Fires when shutdown begins: deliveries waiting for a send slot hand their message back.
     pub draining: CancellationToken,
     /// `WXNOTIFY_RATE_LIMIT`: this worker's share of the fleet's sends a second per app.
@@ -85,15 +84,27 @@ pub(crate) struct Abandoned;
 #[derive(Default)]
 pub(crate) struct Trip {
     pub event_id: Option<String>,
+    /// Set once the message is one delivery that reached the claim.
+    pub delivery: Option<DeliveryTrip>,
+}
+
+/// One delivery's trip past its claim.
+pub(crate) struct DeliveryTrip {
     /// The delivery's template: a copy of the message makes this delivery only.
-    pub template_id: Option<String>,
-    /// The claimed delivery's row.
+    pub template_id: String,
+    /// What the judge knew last, to ask it again when carrying out fails.
+    pub facts: Facts,
+    /// The claimed delivery's row (`None`: not claimed by this worker).
     pub delivery_id: Option<i64>,
-    pub attempt: Option<AttemptRecord>,
-    /// The token the send used (a rejected one is replaced).
-    pub token: Option<AccessToken>,
-    /// What the judge knew, to ask it again when carrying out fails.
-    pub facts: Option<Facts>,
+    /// The send, once made.
+    pub sent: Option<Sent>,
+}
+
+/// A send that was made: its attempt, the token it used (a rejected one is replaced), and what
+/// WeChat said of the recipient.
+pub(crate) struct Sent {
+    pub attempt: AttemptRecord,
+    pub token: AccessToken,
     /// WeChat said this (app, openid) does not follow the account (43004): recorded after this
     /// delivery's own outcome, so that a crash in between leaves the delivery to be decided again
     /// (and dead-lettered with its errcode), not suppressed.
@@ -167,26 +178,23 @@ pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::messa
 /// Claim, token, send, each gate asked of the judge: the plan for this delivery.
 async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Result<Plan, Abandoned> {
     let mut facts = Facts {
-        api: d.api,
-        failed_before: meta.failed_before,
-        token_requeues: meta.token_requeues,
-        redeliveries: meta.redeliveries,
-        in_doubt_for: None,
         render_error: d.message.as_ref().err().cloned(),
         not_after: d.not_after,
         quiet_hours: d.quiet_hours,
-        unfollowed: false,
-        now: Utc::now(),
+        ..Facts::new(d.api, meta, Utc::now())
     };
-    trip.template_id = Some(d.key.template_id.clone());
     let reopen = reopen(ctx, d, meta).await?;
     let claim_started = Instant::now();
     let (seen, claimed) = claim(ctx, d, reopen).await?;
     stage("claim", claim_started);
     facts.in_doubt_for = claimed.as_ref().and_then(Held::doubt);
     facts.unfollowed = claimed.as_ref().is_some_and(|c| c.claimed.unfollowed);
-    trip.delivery_id = claimed.as_ref().map(|c| c.claimed.id);
-    trip.facts = Some(facts.clone());
+    let t = trip.delivery.insert(DeliveryTrip {
+        template_id: d.key.template_id.clone(),
+        facts: facts.clone(),
+        delivery_id: claimed.as_ref().map(|c| c.claimed.id),
+        sent: None,
+    });
     if let Some(plan) = judge::stop_before_send(&facts, Gate::Claimed(&seen), &ctx.policy) {
         return Ok(plan);
     }
@@ -206,36 +214,36 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
     // The token wait may have been long: the window is checked again right before the send.
     facts.in_doubt_for = held.doubt();
     facts.now = Utc::now();
-    trip.facts = Some(facts.clone());
+    t.facts = facts.clone();
     if let Some(plan) = judge::stop_before_send(&facts, Gate::BeforeSend, &ctx.policy) {
         return Ok(plan);
     }
-    let answer = send(ctx, message, &token, trip).await;
-    if judge::left_the_account(d.api, &answer) {
-        trip.left_the_account = Some((d.app_id.clone(), d.key.openid.clone()));
-    }
+    let (answer, attempt) = send(ctx, message, &token).await;
     let generation = token.generation;
-    trip.token = Some(token);
-    Ok(judge::judge(
-        &facts,
-        Step::Answered {
-            answer: &answer,
-            generation,
-        },
-        &ctx.policy,
-    ))
+    t.sent = Some(Sent {
+        attempt,
+        token,
+        left_the_account: judge::left_the_account(d.api, &answer).then(|| (d.app_id.clone(), d.key.openid.clone())),
+    });
+    let step = Step::Answered {
+        answer: &answer,
+        generation,
+    };
+    Ok(judge::judge(&facts, step, &ctx.policy))
 }
 
 /// Stores an event's waiting deliveries and applies its cancellations (one transaction); the
 /// message is acked once they are committed. A value Postgres refuses is the message's verdict.
 async fn hold(ctx: &Context, h: &Hold, meta: &Meta) -> Result<Plan, Abandoned> {
-    let stored = with_db(ctx, "store waiting deliveries", || async {
-        match ctx.ledger.hold(&h.waiting, &h.cancellations).await {
-            Err(e) if crate::db::is_data_error(&e) => Ok(Err(e.to_string())),
-            other => other.map(Ok),
-        }
-    })
-    .await?;
+    let stored = ctx
+        .db
+        .retry("store waiting deliveries", || async {
+            match ctx.ledger.hold(&h.waiting, &h.cancellations).await {
+                Err(e) if crate::db::is_data_error(&e) => Ok(Err(e.to_string())),
+                other => other.map(Ok),
+            }
+        })
+        .await?;
     if let Ok(held) = &stored {
         for (status, n) in [
             ("scheduled", held.scheduled),
@@ -259,10 +267,12 @@ async fn reopen(ctx: &Context, d: &Delivery, meta: &Meta) -> Result<Reopen, Aban
     let Some(replay_id) = &meta.replay_id else {
         return Ok(Reopen::No);
     };
-    let row = with_db(ctx, "look up the replay", || {
-        ctx.ledger.replay_row(replay_id, &d.key.event_id)
-    })
-    .await?;
+    let row = ctx
+        .db
+        .retry("look up the replay", || {
+            ctx.ledger.replay_row(replay_id, &d.key.event_id)
+        })
+        .await?;
     Ok(judge::reopen(row.as_ref()))
 }
 
@@ -292,13 +302,15 @@ async fn claim(ctx: &Context, d: &Delivery, reopen: Reopen) -> Result<(ClaimSeen
         client_msg_id: &d.client_msg_id,
         reopen,
     };
-    let claim = with_db(ctx, "claim", || async {
-        match ctx.ledger.claim(&request).await {
-            Err(e) if e.is_data_error() => Ok(Err(e.to_string())),
-            other => other.map(Ok),
-        }
-    })
-    .await?;
+    let claim = ctx
+        .db
+        .retry("claim", || async {
+            match ctx.ledger.claim(&request).await {
+                Err(e) if e.is_data_error() => Ok(Err(e.to_string())),
+                other => other.map(Ok),
+            }
+        })
+        .await?;
     Ok(match claim {
         Ok(Claim::Owned(claimed)) => (
             ClaimSeen::Owned,
@@ -319,8 +331,8 @@ async fn claim(ctx: &Context, d: &Delivery, reopen: Reopen) -> Result<(ClaimSeen
     })
 }
 
-/// One HTTP send; its attempt goes into the trip.
-async fn send(ctx: &Context, message: &OutgoingMessage, token: &AccessToken, trip: &mut Trip) -> Answer {
+/// One HTTP send: WeChat's answer, and the attempt as it happened.
+async fn send(ctx: &Context, message: &OutgoingMessage, token: &AccessToken) -> (Answer, AttemptRecord) {
     let started_at = Utc::now();
     let started = Instant::now();
     let reply = ctx.wechat.send(message, token.secret()).await;
@@ -329,8 +341,7 @@ async fn send(ctx: &Context, message: &OutgoingMessage, token: &AccessToken, tri
     stage("send", started);
     let answer = answer(&reply);
     metrics::counter!("wxnotify_sends_total", "result" => answer_label(&answer)).increment(1);
-    trip.attempt = Some(attempt_record(&reply, started, started_at, elapsed));
-    answer
+    (answer, attempt_record(&reply, started, started_at, elapsed))
 }
 
 fn answer(reply: &Result<SendReply, SendError>) -> Answer {
@@ -370,35 +381,5 @@ fn attempt_record(
         http_status,
         errcode,
         errmsg,
-    }
-}
-
-/// Retries a database call until it works or the worker must stop. A database outage stalls
-/// deliveries (unacked, bounded by the prefetch) instead of losing or dead-lettering them.
-/// Per-row data errors never come here as errors: the caller turns them into a verdict.
-pub(crate) async fn with_db<T, E, F, Fut>(ctx: &Context, what: &str, mut op: F) -> Result<T, Abandoned>
-where
-    E: std::fmt::Display,
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, E>>,
-{
-    let mut delay = Duration::from_millis(100);
-    loop {
-        match op().await {
-            Ok(v) => {
-                ctx.health.set_db(true);
-                return Ok(v);
-            }
-            Err(e) => {
-                ctx.health.set_db(false);
-                metrics::counter!("wxnotify_db_errors_total").increment(1);
-                tracing::warn!(error = %e, what, retry_in_ms = delay.as_millis() as u64, "database call failed; retrying");
-                tokio::select! {
-                    _ = ctx.hard_stop.cancelled() => return Err(Abandoned),
-                    _ = tokio::time::sleep(delay) => {}
-                }
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
     }
 }

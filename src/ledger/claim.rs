@@ -121,136 +121,166 @@ impl Ledger {
 
 /// The claim statement, over many keys at once: `unnest` arrays in, one row out per key claimed.
 /// With `reopen` (a recorded replay copy) a `dead` delivery is claimable too (its doubt cleared
-/// only as [`Reopen::ClearDoubtBefore`] says). Keys come sorted (a consistent lock order between workers) and
-/// distinct (a key twice in one `ON CONFLICT DO UPDATE` is an error): a second copy of a key in
-/// the same batch is held, like any copy of a key someone holds.
+/// only as [`Reopen::ClearDoubtBefore`] says). Keys go in sorted (a consistent lock order between
+/// workers) and distinct (a key twice in one `ON CONFLICT DO UPDATE` is an error): a second copy
+/// of a key in the same batch is held, like any copy of a key someone holds.
 pub(super) async fn claim_batch(
     pool: &PgPool,
     settings: &ClaimSettings,
     jobs: &[ClaimJob],
     reopen: Reopen,
 ) -> Result<Vec<Result<Claim, LedgerError>>, LedgerError> {
-    let key = |j: &'_ ClaimJob| DeliveryKey {
-        event_id: j.event_id.clone(),
-        template_id: j.template_id.clone(),
-        openid: j.openid.clone(),
+    let unique = distinct_in_key_order(jobs);
+    let owned = insert_claims(pool, settings, jobs, &unique, reopen).await?;
+    // Keys not claimed: final already, or held (the rare path: duplicates).
+    let missed: Vec<&ClaimJob> = unique
+        .iter()
+        .map(|i| &jobs[*i])
+        .filter(|j| !owned.contains_key(&j.key()))
+        .collect();
+    let states = if missed.is_empty() {
+        HashMap::new()
+    } else {
+        statuses(pool, &missed).await?
     };
+    Ok(answers(jobs, &unique, &owned, &states))
+}
+
+impl ClaimJob {
+    fn key(&self) -> DeliveryKey {
+        DeliveryKey {
+            event_id: self.event_id.clone(),
+            template_id: self.template_id.clone(),
+            openid: self.openid.clone(),
+        }
+    }
+}
+
+/// The key a returned row names.
+fn key_of(row: &sqlx::postgres::PgRow) -> Result<DeliveryKey, sqlx::Error> {
+    Ok(DeliveryKey {
+        event_id: row.try_get("event_id")?,
+        template_id: row.try_get("template_id")?,
+        openid: row.try_get("openid")?,
+    })
+}
+
+/// Indexes of the jobs to claim: sorted by key, the first of each key only.
+fn distinct_in_key_order(jobs: &[ClaimJob]) -> Vec<usize> {
     let mut order: Vec<usize> = (0..jobs.len()).collect();
     order.sort_by(|a, b| {
         let (ja, jb) = (&jobs[*a], &jobs[*b]);
         (&ja.event_id, &ja.template_id, &ja.openid).cmp(&(&jb.event_id, &jb.template_id, &jb.openid))
     });
-    let mut unique: Vec<usize> = Vec::with_capacity(jobs.len());
-    for i in order {
-        if unique.last().is_none_or(|last| key(&jobs[*last]) != key(&jobs[i])) {
-            unique.push(i);
-        }
-    }
+    order.dedup_by(|i, last| jobs[*i].key() == jobs[*last].key());
+    order
+}
+
+/// The one atomic `INSERT … ON CONFLICT DO UPDATE … WHERE claimable`: the keys it claimed.
+async fn insert_claims(
+    pool: &PgPool,
+    settings: &ClaimSettings,
+    jobs: &[ClaimJob],
+    unique: &[usize],
+    reopen: Reopen,
+) -> Result<HashMap<DeliveryKey, Claimed>, LedgerError> {
     let col = |f: fn(&ClaimJob) -> &str| unique.iter().map(|i| f(&jobs[*i]).to_string()).collect::<Vec<String>>();
-    let rows = sqlx::query(
-        "INSERT INTO deliveries AS d
-             (event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id,
-              owner, lease_until, claimed_at)
-         SELECT t.event_id, t.event_type, t.app_id, t.openid, t.template_id, t.occurred_at, t.client_msg_id,
-                $8, now() + make_interval(secs => $9), now()
-           FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
-                AS t(event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id)
-         ON CONFLICT (event_id, template_id, openid) DO UPDATE
-            SET owner = EXCLUDED.owner,
-                lease_until = EXCLUDED.lease_until,
-                claimed_at = now(),
-                updated_at = now(),
-                status = CASE WHEN d.status = 'dead' THEN 'retrying' ELSE d.status END,
-                dead_reason = CASE WHEN d.status = 'dead' THEN NULL ELSE d.dead_reason END,
-                in_doubt_since = CASE WHEN d.status = 'dead' AND d.in_doubt_since < $12 THEN NULL
-                                      WHEN d.owner IS NOT NULL
-                                      THEN COALESCE(d.in_doubt_since, d.claimed_at)
-                                      ELSE d.in_doubt_since END
-          WHERE (d.status IN ('pending', 'retrying') OR ($11 AND d.status = 'dead'))
-            AND (d.owner IS NULL
-                 OR d.lease_until < now()
-                 OR NOT EXISTS (SELECT 1 FROM workers w
-                                 WHERE w.id = d.owner
-                                   AND w.heartbeat_at > now() - make_interval(secs => $10)))
-         RETURNING id, event_id, template_id, openid, in_doubt_since, now() AS now,
-                   EXISTS (SELECT 1 FROM followers f
-                            WHERE f.app_id = d.app_id AND f.openid = d.openid AND NOT f.followed) AS unfollowed",
-    )
-    .bind(col(|j| &j.event_id))
-    .bind(col(|j| &j.event_type))
-    .bind(col(|j| &j.app_id))
-    .bind(col(|j| &j.openid))
-    .bind(col(|j| &j.template_id))
-    .bind(unique.iter().map(|i| jobs[*i].occurred_at).collect::<Vec<_>>())
-    .bind(col(|j| &j.client_msg_id))
-    .bind(&settings.worker_id)
-    .bind(settings.lease_secs)
-    .bind(settings.liveness_secs)
-    .bind(reopen != Reopen::No)
-    .bind(match reopen {
-        Reopen::ClearDoubtBefore(at) => Some(at),
-        Reopen::No | Reopen::KeepDoubt => None,
-    })
-    .fetch_all(pool)
-    .await?;
-    let mut owned: HashMap<DeliveryKey, Claimed> = HashMap::with_capacity(rows.len());
-    for row in rows {
-        let k = DeliveryKey {
-            event_id: row.try_get("event_id")?,
-            template_id: row.try_get("template_id")?,
-            openid: row.try_get("openid")?,
-        };
-        owned.insert(
-            k,
-            Claimed {
-                id: row.try_get("id")?,
-                in_doubt_since: row.try_get("in_doubt_since")?,
-                now: row.try_get("now")?,
-                unfollowed: row.try_get("unfollowed")?,
-            },
-        );
-    }
-    // Keys not claimed: final already, or held (the rare path: duplicates).
-    let mut states: HashMap<DeliveryKey, String> = HashMap::new();
-    let missed: Vec<&ClaimJob> = unique
-        .iter()
-        .map(|i| &jobs[*i])
-        .filter(|j| !owned.contains_key(&key(j)))
-        .collect();
-    if !missed.is_empty() {
-        let rows = sqlx::query(
-            "SELECT d.status, d.event_id, d.template_id, d.openid
-               FROM deliveries d
-               JOIN unnest($1::text[], $2::text[], $3::text[]) AS t(event_id, template_id, openid)
-                 ON (d.event_id, d.template_id, d.openid) = (t.event_id, t.template_id, t.openid)",
-        )
-        .bind(missed.iter().map(|j| j.event_id.clone()).collect::<Vec<_>>())
-        .bind(missed.iter().map(|j| j.template_id.clone()).collect::<Vec<_>>())
-        .bind(missed.iter().map(|j| j.openid.clone()).collect::<Vec<_>>())
+    let rows = sqlx::query(CLAIM_SQL)
+        .bind(col(|j| &j.event_id))
+        .bind(col(|j| &j.event_type))
+        .bind(col(|j| &j.app_id))
+        .bind(col(|j| &j.openid))
+        .bind(col(|j| &j.template_id))
+        .bind(unique.iter().map(|i| jobs[*i].occurred_at).collect::<Vec<_>>())
+        .bind(col(|j| &j.client_msg_id))
+        .bind(&settings.worker_id)
+        .bind(settings.lease_secs)
+        .bind(settings.liveness_secs)
+        .bind(reopen != Reopen::No)
+        .bind(match reopen {
+            Reopen::ClearDoubtBefore(at) => Some(at),
+            Reopen::No | Reopen::KeepDoubt => None,
+        })
         .fetch_all(pool)
         .await?;
-        for row in rows {
-            let k = DeliveryKey {
-                event_id: row.try_get("event_id")?,
-                template_id: row.try_get("template_id")?,
-                openid: row.try_get("openid")?,
-            };
-            states.insert(k, row.try_get("status")?);
-        }
+    let mut owned = HashMap::with_capacity(rows.len());
+    for row in rows {
+        let claimed = Claimed {
+            id: row.try_get("id")?,
+            in_doubt_since: row.try_get("in_doubt_since")?,
+            now: row.try_get("now")?,
+            unfollowed: row.try_get("unfollowed")?,
+        };
+        owned.insert(key_of(&row)?, claimed);
     }
-    let first_of_key: Vec<bool> = {
-        let mut v = vec![false; jobs.len()];
-        for i in &unique {
-            v[*i] = true;
-        }
-        v
-    };
-    Ok(jobs
-        .iter()
-        .enumerate()
-        .map(|(i, j)| {
-            let k = key(j);
-            if !first_of_key[i] {
+    Ok(owned)
+}
+
+const CLAIM_SQL: &str = "INSERT INTO deliveries AS d
+         (event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id,
+          owner, lease_until, claimed_at)
+     SELECT t.event_id, t.event_type, t.app_id, t.openid, t.template_id, t.occurred_at, t.client_msg_id,
+            $8, now() + make_interval(secs => $9), now()
+       FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[], $7::text[])
+            AS t(event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id)
+     ON CONFLICT (event_id, template_id, openid) DO UPDATE
+        SET owner = EXCLUDED.owner,
+            lease_until = EXCLUDED.lease_until,
+            claimed_at = now(),
+            updated_at = now(),
+            status = CASE WHEN d.status = 'dead' THEN 'retrying' ELSE d.status END,
+            dead_reason = CASE WHEN d.status = 'dead' THEN NULL ELSE d.dead_reason END,
+            in_doubt_since = CASE WHEN d.status = 'dead' AND d.in_doubt_since < $12 THEN NULL
+                                  WHEN d.owner IS NOT NULL
+                                  THEN COALESCE(d.in_doubt_since, d.claimed_at)
+                                  ELSE d.in_doubt_since END
+      WHERE (d.status IN ('pending', 'retrying') OR ($11 AND d.status = 'dead'))
+        AND (d.owner IS NULL
+             OR d.lease_until < now()
+             OR NOT EXISTS (SELECT 1 FROM workers w
+                             WHERE w.id = d.owner
+                               AND w.heartbeat_at > now() - make_interval(secs => $10)))
+     RETURNING id, event_id, template_id, openid, in_doubt_since, now() AS now,
+               EXISTS (SELECT 1 FROM followers f
+                        WHERE f.app_id = d.app_id AND f.openid = d.openid AND NOT f.followed) AS unfollowed";
+
+/// The status of each key the claim did not take.
+async fn statuses(pool: &PgPool, missed: &[&ClaimJob]) -> Result<HashMap<DeliveryKey, String>, LedgerError> {
+    let rows = sqlx::query(
+        "SELECT d.status, d.event_id, d.template_id, d.openid
+           FROM deliveries d
+           JOIN unnest($1::text[], $2::text[], $3::text[]) AS t(event_id, template_id, openid)
+             ON (d.event_id, d.template_id, d.openid) = (t.event_id, t.template_id, t.openid)",
+    )
+    .bind(missed.iter().map(|j| j.event_id.clone()).collect::<Vec<_>>())
+    .bind(missed.iter().map(|j| j.template_id.clone()).collect::<Vec<_>>())
+    .bind(missed.iter().map(|j| j.openid.clone()).collect::<Vec<_>>())
+    .fetch_all(pool)
+    .await?;
+    let mut states = HashMap::with_capacity(rows.len());
+    for row in rows {
+        states.insert(key_of(&row)?, row.try_get("status")?);
+    }
+    Ok(states)
+}
+
+/// Each job's answer, in the jobs' order: owned, final already, or held (by another worker, or
+/// by the first copy of its key in this batch).
+fn answers(
+    jobs: &[ClaimJob],
+    unique: &[usize],
+    owned: &HashMap<DeliveryKey, Claimed>,
+    states: &HashMap<DeliveryKey, String>,
+) -> Vec<Result<Claim, LedgerError>> {
+    let mut first_of_key = vec![false; jobs.len()];
+    for i in unique {
+        first_of_key[*i] = true;
+    }
+    jobs.iter()
+        .zip(first_of_key)
+        .map(|(j, first)| {
+            let k = j.key();
+            if !first {
                 return Ok(Claim::HeldElsewhere);
             }
             if let Some(c) = owned.get(&k) {
@@ -263,5 +293,5 @@ pub(super) async fn claim_batch(
                 _ => Claim::HeldElsewhere,
             })
         })
-        .collect())
+        .collect()
 }

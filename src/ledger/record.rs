@@ -85,90 +85,81 @@ pub(super) async fn record_batch(
 }
 
 async fn record_round(pool: &PgPool, worker_id: &str, jobs: &[&RecordJob]) -> Result<Vec<i64>, LedgerError> {
-    let changed: Vec<i64> = sqlx::query_scalar(
-        "WITH v AS (
-             SELECT * FROM unnest($1::bigint[], $2::bool[], $3::timestamptz[], $4::int[], $5::int[], $6::bigint[],
-                                  $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], $12::text[],
-                                  $13::bool[], $15::float8[])
-               AS t(id, has_attempt, started_at, duration_ms, http_status, a_errcode, errmsg,
-                    status, errcode, error, msgid, dead_reason, in_doubt, since_send_secs)
-         ),
-         attempt AS (
-             INSERT INTO delivery_attempts
-                 (delivery_id, attempt, started_at, duration_ms, http_status, errcode, errmsg, worker)
-             SELECT d.id, d.attempts + 1, v.started_at, v.duration_ms, v.http_status, v.a_errcode, v.errmsg, $14
-               FROM v JOIN deliveries d ON d.id = v.id
-              WHERE v.has_attempt
-         )
-         UPDATE deliveries d SET
-             status = v.status,
-             attempts = d.attempts + CASE WHEN v.has_attempt THEN 1 ELSE 0 END,
-             last_errcode = CASE WHEN v.status = 'sent' THEN d.last_errcode ELSE v.errcode END,
-             last_error = CASE WHEN v.status = 'sent' THEN d.last_error ELSE v.error END,
-             wechat_msgid = COALESCE(v.msgid, d.wechat_msgid),
-             sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE d.sent_at END,
-             dead_reason = v.dead_reason,
-             in_doubt_since = CASE WHEN v.in_doubt AND v.has_attempt
-                                   THEN COALESCE(d.in_doubt_since, now() - make_interval(secs => v.since_send_secs))
-                                   ELSE d.in_doubt_since END,
-             owner = NULL,
-             lease_until = NULL,
-             updated_at = now()
-           FROM v
-          WHERE d.id = v.id
-            AND ((d.status IN ('pending', 'retrying') AND d.owner = $14)
-                 OR (v.status = 'sent' AND v.msgid IS NOT NULL
-                     AND (d.status <> 'sent' OR d.wechat_msgid IS NULL)))
-          RETURNING d.id",
-    )
-    .bind(jobs.iter().map(|j| j.delivery_id).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.attempt.is_some()).collect::<Vec<_>>())
-    .bind(
-        jobs.iter()
-            .map(|j| j.attempt.as_ref().map(|a| a.started_at))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        jobs.iter()
-            .map(|j| j.attempt.as_ref().map(|a| a.duration_ms))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        jobs.iter()
-            .map(|j| j.attempt.as_ref().and_then(|a| a.http_status))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        jobs.iter()
-            .map(|j| j.attempt.as_ref().and_then(|a| a.errcode))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        jobs.iter()
-            .map(|j| j.attempt.as_ref().and_then(|a| a.errmsg.clone()))
-            .collect::<Vec<_>>(),
-    )
-    .bind(jobs.iter().map(|j| j.finish.status().as_str()).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.finish.errcode()).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.finish.error()).collect::<Vec<_>>())
-    .bind(jobs.iter().map(|j| j.finish.msgid()).collect::<Vec<_>>())
-    .bind(
-        jobs.iter()
-            .map(|j| j.finish.dead_reason().map(DeadReason::as_str))
-            .collect::<Vec<_>>(),
-    )
-    .bind(
-        jobs.iter()
-            .map(|j| j.finish.doubt() == Doubt::MayHaveArrived)
-            .collect::<Vec<_>>(),
-    )
-    .bind(worker_id)
-    .bind(
-        jobs.iter()
-            .map(|j| j.attempt.as_ref().map_or(0.0, |a| a.started.elapsed().as_secs_f64()))
-            .collect::<Vec<_>>(),
-    )
-    .fetch_all(pool)
-    .await?;
+    let attempts: Vec<Option<&AttemptRecord>> = jobs.iter().map(|j| j.attempt.as_ref()).collect();
+    let finish = jobs.iter().map(|j| &j.finish);
+    let changed: Vec<i64> = sqlx::query_scalar(RECORD_SQL)
+        .bind(jobs.iter().map(|j| j.delivery_id).collect::<Vec<_>>())
+        .bind(attempts.iter().map(Option::is_some).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.map(|a| a.started_at)).collect::<Vec<_>>())
+        .bind(attempts.iter().map(|a| a.map(|a| a.duration_ms)).collect::<Vec<_>>())
+        .bind(
+            attempts
+                .iter()
+                .map(|a| a.and_then(|a| a.http_status))
+                .collect::<Vec<_>>(),
+        )
+        .bind(attempts.iter().map(|a| a.and_then(|a| a.errcode)).collect::<Vec<_>>())
+        .bind(
+            attempts
+                .iter()
+                .map(|a| a.and_then(|a| a.errmsg.as_deref()))
+                .collect::<Vec<_>>(),
+        )
+        .bind(finish.clone().map(|f| f.status().as_str()).collect::<Vec<_>>())
+        .bind(finish.clone().map(Finish::errcode).collect::<Vec<_>>())
+        .bind(finish.clone().map(Finish::error).collect::<Vec<_>>())
+        .bind(finish.clone().map(Finish::msgid).collect::<Vec<_>>())
+        .bind(
+            finish
+                .clone()
+                .map(|f| f.dead_reason().map(DeadReason::as_str))
+                .collect::<Vec<_>>(),
+        )
+        .bind(finish.map(|f| f.doubt() == Doubt::MayHaveArrived).collect::<Vec<_>>())
+        .bind(worker_id)
+        .bind(
+            attempts
+                .iter()
+                .map(|a| a.map_or(0.0, |a| a.started.elapsed().as_secs_f64()))
+                .collect::<Vec<_>>(),
+        )
+        .fetch_all(pool)
+        .await?;
     Ok(changed)
 }
+
+/// Attempts in, outcomes applied by the claim's holder (or by proof of `sent`), changed ids out.
+const RECORD_SQL: &str = "WITH v AS (
+         SELECT * FROM unnest($1::bigint[], $2::bool[], $3::timestamptz[], $4::int[], $5::int[], $6::bigint[],
+                              $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], $12::text[],
+                              $13::bool[], $15::float8[])
+           AS t(id, has_attempt, started_at, duration_ms, http_status, a_errcode, errmsg,
+                status, errcode, error, msgid, dead_reason, in_doubt, since_send_secs)
+     ),
+     attempt AS (
+         INSERT INTO delivery_attempts
+             (delivery_id, attempt, started_at, duration_ms, http_status, errcode, errmsg, worker)
+         SELECT d.id, d.attempts + 1, v.started_at, v.duration_ms, v.http_status, v.a_errcode, v.errmsg, $14
+           FROM v JOIN deliveries d ON d.id = v.id
+          WHERE v.has_attempt
+     )
+     UPDATE deliveries d SET
+         status = v.status,
+         attempts = d.attempts + CASE WHEN v.has_attempt THEN 1 ELSE 0 END,
+         last_errcode = CASE WHEN v.status = 'sent' THEN d.last_errcode ELSE v.errcode END,
+         last_error = CASE WHEN v.status = 'sent' THEN d.last_error ELSE v.error END,
+         wechat_msgid = COALESCE(v.msgid, d.wechat_msgid),
+         sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE d.sent_at END,
+         dead_reason = v.dead_reason,
+         in_doubt_since = CASE WHEN v.in_doubt AND v.has_attempt
+                               THEN COALESCE(d.in_doubt_since, now() - make_interval(secs => v.since_send_secs))
+                               ELSE d.in_doubt_since END,
+         owner = NULL,
+         lease_until = NULL,
+         updated_at = now()
+       FROM v
+      WHERE d.id = v.id
+        AND ((d.status IN ('pending', 'retrying') AND d.owner = $14)
+             OR (v.status = 'sent' AND v.msgid IS NOT NULL
+                 AND (d.status <> 'sent' OR d.wechat_msgid IS NULL)))
+      RETURNING d.id";

@@ -26,7 +26,7 @@ use crate::admin::Health;
 use crate::config::{WorkerSettings, redact_url};
 use crate::delivery::intake::Rules;
 use crate::delivery::rate::RateLimit;
-use crate::delivery::{self, Context, with_db};
+use crate::delivery::{self, Context, DbRetry};
 use crate::ledger::Ledger;
 use crate::queue::{self, Publisher, Session};
 use crate::schedule::Releaser;
@@ -80,8 +80,10 @@ impl Worker {
             ledger: Ledger::new(pool, settings.worker_id.clone()),
             tokens,
             wechat,
-            health,
-            hard_stop: CancellationToken::new(),
+            db: DbRetry {
+                health,
+                hard_stop: CancellationToken::new(),
+            },
             draining: CancellationToken::new(),
             rate: settings.rate_limit.map(|limit| RateLimit::new(limit, &app_ids)),
         };
@@ -104,7 +106,7 @@ impl Worker {
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let ctx = self.ctx.clone();
         // Register before the first claim: others respect claims of live workers only.
-        match with_db(&ctx, "register worker", || ctx.ledger.heartbeat()).await {
+        match ctx.db.retry("register worker", || ctx.ledger.heartbeat()).await {
             Ok(live) => ctx.share_rate(live),
             Err(_) => return Ok(()),
         }
@@ -119,7 +121,7 @@ impl Worker {
                 Ok(()) => break,
                 Err(e) => {
                     // A session that got as far as consuming resets the backoff.
-                    if ctx.health.broker() {
+                    if ctx.db.health.broker() {
                         backoff = reconnect_backoff();
                         consumed_once = true;
                     }
@@ -130,7 +132,7 @@ impl Worker {
                         fatal = Some(WorkerError::Tls(format!("AMQP_URL: TLS with {url} failed: {e}")));
                         break;
                     }
-                    ctx.health.set_broker(false);
+                    ctx.db.health.set_broker(false);
                     let delay = backoff.next().unwrap_or(Duration::from_secs(10));
                     tracing::warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "broker session ended; reconnecting");
                     tokio::select! {
@@ -140,8 +142,8 @@ impl Worker {
                 }
             }
         }
-        ctx.health.set_broker(false);
-        ctx.hard_stop.cancel();
+        ctx.db.health.set_broker(false);
+        ctx.db.hard_stop.cancel();
         heartbeat.abort();
         // Bounded: with the database away, the claims expire by themselves (liveness, lease).
         match tokio::time::timeout(Duration::from_secs(3), ctx.ledger.retire()).await {
@@ -204,7 +206,7 @@ impl Worker {
             conn.create_channel().await?,
             due_stop.clone(),
         ));
-        self.ctx.health.set_broker(true);
+        self.ctx.db.health.set_broker(true);
         tracing::info!(queue = %s.topology.queue, prefetch = s.prefetch, concurrency = s.concurrency, "consuming");
 
         let result = self.consume(&mut consumer, &session, permits, shutdown).await;
@@ -303,7 +305,7 @@ impl Worker {
                 "grace period over; unfinished deliveries go back to the queue"
             ),
         }
-        self.ctx.hard_stop.cancel();
+        self.ctx.db.hard_stop.cancel();
     }
 }
 
@@ -323,11 +325,11 @@ async fn heartbeat(ctx: Arc<Context>) {
         tick.tick().await;
         match ctx.ledger.heartbeat().await {
             Ok(live) => {
-                ctx.health.set_db(true);
+                ctx.db.health.set_db(true);
                 ctx.share_rate(live);
             }
             Err(e) => {
-                ctx.health.set_db(false);
+                ctx.db.health.set_db(false);
                 tracing::warn!(error = %e, "heartbeat failed");
             }
         }
