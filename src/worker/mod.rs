@@ -174,29 +174,10 @@ impl Worker {
     async fn session(&self, permits: &Arc<Semaphore>, shutdown: &CancellationToken) -> Result<(), SessionEnd> {
         let s = &self.settings;
         let conn = queue::connect(&s.amqp_url, &format!("wxnotify-worker {}", s.worker_id)).await?;
-        let channel = conn.create_channel().await?;
-        s.topology.declare_core(&channel, s.delivery_limit).await?;
-        s.topology.declare_retry_tiers(&channel, &s.retry.tiers()).await?;
-        // A quorum queue counts deliveries in `x-delivery-count`; the judge dead-letters a
-        // message one delivery before the broker's limit, so that its ledger row ends `dead` too.
-        // Prefetch: how many unacked deliveries the broker lets this consumer hold.
-        channel.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
-        let session = Session {
-            publisher: Publisher::open(&conn).await?,
-            broken: CancellationToken::new(),
-        };
-        let tag = format!("wxnotify-{}", s.worker_id);
-        let mut consumer = channel
-            .basic_consume(
-                s.topology.queue.as_str().into(),
-                tag.as_str().into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await?;
+        let (channel, session, mut consumer) = self.open(&conn).await?;
         // The due-delivery loop publishes on this session's channel: it lives and dies with it.
         let due_stop = CancellationToken::new();
-        let mut due_loop = tokio::spawn(crate::schedule::release::run(
+        let due_loop = tokio::spawn(crate::schedule::release::run(
             self.releaser.clone(),
             session.clone(),
             due_stop.clone(),
@@ -221,32 +202,37 @@ impl Worker {
         }
         sampler.abort();
         if result.is_ok() {
-            self.drain(&channel, &tag, permits).await;
+            self.drain(&channel, consumer.tag().as_str(), permits).await;
         }
-        // The release in progress had the drain's time too (it publishes on this connection);
-        // one stuck on the database is dropped (its transaction rolls back).
-        if tokio::time::timeout(Duration::from_secs(1), &mut due_loop)
-            .await
-            .is_err()
-        {
-            tracing::warn!("the due-delivery loop did not stop in time; its rows stay scheduled");
-            due_loop.abort();
-        }
-        // Whatever this session's channels still hold goes back to the queue when they close.
-        let reason = if result.is_ok() {
-            "worker shutting down"
-        } else {
-            "session rebuilt"
-        };
-        // Bounded: a broker that no longer answers must not keep the worker from reconnecting
-        // (dropping the connection closes its socket, and the broker requeues all the same).
-        if tokio::time::timeout(Duration::from_secs(5), conn.close(200, reason.into()))
-            .await
-            .is_err()
-        {
-            tracing::warn!("the broker did not confirm the connection's close in 5 s; dropping it");
-        }
+        stop_due_loop(due_loop).await;
+        close(conn, result.is_ok()).await;
         result
+    }
+
+    /// Declares the topology, sets the prefetch and starts consuming the work queue.
+    async fn open(&self, conn: &lapin::Connection) -> Result<(lapin::Channel, Session, lapin::Consumer), SessionEnd> {
+        let s = &self.settings;
+        let channel = conn.create_channel().await?;
+        s.topology.declare_core(&channel, s.delivery_limit).await?;
+        s.topology.declare_retry_tiers(&channel, &s.retry.tiers()).await?;
+        // A quorum queue counts deliveries in `x-delivery-count`; the judge dead-letters a
+        // message one delivery before the broker's limit, so that its ledger row ends `dead` too.
+        // Prefetch: how many unacked deliveries the broker lets this consumer hold.
+        channel.basic_qos(s.prefetch, BasicQosOptions::default()).await?;
+        let session = Session {
+            publisher: Publisher::open(conn).await?,
+            broken: CancellationToken::new(),
+        };
+        let tag = format!("wxnotify-{}", s.worker_id);
+        let consumer = channel
+            .basic_consume(
+                s.topology.queue.as_str().into(),
+                tag.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await?;
+        Ok((channel, session, consumer))
     }
 
     /// Takes messages, each delivery its own task, until shutdown (`Ok`) or the session ends.
@@ -306,6 +292,35 @@ impl Worker {
             ),
         }
         self.ctx.db.hard_stop.cancel();
+    }
+}
+
+/// The release in progress had the drain's time too (it publishes on the session's connection);
+/// one stuck on the database is dropped (its transaction rolls back).
+async fn stop_due_loop(mut due_loop: tokio::task::JoinHandle<()>) {
+    if tokio::time::timeout(Duration::from_secs(1), &mut due_loop)
+        .await
+        .is_err()
+    {
+        tracing::warn!("the due-delivery loop did not stop in time; its rows stay scheduled");
+        due_loop.abort();
+    }
+}
+
+/// Closes the session's connection: whatever its channels still hold goes back to the queue.
+/// Bounded: a broker that no longer answers must not keep the worker from reconnecting
+/// (dropping the connection closes its socket, and the broker requeues all the same).
+async fn close(conn: lapin::Connection, shutting_down: bool) {
+    let reason = if shutting_down {
+        "worker shutting down"
+    } else {
+        "session rebuilt"
+    };
+    if tokio::time::timeout(Duration::from_secs(5), conn.close(200, reason.into()))
+        .await
+        .is_err()
+    {
+        tracing::warn!("the broker did not confirm the connection's close in 5 s; dropping it");
     }
 }
 
