@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::intake::Meta;
-use crate::fate::{DeadReason, Doubt, DueFate, Finish, Outcome, Plan, Reopen, ReplayRow};
+use crate::fate::{CancelledBy, DeadReason, Doubt, DueFate, Finish, Outcome, Plan, Reopen, ReplayRow};
 use crate::retry::{Backoff, ErrorClass, RetryPolicy, classify_send};
 use crate::schedule::{QuietHours, due};
 use crate::token::TokenError;
@@ -37,6 +37,9 @@ pub(crate) struct Facts {
     pub quiet_hours: Option<QuietHours>,
     /// The recipient does not follow the app (CONTRACT §9): template messages are not sent.
     pub unfollowed: bool,
+    /// An event of the template's `cancelled_by` cancelled this delivery while it was being
+    /// sent or dead (CONTRACT §8): never sent, whichever copy comes (a retry, a replay).
+    pub cancelled_by: Option<CancelledBy>,
     /// The current time, for errors that say until when to wait, expiry and quiet hours.
     pub now: DateTime<Utc>,
 }
@@ -54,6 +57,7 @@ impl Facts {
             not_after: None,
             quiet_hours: None,
             unfollowed: false,
+            cancelled_by: None,
             now,
         }
     }
@@ -223,6 +227,9 @@ impl Judge<'_> {
     /// Owned, about to send: only a send that cannot duplicate a message may go.
     fn before_send(&self) -> Option<Plan> {
         let f = self.facts;
+        if let Some(by) = &f.cancelled_by {
+            return Some(self.plan(Outcome::Ack, Some(Finish::Cancelled(by.clone()))));
+        }
         if f.redeliveries + 1 >= self.policy.delivery_limit {
             let error = format!(
                 "handed out {} times without being settled (it stalls or crashes workers); not trying again",
@@ -386,8 +393,8 @@ impl Judge<'_> {
     /// and the message to the broker; its next delivery decides again.
     fn dead_letter_failed(&self, failed: &Plan) -> Plan {
         let finish = failed.finish.as_ref().map(|f| {
-            let error = f.error().unwrap_or("dead-letter publish failed");
-            Finish::retrying(f.errcode(), error, f.doubt())
+            let error = f.error().unwrap_or_else(|| "dead-letter publish failed".into());
+            Finish::retrying(f.errcode(), &error, f.doubt())
         });
         Plan {
             outcome: Outcome::Release,

@@ -189,6 +189,7 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
     stage("claim", claim_started);
     facts.in_doubt_for = claimed.as_ref().and_then(Held::doubt);
     facts.unfollowed = claimed.as_ref().is_some_and(|c| c.claimed.unfollowed);
+    facts.cancelled_by = claimed.as_ref().and_then(|c| c.claimed.cancelled_by.clone());
     let t = trip.delivery.insert(DeliveryTrip {
         template_id: d.key.template_id.clone(),
         facts: facts.clone(),

@@ -62,6 +62,13 @@ pub(crate) enum Doubt {
     MayHaveArrived,
 }
 
+/// The event that cancelled a delivery (its template's `cancelled_by`, docs/interface.md §8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CancelledBy {
+    pub event_id: String,
+    pub event_type: String,
+}
+
 /// The delivery's state after a step: exactly the states a step can write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Finish {
@@ -85,6 +92,8 @@ pub(crate) enum Finish {
     Suppressed,
     /// Not sent before the template's `not_after` (ledger only, no dead letter).
     Expired { error: String },
+    /// Not sent: an event of its template's `cancelled_by` came first (ledger only).
+    Cancelled(CancelledBy),
 }
 
 impl Finish {
@@ -116,6 +125,7 @@ impl Finish {
             Finish::Dead { .. } => Status::Dead,
             Finish::Suppressed => Status::Suppressed,
             Finish::Expired { .. } => Status::Expired,
+            Finish::Cancelled(_) => Status::Cancelled,
         }
     }
 
@@ -134,18 +144,29 @@ impl Finish {
     pub(crate) fn errcode(&self) -> Option<i64> {
         match self {
             Finish::Retrying { errcode, .. } | Finish::Dead { errcode, .. } => *errcode,
-            Finish::Sent { .. } | Finish::Suppressed | Finish::Expired { .. } => None,
+            _ => None,
         }
     }
 
     /// The row's `last_error`.
-    pub(crate) fn error(&self) -> Option<&str> {
+    pub(crate) fn error(&self) -> Option<String> {
         match self {
-            Finish::Retrying { error, .. } | Finish::Dead { error, .. } | Finish::Expired { error } => Some(error),
-            Finish::Suppressed => {
-                Some("the recipient does not follow the account (unsubscribe push or 43004); not sent")
+            Finish::Retrying { error, .. } | Finish::Dead { error, .. } | Finish::Expired { error } => {
+                Some(error.clone())
             }
+            Finish::Suppressed => {
+                Some("the recipient does not follow the account (unsubscribe push or 43004); not sent".into())
+            }
+            Finish::Cancelled(by) => Some(format!("cancelled by {} {}", by.event_type, by.event_id)),
             Finish::Sent { .. } => None,
+        }
+    }
+
+    /// The row's `cancelled_by`: the cancelling event's id.
+    pub(crate) fn cancelled_by(&self) -> Option<&str> {
+        match self {
+            Finish::Cancelled(by) => Some(&by.event_id),
+            _ => None,
         }
     }
 
@@ -159,7 +180,7 @@ impl Finish {
     pub(crate) fn doubt(&self) -> Doubt {
         match self {
             Finish::Retrying { doubt, .. } | Finish::Dead { doubt, .. } => *doubt,
-            Finish::Sent { .. } | Finish::Suppressed | Finish::Expired { .. } => Doubt::Settled,
+            _ => Doubt::Settled,
         }
     }
 }

@@ -20,7 +20,7 @@ use sqlx::{PgPool, Row};
 use super::Ledger;
 use super::batch::LedgerError;
 use crate::event::DeliveryKey;
-use crate::fate::{Reopen, ReplayRow, Status};
+use crate::fate::{CancelledBy, Reopen, ReplayRow, Status};
 
 /// What to claim.
 pub(crate) struct ClaimRequest<'a> {
@@ -43,6 +43,9 @@ pub(crate) struct Claimed {
     pub now: DateTime<Utc>,
     /// The recipient does not follow the app (an `unsubscribe` push or a 43004, CONTRACT §9).
     pub unfollowed: bool,
+    /// A cancellation that applies to this delivery (its template's `cancelled_by`), stored
+    /// while the delivery was held by a worker or dead: its next copy is not sent.
+    pub cancelled_by: Option<CancelledBy>,
 }
 
 #[derive(Debug, Clone)]
@@ -210,6 +213,10 @@ async fn insert_claims(
             in_doubt_since: row.try_get("in_doubt_since")?,
             now: row.try_get("now")?,
             unfollowed: row.try_get("unfollowed")?,
+            cancelled_by: match (row.try_get("cancel_event_id")?, row.try_get("cancel_event_type")?) {
+                (Some(event_id), Some(event_type)) => Some(CancelledBy { event_id, event_type }),
+                _ => None,
+            },
         };
         owned.insert(key_of(&row)?, claimed);
     }
@@ -242,7 +249,15 @@ const CLAIM_SQL: &str = "INSERT INTO deliveries AS d
                                AND w.heartbeat_at > now() - make_interval(secs => $10)))
      RETURNING id, event_id, template_id, openid, in_doubt_since, now() AS now,
                EXISTS (SELECT 1 FROM followers f
-                        WHERE f.app_id = d.app_id AND f.openid = d.openid AND NOT f.followed) AS unfollowed";
+                        WHERE f.app_id = d.app_id AND f.openid = d.openid AND NOT f.followed) AS unfollowed,
+               (SELECT c.event_id FROM delivery_cancellations c
+                 WHERE d.cancel_key IS NOT NULL AND (c.app_id, c.template_id, c.cancel_key) = (d.app_id, d.template_id, d.cancel_key)
+                   AND c.event_id <> d.event_id AND c.occurred_at >= d.occurred_at
+                 ORDER BY c.occurred_at, c.event_id LIMIT 1) AS cancel_event_id,
+               (SELECT c.event_type FROM delivery_cancellations c
+                 WHERE d.cancel_key IS NOT NULL AND (c.app_id, c.template_id, c.cancel_key) = (d.app_id, d.template_id, d.cancel_key)
+                   AND c.event_id <> d.event_id AND c.occurred_at >= d.occurred_at
+                 ORDER BY c.occurred_at, c.event_id LIMIT 1) AS cancel_event_type";
 
 /// The status of each key the claim did not take.
 async fn statuses(pool: &PgPool, missed: &[&ClaimJob]) -> Result<HashMap<DeliveryKey, String>, LedgerError> {

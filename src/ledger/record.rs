@@ -115,7 +115,12 @@ async fn record_round(pool: &PgPool, worker_id: &str, jobs: &[&RecordJob]) -> Re
                 .map(|f| f.dead_reason().map(DeadReason::as_str))
                 .collect::<Vec<_>>(),
         )
-        .bind(finish.map(|f| f.doubt() == Doubt::MayHaveArrived).collect::<Vec<_>>())
+        .bind(
+            finish
+                .clone()
+                .map(|f| f.doubt() == Doubt::MayHaveArrived)
+                .collect::<Vec<_>>(),
+        )
         .bind(worker_id)
         .bind(
             attempts
@@ -123,6 +128,7 @@ async fn record_round(pool: &PgPool, worker_id: &str, jobs: &[&RecordJob]) -> Re
                 .map(|a| a.map_or(0.0, |a| a.started.elapsed().as_secs_f64()))
                 .collect::<Vec<_>>(),
         )
+        .bind(finish.map(Finish::cancelled_by).collect::<Vec<_>>())
         .fetch_all(pool)
         .await?;
     Ok(changed)
@@ -132,9 +138,9 @@ async fn record_round(pool: &PgPool, worker_id: &str, jobs: &[&RecordJob]) -> Re
 const RECORD_SQL: &str = "WITH v AS (
          SELECT * FROM unnest($1::bigint[], $2::bool[], $3::timestamptz[], $4::int[], $5::int[], $6::bigint[],
                               $7::text[], $8::text[], $9::bigint[], $10::text[], $11::bigint[], $12::text[],
-                              $13::bool[], $15::float8[])
+                              $13::bool[], $15::float8[], $16::text[])
            AS t(id, has_attempt, started_at, duration_ms, http_status, a_errcode, errmsg,
-                status, errcode, error, msgid, dead_reason, in_doubt, since_send_secs)
+                status, errcode, error, msgid, dead_reason, in_doubt, since_send_secs, cancelled_by)
      ),
      attempt AS (
          INSERT INTO delivery_attempts
@@ -151,6 +157,7 @@ const RECORD_SQL: &str = "WITH v AS (
          wechat_msgid = COALESCE(v.msgid, d.wechat_msgid),
          sent_at = CASE WHEN v.status = 'sent' THEN now() ELSE d.sent_at END,
          dead_reason = v.dead_reason,
+         cancelled_by = COALESCE(v.cancelled_by, d.cancelled_by),
          in_doubt_since = CASE WHEN v.in_doubt AND v.has_attempt
                                THEN COALESCE(d.in_doubt_since, now() - make_interval(secs => v.since_send_secs))
                                ELSE d.in_doubt_since END,

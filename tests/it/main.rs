@@ -13,6 +13,7 @@ mod proxy;
 mod publish;
 mod rate;
 mod receiver;
+mod replay_cancelled;
 mod report;
 mod schedule;
 mod secrets;

@@ -20,6 +20,7 @@ fn facts(api: Api) -> Facts {
         not_after: None,
         quiet_hours: None,
         unfollowed: false,
+        cancelled_by: None,
         now: "2026-11-22T08:00:00Z".parse().unwrap(),
     }
 }
@@ -482,4 +483,30 @@ fn a_43004_to_a_template_message_means_the_user_left() {
     assert!(!left_the_account(Api::Subscribe, &refused(43004)));
     assert!(!left_the_account(Api::Template, &refused(43101)));
     assert!(!left_the_account(Api::Template, &Answer::Accepted { msgid: Some(1) }));
+}
+
+#[test]
+fn a_copy_of_a_cancelled_delivery_is_recorded_cancelled_and_acked_never_sent() {
+    let by = CancelledBy {
+        event_id: "evt-cancel".into(),
+        event_type: "booking.cancelled".into(),
+    };
+    for api in [Api::Template, Api::Subscribe] {
+        // Even a replay of a delivery in doubt, or one out of deliveries: nothing goes.
+        let f = Facts {
+            cancelled_by: Some(by.clone()),
+            in_doubt_for: Some(Duration::from_secs(1)),
+            redeliveries: 100,
+            ..facts(api)
+        };
+        for gate in [Gate::Claimed(&ClaimSeen::Owned), Gate::BeforeSend] {
+            let p = done(stop_before_send(&f, gate, &policy()));
+            assert_eq!(p.outcome, Outcome::Ack, "no dead letter");
+            assert_eq!(p.finish, Some(Finish::Cancelled(by.clone())));
+            assert_eq!(p.attempts, 0);
+        }
+    }
+    let f = Finish::Cancelled(by);
+    assert_eq!(f.error().as_deref(), Some("cancelled by booking.cancelled evt-cancel"));
+    assert_eq!(f.cancelled_by(), Some("evt-cancel"));
 }
