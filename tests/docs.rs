@@ -94,7 +94,8 @@ fn first_code(text: &str) -> Option<&str> {
 fn is_setting_name(s: &str) -> bool {
     !s.is_empty()
         && s.starts_with(|c: char| c.is_ascii_uppercase())
-        && s.chars().all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
+        && s.chars()
+            .all(|c| c.is_ascii_uppercase() || c.is_ascii_digit() || c == '_')
 }
 
 /// docs/configuration.md's rows: name → (read by, default as written: `None` for "—", "unset", …).
@@ -144,12 +145,9 @@ fn default_mismatch(name: &str, documented: Option<&str>, setting: &Setting, doc
                 )
             })
         }
-        None => code.first().map(|c| {
-            format!(
-                "{name}: {doc} gives no default, the code's is `{c}` ({})",
-                where_(c)
-            )
-        }),
+        None => code
+            .first()
+            .map(|c| format!("{name}: {doc} gives no default, the code's is `{c}` ({})", where_(c))),
     }
 }
 
@@ -173,13 +171,20 @@ fn configuration_md_lists_every_setting_with_the_codes_default() {
             ));
             continue;
         };
-        problems.extend(default_mismatch(name, default.as_deref(), setting, "docs/configuration.md"));
+        problems.extend(default_mismatch(
+            name,
+            default.as_deref(),
+            setting,
+            "docs/configuration.md",
+        ));
         if read_by.contains("every command") || OTHER_SETTINGS.iter().any(|o| o.0 == name) {
             continue;
         }
         for command in ["worker", "receiver"] {
             let reads = setting.commands.contains(&format!("wxnotify {command}"));
-            let says = read_by.split(|c: char| !c.is_ascii_alphanumeric()).any(|w| w == command);
+            let says = read_by
+                .split(|c: char| !c.is_ascii_alphanumeric())
+                .any(|w| w == command);
             if reads != says {
                 problems.push(format!(
                     "{name}: docs/configuration.md says it is read by \"{read_by}\", but `wxnotify {command}` {} it",
@@ -188,7 +193,11 @@ fn configuration_md_lists_every_setting_with_the_codes_default() {
             }
         }
     }
-    assert!(problems.is_empty(), "docs/configuration.md disagrees with the code:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "docs/configuration.md disagrees with the code:\n{}",
+        problems.join("\n")
+    );
 }
 
 /// Setting-like names in a text: `WXNOTIFY_*`, `WECHAT_*`, `AMQP_URL`, `DATABASE_URL`, `RUST_LOG`.
@@ -248,7 +257,11 @@ fn readme_and_docs_name_only_real_settings_with_the_codes_defaults() {
             }
         }
     }
-    assert!(problems.is_empty(), "the docs disagree with the code:\n{}", problems.join("\n"));
+    assert!(
+        problems.is_empty(),
+        "the docs disagree with the code:\n{}",
+        problems.join("\n")
+    );
 }
 
 #[test]
@@ -260,7 +273,8 @@ fn the_checks_see_what_they_check() {
         Some("1024")
     );
     assert!(code["WXNOTIFY_LOG_FORMAT"].commands.contains("wxnotify dlq replay"));
-    let rows = documented_settings("| `A_B` | worker | `1` | x |\n| `a_b` | worker | `2` | y |\n| `C` | worker | — | z |");
+    let rows =
+        documented_settings("| `A_B` | worker | `1` | x |\n| `a_b` | worker | `2` | y |\n| `C` | worker | — | z |");
     assert_eq!(rows["A_B"].1.as_deref(), Some("1"));
     assert_eq!(rows["C"].1, None);
     assert_eq!(rows.len(), 2);
