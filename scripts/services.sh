@@ -23,50 +23,17 @@ PG_CLUSTER="${PG_CLUSTER:-main}"
 PG_PASSWORD="${PG_PASSWORD:-postgres}"
 PG_DB="${PG_DB:-wxnotify}"
 
-log() { printf '[services] %s\n' "$*" >&2; }
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
-
-# psql as the postgres superuser, over the local socket.
-psql_root() { su postgres -c "psql -v ON_ERROR_STOP=1 -qAt $(printf '%q ' "$@")"; }
-
-apt_updated=0
-apt_update() {
-  if [ "$apt_updated" -eq 0 ]; then
-    log "apt-get update"
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-    apt_updated=1
-  fi
-}
-# Installs packages (apt-get install arguments); `apt-get update` first only when the package
-# lists are missing or the install fails on them (stale lists), and then once per run.
-apt_install() {
-  log "installing $*"
-  # policy-rc.d on containers may forbid starting services from the package: we start them ourselves.
-  if ! ls /var/lib/apt/lists/*_Packages* >/dev/null 2>&1; then apt_update; fi
-  if ! as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null; then
-    [ "$apt_updated" -eq 0 ] || return 1
-    apt_update
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-  fi
-}
+. "$(dirname "$0")/lib.sh"
 
 postgres_up() {
   if ! command -v pg_ctlcluster >/dev/null 2>&1 || [ ! -d "/etc/postgresql/$PG_VERSION/$PG_CLUSTER" ]; then
     apt_install "postgresql-$PG_VERSION" || apt_install postgresql
   fi
-  if ! pg_lsclusters -h 2>/dev/null | awk '{print $1" "$2" "$4}' | grep -q "^$PG_VERSION $PG_CLUSTER online"; then
+  if ! pg_online "$PG_VERSION" "$PG_CLUSTER"; then
     log "starting PostgreSQL $PG_VERSION/$PG_CLUSTER"
     as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start
   fi
-  for _ in $(seq 1 60); do
-    if as_root -u postgres psql -qAtc 'select 1' >/dev/null 2>&1 || su postgres -c "psql -qAtc 'select 1'" >/dev/null 2>&1; then
-      break
-    fi
-    sleep 0.5
-  done
+  wait_for 60 0.5 psql_root -c 'select 1' || log "PostgreSQL $PG_VERSION/$PG_CLUSTER does not answer yet"
   # Tests create a database each; allow plenty of connections for parallel test binaries.
   psql_root -c "ALTER USER postgres PASSWORD '$PG_PASSWORD'" >/dev/null
   if [ "$(psql_root -c "select count(*) from pg_database where datname = '$PG_DB'")" = "0" ]; then
@@ -104,12 +71,7 @@ rabbitmq_up() {
     as_root env HOME=/var/lib/rabbitmq rabbitmq-server -detached
   fi
   # `await_startup` needs the node registered with epmd first; poll `ping` until it is.
-  local ok=0
-  for _ in $(seq 1 120); do
-    if as_root rabbitmqctl -q ping >/dev/null 2>&1; then ok=1; break; fi
-    sleep 1
-  done
-  [ "$ok" -eq 1 ] || { log "RabbitMQ did not start; see /var/log/rabbitmq/"; exit 1; }
+  wait_for 120 1 as_root rabbitmqctl -q ping || { log "RabbitMQ did not start; see /var/log/rabbitmq/"; exit 1; }
   as_root rabbitmqctl -q await_startup --timeout 120 >/dev/null
   # The management UI shows the dead-letter headers to people; plugin files ship with the package.
   as_root rabbitmq-plugins -q enable rabbitmq_management >/dev/null 2>&1 || log "management plugin not enabled (optional)"
@@ -152,8 +114,6 @@ prometheus_up() {
 #   amqp://guest:guest@127.0.0.1:5681/%2f,amqp://guest:guest@127.0.0.1:5682/%2f,amqp://guest:guest@127.0.0.1:5683/%2f
 CLUSTER_NODES="${CLUSTER_NODES:-3}"
 CLUSTER_DIR=/var/lib/rabbitmq/cluster
-# Runs a command, showing its output only when it fails.
-quietly() { local out; out=$("$@" 2>&1) || { printf '%s\n' "$out" >&2; return 1; }; }
 cluster_node() { echo "rabbit$1@$(hostname -s)"; }
 cluster_ctl() { local i="$1"; shift; as_root rabbitmqctl -q -n "$(cluster_node "$i")" "$@"; }
 
@@ -181,15 +141,10 @@ cluster_start_node() {
 
 cluster_up() {
   command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
-  local i ok
+  local i
   for i in $(seq 1 "$CLUSTER_NODES"); do cluster_start_node "$i"; done
   for i in $(seq 1 "$CLUSTER_NODES"); do
-    ok=0
-    for _ in $(seq 1 120); do
-      if cluster_ctl "$i" ping >/dev/null 2>&1; then ok=1; break; fi
-      sleep 1
-    done
-    [ "$ok" -eq 1 ] || { log "$(cluster_node "$i") did not start; see $CLUSTER_DIR/rabbit$i/log"; exit 1; }
+    wait_for 120 1 cluster_ctl "$i" ping || { log "$(cluster_node "$i") did not start; see $CLUSTER_DIR/rabbit$i/log"; exit 1; }
     cluster_ctl "$i" await_startup --timeout 120 >/dev/null
   done
   # Nodes 2..N join node 1 (once: a node that is already a member stays).
