@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a real RabbitMQ and a real Postgres (started here if needed).
-#   scripts/test.sh            fmt check, clippy, unit + integration tests (wxnotify and crates/wechat-sim),
-#                              then one chaos run and one cluster run, each alone
+#   scripts/test.sh            fmt check, clippy, unit + integration tests (wxnotify,
+#                              crates/wechat-rules, crates/wechat-sim), then one chaos run and
+#                              one cluster run, each alone
 # Each test makes its own database and random queue names, so tests run in parallel.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -35,11 +35,7 @@ AMQPS_PORT="${TLS_AMQPS_PORT:-5671}"
 DIST_PORT="${TLS_RABBIT_DIST_PORT:-25674}"
 NODE="${TLS_RABBIT_NODE:-rabbit-tls@$(hostname -s)}"
 
-log() { printf '[tls-services] %s\n' "$*" >&2; }
-
-as_root() {
-  if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
-}
+. "$(dirname "$0")/lib.sh"
 
 need() {
   for c in "$@"; do
@@ -103,8 +99,6 @@ server_keys() {
   as_root install -o rabbitmq -g rabbitmq -m 600 "$DIR/server.key" "$DIR/rabbit/server.key"
 }
 
-pg_online() { pg_lsclusters -h 2>/dev/null | awk '{print $1" "$2" "$4}' | grep -q "^$PG_VERSION $PG_CLUSTER online"; }
-
 postgres_up() {
   local renewed="$1"
   if [ ! -d "/etc/postgresql/$PG_VERSION/$PG_CLUSTER" ]; then
@@ -130,20 +124,16 @@ postgres_up() {
     "hostssl all all ::1/128        scram-sha-256" \
     | as_root tee "$conf/pg_hba.conf" >/dev/null
   as_root chown postgres:postgres "$conf/conf.d/wxnotify-tls.conf" "$conf/pg_hba.conf"
-  if ! pg_online; then
+  if ! pg_online "$PG_VERSION" "$PG_CLUSTER"; then
     log "starting PostgreSQL $PG_VERSION/$PG_CLUSTER"
     as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" start
   elif [ "$renewed" -eq 1 ]; then
     # The certificate files are read again on reload.
     as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" reload
   fi
-  local ok=0
-  for _ in $(seq 1 60); do
-    if su postgres -c "psql -p $PG_PORT -qAtc 'select 1'" >/dev/null 2>&1; then ok=1; break; fi
-    sleep 0.5
-  done
-  [ "$ok" -eq 1 ] || { log "PostgreSQL $PG_VERSION/$PG_CLUSTER did not start; see /var/log/postgresql/"; exit 1; }
-  su postgres -c "psql -p $PG_PORT -qAt -v ON_ERROR_STOP=1 -c \"ALTER USER postgres PASSWORD 'postgres'\"" >/dev/null
+  wait_for 60 0.5 psql_root -p "$PG_PORT" -c 'select 1' \
+    || { log "PostgreSQL $PG_VERSION/$PG_CLUSTER did not start; see /var/log/postgresql/"; exit 1; }
+  psql_root -p "$PG_PORT" -c "ALTER USER postgres PASSWORD 'postgres'" >/dev/null
   log "PostgreSQL $PG_VERSION/$PG_CLUSTER ready at postgres://postgres:***@localhost:$PG_PORT (TLS only)"
 }
 
@@ -172,12 +162,7 @@ rabbitmq_up() {
     # Like scripts/services.sh: the package's wrapper runs the server as the rabbitmq user.
     as_root env "${rabbit_env[@]}" HOME=/var/lib/rabbitmq rabbitmq-server -detached
   fi
-  local ok=0
-  for _ in $(seq 1 120); do
-    if ctl -q ping >/dev/null 2>&1; then ok=1; break; fi
-    sleep 1
-  done
-  [ "$ok" -eq 1 ] || { log "RabbitMQ node $NODE did not start; see $DIR/rabbit/log/"; exit 1; }
+  wait_for 120 1 ctl -q ping || { log "RabbitMQ node $NODE did not start; see $DIR/rabbit/log/"; exit 1; }
   ctl -q await_startup --timeout 120 >/dev/null
   log "RabbitMQ node $NODE ready at amqps://guest:***@localhost:$AMQPS_PORT/%2f (TLS only)"
 }
@@ -190,7 +175,7 @@ rabbitmq_down() {
 }
 
 postgres_down() {
-  if pg_online; then
+  if pg_online "$PG_VERSION" "$PG_CLUSTER"; then
     log "stopping PostgreSQL $PG_VERSION/$PG_CLUSTER"
     as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" stop
   fi
@@ -211,7 +196,7 @@ case "$cmd" in
     ;;
   down) rabbitmq_down; postgres_down ;;
   status)
-    pg_online && echo "postgres $PG_VERSION/$PG_CLUSTER: running on $PG_PORT" || echo "postgres $PG_VERSION/$PG_CLUSTER: not running"
+    pg_online "$PG_VERSION" "$PG_CLUSTER" && echo "postgres $PG_VERSION/$PG_CLUSTER: running on $PG_PORT" || echo "postgres $PG_VERSION/$PG_CLUSTER: not running"
     ctl -q ping >/dev/null 2>&1 && echo "rabbitmq $NODE: running on $AMQPS_PORT" || echo "rabbitmq $NODE: not running"
     ;;
   connections) ctl -s list_connections ssl ssl_protocol client_properties ;;

@@ -272,76 +272,87 @@ async fn run(command: Command) -> Result<(), Failure> {
             println!("migrations applied to {}", redact_url(&db.url()?));
             Ok(())
         }
-        Command::Publish { file, raw, amqp } => {
-            let topology = amqp.topology()?;
-            let url = amqp.url()?;
-            let input = read_input(file.as_ref())?;
-            let started = Instant::now();
-            let bar = Progress::on_stderr("events");
-            let n = ops::publish::publish(&url, &topology, amqp.delivery_limit, &input, raw, &bar)
-                .await
-                .map_err(|e| Failure::Runtime(e.to_string()))?;
-            bar.finish();
-            let took = started.elapsed();
-            println!(
-                "published {n} event(s) to exchange {} (confirmed by the broker) in {} ({})",
-                topology.exchange,
-                progress::seconds(took),
-                progress::per_second(n, took)
-            );
-            Ok(())
-        }
+        Command::Publish { file, raw, amqp } => publish(file.as_ref(), raw, &amqp).await,
         Command::Dlq { command } => dlq(command).await,
         Command::Scheduled { command } => scheduled(command).await,
         Command::Prune {
             older_than,
             dry_run,
             db,
-        } => {
-            let pool = connect_and_migrate(&db).await?;
-            let pruned = ops::prune::prune(&pool, older_than.0, dry_run, std::time::Duration::from_millis(20))
-                .await
-                .map_err(|e| Failure::Runtime(format!("prune: {e}")))?;
-            println!("{pruned}");
-            Ok(())
-        }
-        Command::Status { format, amqp, db } => {
-            let (url, topology) = (amqp.url()?, amqp.topology()?);
-            let pool = connect_and_migrate(&db).await?;
-            let mut status = ops::status::ledger(&pool)
-                .await
-                .map_err(|e| Failure::Runtime(format!("status: database: {e}")))?;
-            status.queues = ops::status::queues(&url, &topology)
-                .await
-                .map_err(|e| Failure::Runtime(format!("status: broker: {e}")))?;
-            match format {
-                OutputFormat::Table => print!("{}", ops::status::table(&status)),
-                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default()),
-            }
-            Ok(())
-        }
-        Command::Report { since, format, db } => {
-            let pool = connect_and_migrate(&db).await?;
-            let report = ops::report::report(&pool, since)
-                .await
-                .map_err(|e| Failure::Runtime(format!("report: {e}")))?;
-            match format {
-                ReportFormat::Table => print!("{}", ops::report::table(&report)),
-                ReportFormat::Csv => print!("{}", ops::report::csv(&report)),
-                ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
-            }
-            Ok(())
-        }
+        } => prune(older_than, dry_run, &db).await,
+        Command::Status { format, amqp, db } => status(format, &amqp, &db).await,
+        Command::Report { since, format, db } => report(since, format, &db).await,
     }
 }
 
+/// `wxnotify publish`: the events of a file (or stdin) into the exchange, confirmed.
+async fn publish(file: Option<&PathBuf>, raw: bool, amqp: &AmqpArgs) -> Result<(), Failure> {
+    let topology = amqp.topology()?;
+    let url = amqp.url()?;
+    let input = read_input(file)?;
+    let started = Instant::now();
+    let bar = Progress::on_stderr("events");
+    let n = ops::publish::publish(&url, &topology, amqp.delivery_limit, &input, raw, &bar)
+        .await
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    bar.finish();
+    let took = started.elapsed();
+    println!(
+        "published {n} event(s) to exchange {} (confirmed by the broker) in {} ({})",
+        topology.exchange,
+        progress::seconds(took),
+        progress::per_second(n, took)
+    );
+    Ok(())
+}
+
+/// `wxnotify prune`: the ledger's finished rows older than `older_than`.
+async fn prune(older_than: ops::report::Since, dry_run: bool, db: &DbArgs) -> Result<(), Failure> {
+    let pool = connect_and_migrate(db).await?;
+    let pruned = ops::prune::prune(&pool, older_than.0, dry_run, std::time::Duration::from_millis(20))
+        .await
+        .map_err(|e| Failure::Runtime(format!("prune: {e}")))?;
+    println!("{pruned}");
+    Ok(())
+}
+
+/// `wxnotify status`: the ledger's and the queues' state.
+async fn status(format: OutputFormat, amqp: &AmqpArgs, db: &DbArgs) -> Result<(), Failure> {
+    let (url, topology) = (amqp.url()?, amqp.topology()?);
+    let pool = connect_and_migrate(db).await?;
+    let mut status = ops::status::ledger(&pool)
+        .await
+        .map_err(|e| Failure::Runtime(format!("status: database: {e}")))?;
+    status.queues = ops::status::queues(&url, &topology)
+        .await
+        .map_err(|e| Failure::Runtime(format!("status: broker: {e}")))?;
+    match format {
+        OutputFormat::Table => print!("{}", ops::status::table(&status)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default()),
+    }
+    Ok(())
+}
+
+/// `wxnotify report`: deliveries by day, failures by errcode.
+async fn report(since: ops::report::Since, format: ReportFormat, db: &DbArgs) -> Result<(), Failure> {
+    let pool = connect_and_migrate(db).await?;
+    let report = ops::report::report(&pool, since)
+        .await
+        .map_err(|e| Failure::Runtime(format!("report: {e}")))?;
+    match format {
+        ReportFormat::Table => print!("{}", ops::report::table(&report)),
+        ReportFormat::Csv => print!("{}", ops::report::csv(&report)),
+        ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+    }
+    Ok(())
+}
+
 async fn dlq(command: DlqCommand) -> Result<(), Failure> {
-    let runtime = |e: ops::dlq::DlqError| Failure::Runtime(e.to_string());
     match command {
         DlqCommand::List { limit, format, amqp } => {
             let rows = ops::dlq::list(&amqp.url()?, &amqp.topology()?, limit)
                 .await
-                .map_err(runtime)?;
+                .map_err(|e| Failure::Runtime(e.to_string()))?;
             match format {
                 OutputFormat::Table => print!("{}", ops::dlq::table(&rows)),
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default()),
@@ -354,54 +365,74 @@ async fn dlq(command: DlqCommand) -> Result<(), Failure> {
             dry_run,
             format,
             amqp,
-            db: db_args,
-        } => {
-            let filter = ops::dlq::ReplayFilter {
-                all: filter.all,
-                event_ids: filter.event_id,
-                reason: filter.reason,
-                errcode: filter.errcode,
-            };
-            let (url, topology) = (amqp.url()?, amqp.topology()?);
-            let pool = connect_and_migrate(&db_args).await?;
-            let started = Instant::now();
-            let bar = Progress::on_stderr("dead letters");
-            let report = ops::dlq::replay(&url, &topology, &pool, &filter, limit, dry_run, &bar)
-                .await
-                .map_err(runtime)?;
-            bar.finish();
-            let took = started.elapsed();
-            // The table ends with it on stdout; JSON stays alone on stdout, it goes to stderr.
-            let summary = |skipped_where: &str| {
-                let verb = if dry_run { "would replay" } else { "replayed" };
-                let skipped = match report.skipped.len() {
-                    0 => String::new(),
-                    n => format!("; skipped {n}{skipped_where}"),
-                };
-                format!(
-                    "{verb} {} of {} dead letter(s) looked at into {} in {} (replay {}){skipped}; the others stay in {}",
-                    report.replayed.len(),
-                    report.scanned,
-                    topology.queue,
-                    progress::seconds(took),
-                    report.replay_id,
-                    topology.dlq
-                )
-            };
-            match format {
-                OutputFormat::Json => {
-                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
-                    eprintln!("{}", summary(""));
-                }
-                OutputFormat::Table => {
-                    print!("{}", ops::dlq::table(&report.replayed));
-                    print!("{}", ops::dlq::skipped_table(&report.skipped));
-                    println!("{}", summary(" (above)"));
-                }
-            }
-            Ok(())
+            db,
+        } => dlq_replay(filter, limit, dry_run, format, &amqp, &db).await,
+    }
+}
+
+/// `wxnotify dlq replay`: the matching dead letters back into the work queue, then what was
+/// replayed and skipped.
+async fn dlq_replay(
+    filter: ReplayArgs,
+    limit: usize,
+    dry_run: bool,
+    format: OutputFormat,
+    amqp: &AmqpArgs,
+    db: &DbArgs,
+) -> Result<(), Failure> {
+    let filter = ops::dlq::ReplayFilter {
+        all: filter.all,
+        event_ids: filter.event_id,
+        reason: filter.reason,
+        errcode: filter.errcode,
+    };
+    let (url, topology) = (amqp.url()?, amqp.topology()?);
+    let pool = connect_and_migrate(db).await?;
+    let started = Instant::now();
+    let bar = Progress::on_stderr("dead letters");
+    let report = ops::dlq::replay(&url, &topology, &pool, &filter, limit, dry_run, &bar)
+        .await
+        .map_err(|e| Failure::Runtime(e.to_string()))?;
+    bar.finish();
+    let took = started.elapsed();
+    // The table ends with it on stdout; JSON stays alone on stdout, it goes to stderr.
+    let summary = |skipped_where: &str| replay_summary(&report, &topology, took, skipped_where);
+    match format {
+        OutputFormat::Json => {
+            println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+            eprintln!("{}", summary(""));
+        }
+        OutputFormat::Table => {
+            print!("{}", ops::dlq::table(&report.replayed));
+            print!("{}", ops::dlq::skipped_table(&report.skipped));
+            println!("{}", summary(" (above)"));
         }
     }
+    Ok(())
+}
+
+/// The last line of a replay: how many were replayed (or would be) and skipped, of how many,
+/// where to, how fast; `skipped_where` points at the skipped list.
+fn replay_summary(
+    report: &ops::dlq::ReplayReport,
+    topology: &crate::queue::Topology,
+    took: std::time::Duration,
+    skipped_where: &str,
+) -> String {
+    let verb = if report.dry_run { "would replay" } else { "replayed" };
+    let skipped = match report.skipped.len() {
+        0 => String::new(),
+        n => format!("; skipped {n}{skipped_where}"),
+    };
+    format!(
+        "{verb} {} of {} dead letter(s) looked at into {} in {} (replay {}){skipped}; the others stay in {}",
+        report.replayed.len(),
+        report.scanned,
+        topology.queue,
+        progress::seconds(took),
+        report.replay_id,
+        topology.dlq
+    )
 }
 
 async fn scheduled(command: ScheduledCommand) -> Result<(), Failure> {

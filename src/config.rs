@@ -253,7 +253,19 @@ impl WorkerSettings {
     /// The effective settings as `NAME=value` lines (`wxnotify worker --print-config`), each under
     /// the environment variable that sets it; passwords and secrets masked.
     pub fn effective(&self) -> String {
-        let mut lines = vec![
+        let mut lines = self.connection_lines();
+        lines.extend(self.tuning_lines());
+        lines.push(("WXNOTIFY_TEMPLATES", self.templates_summary()));
+        let mut out = String::new();
+        for (name, value) in lines {
+            out.push_str(&format!("{name}={value}\n"));
+        }
+        out
+    }
+
+    /// Where the worker connects: database, broker, WeChat and the default app.
+    fn connection_lines(&self) -> Vec<(&'static str, String)> {
+        vec![
             ("DATABASE_URL", redact_url(&self.database_url)),
             ("WXNOTIFY_DB_POOL", self.db_pool.to_string()),
             ("AMQP_URL", redact_url(&self.amqp_url)),
@@ -270,6 +282,12 @@ impl WorkerSettings {
             ),
             ("WECHAT_APP_ID", self.apps[0].app_id.clone()),
             ("WECHAT_APP_SECRET", "*** (set)".into()),
+        ]
+    }
+
+    /// How the worker paces, retries and bounds its work.
+    fn tuning_lines(&self) -> Vec<(&'static str, String)> {
+        vec![
             ("WXNOTIFY_PREFETCH", self.prefetch.to_string()),
             ("WXNOTIFY_CONCURRENCY", self.concurrency.to_string()),
             ("WXNOTIFY_MAX_ATTEMPTS", self.retry.max_attempts.to_string()),
@@ -298,25 +316,21 @@ impl WorkerSettings {
                     format!("{r} sends/s per app, shared by the live workers")
                 }),
             ),
-        ];
+        ]
+    }
+
+    /// The templates (how many, how many held) and the apps they send for.
+    fn templates_summary(&self) -> String {
         let held = self.catalog.templates().iter().filter(|t| t.is_held()).count();
-        lines.push((
-            "WXNOTIFY_TEMPLATES",
-            format!(
-                "{} templates ({held} held: send_at, quiet hours, expiry or cancellation); apps {}",
-                self.catalog.templates().len(),
-                self.apps
-                    .iter()
-                    .map(|a| a.app_id.as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            ),
-        ));
-        let mut out = String::new();
-        for (name, value) in lines {
-            out.push_str(&format!("{name}={value}\n"));
-        }
-        out
+        format!(
+            "{} templates ({held} held: send_at, quiet hours, expiry or cancellation); apps {}",
+            self.catalog.templates().len(),
+            self.apps
+                .iter()
+                .map(|a| a.app_id.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
     }
 }
 
@@ -337,50 +351,57 @@ pub(crate) fn env_secret(name: &str) -> Result<SecretString, ConfigError> {
 
 impl WorkerArgs {
     pub fn into_settings(self) -> Result<WorkerSettings, ConfigError> {
-        let app_id = self
-            .wechat_app_id
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| ConfigError::new("WECHAT_APP_ID", "is not set (the default WeChat app's id)"))?;
-        let secret = self
-            .wechat_app_secret
-            .filter(|s| !s.trim().is_empty())
-            .ok_or_else(|| ConfigError::new("WECHAT_APP_SECRET", "is not set (the default WeChat app's secret)"))?;
+        let default_app = self.default_app()?;
         crate::wechat::WechatClient::new(&self.wechat_api_base, Duration::from_secs(1))
             .map_err(|e| ConfigError::new("WECHAT_API_BASE", e))?;
         let catalog =
             Catalog::load(&self.templates).map_err(|e| ConfigError::new("WXNOTIFY_TEMPLATES", e.to_string()))?;
-        let mut apps = vec![AppCredentials {
+        let apps = all_apps(default_app, &catalog)?;
+        self.check_limits()?;
+        let retry = self.retry_policy()?;
+        Ok(WorkerSettings {
+            database_url: self.db.url()?,
+            db_pool: self.db_pool,
+            amqp_url: self.amqp.url()?,
+            topology: self.amqp.topology()?,
+            delivery_limit: self.amqp.delivery_limit,
+            wechat_api_base: self.wechat_api_base,
+            token_api: self.wechat_token_api,
+            apps,
+            catalog: Arc::new(catalog),
+            prefetch: self.prefetch,
+            concurrency: self.concurrency,
+            retry,
+            admin_addr: self.admin_addr,
+            http_timeout: secs("WXNOTIFY_HTTP_TIMEOUT_SECS", self.http_timeout_secs)?,
+            token_refresh_margin: Duration::from_secs(self.token_refresh_margin_secs),
+            shutdown_grace: secs("WXNOTIFY_SHUTDOWN_GRACE_SECS", self.shutdown_grace_secs)?,
+            max_body_bytes: self.max_body_bytes,
+            rate_limit: self.rate_limit,
+            worker_id: new_worker_id(),
+        })
+    }
+
+    /// The default app: `WECHAT_APP_ID` and `WECHAT_APP_SECRET`, both required.
+    fn default_app(&self) -> Result<AppCredentials, ConfigError> {
+        let app_id = self
+            .wechat_app_id
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| ConfigError::new("WECHAT_APP_ID", "is not set (the default WeChat app's id)"))?;
+        let secret = self
+            .wechat_app_secret
+            .as_deref()
+            .filter(|s| !s.trim().is_empty())
+            .ok_or_else(|| ConfigError::new("WECHAT_APP_SECRET", "is not set (the default WeChat app's secret)"))?;
+        Ok(AppCredentials {
             app_id: app_id.trim().to_string(),
             secret: Arc::new(SecretString::from(secret.trim().to_string())),
-        }];
-        for app in &catalog.apps {
-            if apps.iter().any(|a| a.app_id == app.app_id) {
-                return Err(ConfigError::new(
-                    "WXNOTIFY_TEMPLATES",
-                    format!(
-                        "[[apps]] lists {}, which is already the default app (WECHAT_APP_ID)",
-                        app.app_id
-                    ),
-                ));
-            }
-            apps.push(AppCredentials {
-                app_id: app.app_id.clone(),
-                secret: Arc::new(env_secret(&app.secret_env)?),
-            });
-        }
-        for t in catalog.templates() {
-            if let Some(a) = &t.app_id
-                && !apps.iter().any(|x| &x.app_id == a)
-            {
-                return Err(ConfigError::new(
-                    "WXNOTIFY_TEMPLATES",
-                    format!(
-                        "template {} is for app {a}, which is neither WECHAT_APP_ID nor in [[apps]]",
-                        t.label
-                    ),
-                ));
-            }
-        }
+        })
+    }
+
+    /// Each number setting within its bounds.
+    fn check_limits(&self) -> Result<(), ConfigError> {
         if self.prefetch == 0 {
             return Err(ConfigError::new("WXNOTIFY_PREFETCH", "must be at least 1"));
         }
@@ -419,36 +440,55 @@ impl WorkerArgs {
                 "must be a number of sends a second between 0.01 and 100000",
             ));
         }
-        let retry = RetryPolicy {
+        Ok(())
+    }
+
+    /// The retry policy: attempts and backoff from the settings, the broker's delivery limit.
+    fn retry_policy(&self) -> Result<RetryPolicy, ConfigError> {
+        Ok(RetryPolicy {
             delivery_limit: self.amqp.delivery_limit,
             ..RetryPolicy::new(
                 self.max_attempts,
                 secs("WXNOTIFY_RETRY_BASE_SECS", self.retry_base_secs)?,
                 secs("WXNOTIFY_RETRY_MAX_SECS", self.retry_max_secs)?,
             )
-        };
-        Ok(WorkerSettings {
-            database_url: self.db.url()?,
-            db_pool: self.db_pool,
-            amqp_url: self.amqp.url()?,
-            topology: self.amqp.topology()?,
-            delivery_limit: self.amqp.delivery_limit,
-            wechat_api_base: self.wechat_api_base,
-            token_api: self.wechat_token_api,
-            apps,
-            catalog: Arc::new(catalog),
-            prefetch: self.prefetch,
-            concurrency: self.concurrency,
-            retry,
-            admin_addr: self.admin_addr,
-            http_timeout: secs("WXNOTIFY_HTTP_TIMEOUT_SECS", self.http_timeout_secs)?,
-            token_refresh_margin: Duration::from_secs(self.token_refresh_margin_secs),
-            shutdown_grace: secs("WXNOTIFY_SHUTDOWN_GRACE_SECS", self.shutdown_grace_secs)?,
-            max_body_bytes: self.max_body_bytes,
-            rate_limit: self.rate_limit,
-            worker_id: new_worker_id(),
         })
     }
+}
+
+/// The default app, then each app of `[[apps]]` (its secret from its environment variable); every
+/// template's app must be one of them.
+fn all_apps(default_app: AppCredentials, catalog: &Catalog) -> Result<Vec<AppCredentials>, ConfigError> {
+    let mut apps = vec![default_app];
+    for app in &catalog.apps {
+        if apps.iter().any(|a| a.app_id == app.app_id) {
+            return Err(ConfigError::new(
+                "WXNOTIFY_TEMPLATES",
+                format!(
+                    "[[apps]] lists {}, which is already the default app (WECHAT_APP_ID)",
+                    app.app_id
+                ),
+            ));
+        }
+        apps.push(AppCredentials {
+            app_id: app.app_id.clone(),
+            secret: Arc::new(env_secret(&app.secret_env)?),
+        });
+    }
+    for t in catalog.templates() {
+        if let Some(a) = &t.app_id
+            && !apps.iter().any(|x| &x.app_id == a)
+        {
+            return Err(ConfigError::new(
+                "WXNOTIFY_TEMPLATES",
+                format!(
+                    "template {} is for app {a}, which is neither WECHAT_APP_ID nor in [[apps]]",
+                    t.label
+                ),
+            ));
+        }
+    }
+    Ok(apps)
 }
 
 /// `host-pid-random`: readable in the ledger, unique across restarts.

@@ -18,6 +18,19 @@ const DUPLICATE_STATUSES: [&str; 7] = [
 
 /// Describes and registers every series; `apps` are the configured app ids.
 pub(crate) fn register(apps: &[String]) {
+    register_settlements();
+    register_sends();
+    register_stored_fates();
+    register_due();
+    register_db_errors();
+    register_tokens(apps);
+    register_health();
+    register_ledger_batches();
+    register_sampled();
+}
+
+/// `wxnotify_messages_total`: every broker message settled, by outcome.
+fn register_settlements() {
     describe_counter!(
         "wxnotify_messages_total",
         "Broker messages settled, by outcome (ack, requeue, retry, release, or the dead-letter reason)"
@@ -25,6 +38,10 @@ pub(crate) fn register(apps: &[String]) {
     for o in crate::fate::Outcome::labels() {
         metrics::counter!("wxnotify_messages_total", "outcome" => o).increment(0);
     }
+}
+
+/// The sends to WeChat (by result, their duration) and a delivery's time per stage.
+fn register_sends() {
     describe_counter!(
         "wxnotify_sends_total",
         "HTTP sends to WeChat, by result: ok, errcode (WeChat refused), transport (no usable answer)"
@@ -41,6 +58,10 @@ pub(crate) fn register(apps: &[String]) {
     for s in STAGES {
         let _ = metrics::histogram!("wxnotify_stage_seconds", "stage" => s);
     }
+}
+
+/// Deliveries not sent now: duplicates of another copy, and those stored to wait.
+fn register_stored_fates() {
     describe_counter!(
         "wxnotify_duplicates_total",
         "Copies of a delivery that was final, waiting or held elsewhere: not sent again"
@@ -55,6 +76,10 @@ pub(crate) fn register(apps: &[String]) {
     for s in ["scheduled", "cancelled", "expired", "cancelled_other"] {
         metrics::counter!("wxnotify_held_total", "status" => s).increment(0);
     }
+}
+
+/// The due-delivery loop: what it did with due deliveries, and how late it took them.
+fn register_due() {
     describe_counter!(
         "wxnotify_due_total",
         "Due deliveries taken by the due-delivery loop: released, deferred (quiet hours), expired"
@@ -67,11 +92,19 @@ pub(crate) fn register(apps: &[String]) {
         "How long after its due_at a due delivery was taken for release"
     );
     let _ = metrics::histogram!("wxnotify_due_lateness_seconds");
+}
+
+/// `wxnotify_db_errors_total`: database calls retried.
+fn register_db_errors() {
     describe_counter!(
         "wxnotify_db_errors_total",
         "Database calls that failed and were retried"
     );
     metrics::counter!("wxnotify_db_errors_total").increment(0);
+}
+
+/// The token series, one set per configured app.
+fn register_tokens(apps: &[String]) {
     describe_counter!(
         "wxnotify_token_fetches_total",
         "Access token fetches from WeChat, by app and result"
@@ -105,6 +138,10 @@ pub(crate) fn register(apps: &[String]) {
             metrics::gauge!(g, "app" => app.clone()).set(0.0);
         }
     }
+}
+
+/// The worker's own state: broker and database up, its rate share, its deliveries in flight.
+fn register_health() {
     describe_gauge!("wxnotify_broker_up", "1 while the worker's broker session is consuming");
     describe_gauge!("wxnotify_db_up", "1 while the database answered the last call");
     metrics::gauge!("wxnotify_broker_up").set(0.0);
@@ -116,6 +153,10 @@ pub(crate) fn register(apps: &[String]) {
     metrics::gauge!("wxnotify_rate_share").set(0.0);
     describe_gauge!("wxnotify_in_flight", "Deliveries this worker is working on right now");
     metrics::gauge!("wxnotify_in_flight").set(0.0);
+}
+
+/// The batched ledger statements: duration and size, by kind.
+fn register_ledger_batches() {
     describe_histogram!(
         "wxnotify_ledger_statement_seconds",
         "Duration of one batched ledger statement, by kind (claim, record)"
@@ -128,6 +169,10 @@ pub(crate) fn register(apps: &[String]) {
         let _ = metrics::histogram!("wxnotify_ledger_statement_seconds", "kind" => k);
         let _ = metrics::histogram!("wxnotify_ledger_batch_size", "kind" => k);
     }
+}
+
+/// The sampled gauges: queue depths and consumers, ledger states, scheduler lag, live workers.
+fn register_sampled() {
     describe_gauge!(
         "wxnotify_queue_messages",
         "Messages ready in the work queue, the dead-letter queue and all retry queues (sampled)"

@@ -219,6 +219,17 @@ impl DlqReader {
         .await
     }
 
+    /// Acks a dead letter read: it leaves the DLQ for good.
+    async fn ack(&mut self, msg: &BasicGetMessage) -> Result<(), DlqError> {
+        msg.delivery
+            .acker
+            .ack(BasicAckOptions::default())
+            .await
+            .map_err(broker)?;
+        self.acked += 1;
+        Ok(())
+    }
+
     /// Closes without acking what is left: the broker puts it back in the DLQ. A quorum queue
     /// takes it back a moment after the channel is gone, so this waits (at most
     /// [`HAND_BACK_WAIT`]) until the DLQ holds again what it held minus what we acked: a `list`
@@ -284,19 +295,18 @@ pub async fn replay(
     progress.set_total(reader.at_open.into());
     let result: Result<_, DlqError> = async {
         let mut publisher = Publisher::open(&reader.conn).await.map_err(broker)?;
-        // Checked on a channel of its own: a failed passive declare closes the channel.
-        let check = reader.conn.create_channel().await.map_err(broker)?;
-        if queue::peek(&check, &topology.queue).await.is_err() {
-            return Err(DlqError::NoWorkQueue(topology.queue.clone()));
-        }
-        let _ = check.close(200, "checked".into()).await;
-
+        check_work_queue(&reader.conn, &topology.queue).await?;
+        let replay_id = uuid::Uuid::new_v4().to_string();
         let mut report = ReplayReport {
-            replay_id: uuid::Uuid::new_v4().to_string(),
+            replay_id: replay_id.clone(),
             dry_run,
             ..Default::default()
         };
-        let description = filter.describe();
+        let recorder = Recorder {
+            pool,
+            replay_id: &replay_id,
+            filter: &filter.describe(),
+        };
         let now = Utc::now();
         while report.replayed.len() < limit {
             progress.note(report.so_far());
@@ -311,52 +321,15 @@ pub async fn replay(
                 report.replayed.push(view);
                 continue;
             }
-            let database = |e: sqlx::Error| DlqError::Database {
-                event_id: shown_id(view.event_id.as_deref()),
-                error: e.to_string(),
-            };
-            let skip = |reason: String| SkippedDeadLetter {
-                event_id: view.event_id.clone(),
-                reason,
-            };
-            let row = match record(pool, &report.replay_id, &description, &view).await {
-                Ok(row) => row,
-                Err(e) if crate::db::is_data_error(&e) => {
-                    report.skipped.push(skip(format!("its replay cannot be recorded: {e}")));
-                    continue; // stays unacked: handed back to the DLQ when we close
-                }
-                Err(e) => return Err(database(e)),
-            };
-            let (props, mut hdrs) = headers::republish(&msg.delivery.properties);
-            headers::set_int(&mut hdrs, headers::ATTEMPTS, 0);
-            headers::set_int(&mut hdrs, headers::TOKEN_REQUEUES, 0);
-            headers::set_text(&mut hdrs, headers::REPLAY, &report.replay_id);
-            if let Some(id) = &view.event_id {
-                headers::set_text(&mut hdrs, headers::EVENT_ID, id);
+            let copied = copy_to_work_queue(&recorder, &mut publisher, &reader.conn, &topology.queue, &msg, &view);
+            if let Some(reason) = copied.await? {
+                report.skipped.push(SkippedDeadLetter {
+                    event_id: view.event_id.clone(),
+                    reason,
+                });
+                continue; // stays unacked: handed back to the DLQ when we close
             }
-            // The default exchange routes by queue name: straight into the work queue.
-            match publisher
-                .publish("", &topology.queue, &msg.delivery.data, props.with_headers(hdrs))
-                .await
-            {
-                Ok(()) => {}
-                Err(e) if refused_copy(&e) => {
-                    // No copy: the row must not claim a replay.
-                    unrecord(pool, row).await.map_err(database)?;
-                    if !publisher.channel().status().connected() {
-                        publisher = Publisher::open(&reader.conn).await.map_err(broker)?;
-                    }
-                    report.skipped.push(skip(format!("the broker refused its copy: {e}")));
-                    continue;
-                }
-                Err(e) => return Err(broker(e)),
-            }
-            msg.delivery
-                .acker
-                .ack(BasicAckOptions::default())
-                .await
-                .map_err(broker)?;
-            reader.acked += 1;
+            reader.ack(&msg).await?;
             report.replayed.push(view);
         }
         Ok(report)
@@ -364,6 +337,72 @@ pub async fn replay(
     .await;
     reader.close().await;
     result
+}
+
+/// The work queue exists, checked on a channel of its own: a failed passive declare closes the
+/// channel.
+async fn check_work_queue(conn: &Connection, work_queue: &str) -> Result<(), DlqError> {
+    let check = conn.create_channel().await.map_err(broker)?;
+    if queue::peek(&check, work_queue).await.is_err() {
+        return Err(DlqError::NoWorkQueue(work_queue.to_string()));
+    }
+    let _ = check.close(200, "checked".into()).await;
+    Ok(())
+}
+
+/// Where a replay run records its replays: the database, the run's id and its filter as given.
+struct Recorder<'a> {
+    pool: &'a PgPool,
+    replay_id: &'a str,
+    filter: &'a str,
+}
+
+/// Records the replay of one dead letter, then publishes its copy straight into the work queue
+/// (with `publisher`, reopened on `conn` when the broker closed its channel). `Some(reason)`: not
+/// replayed (nothing recorded, no copy), the dead letter is to stay in the DLQ.
+async fn copy_to_work_queue(
+    recorder: &Recorder<'_>,
+    publisher: &mut Publisher,
+    conn: &Connection,
+    work_queue: &str,
+    msg: &BasicGetMessage,
+    view: &DeadLetterView,
+) -> Result<Option<String>, DlqError> {
+    let database = |e: sqlx::Error| DlqError::Database {
+        event_id: shown_id(view.event_id.as_deref()),
+        error: e.to_string(),
+    };
+    let row = match record(recorder.pool, recorder.replay_id, recorder.filter, view).await {
+        Ok(row) => row,
+        Err(e) if crate::db::is_data_error(&e) => return Ok(Some(format!("its replay cannot be recorded: {e}"))),
+        Err(e) => return Err(database(e)),
+    };
+    let props = replayed_properties(&msg.delivery.properties, recorder.replay_id, view.event_id.as_deref());
+    // The default exchange routes by queue name: straight into the work queue.
+    match publisher.publish("", work_queue, &msg.delivery.data, props).await {
+        Ok(()) => Ok(None),
+        Err(e) if refused_copy(&e) => {
+            // No copy: the row must not claim a replay.
+            unrecord(recorder.pool, row).await.map_err(database)?;
+            if !publisher.channel().status().connected() {
+                *publisher = Publisher::open(conn).await.map_err(broker)?;
+            }
+            Ok(Some(format!("the broker refused its copy: {e}")))
+        }
+        Err(e) => Err(broker(e)),
+    }
+}
+
+/// A replayed copy's properties: the dead letter's, its counts reset, marked with the replay.
+fn replayed_properties(original: &BasicProperties, replay_id: &str, event_id: Option<&str>) -> BasicProperties {
+    let (props, mut hdrs) = headers::republish(original);
+    headers::set_int(&mut hdrs, headers::ATTEMPTS, 0);
+    headers::set_int(&mut hdrs, headers::TOKEN_REQUEUES, 0);
+    headers::set_text(&mut hdrs, headers::REPLAY, replay_id);
+    if let Some(id) = event_id {
+        headers::set_text(&mut hdrs, headers::EVENT_ID, id);
+    }
+    props.with_headers(hdrs)
 }
 
 /// The broker refused this one copy (a nack, or the channel closed over it, e.g. a message larger

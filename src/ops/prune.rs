@@ -47,53 +47,12 @@ pub async fn prune(
         ..Pruned::default()
     };
     if dry_run {
-        out.deliveries = sqlx::query_scalar::<_, i64>(
-            "SELECT count(*) FROM deliveries
-              WHERE created_at < $1 AND status = ANY($2) AND in_doubt_since IS NULL",
-        )
-        .bind(cutoff)
-        .bind(&FINAL[..])
-        .fetch_one(pool)
-        .await? as u64;
+        out.deliveries = count_final_deliveries(pool, cutoff).await?;
         out.seconds = started.elapsed().as_secs_f64();
         return Ok(out);
     }
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM deliveries WHERE id IN (
-                 SELECT id FROM deliveries
-                  WHERE created_at < $1 AND status = ANY($2) AND in_doubt_since IS NULL
-                  LIMIT $3
-                    FOR UPDATE SKIP LOCKED)",
-        )
-        .bind(cutoff)
-        .bind(&FINAL[..])
-        .bind(BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        out.deliveries += n;
-        if n < BATCH as u64 {
-            break;
-        }
-        tokio::time::sleep(pause).await;
-    }
-    loop {
-        let n = sqlx::query(
-            "DELETE FROM delivery_receipts WHERE (app_id, msgid) IN (
-                 SELECT app_id, msgid FROM delivery_receipts WHERE received_at < $1 LIMIT $2)",
-        )
-        .bind(cutoff)
-        .bind(BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
-        out.receipts += n;
-        if n < BATCH as u64 {
-            break;
-        }
-        tokio::time::sleep(pause).await;
-    }
+    out.deliveries = delete_final_deliveries(pool, cutoff, pause).await?;
+    out.receipts = delete_receipts(pool, cutoff, pause).await?;
     out.cancellations = sqlx::query("DELETE FROM delivery_cancellations WHERE created_at < $1")
         .bind(cutoff)
         .execute(pool)
@@ -110,6 +69,66 @@ pub async fn prune(
         .rows_affected();
     out.seconds = started.elapsed().as_secs_f64();
     Ok(out)
+}
+
+/// The final deliveries created before `cutoff` and not in doubt: what a prune would delete.
+async fn count_final_deliveries(pool: &PgPool, cutoff: DateTime<Utc>) -> Result<u64, sqlx::Error> {
+    Ok(sqlx::query_scalar::<_, i64>(
+        "SELECT count(*) FROM deliveries
+          WHERE created_at < $1 AND status = ANY($2) AND in_doubt_since IS NULL",
+    )
+    .bind(cutoff)
+    .bind(&FINAL[..])
+    .fetch_one(pool)
+    .await? as u64)
+}
+
+/// Deletes those final deliveries (their attempts go with them) in batches, skipping rows someone
+/// holds, `pause` between batches; returns how many.
+async fn delete_final_deliveries(pool: &PgPool, cutoff: DateTime<Utc>, pause: Duration) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM deliveries WHERE id IN (
+                 SELECT id FROM deliveries
+                  WHERE created_at < $1 AND status = ANY($2) AND in_doubt_since IS NULL
+                  LIMIT $3
+                    FOR UPDATE SKIP LOCKED)",
+        )
+        .bind(cutoff)
+        .bind(&FINAL[..])
+        .bind(BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        deleted += n;
+        if n < BATCH as u64 {
+            return Ok(deleted);
+        }
+        tokio::time::sleep(pause).await;
+    }
+}
+
+/// Deletes the receipts received before `cutoff` in batches, `pause` between batches; returns how
+/// many.
+async fn delete_receipts(pool: &PgPool, cutoff: DateTime<Utc>, pause: Duration) -> Result<u64, sqlx::Error> {
+    let mut deleted = 0;
+    loop {
+        let n = sqlx::query(
+            "DELETE FROM delivery_receipts WHERE (app_id, msgid) IN (
+                 SELECT app_id, msgid FROM delivery_receipts WHERE received_at < $1 LIMIT $2)",
+        )
+        .bind(cutoff)
+        .bind(BATCH)
+        .execute(pool)
+        .await?
+        .rows_affected();
+        deleted += n;
+        if n < BATCH as u64 {
+            return Ok(deleted);
+        }
+        tokio::time::sleep(pause).await;
+    }
 }
 
 impl std::fmt::Display for Pruned {

@@ -76,7 +76,16 @@ pub struct Report {
 }
 
 pub async fn report(pool: &PgPool, since: Since) -> Result<Report, sqlx::Error> {
-    let summary = sqlx::query(
+    Ok(Report {
+        since: since.0,
+        summary: daily_summary(pool, since).await?,
+        failures: failures(pool, since).await?,
+    })
+}
+
+/// The daily summary since `since`: one row per (Beijing day, app, event type).
+async fn daily_summary(pool: &PgPool, since: Since) -> Result<Vec<SummaryRow>, sqlx::Error> {
+    sqlx::query(
         "SELECT day, app_id, event_type, deliveries, sent, dead, retrying, pending, attempts,
                 p50_send_ms, p95_send_ms, scheduled, cancelled, expired, delivered, user_block, system_failed,
                 suppressed
@@ -110,8 +119,12 @@ pub async fn report(pool: &PgPool, since: Since) -> Result<Report, sqlx::Error> 
             suppressed: r.try_get("suppressed")?,
         })
     })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    let failures = sqlx::query(
+    .collect()
+}
+
+/// Failed sends seen since `since`, by errcode, with the latest example.
+async fn failures(pool: &PgPool, since: Since) -> Result<Vec<FailureRow>, sqlx::Error> {
+    sqlx::query(
         "SELECT errcode, attempts, deliveries, dead, last_seen, latest_event_id, latest_errmsg
            FROM delivery_failures
           WHERE last_seen >= $1
@@ -132,12 +145,7 @@ pub async fn report(pool: &PgPool, since: Since) -> Result<Report, sqlx::Error> 
             latest_errmsg: r.try_get("latest_errmsg")?,
         })
     })
-    .collect::<Result<Vec<_>, sqlx::Error>>()?;
-    Ok(Report {
-        since: since.0,
-        summary,
-        failures,
-    })
+    .collect()
 }
 
 fn ms(v: Option<f64>) -> String {
@@ -146,6 +154,13 @@ fn ms(v: Option<f64>) -> String {
 
 /// Both tables, for people.
 pub fn table(r: &Report) -> String {
+    let mut out = summary_table(r);
+    out.push_str(&failures_table(r));
+    out
+}
+
+/// The daily summary, a header and one line per row.
+fn summary_table(r: &Report) -> String {
     let mut out = format!(
         "deliveries since {} (days in Beijing time; DELIVERED, USER_BLOCK, SYS_FAILED: WeChat's receipts)\n{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>9} {:>9} {:>7} {:>8} {:>7} {:>7} {:>9} {:>10} {:>10} {:>10}\n",
         r.since.format("%Y-%m-%d %H:%M UTC"),
@@ -191,10 +206,15 @@ pub fn table(r: &Report) -> String {
             s.suppressed
         ));
     }
-    out.push_str(&format!(
+    out
+}
+
+/// The failures by errcode, a header and one line per errcode.
+fn failures_table(r: &Report) -> String {
+    let mut out = format!(
         "\nfailed sends by errcode\n{:>8} {:>8} {:>10} {:>6}  {:<20} {:<28} {}\n",
         "ERRCODE", "ATTEMPTS", "DELIVERIES", "DEAD", "LAST_SEEN", "LATEST_EVENT", "LATEST_ERRMSG"
-    ));
+    );
     for f in &r.failures {
         out.push_str(&format!(
             "{:>8} {:>8} {:>10} {:>6}  {:<20} {:<28} {}\n",

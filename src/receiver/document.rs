@@ -5,7 +5,7 @@
 //! are bounded by the HTTP layer (64 KiB); nesting is bounded here.
 
 use quick_xml::Reader;
-use quick_xml::events::Event;
+use quick_xml::events::{BytesDecl, BytesRef, BytesStart, Event};
 
 /// Deeper than any push WeChat sends (`xml` / `SubscribeMsgSentEvent` / `List` / field).
 const MAX_DEPTH: usize = 8;
@@ -81,14 +81,7 @@ pub(crate) fn parse_xml(text: &str) -> Result<Node, DocumentError> {
         let event = reader.read_event().map_err(|e| DocumentError::Xml(e.to_string()))?;
         match event {
             Event::DocType(_) => return Err(DocumentError::Doctype),
-            Event::Decl(decl) => {
-                if let Some(enc) = decl.encoding() {
-                    let enc = enc.map_err(|e| DocumentError::Xml(e.to_string()))?;
-                    if !enc.eq_ignore_ascii_case("utf-8") && !enc.eq_ignore_ascii_case("utf8") {
-                        return Err(DocumentError::Encoding);
-                    }
-                }
-            }
+            Event::Decl(decl) => check_encoding(&decl)?,
             Event::Start(_) | Event::Empty(_) if root.is_some() => {
                 return Err(DocumentError::Xml("content after the root element".into()));
             }
@@ -97,21 +90,14 @@ pub(crate) fn parse_xml(text: &str) -> Result<Node, DocumentError> {
                 if stack.len() >= MAX_DEPTH || nodes > MAX_NODES {
                     return Err(DocumentError::TooBig);
                 }
-                stack.push(Node {
-                    name: start.name().as_ref().to_string(),
-                    ..Node::default()
-                });
+                stack.push(element(&start));
             }
             Event::Empty(start) => {
                 nodes += 1;
                 if nodes > MAX_NODES {
                     return Err(DocumentError::TooBig);
                 }
-                let node = Node {
-                    name: start.name().as_ref().to_string(),
-                    ..Node::default()
-                };
-                close(&mut stack, &mut root, node);
+                close(&mut stack, &mut root, element(&start));
             }
             Event::End(_) => {
                 let node = stack
@@ -121,16 +107,7 @@ pub(crate) fn parse_xml(text: &str) -> Result<Node, DocumentError> {
             }
             Event::Text(t) => append(&mut stack, &t.xml10_content())?,
             Event::CData(t) => append(&mut stack, &t.xml10_content())?,
-            Event::GeneralRef(r) => {
-                let resolved = match r.resolve_char_ref() {
-                    Ok(Some(c)) => c.to_string(),
-                    Ok(None) => quick_xml::escape::resolve_predefined_entity(&r.xml10_content())
-                        .ok_or(DocumentError::Entity)?
-                        .to_string(),
-                    Err(e) => return Err(DocumentError::Xml(e.to_string())),
-                };
-                append(&mut stack, &resolved)?;
-            }
+            Event::GeneralRef(r) => append(&mut stack, &resolve(&r)?)?,
             Event::Comment(_) | Event::PI(_) => {}
             Event::Eof => break,
         }
@@ -143,6 +120,37 @@ pub(crate) fn parse_xml(text: &str) -> Result<Node, DocumentError> {
         return Err(DocumentError::Root);
     }
     Ok(root)
+}
+
+/// An XML declaration may name no encoding but UTF-8.
+fn check_encoding(decl: &BytesDecl<'_>) -> Result<(), DocumentError> {
+    if let Some(enc) = decl.encoding() {
+        let enc = enc.map_err(|e| DocumentError::Xml(e.to_string()))?;
+        if !enc.eq_ignore_ascii_case("utf-8") && !enc.eq_ignore_ascii_case("utf8") {
+            return Err(DocumentError::Encoding);
+        }
+    }
+    Ok(())
+}
+
+/// A new element, named as its tag, with no text or children yet.
+fn element(start: &BytesStart<'_>) -> Node {
+    Node {
+        name: start.name().as_ref().to_string(),
+        ..Node::default()
+    }
+}
+
+/// The text of a reference: a character reference or one of XML's five entities; any other
+/// entity is refused.
+fn resolve(r: &BytesRef<'_>) -> Result<String, DocumentError> {
+    match r.resolve_char_ref() {
+        Ok(Some(c)) => Ok(c.to_string()),
+        Ok(None) => Ok(quick_xml::escape::resolve_predefined_entity(&r.xml10_content())
+            .ok_or(DocumentError::Entity)?
+            .to_string()),
+        Err(e) => Err(DocumentError::Xml(e.to_string())),
+    }
 }
 
 /// Attaches a finished element to its parent, or makes it the root.

@@ -11,7 +11,7 @@ use secrecy::SecretString;
 
 use super::crypto::AesKey;
 use crate::config::{AmqpArgs, ConfigError, DbArgs, env_secret};
-use crate::template::Catalog;
+use crate::template::{AppSpec, Catalog};
 
 #[derive(Debug, Clone, Args)]
 pub struct ReceiverArgs {
@@ -101,27 +101,9 @@ fn present(value: Option<String>) -> Option<SecretString> {
 
 impl ReceiverArgs {
     pub fn into_settings(self) -> Result<ReceiverSettings, ConfigError> {
-        let app_id = self
-            .wechat_app_id
-            .map(|s| s.trim().to_string())
-            .filter(|s| !s.is_empty())
-            .ok_or_else(|| ConfigError::new("WECHAT_APP_ID", "is not set (the default WeChat app's id)"))?;
-        let default_token = present(self.wechat_callback_token).ok_or_else(|| {
-            ConfigError::new(
-                "WECHAT_CALLBACK_TOKEN",
-                "is not set (the default app's server-configuration token)",
-            )
-        })?;
+        let (app_id, default_app) = self.default_app()?;
         let mut apps = HashMap::new();
-        apps.insert(
-            app_id,
-            CallbackApp {
-                token: token("WECHAT_CALLBACK_TOKEN", default_token)?,
-                aes_key: present(self.wechat_encoding_aes_key)
-                    .map(|k| aes_key("WECHAT_ENCODING_AES_KEY", &k))
-                    .transpose()?,
-            },
-        );
+        apps.insert(app_id, default_app);
         let catalog =
             Catalog::load(&self.templates).map_err(|e| ConfigError::new("WXNOTIFY_TEMPLATES", e.to_string()))?;
         for app in &catalog.apps {
@@ -134,44 +116,13 @@ impl ReceiverArgs {
                     ),
                 ));
             }
-            let token_env = app.callback_token_env.as_deref().ok_or_else(|| {
-                ConfigError::new(
-                    "WXNOTIFY_TEMPLATES",
-                    format!(
-                        "[[apps]] {}: no callback_token_env (the receiver checks the pushes of every app)",
-                        app.app_id
-                    ),
-                )
-            })?;
-            let callback = CallbackApp {
-                token: token(token_env, env_secret(token_env)?)?,
-                aes_key: app
-                    .aes_key_env
-                    .as_deref()
-                    .map(|name| aes_key(name, &env_secret(name)?))
-                    .transpose()?,
-            };
-            apps.insert(app.app_id.clone(), callback);
+            apps.insert(app.app_id.clone(), listed_app(app)?);
         }
         if !(1..=200).contains(&self.db_pool) {
             return Err(ConfigError::new("WXNOTIFY_DB_POOL", "must be between 1 and 200"));
         }
-        let spill = match self.amqp_url.filter(|u| !u.trim().is_empty()) {
-            Some(url) => {
-                // Checked as the worker checks them (the exchange is the worker's business).
-                let amqp = AmqpArgs {
-                    amqp_url: url,
-                    exchange: "booking.events".into(),
-                    queue: self.queue.clone(),
-                    delivery_limit: 2,
-                };
-                amqp.topology()?;
-                Some((amqp.url()?, self.queue))
-            }
-            None => None,
-        };
         Ok(ReceiverSettings {
-            spill,
+            spill: self.spill()?,
             database_url: self.db.url()?,
             db_pool: self.db_pool,
             receiver_addr: self.receiver_addr,
@@ -179,4 +130,67 @@ impl ReceiverArgs {
             apps: Arc::new(apps),
         })
     }
+
+    /// The default app's id and callback settings: `WECHAT_APP_ID`, `WECHAT_CALLBACK_TOKEN` (both
+    /// required) and `WECHAT_ENCODING_AES_KEY`.
+    fn default_app(&self) -> Result<(String, CallbackApp), ConfigError> {
+        let app_id = self
+            .wechat_app_id
+            .as_deref()
+            .map(|s| s.trim().to_string())
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| ConfigError::new("WECHAT_APP_ID", "is not set (the default WeChat app's id)"))?;
+        let default_token = present(self.wechat_callback_token.clone()).ok_or_else(|| {
+            ConfigError::new(
+                "WECHAT_CALLBACK_TOKEN",
+                "is not set (the default app's server-configuration token)",
+            )
+        })?;
+        let callback = CallbackApp {
+            token: token("WECHAT_CALLBACK_TOKEN", default_token)?,
+            aes_key: present(self.wechat_encoding_aes_key.clone())
+                .map(|k| aes_key("WECHAT_ENCODING_AES_KEY", &k))
+                .transpose()?,
+        };
+        Ok((app_id, callback))
+    }
+
+    /// Where pushes spill to when the database is away: the broker URL and the work queue, checked
+    /// as the worker checks them; `None` without `AMQP_URL`.
+    fn spill(&self) -> Result<Option<(SecretString, String)>, ConfigError> {
+        let Some(url) = self.amqp_url.clone().filter(|u| !u.trim().is_empty()) else {
+            return Ok(None);
+        };
+        // Checked as the worker checks them (the exchange is the worker's business).
+        let amqp = AmqpArgs {
+            amqp_url: url,
+            exchange: "booking.events".into(),
+            queue: self.queue.clone(),
+            delivery_limit: 2,
+        };
+        amqp.topology()?;
+        Ok(Some((amqp.url()?, self.queue.clone())))
+    }
+}
+
+/// The callback settings of an app of `[[apps]]`: its token (required) and AES key from the
+/// environment variables it names.
+fn listed_app(app: &AppSpec) -> Result<CallbackApp, ConfigError> {
+    let token_env = app.callback_token_env.as_deref().ok_or_else(|| {
+        ConfigError::new(
+            "WXNOTIFY_TEMPLATES",
+            format!(
+                "[[apps]] {}: no callback_token_env (the receiver checks the pushes of every app)",
+                app.app_id
+            ),
+        )
+    })?;
+    Ok(CallbackApp {
+        token: token(token_env, env_secret(token_env)?)?,
+        aes_key: app
+            .aes_key_env
+            .as_deref()
+            .map(|name| aes_key(name, &env_secret(name)?))
+            .transpose()?,
+    })
 }

@@ -24,6 +24,7 @@ use crate::event::BookingEvent;
 pub(crate) use crate::schedule::timing::{QuietHours, Timing};
 use crate::wechat::keywords::{self, KeywordType};
 use crate::wechat::{Api, Miniprogram, OutgoingMessage};
+use file::TemplateSpec;
 pub use file::{AppSpec, TemplatesFile};
 
 /// A templates file that cannot be used. Always names where the problem is.
@@ -131,6 +132,168 @@ fn is_constant(source: &str) -> bool {
     !source.contains("{{") && !source.contains("{%")
 }
 
+/// The rendering environment: strict about undefined values, with wxnotify's filters.
+fn environment() -> Environment<'static> {
+    let mut env = Environment::new();
+    env.set_undefined_behavior(UndefinedBehavior::Strict);
+    env.add_filter("datetime", filters::datetime);
+    env.add_filter("yuan", filters::yuan);
+    env.add_filter("add_minutes", filters::add_minutes);
+    env
+}
+
+/// `event_type` and `template_id` are given, and `data` has keywords.
+fn check_names(spec: &TemplateSpec) -> Result<(), String> {
+    if spec.event_type.trim().is_empty() || spec.template_id.trim().is_empty() {
+        return Err("`event_type` and `template_id` must not be empty".into());
+    }
+    if spec.data.is_empty() {
+        return Err("`data` has no keywords".into());
+    }
+    Ok(())
+}
+
+/// Every `data` key is a keyword type, every constant value fits it, every value compiles.
+fn compile_data(env: &mut Environment<'static>, index: usize, spec: &TemplateSpec) -> Result<(), String> {
+    for (key, source) in &spec.data {
+        if KeywordType::of_key(key).is_none() {
+            return Err(format!(
+                "data.{key}: not a WeChat keyword type (thing, number, letter, symbol, character_string, \
+                 time, date, amount, phone_number, car_number, name, phrase, const, followed by a number)"
+            ));
+        }
+        if is_constant(source) {
+            keywords::check(key, source).map_err(|e| format!("data.{key}: {e}"))?;
+        }
+        env.add_template_owned(format!("{index}.data.{key}"), source.clone())
+            .map_err(|e| format!("data.{key}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// The fields of the other API are absent; `miniprogram_state` and `lang` are values WeChat knows.
+fn check_api_fields(spec: &TemplateSpec) -> Result<(), String> {
+    match spec.api {
+        Api::Template => {
+            if spec.page.is_some() || spec.miniprogram_state.is_some() || spec.lang.is_some() {
+                return Err("`page`, `miniprogram_state` and `lang` belong to api = \"subscribe\"".into());
+            }
+        }
+        Api::Subscribe => {
+            if spec.url.is_some() || spec.miniprogram.is_some() {
+                return Err("`url` and `miniprogram` belong to api = \"template\"".into());
+            }
+            if let Some(s) = &spec.miniprogram_state
+                && !MINIPROGRAM_STATES.contains(&s.as_str())
+            {
+                return Err(format!(
+                    "miniprogram_state: {s:?} is not one of developer, trial, formal"
+                ));
+            }
+            if let Some(l) = &spec.lang
+                && !LANGS.contains(&l.as_str())
+            {
+                return Err(format!("lang: {l:?} is not one of zh_CN, en_US, zh_HK, zh_TW"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Compiles the optional templated fields besides `data`.
+fn compile_fields(env: &mut Environment<'static>, index: usize, spec: &TemplateSpec) -> Result<(), String> {
+    for (name, source) in [
+        ("url", &spec.url),
+        ("page", &spec.page),
+        ("send_at", &spec.send_at),
+        ("not_after", &spec.not_after),
+        ("cancel_key", &spec.cancel_key),
+    ] {
+        if let Some(source) = source {
+            env.add_template_owned(format!("{index}.{name}"), source.clone())
+                .map_err(|e| format!("{name}: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// `quiet_hours` parses (returned), and `cancelled_by` comes with a `cancel_key`.
+fn check_scheduling(spec: &TemplateSpec) -> Result<Option<QuietHours>, String> {
+    let quiet_hours = spec
+        .quiet_hours
+        .as_deref()
+        .map(str::parse::<QuietHours>)
+        .transpose()
+        .map_err(|e| format!("quiet_hours: {e}"))?;
+    if !spec.cancelled_by.is_empty() && spec.cancel_key.is_none() {
+        return Err("`cancelled_by` needs a `cancel_key` to match deliveries by".into());
+    }
+    Ok(quiet_hours)
+}
+
+/// The error of a second template with the same (app, event type, template id).
+fn duplicate_message(spec: &TemplateSpec) -> String {
+    format!(
+        "a second template {} for event type {:?}{}: each (event type, template id) once",
+        spec.template_id,
+        spec.event_type,
+        spec.app_id
+            .as_deref()
+            .map(|a| format!(" and app {a}"))
+            .unwrap_or_default()
+    )
+}
+
+/// The built-in sample event of the template's event type, with its `sample` merged over it.
+fn sample_for(spec: &TemplateSpec) -> Result<serde_json::Value, String> {
+    let mut sample = sample_event();
+    sample["event_type"] = json!(spec.event_type);
+    if let Some(over) = &spec.sample {
+        let over = serde_json::to_value(over).map_err(|e| format!("sample: {e}"))?;
+        merge(&mut sample, over);
+    }
+    Ok(sample)
+}
+
+/// No app is listed twice in `[[apps]]`.
+fn check_apps_listed_once(apps: &[AppSpec], origin: &str) -> Result<(), TemplateConfigError> {
+    let mut seen = HashSet::new();
+    for app in apps {
+        if !seen.insert(app.app_id.as_str()) {
+            return Err(TemplateConfigError::Parse {
+                path: origin.to_string(),
+                message: format!("app {} is listed twice in [[apps]]", app.app_id),
+            });
+        }
+    }
+    Ok(())
+}
+
+impl Template {
+    /// A template from its checked spec.
+    fn checked(spec: TemplateSpec, label: String, index: usize, quiet_hours: Option<QuietHours>) -> Self {
+        Template {
+            event_type: spec.event_type,
+            template_id: spec.template_id,
+            app_id: spec.app_id,
+            api: spec.api,
+            label,
+            index,
+            keys: spec.data.into_keys().collect(),
+            has_url: spec.url.is_some(),
+            has_page: spec.page.is_some(),
+            miniprogram: spec.miniprogram,
+            miniprogram_state: spec.miniprogram_state,
+            lang: spec.lang,
+            has_send_at: spec.send_at.is_some(),
+            has_not_after: spec.not_after.is_some(),
+            has_cancel_key: spec.cancel_key.is_some(),
+            quiet_hours,
+            cancelled_by: spec.cancelled_by,
+        }
+    }
+}
+
 impl Catalog {
     /// Reads and checks a templates file.
     pub fn load(path: &Path) -> Result<Self, TemplateConfigError> {
@@ -147,145 +310,61 @@ impl Catalog {
             path: origin.to_string(),
             message: e.to_string(),
         })?;
-        let mut env = Environment::new();
-        env.set_undefined_behavior(UndefinedBehavior::Strict);
-        env.add_filter("datetime", filters::datetime);
-        env.add_filter("yuan", filters::yuan);
-        env.add_filter("add_minutes", filters::add_minutes);
-
-        let mut templates = Vec::new();
-        let mut lookup: HashMap<(Option<String>, String), Vec<usize>> = HashMap::new();
-        let mut cancels: HashMap<String, Vec<usize>> = HashMap::new();
+        let mut catalog = Catalog {
+            env: environment(),
+            templates: Vec::new(),
+            lookup: HashMap::new(),
+            cancels: HashMap::new(),
+            apps: file.apps,
+        };
         let mut seen_ids = HashSet::new();
         let mut samples = Vec::new();
         for (index, spec) in file.templates.into_iter().enumerate() {
-            let label = format!("#{} ({} → {})", index + 1, spec.event_type, spec.template_id);
-            let fail = |message: String| TemplateConfigError::Template {
-                template: label.clone(),
-                message,
-            };
-            if spec.event_type.trim().is_empty() || spec.template_id.trim().is_empty() {
-                return Err(fail("`event_type` and `template_id` must not be empty".into()));
-            }
-            if spec.data.is_empty() {
-                return Err(fail("`data` has no keywords".into()));
-            }
-            for (key, source) in &spec.data {
-                if KeywordType::of_key(key).is_none() {
-                    return Err(fail(format!(
-                        "data.{key}: not a WeChat keyword type (thing, number, letter, symbol, character_string, \
-                         time, date, amount, phone_number, car_number, name, phrase, const, followed by a number)"
-                    )));
-                }
-                if is_constant(source) {
-                    keywords::check(key, source).map_err(|e| fail(format!("data.{key}: {e}")))?;
-                }
-                env.add_template_owned(format!("{index}.data.{key}"), source.clone())
-                    .map_err(|e| fail(format!("data.{key}: {e}")))?;
-            }
-            match spec.api {
-                Api::Template => {
-                    if spec.page.is_some() || spec.miniprogram_state.is_some() || spec.lang.is_some() {
-                        return Err(fail(
-                            "`page`, `miniprogram_state` and `lang` belong to api = \"subscribe\"".into(),
-                        ));
-                    }
-                }
-                Api::Subscribe => {
-                    if spec.url.is_some() || spec.miniprogram.is_some() {
-                        return Err(fail("`url` and `miniprogram` belong to api = \"template\"".into()));
-                    }
-                    if let Some(s) = &spec.miniprogram_state
-                        && !MINIPROGRAM_STATES.contains(&s.as_str())
-                    {
-                        return Err(fail(format!(
-                            "miniprogram_state: {s:?} is not one of developer, trial, formal"
-                        )));
-                    }
-                    if let Some(l) = &spec.lang
-                        && !LANGS.contains(&l.as_str())
-                    {
-                        return Err(fail(format!("lang: {l:?} is not one of zh_CN, en_US, zh_HK, zh_TW")));
-                    }
-                }
-            }
-            for (name, source) in [
-                ("url", &spec.url),
-                ("page", &spec.page),
-                ("send_at", &spec.send_at),
-                ("not_after", &spec.not_after),
-                ("cancel_key", &spec.cancel_key),
-            ] {
-                if let Some(source) = source {
-                    env.add_template_owned(format!("{index}.{name}"), source.clone())
-                        .map_err(|e| fail(format!("{name}: {e}")))?;
-                }
-            }
-            let quiet_hours = spec
-                .quiet_hours
-                .as_deref()
-                .map(str::parse::<QuietHours>)
-                .transpose()
-                .map_err(|e| fail(format!("quiet_hours: {e}")))?;
-            if !spec.cancelled_by.is_empty() && spec.cancel_key.is_none() {
-                return Err(fail(
-                    "`cancelled_by` needs a `cancel_key` to match deliveries by".into(),
-                ));
-            }
-            if !seen_ids.insert((spec.app_id.clone(), spec.event_type.clone(), spec.template_id.clone())) {
-                return Err(fail(format!(
-                    "a second template {} for event type {:?}{}: each (event type, template id) once",
-                    spec.template_id,
-                    spec.event_type,
-                    spec.app_id
-                        .as_deref()
-                        .map(|a| format!(" and app {a}"))
-                        .unwrap_or_default()
-                )));
-            }
-            lookup
-                .entry((spec.app_id.clone(), spec.event_type.clone()))
-                .or_default()
-                .push(index);
-            for by in &spec.cancelled_by {
-                cancels.entry(by.clone()).or_default().push(index);
-            }
-            let mut sample = sample_event();
-            sample["event_type"] = json!(spec.event_type);
-            if let Some(over) = spec.sample {
-                let over = serde_json::to_value(over).map_err(|e| fail(format!("sample: {e}")))?;
-                merge(&mut sample, over);
-            }
-            samples.push(sample);
-            templates.push(Template {
-                event_type: spec.event_type,
-                template_id: spec.template_id,
-                app_id: spec.app_id,
-                api: spec.api,
-                label,
-                index,
-                keys: spec.data.into_keys().collect(),
-                has_url: spec.url.is_some(),
-                has_page: spec.page.is_some(),
-                miniprogram: spec.miniprogram,
-                miniprogram_state: spec.miniprogram_state,
-                lang: spec.lang,
-                has_send_at: spec.send_at.is_some(),
-                has_not_after: spec.not_after.is_some(),
-                has_cancel_key: spec.cancel_key.is_some(),
-                quiet_hours,
-                cancelled_by: spec.cancelled_by,
-            });
+            samples.push(catalog.add(index, spec, &mut seen_ids)?);
         }
-        let catalog = Catalog {
-            env,
-            templates,
-            lookup,
-            cancels,
-            apps: file.apps,
+        catalog.check_cancelled_by()?;
+        catalog.check_samples(samples)?;
+        check_apps_listed_once(&catalog.apps, origin)?;
+        Ok(catalog)
+    }
+
+    /// Checks one template's spec, compiles it into the environment and indexes it; returns its
+    /// sample event. `seen_ids` holds the (app, event type, template id) of the templates before it.
+    fn add(
+        &mut self,
+        index: usize,
+        spec: TemplateSpec,
+        seen_ids: &mut HashSet<(Option<String>, String, String)>,
+    ) -> Result<serde_json::Value, TemplateConfigError> {
+        let label = format!("#{} ({} → {})", index + 1, spec.event_type, spec.template_id);
+        let fail = |message: String| TemplateConfigError::Template {
+            template: label.clone(),
+            message,
         };
-        let event_types: HashSet<&str> = catalog.templates.iter().map(|t| t.event_type.as_str()).collect();
-        for t in &catalog.templates {
+        check_names(&spec).map_err(fail)?;
+        compile_data(&mut self.env, index, &spec).map_err(fail)?;
+        check_api_fields(&spec).map_err(fail)?;
+        compile_fields(&mut self.env, index, &spec).map_err(fail)?;
+        let quiet_hours = check_scheduling(&spec).map_err(fail)?;
+        if !seen_ids.insert((spec.app_id.clone(), spec.event_type.clone(), spec.template_id.clone())) {
+            return Err(fail(duplicate_message(&spec)));
+        }
+        self.lookup
+            .entry((spec.app_id.clone(), spec.event_type.clone()))
+            .or_default()
+            .push(index);
+        for by in &spec.cancelled_by {
+            self.cancels.entry(by.clone()).or_default().push(index);
+        }
+        let sample = sample_for(&spec).map_err(fail)?;
+        self.templates.push(Template::checked(spec, label, index, quiet_hours));
+        Ok(sample)
+    }
+
+    /// Every `cancelled_by` type is some template's event type.
+    fn check_cancelled_by(&self) -> Result<(), TemplateConfigError> {
+        let event_types: HashSet<&str> = self.templates.iter().map(|t| t.event_type.as_str()).collect();
+        for t in &self.templates {
             if let Some(by) = t.cancelled_by.iter().find(|by| !event_types.contains(by.as_str())) {
                 return Err(TemplateConfigError::Template {
                     template: t.label.clone(),
@@ -293,11 +372,15 @@ impl Catalog {
                 });
             }
         }
-        for (template, sample) in catalog.templates.iter().zip(samples) {
+        Ok(())
+    }
+
+    /// Every template renders (and times) its sample event, one sample per template in order.
+    fn check_samples(&self, samples: Vec<serde_json::Value>) -> Result<(), TemplateConfigError> {
+        for (template, sample) in self.templates.iter().zip(samples) {
             let ctx = Value::from(Serde(&sample));
-            catalog
-                .render_with(template, &ctx, "sample".into(), "wxn-sample".into())
-                .and_then(|_| catalog.timing_with(template, &ctx))
+            self.render_with(template, &ctx, "sample".into(), "wxn-sample".into())
+                .and_then(|_| self.timing_with(template, &ctx))
                 .map_err(|e| {
                 TemplateConfigError::Template {
                     template: template.label.clone(),
@@ -307,16 +390,7 @@ impl Catalog {
                 }
             })?;
         }
-        let mut seen = std::collections::HashSet::new();
-        for app in &catalog.apps {
-            if !seen.insert(app.app_id.as_str()) {
-                return Err(TemplateConfigError::Parse {
-                    path: origin.to_string(),
-                    message: format!("app {} is listed twice in [[apps]]", app.app_id),
-                });
-            }
-        }
-        Ok(catalog)
+        Ok(())
     }
 
     pub fn templates(&self) -> &[Template] {

@@ -42,7 +42,7 @@ pub use store::{TokenRow, TokenStore};
 
 use crate::config::AppCredentials;
 use crate::wechat::errcode::{TokenFetchClass, classify_token_fetch};
-use crate::wechat::{TokenApi, TokenFetchError, WechatClient};
+use crate::wechat::{FetchedToken, TokenApi, TokenFetchError, WechatClient};
 
 /// A token and the generation it was stored as. `Debug` never shows the token.
 #[derive(Clone)]
@@ -357,24 +357,12 @@ impl TokenProvider {
         if let Some(err) = slot.blocked() {
             return Err(err);
         }
-        let app_id = slot.creds.app_id.as_str();
         let rejected = rejected.unwrap_or(0).max(slot.rejected.load(Ordering::Relaxed));
-        let usable = |row: &TokenRow| {
-            row.token.is_some() && row.refresh_after.is_some_and(|r| r > row.now) && row.generation > rejected
-        };
-        // Most processes find the token another one stored, or the pause another one decided:
-        // no lock needed to follow either.
-        if let Some(row) = self.inner.store.peek(app_id).await? {
-            if usable(&row) {
-                return Ok(self.adopt(slot, &row));
-            }
-            if let Some(err) = self.paused(slot, &row) {
-                self.keep_unexpired(slot, &row);
-                return Err(err);
-            }
+        if let Some(token) = self.follow_stored(slot, rejected).await? {
+            return Ok(token);
         }
-        let mut locked = self.inner.store.lock(app_id).await?;
-        if usable(&locked.row) {
+        let locked = self.inner.store.lock(slot.creds.app_id.as_str()).await?;
+        if usable(&locked.row, rejected) {
             let token = self.adopt(slot, &locked.row);
             locked.commit().await?;
             return Ok(token);
@@ -384,35 +372,32 @@ impl TokenProvider {
             locked.commit().await?;
             return Err(err);
         }
-        let now = locked.row.now;
-        let api = self.inner.settings.api;
-        let replacing_rejected = locked.row.generation <= rejected && rejected > 0;
-        let force = replacing_rejected
-            && api == TokenApi::Stable
-            && locked.row.forced_today < STABLE_FORCE_PER_DAY
-            && locked
-                .row
-                .last_forced_at
-                .is_none_or(|t| now - t >= STABLE_FORCE_SPACING);
-        if replacing_rejected && api == TokenApi::Stable && !force {
-            tracing::warn!(
-                app = app_id,
-                "stable-token forced refresh not allowed now (20 a day, 30 s apart); asking without force"
-            );
+        self.refresh(slot, locked, rejected).await
+    }
+
+    /// Most processes find the token another one stored, or the pause another one decided: no
+    /// lock needed to follow either. `None`: neither, the caller takes the row lock.
+    async fn follow_stored(&self, slot: &AppSlot, rejected: i64) -> Result<Option<AccessToken>, TokenError> {
+        let Some(row) = self.inner.store.peek(slot.creds.app_id.as_str()).await? else {
+            return Ok(None);
+        };
+        if usable(&row, rejected) {
+            return Ok(Some(self.adopt(slot, &row)));
         }
+        if let Some(err) = self.paused(slot, &row) {
+            self.keep_unexpired(slot, &row);
+            return Err(err);
+        }
+        Ok(None)
+    }
+
+    /// Under the row lock: asks WeChat for a new token, counts the call, and stores what it
+    /// answers (or records the failure).
+    async fn refresh(&self, slot: &AppSlot, mut locked: LockedToken, rejected: i64) -> Result<AccessToken, TokenError> {
+        let api = self.inner.settings.api;
+        let force = may_force(&locked.row, rejected, api, slot.creds.app_id.as_str());
         let asked = Instant::now();
-        let fetched = tokio::time::timeout(
-            TOKEN_FETCH_TIMEOUT,
-            self.inner.client.fetch_token(api, app_id, &slot.creds.secret, force),
-        )
-        .await
-        .unwrap_or_else(|_| {
-            Err(TokenFetchError::Transport(format!(
-                "no answer from the token API within {} s",
-                TOKEN_FETCH_TIMEOUT.as_secs()
-            )))
-        });
-        let fetched = match fetched {
+        let fetched = match self.fetch(slot, api, force).await {
             Ok(f) => f,
             Err(e) => {
                 // Only a forced refresh WeChat granted uses up one of the day's 20.
@@ -421,14 +406,39 @@ impl TokenProvider {
             }
         };
         locked.count_call(api, force, false).await?;
-        // The lifetime runs from when WeChat issued it: count it from when we asked.
-        let expires = (fetched.expires_in.max(1) as f64 - asked.elapsed().as_secs_f64()).max(1.0);
-        let margin = self.inner.settings.margin.as_secs_f64();
-        let refresh_in = if expires > 2.0 * margin {
-            expires - margin
-        } else {
-            expires / 2.0
-        };
+        self.store(slot, locked, fetched, asked, force).await
+    }
+
+    /// One call to the token API, bounded by `TOKEN_FETCH_TIMEOUT`.
+    async fn fetch(&self, slot: &AppSlot, api: TokenApi, force: bool) -> Result<FetchedToken, TokenFetchError> {
+        tokio::time::timeout(
+            TOKEN_FETCH_TIMEOUT,
+            self.inner
+                .client
+                .fetch_token(api, &slot.creds.app_id, &slot.creds.secret, force),
+        )
+        .await
+        .unwrap_or_else(|_| {
+            Err(TokenFetchError::Transport(format!(
+                "no answer from the token API within {} s",
+                TOKEN_FETCH_TIMEOUT.as_secs()
+            )))
+        })
+    }
+
+    /// Saves a fetched token as the next generation, commits, and caches it in this process.
+    /// `asked`: when the token API was called, which its lifetime counts from.
+    async fn store(
+        &self,
+        slot: &AppSlot,
+        mut locked: LockedToken,
+        fetched: FetchedToken,
+        asked: Instant,
+        force: bool,
+    ) -> Result<AccessToken, TokenError> {
+        let app_id = slot.creds.app_id.as_str();
+        let api = self.inner.settings.api;
+        let (expires, refresh_in) = lifetime(fetched.expires_in, asked, self.inner.settings.margin);
         let generation = locked.save(api, &fetched.token, expires, refresh_in, force).await?;
         locked.commit().await?;
         metrics::counter!("wxnotify_token_fetches_total", "app" => app_id.to_string(), "result" => "ok").increment(1);
@@ -585,6 +595,41 @@ impl TokenProvider {
             *cached = Some(token);
         }
     }
+}
+
+/// A stored token this process may adopt: present, not due for refresh, newer than `rejected`.
+fn usable(row: &TokenRow, rejected: i64) -> bool {
+    row.token.is_some() && row.refresh_after.is_some_and(|r| r > row.now) && row.generation > rejected
+}
+
+/// Whether to ask the stable-token API for a forced refresh: only to replace a rejected token, and
+/// only within WeChat's allowance (20 a day, 30 s apart); warns when the allowance says no.
+fn may_force(row: &TokenRow, rejected: i64, api: TokenApi, app_id: &str) -> bool {
+    let replacing_rejected = row.generation <= rejected && rejected > 0;
+    let force = replacing_rejected
+        && api == TokenApi::Stable
+        && row.forced_today < STABLE_FORCE_PER_DAY
+        && row.last_forced_at.is_none_or(|t| row.now - t >= STABLE_FORCE_SPACING);
+    if replacing_rejected && api == TokenApi::Stable && !force {
+        tracing::warn!(
+            app = app_id,
+            "stable-token forced refresh not allowed now (20 a day, 30 s apart); asking without force"
+        );
+    }
+    force
+}
+
+/// A fetched token's lifetime and when to refresh it, in seconds from now. The lifetime runs from
+/// when WeChat issued it: counted from when we asked.
+fn lifetime(expires_in: u64, asked: Instant, margin: Duration) -> (f64, f64) {
+    let expires = (expires_in.max(1) as f64 - asked.elapsed().as_secs_f64()).max(1.0);
+    let margin = margin.as_secs_f64();
+    let refresh_in = if expires > 2.0 * margin {
+        expires - margin
+    } else {
+        expires / 2.0
+    };
+    (expires, refresh_in)
 }
 
 #[cfg(test)]

@@ -1,12 +1,10 @@
 //! WeChat errcodes → what wxnotify does about them (WECHAT_API.md, "Error codes a sender meets").
-//! Matching is on `errcode` only, never on `errmsg`.
+//! Matching is on `errcode` only, never on `errmsg`. The codes themselves are WeChat's facts and
+//! live in `wechat_rules::errcode`, shared with the simulator; the classes here are wxnotify's.
 
-pub const TOKEN_INVALID: i64 = 40001;
-pub const TOKEN_MALFORMED: i64 = 40014;
-pub const TOKEN_EXPIRED: i64 = 42001;
-pub const SYSTEM_BUSY: i64 = -1;
-pub const DAILY_QUOTA: i64 = 45009;
-pub const MINUTE_QUOTA: i64 = 45011;
+pub use wechat_rules::errcode::{
+    DAILY_QUOTA, MINUTE_QUOTA, SYSTEM_BUSY, TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MALFORMED,
+};
 
 /// What a token API's errcode means. On the token APIs, 40001 means a wrong secret, not a bad token.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -1,10 +1,12 @@
 //! Everything about WeChat's server API: the HTTP client ([`client`]), the message bodies
-//! ([`message`]), the keyword rules ([`keywords`]) and what each errcode means ([`errcode`]).
+//! ([`message`]), WeChat's keyword rules (`keywords`, from the `wechat-rules` crate the simulator
+//! shares) and what each errcode means to wxnotify ([`errcode`]).
 
 pub mod client;
 pub mod errcode;
-pub mod keywords;
 pub mod message;
+
+pub(crate) use wechat_rules::keywords;
 
 pub use client::{FetchedToken, SendError, SendReply, TokenFetchError, WechatClient};
 pub use message::{Api, Miniprogram, OutgoingMessage};

@@ -194,7 +194,10 @@ async fn classic_token(State(sim): State<Sim>, Query(q): Params) -> Response {
 
 async fn stable_token(State(sim): State<Sim>, body: Bytes) -> Response {
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
-        return json_reply(200, state::error(47001, "data format error"));
+        return json_reply(
+            200,
+            state::error(wechat_rules::errcode::DATA_FORMAT, "data format error"),
+        );
     };
     let (status, body) = sim.with(|s| s.stable_token(&body));
     json_reply(status, body)

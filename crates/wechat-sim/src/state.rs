@@ -10,7 +10,12 @@ use rand::distr::Alphanumeric;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use wxnotify::wechat::keywords;
+use wechat_rules::errcode::{
+    ARGUMENT_INVALID, DAILY_QUOTA, DATA_FORMAT, INVALID_APPID, INVALID_APPSECRET, INVALID_GRANT_TYPE, INVALID_OPENID,
+    INVALID_TEMPLATE_ID, MINUTE_QUOTA, REQUIRE_SUBSCRIBE, SYSTEM_BUSY, TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MISSING,
+    USER_REFUSED,
+};
+use wechat_rules::keywords;
 
 use crate::push::{PushConfig, PushEvent, PushKind, Pushed, draw_status};
 
@@ -303,7 +308,8 @@ impl SimState {
 
     /// WeChat answers a token call `-1` as often as `token_busy_rate` says.
     fn token_busy(&mut self) -> Option<Reply> {
-        (rand::rng().random::<f64>() < self.config.faults.token_busy_rate).then(|| self.count_error(-1, "system error"))
+        (rand::rng().random::<f64>() < self.config.faults.token_busy_rate)
+            .then(|| self.count_error(SYSTEM_BUSY, "system error"))
     }
 
     fn check_credentials(
@@ -313,14 +319,14 @@ impl SimState {
         secret: Option<&str>,
     ) -> Result<String, Reply> {
         if grant_type != Some("client_credential") {
-            return Err(self.count_error(40002, "invalid grant_type"));
+            return Err(self.count_error(INVALID_GRANT_TYPE, "invalid grant_type"));
         }
         let appid = appid.unwrap_or_default();
         let Some(expected) = self.config.apps.get(appid).cloned() else {
-            return Err(self.count_error(40013, "invalid appid"));
+            return Err(self.count_error(INVALID_APPID, "invalid appid"));
         };
         if secret != Some(expected.as_str()) {
-            return Err(self.count_error(40125, "invalid appsecret"));
+            return Err(self.count_error(INVALID_APPSECRET, "invalid appsecret"));
         }
         Ok(appid.to_string())
     }
@@ -338,7 +344,7 @@ impl SimState {
         let calls = self.token_calls_per_app.entry(app.clone()).or_default();
         *calls += 1;
         if *calls > self.config.token_daily_quota {
-            return self.count_error(45009, "reach max api daily quota limit");
+            return self.count_error(DAILY_QUOTA, "reach max api daily quota limit");
         }
         self.retire_current(&app);
         let (token, expires_in) = self.issue(&app);
@@ -406,32 +412,35 @@ impl SimState {
     pub fn send(&mut self, api: &str, token: Option<&str>, body: &[u8]) -> Reply {
         let app = match self.check_token(token) {
             TokenCheck::Ok(app) => app,
-            TokenCheck::Missing => return self.count_error(41001, "access_token missing"),
+            TokenCheck::Missing => return self.count_error(TOKEN_MISSING, "access_token missing"),
             TokenCheck::Invalid => {
-                return self.count_error(40001, "invalid credential, access_token is invalid or not latest");
+                return self.count_error(
+                    TOKEN_INVALID,
+                    "invalid credential, access_token is invalid or not latest",
+                );
             }
-            TokenCheck::Expired => return self.count_error(42001, "access_token expired"),
+            TokenCheck::Expired => return self.count_error(TOKEN_EXPIRED, "access_token expired"),
         };
         self.stats.send_requests += 1;
         if rand::rng().random::<f64>() < self.config.faults.busy_rate {
-            return self.count_error(-1, "system error");
+            return self.count_error(SYSTEM_BUSY, "system error");
         }
         let Ok(body) = serde_json::from_slice::<Value>(body) else {
-            return self.count_error(47001, "data format error");
+            return self.count_error(DATA_FORMAT, "data format error");
         };
         let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
         let Some(touser) = s("touser").filter(|t| !t.is_empty()) else {
-            return self.count_error(40003, "invalid openid");
+            return self.count_error(INVALID_OPENID, "invalid openid");
         };
         let Some(template_id) = s("template_id").filter(|t| !t.is_empty()) else {
-            return self.count_error(40037, "invalid template_id");
+            return self.count_error(INVALID_TEMPLATE_ID, "invalid template_id");
         };
         let known = match &self.config.templates {
             Some(set) => set.contains(&template_id),
             None => !template_id.starts_with("INVALID"),
         };
         if !known {
-            return self.count_error(40037, "invalid template_id");
+            return self.count_error(INVALID_TEMPLATE_ID, "invalid template_id");
         }
         let mut data = BTreeMap::new();
         if let Some(obj) = body.get("data").and_then(Value::as_object) {
@@ -441,32 +450,32 @@ impl SimState {
                     continue;
                 }
                 let Some(value) = v.get("value").and_then(Value::as_str) else {
-                    return self.count_error(47003, &format!("argument invalid! data.{k}.value empty"));
+                    return self.count_error(ARGUMENT_INVALID, &format!("argument invalid! data.{k}.value empty"));
                 };
                 if keywords::check(k, value).is_err() {
-                    return self.count_error(47003, &format!("argument invalid! data.{k}.value invalid"));
+                    return self.count_error(ARGUMENT_INVALID, &format!("argument invalid! data.{k}.value invalid"));
                 }
                 data.insert(k.clone(), value.to_string());
             }
         } else {
-            return self.count_error(47001, "data format error");
+            return self.count_error(DATA_FORMAT, "data format error");
         }
         if api == "subscribe" {
             if let Some(state) = s("miniprogram_state")
                 && !["developer", "trial", "formal"].contains(&state.as_str())
             {
-                return self.count_error(47003, "argument invalid! miniprogram_state invalid");
+                return self.count_error(ARGUMENT_INVALID, "argument invalid! miniprogram_state invalid");
             }
             if let Some(lang) = s("lang")
                 && !["zh_CN", "en_US", "zh_HK", "zh_TW"].contains(&lang.as_str())
             {
-                return self.count_error(47003, "argument invalid! lang invalid");
+                return self.count_error(ARGUMENT_INVALID, "argument invalid! lang invalid");
             }
             if self.config.refused.contains(&touser) {
-                return self.count_error(43101, "user refuse to accept the msg");
+                return self.count_error(USER_REFUSED, "user refuse to accept the msg");
             }
         } else if self.config.unsubscribed.contains(&touser) {
-            return self.count_error(43004, "require subscribe");
+            return self.count_error(REQUIRE_SUBSCRIBE, "require subscribe");
         }
         let now = Instant::now();
         // Only template send has a client_msg_id: subscribe send ignores one, so WeChat does not
@@ -484,10 +493,13 @@ impl SimState {
         }
         let faults = &self.config.faults;
         if faults.minute_quota > 0 && self.minute_window.1 >= faults.minute_quota {
-            return self.count_error(45011, "api minute-quota reach limit, must slower, retry next minute");
+            return self.count_error(
+                MINUTE_QUOTA,
+                "api minute-quota reach limit, must slower, retry next minute",
+            );
         }
         if faults.daily_quota > 0 && self.sends_today >= faults.daily_quota {
-            return self.count_error(45009, "reach max api daily quota limit");
+            return self.count_error(DAILY_QUOTA, "reach max api daily quota limit");
         }
         self.minute_window.1 += 1;
         self.sends_today += 1;

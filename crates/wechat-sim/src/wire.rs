@@ -78,7 +78,7 @@ pub fn template_finish(openid: &str, created: i64, msgid: i64, status: &str) -> 
 pub fn subscribe_msg_sent(openid: &str, created: i64, template_id: &str, msgid: i64, status: &str) -> String {
     let errcode = match status {
         "success" => 0,
-        s if s.contains("user") => 43101,
+        s if s.contains("user") => wechat_rules::errcode::USER_REFUSED,
         _ => 43107,
     };
     format!(

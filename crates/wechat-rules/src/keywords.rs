@@ -1,7 +1,7 @@
 //! WeChat's keyword rules (WECHAT_API.md): each `data` key is a type plus a number (`thing1`,
 //! `car_number4`), and its value must fit the type. Used twice, deliberately by the same code:
 //! by the renderer, which refuses what WeChat would refuse (`render_failed`), and by the simulator
-//! (`crates/wechat-sim`), which answers `47003` like WeChat does; keep this module `pub` for it.
+//! (`crates/wechat-sim`), which answers `47003` like WeChat does.
 
 use std::fmt;
 
@@ -93,9 +93,17 @@ pub fn check(key: &str, value: &str) -> Result<(), KeywordError> {
         Some(rule) => Err(KeywordError::Invalid {
             key: key.to_string(),
             kind: kind.name(),
-            value: crate::event::truncate(value, 40).to_string(),
+            value: truncate(value, 40).to_string(),
             rule,
         }),
+    }
+}
+
+/// At most `max` characters of `s` (for an error message).
+fn truncate(s: &str, max: usize) -> &str {
+    match s.char_indices().nth(max) {
+        Some((idx, _)) => &s[..idx],
+        None => s,
     }
 }
 
