@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Brings up (or down) the two real services wxnotify needs, without Docker:
-# PostgreSQL 15 and RabbitMQ on loopback, with CONTRACT §6's default credentials
+# PostgreSQL 15 and RabbitMQ on loopback, with docs/interface.md §6's default credentials
 # (postgres/postgres, database `wxnotify`; guest/guest on vhost `/`). `up` also installs Debian's
 # `prometheus` package (the binaries only: tests/it/prometheus.rs runs its own Prometheus and
 # promtool against dashboards/); no Prometheus daemon is left running.

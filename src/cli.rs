@@ -1,4 +1,4 @@
-//! The command line (CONTRACT §5): clap parses, this module calls the library, and maps errors to
+//! The command line (docs/interface.md §5): clap parses, this module calls the library, and maps errors to
 //! exit codes: 0 success, 2 usage or configuration (naming the setting), 1 runtime failure.
 
 use std::io::Read;

@@ -1,4 +1,4 @@
-//! Settings, from flags or environment variables (CONTRACT §6; a `.env` file is read when present),
+//! Settings, from flags or environment variables (docs/interface.md §6; a `.env` file is read when present),
 //! validated once into plain structs. A bad setting is a [`ConfigError`] that names it (exit 2).
 //! Secrets are `SecretString`s: their `Debug` prints `[REDACTED]`.
 

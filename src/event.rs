@@ -1,4 +1,4 @@
-//! Booking events as they arrive (CONTRACT §1), parsed once at the edge into [`BookingEvent`],
+//! Booking events as they arrive (docs/interface.md §1), parsed once at the edge into [`BookingEvent`],
 //! and the [`DeliveryKey`] that makes a delivery idempotent.
 
 use chrono::{DateTime, FixedOffset};
@@ -43,7 +43,7 @@ struct RawEvent {
 }
 
 impl BookingEvent {
-    /// Parses a message body. Unknown fields are ignored (CONTRACT §1).
+    /// Parses a message body. Unknown fields are ignored (docs/interface.md §1).
     pub fn parse(body: &[u8]) -> Result<Self, EventError> {
         let text = std::str::from_utf8(body).map_err(|e| EventError::NotUtf8(e.valid_up_to()))?;
         let raw: RawEvent = serde_json::from_str(text).map_err(|e| {
@@ -137,7 +137,7 @@ fn nul_in_value(v: &Value) -> Option<String> {
     }
 }
 
-/// The idempotency key of a delivery: one WeChat message per key (CONTRACT §3).
+/// The idempotency key of a delivery: one WeChat message per key (docs/interface.md §3).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct DeliveryKey {
     pub event_id: String,

@@ -15,7 +15,7 @@
 //!   message; `mod.rs` is the pipeline.
 //! - [`retry`]: all policy as data: errcode classes, backoff tiers, the dedup window, caps.
 //! - `outcome`: the vocabulary of fates: `Plan`, `Outcome`, `DeadReason`.
-//! - [`event`]: `BookingEvent::parse` (every CONTRACT §1 limit), the delivery key, `client_msg_id`.
+//! - [`event`]: `BookingEvent::parse` (every docs/interface.md §1 limit), the delivery key, `client_msg_id`.
 //! - `template`: the templates file, MiniJinja with our `datetime`/`yuan` filters, start-up checks.
 //! - [`wechat`]: the HTTP client, WeChat's keyword rules, errcodes.
 //! - [`token`]: one access token per app for every process, single-flight refresh through Postgres.

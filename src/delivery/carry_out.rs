@@ -5,7 +5,7 @@
 //! - dead letter: publish to the DLX (confirmed) → record → ack. A crash in between can leave a
 //!   second copy in the DLQ, never none;
 //! - otherwise: record → publish the retry/requeue copy (confirmed) → ack. The ack is always last,
-//!   after the outcome is committed in Postgres (CONTRACT §3);
+//!   after the outcome is committed in Postgres (docs/interface.md §3);
 //! - a 43004 marks the recipient unfollowed only after the delivery's dead letter is published and
 //!   its outcome recorded.
 //!

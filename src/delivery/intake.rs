@@ -1,9 +1,9 @@
 //! Intake: a message body and its headers → a validated delivery, deliveries to hold in the
 //! ledger, or an early dead letter. Pure: no I/O (the current time is given). Every limit of
-//! CONTRACT §1 is checked here (body size, UTF-8, JSON, fields, NUL characters, known app, a
+//! docs/interface.md §1 is checked here (body size, UTF-8, JSON, fields, NUL characters, known app, a
 //! template for the type), and each delivery is rendered once.
 //!
-//! An event makes one delivery per template of its type (CONTRACT §8). The common case, one
+//! An event makes one delivery per template of its type (docs/interface.md §8). The common case, one
 //! template that sends at once, is a [`Delivery`] sent on this trip. Anything else (several
 //! templates, a `send_at`, quiet hours, an expiry, a cancel key, or an event that cancels) is a
 //! [`Hold`]: its deliveries are stored in the ledger with their due times and its cancellations

@@ -31,14 +31,14 @@ pub(crate) struct Facts {
     pub in_doubt_for: Option<Duration>,
     /// Why the delivery's message could not be rendered (a retry copy after a template change).
     pub render_error: Option<String>,
-    /// The template's `not_after` for this delivery: not sent after it (CONTRACT §8).
+    /// The template's `not_after` for this delivery: not sent after it (docs/interface.md §8).
     pub not_after: Option<DateTime<Utc>>,
     /// The template's quiet hours: not sent inside them.
     pub quiet_hours: Option<QuietHours>,
-    /// The recipient does not follow the app (CONTRACT §9): template messages are not sent.
+    /// The recipient does not follow the app (docs/interface.md §9): template messages are not sent.
     pub unfollowed: bool,
     /// An event of the template's `cancelled_by` cancelled this delivery while it was being
-    /// sent or dead (CONTRACT §8): never sent, whichever copy comes (a retry, a replay).
+    /// sent or dead (docs/interface.md §8): never sent, whichever copy comes (a retry, a replay).
     pub cancelled_by: Option<CancelledBy>,
     /// The current time, for errors that say until when to wait, expiry and quiet hours.
     pub now: DateTime<Utc>,
@@ -150,7 +150,7 @@ pub(crate) fn stored(result: Result<(), &str>, failed_before: u32) -> Plan {
     }
 }
 
-/// The replay rule (CONTRACT §3): only a replay of reason `ambiguous` by name resends a delivery
+/// The replay rule (docs/interface.md §3): only a replay of reason `ambiguous` by name resends a delivery
 /// whose earlier send may have arrived.
 pub(crate) fn reopen(row: Option<&ReplayRow>) -> Reopen {
     let ambiguous = DeadReason::Ambiguous.as_str();

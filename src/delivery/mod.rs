@@ -1,5 +1,5 @@
 //! One message's trip: [`intake`] → claim → token → send → [`judge`] → [`carry_out`]; or, for an
-//! event whose deliveries wait (CONTRACT §8), [`intake`] → store them in the ledger → ack.
+//! event whose deliveries wait (docs/interface.md §8), [`intake`] → store them in the ledger → ack.
 //!
 //! `deliver` is the whole pipeline. Intake and the judge are pure; the steps between them do the
 //! I/O (claim in the ledger, the shared token, the HTTP send) and ask the judge at each gate;

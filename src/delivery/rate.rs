@@ -1,4 +1,4 @@
-//! The fleet-wide send rate per app (`WXNOTIFY_RATE_LIMIT`, CONTRACT §6): every live worker takes
+//! The fleet-wide send rate per app (`WXNOTIFY_RATE_LIMIT`, docs/interface.md §6): every live worker takes
 //! an equal share of the limit (the limit divided by the workers whose heartbeat is fresh, counted
 //! at each heartbeat), so bursts stay under WeChat's minute quota (45011) however many run.
 //!

@@ -41,7 +41,7 @@ pub(crate) struct Claimed {
     pub in_doubt_since: Option<DateTime<Utc>>,
     /// The database's clock when claimed, for the in-doubt window.
     pub now: DateTime<Utc>,
-    /// The recipient does not follow the app (an `unsubscribe` push or a 43004, CONTRACT §9).
+    /// The recipient does not follow the app (an `unsubscribe` push or a 43004, docs/interface.md §9).
     pub unfollowed: bool,
     /// A cancellation that applies to this delivery (its template's `cancelled_by`), stored
     /// while the delivery was held by a worker or dead: its next copy is not sent.

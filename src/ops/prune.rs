@@ -1,4 +1,4 @@
-//! `wxnotify prune --older-than DURATION [--dry-run]` (CONTRACT §5): deletes final deliveries
+//! `wxnotify prune --older-than DURATION [--dry-run]` (docs/interface.md §5): deletes final deliveries
 //! (`sent`, `dead`, `cancelled`, `expired`, `suppressed`) created before the cutoff, with their
 //! attempts, in small batches, each its own short transaction that skips rows someone holds, so
 //! workers are neither blocked nor slowed. Never a waiting (`scheduled`), open (`pending`,

@@ -1,4 +1,4 @@
-//! `wxnotify report`: the delivery summary, read from the reporting views (CONTRACT §4):
+//! `wxnotify report`: the delivery summary, read from the reporting views (docs/interface.md §4):
 //! `delivery_daily_summary` since a Beijing day, and `delivery_failures` seen since then.
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
@@ -44,7 +44,7 @@ pub struct SummaryRow {
     pub attempts: i64,
     pub p50_send_ms: Option<f64>,
     pub p95_send_ms: Option<f64>,
-    /// Waiting for their time, cancelled before it, not sent before `not_after` (CONTRACT §8).
+    /// Waiting for their time, cancelled before it, not sent before `not_after` (docs/interface.md §8).
     pub scheduled: i64,
     pub cancelled: i64,
     pub expired: i64,

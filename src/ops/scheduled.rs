@@ -1,4 +1,4 @@
-//! `wxnotify scheduled`: deliveries waiting for their time (CONTRACT §8), listed, and cancelled
+//! `wxnotify scheduled`: deliveries waiting for their time (docs/interface.md §8), listed, and cancelled
 //! by hand (by cancel key or by event). A delivery being sent right now is not recalled.
 
 use chrono::{DateTime, Utc};

@@ -1,4 +1,4 @@
-//! `wxnotify status` (CONTRACT §5): what an on-call engineer asks first. Per app: the shared
+//! `wxnotify status` (docs/interface.md §5): what an on-call engineer asks first. Per app: the shared
 //! token's generation, seconds to expiry, any block and why, token calls today (Beijing day, as
 //! WeChat counts its quota). The queues' depths. Deliveries in doubt, scheduled, due. Live workers.
 

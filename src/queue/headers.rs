@@ -1,4 +1,4 @@
-//! Our message headers (CONTRACT §2). No `x-` prefix: RabbitMQ reserves those. Retry counts travel
+//! Our message headers (docs/interface.md §2). No `x-` prefix: RabbitMQ reserves those. Retry counts travel
 //! here, never in `x-death`, which newer brokers do not honour when a client republishes.
 
 use lapin::BasicProperties;

@@ -34,7 +34,7 @@ static LAST_NODE: AtomicUsize = AtomicUsize::new(usize::MAX);
 /// Recovery is ours, not lapin's: the worker rebuilds connection, channels, topology, prefetch
 /// and consumer from scratch after any failure, so no state of a dead channel is reused.
 ///
-/// `url` may list the nodes of a RabbitMQ cluster separated by commas (CONTRACT §6): they are
+/// `url` may list the nodes of a RabbitMQ cluster separated by commas (docs/interface.md §6): they are
 /// tried in turn, each for at most [`CONNECT_TIMEOUT`], starting with the node this process used
 /// last (at first one picked by process id, so a fleet spreads over the nodes). A node that went
 /// away refuses at once, so a reconnect lands on the next one that answers.

@@ -1,4 +1,4 @@
-//! The broker objects of CONTRACT §2, declared idempotently by every worker at start-up and after
+//! The broker objects of docs/interface.md §2, declared idempotently by every worker at start-up and after
 //! every reconnect. Each argument is commented with its AMQP meaning.
 
 use std::time::Duration;

@@ -24,7 +24,7 @@ use super::spill::Spill;
 use super::store::{Store, Stored};
 use crate::admin::Health;
 
-/// WeChat's bodies are a few hundred bytes; CONTRACT §9 caps them at 64 KiB.
+/// WeChat's bodies are a few hundred bytes; docs/interface.md §9 caps them at 64 KiB.
 pub(crate) const MAX_BODY: usize = 64 * 1024;
 /// WeChat waits 5 s for an answer; we give the database 4 of them ...
 pub(crate) const STORE_TIMEOUT: Duration = Duration::from_secs(4);

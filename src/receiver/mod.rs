@@ -1,4 +1,4 @@
-//! `wxnotify receiver` (CONTRACT §9): where WeChat pushes what became of each message
+//! `wxnotify receiver` (docs/interface.md §9): where WeChat pushes what became of each message
 //! (`TEMPLATESENDJOBFINISH`, `subscribe_msg_sent_event`) and who follows the account
 //! (`subscribe`, `unsubscribe`).
 //!

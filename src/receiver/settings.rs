@@ -1,4 +1,4 @@
-//! `wxnotify receiver`'s settings (CONTRACT §6, §9): the apps it serves, each with its callback
+//! `wxnotify receiver`'s settings (docs/interface.md §6, §9): the apps it serves, each with its callback
 //! token and optional AES key from the environment, kept as secrets (`Debug` masks them).
 
 use std::collections::HashMap;

@@ -1,4 +1,4 @@
-//! When a delivery may go (CONTRACT §8): the instants a template renders for one event
+//! When a delivery may go (docs/interface.md §8): the instants a template renders for one event
 //! ([`Timing`]) and quiet hours ([`QuietHours`], Beijing time, possibly wrapping midnight).
 
 use std::str::FromStr;

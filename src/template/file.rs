@@ -1,4 +1,4 @@
-//! The templates file (TOML) as written by people: `[[templates]]` and `[[apps]]` (CONTRACT §6).
+//! The templates file (TOML) as written by people: `[[templates]]` and `[[apps]]` (docs/interface.md §6).
 //! Unknown keys are refused, so a typo fails at boot instead of being silently ignored.
 
 use std::collections::BTreeMap;
@@ -39,7 +39,7 @@ pub struct TemplateSpec {
     pub miniprogram_state: Option<String>,
     #[serde(default)]
     pub lang: Option<String>,
-    /// Hold until this instant (MiniJinja rendering to RFC 3339), CONTRACT §8.
+    /// Hold until this instant (MiniJinja rendering to RFC 3339), docs/interface.md §8.
     #[serde(default)]
     pub send_at: Option<String>,
     /// Never send after this instant (MiniJinja rendering to RFC 3339): the delivery ends `expired`.

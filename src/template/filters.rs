@@ -1,4 +1,4 @@
-//! Our two MiniJinja filters (CONTRACT §6).
+//! Our two MiniJinja filters (docs/interface.md §6).
 
 use std::fmt::Write;
 
