@@ -17,7 +17,7 @@ use tokio_util::sync::CancellationToken;
 
 /// What `/readyz` reports; set by the worker as connections come and go.
 #[derive(Debug, Default)]
-pub struct Health {
+pub(crate) struct Health {
     broker: AtomicBool,
     db: AtomicBool,
     /// A process with no broker (`wxnotify receiver`): ready when the database is.
@@ -26,34 +26,34 @@ pub struct Health {
 
 impl Health {
     /// For a process that uses no broker.
-    pub fn db_only() -> Self {
+    pub(crate) fn db_only() -> Self {
         Self {
             no_broker: true,
             ..Self::default()
         }
     }
 
-    pub fn set_broker(&self, up: bool) {
+    pub(crate) fn set_broker(&self, up: bool) {
         self.broker.store(up, Ordering::Relaxed);
         metrics::gauge!("wxnotify_broker_up").set(f64::from(u8::from(up)));
     }
 
-    pub fn set_db(&self, up: bool) {
+    pub(crate) fn set_db(&self, up: bool) {
         self.db.store(up, Ordering::Relaxed);
         metrics::gauge!("wxnotify_db_up").set(f64::from(u8::from(up)));
     }
 
-    pub fn broker(&self) -> bool {
+    pub(crate) fn broker(&self) -> bool {
         self.broker.load(Ordering::Relaxed)
     }
 
-    pub fn ready(&self) -> bool {
+    pub(crate) fn ready(&self) -> bool {
         (self.no_broker || self.broker()) && self.db.load(Ordering::Relaxed)
     }
 }
 
 /// The process-wide Prometheus recorder, installed once.
-pub fn metrics_handle() -> PrometheusHandle {
+pub(crate) fn metrics_handle() -> PrometheusHandle {
     static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
     HANDLE
         .get_or_init(|| {
@@ -83,7 +83,7 @@ struct AdminState {
 }
 
 /// Binds the admin endpoint; returns the bound address (port 0 picks one) and the server future.
-pub async fn bind(
+pub(crate) async fn bind(
     addr: SocketAddr,
     health: Arc<Health>,
     shutdown: CancellationToken,
@@ -111,7 +111,11 @@ pub async fn bind(
 }
 
 /// Binds the admin endpoint and serves it in the background until `shutdown`; the bound address.
-pub async fn start(addr: SocketAddr, health: Arc<Health>, shutdown: CancellationToken) -> std::io::Result<SocketAddr> {
+pub(crate) async fn start(
+    addr: SocketAddr,
+    health: Arc<Health>,
+    shutdown: CancellationToken,
+) -> std::io::Result<SocketAddr> {
     let (local, server) = bind(addr, health, shutdown).await?;
     tokio::spawn(server);
     tracing::info!(addr = %local, "admin endpoint: /healthz /readyz /metrics");

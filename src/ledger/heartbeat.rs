@@ -7,7 +7,7 @@ impl Ledger {
     /// Registers or refreshes this worker's heartbeat; the live workers, this one included (the
     /// fleet's rate limit is shared among them). One statement: the count reads the table as it
     /// was before this beat, so it counts the others and adds this one.
-    pub async fn heartbeat(&self) -> Result<u64, sqlx::Error> {
+    pub(crate) async fn heartbeat(&self) -> Result<u64, sqlx::Error> {
         let live: i64 = sqlx::query_scalar(
             "WITH beat AS (
                 INSERT INTO workers (id) VALUES ($1)
@@ -25,7 +25,7 @@ impl Ledger {
 
     /// On exit: forget this worker and hand back any claim it still holds. Such a claim belongs to a
     /// send cut off by the shutdown grace period, so its outcome is unknown: it is marked in doubt.
-    pub async fn retire(&self) -> Result<(), sqlx::Error> {
+    pub(crate) async fn retire(&self) -> Result<(), sqlx::Error> {
         sqlx::query(
             "UPDATE deliveries SET owner = NULL, lease_until = NULL,
                     in_doubt_since = COALESCE(in_doubt_since, claimed_at)

@@ -35,7 +35,7 @@ fn statement_done(kind: &'static str, size: usize, started: std::time::Instant) 
 }
 
 #[derive(Clone)]
-pub struct Ledger {
+pub(crate) struct Ledger {
     pool: PgPool,
     worker_id: String,
     claims: Batcher<claim::ClaimJob, Claim>,
@@ -48,7 +48,7 @@ pub struct Ledger {
 
 impl Ledger {
     /// Spawns the batchers of claims and records: call within a tokio runtime.
-    pub fn new(pool: PgPool, worker_id: String) -> Self {
+    pub(crate) fn new(pool: PgPool, worker_id: String) -> Self {
         // How long a claim protects a delivery from other workers, whatever happens to its holder.
         let lease = Duration::from_secs(120);
         let liveness = Duration::from_secs(10);
@@ -93,7 +93,7 @@ impl Ledger {
     }
 
     /// How often [`Ledger::heartbeat`] should run so the worker stays "alive" to others.
-    pub fn heartbeat_interval(&self) -> Duration {
+    pub(crate) fn heartbeat_interval(&self) -> Duration {
         self.liveness / 4
     }
 }

@@ -9,7 +9,7 @@ use crate::wechat::{Api, Miniprogram};
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TemplatesFile {
+pub(crate) struct TemplatesFile {
     #[serde(default)]
     pub templates: Vec<TemplateSpec>,
     #[serde(default)]
@@ -18,7 +18,7 @@ pub struct TemplatesFile {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct TemplateSpec {
+pub(crate) struct TemplateSpec {
     pub event_type: String,
     pub template_id: String,
     /// Restricts this template to one app (template ids belong to an account); any app when absent.

@@ -8,7 +8,7 @@ use minijinja::{Error, ErrorKind, Value};
 
 /// `{{ data.slot_start | datetime('%Y年%m月%d日 %H:%M') }}`: an RFC 3339 timestamp to wall-clock text
 /// in the timestamp's own offset (the booking app writes its local offset, e.g. `+08:00`).
-pub fn datetime(value: String, format: String) -> Result<String, Error> {
+pub(crate) fn datetime(value: String, format: String) -> Result<String, Error> {
     check_strftime(&format).map_err(|m| Error::new(ErrorKind::InvalidOperation, m))?;
     let dt = DateTime::parse_from_rfc3339(value.trim()).map_err(|e| {
         Error::new(
@@ -28,7 +28,7 @@ pub fn datetime(value: String, format: String) -> Result<String, Error> {
 
 /// `{{ data.slot_start | add_minutes(-60) }}`: an RFC 3339 timestamp moved by N minutes (N may be
 /// negative), in the timestamp's own offset, as RFC 3339 again.
-pub fn add_minutes(value: String, minutes: i64) -> Result<String, Error> {
+pub(crate) fn add_minutes(value: String, minutes: i64) -> Result<String, Error> {
     let dt = DateTime::parse_from_rfc3339(value.trim()).map_err(|e| {
         Error::new(
             ErrorKind::InvalidOperation,
@@ -47,7 +47,7 @@ pub fn add_minutes(value: String, minutes: i64) -> Result<String, Error> {
 }
 
 /// Refuses strftime formats chrono cannot render (it would fail mid-render otherwise).
-pub fn check_strftime(format: &str) -> Result<(), String> {
+pub(crate) fn check_strftime(format: &str) -> Result<(), String> {
     if StrftimeItems::new(format).any(|item| matches!(item, Item::Error)) {
         return Err(format!("datetime: invalid strftime format {format:?}"));
     }
@@ -55,7 +55,7 @@ pub fn check_strftime(format: &str) -> Result<(), String> {
 }
 
 /// `{{ data.price_cents | yuan }}`: integer cents to `39.80元`.
-pub fn yuan(value: Value) -> Result<String, Error> {
+pub(crate) fn yuan(value: Value) -> Result<String, Error> {
     let cents: i64 = match value.as_str() {
         Some(s) => s.trim().parse().ok(),
         None => i64::try_from(value.clone()).ok(),

@@ -10,8 +10,8 @@
 //! one template per (app, event type, template id). Several templates of one event type are each
 //! their own delivery.
 
-pub mod file;
-pub mod filters;
+pub(crate) mod file;
+pub(crate) mod filters;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -25,7 +25,7 @@ pub(crate) use crate::schedule::timing::{QuietHours, Timing};
 use crate::wechat::keywords::{self, KeywordType};
 use crate::wechat::{Api, Miniprogram, OutgoingMessage};
 use file::TemplateSpec;
-pub use file::{AppSpec, TemplatesFile};
+pub(crate) use file::{AppSpec, TemplatesFile};
 
 /// A templates file that cannot be used. Always names where the problem is.
 #[derive(Debug, thiserror::Error)]

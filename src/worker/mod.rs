@@ -45,7 +45,7 @@ pub enum WorkerError {
     Tls(String),
 }
 
-pub struct Worker {
+pub(crate) struct Worker {
     settings: WorkerSettings,
     ctx: Arc<Context>,
     releaser: Releaser,
@@ -53,7 +53,7 @@ pub struct Worker {
 
 impl Worker {
     /// Builds the worker over an existing (migrated) pool.
-    pub fn new(settings: WorkerSettings, pool: PgPool, health: Arc<Health>) -> Result<Self, WorkerError> {
+    pub(crate) fn new(settings: WorkerSettings, pool: PgPool, health: Arc<Health>) -> Result<Self, WorkerError> {
         let wechat = WechatClient::new(&settings.wechat_api_base, settings.http_timeout)
             .map_err(|e| WorkerError::Config(format!("WECHAT_API_BASE: {e}")))?;
         let tokens = TokenProvider::new(
@@ -103,7 +103,7 @@ impl Worker {
     }
 
     /// Runs until `shutdown` fires (then drains) or a start-up check fails.
-    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+    pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let ctx = self.ctx.clone();
         // Register before the first claim: others respect claims of live workers only.
         match ctx.db.retry("register worker", || ctx.ledger.heartbeat()).await {

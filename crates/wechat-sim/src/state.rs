@@ -167,6 +167,16 @@ pub struct SimState {
 /// An answer: HTTP status and JSON body.
 pub type Reply = (u16, Value);
 
+/// A send's fields, checked.
+struct SendRequest {
+    touser: String,
+    template_id: String,
+    data: BTreeMap<String, String>,
+    client_msg_id: Option<String>,
+    url: Option<String>,
+    page: Option<String>,
+}
+
 fn rid() -> String {
     let mut r = rand::rng();
     format!(
@@ -410,115 +420,165 @@ impl SimState {
 
     /// Decides a send before latency and faults, which the HTTP layer applies.
     pub fn send(&mut self, api: &str, token: Option<&str>, body: &[u8]) -> Reply {
-        let app = match self.check_token(token) {
-            TokenCheck::Ok(app) => app,
-            TokenCheck::Missing => return self.count_error(TOKEN_MISSING, "access_token missing"),
-            TokenCheck::Invalid => {
-                return self.count_error(
-                    TOKEN_INVALID,
-                    "invalid credential, access_token is invalid or not latest",
-                );
-            }
-            TokenCheck::Expired => return self.count_error(TOKEN_EXPIRED, "access_token expired"),
-        };
+        match self.try_send(api, token, body) {
+            Ok(reply) | Err(reply) => reply,
+        }
+    }
+
+    /// Each check in WeChat's order; the first refusal is the answer (`Err`).
+    fn try_send(&mut self, api: &str, token: Option<&str>, body: &[u8]) -> Result<Reply, Reply> {
+        let app = self.authorize(token)?;
         self.stats.send_requests += 1;
         if rand::rng().random::<f64>() < self.config.faults.busy_rate {
-            return self.count_error(SYSTEM_BUSY, "system error");
+            return Err(self.count_error(SYSTEM_BUSY, "system error"));
         }
+        let req = self.read_request(api, body)?;
+        self.check_recipient(api, &req)?;
+        let now = Instant::now();
+        if let Some(msgid) = self.deduplicated(&req, now) {
+            self.stats.deduplicated += 1;
+            return Ok((200, json!({ "errcode": 0, "errmsg": "ok", "msgid": msgid })));
+        }
+        self.take_quota(now)?;
+        let msgid = self.accept(api, &app, req, now);
+        Ok((200, json!({ "errcode": 0, "errmsg": "ok", "msgid": msgid })))
+    }
+
+    /// The app whose access token this is.
+    fn authorize(&mut self, token: Option<&str>) -> Result<String, Reply> {
+        match self.check_token(token) {
+            TokenCheck::Ok(app) => Ok(app),
+            TokenCheck::Missing => Err(self.count_error(TOKEN_MISSING, "access_token missing")),
+            TokenCheck::Invalid => Err(self.count_error(
+                TOKEN_INVALID,
+                "invalid credential, access_token is invalid or not latest",
+            )),
+            TokenCheck::Expired => Err(self.count_error(TOKEN_EXPIRED, "access_token expired")),
+        }
+    }
+
+    /// The body's fields, each checked as WeChat checks it.
+    fn read_request(&mut self, api: &str, body: &[u8]) -> Result<SendRequest, Reply> {
         let Ok(body) = serde_json::from_slice::<Value>(body) else {
-            return self.count_error(DATA_FORMAT, "data format error");
+            return Err(self.count_error(DATA_FORMAT, "data format error"));
         };
         let s = |k: &str| body.get(k).and_then(Value::as_str).map(str::to_string);
         let Some(touser) = s("touser").filter(|t| !t.is_empty()) else {
-            return self.count_error(INVALID_OPENID, "invalid openid");
+            return Err(self.count_error(INVALID_OPENID, "invalid openid"));
         };
-        let Some(template_id) = s("template_id").filter(|t| !t.is_empty()) else {
-            return self.count_error(INVALID_TEMPLATE_ID, "invalid template_id");
+        let template_id = s("template_id").filter(|t| !t.is_empty());
+        let known = template_id.as_ref().is_some_and(|id| match &self.config.templates {
+            Some(set) => set.contains(id),
+            None => !id.starts_with("INVALID"),
+        });
+        let (Some(template_id), true) = (template_id, known) else {
+            return Err(self.count_error(INVALID_TEMPLATE_ID, "invalid template_id"));
         };
-        let known = match &self.config.templates {
-            Some(set) => set.contains(&template_id),
-            None => !template_id.starts_with("INVALID"),
-        };
-        if !known {
-            return self.count_error(INVALID_TEMPLATE_ID, "invalid template_id");
-        }
-        let mut data = BTreeMap::new();
-        if let Some(obj) = body.get("data").and_then(Value::as_object) {
-            for (k, v) in obj {
-                // Dropped silently since 2023.
-                if k == "first" || k == "remark" {
-                    continue;
-                }
-                let Some(value) = v.get("value").and_then(Value::as_str) else {
-                    return self.count_error(ARGUMENT_INVALID, &format!("argument invalid! data.{k}.value empty"));
-                };
-                if keywords::check(k, value).is_err() {
-                    return self.count_error(ARGUMENT_INVALID, &format!("argument invalid! data.{k}.value invalid"));
-                }
-                data.insert(k.clone(), value.to_string());
-            }
-        } else {
-            return self.count_error(DATA_FORMAT, "data format error");
-        }
+        let data = self.read_data(&body)?;
         if api == "subscribe" {
-            if let Some(state) = s("miniprogram_state")
-                && !["developer", "trial", "formal"].contains(&state.as_str())
-            {
-                return self.count_error(ARGUMENT_INVALID, "argument invalid! miniprogram_state invalid");
-            }
-            if let Some(lang) = s("lang")
-                && !["zh_CN", "en_US", "zh_HK", "zh_TW"].contains(&lang.as_str())
-            {
-                return self.count_error(ARGUMENT_INVALID, "argument invalid! lang invalid");
-            }
-            if self.config.refused.contains(&touser) {
-                return self.count_error(USER_REFUSED, "user refuse to accept the msg");
-            }
-        } else if self.config.unsubscribed.contains(&touser) {
-            return self.count_error(REQUIRE_SUBSCRIBE, "require subscribe");
+            self.check_subscribe_fields(s("miniprogram_state"), s("lang"))?;
         }
-        let now = Instant::now();
-        // Only template send has a client_msg_id: subscribe send ignores one, so WeChat does not
-        // deduplicate subscribe messages and a resend reaches the user again.
-        let client_msg_id = s("client_msg_id").filter(|c| api == "template" && !c.is_empty());
-        if let Some(cmid) = &client_msg_id
-            && let Some((msgid, at)) = self.dedup.get(&(touser.clone(), cmid.clone())).copied()
-            && now.duration_since(at) < Duration::from_secs(600)
-        {
-            self.stats.deduplicated += 1;
-            return (200, json!({ "errcode": 0, "errmsg": "ok", "msgid": msgid }));
+        Ok(SendRequest {
+            touser,
+            template_id,
+            data,
+            // Only template send has a client_msg_id: subscribe send ignores one, so WeChat does
+            // not deduplicate subscribe messages and a resend reaches the user again.
+            client_msg_id: s("client_msg_id").filter(|c| api == "template" && !c.is_empty()),
+            url: s("url"),
+            page: s("page"),
+        })
+    }
+
+    /// `data`: every keyword's value by its type's rules; `first` and `remark` are dropped silently
+    /// (since 2023).
+    fn read_data(&mut self, body: &Value) -> Result<BTreeMap<String, String>, Reply> {
+        let Some(obj) = body.get("data").and_then(Value::as_object) else {
+            return Err(self.count_error(DATA_FORMAT, "data format error"));
+        };
+        let mut data = BTreeMap::new();
+        for (k, v) in obj {
+            if k == "first" || k == "remark" {
+                continue;
+            }
+            let Some(value) = v.get("value").and_then(Value::as_str) else {
+                return Err(self.count_error(ARGUMENT_INVALID, &format!("argument invalid! data.{k}.value empty")));
+            };
+            if keywords::check(k, value).is_err() {
+                return Err(self.count_error(ARGUMENT_INVALID, &format!("argument invalid! data.{k}.value invalid")));
+            }
+            data.insert(k.clone(), value.to_string());
         }
+        Ok(data)
+    }
+
+    fn check_subscribe_fields(&mut self, state: Option<String>, lang: Option<String>) -> Result<(), Reply> {
+        if state.is_some_and(|s| !["developer", "trial", "formal"].contains(&s.as_str())) {
+            return Err(self.count_error(ARGUMENT_INVALID, "argument invalid! miniprogram_state invalid"));
+        }
+        if lang.is_some_and(|l| !["zh_CN", "en_US", "zh_HK", "zh_TW"].contains(&l.as_str())) {
+            return Err(self.count_error(ARGUMENT_INVALID, "argument invalid! lang invalid"));
+        }
+        Ok(())
+    }
+
+    /// A subscribe message to a user who refused it; a template message to one who left.
+    fn check_recipient(&mut self, api: &str, req: &SendRequest) -> Result<(), Reply> {
+        if api == "subscribe" {
+            if self.config.refused.contains(&req.touser) {
+                return Err(self.count_error(USER_REFUSED, "user refuse to accept the msg"));
+            }
+        } else if self.config.unsubscribed.contains(&req.touser) {
+            return Err(self.count_error(REQUIRE_SUBSCRIBE, "require subscribe"));
+        }
+        Ok(())
+    }
+
+    /// The msgid of the same template send (user, client_msg_id) within 10 minutes.
+    fn deduplicated(&self, req: &SendRequest, now: Instant) -> Option<i64> {
+        let cmid = req.client_msg_id.as_ref()?;
+        let (msgid, at) = self.dedup.get(&(req.touser.clone(), cmid.clone())).copied()?;
+        (now.duration_since(at) < Duration::from_secs(600)).then_some(msgid)
+    }
+
+    /// One send of the minute's and the day's quotas (the faults set them), or 45011 / 45009.
+    fn take_quota(&mut self, now: Instant) -> Result<(), Reply> {
         if now.duration_since(self.minute_window.0) >= Duration::from_secs(60) {
             self.minute_window = (now, 0);
         }
         let faults = &self.config.faults;
         if faults.minute_quota > 0 && self.minute_window.1 >= faults.minute_quota {
-            return self.count_error(
+            return Err(self.count_error(
                 MINUTE_QUOTA,
                 "api minute-quota reach limit, must slower, retry next minute",
-            );
+            ));
         }
         if faults.daily_quota > 0 && self.sends_today >= faults.daily_quota {
-            return self.count_error(DAILY_QUOTA, "reach max api daily quota limit");
+            return Err(self.count_error(DAILY_QUOTA, "reach max api daily quota limit"));
         }
         self.minute_window.1 += 1;
         self.sends_today += 1;
+        Ok(())
+    }
+
+    /// Records the accepted message (and its result push); returns its msgid.
+    fn accept(&mut self, api: &str, app: &str, req: SendRequest, now: Instant) -> i64 {
         let msgid = self.next_msgid;
         self.next_msgid += 1;
-        if let Some(cmid) = &client_msg_id {
-            self.dedup.insert((touser.clone(), cmid.clone()), (msgid, now));
+        if let Some(cmid) = &req.client_msg_id {
+            self.dedup.insert((req.touser.clone(), cmid.clone()), (msgid, now));
         }
-        self.queue_result(api, &app, &touser, &template_id, msgid);
+        self.queue_result(api, app, &req.touser, &req.template_id, msgid);
         self.messages.push(Accepted {
             msgid,
             api: api.to_string(),
-            appid: app.clone(),
-            touser,
-            template_id,
-            client_msg_id,
-            data,
-            url: s("url"),
-            page: s("page"),
+            appid: app.to_string(),
+            touser: req.touser,
+            template_id: req.template_id,
+            client_msg_id: req.client_msg_id,
+            data: req.data,
+            url: req.url,
+            page: req.page,
             accepted_at_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
@@ -526,9 +586,9 @@ impl SimState {
         self.stats.accepted += 1;
         let every = self.config.faults.rotate_every;
         if every > 0 && self.stats.accepted.is_multiple_of(every) {
-            self.rotate(&app);
+            self.rotate(app);
         }
-        (200, json!({ "errcode": 0, "errmsg": "ok", "msgid": msgid }))
+        msgid
     }
 
     pub fn patch_faults(&mut self, p: FaultsPatch) {
