@@ -114,7 +114,6 @@ async fn poison_values_are_dead_lettered_and_never_stall_their_neighbours() {
     );
     assert_eq!(env.count("SELECT count(*) FROM deliveries").await, 100);
     assert_eq!(env.ready_everywhere().await, 0);
-    env.cleanup().await;
 }
 
 /// Hole 2: subscribe messages have no client_msg_id dedup at WeChat; a subscribe delivery whose
@@ -130,7 +129,6 @@ async fn an_in_doubt_subscribe_delivery_is_dead_lettered_ambiguous_not_resent() 
     let dead = env.collect_dlq(1, T).await;
     worker.stop().await;
     assert_dead_ambiguous_unsent(&env, &dead, "sub-1", "never resent").await;
-    env.cleanup().await;
 }
 
 /// Hole 3: a replay keeps the doubt unless the operator replays reason `ambiguous` by name.
@@ -163,7 +161,6 @@ async fn replaying_another_reason_keeps_the_doubt() {
     let dead = env.collect_dlq(1, T).await;
     worker.stop().await;
     assert_dead_ambiguous_unsent(&env, &dead, "storm-1", "not resent behind the user's back").await;
-    env.cleanup().await;
 }
 
 /// Hole 4: a copy that says it is a replay, with no row in `dlq_replays`, reopens nothing.
@@ -194,7 +191,6 @@ async fn a_forged_replay_header_reopens_nothing() {
     worker.stop().await;
     assert_eq!(env.sim.stats().send_requests, 1, "an ordinary duplicate: not sent");
     assert_eq!(row(&env, "left-1").await.0, "dead");
-    env.cleanup().await;
 }
 
 /// Hole 5: a msgid recorded by a slow worker wins over a state another worker wrote meanwhile.
@@ -226,7 +222,6 @@ async fn a_proven_sent_wins_over_a_record_written_by_another() {
     let (status, reason, _, msgid) = row(&env, "slow-1").await;
     assert_eq!((status.as_str(), reason), ("sent", None));
     assert_eq!(msgid, Some(env.sim.messages()[0].msgid));
-    env.cleanup().await;
 }
 
 /// Hole 5, the other half: an outcome that proves nothing is written only by the claim's owner.
@@ -263,7 +258,6 @@ async fn a_late_failure_does_not_overwrite_the_owner_who_took_over() {
         .unwrap();
     assert_eq!(owner.as_deref(), Some("taker"), "the owner's claim stands");
     assert_eq!(row(&env, "late-1").await.0, "pending");
-    env.cleanup().await;
 }
 
 /// Hole 7: SIGTERM is honoured when every permit is busy waiting for an unreachable Postgres.
@@ -301,7 +295,6 @@ async fn shutdown_is_heard_while_every_delivery_waits_for_postgres() {
         "stopped in {:?}",
         started.elapsed()
     );
-    env.cleanup().await;
 }
 
 /// Hole 8: a publish that fails (its channel closed) rebuilds the session instead of leaving a
@@ -330,7 +323,6 @@ async fn a_failed_dead_letter_publish_rebuilds_the_session() {
     })
     .await;
     worker.stop().await;
-    env.cleanup().await;
 }
 
 /// Hole 9 (with 2): when the dead-letter publish fails after an unknown outcome, the released
@@ -366,7 +358,6 @@ async fn a_released_claim_keeps_its_doubt() {
         (status.as_str(), reason.as_deref(), doubt),
         ("dead", Some("ambiguous"), true)
     );
-    env.cleanup().await;
 }
 
 /// Hole 12: a retry copy that no longer renders after a template change ends `dead` with its row.
@@ -418,7 +409,6 @@ async fn a_retry_copy_that_no_longer_renders_ends_dead_with_its_row() {
     assert_eq!(dead[0].1["wxnotify-reason"], "render_failed", "{:?}", dead[0].1);
     let (status, reason, _, _) = row(&env, "tpl-1").await;
     assert_eq!((status.as_str(), reason.as_deref()), ("dead", Some("render_failed")));
-    env.cleanup().await;
 }
 
 /// Hole 12: a message that keeps coming back is dead-lettered `delivery_limit` by the worker,
@@ -444,7 +434,6 @@ async fn a_message_at_the_delivery_limit_ends_dead_with_its_row() {
     let (status, reason, _, _) = row(&env, "crash-1").await;
     assert_eq!((status.as_str(), reason.as_deref()), ("dead", Some("delivery_limit")));
     assert_eq!(env.sim.stats().send_requests, 0);
-    env.cleanup().await;
 }
 
 /// Hole 6: the 10-minute window is checked again right before the send, after the token wait.
@@ -488,7 +477,6 @@ async fn the_window_is_checked_again_after_a_long_token_wait() {
     worker.stop().await;
     assert_eq!(dead[0].1["wxnotify-reason"], "ambiguous", "{:?}", dead[0].1);
     assert_eq!(env.sim.stats().send_requests, 0, "not sent past the window");
-    env.cleanup().await;
 }
 
 /// Hole 3, found in review: a replay of `ambiguous` clears only a doubt older than the replay. When
@@ -547,5 +535,4 @@ async fn a_redelivered_replay_copy_does_not_clear_the_doubt_of_its_own_send() {
         1,
         "the reminder reached WeChat once, never twice"
     );
-    env.cleanup().await;
 }

@@ -187,7 +187,6 @@ async fn plain_compatible_and_safe_pushes_are_accepted_and_applied() {
             .contains("wxnotify_pushes_total{event=\"TEMPLATESENDJOBFINISH\",result=\"ok\"}")
     );
     receiver.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,7 +243,6 @@ async fn forged_and_stale_pushes_get_401_and_change_nothing() {
     assert_eq!(Push::new(&xml, Mode::Safe).send(&receiver).await.0, StatusCode::OK);
     assert_eq!(env.receipt_of(2001).await.as_deref(), Some("delivered"));
     receiver.stop().await;
-    env.cleanup().await;
 }
 
 /// Sends raw HTTP and reads the status line (a client that writes a huge body first would be
@@ -351,7 +349,6 @@ async fn hostile_bodies_get_4xx_fast_and_the_receiver_lives_on() {
     assert_eq!(Push::new(&valid, Mode::Safe).send(&receiver).await.0, StatusCode::OK);
     assert_eq!(env.receipt_of(3001).await.as_deref(), Some("delivered"));
     receiver.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -377,7 +374,6 @@ async fn a_receipt_before_its_sent_row_is_kept_and_applied_when_the_msgid_is_wri
         .unwrap();
     assert_eq!(env.receipt_of(4002).await.as_deref(), Some("user_block"));
     receiver.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -426,7 +422,6 @@ async fn a_push_repeated_three_times_is_applied_once_and_an_older_one_never_wins
     assert_eq!(Push::new(&xml, Mode::Plain).send(&receiver).await.0, StatusCode::OK);
     assert!(followed().await);
     receiver.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -501,7 +496,6 @@ async fn receipts_racing_the_writes_of_their_msgids_each_land_on_their_row() {
         &wrong[..wrong.len().min(5)]
     );
     receiver.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -562,7 +556,6 @@ async fn no_success_for_what_postgres_did_not_store_and_retries_land_after() {
     })
     .await;
     receiver.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -632,7 +625,6 @@ async fn end_to_end_the_worker_sends_the_simulator_pushes_and_the_row_gets_its_r
     .await;
     worker.stop().await;
     receiver.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -654,7 +646,6 @@ async fn a_bad_aes_key_is_a_configuration_error_naming_the_variable() {
         !stderr.contains(secret_key) && !stderr.contains(CALLBACK_TOKEN),
         "{stderr}"
     );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -705,7 +696,6 @@ async fn with_a_broker_a_push_postgres_cannot_take_is_queued_answered_success_an
     let _ = ch
         .queue_delete(pushes.as_str().into(), lapin::options::QueueDeleteOptions::default())
         .await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -738,7 +728,6 @@ async fn a_slow_database_gets_503_within_4_s_and_the_retry_lands() {
     assert_eq!(Push::new(&xml, Mode::Safe).send(&receiver).await.0, StatusCode::OK);
     assert_eq!(env.receipt_of(10_001).await.as_deref(), Some("user_block"));
     receiver.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -781,7 +770,6 @@ async fn mini_program_json_pushes_are_read_in_plain_and_safe_mode() {
     assert_eq!(env.receipt_of(b).await.as_deref(), Some("user_block"));
     assert_eq!(env.receipt_of(a).await.as_deref(), Some("delivered"));
     receiver.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -851,7 +839,6 @@ async fn the_binary_prints_no_secret_and_nothing_the_sender_wrote_unescaped() {
             "the sender broke a log line: {line:?}"
         );
     }
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -941,7 +928,6 @@ async fn every_configured_app_is_served_with_its_own_token_and_key() {
     let _ = std::process::Command::new("kill").args(["-TERM", &pid]).status();
     let _ = tokio::time::timeout(Duration::from_secs(30), child.wait()).await;
     let _ = std::fs::remove_dir_all(&dir);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1000,7 +986,6 @@ async fn a_push_of_several_receipts_never_deadlocks_with_a_worker_writing_their_
     assert_eq!(env.receipt_of(m1).await.as_deref(), Some("delivered"));
     assert_eq!(env.receipt_of(m2).await.as_deref(), Some("delivered"));
     receiver.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1055,7 +1040,6 @@ async fn a_user_who_left_gets_no_template_message_until_they_follow_again() {
     .await;
     worker.stop().await;
     receiver.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1084,7 +1068,6 @@ async fn a_43004_marks_the_user_unfollowed_and_the_next_template_message_is_supp
     .await;
     assert_eq!(env.sim.stats().send_requests, sends, "WeChat was not called again");
     worker.stop().await;
-    env.cleanup().await;
 }
 
 /// The receiver process's resident memory, in KiB (`VmRSS`, or the peak with `VmHWM`).
@@ -1190,7 +1173,6 @@ async fn hostile_bodies_keep_the_receiver_process_memory_flat() {
     assert_eq!(stored_receipts(&env).await, 0, "nothing stored");
     child.start_kill().unwrap();
     let _ = child.wait().await;
-    env.cleanup().await;
 }
 
 /// The 43004 is noted only after the delivery's own outcome: a worker killed in between leaves
@@ -1256,7 +1238,6 @@ async fn a_worker_killed_after_a_43004_but_before_its_record_leaves_a_dead_lette
     // decides again: either way the message is not `suppressed`.
     assert_eq!(dead[0].1.get("wxnotify-errcode").map(String::as_str), Some("43004"));
     worker.stop().await;
-    env.cleanup().await;
 }
 
 /// A 43004 whose dead letter could not be published (its exchange gone) is not noted: the message
@@ -1290,5 +1271,4 @@ async fn a_43004_whose_dead_letter_publish_failed_is_dead_lettered_on_its_next_d
         "sent again after the failed publish"
     );
     worker.stop().await;
-    env.cleanup().await;
 }

@@ -66,7 +66,6 @@ async fn status_shows_the_token_the_queues_the_waiting_deliveries_and_the_worker
     assert!(text.contains(APP_ID) && text.contains(&env.topology.queue), "{text}");
     assert!(text.contains("scheduled 1, due now 0"), "{text}");
     worker.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -90,7 +89,6 @@ async fn status_on_a_broker_without_the_queues_says_absent_and_logs_no_error() {
         !stderr.contains("ERROR"),
         "a refused passive declare is not an error:\n{stderr}"
     );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +118,6 @@ async fn print_config_shows_the_effective_settings_with_secrets_masked() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("WXNOTIFY_MAX_ATTEMPTS"));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -216,7 +213,6 @@ async fn prune_deletes_old_final_deliveries_only() {
         1,
         "the old receipt went"
     );
-    env.cleanup().await;
 }
 
 /// Every `wxnotify_` series the README lists is exposed by a fresh worker, before anything happened.
@@ -271,5 +267,4 @@ async fn a_fresh_worker_exposes_every_series_with_its_help() {
     }
     child.start_kill().unwrap();
     let _ = child.wait().await;
-    env.cleanup().await;
 }

@@ -51,7 +51,6 @@ async fn three_workers_a_thousand_events_one_token_fetch() {
     assert_eq!(stats.token_calls, 1, "exactly one token fetch across three workers");
     assert_eq!(stats.accepted, 1000);
     assert_eq!(stats.errors.get(&40001), None);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +84,6 @@ async fn five_rotations_cause_at_most_five_refreshes_and_every_event_is_delivere
     recipients.sort();
     recipients.dedup();
     assert_eq!(recipients.len(), 1000, "each exactly once");
-    env.cleanup().await;
 }
 
 /// A simulator whose tokens live `ttl` and stop working as soon as they are replaced.
@@ -127,7 +125,6 @@ async fn short_lived_tokens_are_replaced_before_they_expire() {
     assert!(stats.token_calls >= 2, "refreshed proactively");
     assert_eq!(stats.errors.get(&42001), None, "no send carried an expired token");
     assert_eq!(stats.errors.get(&40001), None, "no send carried a replaced token");
-    env.cleanup().await;
 }
 
 fn wrong_secret() -> WorkerOpts {
@@ -161,7 +158,6 @@ async fn a_wrong_secret_stops_the_worker_naming_the_app_without_a_fetch_loop() {
     let msg = config_error_at_boot(&env, &opts).await;
     assert!(msg.contains(APP_ID) && msg.contains("40125"), "{msg}");
     assert_eq!(env.sim.stats().stable_token_calls, 1, "one call, no loop");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +190,6 @@ async fn stable_tokens_are_force_refreshed_only_after_a_rejection() {
     );
     assert_eq!(stats.forced_refreshes, 1, "one forced refresh after the rotation");
     assert_eq!(stats.token_calls, 0, "the classic API was never used");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +236,6 @@ async fn a_message_rejected_many_times_still_gets_the_revoked_token_replaced() {
     worker.stop().await;
     assert_eq!(env.sim.stats().accepted, 2);
     assert!(env.drain_dlq().await.is_empty(), "nothing dead-lettered");
-    env.cleanup().await;
 }
 
 /// A token provider with its own pool and cache, as one worker process has.
@@ -316,7 +310,6 @@ async fn a_token_api_outage_costs_one_call_per_backoff_not_one_per_waiting_task(
         1,
         "a success resets the backoff"
     );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -349,7 +342,6 @@ async fn a_token_due_for_refresh_is_used_until_it_expires_while_the_token_api_fa
     tokio::time::sleep(Duration::from_millis(6500).saturating_sub(fetched.elapsed())).await;
     let err = p.get(APP_ID).await.expect_err("an expired token is never handed out");
     assert!(matches!(err, TokenError::Transient { .. }), "{err}");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,7 +371,6 @@ async fn a_failed_forced_refresh_does_not_use_up_the_daily_twenty() {
     assert!(t.generation > first.generation);
     assert_eq!(forced().await, 1, "the successful forced call is counted");
     assert_eq!(env.sim.stats().forced_refreshes, 1);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,7 +390,6 @@ async fn a_frozen_process_cannot_keep_the_token_row_locked() {
     println!("waited {:?} for a frozen lock holder", started.elapsed());
     assert_eq!(t.generation, 1);
     assert!(held.commit().await.is_err(), "the frozen transaction was ended");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,5 +411,4 @@ async fn a_worker_with_a_wrong_secret_does_not_block_workers_with_the_right_one(
     right.stop().await;
     assert_eq!(env.sim.stats().accepted, 20);
     assert_eq!(env.sim.stats().stable_token_calls, 2, "one failed call, one good one");
-    env.cleanup().await;
 }
