@@ -8,6 +8,7 @@ mod dlq;
 mod faults;
 mod helpers;
 mod holes;
+mod leftovers;
 mod prometheus;
 mod proxy;
 mod publish;
