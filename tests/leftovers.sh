@@ -3,9 +3,26 @@
 # named `t-p<pid>-…` (also `chaos-p<pid>-…`, `cluster-p<pid>-…`) and databases `wxn_test_p<pid>_…`.
 #   tests/leftovers.sh PID    those of the test process PID (e.g. one you killed)
 #   tests/leftovers.sh        those of every test process that is gone (what the next test binary sweeps)
+#   tests/leftovers.sh demo [SECS]
+#                             runs the slow tokens:: and schedule:: tests, SIGKILLs the test binary
+#                             after SECS (20) seconds, counts its leftovers, runs one quick test
+#                             (whose first TestEnv sweeps), counts again: `total 0`
 # Prints `queues N exchanges N databases N total N`. Lists with rabbitmqctl (as root, like
 # scripts/services.sh) or else the management API; Postgres as postgres/postgres on 127.0.0.1.
 set -euo pipefail
+cd "$(dirname "$0")/.."
+if [ "${1:-}" = demo ]; then
+  bin=$(cargo test --test it --no-run 2>&1 | grep -o 'target/debug/deps/it-[0-9a-f]*' | head -1)
+  "$bin" tokens:: schedule:: --test-threads 2 >/dev/null 2>&1 &
+  killed=$!
+  sleep "${2:-20}"
+  kill -KILL "$killed"
+  wait "$killed" 2>/dev/null || true
+  echo "killed test binary $killed; its leftovers: $("$0" "$killed")"
+  "$bin" leftovers:: --test-threads 2 2>&1 | grep -E '^swept|^test result'
+  echo "after the next run: $("$0" "$killed")"
+  exit 0
+fi
 pid="${1:-}"
 
 names() { # queues|exchanges
