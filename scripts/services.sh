@@ -217,8 +217,9 @@ cluster_down() {
 
 # What tests and benchmarks leave behind when they are killed before their cleanup: databases
 # `wxn_test_*`, and queues and exchanges named `t-`, `bench-`, `latency-`, `chaos-` or `cluster-`
-# with their hex id (tests: `t-p<pid>-<hex>`, which the next test binary also sweeps once <pid> is gone). Every quorum queue is a Raft group the broker keeps ticking: a hundred left
-# over made every figure of the benchmarks worse (BENCHMARKS.md). Nothing else is touched.
+# with their hex id (tests: `t-p<pid>-<hex>`, also swept by the next test binary once <pid> is
+# gone). Every quorum queue is a Raft group the broker keeps ticking: a hundred left over made
+# every figure of the benchmarks worse (BENCHMARKS.md). Nothing else is touched.
 clean() {
   local db n=0 kind name
   while read -r db; do
