@@ -400,6 +400,16 @@ impl TestEnv {
     pub async fn count(&self, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count")
     }
+
+    /// Sessions on the test's database waiting for a lock (e.g. a worker's statement behind a row
+    /// the test holds).
+    pub async fn lock_waiters(&self) -> i64 {
+        self.count(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
+    }
 }
 
 /// The default app's callback token and EncodingAESKey in the receiver tests.

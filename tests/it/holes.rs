@@ -287,7 +287,11 @@ async fn shutdown_is_heard_while_every_delivery_waits_for_postgres() {
     })
     .await;
     proxy.cut();
-    tokio::time::sleep(Duration::from_millis(1500)).await; // both answers are back; their records wait
+    // Both sends were decided when they were counted; the simulator answers half its latency
+    // (500 ms) after deciding. Nothing marks an answer's arrival at the worker (its records fail
+    // on the cut database without a trace the test can see), so this waits out that fixed half
+    // and a margin: then both answers are back and their records wait.
+    tokio::time::sleep(Duration::from_millis(500 + 250)).await;
     let started = Instant::now();
     worker.stop().await;
     assert!(
@@ -471,7 +475,13 @@ async fn the_window_is_checked_again_after_a_long_token_wait() {
         .await
         .unwrap();
     env.publish(&event("win-1", "booking.confirmed", "oWin")).await;
-    tokio::time::sleep(Duration::from_secs(3)).await; // the other process's refresh takes 3 s
+    wait_for("the worker's token refresh waits for the held row", T, || async {
+        env.lock_waiters().await >= 1
+    })
+    .await;
+    // The test's point: time passes while the refresh waits (the other process's refresh takes
+    // 3 s), carrying the doubt past the window.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     holder.commit().await.unwrap();
     let dead = env.collect_dlq(1, T).await;
     worker.stop().await;

@@ -11,7 +11,15 @@ async fn a_test_that_panics_leaves_no_queue_exchange_or_database() {
     // A test that fails: its panic message shows in the output, and is expected.
     let failed = tokio::spawn(async move {
         let env = TestEnv::new().await;
-        let db = env.db_url.split('?').next().unwrap().rsplit('/').next().unwrap().to_string();
+        let db = env
+            .db_url
+            .split('?')
+            .next()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_string();
         let prefix = env.topology.exchange.trim_end_matches(".x").to_string();
         let before = (broker_names("queues").await, database_names(&base_db_url()).await);
         tx.send((prefix, db, before)).unwrap();
@@ -21,7 +29,10 @@ async fn a_test_that_panics_leaves_no_queue_exchange_or_database() {
     assert!(failed.expect_err("the inner test fails").is_panic());
     let (prefix, db, (queues_before, dbs_before)) = rx.await.unwrap();
     let ours = |names: &[String]| names.iter().filter(|n| n.starts_with(&prefix)).count();
-    assert!(ours(&queues_before) >= 2, "the work queue and the DLQ existed: {queues_before:?}");
+    assert!(
+        ours(&queues_before) >= 2,
+        "the work queue and the DLQ existed: {queues_before:?}"
+    );
     assert!(dbs_before.contains(&db), "{db} existed");
 
     assert_eq!(ours(&broker_names("queues").await), 0, "queues of {prefix} left");

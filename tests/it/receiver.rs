@@ -1208,10 +1208,15 @@ async fn a_worker_killed_after_a_43004_but_before_its_record_leaves_a_dead_lette
         env.sim.stats().errors.get(&43004).copied().unwrap_or(0) == 1
     })
     .await;
-    // The simulator counts the error when it decides, halfway through its latency: give the
-    // answer time to reach the worker and the worker time to do whatever comes before its
-    // record (which this lock holds back).
-    tokio::time::sleep(Duration::from_millis(2000)).await;
+    // The simulator counts the error when it decides, halfway through its latency: wait until
+    // the answer has reached the worker and the worker has done whatever comes before its record,
+    // i.e. until that record waits behind this lock.
+    wait_for(
+        "the worker's record waits behind the held row",
+        Duration::from_secs(30),
+        || async { env.lock_waiters().await >= 1 },
+    )
+    .await;
     let noted = env
         .count("SELECT count(*) FROM followers WHERE openid = 'oKill43004'")
         .await;

@@ -109,7 +109,7 @@ async fn short_lived_tokens_are_replaced_before_they_expire() {
     for i in 0..60 {
         env.publish(&event(&format!("ttl-{i}"), "booking.confirmed", &format!("oT{i}")))
             .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await; // pacing: a trickle, not a burst
     }
     wait_for("60 sent", Duration::from_secs(60), || async { sent(&env).await == 60 }).await;
     for w in workers {
@@ -281,7 +281,7 @@ async fn a_token_api_outage_costs_one_call_per_backoff_not_one_per_waiting_task(
             assert!(matches!(err, TokenError::Transient { .. }), "a transient error: {err}");
             gets += 1;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await; // pacing: a wave every 200 ms
     }
     let during = env.sim.stats().stable_token_calls;
     println!("token API down for 3.5 s: {gets} gets in 2 processes, token API calls = {during}");
@@ -320,6 +320,7 @@ async fn a_token_due_for_refresh_is_used_until_it_expires_while_the_token_api_fa
     let fetched = Instant::now();
     let first = p.get(APP_ID).await.expect("first token");
     token_api_down(&env, true);
+    // The test's point: the token's refresh time (3 s) passes during the outage.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let t = p
         .get(APP_ID)
@@ -339,6 +340,7 @@ async fn a_token_due_for_refresh_is_used_until_it_expires_while_the_token_api_fa
         "one fetch, then failed refreshes at the backoff's pace: {calls}"
     );
 
+    // The test's point: the token's 6 s life runs out.
     tokio::time::sleep(Duration::from_millis(6500).saturating_sub(fetched.elapsed())).await;
     let err = p.get(APP_ID).await.expect_err("an expired token is never handed out");
     assert!(matches!(err, TokenError::Transient { .. }), "{err}");
