@@ -4,13 +4,15 @@ mod broker;
 #[path = "../common/mod.rs"]
 mod common;
 mod delivery;
+mod delivery_edges;
 mod dlq;
 mod faults;
 mod helpers;
-mod holes;
 mod leftovers;
+mod metrics;
 mod prometheus;
 mod proxy;
+mod prune;
 mod publish;
 mod rate;
 mod receiver;
