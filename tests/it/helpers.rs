@@ -70,9 +70,32 @@ pub struct TestEnv {
     pub templates: PathBuf,
     conn: Connection,
     publisher: Publisher,
+    /// Stops the in-process workers and receivers still running when the environment is
+    /// dropped (a failed test's): a live worker would declare the deleted queues again.
+    running: StopOnDrop,
     /// Deletes the queues, exchanges and database when the environment is dropped (last field:
     /// dropped after the pool and the connection).
     _leftovers: Leftovers,
+}
+
+/// Cancels these shutdown tokens when dropped.
+#[derive(Default)]
+struct StopOnDrop(std::sync::Mutex<Vec<CancellationToken>>);
+
+impl StopOnDrop {
+    fn add(&self, token: &CancellationToken) {
+        let mut tokens = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tokens.push(token.clone());
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let tokens = self.0.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for token in tokens.drain(..) {
+            token.cancel();
+        }
+    }
 }
 
 pub struct WorkerHandle {
@@ -196,6 +219,7 @@ impl TestEnv {
             templates: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/templates.toml"),
             conn,
             publisher,
+            running: StopOnDrop::default(),
             _leftovers: guard,
         }
     }
@@ -240,6 +264,7 @@ impl TestEnv {
             .await
             .expect("worker builds")
             .expect("not shut down");
+        self.running.add(&shutdown);
         let join = tokio::spawn(app.run(shutdown.clone()));
         WorkerHandle { shutdown, join }
     }
@@ -465,6 +490,7 @@ impl TestEnv {
             .expect("receiver builds")
             .expect("not shut down");
         let (addr, admin_addr) = (receiver.addr(), receiver.admin_addr());
+        self.running.add(&shutdown);
         let join = tokio::spawn(receiver.run(shutdown.clone()));
         ReceiverHandle {
             addr,

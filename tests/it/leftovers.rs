@@ -3,7 +3,7 @@
 
 use crate::common::base_db_url;
 use crate::common::leftovers::{broker_names, database_names};
-use crate::helpers::TestEnv;
+use crate::helpers::{TestEnv, WorkerOpts};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_test_that_panics_leaves_no_queue_exchange_or_database() {
@@ -11,6 +11,9 @@ async fn a_test_that_panics_leaves_no_queue_exchange_or_database() {
     // A test that fails: its panic message shows in the output, and is expected.
     let failed = tokio::spawn(async move {
         let env = TestEnv::new().await;
+        // Still running when the test fails: a worker, and a receiver with its spill queue.
+        let _worker = env.spawn_worker(&WorkerOpts::default()).await;
+        let _receiver = env.spawn_receiver(None, true).await;
         let db = env
             .db_url
             .split('?')
@@ -35,7 +38,22 @@ async fn a_test_that_panics_leaves_no_queue_exchange_or_database() {
     );
     assert!(dbs_before.contains(&db), "{db} existed");
 
-    assert_eq!(ours(&broker_names("queues").await), 0, "queues of {prefix} left");
-    assert_eq!(ours(&broker_names("exchanges").await), 0, "exchanges of {prefix} left");
-    assert!(!database_names(&base_db_url()).await.contains(&db), "{db} left");
+    for when in ["at once", "a second later"] {
+        assert_eq!(
+            ours(&broker_names("queues").await),
+            0,
+            "queues of {prefix} left ({when})"
+        );
+        assert_eq!(
+            ours(&broker_names("exchanges").await),
+            0,
+            "exchanges of {prefix} left ({when})"
+        );
+        assert!(
+            !database_names(&base_db_url()).await.contains(&db),
+            "{db} left ({when})"
+        );
+        // The point: time for the stopped worker to declare its queues again, if it could.
+        tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+    }
 }
