@@ -1,4 +1,7 @@
 //! One integration test binary (fast to link): real RabbitMQ, real Postgres, the WeChat simulator.
+//! Nothing to clean up by hand: a test's queues, exchanges and database go when its `TestEnv` is
+//! dropped, pass or fail; what a killed run left, the next run's first `TestEnv` sweeps
+//! (`tests/leftovers.sh` counts it).
 
 mod broker;
 #[path = "../common/mod.rs"]
