@@ -111,8 +111,9 @@ prometheus_up() {
 
 # What tests and benchmarks leave behind when they are killed before their cleanup: databases
 # `wxn_test_*`, and queues and exchanges named `t-`, `bench-`, `latency-`, `chaos-` or `cluster-`
-# with their hex id. Every quorum queue is a Raft group the broker keeps ticking: a hundred left
-# over made every figure of the benchmarks worse (BENCHMARKS.md). Nothing else is touched.
+# with their hex id (tests: `t-p<pid>-<hex>`, also swept by the next test binary once <pid> is
+# gone). Every quorum queue is a Raft group the broker keeps ticking: a hundred left over made
+# every figure of the benchmarks worse (BENCHMARKS.md). Nothing else is touched.
 clean() {
   local db n=0 kind name
   while read -r db; do
@@ -127,7 +128,7 @@ clean() {
       curl -fsS -u guest:guest -X DELETE "http://127.0.0.1:15672/api/$kind/%2f/$name" >/dev/null 2>&1 && n=$((n + 1))
     done < <(curl -fsS -u guest:guest "http://127.0.0.1:15672/api/$kind/%2f?columns=name" 2>/dev/null \
       | grep -o '"name":"[^"]*"' | cut -d'"' -f4 \
-      | grep -E '^(t|bench|latency|chaos|cluster)-[0-9a-f]{8,10}\.' || true)
+      | grep -E '^(t|bench|latency|chaos|cluster)-(p[0-9]+-)?[0-9a-f]{8,10}\.' || true)
     log "deleted $n test $kind"
   done
 }

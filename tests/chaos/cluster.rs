@@ -70,7 +70,7 @@ async fn the_cluster_loses_the_node_leading_the_work_queue_and_every_event_is_se
     services("cluster up").await;
     let url = cluster_url();
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let prefix = format!("cluster-{}", &id[..8]);
+    let prefix = crate::common::leftovers::broker_prefix("cluster", &id);
     let (db_url, pool) = fresh_database(&id, 4).await;
     let sim = Sim::new(SimConfig {
         apps: HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]),

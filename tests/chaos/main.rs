@@ -51,7 +51,7 @@ async fn chaos() {
     let cancelled_due = Duration::from_secs_f64(publish_secs + 30.0);
     let load = load::build(events, seed, chrono::Utc::now(), cancelled_due);
     let id = uuid::Uuid::new_v4().simple().to_string();
-    let prefix = format!("chaos-{}", &id[..8]);
+    let prefix = common::leftovers::broker_prefix("chaos", &id);
     println!(
         "chaos: seed {seed} (CHAOS_SEED={seed} reproduces the traffic), run {prefix}, {} messages",
         load.msgs.len()
@@ -513,7 +513,8 @@ async fn ready_counts(prefix: &str) -> BTreeMap<String, u32> {
 }
 
 /// Deletes the run's queues and exchanges (quorum queues are not free); the database stays for
-/// inspection until the next `scripts/test.sh` drops it.
+/// inspection until `scripts/services.sh clean` or the first `it` test binary after this process
+/// (its names carry the run tag `p<pid>`) drops it.
 async fn cleanup(prefix: &str, topology: &Topology) {
     let Ok(conn) = queue::connect(&SecretString::from(amqp_url()), "wxnotify-chaos-cleanup").await else {
         return;

@@ -12,6 +12,8 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 use wxnotify::queue::{Topology, headers};
 
+pub mod leftovers;
+
 pub const APP_ID: &str = "wx1111111111111111";
 pub const APP_SECRET: &str = "sim-secret-Zq81x";
 
@@ -23,7 +25,8 @@ pub fn amqp_url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
-/// A new, migrated database named `wxn_test_<16 hex>` (`scripts/test.sh` drops old ones).
+/// A new, migrated database named `wxn_test_p<pid>_<16 hex>` ([`leftovers::database_name`]: the
+/// caller drops it, or the first test binary after this process is gone does).
 /// Returns its URL and a pool of `pool_size` connections.
 /// `TEST_DATABASE_PARAMS` ends every URL (e.g. `?sslmode=disable` to measure without TLS).
 pub async fn fresh_database(id: &str, pool_size: u32) -> (String, PgPool) {
@@ -34,7 +37,7 @@ pub async fn fresh_database(id: &str, pool_size: u32) -> (String, PgPool) {
 /// [`fresh_database`] on the server at `base` (`postgres://user:password@host:port`), every URL
 /// ending in `params` (a query such as `?sslmode=verify-full&sslrootcert=…`, or empty).
 pub async fn fresh_database_at(base: &str, params: &str, id: &str, pool_size: u32) -> (String, PgPool) {
-    let db_name = format!("wxn_test_{}", &id[..16]);
+    let db_name = leftovers::database_name(id);
     admin_execute(base, params, format!("CREATE DATABASE {db_name}")).await;
     let db_url = format!("{base}/{db_name}{params}");
     let pool = wxnotify::db::connect(&SecretString::from(db_url.clone()), pool_size)

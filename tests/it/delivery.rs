@@ -48,7 +48,6 @@ async fn happy_path_two_types_sent_once_with_big_msgids() {
         2
     );
     worker.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,7 +80,6 @@ async fn a_duplicate_publish_sends_one_message() {
         "the ledger, not WeChat's dedup, stopped the copies"
     );
     assert_eq!(env.count("SELECT count(*) FROM deliveries").await, 2);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -132,7 +130,6 @@ async fn each_malformed_kind_is_dead_lettered_once_and_the_worker_goes_on() {
     );
     assert_eq!(long_h["wxnotify-event-id"], "m-long");
     assert_eq!(env.statuses().await.get("m-long").map(String::as_str), Some("dead"));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -154,7 +151,6 @@ async fn an_unsubscribed_user_is_dead_with_errcode_43004() {
             .unwrap();
     assert_eq!(row, ("dead".to_string(), Some(43004), 1));
     assert!(env.sim.messages().is_empty());
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -181,5 +177,4 @@ async fn a_token_rotated_behind_the_workers_back_is_refreshed_and_the_message_de
     .await
     .unwrap();
     assert_eq!(attempts, vec![(Some(40001),), (Some(0),)]);
-    env.cleanup().await;
 }

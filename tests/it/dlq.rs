@@ -93,7 +93,6 @@ async fn dead_letters_are_listed_in_place_and_replayed_once_the_cause_is_fixed()
     .await;
     worker.stop().await;
     assert_eq!(env.sim.stats().accepted, 1, "still one message");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -120,7 +119,6 @@ async fn the_cli_lists_as_json_and_refuses_a_replay_without_a_filter() {
     let out = env.wxnotify(&["dlq", "replay"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(2), "a usage error");
     assert!(String::from_utf8_lossy(&out.stderr).contains("--all"));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -178,7 +176,6 @@ async fn a_dead_letter_that_cannot_be_replayed_is_skipped_reported_and_left_in_p
     assert!(table.contains("r-\\0poison"), "the id, escaped: {table}");
     assert_eq!(env.ready_everywhere().await, 1);
     assert_eq!(dlq::list(&url, &env.topology, 10).await.unwrap().len(), 1);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -217,7 +214,6 @@ async fn listing_back_to_back_always_shows_every_dead_letter() {
         assert_eq!(ready, 3, "round {round}: every dead letter is back when list returns");
     }
     worker.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -263,5 +259,4 @@ async fn a_replay_off_a_terminal_draws_no_bar_and_ends_with_a_timed_summary() {
         "{line}"
     );
     assert_eq!(env.ready_everywhere().await, 2);
-    env.cleanup().await;
 }

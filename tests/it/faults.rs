@@ -79,7 +79,6 @@ async fn a_worker_killed_after_wechat_accepted_is_taken_over_and_wechat_drops_th
     assert!(in_doubt, "the takeover marked the delivery in doubt");
     assert!(env.drain_dlq().await.is_empty());
     assert_eq!(env.ready_everywhere().await, 0);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -147,7 +146,6 @@ async fn a_delivery_in_doubt_past_the_dedup_window_is_dead_lettered_ambiguous_un
     .await;
     worker.stop().await;
     assert_eq!(env.sim.stats().accepted, 1, "sent once, on the replay");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,7 +186,6 @@ async fn transient_errors_are_retried_until_the_budget_is_spent_then_dead_letter
     assert_eq!(rows, 3, "one attempt row per HTTP call");
     assert_eq!(env.sim.stats().send_requests, 3, "three sends, no more");
     assert_eq!(env.ready_everywhere().await, 0, "nothing left in the retry queues");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -213,7 +210,6 @@ async fn a_message_that_keeps_coming_back_is_dead_lettered_by_the_delivery_limit
             .to_string()
             .into_bytes()
     );
-    env.cleanup().await;
 }
 
 async fn wait_dlq_raw(env: &TestEnv) -> lapin::message::BasicGetMessage {

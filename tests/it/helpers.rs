@@ -1,13 +1,17 @@
 //! Test harness: every test gets a fresh database (named by a UUID, migrated), random exchange and
 //! queue names on the real RabbitMQ, and its own WeChat simulator on port 0. Conditions are awaited
 //! with a timeout, never slept on. Logs show only when `TEST_LOG` is set.
+//!
+//! Nothing to clean up by hand: a test's queues, exchanges and database go when its `TestEnv` is
+//! dropped, passed or failed (`common::leftovers`); what a killed test binary left, the next one
+//! sweeps when it starts.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Once;
 use std::time::Duration;
 
-use lapin::options::{BasicGetOptions, BasicRejectOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{BasicGetOptions, BasicRejectOptions};
 use lapin::{BasicProperties, Connection};
 use secrecy::SecretString;
 use sqlx::{PgPool, Row};
@@ -21,6 +25,7 @@ use wxnotify::ops::progress::Progress;
 use wxnotify::queue::{self, Publisher, Topology};
 use wxnotify::wechat::TokenApi;
 
+use crate::common::leftovers::{self, Leftovers};
 pub use crate::common::{APP_ID, APP_SECRET, amqp_url, event, wait_for};
 use crate::common::{Taken, base_db_url, fresh_database_at, take_all, worker_env};
 
@@ -65,6 +70,32 @@ pub struct TestEnv {
     pub templates: PathBuf,
     conn: Connection,
     publisher: Publisher,
+    /// Stops the in-process workers and receivers still running when the environment is
+    /// dropped (a failed test's): a live worker would declare the deleted queues again.
+    running: StopOnDrop,
+    /// Deletes the queues, exchanges and database when the environment is dropped (last field:
+    /// dropped after the pool and the connection).
+    _leftovers: Leftovers,
+}
+
+/// Cancels these shutdown tokens when dropped.
+#[derive(Default)]
+struct StopOnDrop(std::sync::Mutex<Vec<CancellationToken>>);
+
+impl StopOnDrop {
+    fn add(&self, token: &CancellationToken) {
+        let mut tokens = self.0.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        tokens.push(token.clone());
+    }
+}
+
+impl Drop for StopOnDrop {
+    fn drop(&mut self) {
+        let tokens = self.0.get_mut().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for token in tokens.drain(..) {
+            token.cancel();
+        }
+    }
 }
 
 pub struct WorkerHandle {
@@ -152,14 +183,24 @@ impl TestEnv {
     /// A test environment on other services than the shared ones.
     pub async fn on(services: Services, mut sim_config: SimConfig) -> Self {
         init_logs();
+        let shared = Services::default();
+        leftovers::sweep_killed_runs(&shared.db_base, &shared.amqp_url);
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = leftovers::broker_prefix("t", &id);
+        let topology = Topology::new(&format!("{prefix}.x"), &format!("{prefix}.q"));
+        // Armed before anything exists: a failure halfway leaves nothing either.
+        let mut guard = Leftovers::topology(&services.amqp_url, &topology.exchange, &topology.queue);
+        guard.database = Some((
+            services.db_base.clone(),
+            services.db_params.clone(),
+            leftovers::database_name(&id),
+        ));
         let (db_url, pool) = fresh_database_at(&services.db_base, &services.db_params, &id, 4).await;
 
         sim_config.apps = HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]);
         let sim = Sim::new(sim_config);
         let addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim binds");
 
-        let topology = Topology::new(&format!("t-{}.x", &id[..10]), &format!("t-{}.q", &id[..10]));
         let conn = queue::connect(&SecretString::from(services.amqp_url.clone()), "wxnotify-test")
             .await
             .expect("connect to RabbitMQ (run scripts/services.sh up)");
@@ -178,6 +219,8 @@ impl TestEnv {
             templates: PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/templates.toml"),
             conn,
             publisher,
+            running: StopOnDrop::default(),
+            _leftovers: guard,
         }
     }
 
@@ -221,6 +264,7 @@ impl TestEnv {
             .await
             .expect("worker builds")
             .expect("not shut down");
+        self.running.add(&shutdown);
         let join = tokio::spawn(app.run(shutdown.clone()));
         WorkerHandle { shutdown, join }
     }
@@ -382,22 +426,14 @@ impl TestEnv {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count")
     }
 
-    /// Deletes this test's broker objects (quorum queues are not free).
-    pub async fn cleanup(self) {
-        let ch = self.publisher.channel();
-        let mut queues = vec![self.topology.queue.clone(), self.topology.dlq.clone()];
-        let policy = wxnotify::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(2));
-        queues.extend(policy.tiers().into_iter().map(|t| self.topology.retry_queue(t)));
-        for q in queues {
-            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
-        }
-        for x in [&self.topology.exchange, &self.topology.dlx] {
-            let _ = ch
-                .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
-                .await;
-        }
-        let _ = self.conn.close(200, "test done".into()).await;
-        self.pool.close().await;
+    /// Sessions on the test's database waiting for a lock (e.g. a worker's statement behind a row
+    /// the test holds).
+    pub async fn lock_waiters(&self) -> i64 {
+        self.count(
+            "SELECT count(*) FROM pg_stat_activity
+             WHERE datname = current_database() AND wait_event_type = 'Lock'",
+        )
+        .await
     }
 }
 
@@ -454,6 +490,7 @@ impl TestEnv {
             .expect("receiver builds")
             .expect("not shut down");
         let (addr, admin_addr) = (receiver.addr(), receiver.admin_addr());
+        self.running.add(&shutdown);
         let join = tokio::spawn(receiver.run(shutdown.clone()));
         ReceiverHandle {
             addr,

@@ -1,15 +1,21 @@
 //! One integration test binary (fast to link): real RabbitMQ, real Postgres, the WeChat simulator.
+//! Nothing to clean up by hand: a test's queues, exchanges and database go when its `TestEnv` is
+//! dropped, pass or fail; what a killed run left, the next run's first `TestEnv` sweeps
+//! (`tests/leftovers.sh` counts it).
 
 mod broker;
 #[path = "../common/mod.rs"]
 mod common;
 mod delivery;
+mod delivery_edges;
 mod dlq;
 mod faults;
 mod helpers;
-mod holes;
+mod leftovers;
+mod metrics;
 mod prometheus;
 mod proxy;
+mod prune;
 mod publish;
 mod rate;
 mod receiver;

@@ -385,5 +385,4 @@ async fn the_dashboard_and_the_alerts_hold_on_a_real_prometheus() {
         child.start_kill().expect("stop");
         let _ = child.wait().await;
     }
-    env.cleanup().await;
 }

@@ -28,5 +28,4 @@ async fn publishing_off_a_terminal_draws_no_bar_and_ends_with_a_timed_summary() 
         .unwrap_or_else(|| panic!("no rate (`(4350/s)`) at the end of {line:?}"));
     assert!(rate > 0, "{line}");
     assert_eq!(env.ready_everywhere().await, 50);
-    env.cleanup().await;
 }

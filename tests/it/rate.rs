@@ -118,7 +118,6 @@ async fn three_workers_share_the_fleet_rate_and_two_take_over_the_share_of_one_t
         w.stop().await;
     }
     assert_eq!(env.sim.stats().accepted, 540, "each event sent once");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -156,5 +155,4 @@ async fn a_shutdown_hands_back_the_messages_waiting_for_a_slot_at_once_and_claim
     fast.stop().await;
     assert!(sent_before < 40);
     assert_eq!(env.sim.stats().accepted, 40, "each event sent once");
-    env.cleanup().await;
 }

@@ -56,5 +56,4 @@ async fn the_report_counts_outcomes_and_names_failures() {
 
     let out = env.wxnotify(&["report", "--since", "a while"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(2), "a bad --since is a usage error");
-    env.cleanup().await;
 }

@@ -102,7 +102,6 @@ async fn a_reminder_arrives_within_a_second_after_its_due_time_once() {
     assert!(late >= TimeDelta::zero(), "sent {late} before its due time");
     assert!(late <= TimeDelta::seconds(1), "sent {late} after its due time");
     worker.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -171,7 +170,6 @@ async fn a_cancelled_booking_never_gets_its_reminder_whichever_event_comes_first
         assert_eq!(row(&env, id, "TPL_BOOKING_CONFIRMED").await.unwrap().0, "sent");
     }
     worker.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -211,7 +209,6 @@ async fn a_moved_booking_gets_the_new_reminder_on_time_and_never_the_old_one() {
         "sent {late} after due"
     );
     worker.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -285,7 +282,6 @@ async fn quiet_hours_hold_a_delivery_until_the_window_ends_and_not_after_expires
     assert!(env.sim.messages().iter().all(|m| m.template_id != "TPL_SURVEY"));
     worker.stop().await;
     let _ = std::fs::remove_file(path);
-    env.cleanup().await;
 }
 
 /// Schedules `n` reminders falling due together in `in_secs`.
@@ -347,7 +343,6 @@ async fn three_workers_racing_for_the_same_due_rows_send_each_once() {
     for w in [first, second, third] {
         w.stop().await;
     }
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -400,7 +395,6 @@ async fn a_release_that_dies_before_its_commit_is_released_again_and_sent_once()
     .await;
     once_each(&env, n);
     worker.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -436,7 +430,6 @@ async fn a_worker_killed_while_releasing_due_rows_leaves_each_to_the_others_once
     .await;
     once_each(&env, n);
     survivor.stop().await;
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -509,5 +502,4 @@ async fn scheduled_list_and_cancel_by_hand() {
     let out = env.wxnotify(&["scheduled", "cancel"]).output().await.unwrap();
     assert_eq!(out.status.code(), Some(2));
     worker.stop().await;
-    env.cleanup().await;
 }

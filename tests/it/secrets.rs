@@ -78,5 +78,4 @@ async fn token_and_secret_never_appear_in_the_worker_output() {
             "a token reached the ledger"
         );
     }
-    env.cleanup().await;
 }

@@ -11,7 +11,6 @@ use secrecy::SecretString;
 use wechat_sim::SimConfig;
 use wxnotify::app::Application;
 
-use crate::common::admin_execute;
 use crate::helpers::{Services, TestEnv, WorkerOpts, event, wait_for};
 
 /// What `scripts/tls-services.sh up` printed.
@@ -73,16 +72,6 @@ impl TlsServices {
     }
 }
 
-/// Deletes the test's broker objects, then its database on the TLS cluster (`scripts/test.sh`
-/// drops old test databases on the shared cluster only).
-async fn cleanup(tls: &TlsServices, env: TestEnv) {
-    let db_url = env.db_url.clone();
-    env.cleanup().await;
-    let name = db_url.split('?').next().unwrap().rsplit('/').next().unwrap();
-    let drop = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
-    admin_execute(&tls.db_base, "?sslmode=require", drop).await;
-}
-
 /// `true` when the pool's session is encrypted, as Postgres itself sees it.
 async fn session_is_encrypted(pool: &sqlx::PgPool) -> bool {
     sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
@@ -142,7 +131,6 @@ async fn a_worker_delivers_over_verified_tls_to_both_services() {
         .await
         .expect("the TLS node of the list connects");
     let _ = conn.close(200, "done".into()).await;
-    cleanup(tls, env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -207,8 +195,6 @@ async fn a_certificate_the_given_ca_did_not_sign_is_refused_naming_the_service()
         "{stderr}"
     );
     assert!(!stderr.contains(":guest@"), "the password leaked: {stderr}");
-
-    cleanup(tls, env).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -280,5 +266,4 @@ async fn a_ca_file_that_does_not_exist_is_a_configuration_error() {
             "{stderr}"
         );
     }
-    env.cleanup().await;
 }

@@ -51,7 +51,6 @@ async fn three_workers_a_thousand_events_one_token_fetch() {
     assert_eq!(stats.token_calls, 1, "exactly one token fetch across three workers");
     assert_eq!(stats.accepted, 1000);
     assert_eq!(stats.errors.get(&40001), None);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -85,7 +84,6 @@ async fn five_rotations_cause_at_most_five_refreshes_and_every_event_is_delivere
     recipients.sort();
     recipients.dedup();
     assert_eq!(recipients.len(), 1000, "each exactly once");
-    env.cleanup().await;
 }
 
 /// A simulator whose tokens live `ttl` and stop working as soon as they are replaced.
@@ -111,7 +109,7 @@ async fn short_lived_tokens_are_replaced_before_they_expire() {
     for i in 0..60 {
         env.publish(&event(&format!("ttl-{i}"), "booking.confirmed", &format!("oT{i}")))
             .await;
-        tokio::time::sleep(Duration::from_millis(500)).await;
+        tokio::time::sleep(Duration::from_millis(500)).await; // pacing: a trickle, not a burst
     }
     wait_for("60 sent", Duration::from_secs(60), || async { sent(&env).await == 60 }).await;
     for w in workers {
@@ -127,7 +125,6 @@ async fn short_lived_tokens_are_replaced_before_they_expire() {
     assert!(stats.token_calls >= 2, "refreshed proactively");
     assert_eq!(stats.errors.get(&42001), None, "no send carried an expired token");
     assert_eq!(stats.errors.get(&40001), None, "no send carried a replaced token");
-    env.cleanup().await;
 }
 
 fn wrong_secret() -> WorkerOpts {
@@ -161,7 +158,6 @@ async fn a_wrong_secret_stops_the_worker_naming_the_app_without_a_fetch_loop() {
     let msg = config_error_at_boot(&env, &opts).await;
     assert!(msg.contains(APP_ID) && msg.contains("40125"), "{msg}");
     assert_eq!(env.sim.stats().stable_token_calls, 1, "one call, no loop");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -194,7 +190,6 @@ async fn stable_tokens_are_force_refreshed_only_after_a_rejection() {
     );
     assert_eq!(stats.forced_refreshes, 1, "one forced refresh after the rotation");
     assert_eq!(stats.token_calls, 0, "the classic API was never used");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -241,7 +236,6 @@ async fn a_message_rejected_many_times_still_gets_the_revoked_token_replaced() {
     worker.stop().await;
     assert_eq!(env.sim.stats().accepted, 2);
     assert!(env.drain_dlq().await.is_empty(), "nothing dead-lettered");
-    env.cleanup().await;
 }
 
 /// A token provider with its own pool and cache, as one worker process has.
@@ -287,7 +281,7 @@ async fn a_token_api_outage_costs_one_call_per_backoff_not_one_per_waiting_task(
             assert!(matches!(err, TokenError::Transient { .. }), "a transient error: {err}");
             gets += 1;
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await; // pacing: a wave every 200 ms
     }
     let during = env.sim.stats().stable_token_calls;
     println!("token API down for 3.5 s: {gets} gets in 2 processes, token API calls = {during}");
@@ -316,7 +310,6 @@ async fn a_token_api_outage_costs_one_call_per_backoff_not_one_per_waiting_task(
         1,
         "a success resets the backoff"
     );
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -327,6 +320,7 @@ async fn a_token_due_for_refresh_is_used_until_it_expires_while_the_token_api_fa
     let fetched = Instant::now();
     let first = p.get(APP_ID).await.expect("first token");
     token_api_down(&env, true);
+    // The test's point: the token's refresh time (3 s) passes during the outage.
     tokio::time::sleep(Duration::from_millis(3500)).await;
     let t = p
         .get(APP_ID)
@@ -346,10 +340,10 @@ async fn a_token_due_for_refresh_is_used_until_it_expires_while_the_token_api_fa
         "one fetch, then failed refreshes at the backoff's pace: {calls}"
     );
 
+    // The test's point: the token's 6 s life runs out.
     tokio::time::sleep(Duration::from_millis(6500).saturating_sub(fetched.elapsed())).await;
     let err = p.get(APP_ID).await.expect_err("an expired token is never handed out");
     assert!(matches!(err, TokenError::Transient { .. }), "{err}");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -379,7 +373,6 @@ async fn a_failed_forced_refresh_does_not_use_up_the_daily_twenty() {
     assert!(t.generation > first.generation);
     assert_eq!(forced().await, 1, "the successful forced call is counted");
     assert_eq!(env.sim.stats().forced_refreshes, 1);
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -399,7 +392,6 @@ async fn a_frozen_process_cannot_keep_the_token_row_locked() {
     println!("waited {:?} for a frozen lock holder", started.elapsed());
     assert_eq!(t.generation, 1);
     assert!(held.commit().await.is_err(), "the frozen transaction was ended");
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,5 +413,4 @@ async fn a_worker_with_a_wrong_secret_does_not_block_workers_with_the_right_one(
     right.stop().await;
     assert_eq!(env.sim.stats().accepted, 20);
     assert_eq!(env.sim.stats().stable_token_calls, 2, "one failed call, one good one");
-    env.cleanup().await;
 }
