@@ -25,7 +25,7 @@ use wechat_sim::{Sim, SimConfig};
 use crate::common::{APP_ID, APP_SECRET, amqp_url, event, worker_env};
 
 /// The benchmarks' own runtime: two threads, like the machine.
-pub fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -34,14 +34,14 @@ pub fn runtime() -> tokio::runtime::Runtime {
 }
 
 /// A connection, a publisher with confirms and a fresh, declared topology named `<prefix>-<id>`.
-pub struct Broker {
+pub(crate) struct Broker {
     pub conn: Connection,
     pub publisher: Publisher,
     pub topology: Topology,
 }
 
 impl Broker {
-    pub async fn open(prefix: &str) -> Self {
+    pub(crate) async fn open(prefix: &str) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let topology = Topology::new(&format!("{prefix}-{}.x", &id[..8]), &format!("{prefix}-{}.q", &id[..8]));
         let conn = queue::connect(&SecretString::from(amqp_url()), prefix)
@@ -57,7 +57,7 @@ impl Broker {
     }
 
     /// A consumer of the work queue with a prefetch of 512, as the worker has.
-    pub async fn consumer(&self, tag: &str) -> Consumer {
+    pub(crate) async fn consumer(&self, tag: &str) -> Consumer {
         let ch = self.conn.create_channel().await.expect("channel");
         ch.basic_qos(512, BasicQosOptions::default()).await.expect("qos");
         ch.basic_consume(
@@ -71,7 +71,7 @@ impl Broker {
     }
 
     /// Deletes the run's queues (quorum queues are not free) and closes.
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         let ch = self.conn.create_channel().await.expect("channel");
         let policy = wxnotify::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(300));
         let mut names = vec![self.topology.queue.clone(), self.topology.dlq.clone()];
@@ -85,7 +85,7 @@ impl Broker {
 
 /// The real `wxnotify worker` (the release build under `cargo bench`) on this run's database,
 /// queues and simulator; `WXNOTIFY_*` variables of the environment reach it.
-pub fn spawn_worker(db_url: &str, topology: &Topology, sim: SocketAddr, admin: &str) -> tokio::process::Child {
+pub(crate) fn spawn_worker(db_url: &str, topology: &Topology, sim: SocketAddr, admin: &str) -> tokio::process::Child {
     tokio::process::Command::new(worker_binary())
         .arg("worker")
         .envs(worker_env(
@@ -111,7 +111,7 @@ fn worker_binary() -> String {
 }
 
 /// SIGTERM, then wait (at most 30 s) for the worker to drain and exit.
-pub async fn stop_worker(mut child: tokio::process::Child) {
+pub(crate) async fn stop_worker(mut child: tokio::process::Child) {
     if let Some(pid) = child.id() {
         let _ = tokio::process::Command::new("kill")
             .args(["-TERM", &pid.to_string()])
@@ -122,14 +122,14 @@ pub async fn stop_worker(mut child: tokio::process::Child) {
 }
 
 /// A simulator answering at once.
-pub fn sim() -> Sim {
+pub(crate) fn sim() -> Sim {
     Sim::new(SimConfig {
         apps: HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]),
         ..SimConfig::default()
     })
 }
 
-pub async fn sent(pool: &PgPool) -> i64 {
+pub(crate) async fn sent(pool: &PgPool) -> i64 {
     sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'sent'")
         .fetch_one(pool)
         .await
@@ -138,7 +138,7 @@ pub async fn sent(pool: &PgPool) -> i64 {
 
 /// Publishes `n` `booking.confirmed` events with ids `<prefix>-<i>` (confirmed by the broker),
 /// 512 in flight.
-pub async fn publish_live(publisher: &Publisher, topology: &Topology, prefix: &str, n: usize) {
+pub(crate) async fn publish_live(publisher: &Publisher, topology: &Topology, prefix: &str, n: usize) {
     let results: Vec<_> = futures_util::stream::iter(0..n)
         .map(|i| {
             let body = event(
@@ -163,7 +163,7 @@ pub async fn publish_live(publisher: &Publisher, topology: &Topology, prefix: &s
 }
 
 /// `n` queued live events through one worker process on `db_url`: deliveries per second.
-pub async fn live_run(db_url: &str, pool: &PgPool, n: usize) -> f64 {
+pub(crate) async fn live_run(db_url: &str, pool: &PgPool, n: usize) -> f64 {
     let sim = sim();
     let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim");
     let broker = Broker::open("bench").await;

@@ -22,7 +22,7 @@ struct Running {
 }
 
 /// N worker slots; each slot runs one process at a time.
-pub struct Fleet {
+pub(crate) struct Fleet {
     env: Vec<(String, String)>,
     logs: PathBuf,
     slots: Vec<Option<Running>>,
@@ -39,7 +39,7 @@ fn free_port() -> u16 {
 }
 
 impl Fleet {
-    pub fn new(size: usize, env: Vec<(String, String)>, logs: &Path) -> Self {
+    pub(crate) fn new(size: usize, env: Vec<(String, String)>, logs: &Path) -> Self {
         std::fs::create_dir_all(logs).expect("log dir");
         Self {
             env,
@@ -50,12 +50,12 @@ impl Fleet {
         }
     }
 
-    pub fn processes_started(&self) -> usize {
+    pub(crate) fn processes_started(&self) -> usize {
         self.started
     }
 
     /// Starts a worker in `slot` and waits until its `/readyz` says broker and database are up.
-    pub async fn start(&mut self, slot: usize) {
+    pub(crate) async fn start(&mut self, slot: usize) {
         assert!(self.slots[slot].is_none(), "slot {slot} is running");
         self.started += 1;
         let admin = format!("127.0.0.1:{}", free_port());
@@ -85,7 +85,7 @@ impl Fleet {
     }
 
     /// SIGKILL: no drain, no goodbye; its claims stay until its heartbeat goes stale.
-    pub async fn kill(&mut self, slot: usize) {
+    pub(crate) async fn kill(&mut self, slot: usize) {
         let mut r = self.slots[slot].take().expect("slot running");
         r.child.start_kill().expect("SIGKILL");
         r.child.wait().await.expect("reap");
@@ -93,7 +93,7 @@ impl Fleet {
     }
 
     /// Scrapes every live worker's counters (kept until the next scrape or its death).
-    pub async fn scrape(&mut self) {
+    pub(crate) async fn scrape(&mut self) {
         for r in self.slots.iter_mut().flatten() {
             if let Ok(resp) = reqwest::get(format!("http://{}/metrics", r.admin)).await
                 && let Ok(text) = resp.text().await
@@ -104,7 +104,7 @@ impl Fleet {
     }
 
     /// Sum over every process so far of the counters whose name (with labels) starts with `prefix`.
-    pub fn counter(&self, prefix: &str) -> u64 {
+    pub(crate) fn counter(&self, prefix: &str) -> u64 {
         let mut all = self.gone.clone();
         for r in self.slots.iter().flatten() {
             add_into(&mut all, &r.last);
@@ -115,7 +115,7 @@ impl Fleet {
     }
 
     /// SIGTERM to all; returns each exit status (they must drain and exit 0).
-    pub async fn terminate_all(&mut self) -> Vec<(usize, Option<ExitStatus>)> {
+    pub(crate) async fn terminate_all(&mut self) -> Vec<(usize, Option<ExitStatus>)> {
         self.scrape().await;
         let mut out = Vec::new();
         for (slot, r) in self.slots.iter_mut().enumerate() {
@@ -154,7 +154,7 @@ fn parse_counters(text: &str) -> BTreeMap<String, f64> {
 }
 
 /// Declares the run's topology (exchange, work queue, DLX/DLQ) through `url`.
-pub async fn declare(url: &str, topology: &wxnotify::queue::Topology) {
+pub(crate) async fn declare(url: &str, topology: &wxnotify::queue::Topology) {
     let conn = wxnotify::queue::connect(&secrecy::SecretString::from(url.to_string()), "wxnotify-chaos-setup")
         .await
         .expect("RabbitMQ (scripts/services.sh up, or cluster up)");
@@ -164,13 +164,13 @@ pub async fn declare(url: &str, topology: &wxnotify::queue::Topology) {
 }
 
 /// Where a run's worker logs go: `target/chaos/<run>/`.
-pub fn logs_of(run: &str) -> PathBuf {
+pub(crate) fn logs_of(run: &str) -> PathBuf {
     Path::new(ROOT).join("target/chaos").join(run)
 }
 
 /// Runs `scripts/services.sh <what>` (restart-rabbitmq, restart-postgres, cluster stop-node 2…);
 /// panics if it fails.
-pub async fn services(what: &str) {
+pub(crate) async fn services(what: &str) {
     let status = Command::new("bash")
         .arg(Path::new(ROOT).join("scripts/services.sh"))
         .args(what.split_whitespace())
@@ -181,12 +181,12 @@ pub async fn services(what: &str) {
 }
 
 /// What the broker holds per queue whose name starts with `prefix`: (messages, unacknowledged).
-pub async fn queue_depths(prefix: &str) -> BTreeMap<String, (u64, u64)> {
+pub(crate) async fn queue_depths(prefix: &str) -> BTreeMap<String, (u64, u64)> {
     queue_depths_at(None, prefix).await
 }
 
 /// [`queue_depths`] as node `node` (`rabbit2@host`) sees them, or the default node's.
-pub async fn queue_depths_at(node: Option<&str>, prefix: &str) -> BTreeMap<String, (u64, u64)> {
+pub(crate) async fn queue_depths_at(node: Option<&str>, prefix: &str) -> BTreeMap<String, (u64, u64)> {
     let node_args = node.map(|n| ["-n", n]);
     let out = Command::new("rabbitmqctl")
         .args(node_args.iter().flatten())

@@ -29,7 +29,7 @@ const TYPES: [&str; 5] = [
 
 /// What a published message should come to.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Expect {
+pub(crate) enum Expect {
     /// One message at WeChat for this openid, ever.
     Delivered(String),
     /// WeChat answers 43004 (unsubscribed): the DLQ with `permanent_error`, no message.
@@ -38,13 +38,13 @@ pub enum Expect {
     Malformed(&'static str),
 }
 
-pub struct Msg {
+pub(crate) struct Msg {
     pub routing_key: String,
     pub body: Vec<u8>,
     pub expect: Expect,
 }
 
-pub struct Load {
+pub(crate) struct Load {
     pub msgs: Vec<Msg>,
     /// Recipients whose reminder must arrive once, and those whose booking was cancelled.
     pub reminders: BTreeSet<String>,
@@ -59,7 +59,7 @@ pub struct Load {
 }
 
 /// The reminder of the shipped templates: an hour before `slot_start`.
-pub const REMINDER: &str = "TPL_BOOKING_REMINDER";
+pub(crate) const REMINDER: &str = "TPL_BOOKING_REMINDER";
 
 fn beijing(t: DateTime<Utc>) -> String {
     t.with_timezone(&FixedOffset::east_opt(8 * 3600).expect("UTC+8"))
@@ -69,7 +69,7 @@ fn beijing(t: DateTime<Utc>) -> String {
 /// `events` distinct events (1% of them to unsubscribed users), 10% duplicate publishes, and
 /// `events / 100` malformed messages, shuffled by `seed` (the duplicates land after their original).
 /// Reminders fall due between 5 and 45 s after `t0`; cancelled ones `cancelled_due` after it.
-pub fn build(events: usize, seed: u64, t0: DateTime<Utc>, cancelled_due: Duration) -> Load {
+pub(crate) fn build(events: usize, seed: u64, t0: DateTime<Utc>, cancelled_due: Duration) -> Load {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut msgs: Vec<Msg> = Vec::new();
     let mut delivered = BTreeSet::new();
@@ -218,7 +218,7 @@ pub fn build(events: usize, seed: u64, t0: DateTime<Utc>, cancelled_due: Duratio
 }
 
 /// Publishes with confirms; on any broker error reconnects (with a pause) and publishes again.
-pub struct Feeder {
+pub(crate) struct Feeder {
     url: String,
     exchange: String,
     conn: Option<(Connection, Publisher)>,
@@ -227,7 +227,7 @@ pub struct Feeder {
 }
 
 impl Feeder {
-    pub fn new(url: &str, exchange: &str) -> Self {
+    pub(crate) fn new(url: &str, exchange: &str) -> Self {
         Self {
             url: url.into(),
             exchange: exchange.into(),
@@ -236,7 +236,7 @@ impl Feeder {
         }
     }
 
-    pub async fn publish(&mut self, routing_key: &str, body: &[u8]) {
+    pub(crate) async fn publish(&mut self, routing_key: &str, body: &[u8]) {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
@@ -276,7 +276,7 @@ impl Feeder {
         }
     }
 
-    pub async fn close(self) {
+    pub(crate) async fn close(self) {
         if let Some((conn, _)) = self.conn {
             let _ = conn.close(200, "done".into()).await;
         }

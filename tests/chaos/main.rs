@@ -165,7 +165,7 @@ async fn chaos() {
                 .map(|(_, n)| n)
                 .sum();
             let unacked: u64 = queue_depths(&prefix).await.values().map(|(_, u)| u).sum();
-            // A subscribe send cut off by a SIGKILL is dead-lettered `ambiguous` (CONTRACT §3):
+            // A subscribe send cut off by a SIGKILL is dead-lettered `ambiguous` (docs/interface.md §3):
             // its recipient may have it or not; ops decide.
             let ambiguous = ambiguous_recipients(&pool).await.len();
             let reminders = sim

@@ -15,22 +15,22 @@ use secrecy::SecretString;
 use sqlx::Connection;
 
 /// This process's part of every name: `p<pid>`.
-pub fn run_tag() -> String {
+pub(crate) fn run_tag() -> String {
     format!("p{}", std::process::id())
 }
 
 /// The database of the test `id` (32 hex): `wxn_test_p<pid>_<16 hex>`.
-pub fn database_name(id: &str) -> String {
+pub(crate) fn database_name(id: &str) -> String {
     format!("wxn_test_{}_{}", run_tag(), &id[..16])
 }
 
 /// The prefix of the test `id`'s queues and exchanges: `<kind>-p<pid>-<10 hex>`.
-pub fn broker_prefix(kind: &str, id: &str) -> String {
+pub(crate) fn broker_prefix(kind: &str, id: &str) -> String {
     format!("{kind}-{}-{}", run_tag(), &id[..10])
 }
 
 /// The process a tagged name belongs to: `t-p123-…`, `chaos-p123-…`, `wxn_test_p123_…`.
-pub fn pid_of(name: &str) -> Option<u32> {
+pub(crate) fn pid_of(name: &str) -> Option<u32> {
     let rest = ["t-p", "chaos-p", "cluster-p", "wxn_test_p"]
         .iter()
         .find_map(|prefix| name.strip_prefix(prefix))?;
@@ -44,13 +44,13 @@ pub fn pid_of(name: &str) -> Option<u32> {
 }
 
 /// Whether process `pid` still runs (always "yes" without a /proc to tell).
-pub fn alive(pid: u32) -> bool {
+pub(crate) fn alive(pid: u32) -> bool {
     !std::path::Path::new("/proc/self").exists() || std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Runs the future `make` returns on a thread of its own, with a runtime of its own, and waits
 /// for it: usable in `Drop` and inside a test's (current-thread) runtime. `None` when it panicked.
-pub fn block_on_own_thread<F, T>(make: impl FnOnce() -> F + Send + 'static) -> Option<T>
+pub(crate) fn block_on_own_thread<F, T>(make: impl FnOnce() -> F + Send + 'static) -> Option<T>
 where
     F: Future<Output = T>,
     T: Send + 'static,
@@ -70,7 +70,7 @@ where
 /// One test's broker objects and database, deleted when this is dropped (unless `TEST_KEEP` is
 /// set, to look at what a failed test left).
 #[derive(Default)]
-pub struct Leftovers {
+pub(crate) struct Leftovers {
     /// The broker the queues and exchanges are on.
     pub amqp_url: String,
     pub queues: Vec<String>,
@@ -83,7 +83,7 @@ pub struct Leftovers {
 impl Leftovers {
     /// The objects [`wxnotify::queue::Topology`] declares for `exchange` and `queue` (every retry
     /// tier there could be) and the receiver's spill queue, `<queue>.pushes`.
-    pub fn topology(amqp_url: &str, exchange: &str, queue: &str) -> Self {
+    pub(crate) fn topology(amqp_url: &str, exchange: &str, queue: &str) -> Self {
         let mut queues = vec![queue.to_string(), format!("{queue}.dlq"), format!("{queue}.pushes")];
         queues.extend((0..24).map(|i| format!("{queue}.retry.{}s", 1u64 << i)));
         Self {
@@ -95,7 +95,7 @@ impl Leftovers {
     }
 
     /// Deletes everything now; nothing is left for `Drop`.
-    pub async fn remove(&mut self) {
+    pub(crate) async fn remove(&mut self) {
         let (queues, exchanges) = (std::mem::take(&mut self.queues), std::mem::take(&mut self.exchanges));
         let limit = Duration::from_secs(20);
         if !queues.is_empty() || !exchanges.is_empty() {
@@ -139,7 +139,7 @@ impl Drop for Leftovers {
 
 /// Deletes `queues`, then `exchanges` (a channel the broker closed on an error is replaced);
 /// how many deletions the broker confirmed.
-pub async fn delete_on_broker(amqp_url: &str, queues: &[String], exchanges: &[String]) -> usize {
+pub(crate) async fn delete_on_broker(amqp_url: &str, queues: &[String], exchanges: &[String]) -> usize {
     let url = SecretString::from(amqp_url.to_string());
     let Ok(conn) = wxnotify::queue::connect(&url, "wxnotify-test-cleanup").await else {
         return 0;
@@ -172,7 +172,7 @@ pub async fn delete_on_broker(amqp_url: &str, queues: &[String], exchanges: &[St
 }
 
 /// `DROP DATABASE IF EXISTS <name> WITH (FORCE)` (its sessions ended), on a connection of its own.
-pub async fn drop_database(server: &str, params: &str, name: &str) -> Result<(), sqlx::Error> {
+pub(crate) async fn drop_database(server: &str, params: &str, name: &str) -> Result<(), sqlx::Error> {
     let mut admin = sqlx::PgConnection::connect(&format!("{server}/postgres{params}")).await?;
     let sql = format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)");
     sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&mut admin).await?;
@@ -182,7 +182,7 @@ pub async fn drop_database(server: &str, params: &str, name: &str) -> Result<(),
 
 /// Once per process: deletes the queues, exchanges and databases of earlier runs on these services
 /// whose process is gone (killed before its guards ran), and says how many on stderr.
-pub fn sweep_killed_runs(db_server: &str, amqp_url: &str) {
+pub(crate) fn sweep_killed_runs(db_server: &str, amqp_url: &str) {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         let (db_server, amqp_url) = (db_server.to_string(), amqp_url.to_string());
@@ -226,7 +226,7 @@ async fn sweep(db_server: &str, amqp_url: &str) -> (usize, usize, usize) {
 
 /// Names of the default vhost's `queues` or `exchanges`: from the management API
 /// (`TEST_RABBITMQ_API`, default `http://127.0.0.1:15672`, guest/guest) or else `rabbitmqctl`.
-pub async fn broker_names(kind: &str) -> Vec<String> {
+pub(crate) async fn broker_names(kind: &str) -> Vec<String> {
     let api = std::env::var("TEST_RABBITMQ_API").unwrap_or_else(|_| "http://127.0.0.1:15672".into());
     let listed = async {
         let resp = reqwest::Client::new()
@@ -268,7 +268,7 @@ pub async fn broker_names(kind: &str) -> Vec<String> {
 }
 
 /// The test databases (`wxn_test_%`) on the server.
-pub async fn database_names(db_server: &str) -> Vec<String> {
+pub(crate) async fn database_names(db_server: &str) -> Vec<String> {
     let Ok(mut admin) = sqlx::PgConnection::connect(&format!("{db_server}/postgres")).await else {
         note("sweep: cannot connect to Postgres");
         return Vec::new();

@@ -12,16 +12,16 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 use wxnotify::queue::{Topology, headers};
 
-pub mod leftovers;
+pub(crate) mod leftovers;
 
-pub const APP_ID: &str = "wx1111111111111111";
-pub const APP_SECRET: &str = "sim-secret-Zq81x";
+pub(crate) const APP_ID: &str = "wx1111111111111111";
+pub(crate) const APP_SECRET: &str = "sim-secret-Zq81x";
 
-pub fn base_db_url() -> String {
+pub(crate) fn base_db_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432".into())
 }
 
-pub fn amqp_url() -> String {
+pub(crate) fn amqp_url() -> String {
     std::env::var("TEST_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
@@ -29,14 +29,14 @@ pub fn amqp_url() -> String {
 /// caller drops it, or the first test binary after this process is gone does).
 /// Returns its URL and a pool of `pool_size` connections.
 /// `TEST_DATABASE_PARAMS` ends every URL (e.g. `?sslmode=disable` to measure without TLS).
-pub async fn fresh_database(id: &str, pool_size: u32) -> (String, PgPool) {
+pub(crate) async fn fresh_database(id: &str, pool_size: u32) -> (String, PgPool) {
     let params = std::env::var("TEST_DATABASE_PARAMS").unwrap_or_default();
     fresh_database_at(&base_db_url(), &params, id, pool_size).await
 }
 
 /// [`fresh_database`] on the server at `base` (`postgres://user:password@host:port`), every URL
 /// ending in `params` (a query such as `?sslmode=verify-full&sslrootcert=…`, or empty).
-pub async fn fresh_database_at(base: &str, params: &str, id: &str, pool_size: u32) -> (String, PgPool) {
+pub(crate) async fn fresh_database_at(base: &str, params: &str, id: &str, pool_size: u32) -> (String, PgPool) {
     let db_name = leftovers::database_name(id);
     admin_execute(base, params, format!("CREATE DATABASE {db_name}")).await;
     let db_url = format!("{base}/{db_name}{params}");
@@ -49,7 +49,7 @@ pub async fn fresh_database_at(base: &str, params: &str, id: &str, pool_size: u3
 
 /// Runs `sql` (`CREATE DATABASE`, `DROP DATABASE`) on the `postgres` database of the server at
 /// `base`, over a connection of its own; URL as in [`fresh_database_at`].
-pub async fn admin_execute(base: &str, params: &str, sql: String) {
+pub(crate) async fn admin_execute(base: &str, params: &str, sql: String) {
     let admin = PgPool::connect(&format!("{base}/postgres{params}"))
         .await
         .expect("connect to Postgres (run scripts/services.sh up)");
@@ -61,7 +61,7 @@ pub async fn admin_execute(base: &str, params: &str, sql: String) {
 }
 
 /// A valid event of the shipped templates.
-pub fn event(id: &str, event_type: &str, openid: &str) -> serde_json::Value {
+pub(crate) fn event(id: &str, event_type: &str, openid: &str) -> serde_json::Value {
     serde_json::json!({
         "event_id": id, "event_type": event_type, "occurred_at": "2026-11-21T09:30:00+08:00",
         "openid": openid,
@@ -71,7 +71,7 @@ pub fn event(id: &str, event_type: &str, openid: &str) -> serde_json::Value {
 }
 
 /// Waits until `check` returns true, polling; panics with `what` after `timeout`.
-pub async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
+pub(crate) async fn wait_for<F, Fut>(what: &str, timeout: Duration, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = bool>,
@@ -87,10 +87,10 @@ where
 }
 
 /// A message taken from a queue: its body and its `wxnotify-*` headers.
-pub type Taken = (Vec<u8>, HashMap<String, String>);
+pub(crate) type Taken = (Vec<u8>, HashMap<String, String>);
 
 /// Takes (and acks) every message `queue` holds now.
-pub async fn take_all(ch: &Channel, queue: &str) -> Vec<Taken> {
+pub(crate) async fn take_all(ch: &Channel, queue: &str) -> Vec<Taken> {
     let mut out = Vec::new();
     while let Some(msg) = ch
         .basic_get(queue.into(), BasicGetOptions::default())
@@ -116,7 +116,12 @@ pub async fn take_all(ch: &Channel, queue: &str) -> Vec<Taken> {
 }
 
 /// What the `wxnotify` binary needs to run against a test's database, queues and simulator.
-pub fn worker_env(db_url: &str, topology: &Topology, sim_base: &str, templates: &str) -> Vec<(&'static str, String)> {
+pub(crate) fn worker_env(
+    db_url: &str,
+    topology: &Topology,
+    sim_base: &str,
+    templates: &str,
+) -> Vec<(&'static str, String)> {
     vec![
         ("DATABASE_URL", db_url.to_string()),
         ("AMQP_URL", amqp_url()),

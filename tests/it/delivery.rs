@@ -1,5 +1,5 @@
 //! The walking skeleton's promises: events become exactly the rendered messages; duplicates, bad
-//! input and WeChat's refusals end where CONTRACT §1–3 say.
+//! input and WeChat's refusals end where docs/interface.md §1–3 say.
 
 use std::time::Duration;
 

@@ -26,7 +26,7 @@ use wxnotify::queue::{self, Publisher, Topology};
 use wxnotify::wechat::TokenApi;
 
 use crate::common::leftovers::{self, Leftovers};
-pub use crate::common::{APP_ID, APP_SECRET, amqp_url, event, wait_for};
+pub(crate) use crate::common::{APP_ID, APP_SECRET, amqp_url, event, wait_for};
 use crate::common::{Taken, base_db_url, fresh_database_at, take_all, worker_env};
 
 fn init_logs() {
@@ -41,7 +41,7 @@ fn init_logs() {
 /// Where a test environment's Postgres and RabbitMQ are: the shared services of
 /// `scripts/services.sh` by default, the TLS ones of `scripts/tls-services.sh` in tls.rs.
 #[derive(Clone)]
-pub struct Services {
+pub(crate) struct Services {
     /// `postgres://user:password@host:port`: the test's database is made there.
     pub db_base: String,
     /// The query every database URL ends with (`?sslmode=…`), or empty.
@@ -59,7 +59,7 @@ impl Default for Services {
     }
 }
 
-pub struct TestEnv {
+pub(crate) struct TestEnv {
     pub db_url: String,
     /// The broker the topology is on, the workers and the test's publisher connect to.
     pub amqp_url: String,
@@ -98,13 +98,13 @@ impl Drop for StopOnDrop {
     }
 }
 
-pub struct WorkerHandle {
+pub(crate) struct WorkerHandle {
     pub shutdown: CancellationToken,
     pub join: JoinHandle<Result<(), AppError>>,
 }
 
 impl WorkerHandle {
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         let r = tokio::time::timeout(Duration::from_secs(30), self.join)
             .await
@@ -115,7 +115,7 @@ impl WorkerHandle {
 
 /// Options a test may change from the defaults.
 #[derive(Clone)]
-pub struct WorkerOpts {
+pub(crate) struct WorkerOpts {
     pub token_api: TokenApi,
     pub secret: String,
     pub concurrency: usize,
@@ -151,12 +151,12 @@ impl Default for WorkerOpts {
 }
 
 impl TestEnv {
-    pub async fn new() -> Self {
+    pub(crate) async fn new() -> Self {
         Self::with_sim(SimConfig::default()).await
     }
 
     /// A test environment whose simulator injects `faults`.
-    pub async fn with_faults(faults: Faults) -> Self {
+    pub(crate) async fn with_faults(faults: Faults) -> Self {
         Self::with_sim(SimConfig {
             faults,
             ..Default::default()
@@ -165,7 +165,7 @@ impl TestEnv {
     }
 
     /// `wxnotify dlq replay --reason <reason>`, as the library runs it.
-    pub async fn replay_by_reason(&self, reason: &str) -> ReplayReport {
+    pub(crate) async fn replay_by_reason(&self, reason: &str) -> ReplayReport {
         let filter = ReplayFilter {
             reason: Some(reason.into()),
             ..Default::default()
@@ -176,12 +176,12 @@ impl TestEnv {
             .expect("replay")
     }
 
-    pub async fn with_sim(sim_config: SimConfig) -> Self {
+    pub(crate) async fn with_sim(sim_config: SimConfig) -> Self {
         Self::on(Services::default(), sim_config).await
     }
 
     /// A test environment on other services than the shared ones.
-    pub async fn on(services: Services, mut sim_config: SimConfig) -> Self {
+    pub(crate) async fn on(services: Services, mut sim_config: SimConfig) -> Self {
         init_logs();
         let shared = Services::default();
         leftovers::sweep_killed_runs(&shared.db_base, &shared.amqp_url);
@@ -224,7 +224,7 @@ impl TestEnv {
         }
     }
 
-    pub fn worker_args(&self, opts: &WorkerOpts) -> WorkerArgs {
+    pub(crate) fn worker_args(&self, opts: &WorkerOpts) -> WorkerArgs {
         WorkerArgs {
             db: DbArgs {
                 database_url: opts.database_url.clone().unwrap_or_else(|| self.db_url.clone()),
@@ -257,7 +257,7 @@ impl TestEnv {
 
     /// An in-process worker with its own pool, token cache and id, as a separate process would
     /// have, started the way `wxnotify worker` starts one (`Application::build`).
-    pub async fn spawn_worker(&self, opts: &WorkerOpts) -> WorkerHandle {
+    pub(crate) async fn spawn_worker(&self, opts: &WorkerOpts) -> WorkerHandle {
         let settings = self.worker_args(opts).into_settings().expect("valid settings");
         let shutdown = CancellationToken::new();
         let app = Application::build(settings, false, &shutdown)
@@ -270,17 +270,17 @@ impl TestEnv {
     }
 
     /// A fresh channel on the test's own connection.
-    pub async fn channel(&self) -> lapin::Channel {
+    pub(crate) async fn channel(&self) -> lapin::Channel {
         self.conn.create_channel().await.expect("channel")
     }
 
     /// The real `wxnotify worker` binary, configured for this environment (stdio left to the caller).
-    pub fn worker_command(&self) -> tokio::process::Command {
+    pub(crate) fn worker_command(&self) -> tokio::process::Command {
         self.wxnotify(&["worker"])
     }
 
     /// The real `wxnotify` binary with `args`, configured for this environment.
-    pub fn wxnotify(&self, args: &[&str]) -> tokio::process::Command {
+    pub(crate) fn wxnotify(&self, args: &[&str]) -> tokio::process::Command {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxnotify"));
         cmd.args(args)
             .env_clear()
@@ -300,7 +300,7 @@ impl TestEnv {
 
     /// Runs the `wxnotify` binary with `args`, its output captured (not a terminal), and checks
     /// that it exited 0 (showing its stderr when not).
-    pub async fn wxnotify_ok(&self, args: &[&str]) -> std::process::Output {
+    pub(crate) async fn wxnotify_ok(&self, args: &[&str]) -> std::process::Output {
         let out = self.wxnotify(args).output().await.expect("run wxnotify");
         assert!(
             out.status.success(),
@@ -310,7 +310,7 @@ impl TestEnv {
         out
     }
 
-    pub async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
+    pub(crate) async fn publish_raw(&self, routing_key: &str, body: &[u8]) {
         let props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type("application/json".into());
@@ -322,7 +322,7 @@ impl TestEnv {
 
     /// Plays a worker that crashes on the work queue's head message: takes it and hands it back
     /// (reject, requeue), up to `times` times or until the queue is empty. Returns how often.
-    pub async fn hand_back(&self, times: usize) -> usize {
+    pub(crate) async fn hand_back(&self, times: usize) -> usize {
         let ch = self.channel().await;
         let mut handed_back = 0;
         while handed_back < times {
@@ -345,17 +345,17 @@ impl TestEnv {
     }
 
     /// Straight into `queue` (the default exchange), with the given properties.
-    pub async fn publish_to_queue(&self, queue: &str, body: &[u8], props: BasicProperties) {
+    pub(crate) async fn publish_to_queue(&self, queue: &str, body: &[u8], props: BasicProperties) {
         self.publisher.publish("", queue, body, props).await.expect("publish");
     }
 
-    pub async fn publish(&self, event: &serde_json::Value) {
+    pub(crate) async fn publish(&self, event: &serde_json::Value) {
         let rk = event["event_type"].as_str().unwrap_or("none").to_string();
         self.publish_raw(&rk, event.to_string().as_bytes()).await;
     }
 
     /// Puts a message straight into the dead-letter queue, with these `wxnotify-*` headers.
-    pub async fn publish_dead_letter(&self, body: &[u8], headers: &[(&str, &str)]) {
+    pub(crate) async fn publish_dead_letter(&self, body: &[u8], headers: &[(&str, &str)]) {
         let mut table = lapin::types::FieldTable::default();
         for (name, value) in headers {
             queue::headers::set_text(&mut table, name, value);
@@ -371,12 +371,12 @@ impl TestEnv {
     }
 
     /// Takes every message of the dead-letter queue: (body, wxnotify-* headers).
-    pub async fn drain_dlq(&self) -> Vec<Taken> {
+    pub(crate) async fn drain_dlq(&self) -> Vec<Taken> {
         take_all(self.publisher.channel(), &self.topology.dlq).await
     }
 
     /// Drains the DLQ until it has yielded at least `n` messages; panics after `timeout`.
-    pub async fn collect_dlq(&self, n: usize, timeout: Duration) -> Vec<Taken> {
+    pub(crate) async fn collect_dlq(&self, n: usize, timeout: Duration) -> Vec<Taken> {
         let deadline = tokio::time::Instant::now() + timeout;
         let mut out = Vec::new();
         while out.len() < n {
@@ -390,7 +390,7 @@ impl TestEnv {
     }
 
     /// Ready messages in the work queue and every retry queue (not the DLQ).
-    pub async fn ready_everywhere(&self) -> u32 {
+    pub(crate) async fn ready_everywhere(&self) -> u32 {
         let ch = self.conn.create_channel().await.expect("channel");
         let policy = wxnotify::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(2));
         let mut queues = vec![self.topology.queue.clone()];
@@ -412,7 +412,7 @@ impl TestEnv {
         total
     }
 
-    pub async fn statuses(&self) -> HashMap<String, String> {
+    pub(crate) async fn statuses(&self) -> HashMap<String, String> {
         sqlx::query("SELECT event_id, status FROM deliveries")
             .fetch_all(&self.pool)
             .await
@@ -422,13 +422,13 @@ impl TestEnv {
             .collect()
     }
 
-    pub async fn count(&self, sql: &'static str) -> i64 {
+    pub(crate) async fn count(&self, sql: &'static str) -> i64 {
         sqlx::query_scalar(sql).fetch_one(&self.pool).await.expect("count")
     }
 
     /// Sessions on the test's database waiting for a lock (e.g. a worker's statement behind a row
     /// the test holds).
-    pub async fn lock_waiters(&self) -> i64 {
+    pub(crate) async fn lock_waiters(&self) -> i64 {
         self.count(
             "SELECT count(*) FROM pg_stat_activity
              WHERE datname = current_database() AND wait_event_type = 'Lock'",
@@ -438,11 +438,11 @@ impl TestEnv {
 }
 
 /// The default app's callback token and EncodingAESKey in the receiver tests.
-pub const CALLBACK_TOKEN: &str = "cbToken2026";
-pub const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+pub(crate) const CALLBACK_TOKEN: &str = "cbToken2026";
+pub(crate) const AES_KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 
 /// An in-process `wxnotify receiver`.
-pub struct ReceiverHandle {
+pub(crate) struct ReceiverHandle {
     pub addr: std::net::SocketAddr,
     pub admin_addr: std::net::SocketAddr,
     pub shutdown: CancellationToken,
@@ -451,11 +451,11 @@ pub struct ReceiverHandle {
 
 impl ReceiverHandle {
     /// The default app's push URL.
-    pub fn url(&self) -> String {
+    pub(crate) fn url(&self) -> String {
         format!("http://{}/wechat/{APP_ID}", self.addr)
     }
 
-    pub async fn stop(self) {
+    pub(crate) async fn stop(self) {
         self.shutdown.cancel();
         let r = tokio::time::timeout(Duration::from_secs(30), self.join)
             .await
@@ -468,7 +468,7 @@ impl TestEnv {
     /// A receiver for the default app (callback token and AES key above), on this test's
     /// database or on `database_url` (e.g. through a proxy the test can cut); with `spill`, it
     /// queues what Postgres cannot take in `<queue>.pushes` on the real RabbitMQ.
-    pub async fn spawn_receiver(&self, database_url: Option<&str>, spill: bool) -> ReceiverHandle {
+    pub(crate) async fn spawn_receiver(&self, database_url: Option<&str>, spill: bool) -> ReceiverHandle {
         let args = wxnotify::receiver::ReceiverArgs {
             db: DbArgs {
                 database_url: database_url.unwrap_or(&self.db_url).to_string(),
@@ -502,12 +502,12 @@ impl TestEnv {
 
     /// Has the simulator push to `receiver` (safe mode when `aes`), at once, retrying after
     /// `retry_gap_ms`.
-    pub fn push_to(&self, receiver: &ReceiverHandle, aes: bool, retry_gap_ms: u64) {
+    pub(crate) fn push_to(&self, receiver: &ReceiverHandle, aes: bool, retry_gap_ms: u64) {
         self.push_to_addr(receiver.addr, aes, retry_gap_ms);
     }
 
     /// [`TestEnv::push_to`] a receiver listening on `addr` (e.g. the real binary).
-    pub fn push_to_addr(&self, addr: std::net::SocketAddr, aes: bool, retry_gap_ms: u64) {
+    pub(crate) fn push_to_addr(&self, addr: std::net::SocketAddr, aes: bool, retry_gap_ms: u64) {
         self.sim.set_push(wechat_sim::PushConfig {
             callback_url: Some(format!("http://{addr}/wechat/{{appid}}")),
             token: CALLBACK_TOKEN.into(),
@@ -518,7 +518,7 @@ impl TestEnv {
     }
 
     /// Inserts a `sent` delivery with this msgid (or none), as the worker would have; its id.
-    pub async fn insert_sent(&self, event_id: &str, msgid: Option<i64>) -> i64 {
+    pub(crate) async fn insert_sent(&self, event_id: &str, msgid: Option<i64>) -> i64 {
         sqlx::query_scalar(
             "INSERT INTO deliveries (event_id, event_type, app_id, openid, template_id, status,
                                      wechat_msgid, occurred_at, client_msg_id, sent_at)
@@ -535,7 +535,7 @@ impl TestEnv {
     }
 
     /// `receipt_status` of the delivery with this msgid.
-    pub async fn receipt_of(&self, msgid: i64) -> Option<String> {
+    pub(crate) async fn receipt_of(&self, msgid: i64) -> Option<String> {
         sqlx::query_scalar("SELECT receipt_status FROM deliveries WHERE wechat_msgid = $1")
             .bind(msgid)
             .fetch_optional(&self.pool)
@@ -547,7 +547,7 @@ impl TestEnv {
 
 /// What the command wrote to stderr, checked to hold no terminal escape code: off a terminal
 /// (a pipe, as here) there is no progress bar and no colour.
-pub fn plain_stderr(out: &std::process::Output) -> String {
+pub(crate) fn plain_stderr(out: &std::process::Output) -> String {
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(!stderr.contains("\x1b["), "escape codes off a terminal: {stderr:?}");
     stderr
@@ -555,7 +555,7 @@ pub fn plain_stderr(out: &std::process::Output) -> String {
 
 /// The line of `text` that starts with `start`, and the seconds it says the run took
 /// (`… in 1.2s …`). Panics, showing `text`, when there is no such line.
-pub fn summary_line<'a>(text: &'a str, start: &str) -> (&'a str, f64) {
+pub(crate) fn summary_line<'a>(text: &'a str, start: &str) -> (&'a str, f64) {
     let line = text
         .lines()
         .find(|l| l.starts_with(start))

@@ -7,21 +7,21 @@ use std::sync::{Arc, Mutex};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
-pub struct Proxy {
+pub(crate) struct Proxy {
     pub addr: SocketAddr,
     tasks: Arc<Mutex<Vec<JoinHandle<()>>>>,
     accept: JoinHandle<()>,
 }
 
 impl Proxy {
-    pub async fn to(upstream: SocketAddr) -> Self {
+    pub(crate) async fn to(upstream: SocketAddr) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind proxy");
         Self::serve(listener, upstream)
     }
 
     /// A proxy listening on `addr` again (the address of one that was cut: the database host
     /// comes back), once the port is free.
-    pub async fn at(addr: SocketAddr, upstream: SocketAddr) -> Self {
+    pub(crate) async fn at(addr: SocketAddr, upstream: SocketAddr) -> Self {
         let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         loop {
             match TcpListener::bind(addr).await {
@@ -50,7 +50,7 @@ impl Proxy {
     }
 
     /// Drops every connection and stops listening: the port refuses from now on.
-    pub fn cut(&self) {
+    pub(crate) fn cut(&self) {
         self.accept.abort();
         for t in self.tasks.lock().unwrap().drain(..) {
             t.abort();

@@ -1,4 +1,4 @@
-//! `WXNOTIFY_RATE_LIMIT` (CONTRACT §6): the live workers share the fleet's sends a second per
+//! `WXNOTIFY_RATE_LIMIT` (docs/interface.md §6): the live workers share the fleet's sends a second per
 //! app, re-balanced as workers come and go; waiting for a slot claims nothing, so a shutdown hands
 //! the waiting messages back at once.
 

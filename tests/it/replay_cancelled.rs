@@ -90,7 +90,6 @@ async fn a_dead_reminder_whose_booking_was_cancelled_is_not_sent_by_a_replay() {
     .await
     .unwrap();
     assert_eq!(by.as_deref(), Some("rc-cancelled"));
-    env.cleanup().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -133,5 +132,4 @@ async fn a_dead_reminder_replayed_after_its_not_after_ends_expired_unsent() {
         .filter(|m| m.template_id == "TPL_BOOKING_REMINDER")
         .count();
     assert_eq!(reminders, 0, "a reminder reached WeChat after its slot started");
-    env.cleanup().await;
 }

@@ -1,4 +1,4 @@
-//! Reminders that wait for their time (CONTRACT §8), with the shipped templates.toml: a
+//! Reminders that wait for their time (docs/interface.md §8), with the shipped templates.toml: a
 //! `booking.confirmed` makes the confirmation (at once) and `TPL_BOOKING_REMINDER` (an hour before
 //! `slot_start`, never after it, cancelled by `booking.cancelled` / `booking.rescheduled` with the
 //! same `booking_id`). The simulator records when each message arrived.

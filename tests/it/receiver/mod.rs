@@ -1,4 +1,4 @@
-//! `wxnotify receiver` (CONTRACT §9) on real Postgres: the three modes, forged and hostile
+//! `wxnotify receiver` (docs/interface.md §9) on real Postgres: the three modes, forged and hostile
 //! pushes, receipts before their rows, repeats and races, an unreachable database, follower
 //! events, and the whole trip from the worker through the simulator's push.
 //!
