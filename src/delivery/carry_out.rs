@@ -159,13 +159,21 @@ impl Carrier<'_> {
     /// publish failed, the message goes back and its next delivery must meet WeChat's 43004 again,
     /// not a suppression. Best effort: this delivery's fate does not depend on it.
     async fn note_unfollowed(&self, plan: &Plan) {
-        let Some((app_id, openid)) = self.sent().and_then(|s| s.left_the_account.as_ref()) else {
+        let Some(sent) = self.sent() else {
+            return;
+        };
+        let Some((app_id, openid)) = &sent.left_the_account else {
             return;
         };
         if !matches!(plan.outcome, Outcome::DeadLetter(_)) {
             return;
         }
-        if let Err(e) = self.ctx.ledger.mark_unfollowed(app_id, openid).await {
+        if let Err(e) = self
+            .ctx
+            .ledger
+            .mark_unfollowed(app_id, openid, sent.attempt.started_at)
+            .await
+        {
             tracing::warn!(error = %e, "could not record that the recipient left the account");
         }
     }

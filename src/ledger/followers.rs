@@ -56,17 +56,17 @@ pub(crate) async fn set_following(
 }
 
 impl Ledger {
-    /// WeChat answered 43004 for `openid`: it does not follow `app_id`. Later template messages
-    /// to it end `suppressed` until a `subscribe` push newer than now says otherwise.
-    pub(crate) async fn mark_unfollowed(&self, app_id: &str, openid: &str) -> Result<bool, sqlx::Error> {
-        set_following(
-            &self.pool,
-            app_id,
-            openid,
-            false,
-            Utc::now(),
-            FollowSource::Errcode43004,
-        )
-        .await
+    /// WeChat answered 43004 for `openid` to the send that started at `sent_at`: it does not
+    /// follow `app_id`. Later template messages to it end `suppressed` until a `subscribe` push
+    /// newer than that says otherwise. The send's start, not the moment it is recorded: a
+    /// `subscribe` pushed while the send was under way (or before its outcome was recorded) is
+    /// the newer word and stays.
+    pub(crate) async fn mark_unfollowed(
+        &self,
+        app_id: &str,
+        openid: &str,
+        sent_at: DateTime<Utc>,
+    ) -> Result<bool, sqlx::Error> {
+        set_following(&self.pool, app_id, openid, false, sent_at, FollowSource::Errcode43004).await
     }
 }

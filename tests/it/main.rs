@@ -10,6 +10,7 @@ mod delivery;
 mod delivery_edges;
 mod dlq;
 mod faults;
+mod follow_clock;
 mod helpers;
 mod leftovers;
 mod metrics;
