@@ -6,6 +6,8 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 use sha2::{Digest, Sha256};
 
+use crate::ids::{AppId, OpenId};
+
 /// Why a message body cannot become a delivery. Each becomes `invalid_event` in the dead-letter queue.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 pub enum EventError {
@@ -17,18 +19,19 @@ pub enum EventError {
     Field(String),
 }
 
-/// A validated booking event. Holding one proves the required fields are present and well-formed.
+/// A validated booking event. Holding one proves the required fields are present and well-formed:
+/// it is made only by [`BookingEvent::parse`]. Templates see it as serialized here.
 #[derive(Debug, Clone, Serialize)]
 pub struct BookingEvent {
-    pub event_id: String,
-    pub event_type: String,
+    event_id: String,
+    event_type: String,
     /// Kept as the producer wrote it, so templates see the original offset.
-    pub occurred_at: String,
+    occurred_at: String,
     #[serde(skip)]
-    pub occurred: DateTime<FixedOffset>,
-    pub openid: String,
-    pub app_id: Option<String>,
-    pub data: Map<String, Value>,
+    occurred: DateTime<FixedOffset>,
+    openid: OpenId,
+    app_id: Option<AppId>,
+    data: Map<String, Value>,
 }
 
 #[derive(Deserialize)]
@@ -98,10 +101,36 @@ impl BookingEvent {
             event_type: raw.event_type,
             occurred_at: raw.occurred_at,
             occurred,
-            openid: raw.openid,
-            app_id: raw.app_id,
+            openid: raw.openid.into(),
+            app_id: raw.app_id.map(AppId::from),
             data: raw.data,
         })
+    }
+
+    pub fn event_id(&self) -> &str {
+        &self.event_id
+    }
+
+    pub fn event_type(&self) -> &str {
+        &self.event_type
+    }
+
+    /// `occurred_at`, parsed (with the producer's offset).
+    pub fn occurred(&self) -> DateTime<FixedOffset> {
+        self.occurred
+    }
+
+    pub fn openid(&self) -> &OpenId {
+        &self.openid
+    }
+
+    /// The app the event names, if it names one (else the default app sends it).
+    pub fn app_id(&self) -> Option<&AppId> {
+        self.app_id.as_ref()
+    }
+
+    pub fn data(&self) -> &Map<String, Value> {
+        &self.data
     }
 
     /// The event's id for logs and headers, even when the body did not parse.
@@ -142,7 +171,7 @@ fn nul_in_value(v: &Value) -> Option<String> {
 pub struct DeliveryKey {
     pub event_id: String,
     pub template_id: String,
-    pub openid: String,
+    pub openid: OpenId,
 }
 
 impl DeliveryKey {
@@ -150,7 +179,7 @@ impl DeliveryKey {
     /// different for different keys. A hash, so ids of any length and alphabet fit.
     pub fn client_msg_id(&self) -> String {
         let mut hasher = Sha256::new();
-        for part in [&self.event_id, &self.template_id, &self.openid] {
+        for part in [self.event_id.as_str(), &self.template_id, &self.openid] {
             hasher.update((part.len() as u64).to_be_bytes());
             hasher.update(part.as_bytes());
         }

@@ -37,6 +37,7 @@ pub mod db;
 pub(crate) mod delivery;
 pub mod event;
 pub(crate) mod fate;
+pub mod ids;
 pub(crate) mod ledger;
 pub(crate) mod metrics;
 pub mod ops;

@@ -18,6 +18,7 @@ use lapin::BasicProperties;
 
 use crate::event::{BookingEvent, DeliveryKey};
 use crate::fate::DeadReason;
+use crate::ids::AppId;
 use crate::queue::headers;
 use crate::schedule::{Cancellation, QuietHours, Waiting};
 use crate::template::{Catalog, Template};
@@ -27,8 +28,8 @@ use crate::wechat::{Api, OutgoingMessage};
 pub(crate) struct Rules {
     pub catalog: Arc<Catalog>,
     /// Events without `app_id` go to this app.
-    pub default_app: String,
-    pub apps: HashSet<String>,
+    pub default_app: AppId,
+    pub apps: HashSet<AppId>,
     /// `WXNOTIFY_MAX_BODY_BYTES`: a larger body is not parsed.
     pub max_body: usize,
 }
@@ -69,7 +70,7 @@ impl Meta {
 #[derive(Debug)]
 pub(crate) struct Delivery {
     pub event: BookingEvent,
-    pub app_id: String,
+    pub app_id: AppId,
     pub key: DeliveryKey,
     pub client_msg_id: String,
     pub api: Api,
@@ -109,20 +110,20 @@ pub(crate) fn intake(body: &[u8], meta: &Meta, rules: &Rules, now: DateTime<Utc>
     let catalog = &rules.catalog;
     // A copy of one delivery (released when due, a retry, a dead letter replayed).
     if let Some(template_id) = &meta.template_id {
-        let Some(template) = catalog.find_one(&app_id, &event.event_type, template_id) else {
+        let Some(template) = catalog.find_one(&app_id, event.event_type(), template_id) else {
             let error = format!(
                 "no template {template_id} for event type {:?} of app {app_id} (any more)",
-                event.event_type
+                event.event_type()
             );
             return reject(DeadReason::NoTemplate, error, &event);
         };
         return Intake::Deliver(Box::new(delivery(catalog, template, event, app_id)));
     }
-    let templates = catalog.find(&app_id, &event.event_type);
-    let cancelling = catalog.cancelled_by(&app_id, &event.event_type);
+    let templates = catalog.find(&app_id, event.event_type());
+    let cancelling = catalog.cancelled_by(&app_id, event.event_type());
     match (templates.as_slice(), cancelling.is_empty()) {
         ([], true) => {
-            let error = format!("no template for event type {:?} of app {app_id}", event.event_type);
+            let error = format!("no template for event type {:?} of app {app_id}", event.event_type());
             reject(DeadReason::NoTemplate, error, &event)
         }
         ([one], true) if !one.is_held() => Intake::Deliver(Box::new(delivery(catalog, one, event, app_id))),
@@ -138,7 +139,7 @@ pub(crate) fn intake(body: &[u8], meta: &Meta, rules: &Rules, now: DateTime<Utc>
                 .map(|t| waiting(catalog, t, &event, &app_id, &payload, now))
                 .collect();
             Intake::Hold(Box::new(Hold {
-                event_id: event.event_id.clone(),
+                event_id: event.event_id().to_string(),
                 waiting,
                 cancellations,
             }))
@@ -148,7 +149,7 @@ pub(crate) fn intake(body: &[u8], meta: &Meta, rules: &Rules, now: DateTime<Utc>
 
 /// The body's limits (size, then everything `BookingEvent::parse` checks) and a known app: the
 /// event and its app id, or the message's rejection.
-fn accept(body: &[u8], rules: &Rules) -> Result<(BookingEvent, String), Intake> {
+fn accept(body: &[u8], rules: &Rules) -> Result<(BookingEvent, AppId), Intake> {
     if body.len() > rules.max_body {
         return Err(Intake::Reject {
             reason: DeadReason::InvalidEvent,
@@ -165,7 +166,7 @@ fn accept(body: &[u8], rules: &Rules) -> Result<(BookingEvent, String), Intake> 
         error: e.to_string(),
         event_id: BookingEvent::sniff_event_id(body),
     })?;
-    let app_id = event.app_id.clone().unwrap_or_else(|| rules.default_app.clone());
+    let app_id = event.app_id().unwrap_or(&rules.default_app).clone();
     if !rules.apps.contains(&app_id) {
         let error = format!("unknown app_id {app_id:?} (neither WECHAT_APP_ID nor in [[apps]])");
         return Err(reject(DeadReason::InvalidEvent, error, &event));
@@ -177,7 +178,7 @@ fn reject(reason: DeadReason, error: String, event: &BookingEvent) -> Intake {
     Intake::Reject {
         reason,
         error,
-        event_id: Some(event.event_id.clone()),
+        event_id: Some(event.event_id().to_string()),
     }
 }
 
@@ -187,7 +188,7 @@ fn cancellations(
     catalog: &Catalog,
     cancelling: &[&Template],
     event: &BookingEvent,
-    app_id: &str,
+    app_id: &AppId,
 ) -> Result<Vec<Cancellation>, String> {
     let mut cancellations: Vec<Cancellation> = Vec::with_capacity(cancelling.len());
     for t in cancelling {
@@ -204,12 +205,12 @@ fn cancellations(
             continue;
         }
         cancellations.push(Cancellation {
-            app_id: app_id.to_string(),
+            app_id: app_id.clone(),
             template_id: t.template_id.clone(),
             cancel_key,
-            event_id: event.event_id.clone(),
-            event_type: event.event_type.clone(),
-            occurred_at: event.occurred.with_timezone(&Utc),
+            event_id: event.event_id().to_string(),
+            event_type: event.event_type().to_string(),
+            occurred_at: event.occurred().with_timezone(&Utc),
         });
     }
     Ok(cancellations)
@@ -217,14 +218,14 @@ fn cancellations(
 
 fn key_of(template: &Template, event: &BookingEvent) -> DeliveryKey {
     DeliveryKey {
-        event_id: event.event_id.clone(),
+        event_id: event.event_id().to_string(),
         template_id: template.template_id.clone(),
-        openid: event.openid.clone(),
+        openid: event.openid().clone(),
     }
 }
 
 /// One template's delivery, to send on this trip.
-fn delivery(catalog: &Catalog, template: &Template, event: BookingEvent, app_id: String) -> Delivery {
+fn delivery(catalog: &Catalog, template: &Template, event: BookingEvent, app_id: AppId) -> Delivery {
     let key = key_of(template, &event);
     let client_msg_id = key.client_msg_id();
     let fail = |e: crate::template::RenderError| format!("template {}: {e}", template.label);
@@ -251,7 +252,7 @@ fn waiting(
     catalog: &Catalog,
     template: &Template,
     event: &BookingEvent,
-    app_id: &str,
+    app_id: &AppId,
     payload: &str,
     now: DateTime<Utc>,
 ) -> Waiting {
@@ -265,9 +266,9 @@ fn waiting(
     let due_at = template.quiet_hours.map_or(due, |q| q.release(due));
     Waiting {
         key,
-        event_type: event.event_type.clone(),
-        app_id: app_id.to_string(),
-        occurred_at: event.occurred.with_timezone(&Utc),
+        event_type: event.event_type().to_string(),
+        app_id: app_id.clone(),
+        occurred_at: event.occurred().with_timezone(&Utc),
         client_msg_id,
         due_at,
         not_after: timing.not_after,
@@ -286,7 +287,7 @@ mod tests {
         Rules {
             catalog: Arc::new(catalog),
             default_app: "wx1".into(),
-            apps: HashSet::from(["wx1".to_string()]),
+            apps: HashSet::from([AppId::from("wx1")]),
             max_body: 4096,
         }
     }

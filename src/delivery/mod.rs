@@ -20,6 +20,7 @@ use tracing::Instrument;
 
 use crate::fate::Plan;
 use crate::fate::Reopen;
+use crate::ids::{AppId, OpenId};
 use crate::ledger::{AttemptRecord, Claim, ClaimRequest, Claimed, Ledger};
 use crate::queue::{Session, Topology};
 use crate::retry::RetryPolicy;
@@ -108,7 +109,7 @@ pub(crate) struct Sent {
     /// WeChat said this (app, openid) does not follow the account (43004): recorded after this
     /// delivery's own outcome, so that a crash in between leaves the delivery to be decided again
     /// (and dead-lettered with its errcode), not suppressed.
-    pub left_the_account: Option<(String, String)>,
+    pub left_the_account: Option<(AppId, OpenId)>,
 }
 
 /// Time spent in one stage of a delivery (`wxnotify_stage_seconds{stage}`): where the latency
@@ -144,7 +145,7 @@ pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::messa
             }
             Intake::Deliver(d) => {
                 // From the booking app's `occurred_at` to here: broker, prefetch and permit wait.
-                if let Ok(queued) = (Utc::now() - d.event.occurred.with_timezone(&Utc)).to_std() {
+                if let Ok(queued) = (Utc::now() - d.event.occurred().with_timezone(&Utc)).to_std() {
                     metrics::histogram!("wxnotify_stage_seconds", "stage" => "queued").record(queued.as_secs_f64());
                 }
                 let span = tracing::Span::current();
@@ -297,9 +298,9 @@ impl Held {
 async fn claim(ctx: &Context, d: &Delivery, reopen: Reopen) -> Result<(ClaimSeen, Option<Held>), Abandoned> {
     let request = ClaimRequest {
         key: &d.key,
-        event_type: &d.event.event_type,
+        event_type: d.event.event_type(),
         app_id: &d.app_id,
-        occurred_at: d.event.occurred.with_timezone(&Utc),
+        occurred_at: d.event.occurred().with_timezone(&Utc),
         client_msg_id: &d.client_msg_id,
         reopen,
     };

@@ -21,12 +21,13 @@ use super::Ledger;
 use super::batch::LedgerError;
 use crate::event::DeliveryKey;
 use crate::fate::{CancelledBy, Reopen, ReplayRow, Status};
+use crate::ids::{AppId, OpenId};
 
 /// What to claim.
 pub(crate) struct ClaimRequest<'a> {
     pub key: &'a DeliveryKey,
     pub event_type: &'a str,
-    pub app_id: &'a str,
+    pub app_id: &'a AppId,
     pub occurred_at: DateTime<Utc>,
     pub client_msg_id: &'a str,
     /// Whether this copy may reopen a `dead` delivery (a recorded `dlq replay`), and its doubt.
@@ -63,8 +64,8 @@ pub(crate) enum Claim {
 pub(super) struct ClaimJob {
     event_id: String,
     event_type: String,
-    app_id: String,
-    openid: String,
+    app_id: AppId,
+    openid: OpenId,
     template_id: String,
     occurred_at: DateTime<Utc>,
     client_msg_id: String,
@@ -85,7 +86,7 @@ impl Ledger {
         let job = ClaimJob {
             event_id: req.key.event_id.clone(),
             event_type: req.event_type.to_string(),
-            app_id: req.app_id.to_string(),
+            app_id: req.app_id.clone(),
             openid: req.key.openid.clone(),
             template_id: req.key.template_id.clone(),
             occurred_at: req.occurred_at,

@@ -6,6 +6,7 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 
 use super::Ledger;
+use crate::ids::{AppId, OpenId};
 
 /// Where the word came from (`followers.source`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,8 +64,8 @@ impl Ledger {
     /// the newer word and stays.
     pub(crate) async fn mark_unfollowed(
         &self,
-        app_id: &str,
-        openid: &str,
+        app_id: &AppId,
+        openid: &OpenId,
         sent_at: DateTime<Utc>,
     ) -> Result<bool, sqlx::Error> {
         set_following(&self.pool, app_id, openid, false, sent_at, FollowSource::Errcode43004).await

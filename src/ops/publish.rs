@@ -43,8 +43,8 @@ fn prepare(input: &[u8], raw: bool) -> Result<Vec<Outgoing>, PublishCmdError> {
             Ok(e) => out.push(Outgoing {
                 line_no,
                 body: line.to_vec(),
-                routing_key: e.event_type,
-                event_id: Some(e.event_id),
+                routing_key: e.event_type().to_string(),
+                event_id: Some(e.event_id().to_string()),
             }),
             Err(_) if raw => {
                 let routing_key = serde_json::from_slice::<serde_json::Value>(line)

@@ -11,6 +11,7 @@ use sqlx::{Postgres, Row, Transaction};
 
 use crate::event::DeliveryKey;
 use crate::fate::DueFate;
+use crate::ids::AppId;
 use crate::ledger::Ledger;
 
 /// The channel a worker notifies when it stored a delivery that falls due: every worker's
@@ -22,7 +23,7 @@ pub(crate) const DUE_CHANNEL: &str = "wxnotify_due";
 pub(crate) struct Waiting {
     pub key: DeliveryKey,
     pub event_type: String,
-    pub app_id: String,
+    pub app_id: AppId,
     pub occurred_at: DateTime<Utc>,
     pub client_msg_id: String,
     pub due_at: DateTime<Utc>,
@@ -36,7 +37,7 @@ pub(crate) struct Waiting {
 /// occurred no later than it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct Cancellation {
-    pub app_id: String,
+    pub app_id: AppId,
     pub template_id: String,
     pub cancel_key: String,
     pub event_id: String,
@@ -202,7 +203,7 @@ async fn lock_keys(
     waiting: &[Waiting],
     cancellations: &[Cancellation],
 ) -> Result<(), sqlx::Error> {
-    let mut keys: Vec<(String, String, String)> = waiting
+    let mut keys: Vec<(AppId, String, String)> = waiting
         .iter()
         .filter_map(|w| {
             w.cancel_key
@@ -220,7 +221,7 @@ async fn lock_keys(
     }
     keys.sort();
     keys.dedup();
-    let col = |f: fn(&(String, String, String)) -> &String| keys.iter().map(|k| f(k).clone()).collect::<Vec<_>>();
+    let col = |f: fn(&(AppId, String, String)) -> &str| keys.iter().map(|k| f(k).to_string()).collect::<Vec<_>>();
     sqlx::query(
         "SELECT pg_advisory_xact_lock(h)
            FROM (SELECT DISTINCT hashtextextended(a || chr(31) || t || chr(31) || k, 0) AS h
@@ -259,7 +260,7 @@ async fn cancel(tx: &mut Transaction<'static, Postgres>, cs: &[Cancellation]) ->
             AND d.event_id <> c.event_id AND d.occurred_at <= c.occurred_at
             AND (d.status = 'scheduled' OR (d.status IN ('pending', 'retrying') AND d.owner IS NULL))",
     )
-    .bind(col(|c| &c.app_id))
+    .bind(cs.iter().map(|c| c.app_id.clone()).collect::<Vec<_>>())
     .bind(col(|c| &c.template_id))
     .bind(col(|c| &c.cancel_key))
     .bind(col(|c| &c.event_id))
@@ -302,7 +303,7 @@ async fn store(tx: &mut Transaction<'static, Postgres>, ws: &[Waiting]) -> Resul
     )
     .bind(ws.iter().map(|w| w.key.event_id.clone()).collect::<Vec<_>>())
     .bind(col(|w| &w.event_type))
-    .bind(col(|w| &w.app_id))
+    .bind(ws.iter().map(|w| w.app_id.clone()).collect::<Vec<_>>())
     .bind(ws.iter().map(|w| w.key.openid.clone()).collect::<Vec<_>>())
     .bind(ws.iter().map(|w| w.key.template_id.clone()).collect::<Vec<_>>())
     .bind(ws.iter().map(|w| w.occurred_at).collect::<Vec<_>>())

@@ -498,7 +498,7 @@ impl Catalog {
         client_msg_id: String,
     ) -> Result<OutgoingMessage, RenderError> {
         let ctx = Value::from(Serde(event));
-        self.render_with(template, &ctx, event.openid.clone(), client_msg_id)
+        self.render_with(template, &ctx, event.openid().to_string(), client_msg_id)
     }
 
     fn render_with(

@@ -27,6 +27,7 @@ use crate::config::{WorkerSettings, redact_url};
 use crate::delivery::intake::Rules;
 use crate::delivery::rate::RateLimit;
 use crate::delivery::{self, Context, DbRetry};
+use crate::ids::AppId;
 use crate::ledger::Ledger;
 use crate::queue::{self, Publisher, Session};
 use crate::schedule::Releaser;
@@ -71,8 +72,12 @@ impl Worker {
         let ctx = Context {
             rules: Rules {
                 catalog: settings.catalog.clone(),
-                default_app: settings.apps[0].app_id.clone(),
-                apps: settings.apps.iter().map(|a| a.app_id.clone()).collect::<HashSet<_>>(),
+                default_app: AppId::from(settings.apps[0].app_id.as_str()),
+                apps: settings
+                    .apps
+                    .iter()
+                    .map(|a| AppId::from(a.app_id.as_str()))
+                    .collect::<HashSet<_>>(),
                 max_body: settings.max_body_bytes,
             },
             policy: settings.retry.clone(),
