@@ -71,149 +71,184 @@ fn beijing(t: DateTime<Utc>) -> String {
 /// Reminders fall due between 5 and 45 s after `t0`; cancelled ones `cancelled_due` after it.
 pub(crate) fn build(events: usize, seed: u64, t0: DateTime<Utc>, cancelled_due: Duration) -> Load {
     let mut rng = StdRng::seed_from_u64(seed);
-    let mut msgs: Vec<Msg> = Vec::new();
-    let mut delivered = BTreeSet::new();
-    let mut unsubscribed = BTreeSet::new();
-    let mut reminders = BTreeSet::new();
-    let mut cancelled_reminders = BTreeSet::new();
-    let mut cancels = Vec::new();
-    for i in 0..events {
-        let event_type = TYPES[i % TYPES.len()];
-        let openid = format!("o-chaos-{i:05}");
-        let mut ev = event(&format!("evt-chaos-{i:05}"), event_type, &openid);
-        ev["data"]["booking_id"] = format!("B-{i:05}").into();
-        if event_type == "booking.confirmed" && i % 100 != 37 {
-            let cancelled = rng.random_bool(0.25);
-            let due_in = if cancelled {
-                cancelled_due
-            } else {
-                Duration::from_millis(rng.random_range(5_000..45_000))
-            };
-            let slot = t0 + chrono::TimeDelta::from_std(due_in).expect("small") + chrono::TimeDelta::minutes(60);
-            ev["data"]["slot_start"] = beijing(slot).into();
-            if cancelled {
-                cancelled_reminders.insert(openid.clone());
-                let notice = format!("o-chaos-cx-{i:05}");
-                let mut cancel = event(&format!("evt-chaos-cx-{i:05}"), "booking.cancelled", &notice);
-                cancel["data"]["booking_id"] = format!("B-{i:05}").into();
-                cancel["occurred_at"] = "2026-11-21T09:45:00+08:00".into();
-                delivered.insert(notice.clone());
-                cancels.push(Msg {
-                    routing_key: "booking.cancelled".into(),
-                    body: cancel.to_string().into_bytes(),
-                    expect: Expect::Delivered(notice),
-                });
-            } else {
-                reminders.insert(openid.clone());
-            }
-        }
-        let expect = if i % 100 == 37 {
-            unsubscribed.insert(openid.clone());
-            Expect::Permanent(openid)
-        } else {
-            delivered.insert(openid.clone());
-            Expect::Delivered(openid)
-        };
-        msgs.push(Msg {
-            routing_key: event_type.into(),
-            body: ev.to_string().into_bytes(),
-            expect,
-        });
-    }
+    let mut load = Load {
+        msgs: Vec::new(),
+        reminders: BTreeSet::new(),
+        cancelled_reminders: BTreeSet::new(),
+        delivered: BTreeSet::new(),
+        unsubscribed: BTreeSet::new(),
+        events,
+        duplicates: events / 10,
+        malformed: (events / 100).max(5),
+        malformed_with_row: 0,
+    };
+    let cancels = load.add_events(&mut rng, t0, cancelled_due);
     // Cancellations anywhere: before their booking as often as after it.
     for c in cancels {
-        let at = rng.random_range(0..=msgs.len());
-        msgs.insert(at, c);
+        let at = rng.random_range(0..=load.msgs.len());
+        load.msgs.insert(at, c);
     }
-    let malformed = (events / 100).max(5);
-    let mut malformed_with_row = 0;
-    for m in 0..malformed {
-        let (body, reason) = match m % 8 {
-            0 => (
-                format!("{{\"event_id\": \"bad-{m}\", truncated").into_bytes(),
-                "invalid_event",
-            ),
-            1 => {
-                let mut b = vec![0xff, 0xfe];
-                b.extend(format!("bad-{m}").bytes());
-                (b, "invalid_event")
+    load.add_malformed(&mut rng);
+    load.add_duplicates(&mut rng);
+    load
+}
+
+impl Load {
+    /// The `events` distinct events, in order; returns the cancellations of the bookings whose
+    /// reminders must never arrive, for the caller to scatter.
+    fn add_events(&mut self, rng: &mut StdRng, t0: DateTime<Utc>, cancelled_due: Duration) -> Vec<Msg> {
+        let mut cancels = Vec::new();
+        for i in 0..self.events {
+            let event_type = TYPES[i % TYPES.len()];
+            let openid = format!("o-chaos-{i:05}");
+            let mut ev = event(&format!("evt-chaos-{i:05}"), event_type, &openid);
+            ev["data"]["booking_id"] = format!("B-{i:05}").into();
+            if event_type == "booking.confirmed" && i % 100 != 37 {
+                cancels.extend(self.schedule_reminder(rng, i, &mut ev, t0, cancelled_due));
             }
-            2 => {
-                let mut ev = event(&format!("bad-{m}"), "booking.created", "o-x");
-                ev.as_object_mut().unwrap().remove("openid");
-                (ev.to_string().into_bytes(), "invalid_event")
-            }
-            3 => (
-                event(&format!("bad-{m}"), "booking.teleported", &format!("o-bad-{m}"))
-                    .to_string()
-                    .into_bytes(),
-                "no_template",
-            ),
-            // Poison values: a NUL in a field, a body over WXNOTIFY_MAX_BODY_BYTES.
-            5 => (
-                event(&format!("bad-{m}"), "booking.confirmed", &format!("o-bad-\u{0}{m}"))
-                    .to_string()
-                    .into_bytes(),
-                "invalid_event",
-            ),
-            6 => {
-                let mut ev = event(&format!("bad-{m}"), "booking.confirmed", &format!("o-bad-{m}"));
-                ev["data"]["store"] = "徐汇\u{0}店".into();
-                (ev.to_string().into_bytes(), "invalid_event")
-            }
-            7 => {
-                let mut ev = event(&format!("bad-{m}"), "booking.confirmed", &format!("o-bad-{m}"));
-                ev["data"]["padding"] = "x".repeat(70_000).into();
-                (ev.to_string().into_bytes(), "invalid_event")
-            }
-            _ => {
-                malformed_with_row += 1;
-                let mut ev = event(&format!("bad-{m}"), "booking.created", &format!("o-bad-{m}"));
-                ev["data"]["service"] = "这是一个远远超过二十个字符限制的非常非常长的服务名称".into();
-                (ev.to_string().into_bytes(), "render_failed")
-            }
-        };
-        let at = rng.random_range(0..=msgs.len());
-        msgs.insert(
-            at,
-            Msg {
-                routing_key: "booking.created".into(),
-                body,
-                expect: Expect::Malformed(reason),
-            },
-        );
+            let expect = if i % 100 == 37 {
+                self.unsubscribed.insert(openid.clone());
+                Expect::Permanent(openid)
+            } else {
+                self.delivered.insert(openid.clone());
+                Expect::Delivered(openid)
+            };
+            self.msgs.push(Msg {
+                routing_key: event_type.into(),
+                body: ev.to_string().into_bytes(),
+                expect,
+            });
+        }
+        cancels
     }
-    // Duplicates: a copy of a random earlier message, right behind it or much later.
-    let duplicates = events / 10;
-    for _ in 0..duplicates {
-        let original = loop {
-            let i = rng.random_range(0..msgs.len());
-            if !matches!(msgs[i].expect, Expect::Malformed(_)) {
-                break i;
-            }
-        };
-        let at = if rng.random_bool(0.5) {
-            original + 1
+
+    /// Sets booking `i`'s `slot_start` so its reminder falls due during the faults, or, for a
+    /// quarter of them, after the publishing ends; those are cancelled: returns the cancellation.
+    fn schedule_reminder(
+        &mut self,
+        rng: &mut StdRng,
+        i: usize,
+        ev: &mut serde_json::Value,
+        t0: DateTime<Utc>,
+        cancelled_due: Duration,
+    ) -> Option<Msg> {
+        let openid = format!("o-chaos-{i:05}");
+        let cancelled = rng.random_bool(0.25);
+        let due_in = if cancelled {
+            cancelled_due
         } else {
-            rng.random_range(original + 1..=msgs.len())
+            Duration::from_millis(rng.random_range(5_000..45_000))
         };
-        let copy = Msg {
-            routing_key: msgs[original].routing_key.clone(),
-            body: msgs[original].body.clone(),
-            expect: msgs[original].expect.clone(),
-        };
-        msgs.insert(at, copy);
+        let slot = t0 + chrono::TimeDelta::from_std(due_in).expect("small") + chrono::TimeDelta::minutes(60);
+        ev["data"]["slot_start"] = beijing(slot).into();
+        if !cancelled {
+            self.reminders.insert(openid);
+            return None;
+        }
+        self.cancelled_reminders.insert(openid);
+        let notice = format!("o-chaos-cx-{i:05}");
+        let mut cancel = event(&format!("evt-chaos-cx-{i:05}"), "booking.cancelled", &notice);
+        cancel["data"]["booking_id"] = format!("B-{i:05}").into();
+        cancel["occurred_at"] = "2026-11-21T09:45:00+08:00".into();
+        self.delivered.insert(notice.clone());
+        Some(Msg {
+            routing_key: "booking.cancelled".into(),
+            body: cancel.to_string().into_bytes(),
+            expect: Expect::Delivered(notice),
+        })
     }
-    Load {
-        msgs,
-        reminders,
-        cancelled_reminders,
-        delivered,
-        unsubscribed,
-        events,
-        duplicates,
-        malformed,
-        malformed_with_row,
+
+    /// `self.malformed` malformed messages of every kind, each at a random place.
+    fn add_malformed(&mut self, rng: &mut StdRng) {
+        for m in 0..self.malformed {
+            let (body, reason) = malformed(m);
+            if reason == "render_failed" {
+                // Its event parsed: it still makes a (dead) ledger row.
+                self.malformed_with_row += 1;
+            }
+            let at = rng.random_range(0..=self.msgs.len());
+            self.msgs.insert(
+                at,
+                Msg {
+                    routing_key: "booking.created".into(),
+                    body,
+                    expect: Expect::Malformed(reason),
+                },
+            );
+        }
+    }
+
+    /// Duplicates: a copy of a random earlier message, right behind it or much later.
+    fn add_duplicates(&mut self, rng: &mut StdRng) {
+        let msgs = &mut self.msgs;
+        for _ in 0..self.duplicates {
+            let original = loop {
+                let i = rng.random_range(0..msgs.len());
+                if !matches!(msgs[i].expect, Expect::Malformed(_)) {
+                    break i;
+                }
+            };
+            let at = if rng.random_bool(0.5) {
+                original + 1
+            } else {
+                rng.random_range(original + 1..=msgs.len())
+            };
+            let copy = Msg {
+                routing_key: msgs[original].routing_key.clone(),
+                body: msgs[original].body.clone(),
+                expect: msgs[original].expect.clone(),
+            };
+            msgs.insert(at, copy);
+        }
+    }
+}
+
+/// Malformed message `m` (its kind is `m % 8`) and the `wxnotify-reason` it must be dead-lettered
+/// with.
+fn malformed(m: usize) -> (Vec<u8>, &'static str) {
+    match m % 8 {
+        0 => (
+            format!("{{\"event_id\": \"bad-{m}\", truncated").into_bytes(),
+            "invalid_event",
+        ),
+        1 => {
+            let mut b = vec![0xff, 0xfe];
+            b.extend(format!("bad-{m}").bytes());
+            (b, "invalid_event")
+        }
+        2 => {
+            let mut ev = event(&format!("bad-{m}"), "booking.created", "o-x");
+            ev.as_object_mut().unwrap().remove("openid");
+            (ev.to_string().into_bytes(), "invalid_event")
+        }
+        3 => (
+            event(&format!("bad-{m}"), "booking.teleported", &format!("o-bad-{m}"))
+                .to_string()
+                .into_bytes(),
+            "no_template",
+        ),
+        // Poison values: a NUL in a field, a body over WXNOTIFY_MAX_BODY_BYTES.
+        5 => (
+            event(&format!("bad-{m}"), "booking.confirmed", &format!("o-bad-\u{0}{m}"))
+                .to_string()
+                .into_bytes(),
+            "invalid_event",
+        ),
+        6 => {
+            let mut ev = event(&format!("bad-{m}"), "booking.confirmed", &format!("o-bad-{m}"));
+            ev["data"]["store"] = "徐汇\u{0}店".into();
+            (ev.to_string().into_bytes(), "invalid_event")
+        }
+        7 => {
+            let mut ev = event(&format!("bad-{m}"), "booking.confirmed", &format!("o-bad-{m}"));
+            ev["data"]["padding"] = "x".repeat(70_000).into();
+            (ev.to_string().into_bytes(), "invalid_event")
+        }
+        _ => {
+            let mut ev = event(&format!("bad-{m}"), "booking.created", &format!("o-bad-{m}"));
+            ev["data"]["service"] = "这是一个远远超过二十个字符限制的非常非常长的服务名称".into();
+            (ev.to_string().into_bytes(), "render_failed")
+        }
     }
 }
 

@@ -20,14 +20,16 @@ mod fleet;
 mod load;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use lapin::options::{ExchangeDeleteOptions, QueueDeclareOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use secrecy::SecretString;
 use sqlx::{PgPool, Row};
+use tokio::task::JoinHandle;
 use tokio::time::Instant;
-use wechat_sim::{Faults, Sim, SimConfig};
+use wechat_sim::{Faults, Sim, SimConfig, Stats};
 use wxnotify::queue::{self, Topology, headers};
 
 use common::{APP_ID, APP_SECRET, Taken, amqp_url, fresh_database, take_all, worker_env};
@@ -50,15 +52,59 @@ async fn chaos() {
     // cancellation is in, so a reminder that arrives is a bug, not a race.
     let cancelled_due = Duration::from_secs_f64(publish_secs + 30.0);
     let load = load::build(events, seed, chrono::Utc::now(), cancelled_due);
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let prefix = common::leftovers::broker_prefix("chaos", &id);
-    println!(
-        "chaos: seed {seed} (CHAOS_SEED={seed} reproduces the traffic), run {prefix}, {} messages",
-        load.msgs.len()
-    );
+    let mut run = Run::start(&load, seed).await;
 
-    let (db_url, pool) = fresh_database(&id, 4).await;
-    let sim = Sim::new(SimConfig {
+    // The booking app: publishes everything at a steady pace, riding out the broker restart.
+    let t0 = Instant::now();
+    let feeder = feed(&load, &run.topology.exchange, publish_secs, t0);
+    run.faults(t0).await;
+    let (republished, published_after) = feeder.await.expect("feeder");
+    mark(t0, "all published");
+
+    let mut violations: Vec<String> = Vec::new();
+    let drain_time = run.drain(&load, t0, cancelled_due, &mut violations).await;
+    mark(t0, "drained");
+    run.terminate(&mut violations).await;
+    let seen = run.check(&load, &mut violations).await;
+
+    let stats = run.sim.stats();
+    run.print_figures(&load, seed, republished, &stats).await;
+    let timing = Timing {
+        t0,
+        published_after,
+        drain_time,
+    };
+    run.print_outcome(&load, &seen, &stats, &timing).await;
+    run.finish(&violations).await;
+}
+
+fn mark(t0: Instant, what: &str) {
+    println!("chaos: t={:>5.1}s {what}", t0.elapsed().as_secs_f64());
+}
+
+/// The booking app's publisher: every message of `load` at a steady pace over `publish_secs`;
+/// its result is how many it republished and when it was done.
+fn feed(load: &Load, exchange: &str, publish_secs: f64, t0: Instant) -> JoinHandle<(u32, Duration)> {
+    let msgs = load.msgs.iter().map(|m| (m.routing_key.clone(), m.body.clone()));
+    let msgs: Vec<_> = msgs.collect();
+    let exchange = exchange.to_string();
+    tokio::spawn(async move {
+        let mut feeder = Feeder::new(&amqp_url(), &exchange);
+        let mut tick = tokio::time::interval(Duration::from_secs_f64(publish_secs / msgs.len() as f64));
+        for (rk, body) in &msgs {
+            tick.tick().await;
+            feeder.publish(rk, body).await;
+        }
+        let republished = feeder.republished;
+        feeder.close().await;
+        (republished, t0.elapsed())
+    })
+}
+
+/// The simulator: the load's unsubscribed users, 5% of sends answered `-1`, the token rotated
+/// every 150 accepted sends, 200 ms per send.
+fn simulator(load: &Load) -> Sim {
+    Sim::new(SimConfig {
         apps: HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]),
         unsubscribed: load.unsubscribed.iter().cloned().collect(),
         faults: Faults {
@@ -68,14 +114,12 @@ async fn chaos() {
             ..Faults::default()
         },
         ..SimConfig::default()
-    });
-    let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim binds");
+    })
+}
 
-    let topology = Topology::new(&format!("{prefix}.x"), &format!("{prefix}.q"));
-    fleet::declare(&amqp_url(), &topology).await;
-    let logs = fleet::logs_of(&prefix);
-    let sim_base = format!("http://{sim_addr}");
-    let mut env = worker_env(&db_url, &topology, &sim_base, "templates.toml");
+/// The workers' environment: the common one, tuned for the run.
+fn chaos_worker_env(db_url: &str, topology: &Topology, sim_base: &str) -> Vec<(String, String)> {
+    let mut env = worker_env(db_url, topology, sim_base, "templates.toml");
     env.extend(
         [
             // A rotation every 150 sends is far beyond stable_token's 20 forced refreshes a day.
@@ -90,129 +134,348 @@ async fn chaos() {
         ]
         .map(|(k, v)| (k, v.to_string())),
     );
-    let worker_env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
-    let mut fleet = Fleet::new(WORKERS, worker_env, &logs);
-    for slot in 0..WORKERS {
-        fleet.start(slot).await;
-    }
-    println!("chaos: {WORKERS} workers up; logs in {}", logs.display());
+    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+}
 
-    // The booking app: publishes everything at a steady pace, riding out the broker restart.
-    let t0 = Instant::now();
-    let msgs = load.msgs.iter().map(|m| (m.routing_key.clone(), m.body.clone()));
-    let msgs: Vec<_> = msgs.collect();
-    let exchange = topology.exchange.clone();
-    let feeder = tokio::spawn(async move {
-        let mut feeder = Feeder::new(&amqp_url(), &exchange);
-        let mut tick = tokio::time::interval(Duration::from_secs_f64(publish_secs / msgs.len() as f64));
-        for (rk, body) in &msgs {
-            tick.tick().await;
-            feeder.publish(rk, body).await;
+/// One run: its database, simulator, queues, and worker processes.
+struct Run {
+    prefix: String,
+    pool: PgPool,
+    sim: Sim,
+    topology: Topology,
+    logs: PathBuf,
+    fleet: Fleet,
+}
+
+/// What the checks saw, for the figures.
+struct Seen {
+    /// Recipients whose delivery ended `ambiguous`.
+    ambiguous: BTreeSet<String>,
+    /// Messages at WeChat per recipient, reminders aside.
+    per_recipient: BTreeMap<String, u32>,
+    /// Every reminder arrived, once.
+    reminders_once: bool,
+    /// No reminder of a cancelled booking (or a stranger) arrived.
+    no_wrong_reminder: bool,
+    statuses: BTreeMap<String, i64>,
+    dead: DeadLetters,
+}
+
+/// When the run started, how long the publishing took, and the draining after it.
+struct Timing {
+    t0: Instant,
+    published_after: Duration,
+    drain_time: Duration,
+}
+
+impl Run {
+    /// A fresh database, the simulator, the run's queues, and `WORKERS` workers up.
+    async fn start(load: &Load, seed: u64) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let prefix = common::leftovers::broker_prefix("chaos", &id);
+        println!(
+            "chaos: seed {seed} (CHAOS_SEED={seed} reproduces the traffic), run {prefix}, {} messages",
+            load.msgs.len()
+        );
+
+        let (db_url, pool) = fresh_database(&id, 4).await;
+        let sim = simulator(load);
+        let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim binds");
+
+        let topology = Topology::new(&format!("{prefix}.x"), &format!("{prefix}.q"));
+        fleet::declare(&amqp_url(), &topology).await;
+        let logs = fleet::logs_of(&prefix);
+        let sim_base = format!("http://{sim_addr}");
+        let worker_env = chaos_worker_env(&db_url, &topology, &sim_base);
+        let mut fleet = Fleet::new(WORKERS, worker_env, &logs);
+        for slot in 0..WORKERS {
+            fleet.start(slot).await;
         }
-        let republished = feeder.republished;
-        feeder.close().await;
-        (republished, t0.elapsed())
-    });
+        println!("chaos: {WORKERS} workers up; logs in {}", logs.display());
+        Self {
+            prefix,
+            pool,
+            sim,
+            topology,
+            logs,
+            fleet,
+        }
+    }
 
-    // The faults, on a timeline while the traffic flows.
-    let at = |secs: u64| tokio::time::sleep_until(t0 + Duration::from_secs(secs));
-    let mark = |what: &str| println!("chaos: t={:>5.1}s {what}", t0.elapsed().as_secs_f64());
-    at(5).await;
-    fleet.scrape().await;
-    fleet.kill(0).await;
-    mark("SIGKILL worker 0");
-    at(8).await;
-    fleet.start(0).await;
-    mark("worker 0 restarted");
-    at(14).await;
-    fleet.scrape().await;
-    mark("restarting RabbitMQ");
-    services("restart-rabbitmq").await;
-    mark("RabbitMQ back");
-    at(34).await;
-    fleet.scrape().await;
-    mark("restarting Postgres");
-    services("restart-postgres").await;
-    mark("Postgres back");
-    at(42).await;
-    fleet.scrape().await;
-    fleet.kill(1).await;
-    mark("SIGKILL worker 1");
-    at(45).await;
-    fleet.start(1).await;
-    mark("worker 1 restarted");
+    /// The faults, on a timeline while the traffic flows.
+    async fn faults(&mut self, t0: Instant) {
+        let at = |secs: u64| tokio::time::sleep_until(t0 + Duration::from_secs(secs));
+        let fleet = &mut self.fleet;
+        at(5).await;
+        fleet.scrape().await;
+        fleet.kill(0).await;
+        mark(t0, "SIGKILL worker 0");
+        at(8).await;
+        fleet.start(0).await;
+        mark(t0, "worker 0 restarted");
+        at(14).await;
+        fleet.scrape().await;
+        mark(t0, "restarting RabbitMQ");
+        services("restart-rabbitmq").await;
+        mark(t0, "RabbitMQ back");
+        at(34).await;
+        fleet.scrape().await;
+        mark(t0, "restarting Postgres");
+        services("restart-postgres").await;
+        mark(t0, "Postgres back");
+        at(42).await;
+        fleet.scrape().await;
+        fleet.kill(1).await;
+        mark(t0, "SIGKILL worker 1");
+        at(45).await;
+        fleet.start(1).await;
+        mark(t0, "worker 1 restarted");
+    }
 
-    let (republished, published_after) = feeder.await.expect("feeder");
-    mark("all messages published");
-
-    // Drained: every delivery final, every recipient served, nothing in a queue (ready or unacked).
-    let expected_rows = (load.delivered.len()
-        + load.unsubscribed.len()
-        + load.malformed_with_row
-        + load.reminders.len()
-        + load.cancelled_reminders.len()) as i64;
-    let mut violations: Vec<String> = Vec::new();
-    let drain_started = Instant::now();
-    let drained = tokio::time::timeout(Duration::from_secs(300), async {
-        loop {
-            fleet.scrape().await;
-            let (open, total) = ledger_counts(&pool).await;
-            let served = distinct_recipients(&sim);
-            let ready: u32 = ready_counts(&prefix)
-                .await
-                .iter()
-                .filter(|(name, _)| !name.ends_with(".dlq"))
-                .map(|(_, n)| n)
-                .sum();
-            let unacked: u64 = queue_depths(&prefix).await.values().map(|(_, u)| u).sum();
-            // A subscribe send cut off by a SIGKILL is dead-lettered `ambiguous` (docs/interface.md §3):
-            // its recipient may have it or not; ops decide.
-            let ambiguous = ambiguous_recipients(&pool).await.len();
-            let reminders = sim
-                .messages()
-                .iter()
-                .filter(|m| m.template_id == load::REMINDER)
-                .count();
-            if open == 0
-                && t0.elapsed() > cancelled_due + Duration::from_secs(3)
-                && reminders >= load.reminders.len()
-                && total == expected_rows
-                && served + ambiguous >= load.delivered.len()
-                && ready == 0
-                && unacked == 0
-            {
-                return;
+    /// Waits up to 300 s until drained: every delivery final, every recipient served, nothing in
+    /// a queue (ready or unacked). Returns how long it waited.
+    async fn drain(
+        &mut self,
+        load: &Load,
+        t0: Instant,
+        cancelled_due: Duration,
+        violations: &mut Vec<String>,
+    ) -> Duration {
+        let expected_rows = (load.delivered.len()
+            + load.unsubscribed.len()
+            + load.malformed_with_row
+            + load.reminders.len()
+            + load.cancelled_reminders.len()) as i64;
+        let drain_started = Instant::now();
+        let drained = tokio::time::timeout(Duration::from_secs(300), async {
+            loop {
+                self.fleet.scrape().await;
+                if self.is_drained(load, expected_rows, t0, cancelled_due).await {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_secs(1)).await;
             }
-            tokio::time::sleep(Duration::from_secs(1)).await;
+        })
+        .await;
+        let drain_time = drain_started.elapsed();
+        if drained.is_err() {
+            violations.push(format!(
+                "not drained after 300 s: ledger (open, total) = {:?} of {expected_rows}, queues {:?}",
+                ledger_counts(&self.pool).await,
+                queue_depths(&self.prefix).await
+            ));
         }
-    })
-    .await;
-    let drain_time = drain_started.elapsed();
-    if drained.is_err() {
-        violations.push(format!(
-            "not drained after 300 s: ledger (open, total) = {:?} of {expected_rows}, queues {:?}",
-            ledger_counts(&pool).await,
-            queue_depths(&prefix).await
-        ));
-    }
-    mark("drained");
-
-    for (slot, status) in fleet.terminate_all().await {
-        if !status.is_some_and(|s| s.success()) {
-            violations.push(format!("worker {slot} did not exit 0 on SIGTERM: {status:?}"));
-        }
+        drain_time
     }
 
-    // 1. Exactly once per recipient, at WeChat; at most once where the outcome is ambiguous
-    // (subscribe messages only: WeChat cannot deduplicate them).
-    let ambiguous = ambiguous_recipients(&pool).await;
-    let not_subscribe: Vec<_> = ambiguous.iter().filter(|(_, t)| t != "booking.reminder").collect();
-    if !not_subscribe.is_empty() {
-        violations.push(format!(
-            "template deliveries dead-lettered ambiguous (WeChat dedups those): {not_subscribe:?}"
-        ));
+    /// One look at the ledger, the simulator and the queues: is everything through?
+    async fn is_drained(&self, load: &Load, expected_rows: i64, t0: Instant, cancelled_due: Duration) -> bool {
+        let (open, total) = ledger_counts(&self.pool).await;
+        let served = distinct_recipients(&self.sim);
+        let ready: u32 = ready_counts(&self.prefix)
+            .await
+            .iter()
+            .filter(|(name, _)| !name.ends_with(".dlq"))
+            .map(|(_, n)| n)
+            .sum();
+        let unacked: u64 = queue_depths(&self.prefix).await.values().map(|(_, u)| u).sum();
+        // A subscribe send cut off by a SIGKILL is dead-lettered `ambiguous` (docs/interface.md §3):
+        // its recipient may have it or not; ops decide.
+        let ambiguous = ambiguous_recipients(&self.pool).await.len();
+        let reminders = self
+            .sim
+            .messages()
+            .iter()
+            .filter(|m| m.template_id == load::REMINDER)
+            .count();
+        open == 0
+            && t0.elapsed() > cancelled_due + Duration::from_secs(3)
+            && reminders >= load.reminders.len()
+            && total == expected_rows
+            && served + ambiguous >= load.delivered.len()
+            && ready == 0
+            && unacked == 0
     }
-    let ambiguous: BTreeSet<String> = ambiguous.into_iter().map(|(o, _)| o).collect();
+
+    /// SIGTERM to every worker: each must exit 0.
+    async fn terminate(&mut self, violations: &mut Vec<String>) {
+        for (slot, status) in self.fleet.terminate_all().await {
+            if !status.is_some_and(|s| s.success()) {
+                violations.push(format!("worker {slot} did not exit 0 on SIGTERM: {status:?}"));
+            }
+        }
+    }
+
+    /// The checks, once the workers are gone; adds every violation.
+    async fn check(&self, load: &Load, violations: &mut Vec<String>) -> Seen {
+        // 1. Exactly once per recipient, at WeChat; at most once where the outcome is ambiguous
+        // (subscribe messages only: WeChat cannot deduplicate them).
+        let ambiguous = self.check_ambiguous(violations).await;
+        let (per_recipient, reminded) = at_wechat(&self.sim);
+        let (reminders_once, no_wrong_reminder) = check_reminders(load, &reminded, violations);
+        check_recipients(load, &per_recipient, &ambiguous, violations);
+
+        // 2. Every ledger row final, with the right status.
+        let statuses = self.check_ledger(load, &ambiguous, violations).await;
+
+        // 3. Every malformed message and permanent failure in the DLQ, with its reason; nothing else.
+        let dead = drain_dlq(&self.topology).await;
+        violations.extend(check_dlq(load, &dead, &ambiguous));
+
+        // 4. Nothing left anywhere: with every consumer gone, an unacked message would be back in its
+        // queue, so exact ready counts of every queue of the run tell all.
+        let left = ready_counts(&self.prefix).await;
+        let left: Vec<_> = left.iter().filter(|(_, n)| **n > 0).collect();
+        if !left.is_empty() {
+            violations.push(format!("messages left in queues after the run: {left:?}"));
+        }
+        Seen {
+            ambiguous,
+            per_recipient,
+            reminders_once,
+            no_wrong_reminder,
+            statuses,
+            dead,
+        }
+    }
+
+    /// The recipients whose delivery ended `ambiguous`; only subscribe messages may (WeChat
+    /// deduplicates template messages).
+    async fn check_ambiguous(&self, violations: &mut Vec<String>) -> BTreeSet<String> {
+        let ambiguous = ambiguous_recipients(&self.pool).await;
+        let not_subscribe: Vec<_> = ambiguous.iter().filter(|(_, t)| t != "booking.reminder").collect();
+        if !not_subscribe.is_empty() {
+            violations.push(format!(
+                "template deliveries dead-lettered ambiguous (WeChat dedups those): {not_subscribe:?}"
+            ));
+        }
+        ambiguous.into_iter().map(|(o, _)| o).collect()
+    }
+
+    /// Every ledger row final, with the right status; returns the statuses' counts.
+    async fn check_ledger(
+        &self,
+        load: &Load,
+        ambiguous: &BTreeSet<String>,
+        violations: &mut Vec<String>,
+    ) -> BTreeMap<String, i64> {
+        let statuses = ledger_statuses(&self.pool).await;
+        let want_sent = (load.delivered.len() - ambiguous.len() + load.reminders.len()) as i64;
+        let want_dead = (load.unsubscribed.len() + load.malformed_with_row + ambiguous.len()) as i64;
+        let want_cancelled = load.cancelled_reminders.len() as i64;
+        if statuses.get("sent").copied().unwrap_or(0) != want_sent
+            || statuses.get("dead").copied().unwrap_or(0) != want_dead
+            || statuses.get("cancelled").copied().unwrap_or(0) != want_cancelled
+            || statuses.len() > 3
+        {
+            violations.push(format!(
+                "ledger statuses {statuses:?}, expected sent {want_sent}, dead {want_dead} and cancelled {want_cancelled} only"
+            ));
+        }
+        statuses
+    }
+
+    /// The figures of the traffic, the faults, and what the workers saw of them.
+    async fn print_figures(&self, load: &Load, seed: u64, republished: u32, stats: &Stats) {
+        let err = |code: i64| stats.errors.get(&code).copied().unwrap_or(0);
+        let takeovers = scalar(
+            &self.pool,
+            "SELECT count(*) FROM deliveries WHERE in_doubt_since IS NOT NULL",
+        )
+        .await;
+        let attempts = scalar(&self.pool, "SELECT count(*) FROM delivery_attempts").await;
+        let retried = scalar(
+            &self.pool,
+            "SELECT count(*) FROM delivery_attempts WHERE errcode IN (-1, 45011) OR http_status >= 500 OR (http_status IS NULL AND errcode IS NULL)",
+        )
+        .await;
+        let fleet = &self.fleet;
+        println!("chaos: ---- figures (seed {seed}) ----");
+        println!(
+            "chaos: traffic   {} distinct events ({} to unsubscribed users), {} duplicate publishes, {} malformed, {} republished after broker errors",
+            load.events,
+            load.unsubscribed.len(),
+            load.duplicates,
+            load.malformed,
+            republished
+        );
+        println!(
+            "chaos: faults    2 SIGKILLs ({} worker processes in all), 1 RabbitMQ restart, 1 Postgres restart; simulator: {} × -1, {} rotations → {} × 40001/42001, 200 ms per send",
+            fleet.processes_started(),
+            err(-1),
+            stats.rotations,
+            err(40001) + err(42001)
+        );
+        println!(
+            "chaos: seen      duplicate copies acked without a send ≥ {} (already sent {}, already dead {}), held by a live owner and re-checked ≥ {}",
+            fleet.counter("wxnotify_duplicates_total{status=\"sent\"}")
+                + fleet.counter("wxnotify_duplicates_total{status=\"dead\"}"),
+            fleet.counter("wxnotify_duplicates_total{status=\"sent\"}"),
+            fleet.counter("wxnotify_duplicates_total{status=\"dead\"}"),
+            fleet.counter("wxnotify_duplicates_total{status=\"held\"}"),
+        );
+        println!(
+            "chaos: seen      {takeovers} deliveries taken over from a dead owner (in doubt); {} resends dropped by WeChat's client_msg_id dedup; {retried} transient failures retried; {attempts} HTTP sends in all; {} token fetches",
+            stats.deduplicated,
+            stats.token_calls + stats.stable_token_calls
+        );
+    }
+
+    /// The figures of the outcome: reminders, deliveries, dead letters, and the time it all took.
+    async fn print_outcome(&self, load: &Load, seen: &Seen, stats: &Stats, timing: &Timing) {
+        let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
+        for (_, h) in &seen.dead {
+            *reasons
+                .entry(h.get(headers::REASON).cloned().unwrap_or_default())
+                .or_default() += 1;
+        }
+        let (statuses, ambiguous, per_recipient) = (&seen.statuses, &seen.ambiguous, &seen.per_recipient);
+        println!(
+            "chaos: reminders {} scheduled to fall due during the faults, all arrived once: {}; {} cancelled (cancellation before or after the booking), none arrived: {}; released late by p99 {:.0} ms",
+            load.reminders.len(),
+            seen.reminders_once,
+            load.cancelled_reminders.len(),
+            seen.no_wrong_reminder,
+            reminder_lateness_p99(&self.pool).await * 1000.0
+        );
+        println!(
+            "chaos: outcome   {} messages at WeChat for {} recipients; ledger {statuses:?}; DLQ {reasons:?}; {} subscribe deliveries ambiguous after a SIGKILL ({} of them had reached WeChat)",
+            stats.accepted,
+            per_recipient.len(),
+            ambiguous.len(),
+            ambiguous.iter().filter(|o| per_recipient.contains_key(*o)).count()
+        );
+        println!(
+            "chaos: time      published in {:.1} s, drained {:.1} s after the last publish, {:.1} s in all",
+            timing.published_after.as_secs_f64(),
+            timing.drain_time.as_secs_f64(),
+            timing.t0.elapsed().as_secs_f64()
+        );
+    }
+
+    /// Deletes the run's queues, then passes, or fails listing every violation.
+    async fn finish(self, violations: &[String]) {
+        cleanup(&self.prefix, &self.topology).await;
+        self.pool.close().await;
+        if violations.is_empty() {
+            println!(
+                "chaos: PASS — every valid event delivered exactly once (at most once where ambiguous), nothing lost, nothing left"
+            );
+        } else {
+            for v in violations {
+                println!("chaos: VIOLATION {v}");
+            }
+            panic!(
+                "{} violation(s); worker logs in {}",
+                violations.len(),
+                self.logs.display()
+            );
+        }
+    }
+}
+
+/// What reached WeChat: messages per recipient, reminders aside, and reminders per recipient.
+fn at_wechat(sim: &Sim) -> (BTreeMap<String, u32>, BTreeMap<String, u32>) {
     let mut per_recipient: BTreeMap<String, u32> = BTreeMap::new();
     let mut reminded: BTreeMap<String, u32> = BTreeMap::new();
     for m in sim.messages() {
@@ -223,7 +486,12 @@ async fn chaos() {
         };
         *counts.entry(m.touser).or_default() += 1;
     }
-    // Reminders: once each; never for a cancelled booking.
+    (per_recipient, reminded)
+}
+
+/// Reminders: once each; never for a cancelled booking. Returns (every reminder arrived once,
+/// no reminder arrived that should not).
+fn check_reminders(load: &Load, reminded: &BTreeMap<String, u32>, violations: &mut Vec<String>) -> (bool, bool) {
     let not_reminded: Vec<_> = load.reminders.iter().filter(|o| !reminded.contains_key(*o)).collect();
     let reminded_twice: Vec<_> = reminded.iter().filter(|(_, n)| **n > 1).collect();
     let wrongly_reminded: Vec<_> = reminded.keys().filter(|o| !load.reminders.contains(*o)).collect();
@@ -242,6 +510,20 @@ async fn chaos() {
             "reminders of cancelled bookings (or strangers) arrived: {wrongly_reminded:?}"
         ));
     }
+    (
+        not_reminded.is_empty() && reminded_twice.is_empty(),
+        wrongly_reminded.is_empty(),
+    )
+}
+
+/// Every valid event's recipient got exactly one message (none or one where ambiguous), and
+/// nobody else got any.
+fn check_recipients(
+    load: &Load,
+    per_recipient: &BTreeMap<String, u32>,
+    ambiguous: &BTreeSet<String>,
+    violations: &mut Vec<String>,
+) {
     let missing: Vec<_> = load
         .delivered
         .iter()
@@ -265,117 +547,6 @@ async fn chaos() {
     }
     if !stray.is_empty() {
         violations.push(format!("messages to recipients who should get none: {stray:?}"));
-    }
-
-    // 2. Every ledger row final, with the right status.
-    let statuses = ledger_statuses(&pool).await;
-    let want_sent = (load.delivered.len() - ambiguous.len() + load.reminders.len()) as i64;
-    let want_dead = (load.unsubscribed.len() + load.malformed_with_row + ambiguous.len()) as i64;
-    let want_cancelled = load.cancelled_reminders.len() as i64;
-    if statuses.get("sent").copied().unwrap_or(0) != want_sent
-        || statuses.get("dead").copied().unwrap_or(0) != want_dead
-        || statuses.get("cancelled").copied().unwrap_or(0) != want_cancelled
-        || statuses.len() > 3
-    {
-        violations.push(format!(
-            "ledger statuses {statuses:?}, expected sent {want_sent}, dead {want_dead} and cancelled {want_cancelled} only"
-        ));
-    }
-
-    // 3. Every malformed message and permanent failure in the DLQ, with its reason; nothing else.
-    let dead = drain_dlq(&topology).await;
-    violations.extend(check_dlq(&load, &dead, &ambiguous));
-
-    // 4. Nothing left anywhere: with every consumer gone, an unacked message would be back in its
-    // queue, so exact ready counts of every queue of the run tell all.
-    let left = ready_counts(&prefix).await;
-    let left: Vec<_> = left.iter().filter(|(_, n)| **n > 0).collect();
-    if !left.is_empty() {
-        violations.push(format!("messages left in queues after the run: {left:?}"));
-    }
-
-    // Figures.
-    let stats = sim.stats();
-    let err = |code: i64| stats.errors.get(&code).copied().unwrap_or(0);
-    let takeovers = scalar(
-        &pool,
-        "SELECT count(*) FROM deliveries WHERE in_doubt_since IS NOT NULL",
-    )
-    .await;
-    let attempts = scalar(&pool, "SELECT count(*) FROM delivery_attempts").await;
-    let retried = scalar(
-        &pool,
-        "SELECT count(*) FROM delivery_attempts WHERE errcode IN (-1, 45011) OR http_status >= 500 OR (http_status IS NULL AND errcode IS NULL)",
-    )
-    .await;
-    let mut reasons: BTreeMap<String, usize> = BTreeMap::new();
-    for (_, h) in &dead {
-        *reasons
-            .entry(h.get(headers::REASON).cloned().unwrap_or_default())
-            .or_default() += 1;
-    }
-    println!("chaos: ---- figures (seed {seed}) ----");
-    println!(
-        "chaos: traffic   {} distinct events ({} to unsubscribed users), {} duplicate publishes, {} malformed, {} republished after broker errors",
-        load.events,
-        load.unsubscribed.len(),
-        load.duplicates,
-        load.malformed,
-        republished
-    );
-    println!(
-        "chaos: faults    2 SIGKILLs ({} worker processes in all), 1 RabbitMQ restart, 1 Postgres restart; simulator: {} × -1, {} rotations → {} × 40001/42001, 200 ms per send",
-        fleet.processes_started(),
-        err(-1),
-        stats.rotations,
-        err(40001) + err(42001)
-    );
-    println!(
-        "chaos: seen      duplicate copies acked without a send ≥ {} (already sent {}, already dead {}), held by a live owner and re-checked ≥ {}",
-        fleet.counter("wxnotify_duplicates_total{status=\"sent\"}")
-            + fleet.counter("wxnotify_duplicates_total{status=\"dead\"}"),
-        fleet.counter("wxnotify_duplicates_total{status=\"sent\"}"),
-        fleet.counter("wxnotify_duplicates_total{status=\"dead\"}"),
-        fleet.counter("wxnotify_duplicates_total{status=\"held\"}"),
-    );
-    println!(
-        "chaos: seen      {takeovers} deliveries taken over from a dead owner (in doubt); {} resends dropped by WeChat's client_msg_id dedup; {retried} transient failures retried; {attempts} HTTP sends in all; {} token fetches",
-        stats.deduplicated,
-        stats.token_calls + stats.stable_token_calls
-    );
-    println!(
-        "chaos: reminders {} scheduled to fall due during the faults, all arrived once: {}; {} cancelled (cancellation before or after the booking), none arrived: {}; released late by p99 {:.0} ms",
-        load.reminders.len(),
-        not_reminded.is_empty() && reminded_twice.is_empty(),
-        load.cancelled_reminders.len(),
-        wrongly_reminded.is_empty(),
-        reminder_lateness_p99(&pool).await * 1000.0
-    );
-    println!(
-        "chaos: outcome   {} messages at WeChat for {} recipients; ledger {statuses:?}; DLQ {reasons:?}; {} subscribe deliveries ambiguous after a SIGKILL ({} of them had reached WeChat)",
-        stats.accepted,
-        per_recipient.len(),
-        ambiguous.len(),
-        ambiguous.iter().filter(|o| per_recipient.contains_key(*o)).count()
-    );
-    println!(
-        "chaos: time      published in {:.1} s, drained {:.1} s after the last publish, {:.1} s in all",
-        published_after.as_secs_f64(),
-        drain_time.as_secs_f64(),
-        t0.elapsed().as_secs_f64()
-    );
-
-    cleanup(&prefix, &topology).await;
-    pool.close().await;
-    if violations.is_empty() {
-        println!(
-            "chaos: PASS — every valid event delivered exactly once (at most once where ambiguous), nothing lost, nothing left"
-        );
-    } else {
-        for v in &violations {
-            println!("chaos: VIOLATION {v}");
-        }
-        panic!("{} violation(s); worker logs in {}", violations.len(), logs.display());
     }
 }
 

@@ -209,59 +209,17 @@ fn panel_queries(dashboard: &Value) -> Vec<(String, String)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dashboard_and_the_alerts_hold_on_a_real_prometheus() {
     let rules = Path::new(DASHBOARDS).join("alerts.yml");
-    let check = run_tool("promtool", &["check", "rules", rules.to_str().unwrap()]);
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&check.stdout),
-        String::from_utf8_lossy(&check.stderr)
-    );
-    assert!(check.status.success(), "promtool check rules:\n{said}");
-    let rule_names: BTreeSet<String> = std::fs::read_to_string(&rules)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.trim().strip_prefix("- alert:"))
-        .map(|n| n.trim().to_string())
-        .collect();
-    assert!(said.contains(&format!("{} rules found", rule_names.len())), "{said}");
-    // The compose stack's configuration, which loads the same rules.
-    let config = Path::new(DASHBOARDS).join("prometheus.yml");
-    let check = run_tool("promtool", &["check", "config", config.to_str().unwrap()]);
-    assert!(check.status.success(), "promtool check config: {check:?}");
+    let rule_names = promtool_accepts_the_rules_and_the_config(&rules);
 
     let env = TestEnv::new().await;
-    // The real binaries, each its own process and so its own registry: an in-process worker
-    // would share this test process's registry with every test running beside it (CI saw a
-    // neighbour's gauges set off other alerts).
-    let (worker_admin, receiver_addr, receiver_admin) = (free_addr(), free_addr(), free_addr());
-    let mut worker = env
-        .worker_command()
-        .env("WXNOTIFY_ADMIN_ADDR", worker_admin.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start wxnotify worker");
-    let mut receiver = env
-        .wxnotify(&["receiver"])
-        .env("WECHAT_CALLBACK_TOKEN", CALLBACK_TOKEN)
-        .env("WECHAT_ENCODING_AES_KEY", AES_KEY)
-        .env("WXNOTIFY_RECEIVER_ADDR", receiver_addr.to_string())
-        .env("WXNOTIFY_ADMIN_ADDR", receiver_admin.to_string())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start wxnotify receiver");
-    for admin in [worker_admin, receiver_admin] {
-        wait_for(&format!("{admin} ready"), Duration::from_secs(60), || async move {
-            matches!(reqwest::get(format!("http://{admin}/readyz")).await, Ok(r) if r.status().is_success())
-        })
-        .await;
-    }
-    env.push_to_addr(receiver_addr, true, 0);
+    let binaries = Binaries::start(&env).await;
+    env.push_to_addr(binaries.receiver_addr, true, 0);
     let prometheus = Prometheus::start(
         &rules,
-        &[("wxnotify", worker_admin), ("wxnotify-receiver", receiver_admin)],
+        &[
+            ("wxnotify", binaries.worker_admin),
+            ("wxnotify-receiver", binaries.receiver_admin),
+        ],
     )
     .await;
     // Scraped a few times before anything happens: the rates and the DLQ's delta start at zero.
@@ -272,6 +230,101 @@ async fn the_dashboard_and_the_alerts_hold_on_a_real_prometheus() {
         )
         .await;
 
+    sends_a_dead_letter_and_a_token_quota_near_its_end(&env, &prometheus).await;
+    only_the_dead_letter_and_token_quota_alerts_go_off(&prometheus).await;
+    let mut failures = every_rule_evaluates(&prometheus, &rule_names).await;
+    let sends = every_panel_returns_data(&prometheus, &mut failures).await;
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+    the_sends_panel_shows_every_result(&sends);
+
+    prometheus.stop().await;
+    binaries.stop().await;
+}
+
+/// `promtool check rules` accepts the alert rules and `check config` the compose stack's
+/// configuration; returns the rules' names.
+fn promtool_accepts_the_rules_and_the_config(rules: &Path) -> BTreeSet<String> {
+    let check = run_tool("promtool", &["check", "rules", rules.to_str().unwrap()]);
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&check.stdout),
+        String::from_utf8_lossy(&check.stderr)
+    );
+    assert!(check.status.success(), "promtool check rules:\n{said}");
+    let rule_names: BTreeSet<String> = std::fs::read_to_string(rules)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("- alert:"))
+        .map(|n| n.trim().to_string())
+        .collect();
+    assert!(said.contains(&format!("{} rules found", rule_names.len())), "{said}");
+    // The compose stack's configuration, which loads the same rules.
+    let config = Path::new(DASHBOARDS).join("prometheus.yml");
+    let check = run_tool("promtool", &["check", "config", config.to_str().unwrap()]);
+    assert!(check.status.success(), "promtool check config: {check:?}");
+    rule_names
+}
+
+/// The real binaries, each its own process and so its own registry: an in-process worker
+/// would share this test process's registry with every test running beside it (CI saw a
+/// neighbour's gauges set off other alerts).
+struct Binaries {
+    worker: tokio::process::Child,
+    receiver: tokio::process::Child,
+    worker_admin: SocketAddr,
+    receiver_addr: SocketAddr,
+    receiver_admin: SocketAddr,
+}
+
+impl Binaries {
+    /// A `wxnotify worker` and a `wxnotify receiver`; returns once both admin servers answer ready.
+    async fn start(env: &TestEnv) -> Self {
+        let (worker_admin, receiver_addr, receiver_admin) = (free_addr(), free_addr(), free_addr());
+        let worker = env
+            .worker_command()
+            .env("WXNOTIFY_ADMIN_ADDR", worker_admin.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start wxnotify worker");
+        let receiver = env
+            .wxnotify(&["receiver"])
+            .env("WECHAT_CALLBACK_TOKEN", CALLBACK_TOKEN)
+            .env("WECHAT_ENCODING_AES_KEY", AES_KEY)
+            .env("WXNOTIFY_RECEIVER_ADDR", receiver_addr.to_string())
+            .env("WXNOTIFY_ADMIN_ADDR", receiver_admin.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start wxnotify receiver");
+        for admin in [worker_admin, receiver_admin] {
+            wait_for(&format!("{admin} ready"), Duration::from_secs(60), || async move {
+                matches!(reqwest::get(format!("http://{admin}/readyz")).await, Ok(r) if r.status().is_success())
+            })
+            .await;
+        }
+        Self {
+            worker,
+            receiver,
+            worker_admin,
+            receiver_addr,
+            receiver_admin,
+        }
+    }
+
+    async fn stop(mut self) {
+        for child in [&mut self.worker, &mut self.receiver] {
+            child.start_kill().expect("stop");
+            let _ = child.wait().await;
+        }
+    }
+}
+
+/// Three events sent (and their receipts pushed), one dead letter, 1,700 token calls today; waits
+/// until Prometheus has scraped all of it.
+async fn sends_a_dead_letter_and_a_token_quota_near_its_end(env: &TestEnv, prometheus: &Prometheus) {
     // The empty DLQ is on record first: the "growing" rule compares with it (CI once published
     // the dead letter before the worker's first sample, so the DLQ was never seen empty).
     prometheus
@@ -314,8 +367,11 @@ async fn the_dashboard_and_the_alerts_hold_on_a_real_prometheus() {
     ] {
         prometheus.wait_until(&format!("{what} scraped"), expr).await;
     }
-    // The dead-letter and token-quota alerts go off (pending: their `for` is minutes); the
-    // others, whose conditions do not hold, stay quiet.
+}
+
+/// The dead-letter and token-quota alerts go off (pending: their `for` is minutes); the
+/// others, whose conditions do not hold, stay quiet.
+async fn only_the_dead_letter_and_token_quota_alerts_go_off(prometheus: &Prometheus) {
     let expected: BTreeSet<String> = ["WxnotifyDeadLetterQueueGrowing", "WxnotifyTokenQuotaHigh"]
         .map(String::from)
         .into();
@@ -331,8 +387,11 @@ async fn the_dashboard_and_the_alerts_hold_on_a_real_prometheus() {
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
 
-    // Prometheus loaded every rule of the file and evaluates each without error.
+/// Prometheus loaded every rule of the file and evaluates each without error; returns the
+/// failures.
+async fn every_rule_evaluates(prometheus: &Prometheus, rule_names: &BTreeSet<String>) -> Vec<String> {
     let groups = prometheus.api("rules", None).await.expect("rules");
     let loaded: Vec<&Value> = groups["groups"]
         .as_array()
@@ -341,7 +400,7 @@ async fn the_dashboard_and_the_alerts_hold_on_a_real_prometheus() {
         .flat_map(|g| g["rules"].as_array().unwrap())
         .collect();
     let loaded_names: BTreeSet<String> = loaded.iter().map(|r| r["name"].as_str().unwrap().into()).collect();
-    assert_eq!(loaded_names, rule_names);
+    assert_eq!(&loaded_names, rule_names);
     let mut failures = Vec::new();
     for rule in &loaded {
         let (name, expr) = (&rule["name"], rule["query"].as_str().unwrap());
@@ -352,8 +411,12 @@ async fn the_dashboard_and_the_alerts_hold_on_a_real_prometheus() {
             failures.push(format!("rule {name}: {expr}: {e}"));
         }
     }
+    failures
+}
 
-    // Every panel's every query returns data.
+/// Every panel's every query returns data (adds to `failures` otherwise); returns what the sends
+/// panel's query returned.
+async fn every_panel_returns_data(prometheus: &Prometheus, failures: &mut Vec<String>) -> Vec<Value> {
     let dashboard: Value =
         serde_json::from_str(&std::fs::read_to_string(Path::new(DASHBOARDS).join("wxnotify.json")).unwrap())
             .expect("the dashboard is JSON");
@@ -368,8 +431,11 @@ async fn the_dashboard_and_the_alerts_hold_on_a_real_prometheus() {
             Ok(_) => {}
         }
     }
-    assert!(failures.is_empty(), "{}", failures.join("\n"));
-    // The sends panel shows the sends, and the results none had, at zero.
+    sends
+}
+
+/// The sends panel shows the sends, and the results none had, at zero.
+fn the_sends_panel_shows_every_result(sends: &[Value]) {
     let by_result: Vec<(String, f64)> = sends
         .iter()
         .map(|s| {
@@ -379,10 +445,4 @@ async fn the_dashboard_and_the_alerts_hold_on_a_real_prometheus() {
         .collect();
     assert_eq!(by_result.len(), 3, "{by_result:?}");
     assert!(by_result.iter().any(|(r, v)| r == "ok" && *v > 0.0), "{by_result:?}");
-
-    prometheus.stop().await;
-    for child in [&mut worker, &mut receiver] {
-        child.start_kill().expect("stop");
-        let _ = child.wait().await;
-    }
 }

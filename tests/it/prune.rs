@@ -5,6 +5,14 @@ use crate::helpers::{APP_ID, TestEnv};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_deletes_old_final_deliveries_only() {
     let env = TestEnv::new().await;
+    seed(&env).await;
+    dry_run_deletes_nothing(&env).await;
+    prune_keeps_all_but_old_final_deliveries(&env).await;
+}
+
+/// Old rows of every status, one in doubt, an old ambiguous one and recent ones, each with an
+/// attempt; an old receipt and a recent one.
+async fn seed(env: &TestEnv) {
     // Old rows of every status, one in doubt, and recent ones; each with an attempt.
     sqlx::query(
         "INSERT INTO deliveries (event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id,
@@ -46,6 +54,10 @@ async fn prune_deletes_old_final_deliveries_only() {
     .execute(&env.pool)
     .await
     .unwrap();
+}
+
+/// `--dry-run` counts what would go and deletes nothing.
+async fn dry_run_deletes_nothing(env: &TestEnv) {
     let out = env
         .wxnotify(&["prune", "--older-than", "180d", "--dry-run"])
         .output()
@@ -58,7 +70,10 @@ async fn prune_deletes_old_final_deliveries_only() {
         17,
         "a dry run deletes nothing"
     );
+}
 
+/// The old final deliveries go, with their attempts; the old receipt goes; everything else stays.
+async fn prune_keeps_all_but_old_final_deliveries(env: &TestEnv) {
     let out = env.wxnotify(&["prune", "--older-than", "180d"]).output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("deleted 5 final deliveries"));
