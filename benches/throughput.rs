@@ -31,7 +31,7 @@ use wechat_sim::{Faults, Sim, SimConfig};
 use wxnotify::queue::{Publisher, Topology};
 
 use common::{APP_ID, APP_SECRET, event, fresh_database};
-use support::{Broker, spawn_worker, stop_worker};
+use support::{Broker, SHIPPED, realistic, spawn_worker, spawn_worker_with, stop_worker};
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this too (with its own
@@ -45,15 +45,24 @@ fn main() {
     };
     support::runtime().block_on(async {
         println!("bench: {events} events per scenario; {} cores", num_cpus());
-        let rate = broker_alone(events).await;
-        println!("bench: broker alone                 {rate:>8.0} msgs/s (publish with confirms + consume + ack, persistent, quorum)");
+        let broker = broker_alone(events).await;
+        println!("bench: broker alone                 {broker:>8.0} msgs/s (publish with confirms + consume + ack, persistent, quorum)");
         for latency in [0, 100] {
             let (rate, rss_kib, secs) = wxnotify_run(events, latency).await;
             println!(
-                "bench: wxnotify, WeChat {latency:>3} ms      {rate:>8.0} deliveries/s ({events} in {secs:.1} s; worker peak RSS {} MiB)",
-                rss_kib / 1024
+                "bench: wxnotify, WeChat {latency:>3} ms      {rate:>8.0} deliveries/s ({events} in {secs:.1} s; worker peak RSS {} MiB; {:.2} x the broker)",
+                rss_kib / 1024,
+                rate / broker
             );
         }
+        let bookings = events / 4;
+        let (rate, secs, work) = realistic_run(bookings).await;
+        println!(
+            "bench: realistic mix, WeChat   0 ms {rate:>8.0} deliveries/s ({} in {secs:.1} s; {:.2} x the broker)",
+            realistic::deliveries(bookings),
+            rate / broker
+        );
+        println!("bench:   {work}");
     });
 }
 
@@ -157,4 +166,27 @@ async fn wxnotify_run(n: usize, latency_ms: u64) -> (f64, u64, f64) {
     broker.close().await;
     pool.close().await;
     (n as f64 / secs, rss, secs)
+}
+
+/// The realistic mix (see `realistic.rs`) through one worker, WeChat answering at once:
+/// deliveries a second, the seconds it took, and what Postgres did per delivery.
+async fn realistic_run(bookings: usize) -> (f64, f64, String) {
+    let id = uuid::Uuid::new_v4().simple().to_string();
+    let (db_url, pool) = fresh_database(&id, 2).await;
+    let sim = Sim::new(SimConfig {
+        apps: HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]),
+        ..SimConfig::default()
+    });
+    let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim");
+    let broker = Broker::open("bench").await;
+    publish_all(&broker.publisher, &broker.topology, &realistic::bodies(bookings)).await;
+    let child = spawn_worker_with(&db_url, &broker.topology, sim_addr, "127.0.0.1:0", SHIPPED);
+    let before = realistic::PgWork::read(&pool).await;
+    let started = Instant::now();
+    let secs = realistic::wait_final(&pool, bookings, started).await;
+    let work = realistic::PgWork::read(&pool).await.per(before, realistic::deliveries(bookings));
+    stop_worker(child).await;
+    broker.close().await;
+    pool.close().await;
+    (realistic::deliveries(bookings) as f64 / secs, secs, work)
 }

@@ -24,6 +24,8 @@ use wechat_sim::{Sim, SimConfig};
 
 use crate::common::{APP_ID, APP_SECRET, amqp_url, event, worker_env};
 
+pub(crate) mod realistic;
+
 /// The benchmarks' own runtime: two threads, like the machine.
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
@@ -86,14 +88,25 @@ impl Broker {
 /// The real `wxnotify worker` (the release build under `cargo bench`) on this run's database,
 /// queues and simulator; `WXNOTIFY_*` variables of the environment reach it.
 pub(crate) fn spawn_worker(db_url: &str, topology: &Topology, sim: SocketAddr, admin: &str) -> tokio::process::Child {
+    spawn_worker_with(db_url, topology, sim, admin, FIXTURES)
+}
+
+/// The test fixtures' templates: one template message per event type, sent at once.
+pub(crate) const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/templates.toml");
+/// The shipped templates: a confirmation also schedules a reminder, a cancellation cancels it.
+pub(crate) const SHIPPED: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/templates.toml");
+
+/// [`spawn_worker`] with another templates file.
+pub(crate) fn spawn_worker_with(
+    db_url: &str,
+    topology: &Topology,
+    sim: SocketAddr,
+    admin: &str,
+    templates: &str,
+) -> tokio::process::Child {
     tokio::process::Command::new(worker_binary())
         .arg("worker")
-        .envs(worker_env(
-            db_url,
-            topology,
-            &format!("http://{sim}"),
-            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/templates.toml"),
-        ))
+        .envs(worker_env(db_url, topology, &format!("http://{sim}"), templates))
         .env("WXNOTIFY_ADMIN_ADDR", admin)
         .env("RUST_LOG", "warn")
         .envs(std::env::vars().filter(|(k, _)| k.starts_with("WXNOTIFY_")))
