@@ -114,22 +114,41 @@ impl Fleet {
         total.max(0.0).round() as u64
     }
 
+    /// How many live workers' `/readyz` say broker and database are up.
+    pub(crate) async fn ready(&self) -> usize {
+        let mut n = 0;
+        for r in self.slots.iter().flatten() {
+            let url = format!("http://{}/readyz", r.admin);
+            let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
+            if matches!(client.get(&url).send().await, Ok(resp) if resp.status().is_success()) {
+                n += 1;
+            }
+        }
+        n
+    }
+
+    /// SIGTERM to one worker; its exit status (it must drain and exit 0), within 60 s.
+    pub(crate) async fn terminate(&mut self, slot: usize) -> Option<ExitStatus> {
+        self.scrape().await;
+        let r = self.slots[slot].take().expect("slot running");
+        if let Some(pid) = r.child.id() {
+            let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
+        }
+        let mut child = r.child;
+        let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok);
+        add_into(&mut self.gone, &r.last);
+        status
+    }
+
     /// SIGTERM to all; returns each exit status (they must drain and exit 0).
     pub(crate) async fn terminate_all(&mut self) -> Vec<(usize, Option<ExitStatus>)> {
-        self.scrape().await;
         let mut out = Vec::new();
-        for (slot, r) in self.slots.iter_mut().enumerate() {
-            if let Some(r) = r.take() {
-                if let Some(pid) = r.child.id() {
-                    let _ = Command::new("kill").arg("-TERM").arg(pid.to_string()).status().await;
-                }
-                let mut child = r.child;
-                let status = tokio::time::timeout(Duration::from_secs(60), child.wait())
-                    .await
-                    .ok()
-                    .and_then(Result::ok);
-                add_into(&mut self.gone, &r.last);
-                out.push((slot, status));
+        for slot in 0..self.slots.len() {
+            if self.slots[slot].is_some() {
+                out.push((slot, self.terminate(slot).await));
             }
         }
         out

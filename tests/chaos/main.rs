@@ -14,6 +14,7 @@
 //! Knobs: `CHAOS_EVENTS` (default 3000), `CHAOS_SEED` (default random; printed), `CHAOS_PUBLISH_SECS`.
 
 mod cluster;
+mod faults;
 #[path = "../common/mod.rs"]
 mod common;
 mod fleet;
@@ -36,7 +37,7 @@ use common::{APP_ID, APP_SECRET, Taken, amqp_url, fresh_database, take_all, work
 use fleet::{Fleet, queue_depths, services};
 use load::{Expect, Feeder, Load};
 
-fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+pub(crate) fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 

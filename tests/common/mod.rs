@@ -12,6 +12,7 @@ use secrecy::SecretString;
 use sqlx::PgPool;
 use wxnotify::queue::{Topology, headers};
 
+pub(crate) mod fault_proxy;
 pub(crate) mod leftovers;
 
 pub(crate) const APP_ID: &str = "wx1111111111111111";

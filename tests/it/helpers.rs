@@ -126,6 +126,8 @@ pub(crate) struct WorkerOpts {
     pub shutdown_grace_secs: f64,
     /// Another database URL (e.g. through a proxy the test can cut).
     pub database_url: Option<String>,
+    /// Another RabbitMQ URL (e.g. through a fault proxy).
+    pub amqp_url: Option<String>,
     /// Another templates file.
     pub templates: Option<PathBuf>,
     /// `WXNOTIFY_RATE_LIMIT`.
@@ -144,6 +146,7 @@ impl Default for WorkerOpts {
             http_timeout_secs: 5.0,
             shutdown_grace_secs: 10.0,
             database_url: None,
+            amqp_url: None,
             templates: None,
             rate_limit: None,
         }
@@ -230,7 +233,7 @@ impl TestEnv {
                 database_url: opts.database_url.clone().unwrap_or_else(|| self.db_url.clone()),
             },
             amqp: AmqpArgs {
-                amqp_url: self.amqp_url.clone(),
+                amqp_url: opts.amqp_url.clone().unwrap_or_else(|| self.amqp_url.clone()),
                 exchange: self.topology.exchange.clone(),
                 queue: self.topology.queue.clone(),
                 delivery_limit: 20,

@@ -9,6 +9,7 @@ mod common;
 mod delivery;
 mod delivery_edges;
 mod dlq;
+mod due_release;
 mod faults;
 mod follow_clock;
 mod helpers;
