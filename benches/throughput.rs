@@ -184,7 +184,9 @@ async fn realistic_run(bookings: usize) -> (f64, f64, String) {
     let before = realistic::PgWork::read(&pool).await;
     let started = Instant::now();
     let secs = realistic::wait_final(&pool, bookings, started).await;
-    let work = realistic::PgWork::read(&pool).await.per(before, realistic::deliveries(bookings));
+    let work = realistic::PgWork::read(&pool)
+        .await
+        .per(before, realistic::deliveries(bookings));
     stop_worker(child).await;
     broker.close().await;
     pool.close().await;

@@ -57,9 +57,15 @@ pub(crate) fn bodies(bookings: usize) -> Vec<(String, Vec<u8>)> {
     let slot = (now + TimeDelta::minutes(60)).with_timezone(&bj).to_rfc3339();
     let mut out = Vec::with_capacity(bookings * 3);
     for i in 0..bookings {
-        let last = if i % 5 == 0 { "booking.cancelled" } else { "booking.completed" };
+        let last = if i % 5 == 0 {
+            "booking.cancelled"
+        } else {
+            "booking.completed"
+        };
         for (k, event_type) in ["booking.created", "booking.confirmed", last].into_iter().enumerate() {
-            let occurred = (now + TimeDelta::milliseconds(k as i64)).with_timezone(&bj).to_rfc3339();
+            let occurred = (now + TimeDelta::milliseconds(k as i64))
+                .with_timezone(&bj)
+                .to_rfc3339();
             let body = serde_json::json!({
                 "event_id": format!("real-{i:07}-{k}"), "event_type": event_type,
                 "occurred_at": occurred, "openid": format!("o-real-{i:07}"),
@@ -92,7 +98,10 @@ pub(crate) async fn wait_final(pool: &PgPool, bookings: usize, started: Instant)
         if all >= deliveries(bookings) as i64 && open == 0 {
             return started.elapsed().as_secs_f64();
         }
-        assert!(Instant::now() < deadline, "not final within 15 minutes ({all} rows, {open} open)");
+        assert!(
+            Instant::now() < deadline,
+            "not final within 15 minutes ({all} rows, {open} open)"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }

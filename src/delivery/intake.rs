@@ -8,7 +8,9 @@
 //! templates, a `send_at`, quiet hours, an expiry, a cancel key, or an event that cancels) is a
 //! [`Hold`]: its deliveries are stored in the ledger with their due times and its cancellations
 //! applied, in one transaction, and the due-delivery loop releases each delivery as its own
-//! message (header `wxnotify-template`) when it falls due.
+//! message (header `wxnotify-template`) when it falls due. The first of its templates that sends
+//! at once with no timing rule (a booking confirmation beside its reminder, a cancellation's
+//! notice) is not stored to wait: it goes on this trip once the rest is committed.
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -88,6 +90,8 @@ pub(crate) struct Hold {
     pub event_id: String,
     pub waiting: Vec<Waiting>,
     pub cancellations: Vec<Cancellation>,
+    /// The delivery that goes at once, on this trip, after the rest is stored.
+    pub now: Option<Box<Delivery>>,
 }
 
 #[derive(Debug)]
@@ -134,14 +138,18 @@ pub(crate) fn intake(body: &[u8], meta: &Meta, rules: &Rules, now: DateTime<Utc>
             };
             // The body was parsed as UTF-8 JSON by `accept`.
             let payload = String::from_utf8_lossy(body).into_owned();
-            let waiting = templates
-                .iter()
-                .map(|t| waiting(catalog, t, &event, &app_id, &payload, now))
+            let at_once = templates.iter().position(|t| !t.is_held());
+            let waiting = (templates.iter().enumerate())
+                .filter(|(i, _)| Some(*i) != at_once)
+                .map(|(_, t)| waiting(catalog, t, &event, &app_id, &payload, now))
                 .collect();
+            let event_id = event.event_id().to_string();
+            let now = at_once.map(|i| Box::new(delivery(catalog, templates[i], event, app_id)));
             Intake::Hold(Box::new(Hold {
-                event_id: event.event_id().to_string(),
+                event_id,
                 waiting,
                 cancellations,
+                now,
             }))
         }
     }
@@ -378,7 +386,7 @@ mod tests {
     }
 
     #[test]
-    fn each_template_of_the_type_is_its_own_waiting_delivery() {
+    fn each_template_of_the_type_is_its_own_delivery_the_plain_one_goes_at_once() {
         let h = held(intake(
             &body("o1", "booking.confirmed"),
             &Meta::default(),
@@ -386,17 +394,19 @@ mod tests {
             now(),
         ));
         assert!(h.cancellations.is_empty());
+        // The confirmation has no timing rule: it goes on this trip, after the reminder is stored.
+        let confirmation = h.now.as_ref().expect("a delivery at once");
+        assert_eq!(confirmation.key.template_id, "TPL_BOOKING_CONFIRMED");
+        assert!(confirmation.message.is_ok());
         let ids: Vec<&str> = h.waiting.iter().map(|w| w.key.template_id.as_str()).collect();
-        assert_eq!(ids, ["TPL_BOOKING_CONFIRMED", "TPL_BOOKING_REMINDER"]);
-        // The confirmation is due at once; the reminder an hour before the 14:00 (+08:00) slot.
-        assert_eq!(h.waiting[0].due_at, now());
-        assert_eq!(h.waiting[0].cancel_key, None);
-        let r = &h.waiting[1];
+        assert_eq!(ids, ["TPL_BOOKING_REMINDER"]);
+        // The reminder: an hour before the 14:00 (+08:00) slot.
+        let r = &h.waiting[0];
         assert_eq!(r.due_at.to_rfc3339(), "2026-11-22T05:00:00+00:00");
         assert_eq!(r.not_after.unwrap().to_rfc3339(), "2026-11-22T06:00:00+00:00");
         assert_eq!(r.cancel_key.as_deref(), Some("B-1"));
         assert!(r.payload.contains("\"booking.confirmed\""));
-        assert_ne!(h.waiting[0].client_msg_id, r.client_msg_id);
+        assert_ne!(confirmation.client_msg_id, r.client_msg_id);
     }
 
     #[test]
@@ -437,7 +447,9 @@ mod tests {
             ("TPL_BOOKING_REMINDER", "B-1")
         );
         assert_eq!(c.event_id, "e1");
-        assert_eq!(h.waiting.len(), 1, "its own notice still goes");
+        assert!(h.waiting.is_empty());
+        let notice = h.now.as_ref().expect("its own notice still goes, at once");
+        assert_eq!(notice.key.template_id, "TPL_BOOKING_CANCELLED");
         // A move cancels the old reminder and schedules its own.
         let h = held(intake(
             &body("o1", "booking.rescheduled"),
@@ -446,7 +458,8 @@ mod tests {
             now(),
         ));
         assert_eq!(h.cancellations.len(), 1);
-        assert_eq!(h.waiting.len(), 2);
+        assert_eq!(h.waiting.len(), 1, "the new reminder waits");
+        assert!(h.now.is_some(), "the notice of the move goes at once");
         // No booking id: the cancellation cannot be made, the event is dead-lettered.
         let mut v: serde_json::Value = serde_json::from_slice(&body("o1", "booking.cancelled")).unwrap();
         v["data"].as_object_mut().unwrap().remove("booking_id");

@@ -19,7 +19,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::fate::Plan;
-use crate::fate::Reopen;
+use crate::fate::{Outcome, Reopen};
 use crate::ids::{AppId, OpenId};
 use crate::ledger::{AttemptRecord, Claim, ClaimRequest, Claimed, Ledger};
 use crate::queue::{Session, Topology};
@@ -143,30 +143,24 @@ pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::messa
                 trip.event_id = event_id;
                 judge::reject(reason, &error, meta.failed_before)
             }
-            Intake::Deliver(d) => {
-                // From the booking app's `occurred_at` to here: broker, prefetch and permit wait.
-                if let Ok(queued) = (Utc::now() - d.event.occurred().with_timezone(&Utc)).to_std() {
-                    metrics::histogram!("wxnotify_stage_seconds", "stage" => "queued").record(queued.as_secs_f64());
-                }
-                let span = tracing::Span::current();
-                span.record("event_id", d.key.event_id.as_str());
-                span.record("template", d.key.template_id.as_str());
-                span.record("openid", d.key.openid.as_str());
-                trip.event_id = Some(d.key.event_id.clone());
-                if ctx.pace(session, &d.app_id).await.is_err() {
-                    return;
-                }
-                match decide(ctx, &d, &meta, &mut trip).await {
-                    Ok(plan) => plan,
-                    Err(Abandoned) => return,
-                }
-            }
+            Intake::Deliver(d) => match one(ctx, session, &d, &meta, &mut trip).await {
+                Ok(plan) => plan,
+                Err(Abandoned) => return,
+            },
             Intake::Hold(h) => {
                 tracing::Span::current().record("event_id", h.event_id.as_str());
                 trip.event_id = Some(h.event_id.clone());
-                match hold(ctx, &h, &meta).await {
+                let stored = match hold(ctx, &h, &meta).await {
                     Ok(plan) => plan,
                     Err(Abandoned) => return,
+                };
+                // Stored and committed: the delivery that goes at once goes now, on this trip.
+                match &h.now {
+                    Some(d) if stored.outcome == Outcome::Ack => match one(ctx, session, d, &meta, &mut trip).await {
+                        Ok(plan) => plan,
+                        Err(Abandoned) => return,
+                    },
+                    _ => stored,
                 }
             }
         };
@@ -174,6 +168,21 @@ pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::messa
     }
     .instrument(span)
     .await
+}
+
+/// One delivery on this trip: its send slot (the rate limit), then [`decide`].
+async fn one(ctx: &Context, session: &Session, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Result<Plan, Abandoned> {
+    // From the booking app's `occurred_at` to here: broker, prefetch and permit wait.
+    if let Ok(queued) = (Utc::now() - d.event.occurred().with_timezone(&Utc)).to_std() {
+        metrics::histogram!("wxnotify_stage_seconds", "stage" => "queued").record(queued.as_secs_f64());
+    }
+    let span = tracing::Span::current();
+    span.record("event_id", d.key.event_id.as_str());
+    span.record("template", d.key.template_id.as_str());
+    span.record("openid", d.key.openid.as_str());
+    trip.event_id = Some(d.key.event_id.clone());
+    ctx.pace(session, &d.app_id).await?;
+    decide(ctx, d, meta, trip).await
 }
 
 /// Claim, token, send, each gate asked of the judge: the plan for this delivery.

@@ -27,8 +27,10 @@ use crate::queue::{Session, headers};
 
 /// Most rows one release transaction takes.
 const BATCH: usize = 500;
-/// Longest sleep when the listener works (a safety net: notifications are not durable).
-const IDLE: Duration = Duration::from_secs(10);
+/// Longest sleep when the listener works: every loop wakes this often and reads the earliest due
+/// time, so a delivery stored due later than that needs no notification (and notifications are
+/// not durable: this is also the safety net).
+pub(super) const IDLE: Duration = Duration::from_secs(10);
 /// Longest sleep without it.
 const POLL: Duration = Duration::from_secs(1);
 /// Sleep when rows are due but another worker holds them (it releases them, or dies and its

@@ -88,15 +88,21 @@ impl Ledger {
             held.cancelled_others = cancel(&mut tx, cancellations).await?;
         }
         if !waiting.is_empty() {
-            let statuses = store(&mut tx, waiting).await?;
-            for s in &statuses {
-                match s.as_str() {
-                    "scheduled" => held.scheduled += 1,
+            let mut soon = false;
+            for (status, due_soon) in store(&mut tx, waiting).await? {
+                match status.as_str() {
+                    "scheduled" => {
+                        held.scheduled += 1;
+                        soon |= due_soon;
+                    }
                     "cancelled" => held.cancelled += 1,
                     _ => held.expired += 1,
                 }
             }
-            if held.scheduled > 0 {
+            // Every due-delivery loop wakes by itself within IDLE and reads the earliest due
+            // time: only a delivery due before then needs to wake them (and the notification
+            // takes Postgres's cluster-wide notify lock at commit).
+            if soon {
                 sqlx::query("SELECT pg_notify($1, '')")
                     .bind(DUE_CHANNEL)
                     .execute(&mut *tx)
@@ -273,10 +279,11 @@ async fn cancel(tx: &mut Transaction<'static, Postgres>, cs: &[Cancellation]) ->
 
 /// Inserts the waiting deliveries (a copy of one stored before changes nothing): `cancelled` if a
 /// cancellation arrived first, `expired` if it can no longer go out before `not_after`, else
-/// `scheduled`. Returns the statuses stored.
-async fn store(tx: &mut Transaction<'static, Postgres>, ws: &[Waiting]) -> Result<Vec<String>, sqlx::Error> {
+/// `scheduled`. Returns the statuses stored, each with whether it falls due before the due-delivery
+/// loops wake up by themselves.
+async fn store(tx: &mut Transaction<'static, Postgres>, ws: &[Waiting]) -> Result<Vec<(String, bool)>, sqlx::Error> {
     let col = |f: fn(&Waiting) -> &String| ws.iter().map(|w| f(w).clone()).collect::<Vec<_>>();
-    sqlx::query_scalar(
+    sqlx::query_as(
         "INSERT INTO deliveries AS d
              (event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id,
               due_at, not_after, cancel_key, payload, status, cancelled_by, last_error)
@@ -299,7 +306,7 @@ async fn store(tx: &mut Transaction<'static, Postgres>, ws: &[Waiting]) -> Resul
                    AND x.event_id <> t.event_id AND x.occurred_at >= t.occurred_at
                  LIMIT 1) c ON true
          ON CONFLICT (event_id, template_id, openid) DO NOTHING
-         RETURNING d.status",
+         RETURNING d.status, d.due_at <= now() + make_interval(secs => $12) AS soon",
     )
     .bind(ws.iter().map(|w| w.key.event_id.clone()).collect::<Vec<_>>())
     .bind(col(|w| &w.event_type))
@@ -312,6 +319,7 @@ async fn store(tx: &mut Transaction<'static, Postgres>, ws: &[Waiting]) -> Resul
     .bind(ws.iter().map(|w| w.not_after).collect::<Vec<_>>())
     .bind(ws.iter().map(|w| w.cancel_key.clone()).collect::<Vec<_>>())
     .bind(col(|w| &w.payload))
+    .bind(super::release::IDLE.as_secs_f64())
     .fetch_all(&mut **tx)
     .await
 }

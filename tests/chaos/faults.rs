@@ -16,9 +16,9 @@ use tokio::time::Instant;
 use wechat_sim::{Faults, Sim, SimConfig};
 use wxnotify::queue::Topology;
 
+use crate::common::fault_proxy::FaultProxy;
 use crate::common::{APP_ID, APP_SECRET, amqp_url, base_db_url, event, fresh_database, wait_for, worker_env};
 use crate::env_or;
-use crate::common::fault_proxy::FaultProxy;
 use crate::fleet::{Fleet, declare, logs_of};
 use crate::load::Feeder;
 
@@ -52,7 +52,12 @@ impl World {
         let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim");
         let pg = FaultProxy::to(host_port(&base_db_url())).await;
         let mq = FaultProxy::to(host_port(&amqp_url())).await;
-        let env = worker_env(&pg.url(&db_url), &topology, &format!("http://{sim_addr}"), "tests/fixtures/templates.toml");
+        let env = worker_env(
+            &pg.url(&db_url),
+            &topology,
+            &format!("http://{sim_addr}"),
+            "tests/fixtures/templates.toml",
+        );
         let mut env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
         env.retain(|(k, _)| k != "AMQP_URL");
         env.push(("AMQP_URL".into(), mq.url(&amqp_url())));
@@ -89,7 +94,11 @@ impl World {
             for i in 0..n {
                 let at = started + Duration::from_secs_f64(secs * i as f64 / n as f64);
                 tokio::time::sleep_until(at).await;
-                let body = event(&format!("{name}-{i:05}"), "booking.confirmed", &format!("o-{name}-{i:05}"));
+                let body = event(
+                    &format!("{name}-{i:05}"),
+                    "booking.confirmed",
+                    &format!("o-{name}-{i:05}"),
+                );
                 feeder.publish("booking.confirmed", body.to_string().as_bytes()).await;
             }
             feeder.close().await;
@@ -114,7 +123,10 @@ impl World {
 
     /// Seconds from `healed` until sends resume past `before` and every worker is ready again.
     async fn time_to_recover(&mut self, healed: Instant, before: i64) -> f64 {
-        wait_for("sends to resume", Duration::from_secs(180), || async { self.sent().await > before }).await;
+        wait_for("sends to resume", Duration::from_secs(180), || async {
+            self.sent().await > before
+        })
+        .await;
         wait_for("every worker ready again", Duration::from_secs(180), || async {
             self.fleet.ready().await == WORKERS
         })
@@ -127,7 +139,10 @@ impl World {
     async fn finish(mut self, feeder: JoinHandle<()>, figures: &str) {
         feeder.await.expect("feeder");
         let n = self.events as i64;
-        wait_for("every delivery sent", Duration::from_secs(300), || async { self.sent().await >= n }).await;
+        wait_for("every delivery sent", Duration::from_secs(300), || async {
+            self.sent().await >= n
+        })
+        .await;
         let statuses: BTreeMap<String, i64> =
             sqlx::query_as::<_, (String, i64)>("SELECT status, count(*) FROM deliveries GROUP BY status")
                 .fetch_all(&self.pool)
@@ -191,7 +206,11 @@ async fn partition(name: &'static str, which: fn(&World) -> &FaultProxy) {
     which(&w).heal();
     w.mark("healed");
     let recover = w.time_to_recover(Instant::now(), before).await;
-    w.finish(feeder, &format!("noticed in {notice:.1} s, recovered {recover:.1} s after healing")).await;
+    w.finish(
+        feeder,
+        &format!("noticed in {notice:.1} s, recovered {recover:.1} s after healing"),
+    )
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -220,18 +239,28 @@ async fn postgres_slow_for_the_whole_run() {
         let started = Instant::now();
         let feeder = w.feed(0.0);
         let n = w.events as i64;
-        wait_for("every delivery sent", Duration::from_secs(600), || async { w.sent().await >= n }).await;
+        wait_for("every delivery sent", Duration::from_secs(600), || async {
+            w.sent().await >= n
+        })
+        .await;
         let rate = n as f64 / started.elapsed().as_secs_f64();
         let taken_over: i64 = sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE in_doubt_since IS NOT NULL")
             .fetch_one(&w.pool)
             .await
             .unwrap();
         rates.push(rate);
-        assert_eq!(taken_over, 0, "a claim was taken over: a lease expired while its holder was working");
-        w.finish(feeder, &format!("{rate:.0} deliveries/s, {taken_over} taken over")).await;
+        assert_eq!(
+            taken_over, 0,
+            "a claim was taken over: a lease expired while its holder was working"
+        );
+        w.finish(feeder, &format!("{rate:.0} deliveries/s, {taken_over} taken over"))
+            .await;
     }
     let kept = rates[1] / rates[0];
-    eprintln!("faults[pg-slow] +200 ms a round trip keeps {:.0}% of the throughput", kept * 100.0);
+    eprintln!(
+        "faults[pg-slow] +200 ms a round trip keeps {:.0}% of the throughput",
+        kept * 100.0
+    );
     assert!(kept >= 1.0 / 3.0, "kept {:.0}% of the throughput", kept * 100.0);
 }
 
@@ -255,7 +284,8 @@ async fn postgres_connections_reset_mid_transaction() {
     }
     w.fleet.scrape().await;
     let db_errors = w.fleet.counter("wxnotify_db_errors_total");
-    w.finish(feeder, &format!("{resets} resets, {db_errors} database errors retried")).await;
+    w.finish(feeder, &format!("{resets} resets, {db_errors} database errors retried"))
+        .await;
 }
 
 /// SIGTERM while Postgres is blackholed: the worker exits within its grace period (20 s) and
@@ -280,7 +310,11 @@ async fn sigterm_during_a_postgres_blackhole() {
     w.pg.heal();
     w.fleet.start(0).await;
     let recover = w.time_to_recover(Instant::now(), before).await;
-    w.finish(feeder, &format!("exited in {exit:.1} s, recovered {recover:.1} s after healing")).await;
+    w.finish(
+        feeder,
+        &format!("exited in {exit:.1} s, recovered {recover:.1} s after healing"),
+    )
+    .await;
 }
 
 /// RabbitMQ's bytes dripping one a millisecond for 15 s (a congested link), then healed.

@@ -119,7 +119,10 @@ impl Fleet {
         let mut n = 0;
         for r in self.slots.iter().flatten() {
             let url = format!("http://{}/readyz", r.admin);
-            let client = reqwest::Client::builder().timeout(Duration::from_secs(2)).build().expect("client");
+            let client = reqwest::Client::builder()
+                .timeout(Duration::from_secs(2))
+                .build()
+                .expect("client");
             if matches!(client.get(&url).send().await, Ok(resp) if resp.status().is_success()) {
                 n += 1;
             }

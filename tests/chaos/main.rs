@@ -14,9 +14,9 @@
 //! Knobs: `CHAOS_EVENTS` (default 3000), `CHAOS_SEED` (default random; printed), `CHAOS_PUBLISH_SECS`.
 
 mod cluster;
-mod faults;
 #[path = "../common/mod.rs"]
 mod common;
+mod faults;
 mod fleet;
 mod load;
 

@@ -62,7 +62,11 @@ impl FaultProxy {
         let (scheme, rest) = url.split_once("://").expect("a URL");
         let (auth, rest) = rest.rsplit_once('@').map_or(("", rest), |(a, r)| (a, r));
         let path = rest.find(['/', '?']).map_or("", |i| &rest[i..]);
-        let at = if auth.is_empty() { String::new() } else { format!("{auth}@") };
+        let at = if auth.is_empty() {
+            String::new()
+        } else {
+            format!("{auth}@")
+        };
         format!("{scheme}://{at}{}{path}", self.addr)
     }
 
@@ -144,7 +148,11 @@ async fn direction(mut from: OwnedReadHalf, to: OwnedWriteHalf, mode: watch::Rec
     tokio::join!(read, deliver(rx, to, mode));
 }
 
-async fn deliver(mut rx: mpsc::UnboundedReceiver<(Instant, Vec<u8>)>, mut to: OwnedWriteHalf, mut mode: watch::Receiver<Mode>) {
+async fn deliver(
+    mut rx: mpsc::UnboundedReceiver<(Instant, Vec<u8>)>,
+    mut to: OwnedWriteHalf,
+    mut mode: watch::Receiver<Mode>,
+) {
     while let Some((read_at, chunk)) = rx.recv().await {
         let _ = mode.wait_for(|m| *m != Mode::Blackhole).await;
         let current = *mode.borrow();

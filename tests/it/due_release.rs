@@ -33,7 +33,12 @@ async fn status(env: &TestEnv, template_id: &str) -> Option<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_release_the_broker_never_confirms_does_not_hold_its_rows() {
     let env = TestEnv::new().await;
-    let upstream = env.amqp_url.split('@').nth(1).and_then(|r| r.split('/').next()).expect("host:port");
+    let upstream = env
+        .amqp_url
+        .split('@')
+        .nth(1)
+        .and_then(|r| r.split('/').next())
+        .expect("host:port");
     let mq = FaultProxy::to(upstream.replace("localhost", "127.0.0.1").parse().expect("addr")).await;
     let opts = WorkerOpts {
         templates: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates.toml")),
@@ -57,7 +62,10 @@ async fn a_release_the_broker_never_confirms_does_not_hold_its_rows() {
     .fetch_one(&env.pool)
     .await
     .unwrap();
-    wait_for("the reminder due", T, || async { Utc::now() > due + TimeDelta::seconds(1) }).await;
+    wait_for("the reminder due", T, || async {
+        Utc::now() > due + TimeDelta::seconds(1)
+    })
+    .await;
     // The booking is cancelled by hand meanwhile: it must not wait for the broker.
     let started = std::time::Instant::now();
     let cancel = env.wxnotify(&["scheduled", "cancel", "--event-id", "dr-1"]).output();
