@@ -61,6 +61,26 @@ pub(crate) async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sq
     Box::pin(pool.begin()).await
 }
 
+/// How long one database call may take before the worker gives up on it: a database that stopped
+/// answering (a half-open connection, a partition) is noticed by this, not by TCP's timeouts
+/// (minutes). Generous: a batched statement under load takes milliseconds.
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// `call`, or an error if it takes longer than [`CALL_TIMEOUT`]. The call's future is dropped
+/// then, and with it its connection (sqlx closes a connection whose call did not finish).
+pub(crate) async fn bounded<T, E>(call: impl Future<Output = Result<T, E>>) -> Result<T, E>
+where
+    E: From<sqlx::Error>,
+{
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(result) => result,
+        Err(_) => Err(E::from(sqlx::Error::Io(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("no answer from Postgres within {} s", CALL_TIMEOUT.as_secs()),
+        )))),
+    }
+}
+
 /// Postgres refused a value of the statement (SQLSTATE class 22, "data exception": a NUL in a
 /// text, a string too long, a number out of range). Retrying the same values fails the same way;
 /// other values in the same statement may be fine.

@@ -21,17 +21,23 @@ pub(crate) struct DbRetry {
 
 impl DbRetry {
     /// Retries `op` until it works or the hard stop fires ([`Abandoned`]: the message stays
-    /// unacked). Per-row data errors never come here as errors: the caller turns them into a
+    /// unacked); an attempt that takes longer than `db::CALL_TIMEOUT` counts as failed. Per-row data errors never come here as errors: the caller turns them into a
     /// verdict.
     pub(crate) async fn retry<T, E, F, Fut>(&self, what: &str, mut op: F) -> Result<T, Abandoned>
     where
-        E: std::fmt::Display,
+        E: std::fmt::Display + From<sqlx::Error>,
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, E>>,
     {
         let mut delay = Duration::from_millis(100);
         loop {
-            match op().await {
+            // Each call bounded (a silent database is an error after `db::CALL_TIMEOUT`), and the
+            // hard stop heard while it runs.
+            let result = tokio::select! {
+                r = crate::db::bounded(op()) => r,
+                _ = self.hard_stop.cancelled() => return Err(Abandoned),
+            };
+            match result {
                 Ok(v) => {
                     self.health.set_db(true);
                     return Ok(v);

@@ -24,11 +24,16 @@ use crate::ids::{AppId, OpenId};
 use crate::ledger::{AttemptRecord, Claim, ClaimRequest, Claimed, Ledger};
 use crate::queue::{Session, Topology};
 use crate::retry::RetryPolicy;
-use crate::token::{AccessToken, TokenProvider};
+use crate::token::{AccessToken, TokenError, TokenProvider};
 use crate::wechat::{OutgoingMessage, SendError, SendReply, WechatClient};
 pub(crate) use db_retry::DbRetry;
 use intake::{Delivery, Hold, Intake, Meta, Rules};
 use judge::{Answer, ClaimSeen, Facts, Gate, Step};
+
+/// Longest wait for the app's token: a refresh by another process (its WeChat call bounded by
+/// `WXNOTIFY_HTTP_TIMEOUT_SECS`) and the database calls around it. Past it the delivery waits
+/// in a retry queue without using an attempt, like any database trouble.
+const TOKEN_WAIT: Duration = Duration::from_secs(45);
 
 /// What every trip shares, fixed for the worker's life.
 pub(crate) struct Context {
@@ -217,9 +222,13 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
     }
 
     let token_started = Instant::now();
-    let token = match ctx.tokens.get(&d.app_id).await {
-        Ok(t) => t,
-        Err(e) => return Ok(judge::judge(&facts, Step::NoToken(&e), &ctx.policy)),
+    let token = match tokio::time::timeout(TOKEN_WAIT, ctx.tokens.get(&d.app_id)).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => return Ok(judge::judge(&facts, Step::NoToken(&e), &ctx.policy)),
+        Err(_) => {
+            let e = TokenError::Db(format!("no token within {} s", TOKEN_WAIT.as_secs()));
+            return Ok(judge::judge(&facts, Step::NoToken(&e), &ctx.policy));
+        }
     };
     stage("token", token_started);
     // The token wait may have been long: the window is checked again right before the send.

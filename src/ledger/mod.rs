@@ -62,7 +62,7 @@ impl Ledger {
             let (p, s) = (p.clone(), settings.clone());
             async move {
                 let started = std::time::Instant::now();
-                let r = claim::claim_batch(&p, &s, &jobs, crate::fate::Reopen::No).await;
+                let r = crate::db::bounded(claim::claim_batch(&p, &s, &jobs, crate::fate::Reopen::No)).await;
                 statement_done("claim", jobs.len(), started);
                 r
             }
@@ -72,7 +72,7 @@ impl Ledger {
             let (p, w) = (p.clone(), w.clone());
             async move {
                 let started = std::time::Instant::now();
-                let r = record::record_batch(&p, &w, &jobs).await;
+                let r = crate::db::bounded(record::record_batch(&p, &w, &jobs)).await;
                 statement_done("record", jobs.len(), started);
                 r
             }

@@ -21,6 +21,11 @@ use crate::tls::{self, AmqpUrl};
 /// How long one node gets to answer before the next one is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The heartbeat asked for when `AMQP_URL` has no `heartbeat`: a broker silent for twice this
+/// long (a partition, a half-open connection) ends the connection, and the worker reconnects.
+/// RabbitMQ's default (60 s) would take two minutes to notice.
+const HEARTBEAT_SECS: u16 = 10;
+
 /// The frame size asked for when `AMQP_URL` has no `frame_max`. lapin keeps 32 frames of read and
 /// of write buffer per connection, zero-filled when it connects: at RabbitMQ's default (128 KiB)
 /// that is 8 MiB resident per connection. Events are far smaller than a frame; a larger body is
@@ -94,6 +99,7 @@ async fn connect_node(url: &str, name: &str) -> lapin::Result<Connection> {
     };
     let mut uri: lapin::uri::AMQPUri = url.parse().map_err(|e: String| invalid(e))?;
     uri.query.frame_max.get_or_insert(FRAME_MAX);
+    uri.query.heartbeat.get_or_insert(HEARTBEAT_SECS);
     let props = ConnectionProperties::default().with_connection_name(name.to_string().into());
     Connection::connect_uri_with_config(uri, props, tls_config, lapin::runtime::default_runtime()?).await
 }

@@ -4,6 +4,9 @@
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 
+/// Longest wait for the broker's confirm of one publish.
+const CONFIRM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
     #[error("broker error: {0}")]
@@ -14,6 +17,8 @@ pub enum PublishError {
     Unroutable(String),
     #[error("publisher confirms are not enabled on this channel")]
     NotConfirmed,
+    #[error("the broker did not confirm the message within {0} s")]
+    NoConfirm(u64),
 }
 
 /// A channel in confirm mode. Cheap to clone; concurrent publishes are fine.
@@ -47,12 +52,19 @@ impl Publisher {
         };
         // Boxed: lapin's publish future is ~1.5 KB, and a delivery's future would carry it
         // all its life for the few deliveries that publish (retries, dead letters).
-        let confirm = Box::pin(
-            self.channel
-                .basic_publish(exchange.into(), routing_key.into(), opts, body, props),
-        )
-        .await?
-        .await?;
+        let publish = async {
+            Box::pin(
+                self.channel
+                    .basic_publish(exchange.into(), routing_key.into(), opts, body, props),
+            )
+            .await?
+            .await
+        };
+        // A broker that takes the message but never confirms it (a partition) must not hold the
+        // caller (and the row locks of a due-delivery release) forever.
+        let confirm = tokio::time::timeout(CONFIRM_TIMEOUT, publish)
+            .await
+            .map_err(|_| PublishError::NoConfirm(CONFIRM_TIMEOUT.as_secs()))??;
         match confirm {
             Confirmation::Ack(None) => Ok(()),
             Confirmation::Ack(Some(_)) => Err(PublishError::Unroutable(routing_key.to_string())),

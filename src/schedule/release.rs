@@ -58,7 +58,7 @@ pub(crate) async fn run(ctx: Releaser, session: Session, stop: CancellationToken
         if listener.is_none() {
             listener = ctx.ledger.listen_due().await.ok();
         }
-        let wait = match release_all(&ctx, &session).await {
+        let wait = match crate::db::bounded(release_all(&ctx, &session)).await {
             Ok(taken) => match ctx.ledger.next_due_in().await {
                 Ok(Some(secs)) if secs <= 0.0 && taken == 0 => HELD,
                 Ok(Some(secs)) => Duration::from_secs_f64(secs.clamp(0.0, 3600.0)),

@@ -343,7 +343,7 @@ async fn heartbeat(ctx: Arc<Context>) {
     let mut tick = tokio::time::interval(ctx.ledger.heartbeat_interval());
     loop {
         tick.tick().await;
-        match ctx.ledger.heartbeat().await {
+        match crate::db::bounded(ctx.ledger.heartbeat()).await {
             Ok(live) => {
                 ctx.db.health.set_db(true);
                 ctx.share_rate(live);
