@@ -50,7 +50,10 @@ async fn a_push_repeated_three_times_is_applied_once_and_an_older_one_never_wins
     assert!(seen.iter().all(|r| *r == seen[0]), "{seen:?}");
     // An older push (earlier CreateTime) arriving late changes nothing.
     let older = wire::template_finish("oUser", unix_now() - 100, 5001, "success");
-    assert_eq!(Push::new(&older, Mode::Plain).send(&receiver).await.0, StatusCode::OK);
+    assert_eq!(
+        Push::new(&older, Mode::Compatible).send(&receiver).await.0,
+        StatusCode::OK
+    );
     assert_eq!(env.receipt_of(5001).await.as_deref(), Some("user_block"));
 
     // Followers: the latest by CreateTime wins, whatever the order of arrival.
@@ -71,7 +74,10 @@ async fn a_push_repeated_three_times_is_applied_once_and_an_older_one_never_wins
         "the older subscribe does not undo the newer unsubscribe"
     );
     let xml = wire::follow("oFan", t - 5, true);
-    assert_eq!(Push::new(&xml, Mode::Plain).send(&receiver).await.0, StatusCode::OK);
+    assert_eq!(
+        Push::new(&xml, Mode::Compatible).send(&receiver).await.0,
+        StatusCode::OK
+    );
     assert!(followed().await);
     receiver.stop().await;
 }
@@ -118,7 +124,7 @@ async fn receipts_racing_the_writes_of_their_msgids_each_land_on_their_row() {
         let receiver = &receiver;
         async move {
             let xml = finish(msgid_of(i), status_of(i));
-            Push::new(&xml, if i % 2 == 0 { Mode::Safe } else { Mode::Plain })
+            Push::new(&xml, if i % 2 == 0 { Mode::Safe } else { Mode::Compatible })
                 .send(receiver)
                 .await
                 .0
@@ -180,7 +186,7 @@ async fn a_push_of_several_receipts_never_deadlocks_with_a_worker_writing_their_
          <List><TemplateId>T</TemplateId><MsgID>{m2}</MsgID><ErrorCode>0</ErrorCode><ErrorStatus>success</ErrorStatus></List>\
          </SubscribeMsgSentEvent></xml>"
     );
-    let (query, body) = Push::new(&xml, Mode::Plain).build();
+    let (query, body) = Push::new(&xml, Mode::Safe).build();
     let url = receiver.url();
     let push = tokio::spawn(async move { post(&url, &query, body).await });
     wait_for(
