@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
 use super::crypto::DecryptError;
@@ -74,8 +75,20 @@ pub(crate) fn check_query(app: &CallbackApp, query: &HashMap<String, String>, no
     Ok(())
 }
 
-/// Opens a push addressed to `app_id`: its checks, then what it says.
+/// Opens a push addressed to `app_id` that arrived at `arrival`: its checks, then what it says
+/// (a `CreateTime` later than `arrival` counts as `arrival`).
 pub(crate) fn open(
+    app: &CallbackApp,
+    app_id: &str,
+    query: &HashMap<String, String>,
+    body: &[u8],
+    arrival: DateTime<Utc>,
+) -> Result<Push, Refusal> {
+    Ok(open_as_sent(app, app_id, query, body, arrival.timestamp())?.arrived_at(arrival))
+}
+
+/// [`open`], the push as its sender dated it.
+fn open_as_sent(
     app: &CallbackApp,
     app_id: &str,
     query: &HashMap<String, String>,
@@ -139,7 +152,7 @@ mod tests {
 
     #[test]
     fn a_plain_push_with_its_signature_opens() {
-        let push = open(&app(false), "wx1", &query(NOW - 299, &[]), BODY, NOW).unwrap();
+        let push = open_as_sent(&app(false), "wx1", &query(NOW - 299, &[]), BODY, NOW).unwrap();
         assert_eq!(push.kind(), crate::receiver::push::EventKind::Unsubscribe);
     }
 
@@ -147,35 +160,35 @@ mod tests {
     fn signature_time_and_key_refusals_are_401_body_refusals_400() {
         let mut q = query(NOW, &[]);
         q.insert("signature".into(), "0".repeat(40));
-        let refused = open(&app(false), "wx1", &q, BODY, NOW).unwrap_err();
+        let refused = open_as_sent(&app(false), "wx1", &q, BODY, NOW).unwrap_err();
         assert!(matches!(refused, Refusal::Signature) && refused.is_unauthorized());
         let mut q = query(NOW, &[]);
         q.remove("nonce");
         assert!(matches!(
-            open(&app(false), "wx1", &q, BODY, NOW),
+            open_as_sent(&app(false), "wx1", &q, BODY, NOW),
             Err(Refusal::Signature)
         ));
         for skew in [301, -301] {
-            let refused = open(&app(false), "wx1", &query(NOW + skew, &[]), BODY, NOW).unwrap_err();
+            let refused = open_as_sent(&app(false), "wx1", &query(NOW + skew, &[]), BODY, NOW).unwrap_err();
             assert!(matches!(refused, Refusal::Stale) && refused.is_unauthorized(), "{skew}");
         }
         let aes = query(NOW, &[("encrypt_type", "aes"), ("msg_signature", "x")]);
-        let refused = open(&app(false), "wx1", &aes, BODY, NOW).unwrap_err();
+        let refused = open_as_sent(&app(false), "wx1", &aes, BODY, NOW).unwrap_err();
         assert!(matches!(refused, Refusal::NoKey) && refused.is_unauthorized());
-        let refused = open(&app(true), "wx1", &aes, BODY, NOW).unwrap_err();
+        let refused = open_as_sent(&app(true), "wx1", &aes, BODY, NOW).unwrap_err();
         assert!(matches!(refused, Refusal::NoEncrypt) && !refused.is_unauthorized());
         // The mode is the app's: a rightly signed plaintext push to an app with a key is refused
         // before its body is read (bad XML too: 401, not 400).
         for body in [BODY, b"<xml><MsgType>".as_slice()] {
-            let refused = open(&app(true), "wx1", &query(NOW, &[]), body, NOW).unwrap_err();
+            let refused = open_as_sent(&app(true), "wx1", &query(NOW, &[]), body, NOW).unwrap_err();
             assert!(matches!(refused, Refusal::Plaintext) && refused.is_unauthorized());
         }
         let raw = query(NOW, &[("encrypt_type", "raw")]);
         assert!(matches!(
-            open(&app(true), "wx1", &raw, BODY, NOW),
+            open_as_sent(&app(true), "wx1", &raw, BODY, NOW),
             Err(Refusal::Plaintext)
         ));
-        let refused = open(&app(false), "wx1", &query(NOW, &[]), b"<xml><MsgType>", NOW).unwrap_err();
+        let refused = open_as_sent(&app(false), "wx1", &query(NOW, &[]), b"<xml><MsgType>", NOW).unwrap_err();
         assert!(matches!(refused, Refusal::Document(_)) && !refused.is_unauthorized());
     }
 
@@ -183,13 +196,13 @@ mod tests {
     fn safe_mode_checks_msg_signature_before_decrypting() {
         let body = b"<xml><ToUserName>gh</ToUserName><Encrypt><![CDATA[AAAA]]></Encrypt></xml>";
         let q = query(NOW, &[("encrypt_type", "aes"), ("msg_signature", &"0".repeat(40))]);
-        let refused = open(&app(true), "wx1", &q, body, NOW).unwrap_err();
+        let refused = open_as_sent(&app(true), "wx1", &q, body, NOW).unwrap_err();
         assert!(matches!(refused, Refusal::MsgSignature) && refused.is_unauthorized());
         let mut parts = ["tok123", &NOW.to_string(), "42", "AAAA"].map(str::to_string);
         parts.sort();
         let msg_signature = hex::encode(Sha1::digest(parts.concat()));
         let q = query(NOW, &[("encrypt_type", "aes"), ("msg_signature", &msg_signature)]);
-        let refused = open(&app(true), "wx1", &q, body, NOW).unwrap_err();
+        let refused = open_as_sent(&app(true), "wx1", &q, body, NOW).unwrap_err();
         assert!(matches!(refused, Refusal::Decrypt(_)) && refused.is_unauthorized());
     }
 }

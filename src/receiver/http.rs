@@ -101,7 +101,7 @@ async fn push(
         tracing::debug!(app = ?app_id, "push for an unknown app");
         return text(StatusCode::NOT_FOUND, "unknown app\n");
     };
-    let push = match envelope::open(app, &app_id, &query, &body, now()) {
+    let push = match envelope::open(app, &app_id, &query, &body, chrono::Utc::now()) {
         Ok(push) => push,
         Err(refusal) => return refused(&app_id, &refusal),
     };

@@ -282,3 +282,52 @@ async fn end_to_end_the_worker_sends_the_simulator_pushes_and_the_row_gets_its_r
     worker.stop().await;
     receiver.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_time_in_the_future_counts_as_the_arrival_time_and_never_outranks_later_pushes() {
+    let env = TestEnv::new().await;
+    let receiver = env.spawn_receiver(None, false).await;
+    // 2100-01-01: a push claiming the future.
+    const Y2100: i64 = 4_102_444_800;
+    let before = chrono::Utc::now();
+    let unsubscribe = wire::follow("oFuture", Y2100, false);
+    assert_eq!(
+        Push::new(&unsubscribe, Mode::Safe).send(&receiver).await.0,
+        StatusCode::OK
+    );
+    // The genuine subscribe after it, dated a second ahead of our clock (clocks differ).
+    let subscribe = wire::follow("oFuture", unix_now() + 1, true);
+    assert_eq!(
+        Push::new(&subscribe, Mode::Safe).send(&receiver).await.0,
+        StatusCode::OK
+    );
+    let followed: bool = sqlx::query_scalar("SELECT followed FROM followers WHERE openid = 'oFuture'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(followed, "the later subscribe wins");
+    let changed_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT changed_at FROM followers WHERE openid = 'oFuture'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(
+        changed_at >= before && changed_at <= chrono::Utc::now(),
+        "stored as of its arrival, not its CreateTime: {changed_at}"
+    );
+
+    // Receipts are ordered the same way.
+    env.insert_sent("e-1", Some(6001)).await;
+    let future = wire::template_finish("oUser", Y2100, 6001, "failed:user block");
+    assert_eq!(Push::new(&future, Mode::Safe).send(&receiver).await.0, StatusCode::OK);
+    let later = wire::template_finish("oUser", unix_now() + 1, 6001, "success");
+    assert_eq!(Push::new(&later, Mode::Safe).send(&receiver).await.0, StatusCode::OK);
+    assert_eq!(env.receipt_of(6001).await.as_deref(), Some("delivered"));
+    let receipt_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT receipt_at FROM deliveries WHERE wechat_msgid = 6001")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(receipt_at <= chrono::Utc::now(), "{receipt_at}");
+    receiver.stop().await;
+}
