@@ -489,6 +489,7 @@ impl TestEnv {
             wechat_encoding_aes_key: Some(AES_KEY.into()),
             templates: self.templates.clone(),
             receiver_addr: "127.0.0.1:0".parse().unwrap(),
+            receiver_max_connections: 10_000,
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             amqp_url: spill.then(|| self.amqp_url.clone()),
             queue: self.topology.queue.clone(),

@@ -25,10 +25,7 @@ async fn raw_status(receiver: &ReceiverHandle, head: &str, body: &[u8]) -> Strin
 async fn hostile_bodies_get_4xx_fast_and_the_receiver_lives_on() {
     let env = TestEnv::new().await;
     let receiver = env.spawn_receiver(None, false).await;
-    // Plaintext bodies go to an app without a key (one with a key refuses them unread: 401).
-    let plain = env
-        .spawn_receiver_with(None, false, |args| args.wechat_encoding_aes_key = None)
-        .await;
+    let plain = spawn_plain_receiver(&env).await;
     env.insert_sent("e-1", Some(3001)).await;
     let laughs = format!(
         "<?xml version=\"1.0\"?><!DOCTYPE xml [<!ENTITY a \"aaaaaaaaaa\">{}]><xml><MsgType>event</MsgType>\
@@ -59,6 +56,7 @@ async fn hostile_bodies_get_4xx_fast_and_the_receiver_lives_on() {
             let (status, _) = match mode {
                 // Signed right: the body itself is what is refused.
                 Mode::Plain => {
+                    // To an app without a key: one with a key refuses plaintext unread (401).
                     let (query, _) = Push::new("", Mode::Plain).build();
                     post(&plain.url(), &query, body.clone()).await
                 }
@@ -110,8 +108,7 @@ async fn hostile_bodies_get_4xx_fast_and_the_receiver_lives_on() {
     // Alive, and a right push still lands.
     assert_eq!(Push::new(&valid, Mode::Safe).send(&receiver).await.0, StatusCode::OK);
     assert_eq!(env.receipt_of(3001).await.as_deref(), Some("delivered"));
-    receiver.stop().await;
-    plain.stop().await;
+    tokio::join!(receiver.stop(), plain.stop());
 }
 
 /// The receiver process's resident memory, in KiB (`VmRSS`, or the peak with `VmHWM`).

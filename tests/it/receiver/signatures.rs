@@ -8,9 +8,7 @@ async fn plain_compatible_and_safe_pushes_are_accepted_and_applied() {
     let env = TestEnv::new().await;
     let receiver = env.spawn_receiver(None, false).await;
     // Plaintext pushes go to an app without a key: the mode is the app's.
-    let plain = env
-        .spawn_receiver_with(None, false, |args| args.wechat_encoding_aes_key = None)
-        .await;
+    let plain = spawn_plain_receiver(&env).await;
     for (i, msgid) in [1001_i64, 1002, 1003].into_iter().enumerate() {
         env.insert_sent(&format!("e-{i}"), Some(msgid)).await;
     }
@@ -141,9 +139,7 @@ async fn mini_program_json_pushes_are_read_in_plain_and_safe_mode() {
             "Event":"subscribe_msg_sent_event","SubscribeMsgSentEvent":{{"List":
             {{"TemplateId":"TPL","MsgID":"{a}","ErrorCode":0,"ErrorStatus":"success"}}}}}}"#
     );
-    let plain = env
-        .spawn_receiver_with(None, false, |args| args.wechat_encoding_aes_key = None)
-        .await;
+    let plain = spawn_plain_receiver(&env).await;
     assert_eq!(Push::new(&one, Mode::Plain).send(&plain).await.0, StatusCode::OK);
     plain.stop().await;
     assert_eq!(env.receipt_of(a).await.as_deref(), Some("delivered"));
@@ -342,9 +338,7 @@ async fn the_mode_is_the_apps_a_plaintext_push_to_an_app_with_a_key_is_401_and_c
     receiver.stop().await;
 
     // An app without a key takes plaintext, and refuses what it cannot decrypt.
-    let plain = env
-        .spawn_receiver_with(None, false, |args| args.wechat_encoding_aes_key = None)
-        .await;
+    let plain = spawn_plain_receiver(&env).await;
     let follow = wire::follow("oPlain", unix_now(), true);
     assert_eq!(Push::new(&follow, Mode::Plain).send(&plain).await.0, StatusCode::OK);
     assert_eq!(follows(&env, "oPlain").await, Some(true));
