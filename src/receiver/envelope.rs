@@ -1,9 +1,17 @@
 //! From a request to the push inside it, or a refusal (pure; no I/O): the query's signature and
-//! timestamp, the mode (plaintext; safe and compatible: `encrypt_type=aes`, where the decrypted
-//! message is the one read), then the document and the push.
+//! timestamp, the mode, then the document and the push.
+//!
+//! The mode is the app's, never the request's (docs/interface.md §9): an app with an
+//! EncodingAESKey takes only encrypted pushes (safe and compatible modes: `encrypt_type=aes` and a
+//! `msg_signature` over the `Encrypt` text; the decrypted message is the one read, and a compatible
+//! push's plaintext copy is ignored, since no signature covers it). A plaintext push to such an app
+//! is refused before its body is read: its signature covers token, timestamp and nonce, never the
+//! body, and signed query strings sit in proxies' access logs. An app without a key takes
+//! plaintext only.
 
 use std::collections::HashMap;
 
+use chrono::{DateTime, Utc};
 use secrecy::ExposeSecret;
 
 use super::crypto::DecryptError;
@@ -27,6 +35,8 @@ pub(crate) enum Refusal {
     Stale,
     #[error("an encrypted push, but this app has no EncodingAESKey configured")]
     NoKey,
+    #[error("a plaintext push, but this app has an EncodingAESKey: it takes encrypted pushes only")]
+    Plaintext,
     #[error("cannot decrypt: {0}")]
     Decrypt(DecryptError),
     #[error("no Encrypt element in an encrypted push")]
@@ -41,7 +51,7 @@ impl Refusal {
     /// 401 for the sender's credentials, 400 for the body.
     pub(crate) fn is_unauthorized(&self) -> bool {
         match self {
-            Refusal::Signature | Refusal::MsgSignature | Refusal::Stale | Refusal::NoKey => true,
+            Refusal::Signature | Refusal::MsgSignature | Refusal::Stale | Refusal::NoKey | Refusal::Plaintext => true,
             Refusal::Decrypt(e) => *e != DecryptError::NotUtf8,
             Refusal::NoEncrypt | Refusal::Document(_) | Refusal::Push(_) => false,
         }
@@ -65,8 +75,20 @@ pub(crate) fn check_query(app: &CallbackApp, query: &HashMap<String, String>, no
     Ok(())
 }
 
-/// Opens a push addressed to `app_id`: its checks, then what it says.
+/// Opens a push addressed to `app_id` that arrived at `arrival`: its checks, then what it says
+/// (a `CreateTime` later than `arrival` counts as `arrival`).
 pub(crate) fn open(
+    app: &CallbackApp,
+    app_id: &str,
+    query: &HashMap<String, String>,
+    body: &[u8],
+    arrival: DateTime<Utc>,
+) -> Result<Push, Refusal> {
+    Ok(open_as_sent(app, app_id, query, body, arrival.timestamp())?.arrived_at(arrival))
+}
+
+/// [`open`], the push as its sender dated it.
+fn open_as_sent(
     app: &CallbackApp,
     app_id: &str,
     query: &HashMap<String, String>,
@@ -74,14 +96,17 @@ pub(crate) fn open(
     now: i64,
 ) -> Result<Push, Refusal> {
     check_query(app, query, now)?;
+    let encrypted_push = query.get("encrypt_type").map(String::as_str) == Some("aes");
+    let key = match (&app.aes_key, encrypted_push) {
+        (Some(key), true) => key,
+        (Some(_), false) => return Err(Refusal::Plaintext),
+        (None, true) => return Err(Refusal::NoKey),
+        (None, false) => return Ok(push::read(&document::parse(body)?)?),
+    };
+    let msg_signature = query.get("msg_signature").ok_or(Refusal::MsgSignature)?;
     let outer = document::parse(body)?;
-    if query.get("encrypt_type").map(String::as_str) != Some("aes") {
-        return Ok(push::read(&outer)?);
-    }
-    let key = app.aes_key.as_ref().ok_or(Refusal::NoKey)?;
     let encrypted = outer.text_of("Encrypt").ok_or(Refusal::NoEncrypt)?;
     let q = |k: &str| query.get(k).map(String::as_str).unwrap_or_default();
-    let msg_signature = query.get("msg_signature").ok_or(Refusal::MsgSignature)?;
     let parts = [app.token.expose_secret(), q("timestamp"), q("nonce"), encrypted];
     if !signature::verify(&parts, msg_signature) {
         return Err(Refusal::MsgSignature);
@@ -127,7 +152,7 @@ mod tests {
 
     #[test]
     fn a_plain_push_with_its_signature_opens() {
-        let push = open(&app(false), "wx1", &query(NOW - 299, &[]), BODY, NOW).unwrap();
+        let push = open_as_sent(&app(false), "wx1", &query(NOW - 299, &[]), BODY, NOW).unwrap();
         assert_eq!(push.kind(), crate::receiver::push::EventKind::Unsubscribe);
     }
 
@@ -135,24 +160,35 @@ mod tests {
     fn signature_time_and_key_refusals_are_401_body_refusals_400() {
         let mut q = query(NOW, &[]);
         q.insert("signature".into(), "0".repeat(40));
-        let refused = open(&app(false), "wx1", &q, BODY, NOW).unwrap_err();
+        let refused = open_as_sent(&app(false), "wx1", &q, BODY, NOW).unwrap_err();
         assert!(matches!(refused, Refusal::Signature) && refused.is_unauthorized());
         let mut q = query(NOW, &[]);
         q.remove("nonce");
         assert!(matches!(
-            open(&app(false), "wx1", &q, BODY, NOW),
+            open_as_sent(&app(false), "wx1", &q, BODY, NOW),
             Err(Refusal::Signature)
         ));
         for skew in [301, -301] {
-            let refused = open(&app(false), "wx1", &query(NOW + skew, &[]), BODY, NOW).unwrap_err();
+            let refused = open_as_sent(&app(false), "wx1", &query(NOW + skew, &[]), BODY, NOW).unwrap_err();
             assert!(matches!(refused, Refusal::Stale) && refused.is_unauthorized(), "{skew}");
         }
         let aes = query(NOW, &[("encrypt_type", "aes"), ("msg_signature", "x")]);
-        let refused = open(&app(false), "wx1", &aes, BODY, NOW).unwrap_err();
+        let refused = open_as_sent(&app(false), "wx1", &aes, BODY, NOW).unwrap_err();
         assert!(matches!(refused, Refusal::NoKey) && refused.is_unauthorized());
-        let refused = open(&app(true), "wx1", &aes, BODY, NOW).unwrap_err();
+        let refused = open_as_sent(&app(true), "wx1", &aes, BODY, NOW).unwrap_err();
         assert!(matches!(refused, Refusal::NoEncrypt) && !refused.is_unauthorized());
-        let refused = open(&app(false), "wx1", &query(NOW, &[]), b"<xml><MsgType>", NOW).unwrap_err();
+        // The mode is the app's: a rightly signed plaintext push to an app with a key is refused
+        // before its body is read (bad XML too: 401, not 400).
+        for body in [BODY, b"<xml><MsgType>".as_slice()] {
+            let refused = open_as_sent(&app(true), "wx1", &query(NOW, &[]), body, NOW).unwrap_err();
+            assert!(matches!(refused, Refusal::Plaintext) && refused.is_unauthorized());
+        }
+        let raw = query(NOW, &[("encrypt_type", "raw")]);
+        assert!(matches!(
+            open_as_sent(&app(true), "wx1", &raw, BODY, NOW),
+            Err(Refusal::Plaintext)
+        ));
+        let refused = open_as_sent(&app(false), "wx1", &query(NOW, &[]), b"<xml><MsgType>", NOW).unwrap_err();
         assert!(matches!(refused, Refusal::Document(_)) && !refused.is_unauthorized());
     }
 
@@ -160,13 +196,13 @@ mod tests {
     fn safe_mode_checks_msg_signature_before_decrypting() {
         let body = b"<xml><ToUserName>gh</ToUserName><Encrypt><![CDATA[AAAA]]></Encrypt></xml>";
         let q = query(NOW, &[("encrypt_type", "aes"), ("msg_signature", &"0".repeat(40))]);
-        let refused = open(&app(true), "wx1", &q, body, NOW).unwrap_err();
+        let refused = open_as_sent(&app(true), "wx1", &q, body, NOW).unwrap_err();
         assert!(matches!(refused, Refusal::MsgSignature) && refused.is_unauthorized());
         let mut parts = ["tok123", &NOW.to_string(), "42", "AAAA"].map(str::to_string);
         parts.sort();
         let msg_signature = hex::encode(Sha1::digest(parts.concat()));
         let q = query(NOW, &[("encrypt_type", "aes"), ("msg_signature", &msg_signature)]);
-        let refused = open(&app(true), "wx1", &q, body, NOW).unwrap_err();
+        let refused = open_as_sent(&app(true), "wx1", &q, body, NOW).unwrap_err();
         assert!(matches!(refused, Refusal::Decrypt(_)) && refused.is_unauthorized());
     }
 }

@@ -2,23 +2,27 @@
 //! (pushes). A push is answered `success` only once what it says is committed: in Postgres, or,
 //! when Postgres does not take it in time and a broker is configured, in the pushes queue
 //! ([`spill`](super::spill)). Otherwise it gets a 503 within 4 s, so WeChat tries again. Bodies over
-//! [`MAX_BODY`] are refused by length before they are read. Whatever the sender wrote reaches the
-//! logs only `Debug`-escaped.
+//! [`MAX_BODY`] are refused by length before they are read; a body not complete by the request's
+//! [`ReadBy`] gets 408 ([`serve`](super::serve) bounds the rest). Whatever the sender wrote reaches
+//! the logs only `Debug`-escaped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::Router;
-use axum::body::Bytes;
-use axum::extract::{Path, Query, State};
+use tokio::time::Instant;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Router};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use super::envelope::{self, Refusal};
 use super::push::{EventKind, Push};
+use super::serve::{REQUEST_TIMEOUT, ReadBy};
 use super::settings::CallbackApp;
 use super::spill::Spill;
 use super::store::{Store, Stored};
@@ -91,17 +95,45 @@ async fn url_check(
         .into_response()
 }
 
+/// The body, read by the request's [`ReadBy`] (10 s after its connection was ready for it), or
+/// the answer: 408 (and the connection closed) past it, 413 over [`MAX_BODY`], 400 cut short.
+async fn read_body(body: Body, read_by: Option<ReadBy>) -> Result<Bytes, Response> {
+    let deadline = read_by.map_or_else(|| Instant::now() + REQUEST_TIMEOUT, |r| r.0);
+    match tokio::time::timeout_at(deadline, Bytes::from_request(Request::new(body), &())).await {
+        Ok(Ok(bytes)) => Ok(bytes),
+        Ok(Err(rejection)) => Err(rejection.into_response()),
+        Err(_) => {
+            count("unknown", "timeout");
+            tracing::info!("push body not complete within {REQUEST_TIMEOUT:?}; 408");
+            Err((
+                StatusCode::REQUEST_TIMEOUT,
+                [
+                    (header::CONTENT_TYPE, "text/plain; charset=utf-8"),
+                    (header::CONNECTION, "close"),
+                ],
+                "request timeout\n",
+            )
+                .into_response())
+        }
+    }
+}
+
 async fn push(
     State(state): State<ReceiverState>,
     Path(app_id): Path<String>,
     Query(query): Query<HashMap<String, String>>,
-    body: Bytes,
+    read_by: Option<Extension<ReadBy>>,
+    body: Body,
 ) -> Response {
     let Some(app) = state.apps.get(&app_id) else {
         tracing::debug!(app = ?app_id, "push for an unknown app");
         return text(StatusCode::NOT_FOUND, "unknown app\n");
     };
-    let push = match envelope::open(app, &app_id, &query, &body, now()) {
+    let body = match read_body(body, read_by.map(|Extension(r)| r)).await {
+        Ok(body) => body,
+        Err(answer) => return answer,
+    };
+    let push = match envelope::open(app, &app_id, &query, &body, chrono::Utc::now()) {
         Ok(push) => push,
         Err(refusal) => return refused(&app_id, &refusal),
     };

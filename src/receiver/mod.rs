@@ -10,13 +10,15 @@
 //!         → "success"; the drain stores it in Postgres later
 //! ```
 //!
-//! Every step before `store` is pure and unit-tested; `http` is the axum layer.
+//! Every step before `store` is pure and unit-tested; `http` is the axum layer, `serve` the
+//! server under it (slow clients cut off after 10 s, a cap on connections, a bounded shutdown).
 
 mod crypto;
 mod document;
 mod envelope;
 mod http;
 mod push;
+mod serve;
 mod settings;
 mod signature;
 mod spill;
@@ -41,6 +43,7 @@ pub struct Receiver {
     addr: SocketAddr,
     admin_addr: SocketAddr,
     state: http::ReceiverState,
+    max_connections: usize,
 }
 
 impl Receiver {
@@ -80,6 +83,7 @@ impl Receiver {
             addr,
             admin_addr,
             state,
+            max_connections: settings.max_connections,
         }))
     }
 
@@ -93,7 +97,7 @@ impl Receiver {
         self.admin_addr
     }
 
-    /// Serves until `shutdown`, then finishes the requests in flight.
+    /// Serves until `shutdown`, then finishes the requests in flight (within a grace period).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
         tracing::info!(addr = %self.addr, apps = self.state.apps.len(), "receiver: POST /wechat/{{app_id}}");
         tokio::spawn(watch_database(
@@ -106,14 +110,11 @@ impl Receiver {
             .spill
             .clone()
             .map(|s| tokio::spawn(spill::drain(s, self.state.store.clone(), shutdown.clone())));
-        let served = axum::serve(self.listener, http::router(self.state))
-            .with_graceful_shutdown(shutdown.cancelled_owned())
-            .await
-            .map_err(|e| AppError::Runtime(format!("receiver: {e}")));
+        serve::serve(self.listener, http::router(self.state), self.max_connections, shutdown).await;
         if let Some(drain) = drain {
             let _ = drain.await;
         }
-        served
+        Ok(())
     }
 }
 

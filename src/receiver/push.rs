@@ -91,6 +91,31 @@ pub(crate) enum Push {
 }
 
 impl Push {
+    /// The push with a `CreateTime` later than its arrival moved back to the arrival
+    /// (docs/interface.md §9): pushes are ordered by it (newer wins), so none may outrank the ones
+    /// after it by claiming the future.
+    pub(crate) fn arrived_at(self, arrival: DateTime<Utc>) -> Self {
+        match self {
+            Push::Receipts {
+                kind,
+                openid,
+                at,
+                receipts,
+            } => Push::Receipts {
+                kind,
+                openid,
+                at: at.min(arrival),
+                receipts,
+            },
+            Push::Follow { openid, followed, at } => Push::Follow {
+                openid,
+                followed,
+                at: at.min(arrival),
+            },
+            Push::Other => Push::Other,
+        }
+    }
+
     pub(crate) fn kind(&self) -> EventKind {
         match self {
             Push::Receipts { kind, .. } => *kind,
@@ -299,6 +324,37 @@ mod tests {
             read_body("<xml><MsgType>text</MsgType><Content>hi</Content></xml>").unwrap(),
             Push::Other
         );
+    }
+
+    #[test]
+    fn a_create_time_in_the_future_becomes_the_arrival_time() {
+        let arrival = DateTime::from_timestamp(1_795_000_000, 500_000_000).unwrap();
+        let follow = |at: i64| Push::Follow {
+            openid: "oU".into(),
+            followed: false,
+            at: DateTime::from_timestamp(at, 0).unwrap(),
+        };
+        assert_eq!(
+            follow(4_102_444_800).arrived_at(arrival),
+            Push::Follow {
+                openid: "oU".into(),
+                followed: false,
+                at: arrival
+            }
+        );
+        assert_eq!(
+            follow(1_795_000_000).arrived_at(arrival),
+            follow(1_795_000_000),
+            "the past is kept"
+        );
+        let Push::Receipts { at, .. } = read_body(&template_finish("success").replace("1395658920", "4102444800"))
+            .unwrap()
+            .arrived_at(arrival)
+        else {
+            panic!("a receipt")
+        };
+        assert_eq!(at, arrival);
+        assert_eq!(Push::Other.arrived_at(arrival), Push::Other);
     }
 
     #[test]

@@ -32,6 +32,10 @@ pub struct ReceiverArgs {
     /// Where WeChat's pushes arrive: `POST /wechat/{app_id}` (and the `GET` URL check).
     #[arg(long, env = "WXNOTIFY_RECEIVER_ADDR", default_value = "0.0.0.0:8080")]
     pub receiver_addr: SocketAddr,
+    /// Most connections open at once on WXNOTIFY_RECEIVER_ADDR; the next one waits until one
+    /// closes. Allow as many open files (`ulimit -n`), and more.
+    #[arg(long, env = "WXNOTIFY_RECEIVER_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub receiver_max_connections: usize,
     /// Health and metrics endpoint (use another port than a worker's on the same host).
     #[arg(long, env = "WXNOTIFY_ADMIN_ADDR", default_value = "127.0.0.1:9464")]
     pub admin_addr: SocketAddr,
@@ -70,6 +74,8 @@ pub struct ReceiverSettings {
     pub database_url: SecretString,
     pub db_pool: u32,
     pub receiver_addr: SocketAddr,
+    /// Most connections open at once on `receiver_addr`.
+    pub max_connections: usize,
     pub admin_addr: SocketAddr,
     /// The broker and work queue for pushes Postgres cannot take in time; `None`: answer 503.
     pub spill: Option<(SecretString, String)>,
@@ -121,11 +127,18 @@ impl ReceiverArgs {
         if !(1..=200).contains(&self.db_pool) {
             return Err(ConfigError::new("WXNOTIFY_DB_POOL", "must be between 1 and 200"));
         }
+        if !(1..=1_000_000).contains(&self.receiver_max_connections) {
+            return Err(ConfigError::new(
+                "WXNOTIFY_RECEIVER_MAX_CONNECTIONS",
+                "must be between 1 and 1000000",
+            ));
+        }
         Ok(ReceiverSettings {
             spill: self.spill()?,
             database_url: self.db.url()?,
             db_pool: self.db_pool,
             receiver_addr: self.receiver_addr,
+            max_connections: self.receiver_max_connections,
             admin_addr: self.admin_addr,
             apps: Arc::new(apps),
         })

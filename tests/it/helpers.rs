@@ -472,7 +472,18 @@ impl TestEnv {
     /// database or on `database_url` (e.g. through a proxy the test can cut); with `spill`, it
     /// queues what Postgres cannot take in `<queue>.pushes` on the real RabbitMQ.
     pub(crate) async fn spawn_receiver(&self, database_url: Option<&str>, spill: bool) -> ReceiverHandle {
-        let args = wxnotify::receiver::ReceiverArgs {
+        self.spawn_receiver_with(database_url, spill, |_| {}).await
+    }
+
+    /// [`TestEnv::spawn_receiver`] with its settings changed by `adjust` first (e.g. no AES key,
+    /// fewer connections).
+    pub(crate) async fn spawn_receiver_with(
+        &self,
+        database_url: Option<&str>,
+        spill: bool,
+        adjust: impl FnOnce(&mut wxnotify::receiver::ReceiverArgs),
+    ) -> ReceiverHandle {
+        let mut args = wxnotify::receiver::ReceiverArgs {
             db: DbArgs {
                 database_url: database_url.unwrap_or(&self.db_url).to_string(),
             },
@@ -481,11 +492,13 @@ impl TestEnv {
             wechat_encoding_aes_key: Some(AES_KEY.into()),
             templates: self.templates.clone(),
             receiver_addr: "127.0.0.1:0".parse().unwrap(),
+            receiver_max_connections: 10_000,
             admin_addr: "127.0.0.1:0".parse().unwrap(),
             amqp_url: spill.then(|| self.amqp_url.clone()),
             queue: self.topology.queue.clone(),
             db_pool: 8,
         };
+        adjust(&mut args);
         let settings = args.into_settings().expect("valid receiver settings");
         let shutdown = CancellationToken::new();
         let receiver = wxnotify::receiver::Receiver::build(settings, false, &shutdown)

@@ -25,6 +25,7 @@ async fn raw_status(receiver: &ReceiverHandle, head: &str, body: &[u8]) -> Strin
 async fn hostile_bodies_get_4xx_fast_and_the_receiver_lives_on() {
     let env = TestEnv::new().await;
     let receiver = env.spawn_receiver(None, false).await;
+    let plain = spawn_plain_receiver(&env).await;
     env.insert_sent("e-1", Some(3001)).await;
     let laughs = format!(
         "<?xml version=\"1.0\"?><!DOCTYPE xml [<!ENTITY a \"aaaaaaaaaa\">{}]><xml><MsgType>event</MsgType>\
@@ -55,8 +56,9 @@ async fn hostile_bodies_get_4xx_fast_and_the_receiver_lives_on() {
             let (status, _) = match mode {
                 // Signed right: the body itself is what is refused.
                 Mode::Plain => {
+                    // To an app without a key: one with a key refuses plaintext unread (401).
                     let (query, _) = Push::new("", Mode::Plain).build();
-                    post(&receiver.url(), &query, body.clone()).await
+                    post(&plain.url(), &query, body.clone()).await
                 }
                 _ => match std::str::from_utf8(&body) {
                     Ok(text) => Push::new(text, Mode::Safe).send(&receiver).await,
@@ -106,7 +108,7 @@ async fn hostile_bodies_get_4xx_fast_and_the_receiver_lives_on() {
     // Alive, and a right push still lands.
     assert_eq!(Push::new(&valid, Mode::Safe).send(&receiver).await.0, StatusCode::OK);
     assert_eq!(env.receipt_of(3001).await.as_deref(), Some("delivered"));
-    receiver.stop().await;
+    tokio::join!(receiver.stop(), plain.stop());
 }
 
 /// The receiver process's resident memory, in KiB (`VmRSS`, or the peak with `VmHWM`).
@@ -191,8 +193,8 @@ async fn hostile_bodies_keep_the_receiver_process_memory_flat() {
         async move {
             for _ in 0..n {
                 let ten_mb = stream_chunked(addr, 10 << 20);
-                let (query, _) = Push::new("", Mode::Plain).build();
-                let bomb = post(&url, &query, laughs.clone());
+                let (query, body) = Push::new(&laughs, Mode::Safe).build();
+                let bomb = post(&url, &query, body);
                 let (status, (bomb, _)) = tokio::join!(ten_mb, bomb);
                 assert!(status.starts_with("HTTP/1.1 413"), "{status}");
                 assert_eq!(bomb, StatusCode::BAD_REQUEST);
@@ -252,9 +254,9 @@ async fn the_binary_prints_no_secret_and_nothing_the_sender_wrote_unescaped() {
     query[0].1 = "0".repeat(40);
     assert_eq!(post(&url, &query, body).await.0, StatusCode::UNAUTHORIZED);
     // Line breaks and a fake log line, in the path and in a malformed body.
-    let (query, _) = Push::new("", Mode::Plain).build();
     let injected = "<xml><MsgType>event</MsgType>\nINJECTED-LINE level=ERROR<Event></xml>";
-    assert_eq!(post(&url, &query, injected).await.0, StatusCode::BAD_REQUEST);
+    let (query, body) = Push::new(injected, Mode::Safe).build();
+    assert_eq!(post(&url, &query, body).await.0, StatusCode::BAD_REQUEST);
     let r = reqwest::Client::new()
         .post(format!("{base}/wechat/wx%0AINJECTED-PATH%0D"))
         .body("x")

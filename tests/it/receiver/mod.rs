@@ -12,6 +12,7 @@ mod followers;
 mod hostile;
 mod receipts;
 mod signatures;
+mod slow;
 
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,12 @@ use wechat_sim::wire;
 
 use crate::helpers::{AES_KEY, APP_ID, CALLBACK_TOKEN, ReceiverHandle, TestEnv, WorkerOpts, event, wait_for};
 use crate::proxy::Proxy;
+
+/// A receiver whose app has no AES key: it takes plaintext pushes only (docs/interface.md §9).
+async fn spawn_plain_receiver(env: &TestEnv) -> ReceiverHandle {
+    env.spawn_receiver_with(None, false, |args| args.wechat_encoding_aes_key = None)
+        .await
+}
 
 fn unix_now() -> i64 {
     chrono::Utc::now().timestamp()
@@ -84,8 +91,12 @@ impl<'a> Push<'a> {
     }
 
     async fn send(&self, receiver: &ReceiverHandle) -> (StatusCode, String) {
+        self.send_to(&receiver.url()).await
+    }
+
+    async fn send_to(&self, url: &str) -> (StatusCode, String) {
         let (query, body) = self.build();
-        post(&receiver.url(), &query, body).await
+        post(url, &query, body).await
     }
 }
 

@@ -50,7 +50,10 @@ async fn a_push_repeated_three_times_is_applied_once_and_an_older_one_never_wins
     assert!(seen.iter().all(|r| *r == seen[0]), "{seen:?}");
     // An older push (earlier CreateTime) arriving late changes nothing.
     let older = wire::template_finish("oUser", unix_now() - 100, 5001, "success");
-    assert_eq!(Push::new(&older, Mode::Plain).send(&receiver).await.0, StatusCode::OK);
+    assert_eq!(
+        Push::new(&older, Mode::Compatible).send(&receiver).await.0,
+        StatusCode::OK
+    );
     assert_eq!(env.receipt_of(5001).await.as_deref(), Some("user_block"));
 
     // Followers: the latest by CreateTime wins, whatever the order of arrival.
@@ -71,7 +74,10 @@ async fn a_push_repeated_three_times_is_applied_once_and_an_older_one_never_wins
         "the older subscribe does not undo the newer unsubscribe"
     );
     let xml = wire::follow("oFan", t - 5, true);
-    assert_eq!(Push::new(&xml, Mode::Plain).send(&receiver).await.0, StatusCode::OK);
+    assert_eq!(
+        Push::new(&xml, Mode::Compatible).send(&receiver).await.0,
+        StatusCode::OK
+    );
     assert!(followed().await);
     receiver.stop().await;
 }
@@ -118,7 +124,7 @@ async fn receipts_racing_the_writes_of_their_msgids_each_land_on_their_row() {
         let receiver = &receiver;
         async move {
             let xml = finish(msgid_of(i), status_of(i));
-            Push::new(&xml, if i % 2 == 0 { Mode::Safe } else { Mode::Plain })
+            Push::new(&xml, if i % 2 == 0 { Mode::Safe } else { Mode::Compatible })
                 .send(receiver)
                 .await
                 .0
@@ -180,7 +186,7 @@ async fn a_push_of_several_receipts_never_deadlocks_with_a_worker_writing_their_
          <List><TemplateId>T</TemplateId><MsgID>{m2}</MsgID><ErrorCode>0</ErrorCode><ErrorStatus>success</ErrorStatus></List>\
          </SubscribeMsgSentEvent></xml>"
     );
-    let (query, body) = Push::new(&xml, Mode::Plain).build();
+    let (query, body) = Push::new(&xml, Mode::Safe).build();
     let url = receiver.url();
     let push = tokio::spawn(async move { post(&url, &query, body).await });
     wait_for(
@@ -274,5 +280,54 @@ async fn end_to_end_the_worker_sends_the_simulator_pushes_and_the_row_gets_its_r
     })
     .await;
     worker.stop().await;
+    receiver.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_time_in_the_future_counts_as_the_arrival_time_and_never_outranks_later_pushes() {
+    let env = TestEnv::new().await;
+    let receiver = env.spawn_receiver(None, false).await;
+    // 2100-01-01: a push claiming the future.
+    const Y2100: i64 = 4_102_444_800;
+    let before = chrono::Utc::now();
+    let unsubscribe = wire::follow("oFuture", Y2100, false);
+    assert_eq!(
+        Push::new(&unsubscribe, Mode::Safe).send(&receiver).await.0,
+        StatusCode::OK
+    );
+    // The genuine subscribe after it, dated a second ahead of our clock (clocks differ).
+    let subscribe = wire::follow("oFuture", unix_now() + 1, true);
+    assert_eq!(
+        Push::new(&subscribe, Mode::Safe).send(&receiver).await.0,
+        StatusCode::OK
+    );
+    let followed: bool = sqlx::query_scalar("SELECT followed FROM followers WHERE openid = 'oFuture'")
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert!(followed, "the later subscribe wins");
+    let changed_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT changed_at FROM followers WHERE openid = 'oFuture'")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(
+        changed_at >= before && changed_at <= chrono::Utc::now(),
+        "stored as of its arrival, not its CreateTime: {changed_at}"
+    );
+
+    // Receipts are ordered the same way.
+    env.insert_sent("e-1", Some(6001)).await;
+    let future = wire::template_finish("oUser", Y2100, 6001, "failed:user block");
+    assert_eq!(Push::new(&future, Mode::Safe).send(&receiver).await.0, StatusCode::OK);
+    let later = wire::template_finish("oUser", unix_now() + 1, 6001, "success");
+    assert_eq!(Push::new(&later, Mode::Safe).send(&receiver).await.0, StatusCode::OK);
+    assert_eq!(env.receipt_of(6001).await.as_deref(), Some("delivered"));
+    let receipt_at: chrono::DateTime<chrono::Utc> =
+        sqlx::query_scalar("SELECT receipt_at FROM deliveries WHERE wechat_msgid = 6001")
+            .fetch_one(&env.pool)
+            .await
+            .unwrap();
+    assert!(receipt_at <= chrono::Utc::now(), "{receipt_at}");
     receiver.stop().await;
 }

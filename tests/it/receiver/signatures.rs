@@ -7,6 +7,8 @@ use super::*;
 async fn plain_compatible_and_safe_pushes_are_accepted_and_applied() {
     let env = TestEnv::new().await;
     let receiver = env.spawn_receiver(None, false).await;
+    // Plaintext pushes go to an app without a key: the mode is the app's.
+    let plain = spawn_plain_receiver(&env).await;
     for (i, msgid) in [1001_i64, 1002, 1003].into_iter().enumerate() {
         env.insert_sent(&format!("e-{i}"), Some(msgid)).await;
     }
@@ -17,10 +19,8 @@ async fn plain_compatible_and_safe_pushes_are_accepted_and_applied() {
     ];
     for (mode, msgid, status, expected) in cases {
         let xml = finish(msgid, status);
-        assert_eq!(
-            Push::new(&xml, mode).send(&receiver).await,
-            (StatusCode::OK, "success".into())
-        );
+        let to = if matches!(mode, Mode::Plain) { &plain } else { &receiver };
+        assert_eq!(Push::new(&xml, mode).send(to).await, (StatusCode::OK, "success".into()));
         assert_eq!(env.receipt_of(msgid).await.as_deref(), Some(expected), "{status}");
     }
     let receipt_at: chrono::DateTime<chrono::Utc> =
@@ -66,6 +66,7 @@ async fn plain_compatible_and_safe_pushes_are_accepted_and_applied() {
             .contains("wxnotify_pushes_total{event=\"TEMPLATESENDJOBFINISH\",result=\"ok\"}")
     );
     receiver.stop().await;
+    plain.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -138,7 +139,9 @@ async fn mini_program_json_pushes_are_read_in_plain_and_safe_mode() {
             "Event":"subscribe_msg_sent_event","SubscribeMsgSentEvent":{{"List":
             {{"TemplateId":"TPL","MsgID":"{a}","ErrorCode":0,"ErrorStatus":"success"}}}}}}"#
     );
-    assert_eq!(Push::new(&one, Mode::Plain).send(&receiver).await.0, StatusCode::OK);
+    let plain = spawn_plain_receiver(&env).await;
+    assert_eq!(Push::new(&one, Mode::Plain).send(&plain).await.0, StatusCode::OK);
+    plain.stop().await;
     assert_eq!(env.receipt_of(a).await.as_deref(), Some("delivered"));
     let many = format!(
         r#"{{"ToUserName":"gh_sim","FromUserName":"oUser","CreateTime":{now},"MsgType":"event",
@@ -274,4 +277,76 @@ async fn a_bad_aes_key_is_a_configuration_error_naming_the_variable() {
         !stderr.contains(secret_key) && !stderr.contains(CALLBACK_TOKEN),
         "{stderr}"
     );
+}
+
+/// Whether `openid` follows the default app, as `followers` says (`None`: no row).
+async fn follows(env: &TestEnv, openid: &str) -> Option<bool> {
+    sqlx::query_scalar("SELECT followed FROM followers WHERE app_id = $1 AND openid = $2")
+        .bind(APP_ID)
+        .bind(openid)
+        .fetch_optional(&env.pool)
+        .await
+        .expect("query")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_mode_is_the_apps_a_plaintext_push_to_an_app_with_a_key_is_401_and_changes_nothing() {
+    let env = TestEnv::new().await;
+    let receiver = env.spawn_receiver(None, false).await;
+    let now = unix_now();
+    let follow = wire::follow("oVictim", now - 5, true);
+    assert_eq!(Push::new(&follow, Mode::Safe).send(&receiver).await.0, StatusCode::OK);
+    assert_eq!(follows(&env, "oVictim").await, Some(true));
+    // A signed query string from a proxy log, and any body: the plaintext signature never
+    // covered it. The app has an AES key, so it takes encrypted pushes only.
+    let forged = wire::follow("oVictim", now, false);
+    assert_eq!(
+        Push::new(&forged, Mode::Plain).send(&receiver).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    // Nor does `encrypt_type` alone make a plaintext body pass.
+    let (mut query, _) = Push::new(&forged, Mode::Safe).build();
+    query.retain(|(k, _)| *k != "msg_signature");
+    assert_eq!(
+        post(&receiver.url(), &query, forged.clone()).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(
+        follows(&env, "oVictim").await,
+        Some(true),
+        "the forgery changed nothing"
+    );
+    assert!(metrics(&receiver).await.contains("result=\"bad_signature\""));
+    // Compatible mode (both copies, the encrypted one checked) is the app's too: what counts is
+    // the encrypted copy, whatever the plaintext copy says.
+    let genuine = wire::follow("oVictim", now + 1, false);
+    let key = wire::aes_key(AES_KEY).unwrap();
+    let encrypted = wire::encrypt(&key, &genuine, APP_ID);
+    let (query, _) = Push::new(&genuine, Mode::Safe).build();
+    let ts = query.iter().find(|(k, _)| *k == "timestamp").unwrap().1.clone();
+    let nonce = query.iter().find(|(k, _)| *k == "nonce").unwrap().1.clone();
+    let query: Vec<(&str, String)> = query
+        .into_iter()
+        .map(|(k, v)| match k {
+            "msg_signature" => (k, wire::sign(&[CALLBACK_TOKEN, &ts, &nonce, &encrypted])),
+            _ => (k, v),
+        })
+        .collect();
+    let lying_copy = wire::compatible_body(&wire::follow("oVictim", now + 1, true), &encrypted);
+    assert_eq!(post(&receiver.url(), &query, lying_copy).await.0, StatusCode::OK);
+    assert_eq!(follows(&env, "oVictim").await, Some(false), "the encrypted copy counts");
+    receiver.stop().await;
+
+    // An app without a key takes plaintext, and refuses what it cannot decrypt.
+    let plain = spawn_plain_receiver(&env).await;
+    let follow = wire::follow("oPlain", unix_now(), true);
+    assert_eq!(Push::new(&follow, Mode::Plain).send(&plain).await.0, StatusCode::OK);
+    assert_eq!(follows(&env, "oPlain").await, Some(true));
+    let leave = wire::follow("oPlain", unix_now() + 1, false);
+    assert_eq!(
+        Push::new(&leave, Mode::Safe).send(&plain).await.0,
+        StatusCode::UNAUTHORIZED
+    );
+    assert_eq!(follows(&env, "oPlain").await, Some(true));
+    plain.stop().await;
 }
