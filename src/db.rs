@@ -53,6 +53,54 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     MIGRATOR.run(pool).await
 }
 
+/// Why the database's schema does not fit this binary.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error(
+        "the database schema is behind this wxnotify ({missing} of {known} migrations not applied, the first {first}): run `wxnotify migrate`"
+    )]
+    Behind { missing: usize, known: usize, first: i64 },
+    #[error(
+        "migration {0} did not finish (a failed `wxnotify migrate`): see docs/operations.md, Upgrading, then run `wxnotify migrate`"
+    )]
+    Dirty(i64),
+    #[error("reading the applied migrations: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Checks, without changing anything, that every migration this binary knows is applied (a newer
+/// schema, from a newer binary, is fine). The commands that only read or tidy the ledger use it
+/// instead of migrating: an operator's `status` must not take locks on the live tables.
+pub async fn check_schema(pool: &PgPool) -> Result<(), SchemaError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    let applied: Vec<(i64, bool)> = if exists {
+        sqlx::query_as("SELECT version, success FROM _sqlx_migrations")
+            .fetch_all(pool)
+            .await?
+    } else {
+        vec![]
+    };
+    if let Some((v, _)) = applied.iter().find(|(_, ok)| !ok) {
+        return Err(SchemaError::Dirty(*v));
+    }
+    let missing: Vec<i64> = MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| m.version)
+        .filter(|v| !applied.iter().any(|(a, _)| a == v))
+        .collect();
+    match missing.first() {
+        None => Ok(()),
+        Some(&first) => Err(SchemaError::Behind {
+            missing: missing.len(),
+            known: MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).count(),
+            first,
+        }),
+    }
+}
+
 /// `pool.begin()`, boxed: sqlx's future for it is ~14 KB (release build), and an `async fn` that
 /// awaits it inline carries those bytes in its own future, and in every future awaiting that one,
 /// up to each delivery in flight (its task, and every move of it). Boxed, they are allocated only
