@@ -37,22 +37,28 @@ pub fn check_cutoff(cutoff: DateTime<Utc>) -> Result<(), String> {
     Ok(())
 }
 
-/// Old receipts, by the `delivery_receipts_received_at` index.
-const RECEIPTS: &str = "DELETE FROM delivery_receipts WHERE (app_id, msgid) IN (
-     SELECT app_id, msgid FROM delivery_receipts WHERE received_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)";
-/// Old cancellations (by the `delivery_cancellations_created_at` index) that no delivery can still
-/// need: none of their key is waiting, open, or dead (replayable); probed by `deliveries_cancel_key`.
-const CANCELLATIONS: &str = "DELETE FROM delivery_cancellations WHERE (app_id, template_id, cancel_key, event_id) IN (
-     SELECT c.app_id, c.template_id, c.cancel_key, c.event_id FROM delivery_cancellations c
+/// Old receipts, oldest first by the `delivery_receipts_received_at` index (in order: a scan from
+/// the table's start would step over the rows earlier batches left dead, more each batch), then
+/// deleted by their row addresses (`ctid`, locked: they cannot move), a TID scan whatever the
+/// planner thinks of the table's size.
+pub const RECEIPTS: &str = "DELETE FROM delivery_receipts WHERE ctid = ANY(ARRAY(
+     SELECT ctid FROM delivery_receipts WHERE received_at < $1
+      ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED))";
+/// Old cancellations (oldest first, by the `delivery_cancellations_created_at` index) that no
+/// delivery can still need: none of their key is waiting, open, or dead (replayable); probed by
+/// `deliveries_cancel_key`.
+pub const CANCELLATIONS: &str = "DELETE FROM delivery_cancellations WHERE ctid = ANY(ARRAY(
+     SELECT c.ctid FROM delivery_cancellations c
       WHERE c.created_at < $1 AND c.occurred_at < $1
         AND NOT EXISTS (SELECT 1 FROM deliveries d
                          WHERE d.cancel_key IS NOT NULL
                            AND (d.app_id, d.template_id, d.cancel_key) = (c.app_id, c.template_id, c.cancel_key)
                            AND d.status IN ('scheduled', 'pending', 'retrying', 'dead'))
-      LIMIT $2 FOR UPDATE OF c SKIP LOCKED)";
-/// Old replay records, by the `dlq_replays_replayed_at` index.
-const REPLAYS: &str = "DELETE FROM dlq_replays WHERE id IN (
-     SELECT id FROM dlq_replays WHERE replayed_at < $1 LIMIT $2 FOR UPDATE SKIP LOCKED)";
+      ORDER BY c.created_at LIMIT $2 FOR UPDATE OF c SKIP LOCKED))";
+/// Old replay records, oldest first by the `dlq_replays_replayed_at` index.
+pub const REPLAYS: &str = "DELETE FROM dlq_replays WHERE ctid = ANY(ARRAY(
+     SELECT ctid FROM dlq_replays WHERE replayed_at < $1
+      ORDER BY replayed_at LIMIT $2 FOR UPDATE SKIP LOCKED))";
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Pruned {
