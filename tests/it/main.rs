@@ -13,6 +13,7 @@ mod faults;
 mod helpers;
 mod leftovers;
 mod metrics;
+mod migrate;
 mod plans;
 mod prometheus;
 mod proxy;
