@@ -84,7 +84,7 @@ pub enum Command {
         db: DbArgs,
     },
     /// Per app the shared token (generation, expiry, blocks, calls today); queue depths; deliveries
-    /// in doubt, scheduled and due; live workers.
+    /// in doubt, scheduled and due; live workers. Never migrates (exit 1 if the schema is behind).
     Status {
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
@@ -94,9 +94,9 @@ pub enum Command {
         db: DbArgs,
     },
     /// Delete final deliveries (and their attempts) created longer ago than DURATION, in small
-    /// batches that never block workers; never a scheduled, open or in-doubt one.
+    /// batches that never block workers; never a scheduled, open or in-doubt one. Never migrates.
     Prune {
-        /// A duration back from now (180d, 24h) or a date (2026-05-01, Beijing time).
+        /// A duration back from now (180d, 2d) or a date (2026-05-01, Beijing time); at least 1 day.
         #[arg(long)]
         older_than: ops::report::Since,
         /// Count what would be deleted; delete nothing.

@@ -15,73 +15,14 @@ const ROWS: i64 = 1_000_000;
 async fn workers_keep_delivering_while_migrate_builds_indexes_on_a_large_ledger() {
     let env = TestEnv::new().await;
     schema_at(&env.pool, BEFORE_ISSUE_16).await;
-    let filled = Instant::now();
-    sqlx::query(
-        "INSERT INTO deliveries (event_id, event_type, app_id, openid, template_id, status, occurred_at, client_msg_id, sent_at)
-         SELECT 'old-' || g, 'booking.confirmed', $1, 'o' || g, 'T', 'sent', now(), 'c' || g, now()
-           FROM generate_series(1, $2) g",
-    )
-    .bind(APP_ID)
-    .bind(ROWS)
-    .execute(&env.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO delivery_receipts (app_id, msgid, status, wechat_status, event_at)
-         SELECT $1, g, 'delivered', 'success', now() FROM generate_series(1, $2 / 2) g",
-    )
-    .bind(APP_ID)
-    .bind(ROWS)
-    .execute(&env.pool)
-    .await
-    .unwrap();
-    eprintln!("{ROWS} deliveries in {:.1} s", filled.elapsed().as_secs_f64());
+    fill(&env).await;
 
     let worker = env.spawn_worker(&WorkerOpts::default()).await;
-    // Bookings keep coming while `migrate` runs: one every 20 ms.
+    // Bookings keep coming while `migrate` runs, and the locks are watched.
     let publishing = Arc::new(AtomicBool::new(true));
-    let published = {
-        let (env_ref, publishing) = (&env, publishing.clone());
-        async move {
-            let mut n = 0;
-            while publishing.load(Ordering::Relaxed) {
-                env_ref
-                    .publish(&event(&format!("live-{n}"), "booking.confirmed", "oLive"))
-                    .await;
-                n += 1;
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            n
-        }
-    };
-    // Meanwhile: every 10 ms, the table locks that would stop a worker's writes (anything
-    // stronger than what CREATE INDEX CONCURRENTLY takes), held by anyone on the test's database,
-    // and sessions waiting for a relation lock. (A relation the watcher cannot see yet, an index
-    // being built, is nobody else's either.)
+    let published = publish_while(&env, publishing.clone());
     let watching = Arc::new(AtomicBool::new(true));
-    let watch = {
-        let (pool, watching) = (env.pool.clone(), watching.clone());
-        async move {
-            let mut seen = Vec::<String>::new();
-            while watching.load(Ordering::Relaxed) {
-                let rows: Vec<String> = sqlx::query_scalar(
-                    "SELECT l.relation::regclass::text || ' ' || l.mode || CASE WHEN l.granted THEN ' held' ELSE ' awaited' END
-                       FROM pg_locks l
-                       JOIN pg_class c ON c.oid = l.relation
-                      WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
-                        AND l.locktype = 'relation' AND l.pid <> pg_backend_pid()
-                        AND (l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
-                             OR NOT l.granted)",
-                )
-                .fetch_all(&pool)
-                .await
-                .unwrap();
-                seen.extend(rows);
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            seen
-        }
-    };
+    let watch = watch_locks(env.pool.clone(), watching.clone());
     let migrate = async {
         // Some deliveries before, so the worker is warm.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -122,4 +63,66 @@ async fn workers_keep_delivering_while_migrate_builds_indexes_on_a_large_ledger(
     let applied = env.count("SELECT count(*) FROM _sqlx_migrations WHERE success").await;
     assert_eq!(applied as usize, wxnotify::db::MIGRATOR.iter().count());
     worker.stop().await;
+}
+
+/// The ledger `migrate` meets: `ROWS` sent deliveries and half as many receipts.
+async fn fill(env: &TestEnv) {
+    let filled = Instant::now();
+    sqlx::query(
+        "INSERT INTO deliveries (event_id, event_type, app_id, openid, template_id, status, occurred_at, client_msg_id, sent_at)
+         SELECT 'old-' || g, 'booking.confirmed', $1, 'o' || g, 'T', 'sent', now(), 'c' || g, now()
+           FROM generate_series(1, $2) g",
+    )
+    .bind(APP_ID)
+    .bind(ROWS)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO delivery_receipts (app_id, msgid, status, wechat_status, event_at)
+         SELECT $1, g, 'delivered', 'success', now() FROM generate_series(1, $2 / 2) g",
+    )
+    .bind(APP_ID)
+    .bind(ROWS)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    eprintln!("{ROWS} deliveries in {:.1} s", filled.elapsed().as_secs_f64());
+}
+
+/// Publishes a booking every 20 ms while `on`; returns how many.
+async fn publish_while(env: &TestEnv, on: Arc<AtomicBool>) -> u32 {
+    let mut n = 0;
+    while on.load(Ordering::Relaxed) {
+        env.publish(&event(&format!("live-{n}"), "booking.confirmed", "oLive"))
+            .await;
+        n += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    n
+}
+
+/// Every 10 ms while `on`: the table locks that would stop a worker's writes (anything stronger
+/// than what CREATE INDEX CONCURRENTLY takes), held by anyone on the test's database, and
+/// sessions waiting for a relation lock. (A relation the watcher cannot see yet, an index being
+/// built, is nobody else's either.)
+async fn watch_locks(pool: sqlx::PgPool, on: Arc<AtomicBool>) -> Vec<String> {
+    let mut seen = Vec::<String>::new();
+    while on.load(Ordering::Relaxed) {
+        let rows: Vec<String> = sqlx::query_scalar(
+            "SELECT l.relation::regclass::text || ' ' || l.mode || CASE WHEN l.granted THEN ' held' ELSE ' awaited' END
+               FROM pg_locks l
+               JOIN pg_class c ON c.oid = l.relation
+              WHERE l.database = (SELECT oid FROM pg_database WHERE datname = current_database())
+                AND l.locktype = 'relation' AND l.pid <> pg_backend_pid()
+                AND (l.mode IN ('ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock')
+                     OR NOT l.granted)",
+        )
+        .fetch_all(&pool)
+        .await
+        .unwrap();
+        seen.extend(rows);
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    seen
 }

@@ -5,47 +5,7 @@ use crate::helpers::{APP_ID, TestEnv};
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn prune_deletes_old_final_deliveries_only() {
     let env = TestEnv::new().await;
-    // Old rows of every status, one in doubt, and recent ones; each with an attempt.
-    sqlx::query(
-        "INSERT INTO deliveries (event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id,
-                                 status, created_at, in_doubt_since, due_at)
-         SELECT 'p-' || s || '-' || age, 'booking.confirmed', $1, 'o', 'T', now(), 'c-' || s || age, s,
-                now() - make_interval(days => age), CASE WHEN s = 'retrying' THEN now() END,
-                CASE WHEN s = 'scheduled' THEN now() + interval '1 day' END
-           FROM unnest(ARRAY['sent', 'dead', 'cancelled', 'expired', 'suppressed', 'scheduled', 'pending', 'retrying']) AS s,
-                unnest(ARRAY[200, 10]) AS age",
-    )
-    .bind(APP_ID)
-    .execute(&env.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO deliveries (event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id,
-                                 status, created_at, in_doubt_since, dead_reason)
-         VALUES ('p-ambiguous', 'booking.reminder', $1, 'o', 'T', now(), 'c-amb', 'dead', now() - interval '300 days',
-                 now() - interval '300 days', 'ambiguous')",
-    )
-    .bind(APP_ID)
-    .execute(&env.pool)
-    .await
-    .unwrap();
-    sqlx::query(
-        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms)
-         SELECT id, 1, created_at, 5 FROM deliveries",
-    )
-    .execute(&env.pool)
-    .await
-    .unwrap();
-
-    sqlx::query(
-        "INSERT INTO delivery_receipts (app_id, msgid, status, wechat_status, event_at, received_at)
-         VALUES ($1, 1, 'delivered', 'success', now() - interval '200 days', now() - interval '200 days'),
-                ($1, 2, 'delivered', 'success', now(), now())",
-    )
-    .bind(APP_ID)
-    .execute(&env.pool)
-    .await
-    .unwrap();
+    old_and_recent_rows(&env).await;
     let out = env
         .wxnotify(&["prune", "--older-than", "180d", "--dry-run"])
         .output()
@@ -157,4 +117,49 @@ async fn prune_keeps_old_cancellations_a_delivery_can_still_need() {
         .await
         .unwrap();
     assert_eq!(left, ["dead", "recent", "waiting"]);
+}
+
+/// Old rows of every status, one in doubt, and recent ones, each with an attempt; an old receipt
+/// and a recent one.
+async fn old_and_recent_rows(env: &TestEnv) {
+    sqlx::query(
+        "INSERT INTO deliveries (event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id,
+                                 status, created_at, in_doubt_since, due_at)
+         SELECT 'p-' || s || '-' || age, 'booking.confirmed', $1, 'o', 'T', now(), 'c-' || s || age, s,
+                now() - make_interval(days => age), CASE WHEN s = 'retrying' THEN now() END,
+                CASE WHEN s = 'scheduled' THEN now() + interval '1 day' END
+           FROM unnest(ARRAY['sent', 'dead', 'cancelled', 'expired', 'suppressed', 'scheduled', 'pending', 'retrying']) AS s,
+                unnest(ARRAY[200, 10]) AS age",
+    )
+    .bind(APP_ID)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO deliveries (event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id,
+                                 status, created_at, in_doubt_since, dead_reason)
+         VALUES ('p-ambiguous', 'booking.reminder', $1, 'o', 'T', now(), 'c-amb', 'dead', now() - interval '300 days',
+                 now() - interval '300 days', 'ambiguous')",
+    )
+    .bind(APP_ID)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO delivery_attempts (delivery_id, attempt, started_at, duration_ms)
+         SELECT id, 1, created_at, 5 FROM deliveries",
+    )
+    .execute(&env.pool)
+    .await
+    .unwrap();
+
+    sqlx::query(
+        "INSERT INTO delivery_receipts (app_id, msgid, status, wechat_status, event_at, received_at)
+         VALUES ($1, 1, 'delivered', 'success', now() - interval '200 days', now() - interval '200 days'),
+                ($1, 2, 'delivered', 'success', now(), now())",
+    )
+    .bind(APP_ID)
+    .execute(&env.pool)
+    .await
+    .unwrap();
 }
