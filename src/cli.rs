@@ -472,9 +472,11 @@ async fn connect_and_migrate(db_args: &DbArgs) -> Result<sqlx::PgPool, Failure> 
     let pool = db::connect(&url, 2)
         .await
         .map_err(|e| Failure::Runtime(format!("database {}: {e}", redact_url(&url))))?;
-    db::migrate(&pool)
-        .await
-        .map_err(|e| Failure::Runtime(format!("migrations: {e}")))?;
+    db::migrate(&pool).await.map_err(|e| {
+        Failure::Runtime(format!(
+            "migrations: {e} (after a run that stopped half way: docs/operations.md, Upgrading)"
+        ))
+    })?;
     Ok(pool)
 }
 

@@ -27,15 +27,25 @@ async fn workers_keep_delivering_while_migrate_builds_indexes_on_a_large_ledger(
         // Some deliveries before, so the worker is warm.
         tokio::time::sleep(Duration::from_millis(500)).await;
         let started = Instant::now();
-        let out = env.wxnotify_ok(&["migrate"]).await;
+        // Two at once, as when several new workers start together (each migrates first): the
+        // one that waits for the other must not hold a snapshot the other's concurrent index
+        // build waits for (a deadlock, Postgres aborts one of them).
+        let (a, b) = tokio::join!(env.wxnotify(&["migrate"]).output(), env.wxnotify(&["migrate"]).output());
+        for out in [a.unwrap(), b.unwrap()] {
+            assert!(
+                out.status.success(),
+                "migrate: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
         let took = started.elapsed();
         let ended = chrono::Utc::now();
         tokio::time::sleep(Duration::from_millis(300)).await;
         publishing.store(false, Ordering::Relaxed);
         watching.store(false, Ordering::Relaxed);
-        (out, took, ended)
+        (took, ended)
     };
-    let (published, seen, (_, took, ended)) = tokio::join!(published, watch, migrate);
+    let (published, seen, (took, ended)) = tokio::join!(published, watch, migrate);
     eprintln!(
         "migrate took {:.2} s; {published} bookings published",
         took.as_secs_f64()
@@ -60,6 +70,8 @@ async fn workers_keep_delivering_while_migrate_builds_indexes_on_a_large_ledger(
             == i64::from(published)
     })
     .await;
+    let invalid = env.count("SELECT count(*) FROM pg_index WHERE NOT indisvalid").await;
+    assert_eq!(invalid, 0, "an index build was left half done");
     let applied = env.count("SELECT count(*) FROM _sqlx_migrations WHERE success").await;
     assert_eq!(applied as usize, wxnotify::db::MIGRATOR.iter().count());
     worker.stop().await;
