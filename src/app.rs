@@ -60,9 +60,11 @@ pub(crate) async fn open_database(
     };
     health.set_db(true);
     if migrate {
-        db::migrate(&pool)
-            .await
-            .map_err(|e| AppError::Runtime(format!("migrations: {e}")))?;
+        db::migrate(&pool).await.map_err(|e| {
+            AppError::Runtime(format!(
+                "migrations: {e} (after a run that stopped half way: docs/operations.md, Upgrading)"
+            ))
+        })?;
     }
     Ok(Some(pool))
 }

@@ -84,7 +84,7 @@ pub enum Command {
         db: DbArgs,
     },
     /// Per app the shared token (generation, expiry, blocks, calls today); queue depths; deliveries
-    /// in doubt, scheduled and due; live workers.
+    /// in doubt, scheduled and due; live workers. Never migrates (exit 1 if the schema is behind).
     Status {
         #[arg(long, value_enum, default_value = "table")]
         format: OutputFormat,
@@ -94,9 +94,9 @@ pub enum Command {
         db: DbArgs,
     },
     /// Delete final deliveries (and their attempts) created longer ago than DURATION, in small
-    /// batches that never block workers; never a scheduled, open or in-doubt one.
+    /// batches that never block workers; never a scheduled, open or in-doubt one. Never migrates.
     Prune {
-        /// A duration back from now (180d, 24h) or a date (2026-05-01, Beijing time).
+        /// A duration back from now (180d, 2d) or a date (2026-05-01, Beijing time); at least 1 day.
         #[arg(long)]
         older_than: ops::report::Since,
         /// Count what would be deleted; delete nothing.
@@ -308,7 +308,8 @@ async fn publish(file: Option<&PathBuf>, raw: bool, amqp: &AmqpArgs) -> Result<(
 
 /// `wxnotify prune`: the ledger's finished rows older than `older_than`.
 async fn prune(older_than: ops::report::Since, dry_run: bool, db: &DbArgs) -> Result<(), Failure> {
-    let pool = connect_and_migrate(db).await?;
+    ops::prune::check_cutoff(older_than.0).map_err(Failure::Config)?;
+    let pool = connect_checked(db).await?;
     let pruned = ops::prune::prune(&pool, older_than.0, dry_run, std::time::Duration::from_millis(20))
         .await
         .map_err(|e| Failure::Runtime(format!("prune: {e}")))?;
@@ -319,7 +320,7 @@ async fn prune(older_than: ops::report::Since, dry_run: bool, db: &DbArgs) -> Re
 /// `wxnotify status`: the ledger's and the queues' state.
 async fn status(format: OutputFormat, amqp: &AmqpArgs, db: &DbArgs) -> Result<(), Failure> {
     let (url, topology) = (amqp.url()?, amqp.topology()?);
-    let pool = connect_and_migrate(db).await?;
+    let pool = connect_checked(db).await?;
     let mut status = ops::status::ledger(&pool)
         .await
         .map_err(|e| Failure::Runtime(format!("status: database: {e}")))?;
@@ -335,7 +336,7 @@ async fn status(format: OutputFormat, amqp: &AmqpArgs, db: &DbArgs) -> Result<()
 
 /// `wxnotify report`: deliveries by day, failures by errcode.
 async fn report(since: ops::report::Since, format: ReportFormat, db: &DbArgs) -> Result<(), Failure> {
-    let pool = connect_and_migrate(db).await?;
+    let pool = connect_checked(db).await?;
     let report = ops::report::report(&pool, since)
         .await
         .map_err(|e| Failure::Runtime(format!("report: {e}")))?;
@@ -387,7 +388,7 @@ async fn dlq_replay(
         errcode: filter.errcode,
     };
     let (url, topology) = (amqp.url()?, amqp.topology()?);
-    let pool = connect_and_migrate(db).await?;
+    let pool = connect_checked(db).await?;
     let started = Instant::now();
     let bar = Progress::on_stderr("dead letters");
     let report = ops::dlq::replay(&url, &topology, &pool, &filter, limit, dry_run, &bar)
@@ -444,7 +445,7 @@ async fn scheduled(command: ScheduledCommand) -> Result<(), Failure> {
             format,
             db,
         } => {
-            let pool = connect_and_migrate(&db).await?;
+            let pool = connect_checked(&db).await?;
             let rows = ops::scheduled::list(&pool, due_before, limit).await.map_err(runtime)?;
             match format {
                 OutputFormat::Table => print!("{}", ops::scheduled::table(&rows)),
@@ -457,7 +458,7 @@ async fn scheduled(command: ScheduledCommand) -> Result<(), Failure> {
                 Some(cancel_key) => ops::scheduled::CancelBy::Key { cancel_key, app_id },
                 None => ops::scheduled::CancelBy::Events(by.event_id),
             };
-            let pool = connect_and_migrate(&db).await?;
+            let pool = connect_checked(&db).await?;
             let n = ops::scheduled::cancel(&pool, &by).await.map_err(runtime)?;
             println!("cancelled {n} waiting deliver{}", if n == 1 { "y" } else { "ies" });
             Ok(())
@@ -465,15 +466,31 @@ async fn scheduled(command: ScheduledCommand) -> Result<(), Failure> {
     }
 }
 
-/// A small pool for a one-shot command, with the schema brought up to date.
+/// A small pool for `wxnotify migrate`, with the schema brought up to date.
 async fn connect_and_migrate(db_args: &DbArgs) -> Result<sqlx::PgPool, Failure> {
     let url = db_args.url()?;
     let pool = db::connect(&url, 2)
         .await
         .map_err(|e| Failure::Runtime(format!("database {}: {e}", redact_url(&url))))?;
-    db::migrate(&pool)
+    db::migrate(&pool).await.map_err(|e| {
+        Failure::Runtime(format!(
+            "migrations: {e} (after a run that stopped half way: docs/operations.md, Upgrading)"
+        ))
+    })?;
+    Ok(pool)
+}
+
+/// A small pool for an operator's one-shot command, which never migrates: applying a migration
+/// may lock a live table, and that is `wxnotify migrate`'s to do, at a time chosen for it. A schema
+/// behind this binary is an error (exit 1) that says to run `wxnotify migrate`.
+async fn connect_checked(db_args: &DbArgs) -> Result<sqlx::PgPool, Failure> {
+    let url = db_args.url()?;
+    let pool = db::connect(&url, 2)
         .await
-        .map_err(|e| Failure::Runtime(format!("migrations: {e}")))?;
+        .map_err(|e| Failure::Runtime(format!("database {}: {e}", redact_url(&url))))?;
+    db::check_schema(&pool)
+        .await
+        .map_err(|e| Failure::Runtime(format!("database {}: {e}", redact_url(&url))))?;
     Ok(pool)
 }
 

@@ -49,8 +49,93 @@ pub async fn connect_patiently(
     }
 }
 
+/// The advisory lock (one-key space) that lets one process at a time apply migrations: "wxmigrat".
+const MIGRATION_LOCK: i64 = 0x7778_6d69_6772_6174;
+
+/// Applies the pending migrations, one process at a time.
+///
+/// Not with sqlx's own lock: a process waiting in `pg_advisory_lock` holds a snapshot, and a
+/// `CREATE INDEX CONCURRENTLY` run by the holder waits for every older snapshot to go: each
+/// waits for the other, and Postgres aborts one (leaving an invalid index when it is the build).
+/// So the lock is only ever tried, every 200 ms, on a connection that holds nothing in between,
+/// and the migrations then run on that connection with sqlx's locking off.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
-    MIGRATOR.run(pool).await
+    let mut conn = pool.acquire().await?;
+    let mut first = true;
+    while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
+        .bind(MIGRATION_LOCK)
+        .fetch_one(&mut *conn)
+        .await?
+    {
+        if std::mem::take(&mut first) {
+            tracing::info!("another process is applying migrations; waiting for it");
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let mut migrator = sqlx::migrate::Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
+    migrator.set_locking(false);
+    // `run_direct`: `run(&mut *conn)` makes a future that is not `Send` for every lifetime
+    // (sqlx says so of `run_direct`), which a spawned worker needs.
+    let applied = migrator.run_direct(None, &mut *conn, false).await;
+    let unlocked = sqlx::query("SELECT pg_advisory_unlock($1)")
+        .bind(MIGRATION_LOCK)
+        .execute(&mut *conn)
+        .await;
+    if unlocked.is_err() {
+        // The lock is the session's: a connection that cannot say so is not handed back.
+        conn.detach();
+    }
+    applied?;
+    unlocked?;
+    Ok(())
+}
+
+/// Why the database's schema does not fit this binary.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    #[error(
+        "the database schema is behind this wxnotify ({missing} of {known} migrations not applied, the first {first}): run `wxnotify migrate`"
+    )]
+    Behind { missing: usize, known: usize, first: i64 },
+    #[error(
+        "migration {0} did not finish (a failed `wxnotify migrate`): see docs/operations.md, Upgrading, then run `wxnotify migrate`"
+    )]
+    Dirty(i64),
+    #[error("reading the applied migrations: {0}")]
+    Database(#[from] sqlx::Error),
+}
+
+/// Checks, without changing anything, that every migration this binary knows is applied (a newer
+/// schema, from a newer binary, is fine). The commands that only read or tidy the ledger use it
+/// instead of migrating: an operator's `status` must not take locks on the live tables.
+pub async fn check_schema(pool: &PgPool) -> Result<(), SchemaError> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    let applied: Vec<(i64, bool)> = if exists {
+        sqlx::query_as("SELECT version, success FROM _sqlx_migrations")
+            .fetch_all(pool)
+            .await?
+    } else {
+        vec![]
+    };
+    if let Some((v, _)) = applied.iter().find(|(_, ok)| !ok) {
+        return Err(SchemaError::Dirty(*v));
+    }
+    let missing: Vec<i64> = MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+        .map(|m| m.version)
+        .filter(|v| !applied.iter().any(|(a, _)| a == v))
+        .collect();
+    match missing.first() {
+        None => Ok(()),
+        Some(&first) => Err(SchemaError::Behind {
+            missing: missing.len(),
+            known: MIGRATOR.iter().filter(|m| m.migration_type.is_up_migration()).count(),
+            first,
+        }),
+    }
 }
 
 /// `pool.begin()`, boxed: sqlx's future for it is ~14 KB (release build), and an `async fn` that

@@ -3,8 +3,12 @@
 //! attempts, in small batches, each its own short transaction that skips rows someone holds, so
 //! workers are neither blocked nor slowed. Never a waiting (`scheduled`), open (`pending`,
 //! `retrying`) or in-doubt delivery: those rows are what stops a second message. Also the
-//! receipts, cancellations and replay records older than the cutoff, and workers gone for a day.
+//! receipts and replay records older than the cutoff, and workers gone for a day, in batches too.
 //! `followers` is state, not history: it stays.
+//!
+//! The cutoff is at least a day back ([`check_cutoff`]). A cancellation older than it is kept
+//! while a delivery it could still cancel may come: one of its key that is waiting, open, or dead
+//! (a dead letter can be replayed, and the replay is checked against the cancellations again).
 //!
 //! The reporting views count what is left: days after the cutoff stay exact.
 
@@ -18,6 +22,43 @@ use sqlx::PgPool;
 const BATCH: i64 = 2_000;
 /// The statuses nothing more will happen to.
 const FINAL: [&str; 5] = ["sent", "dead", "cancelled", "expired", "suppressed"];
+/// The youngest cutoff `prune` takes (docs/interface.md §5: at least 1 day).
+pub const MIN_AGE: chrono::TimeDelta = chrono::TimeDelta::days(1);
+
+/// A cutoff less than [`MIN_AGE`] back from now is refused: rows that young are still in use
+/// (cancellations waiting for the bookings they cancel, receipts for sends in flight).
+pub fn check_cutoff(cutoff: DateTime<Utc>) -> Result<(), String> {
+    if cutoff > Utc::now() - MIN_AGE {
+        return Err(format!(
+            "--older-than: {} is less than 1 day ago; prune keeps at least a day (e.g. --older-than 90d)",
+            cutoff.to_rfc3339()
+        ));
+    }
+    Ok(())
+}
+
+/// Old receipts, oldest first by the `delivery_receipts_received_at` index (in order: a scan from
+/// the table's start would step over the rows earlier batches left dead, more each batch), then
+/// deleted by their row addresses (`ctid`, locked: they cannot move), a TID scan whatever the
+/// planner thinks of the table's size.
+pub const RECEIPTS: &str = "DELETE FROM delivery_receipts WHERE ctid = ANY(ARRAY(
+     SELECT ctid FROM delivery_receipts WHERE received_at < $1
+      ORDER BY received_at LIMIT $2 FOR UPDATE SKIP LOCKED))";
+/// Old cancellations (oldest first, by the `delivery_cancellations_created_at` index) that no
+/// delivery can still need: none of their key is waiting, open, or dead (replayable); probed by
+/// `deliveries_cancel_key`.
+pub const CANCELLATIONS: &str = "DELETE FROM delivery_cancellations WHERE ctid = ANY(ARRAY(
+     SELECT c.ctid FROM delivery_cancellations c
+      WHERE c.created_at < $1 AND c.occurred_at < $1
+        AND NOT EXISTS (SELECT 1 FROM deliveries d
+                         WHERE d.cancel_key IS NOT NULL
+                           AND (d.app_id, d.template_id, d.cancel_key) = (c.app_id, c.template_id, c.cancel_key)
+                           AND d.status IN ('scheduled', 'pending', 'retrying', 'dead'))
+      ORDER BY c.created_at LIMIT $2 FOR UPDATE OF c SKIP LOCKED))";
+/// Old replay records, oldest first by the `dlq_replays_replayed_at` index.
+pub const REPLAYS: &str = "DELETE FROM dlq_replays WHERE ctid = ANY(ARRAY(
+     SELECT ctid FROM dlq_replays WHERE replayed_at < $1
+      ORDER BY replayed_at LIMIT $2 FOR UPDATE SKIP LOCKED))";
 
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct Pruned {
@@ -52,17 +93,9 @@ pub async fn prune(
         return Ok(out);
     }
     out.deliveries = delete_final_deliveries(pool, cutoff, pause).await?;
-    out.receipts = delete_receipts(pool, cutoff, pause).await?;
-    out.cancellations = sqlx::query("DELETE FROM delivery_cancellations WHERE created_at < $1")
-        .bind(cutoff)
-        .execute(pool)
-        .await?
-        .rows_affected();
-    out.replays = sqlx::query("DELETE FROM dlq_replays WHERE replayed_at < $1")
-        .bind(cutoff)
-        .execute(pool)
-        .await?
-        .rows_affected();
+    out.receipts = delete_in_batches(pool, RECEIPTS, cutoff, pause).await?;
+    out.cancellations = delete_in_batches(pool, CANCELLATIONS, cutoff, pause).await?;
+    out.replays = delete_in_batches(pool, REPLAYS, cutoff, pause).await?;
     out.workers = sqlx::query("DELETE FROM workers WHERE heartbeat_at < now() - interval '1 day'")
         .execute(pool)
         .await?
@@ -109,20 +142,22 @@ async fn delete_final_deliveries(pool: &PgPool, cutoff: DateTime<Utc>, pause: Du
     }
 }
 
-/// Deletes the receipts received before `cutoff` in batches, `pause` between batches; returns how
-/// many.
-async fn delete_receipts(pool: &PgPool, cutoff: DateTime<Utc>, pause: Duration) -> Result<u64, sqlx::Error> {
+/// Runs `delete` (`$1` the cutoff, `$2` the batch size) until a batch deletes fewer than a
+/// batch, `pause` between batches; returns how many rows went.
+async fn delete_in_batches(
+    pool: &PgPool,
+    delete: &'static str,
+    cutoff: DateTime<Utc>,
+    pause: Duration,
+) -> Result<u64, sqlx::Error> {
     let mut deleted = 0;
     loop {
-        let n = sqlx::query(
-            "DELETE FROM delivery_receipts WHERE (app_id, msgid) IN (
-                 SELECT app_id, msgid FROM delivery_receipts WHERE received_at < $1 LIMIT $2)",
-        )
-        .bind(cutoff)
-        .bind(BATCH)
-        .execute(pool)
-        .await?
-        .rows_affected();
+        let n = sqlx::query(delete)
+            .bind(cutoff)
+            .bind(BATCH)
+            .execute(pool)
+            .await?
+            .rows_affected();
         deleted += n;
         if n < BATCH as u64 {
             return Ok(deleted);

@@ -106,26 +106,48 @@ pub enum CancelBy {
     Events(Vec<String>),
 }
 
+/// `--cancel-key K [--app-id A]` (`$1` K, `$2` A or NULL). The key is the last column of
+/// `deliveries_cancel_key (app_id, template_id, cancel_key)`: a plain `cancel_key = K` cannot
+/// use it and reads the whole table. So the (app, template) pairs that have keys are walked in
+/// the index first (a loose index scan: one probe per pair, a few dozen), then each pair's rows
+/// with key K are looked up.
+pub const CANCEL_BY_KEY: &str = "WITH RECURSIVE pairs AS (
+    (SELECT app_id, template_id FROM deliveries
+      WHERE cancel_key IS NOT NULL AND ($2::text IS NULL OR app_id = $2)
+      ORDER BY app_id, template_id LIMIT 1)
+  UNION ALL
+    SELECT n.app_id, n.template_id FROM pairs p CROSS JOIN LATERAL (
+      SELECT d.app_id, d.template_id FROM deliveries d
+       WHERE d.cancel_key IS NOT NULL AND ($2::text IS NULL OR d.app_id = $2)
+         AND (d.app_id, d.template_id) > (p.app_id, p.template_id)
+       ORDER BY d.app_id, d.template_id LIMIT 1) n
+)
+UPDATE deliveries d
+   SET status = 'cancelled', cancelled_by = 'wxnotify scheduled cancel',
+       last_error = 'cancelled by hand (cancel key)', updated_at = now()
+  FROM pairs p
+ WHERE d.app_id = p.app_id AND d.template_id = p.template_id AND d.cancel_key = $1
+   AND (d.status = 'scheduled' OR (d.status IN ('pending', 'retrying') AND d.owner IS NULL))";
+
+/// `--event-id ID…` (`$1` the ids), by the unique key's leading `event_id`.
+pub const CANCEL_BY_EVENTS: &str = "UPDATE deliveries d
+   SET status = 'cancelled', cancelled_by = 'wxnotify scheduled cancel',
+       last_error = 'cancelled by hand (event id)', updated_at = now()
+ WHERE d.event_id = ANY($1)
+   AND (d.status = 'scheduled' OR (d.status IN ('pending', 'retrying') AND d.owner IS NULL))";
+
 /// Cancels waiting deliveries (scheduled, or queued and not held by a worker); returns how many.
 pub async fn cancel(pool: &PgPool, by: &CancelBy) -> Result<u64, sqlx::Error> {
-    let (key, app, events, how) = match by {
-        CancelBy::Key { cancel_key, app_id } => (Some(cancel_key), app_id.as_ref(), &[][..], "cancel key"),
-        CancelBy::Events(ids) => (None, None, ids.as_slice(), "event id"),
+    let done = match by {
+        CancelBy::Key { cancel_key, app_id } => {
+            sqlx::query(CANCEL_BY_KEY)
+                .bind(cancel_key)
+                .bind(app_id)
+                .execute(pool)
+                .await?
+        }
+        CancelBy::Events(ids) => sqlx::query(CANCEL_BY_EVENTS).bind(ids).execute(pool).await?,
     };
-    let done = sqlx::query(
-        "UPDATE deliveries
-            SET status = 'cancelled', cancelled_by = 'wxnotify scheduled cancel',
-                last_error = 'cancelled by hand (' || $4 || ')', updated_at = now()
-          WHERE (($1::text IS NOT NULL AND cancel_key = $1 AND ($2::text IS NULL OR app_id = $2))
-                 OR event_id = ANY($3))
-            AND (status = 'scheduled' OR (status IN ('pending', 'retrying') AND owner IS NULL))",
-    )
-    .bind(key)
-    .bind(app)
-    .bind(events)
-    .bind(how)
-    .execute(pool)
-    .await?;
     Ok(done.rows_affected())
 }
 

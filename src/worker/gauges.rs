@@ -1,7 +1,9 @@
 //! Gauges sampled every few seconds while a broker session lives: the queues' depths (passive
 //! declares of the queues this worker declared), and from the ledger the shared tokens (expiry,
 //! calls today, blocks), deliveries in doubt / scheduled / due, the scheduler's lag and the live
-//! workers. Every worker samples; dashboards take the max.
+//! workers. Every worker samples; dashboards take the max. The ledger's counts stop at
+//! [`crate::ops::status::SAMPLE_CAP`] (beyond it: at least that many; the scheduled count, the
+//! planner's estimate), so a sample costs milliseconds with millions of rows waiting.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -25,24 +27,36 @@ pub(crate) async fn run(ctx: Arc<Context>, channel: Channel, stop: CancellationT
             tracing::debug!(error = %e, "sampling queue depths failed; stopping until the next session");
             return;
         }
-        match crate::ops::status::ledger(ctx.ledger.pool()).await {
-            Ok(s) => {
-                for a in &s.apps {
-                    let app = a.app_id.clone();
-                    let expires = a.token_expires_in_secs.unwrap_or(0) as f64;
-                    metrics::gauge!("wxnotify_token_expires_in_seconds", "app" => app.clone()).set(expires);
-                    metrics::gauge!("wxnotify_token_calls_today", "app" => app.clone()).set(a.token_calls_today as f64);
-                    let blocked = f64::from(u8::from(a.blocked_until.is_some()));
-                    metrics::gauge!("wxnotify_token_blocked", "app" => app).set(blocked);
-                }
-                metrics::gauge!("wxnotify_deliveries", "state" => "in_doubt").set(s.in_doubt as f64);
-                metrics::gauge!("wxnotify_deliveries", "state" => "scheduled").set(s.scheduled as f64);
-                metrics::gauge!("wxnotify_deliveries", "state" => "due").set(s.due as f64);
-                metrics::gauge!("wxnotify_scheduler_lag_seconds").set(s.oldest_due_secs.unwrap_or(0.0));
-                metrics::gauge!("wxnotify_live_workers").set(s.live_workers.len() as f64);
+        ledger(&ctx).await;
+    }
+}
+
+/// The ledger's gauges, from a bounded sample ([`crate::ops::status::sample`]): every worker
+/// takes it every few seconds, so it must not count millions of rows.
+async fn ledger(ctx: &Context) {
+    let pool = ctx.ledger.pool();
+    match crate::ops::status::apps(pool).await {
+        Ok(apps) => {
+            for a in &apps {
+                let app = a.app_id.clone();
+                let expires = a.token_expires_in_secs.unwrap_or(0) as f64;
+                metrics::gauge!("wxnotify_token_expires_in_seconds", "app" => app.clone()).set(expires);
+                metrics::gauge!("wxnotify_token_calls_today", "app" => app.clone()).set(a.token_calls_today as f64);
+                let blocked = f64::from(u8::from(a.blocked_until.is_some()));
+                metrics::gauge!("wxnotify_token_blocked", "app" => app).set(blocked);
             }
-            Err(e) => tracing::debug!(error = %e, "sampling the ledger failed"),
         }
+        Err(e) => tracing::debug!(error = %e, "sampling the tokens failed"),
+    }
+    match crate::ops::status::sample(pool).await {
+        Ok(s) => {
+            metrics::gauge!("wxnotify_deliveries", "state" => "in_doubt").set(s.in_doubt as f64);
+            metrics::gauge!("wxnotify_deliveries", "state" => "scheduled").set(s.scheduled as f64);
+            metrics::gauge!("wxnotify_deliveries", "state" => "due").set(s.due as f64);
+            metrics::gauge!("wxnotify_scheduler_lag_seconds").set(s.oldest_due_secs.unwrap_or(0.0));
+            metrics::gauge!("wxnotify_live_workers").set(s.live_workers as f64);
+        }
+        Err(e) => tracing::debug!(error = %e, "sampling the ledger failed"),
     }
 }
 

@@ -583,3 +583,18 @@ pub(crate) fn summary_line<'a>(text: &'a str, start: &str) -> (&'a str, f64) {
         .unwrap_or_else(|| panic!("no time (`in 1.2s`) in {line:?}"));
     (line, secs)
 }
+
+/// The last migration of the release before issue 16 (whose migrations build indexes
+/// concurrently).
+pub(crate) const BEFORE_ISSUE_16: i64 = 20261123000011;
+
+/// Puts the test's database back to the schema of migration `version`: everything dropped, then
+/// the migrations up to that one applied.
+pub(crate) async fn schema_at(pool: &PgPool, version: i64) {
+    sqlx::query("DROP SCHEMA public CASCADE").execute(pool).await.unwrap();
+    sqlx::query("CREATE SCHEMA public").execute(pool).await.unwrap();
+    wxnotify::db::MIGRATOR
+        .run_to(version, pool)
+        .await
+        .expect("older migrations");
+}

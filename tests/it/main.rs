@@ -15,6 +15,8 @@ mod follow_clock;
 mod helpers;
 mod leftovers;
 mod metrics;
+mod migrate;
+mod plans;
 mod prometheus;
 mod proxy;
 mod prune;

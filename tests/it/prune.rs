@@ -111,3 +111,66 @@ async fn prune_keeps_all_but_old_final_deliveries(env: &TestEnv) {
         "the old receipt went"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_refuses_a_cutoff_younger_than_a_day() {
+    let env = TestEnv::new().await;
+    sqlx::query(
+        "INSERT INTO delivery_cancellations (app_id, template_id, cancel_key, event_id, event_type, occurred_at)
+         VALUES ($1, 'TPL_REMINDER', 'B-1', 'cx-1', 'booking.cancelled', now())",
+    )
+    .bind(APP_ID)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    for young in ["0s", "12h", "1439m"] {
+        let out = env.wxnotify(&["prune", "--older-than", young]).output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "--older-than {young}: {stderr}");
+        assert!(stderr.contains("--older-than"), "the message names the flag: {stderr}");
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM delivery_cancellations").await,
+        1,
+        "a cancellation the booking it cancels may still follow is kept"
+    );
+    env.wxnotify_ok(&["prune", "--older-than", "1d"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn prune_keeps_old_cancellations_a_delivery_can_still_need() {
+    let env = TestEnv::new().await;
+    // Three old cancellations: one whose key has nothing left, one whose key has a dead delivery
+    // (a replay of its dead letter is checked against the cancellations again), one whose key
+    // has a delivery still waiting; and a recent one.
+    sqlx::query(
+        "INSERT INTO delivery_cancellations (app_id, template_id, cancel_key, event_id, event_type, occurred_at, created_at)
+         SELECT $1, 'TPL_REMINDER', k, 'cx-' || k, 'booking.cancelled', now() - make_interval(days => d), now() - make_interval(days => d)
+           FROM unnest(ARRAY['gone', 'dead', 'waiting', 'recent'], ARRAY[200, 200, 200, 2]) AS t(k, d)",
+    )
+    .bind(APP_ID)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    sqlx::query(
+        "INSERT INTO deliveries (event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id,
+                                 status, created_at, cancel_key, due_at)
+         VALUES ('bk-dead', 'booking.confirmed', $1, 'o', 'TPL_REMINDER', now() - interval '201 days', 'c-d', 'dead',
+                 now() - interval '1 day', 'dead', NULL),
+                ('bk-wait', 'booking.confirmed', $1, 'o', 'TPL_REMINDER', now() - interval '201 days', 'c-w', 'scheduled',
+                 now() - interval '201 days', 'waiting', now() + interval '1 day')",
+    )
+    .bind(APP_ID)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    let out = env.wxnotify_ok(&["prune", "--older-than", "180d"]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("1 cancellations"), "{stdout}");
+    let left: Vec<String> = sqlx::query_scalar("SELECT cancel_key FROM delivery_cancellations ORDER BY cancel_key")
+        .fetch_all(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(left, ["dead", "recent", "waiting"]);
+}
+

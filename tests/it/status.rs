@@ -119,3 +119,39 @@ async fn print_config_shows_the_effective_settings_with_secrets_masked() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("WXNOTIFY_MAX_ATTEMPTS"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn read_only_commands_never_migrate_and_say_when_the_schema_is_behind() {
+    let env = TestEnv::new().await;
+    // The database as the release before issue 16 left it.
+    crate::helpers::schema_at(&env.pool, crate::helpers::BEFORE_ISSUE_16).await;
+    let last = wxnotify::db::MIGRATOR.iter().map(|m| m.version).max().unwrap();
+    let applied = || async {
+        sqlx::query_scalar::<_, Vec<i64>>(
+            "SELECT coalesce(array_agg(version ORDER BY version), '{}') FROM _sqlx_migrations",
+        )
+        .fetch_one(&env.pool)
+        .await
+        .unwrap()
+    };
+    let before = applied().await;
+    for args in [
+        &["status"][..],
+        &["report"],
+        &["scheduled", "list"],
+        &["scheduled", "cancel", "--cancel-key", "B-1"],
+        &["prune", "--older-than", "180d"],
+    ] {
+        let out = env.wxnotify(args).output().await.unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "wxnotify {args:?}: {stderr}");
+        assert!(
+            stderr.contains("wxnotify migrate"),
+            "wxnotify {args:?} says what to do: {stderr}"
+        );
+        assert_eq!(applied().await, before, "wxnotify {args:?} migrated the database");
+    }
+    env.wxnotify_ok(&["migrate"]).await;
+    assert!(applied().await.contains(&last));
+    env.wxnotify_ok(&["report"]).await;
+}
