@@ -27,3 +27,4 @@ mod secrets;
 mod status;
 mod tls;
 mod tokens;
+mod trace;
