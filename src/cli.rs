@@ -116,7 +116,7 @@ pub enum Command {
         /// or a date (2026-11-01, Beijing time); 7d when absent.
         #[arg(long)]
         since: Option<ops::report::Since>,
-        /// With --openid: at most this many deliveries, oldest first; 50 when absent.
+        /// With --openid: at most this many deliveries, the latest (shown oldest first); 50 when absent.
         #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
         limit: Option<i64>,
         #[arg(long, value_enum, default_value = "table")]

@@ -226,14 +226,17 @@ async fn deliveries(pool: &PgPool, query: &Query) -> Result<Vec<Delivery>, sqlx:
         Query::Openid { openid, since, limit } => {
             let sql = concat!(
                 deliveries_select!(),
-                " WHERE d.openid = $1 AND d.created_at >= $2 ORDER BY d.created_at, d.id LIMIT $3"
+                " WHERE d.openid = $1 AND d.created_at >= $2 ORDER BY d.created_at DESC, d.id DESC LIMIT $3"
             );
-            sqlx::query_as(sql)
+            // The latest `limit`, shown oldest first.
+            let mut rows: Vec<Delivery> = sqlx::query_as(sql)
                 .bind(openid)
                 .bind(since)
                 .bind(limit)
                 .fetch_all(pool)
-                .await
+                .await?;
+            rows.reverse();
+            Ok(rows)
         }
     }
 }
@@ -347,7 +350,7 @@ fn summary(t: &Trace) -> String {
         }
         Query::Openid { openid, since, limit } => {
             let cut = if n as i64 >= *limit {
-                format!(" (the first {limit}: --limit)")
+                format!(" (the latest {limit}: --limit)")
             } else {
                 String::new()
             };

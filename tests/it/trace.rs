@@ -188,8 +188,12 @@ async fn trace_tells_a_retried_replayed_sent_delivery_and_a_cancelled_reminder()
     let out = env.wxnotify_ok(&["trace", "--openid", USER, "--limit", "1"]).await;
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(
-        table.contains("1 delivery to oTraceUser since ") && table.contains("--limit"),
+        table.contains("1 delivery to oTraceUser since ") && table.contains("(the latest 1: --limit)"),
         "{table}"
+    );
+    assert!(
+        table.contains("event tr-cancelled (booking.cancelled)"),
+        "the latest: {table}"
     );
 }
 
