@@ -105,6 +105,25 @@ pub enum Command {
         #[command(flatten)]
         db: DbArgs,
     },
+    /// "Did the customer get it?": each delivery of the events (or of a user), its attempts with
+    /// errcodes, doubt, dead letter and replays, cancellation, schedule and lateness, receipt, and
+    /// whether the user follows the account. Read from the ledger only (not the DLQ); exit 0 also
+    /// when nothing matches (it says so).
+    Trace {
+        #[command(flatten)]
+        by: TraceArgs,
+        /// With --openid: from when (deliveries created since), a duration back from now (7d, 24h)
+        /// or a date (2026-11-01, Beijing time); 7d when absent.
+        #[arg(long)]
+        since: Option<ops::report::Since>,
+        /// With --openid: at most this many deliveries, the latest (shown oldest first); 50 when absent.
+        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
+        limit: Option<i64>,
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+        #[command(flatten)]
+        db: DbArgs,
+    },
     /// Deliveries waiting for their time (`send_at`, quiet hours): list them, cancel them by hand.
     Scheduled {
         #[command(subcommand)]
@@ -149,6 +168,18 @@ pub struct CancelArgs {
     /// Deliveries of these events (repeatable).
     #[arg(long = "event-id", num_args = 1..)]
     event_id: Vec<String>,
+}
+
+/// Whose deliveries `trace` shows: exactly one of event ids or a user.
+#[derive(Debug, Clone, clap::Args)]
+#[group(required = true, multiple = false)]
+pub struct TraceArgs {
+    /// Every delivery of these events (repeatable).
+    #[arg(long = "event-id", num_args = 1..)]
+    event_id: Vec<String>,
+    /// Every delivery to this user (openid), of every app, since --since.
+    #[arg(long)]
+    openid: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -282,6 +313,13 @@ async fn run(command: Command) -> Result<(), Failure> {
         } => prune(older_than, dry_run, &db).await,
         Command::Status { format, amqp, db } => status(format, &amqp, &db).await,
         Command::Report { since, format, db } => report(since, format, &db).await,
+        Command::Trace {
+            by,
+            since,
+            limit,
+            format,
+            db,
+        } => trace(by, since, limit, format, &db).await,
     }
 }
 
@@ -344,6 +382,38 @@ async fn report(since: ops::report::Since, format: ReportFormat, db: &DbArgs) ->
         ReportFormat::Table => print!("{}", ops::report::table(&report)),
         ReportFormat::Csv => print!("{}", ops::report::csv(&report)),
         ReportFormat::Json => println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default()),
+    }
+    Ok(())
+}
+
+/// `wxnotify trace`: the whole story of the deliveries of some events, or of a user.
+async fn trace(
+    by: TraceArgs,
+    since: Option<ops::report::Since>,
+    limit: Option<i64>,
+    format: OutputFormat,
+    db: &DbArgs,
+) -> Result<(), Failure> {
+    let query = match by.openid {
+        Some(openid) => ops::trace::Query::Openid {
+            openid,
+            since: since.map_or_else(|| chrono::Utc::now() - chrono::TimeDelta::days(7), |s| s.0),
+            limit: limit.unwrap_or(50),
+        },
+        None if since.is_some() || limit.is_some() => {
+            return Err(Failure::Config(
+                "--since and --limit go with --openid, not --event-id".into(),
+            ));
+        }
+        None => ops::trace::Query::EventIds { event_ids: by.event_id },
+    };
+    let pool = connect_and_migrate(db).await?;
+    let trace = ops::trace::trace(&pool, query)
+        .await
+        .map_err(|e| Failure::Runtime(format!("trace: {e}")))?;
+    match format {
+        OutputFormat::Table => print!("{}", ops::trace::table(&trace)),
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&trace).unwrap_or_default()),
     }
     Ok(())
 }

@@ -1,7 +1,7 @@
 //! Operator commands besides the worker: [`publish`] (the booking side, for demos and ops),
 //! [`dlq`] (list and replay dead letters), [`report`] (the delivery summary), [`scheduled`]
 //! (deliveries waiting for their time), [`status`] (tokens, queues, ledger, workers) and [`prune`]
-//! (retention). The long ones (`publish`, `dlq replay`) show their [`progress`] at a terminal.
+//! (retention), [`trace`] (one delivery's whole story). The long ones (`publish`, `dlq replay`) show their [`progress`] at a terminal.
 
 pub mod dlq;
 pub mod progress;
@@ -10,6 +10,7 @@ pub mod publish;
 pub mod report;
 pub mod scheduled;
 pub mod status;
+pub mod trace;
 
 /// A duration written like `7d`, `24h`, `90m` or `30s`, in seconds; `None` when it is not one
 /// (or does not fit). Shared by `report --since`, `prune --older-than` and `scheduled --due-before`.

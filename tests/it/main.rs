@@ -30,3 +30,4 @@ mod secrets;
 mod status;
 mod tls;
 mod tokens;
+mod trace;
