@@ -407,7 +407,7 @@ async fn trace(
         }
         None => ops::trace::Query::EventIds { event_ids: by.event_id },
     };
-    let pool = connect_and_migrate(db).await?;
+    let pool = connect_checked(db).await?;
     let trace = ops::trace::trace(&pool, query)
         .await
         .map_err(|e| Failure::Runtime(format!("trace: {e}")))?;

@@ -1,10 +1,10 @@
-//! The worker's `/metrics`: every series the README lists, with its help, before anything happened.
+//! The worker's `/metrics`: every series docs/operations.md lists, with its help, before anything happened.
 
 use std::time::Duration;
 
 use crate::helpers::{TestEnv, wait_for};
 
-/// Every `wxnotify_` series the README lists is exposed by a fresh worker, before anything happened.
+/// Every `wxnotify_` series docs/operations.md lists is exposed by a fresh worker, before anything happened.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_fresh_worker_exposes_every_series_with_its_help() {
     let env = TestEnv::new().await;
@@ -37,7 +37,7 @@ async fn a_fresh_worker_exposes_every_series_with_its_help() {
     })
     .await;
     let text = scrape().await;
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/operations.md")).unwrap();
     // The worker's metrics table: rows starting with a `wxnotify_` series.
     let listed: std::collections::BTreeSet<&str> = readme
         .lines()
@@ -46,7 +46,7 @@ async fn a_fresh_worker_exposes_every_series_with_its_help() {
         .filter(|w| w.starts_with("wxnotify_"))
         .map(|w| w.split('{').next().unwrap())
         .collect();
-    assert!(listed.len() >= 20, "the README lists the metrics: {listed:?}");
+    assert!(listed.len() >= 20, "docs/operations.md lists the metrics: {listed:?}");
     for name in &listed {
         assert!(text.contains(&format!("# HELP {name} ")), "{name} has no HELP");
         assert!(

@@ -173,4 +173,3 @@ async fn prune_keeps_old_cancellations_a_delivery_can_still_need() {
         .unwrap();
     assert_eq!(left, ["dead", "recent", "waiting"]);
 }
-
