@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite on a real RabbitMQ and a real Postgres (started here if needed).
 #   scripts/test.sh            fmt check, clippy, unit + integration tests (wxnotify,
-#                              crates/wechat-rules, crates/wechat-sim), then one chaos run and
-#                              one cluster run, each alone
+#                              crates/wechat-rules, crates/wechat-sim), then one chaos run, one
+#                              cluster run and the short network-fault run, each alone
 # Each test makes its own database and random queue names, so tests run in parallel.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -25,3 +25,6 @@ scripts/chaos.sh 1
 # Alone too: a three-node RabbitMQ cluster loses the node leading the work queue.
 echo "== cluster test"
 scripts/cluster-chaos.sh 1
+# Alone too: Postgres blackholed under three workers (the short run; scripts/faults.sh for all).
+echo "== network faults (short)"
+scripts/faults.sh short
