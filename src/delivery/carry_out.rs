@@ -144,6 +144,7 @@ impl Carrier<'_> {
                 ctx.ledger.record(id, self.sent().map(|s| &s.attempt), finish)
             })
             .await?;
+        ctx.ledger.sent(id);
         stage("record", started);
         if !applied {
             tracing::info!(

@@ -238,6 +238,7 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
     if let Some(plan) = judge::stop_before_send(&facts, Gate::BeforeSend, &ctx.policy) {
         return Ok(plan);
     }
+    ctx.ledger.sending(held.claimed.id);
     let (answer, attempt) = send(ctx, message, &token).await;
     let generation = token.generation;
     t.sent = Some(Sent {

@@ -4,6 +4,17 @@
 use super::Ledger;
 
 impl Ledger {
+    /// The send of claimed delivery `id` starts: until [`Ledger::sent`], its outcome is unknown
+    /// if this worker stops.
+    pub(crate) fn sending(&self, id: i64) {
+        self.sending.lock().expect("sending set").insert(id);
+    }
+
+    /// The outcome of delivery `id`'s send is recorded (or was never in question).
+    pub(crate) fn sent(&self, id: i64) {
+        self.sending.lock().expect("sending set").remove(&id);
+    }
+
     /// Registers or refreshes this worker's heartbeat; the live workers, this one included (the
     /// fleet's rate limit is shared among them). One statement: the count reads the table as it
     /// was before this beat, so it counts the others and adds this one.
@@ -23,15 +34,19 @@ impl Ledger {
         Ok(u64::try_from(live).unwrap_or(1))
     }
 
-    /// On exit: forget this worker and hand back any claim it still holds. Such a claim belongs to a
-    /// send cut off by the shutdown grace period, so its outcome is unknown: it is marked in doubt.
+    /// On exit: forget this worker and hand back any claim it still holds. A claim whose send had
+    /// started (and whose outcome was not recorded) was cut off by the shutdown grace period: its
+    /// outcome is unknown, so it is marked in doubt. One that never reached its send is not.
     pub(crate) async fn retire(&self) -> Result<(), sqlx::Error> {
+        let sending: Vec<i64> = self.sending.lock().expect("sending set").iter().copied().collect();
         sqlx::query(
             "UPDATE deliveries SET owner = NULL, lease_until = NULL,
-                    in_doubt_since = COALESCE(in_doubt_since, claimed_at)
+                    in_doubt_since = CASE WHEN id = ANY($2) THEN COALESCE(in_doubt_since, claimed_at)
+                                          ELSE in_doubt_since END
              WHERE owner = $1 AND status IN ('pending', 'retrying')",
         )
         .bind(&self.worker_id)
+        .bind(&sending)
         .execute(&self.pool)
         .await?;
         sqlx::query("DELETE FROM workers WHERE id = $1")

@@ -12,6 +12,8 @@ pub(crate) mod followers;
 mod heartbeat;
 mod record;
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sqlx::PgPool;
@@ -44,6 +46,9 @@ pub(crate) struct Ledger {
     claim_settings: ClaimSettings,
     /// A holder that has not beaten this long is presumed dead; its claims are taken over.
     liveness: Duration,
+    /// Claimed deliveries whose send started and whose outcome is not recorded yet (see
+    /// [`Ledger::retire`]).
+    sending: Arc<Mutex<HashSet<i64>>>,
 }
 
 impl Ledger {
@@ -84,6 +89,7 @@ impl Ledger {
             records,
             claim_settings,
             liveness,
+            sending: Arc::default(),
         }
     }
 

@@ -25,6 +25,7 @@ mod rate;
 mod receiver;
 mod replay_cancelled;
 mod report;
+mod retire;
 mod schedule;
 mod secrets;
 mod status;
