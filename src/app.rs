@@ -60,11 +60,14 @@ pub(crate) async fn open_database(
     };
     health.set_db(true);
     if migrate {
-        db::migrate(&pool).await.map_err(|e| {
+        let applied = db::migrate_unless(&pool, shutdown).await.map_err(|e| {
             AppError::Runtime(format!(
                 "migrations: {e} (after a run that stopped half way: docs/operations.md, Upgrading)"
             ))
         })?;
+        if !applied {
+            return Ok(None);
+        }
     }
     Ok(Some(pool))
 }

@@ -50,7 +50,7 @@ pub async fn connect_patiently(
 }
 
 /// The advisory lock (one-key space) that lets one process at a time apply migrations: "wxmigrat".
-const MIGRATION_LOCK: i64 = 0x7778_6d69_6772_6174;
+pub const MIGRATION_LOCK: i64 = 0x7778_6d69_6772_6174;
 
 /// Applies the pending migrations, one process at a time.
 ///
@@ -60,6 +60,15 @@ const MIGRATION_LOCK: i64 = 0x7778_6d69_6772_6174;
 /// So the lock is only ever tried, every 200 ms, on a connection that holds nothing in between,
 /// and the migrations then run on that connection with sqlx's locking off.
 pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
+    migrate_unless(pool, &CancellationToken::new()).await.map(drop)
+}
+
+/// [`migrate`], unless `stop` fires while another process holds the migration lock: then nothing
+/// was applied and the answer is `false` (a process asked to stop at start-up stops).
+pub(crate) async fn migrate_unless(
+    pool: &PgPool,
+    stop: &CancellationToken,
+) -> Result<bool, sqlx::migrate::MigrateError> {
     let mut conn = pool.acquire().await?;
     let mut first = true;
     while !sqlx::query_scalar::<_, bool>("SELECT pg_try_advisory_lock($1)")
@@ -70,7 +79,10 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
         if std::mem::take(&mut first) {
             tracing::info!("another process is applying migrations; waiting for it");
         }
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        tokio::select! {
+            _ = stop.cancelled() => return Ok(false),
+            _ = tokio::time::sleep(Duration::from_millis(200)) => {}
+        }
     }
     let mut migrator = sqlx::migrate::Migrator::with_migrations(MIGRATOR.iter().cloned().collect());
     migrator.set_locking(false);
@@ -87,7 +99,7 @@ pub async fn migrate(pool: &PgPool) -> Result<(), sqlx::migrate::MigrateError> {
     }
     applied?;
     unlocked?;
-    Ok(())
+    Ok(true)
 }
 
 /// Why the database's schema does not fit this binary.

@@ -111,12 +111,24 @@ impl Worker {
     pub(crate) async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
         let ctx = self.ctx.clone();
         // Register before the first claim: others respect claims of live workers only.
-        match ctx.db.retry("register worker", || ctx.ledger.heartbeat()).await {
+        // Start-up hears SIGTERM too: a database that does not answer, or a token API that does
+        // not, must not keep a stopping worker alive.
+        let registered = tokio::select! {
+            r = ctx.db.retry("register worker", || ctx.ledger.heartbeat()) => r,
+            _ = shutdown.cancelled() => return Ok(()),
+        };
+        match registered {
             Ok(live) => ctx.share_rate(live),
             Err(_) => return Ok(()),
         }
         let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
-        self.check_apps().await?;
+        tokio::select! {
+            checked = self.check_apps() => checked?,
+            _ = shutdown.cancelled() => {
+                heartbeat.abort();
+                return Ok(());
+            }
+        }
 
         let permits = Arc::new(Semaphore::new(self.settings.concurrency));
         let mut backoff = reconnect_backoff();

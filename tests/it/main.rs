@@ -28,6 +28,7 @@ mod report;
 mod retire;
 mod schedule;
 mod secrets;
+mod startup;
 mod status;
 mod tls;
 mod tokens;

@@ -28,7 +28,9 @@ async fn a_claim_cut_off_before_its_send_is_not_marked_in_doubt() {
         .spawn()
         .expect("start wxnotify worker");
     wait_for("the worker's first token, due for refresh", T, || async {
-        env.count("SELECT count(*) FROM wechat_tokens WHERE refresh_after < now()").await == 1
+        env.count("SELECT count(*) FROM wechat_tokens WHERE refresh_after < now()")
+            .await
+            == 1
     })
     .await;
     let mut tx = env.pool.begin().await.unwrap();
