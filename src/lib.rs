@@ -12,20 +12,24 @@
 //!
 //! - `delivery`: one message's trip. `intake` and `judge` are pure functions that unit tests
 //!   call over the whole fate table; `carry_out` is the only code that touches the broker for a
-//!   message; `mod.rs` is the pipeline.
+//!   message; `db_retry` waits out the database; `mod.rs` is the pipeline.
+//! - `fate`: the vocabulary of fates, owned here only: `Plan`, `Outcome`, `Finish`, `Status`,
+//!   `DeadReason`, `DueFate`, `Reopen`. The judge speaks it, the ledger flattens it.
 //! - [`retry`]: all policy as data: errcode classes, backoff tiers, the dedup window, caps.
-//! - `outcome`: the vocabulary of fates: `Plan`, `Outcome`, `DeadReason`.
-//! - [`event`]: `BookingEvent::parse` (every docs/interface.md §1 limit), the delivery key, `client_msg_id`.
+//! - `schedule`: deliveries that wait: timing rules, `due()`, the hold store, the release loop.
+//! - [`event`], [`ids`]: `BookingEvent::parse` (every docs/interface.md §1 limit), the delivery
+//!   key, `client_msg_id`; `AppId`, `OpenId`.
 //! - `template`: the templates file, MiniJinja with our `datetime`/`yuan` filters, start-up checks.
-//! - [`wechat`]: the HTTP client, WeChat's keyword rules, errcodes.
+//! - [`wechat`]: the HTTP client; WeChat's keyword rules and errcodes come from `wechat-rules`.
 //! - [`token`]: one access token per app for every process, single-flight refresh through Postgres.
 //! - `ledger`: claims with leases, attempts and outcomes in Postgres, batched.
-//! - [`queue`]: topology, our headers, a publisher with confirms.
-//! - `worker`: the broker session only: consume, permits, reconnect, drain.
+//! - [`queue`]: topology, our headers, a publisher with bounded confirms, the session.
+//! - `worker`: the broker session only: consume, permits, reconnect, drain, sampled gauges.
 //! - [`app`]: the one start-up path (admin endpoint, database, migrations, worker).
-//! - [`ops`]: the `publish`, `dlq` and `report` commands.
+//! - [`ops`]: the commands for people (`publish`, `dlq`, `report`, `trace`, `status`, …).
 //! - [`receiver`]: `wxnotify receiver`, WeChat's event push (receipts, followers) into the ledger.
-//! - [`config`], [`telemetry`], `admin`, [`db`], [`tls`], `shutdown`: the service around it.
+//! - [`config`], [`redact`], [`telemetry`], `admin`, [`db`], [`tls`], `shutdown`: the service
+//!   around it.
 //!
 //! The WeChat API simulator is a crate of its own (`crates/wechat-sim`).
 

@@ -3,7 +3,7 @@
 use secrecy::{ExposeSecret, SecretString};
 
 /// A URL (or a comma-separated list of them) with its passwords masked, for log lines: the
-/// user part's password and every query parameter that names a secret ([`is_secret_param`]).
+/// user part's password and every query parameter that names a secret (`is_secret_param`).
 pub fn redact_url(url: &SecretString) -> String {
     crate::queue::node_urls(url.expose_secret())
         .into_iter()
