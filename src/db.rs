@@ -19,6 +19,10 @@ pub async fn connect(url: &SecretString, max_connections: u32) -> Result<PgPool,
         .max_connections(max_connections)
         .min_connections(1.min(max_connections))
         .acquire_timeout(Duration::from_secs(10))
+        // No ping before every statement: it costs a round trip each (200 ms more per statement
+        // at 100 ms each way, and CPU on both sides at any distance). A connection that died
+        // fails its statement instead, sqlx drops it, and every caller retries.
+        .test_before_acquire(false)
         .connect(url.expose_secret())
         .await
 }
