@@ -7,7 +7,7 @@ use std::time::Duration;
 use chrono::{FixedOffset, TimeDelta, Utc};
 use wechat_sim::Faults;
 
-use crate::helpers::{TestEnv, WorkerOpts, wait_for};
+use crate::helpers::{TestEnv, WorkerHandle, WorkerOpts, wait_for};
 
 const T: Duration = Duration::from_secs(60);
 
@@ -41,8 +41,9 @@ async fn wait_status(env: &TestEnv, event_id: &str, template_id: &str, wanted: &
     status(env, event_id, template_id).await.expect("a status")
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_dead_reminder_whose_booking_was_cancelled_is_not_sent_by_a_replay() {
+/// The shipped templates, two attempts a delivery, and WeChat answering every send with -1 (until
+/// the test says otherwise).
+async fn failing_wechat() -> (TestEnv, WorkerHandle) {
     let env = TestEnv::with_faults(Faults {
         busy_rate: 1.0,
         ..Faults::default()
@@ -55,6 +56,12 @@ async fn a_dead_reminder_whose_booking_was_cancelled_is_not_sent_by_a_replay() {
         ..WorkerOpts::default()
     };
     let worker = env.spawn_worker(&opts).await;
+    (env, worker)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_reminder_whose_booking_was_cancelled_is_not_sent_by_a_replay() {
+    let (env, worker) = failing_wechat().await;
     // The reminder falls due in 2 s; WeChat answers every send with -1 until both die.
     let slot_in = TimeDelta::minutes(60) + TimeDelta::seconds(2);
     env.publish(&booking("rc-confirmed", "booking.confirmed", slot_in))
@@ -94,18 +101,7 @@ async fn a_dead_reminder_whose_booking_was_cancelled_is_not_sent_by_a_replay() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dead_reminder_replayed_after_its_not_after_ends_expired_unsent() {
-    let env = TestEnv::with_faults(Faults {
-        busy_rate: 1.0,
-        ..Faults::default()
-    })
-    .await;
-    let opts = WorkerOpts {
-        templates: Some(PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("templates.toml")),
-        max_attempts: 2,
-        retry_base_secs: 0.2,
-        ..WorkerOpts::default()
-    };
-    let worker = env.spawn_worker(&opts).await;
+    let (env, worker) = failing_wechat().await;
     // The slot starts in 4 s: the reminder is due at once and may go until then.
     env.publish(&booking("rx-confirmed", "booking.confirmed", TimeDelta::seconds(4)))
         .await;
