@@ -173,10 +173,7 @@ async fn wxnotify_run(n: usize, latency_ms: u64) -> (f64, u64, f64) {
 async fn realistic_run(bookings: usize) -> (f64, f64, String) {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (db_url, pool) = fresh_database(&id, 2).await;
-    let sim = Sim::new(SimConfig {
-        apps: HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]),
-        ..SimConfig::default()
-    });
+    let sim = support::sim();
     let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim");
     let broker = Broker::open("bench").await;
     publish_all(&broker.publisher, &broker.topology, &realistic::bodies(bookings)).await;
