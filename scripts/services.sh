@@ -128,7 +128,7 @@ clean() {
       curl -fsS -u guest:guest -X DELETE "http://127.0.0.1:15672/api/$kind/%2f/$name" >/dev/null 2>&1 && n=$((n + 1))
     done < <(curl -fsS -u guest:guest "http://127.0.0.1:15672/api/$kind/%2f?columns=name" 2>/dev/null \
       | grep -o '"name":"[^"]*"' | cut -d'"' -f4 \
-      | grep -E '^(t|bench|latency|chaos|cluster)-(p[0-9]+-)?[0-9a-f]{8,10}\.' || true)
+      | grep -E '^(t|bench|latency|chaos|cluster|faults)-(p[0-9]+-)?[0-9a-f]{8,10}\.' || true)
     log "deleted $n test $kind"
   done
 }
