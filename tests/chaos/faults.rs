@@ -18,6 +18,7 @@ use wechat_sim::{Faults, Sim, SimConfig};
 use wxnotify::queue::Topology;
 
 use crate::common::fault_proxy::FaultProxy;
+use crate::common::leftovers::{self, Leftovers};
 use crate::common::{APP_ID, APP_SECRET, amqp_url, base_db_url, event, fresh_database, wait_for, worker_env};
 use crate::env_or;
 use crate::fleet::{Fleet, declare, logs_of};
@@ -36,6 +37,8 @@ struct World {
     mq: FaultProxy,
     fleet: Fleet,
     t0: Instant,
+    /// Its queues, exchanges and database: deleted at the end, or when a failure unwinds.
+    leftovers: Leftovers,
 }
 
 impl World {
@@ -46,9 +49,13 @@ impl World {
     /// `concurrency`: `WXNOTIFY_CONCURRENCY` (the prefetch twice that); `None`: the defaults.
     async fn start_with(name: &'static str, faults: Faults, concurrency: Option<usize>) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let (db_url, pool) = fresh_database(&format!("p{}_{}", std::process::id(), &id[..12]), 4).await;
-        let prefix = format!("faults-p{}-{}", std::process::id(), &id[..8]);
+        let prefix = leftovers::broker_prefix("faults", &id);
         let topology = Topology::new(&format!("{prefix}.x"), &format!("{prefix}.q"));
+        // Armed before anything exists: a failure halfway leaves nothing either.
+        let mut guard = Leftovers::topology(&amqp_url(), &topology.exchange, &topology.queue);
+        let params = std::env::var("TEST_DATABASE_PARAMS").unwrap_or_default();
+        guard.database = Some((base_db_url(), params, leftovers::database_name(&id)));
+        let (db_url, pool) = fresh_database(&id, 4).await;
         declare(&amqp_url(), &topology).await;
         let sim = Sim::new(SimConfig {
             apps: HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]),
@@ -85,6 +92,7 @@ impl World {
             mq,
             fleet,
             t0: Instant::now(),
+            leftovers: guard,
         }
     }
 
@@ -209,6 +217,7 @@ impl World {
         self.pg.heal();
         self.mq.heal();
         self.pool.close().await;
+        self.leftovers.remove().await;
     }
 }
 
