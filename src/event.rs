@@ -45,6 +45,22 @@ struct RawEvent {
     data: Map<String, Value>,
 }
 
+#[derive(Deserialize)]
+struct AppOnly<'a> {
+    #[serde(borrow, default)]
+    app_id: Option<std::borrow::Cow<'a, str>>,
+}
+
+/// The `app_id` of a message body, read without the rest: the worker's scheduler needs only
+/// the app to put a message in its line. `None`: no `app_id` (the default app's), or not an
+/// event at all (intake says why later).
+pub(crate) fn peek_app_id(body: &[u8]) -> Option<String> {
+    serde_json::from_slice::<AppOnly<'_>>(body)
+        .ok()
+        .and_then(|a| a.app_id)
+        .map(std::borrow::Cow::into_owned)
+}
+
 impl BookingEvent {
     /// Parses a message body. Unknown fields are ignored (docs/interface.md §1).
     pub fn parse(body: &[u8]) -> Result<Self, EventError> {
@@ -208,6 +224,15 @@ mod tests {
         assert_eq!(e.event_id, "e1");
         assert_eq!(e.app_id, None);
         assert_eq!(e.occurred.offset().local_minus_utc(), 8 * 3600);
+    }
+
+    #[test]
+    fn peeks_at_the_app_alone() {
+        assert_eq!(peek_app_id(GOOD.as_bytes()), None);
+        let with = GOOD.replace(r#""openid""#, r#""app_id":"wx\u0041","openid""#);
+        assert_eq!(peek_app_id(with.as_bytes()).as_deref(), Some("wxA"));
+        assert_eq!(peek_app_id(b"not json"), None);
+        assert_eq!(peek_app_id(br#"{"app_id":7}"#), None);
     }
 
     #[test]

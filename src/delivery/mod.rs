@@ -15,7 +15,6 @@ pub(crate) mod rate;
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
-use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::fate::Plan;
@@ -45,8 +44,6 @@ pub(crate) struct Context {
     pub wechat: WechatClient,
     /// Database calls on the delivery path wait out an outage (until the grace period is over).
     pub db: DbRetry,
-    /// Fires when shutdown begins: deliveries waiting for a send slot hand their message back.
-    pub draining: CancellationToken,
     /// `WXNOTIFY_RATE_LIMIT`: this worker's share of the fleet's sends a second per app.
     pub rate: Option<rate::RateLimit>,
 }
@@ -59,24 +56,18 @@ impl Context {
         }
     }
 
-    /// Waits for this delivery's send slot (the rate limit), before it claims anything: a
-    /// shutdown or a broken session while waiting hands the message back untouched.
-    async fn pace(&self, session: &Session, app_id: &str) -> Result<(), Abandoned> {
+    /// Waits for this send's slot (the rate limit), right before it goes: whatever stalled this
+    /// delivery since its dispatch (a token wait, a slow claim, a database retry), the sends keep
+    /// the rate. Short: the scheduler dispatches a paced app's deliveries at the same rate.
+    async fn pace(&self, app_id: &str) {
         let Some(rate) = &self.rate else {
-            return Ok(());
+            return;
         };
-        let wait = rate.reserve(app_id);
-        if wait.is_zero() {
-            return Ok(());
-        }
-        let started = Instant::now();
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {
-                stage("rate", started);
-                Ok(())
-            }
-            _ = self.draining.cancelled() => Err(Abandoned),
-            _ = session.broken.cancelled() => Err(Abandoned),
+        let wait = rate.reserve_send(app_id);
+        if !wait.is_zero() {
+            let started = Instant::now();
+            tokio::time::sleep(wait).await;
+            stage("rate", started);
         }
     }
 }
@@ -148,7 +139,7 @@ pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::messa
                 trip.event_id = event_id;
                 judge::reject(reason, &error, meta.failed_before)
             }
-            Intake::Deliver(d) => match one(ctx, session, &d, &meta, &mut trip).await {
+            Intake::Deliver(d) => match one(ctx, &d, &meta, &mut trip).await {
                 Ok(plan) => plan,
                 Err(Abandoned) => return,
             },
@@ -161,7 +152,7 @@ pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::messa
                 };
                 // Stored and committed: the delivery that goes at once goes now, on this trip.
                 match &h.now {
-                    Some(d) if stored.outcome == Outcome::Ack => match one(ctx, session, d, &meta, &mut trip).await {
+                    Some(d) if stored.outcome == Outcome::Ack => match one(ctx, d, &meta, &mut trip).await {
                         Ok(plan) => plan,
                         Err(Abandoned) => return,
                     },
@@ -175,8 +166,8 @@ pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::messa
     .await
 }
 
-/// One delivery on this trip: its send slot (the rate limit), then [`decide`].
-async fn one(ctx: &Context, session: &Session, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Result<Plan, Abandoned> {
+/// One delivery on this trip: [`decide`], and what the trip records of it.
+async fn one(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Result<Plan, Abandoned> {
     // From the booking app's `occurred_at` to here: broker, prefetch and permit wait.
     if let Ok(queued) = (Utc::now() - d.event.occurred().with_timezone(&Utc)).to_std() {
         metrics::histogram!("wxnotify_stage_seconds", "stage" => "queued").record(queued.as_secs_f64());
@@ -186,7 +177,6 @@ async fn one(ctx: &Context, session: &Session, d: &Delivery, meta: &Meta, trip: 
     span.record("template", d.key.template_id.as_str());
     span.record("openid", d.key.openid.as_str());
     trip.event_id = Some(d.key.event_id.clone());
-    ctx.pace(session, &d.app_id).await?;
     decide(ctx, d, meta, trip).await
 }
 
@@ -238,6 +228,7 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
     if let Some(plan) = judge::stop_before_send(&facts, Gate::BeforeSend, &ctx.policy) {
         return Ok(plan);
     }
+    ctx.pace(&d.app_id).await;
     ctx.ledger.sending(held.claimed.id);
     let (answer, attempt) = send(ctx, message, &token).await;
     let generation = token.generation;

@@ -2,9 +2,11 @@
 //! an equal share of the limit (the limit divided by the workers whose heartbeat is fresh, counted
 //! at each heartbeat), so bursts stay under WeChat's minute quota (45011) however many run.
 //!
-//! Each worker paces its own sends per app with GCRA (virtual scheduling): a send reserves the next
-//! free slot, so waiters are served in order and none of them spins. After a quiet spell up to
-//! [`BURST`] worth of sends may go at once. A change of share takes effect from the next slot.
+//! Each worker paces its own share per app with GCRA (virtual scheduling), twice: its scheduler
+//! dispatches a delivery of a paced app only when a dispatch slot is free (after a quiet spell up
+//! to [`BURST`] worth at once), and each send reserves the next send slot right before it goes,
+//! with no burst at all: a stall between dispatch and send (a token wait, a slow claim, a database
+//! retry) cannot bunch the sends up. A change of share takes effect from the next slot.
 //!
 //! Hand-written, twenty lines, rather than `governor`: we need a *reservation* (the slot is this
 //! send's, whatever other tasks do while it waits) and a rate changed in place at each heartbeat;
@@ -12,26 +14,48 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-/// How much sending may bunch up after a quiet spell (in time at the share's rate).
+/// How far dispatching may run ahead of the rate after a quiet spell (in time at the share's
+/// rate): a delivery is dispatched a claim and a token ahead of its send.
 const BURST: Duration = Duration::from_millis(50);
 
-/// The pacers of one worker, one per configured app.
+/// The pacers of one worker, two per configured app: one paces dispatching (which deliveries
+/// start: the worker's scheduler asks it), one the sends themselves (asked right before each
+/// send, with no burst: the limit holds at the moment of the send, whatever stalled before).
 pub(crate) struct RateLimit {
     /// Sends a second per app for the whole fleet.
     limit: f64,
-    pacers: HashMap<String, Mutex<Pacer>>,
+    /// Live workers sharing it (this one included), from the last heartbeat.
+    live: AtomicU64,
+    pacers: HashMap<String, Pacers>,
+}
+
+struct Pacers {
+    dispatch: Mutex<Pacer>,
+    send: Mutex<Pacer>,
 }
 
 impl RateLimit {
     /// `limit` sends a second per app, shared by the fleet; this worker alone until it counts others.
     pub(crate) fn new(limit: f64, apps: &[String]) -> Self {
+        let now = Instant::now();
         let pacers = apps
             .iter()
-            .map(|a| (a.clone(), Mutex::new(Pacer::new(limit, Instant::now()))))
+            .map(|a| {
+                let p = Pacers {
+                    dispatch: Mutex::new(Pacer::new(limit, BURST, now)),
+                    send: Mutex::new(Pacer::new(limit, Duration::ZERO, now)),
+                };
+                (a.clone(), p)
+            })
             .collect();
-        let rate = Self { limit, pacers };
+        let rate = Self {
+            limit,
+            live: AtomicU64::new(1),
+            pacers,
+        };
         rate.publish_share(1);
         rate
     }
@@ -39,17 +63,34 @@ impl RateLimit {
     /// `live` workers share the limit now (this one included).
     pub(crate) fn set_workers(&self, live: u64) {
         let live = live.max(1);
+        self.live.store(live, Ordering::Relaxed);
         for p in self.pacers.values() {
-            p.lock().expect("pacer lock").set_rate(self.limit / live as f64);
+            p.dispatch
+                .lock()
+                .expect("pacer lock")
+                .set_rate(self.limit / live as f64);
+            p.send.lock().expect("pacer lock").set_rate(self.limit / live as f64);
         }
         self.publish_share(live);
     }
 
-    /// How long the next send to `app` must wait; the slot is reserved for it. An app without a
-    /// pacer (not configured: the judge refuses it later) does not wait.
-    pub(crate) fn reserve(&self, app: &str) -> Duration {
+    /// This worker's sends a second per app now.
+    pub(crate) fn share(&self) -> f64 {
+        self.limit / self.live.load(Ordering::Relaxed).max(1) as f64
+    }
+
+    /// Takes a dispatch slot for `app` if one is free now; otherwise when the next one is.
+    pub(crate) fn try_dispatch(&self, app: &str, now: Instant) -> Result<(), Instant> {
         match self.pacers.get(app) {
-            Some(p) => p.lock().expect("pacer lock").reserve(Instant::now()),
+            Some(p) => p.dispatch.lock().expect("pacer lock").try_take(now),
+            None => Ok(()),
+        }
+    }
+
+    /// How long the send about to go to `app` must wait; the slot is reserved for it.
+    pub(crate) fn reserve_send(&self, app: &str) -> Duration {
+        match self.pacers.get(app) {
+            Some(p) => p.send.lock().expect("pacer lock").reserve(Instant::now()),
             None => Duration::ZERO,
         }
     }
@@ -59,17 +100,22 @@ impl RateLimit {
     }
 }
 
-/// GCRA for one app: `next` is the earliest slot not yet reserved.
+/// GCRA for one app: `next` is the earliest slot not yet reserved; `tolerance` how far before
+/// its slot a caller may go after a quiet spell.
 #[derive(Debug)]
 struct Pacer {
     interval: Duration,
+    tolerance: Duration,
+    burst: Duration,
     next: Instant,
 }
 
 impl Pacer {
-    fn new(rate: f64, now: Instant) -> Self {
+    fn new(rate: f64, burst: Duration, now: Instant) -> Self {
         let mut p = Self {
             interval: Duration::ZERO,
+            tolerance: Duration::ZERO,
+            burst,
             next: now,
         };
         p.set_rate(rate);
@@ -78,15 +124,30 @@ impl Pacer {
 
     fn set_rate(&mut self, rate: f64) {
         self.interval = Duration::from_secs_f64(1.0 / rate.max(1e-3));
+        self.tolerance = self.burst.saturating_sub(self.interval);
+    }
+
+    /// The slot the next caller at `now` gets.
+    fn slot(&self, now: Instant) -> Instant {
+        let earliest = now.checked_sub(self.tolerance).unwrap_or(now);
+        self.next.max(earliest)
     }
 
     /// Reserves the next slot at or after `now` (less what a burst allows): the wait until it.
     fn reserve(&mut self, now: Instant) -> Duration {
-        let tolerance = BURST.saturating_sub(self.interval);
-        let earliest = now.checked_sub(tolerance).unwrap_or(now);
-        let slot = self.next.max(earliest);
+        let slot = self.slot(now);
         self.next = slot + self.interval;
         slot.saturating_duration_since(now)
+    }
+
+    /// Reserves the next slot only if it is due by `now`; otherwise says when it is.
+    fn try_take(&mut self, now: Instant) -> Result<(), Instant> {
+        let slot = self.slot(now);
+        if slot > now {
+            return Err(slot);
+        }
+        self.next = slot + self.interval;
+        Ok(())
     }
 }
 
@@ -102,7 +163,7 @@ mod tests {
     #[test]
     fn a_backlog_is_spaced_at_the_rate() {
         let t = Instant::now();
-        let mut p = Pacer::new(10.0, t);
+        let mut p = Pacer::new(10.0, BURST, t);
         let w = waits(&mut p, t, 5);
         let ms: Vec<u128> = w.iter().map(Duration::as_millis).collect();
         assert_eq!(
@@ -115,7 +176,7 @@ mod tests {
     #[test]
     fn after_a_quiet_spell_a_burst_goes_at_once_then_the_rate_holds() {
         let t = Instant::now();
-        let mut p = Pacer::new(1000.0, t);
+        let mut p = Pacer::new(1000.0, BURST, t);
         // Quiet for a second: the 50 ms burst (50 sends at 1000/s) goes without waiting.
         let later = t + Duration::from_secs(1);
         let w = waits(&mut p, later, 100);
@@ -125,16 +186,37 @@ mod tests {
         let last = w.last().unwrap().as_secs_f64();
         assert!((0.045..=0.055).contains(&last), "{last}");
         // In any second of a backlog, at most rate + burst.
-        let mut q = Pacer::new(1000.0, t);
+        let mut q = Pacer::new(1000.0, BURST, t);
         let all = waits(&mut q, later, 3000);
         let within_first_second = all.iter().filter(|d| **d < Duration::from_secs(1)).count();
         assert!(within_first_second <= 1051, "{within_first_second}");
     }
 
     #[test]
+    fn sends_after_a_stall_keep_the_rate() {
+        let t = Instant::now();
+        let mut send = Pacer::new(50.0, Duration::ZERO, t);
+        // Ten deliveries waited 7 s for a token, then all want to send at once: 20 ms apart.
+        let later = t + Duration::from_secs(7);
+        let ms: Vec<u128> = waits(&mut send, later, 10).iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, [0, 20, 40, 60, 80, 100, 120, 140, 160, 180]);
+    }
+
+    #[test]
+    fn dispatch_takes_a_slot_only_when_it_is_due() {
+        let t = Instant::now();
+        let mut p = Pacer::new(10.0, BURST, t);
+        assert_eq!(p.try_take(t), Ok(()));
+        // The next slot is 100 ms on: refused, and told when, without reserving it.
+        assert_eq!(p.try_take(t), Err(t + Duration::from_millis(100)));
+        assert_eq!(p.try_take(t), Err(t + Duration::from_millis(100)));
+        assert_eq!(p.try_take(t + Duration::from_millis(100)), Ok(()));
+    }
+
+    #[test]
     fn a_new_share_applies_from_the_next_slot() {
         let t = Instant::now();
-        let mut p = Pacer::new(10.0, t);
+        let mut p = Pacer::new(10.0, BURST, t);
         assert_eq!(p.reserve(t), Duration::ZERO);
         assert_eq!(p.reserve(t), Duration::from_millis(100));
         // A second worker joined: 5/s each.
@@ -147,13 +229,15 @@ mod tests {
     fn the_share_divides_the_limit_among_live_workers() {
         let r = RateLimit::new(90.0, &["wxA".to_string()]);
         r.set_workers(3);
-        let waits: Vec<u128> = (0..3).map(|_| r.reserve("wxA").as_millis()).collect();
+        let waits: Vec<u128> = (0..3).map(|_| r.reserve_send("wxA").as_millis()).collect();
         // 30/s each: 33 ms apart (the first slot is now; rounding may shave a millisecond).
+        assert!((r.share() - 30.0).abs() < 1e-9);
         assert_eq!(waits[0], 0);
         assert!((32..=34).contains(&waits[1]), "{waits:?}");
         assert!((65..=67).contains(&waits[2]), "{waits:?}");
-        assert_eq!(r.reserve("not-configured"), Duration::ZERO);
+        assert_eq!(r.reserve_send("not-configured"), Duration::ZERO);
         r.set_workers(0); // never divides by zero: this worker at least
-        assert!(r.reserve("wxA") > Duration::ZERO);
+        assert!(r.reserve_send("wxA") > Duration::ZERO);
+        assert_eq!(r.share(), 90.0);
     }
 }

@@ -116,6 +116,20 @@ pub(crate) async fn peek(channel: &lapin::Channel, queue: &str) -> lapin::Result
         .await
 }
 
+/// Whether `queue` exists, by a passive declare on a channel of its own (a queue that does not
+/// exist closes that channel, 404). An error that took the connection with it is an error.
+pub(crate) async fn exists(conn: &Connection, queue: &str) -> lapin::Result<bool> {
+    let channel = conn.create_channel().await?;
+    match peek(&channel, queue).await {
+        Ok(_) => {
+            let _ = channel.close(200, "checked".into()).await;
+            Ok(true)
+        }
+        Err(_) if conn.status().connected() => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
 /// The URLs of a comma-separated list, blanks dropped.
 pub(crate) fn node_urls(list: &str) -> Vec<&str> {
     list.split(',').map(str::trim).filter(|u| !u.is_empty()).collect()

@@ -52,6 +52,28 @@ impl Topology {
         format!("{}.retry.{}s", self.queue, tier.as_secs())
     }
 
+    /// `<queue>.app.<app_id>`: one app's lane, where a worker parks that app's messages while
+    /// it has more than it can start (docs/interface.md §2): its backlog waits there, not in the
+    /// work queue ahead of other apps' messages.
+    pub fn lane(&self, app_id: &str) -> String {
+        format!("{}.app.{app_id}", self.queue)
+    }
+
+    /// The lanes of `apps`: quorum queues like the work queue (the same delivery limit and
+    /// dead-lettering), bound to nothing; workers publish to them through the default exchange.
+    pub async fn declare_lanes(&self, ch: &Channel, apps: &[String], delivery_limit: u32) -> lapin::Result<()> {
+        for app in apps {
+            let mut args = FieldTable::default();
+            args.insert("x-queue-type".into(), string("quorum"));
+            args.insert("x-delivery-limit".into(), AMQPValue::LongInt(delivery_limit as i32));
+            args.insert("x-dead-letter-exchange".into(), string(&self.dlx));
+            at_least_once(&mut args);
+            ch.queue_declare(self.lane(app).as_str().into(), durable(), args)
+                .await?;
+        }
+        Ok(())
+    }
+
     /// Exchange, work queue with its binding, dead-letter exchange and queue. Shared by the worker
     /// and `publish`, so events published before any worker ran are not dropped as unroutable.
     pub async fn declare_core(&self, ch: &Channel, delivery_limit: u32) -> lapin::Result<()> {

@@ -8,7 +8,9 @@
 //! Shutdown (`shutdown` token): cancel the consumer, let in-flight deliveries finish and be
 //! recorded for up to the grace period, then close; whatever is unacked goes back to the queue.
 
+mod dispatch;
 mod gauges;
+mod lanes;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -16,6 +18,8 @@ use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
 use futures_util::StreamExt;
+use futures_util::stream::SelectAll;
+use lapin::message::Delivery;
 use lapin::options::{BasicCancelOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::FieldTable;
 use sqlx::PgPool;
@@ -26,13 +30,15 @@ use crate::admin::Health;
 use crate::config::{WorkerSettings, redact_url};
 use crate::delivery::intake::Rules;
 use crate::delivery::rate::RateLimit;
-use crate::delivery::{self, Context, DbRetry};
+use crate::delivery::{Context, DbRetry};
 use crate::ids::AppId;
 use crate::ledger::Ledger;
 use crate::queue::{self, Publisher, Session};
 use crate::schedule::Releaser;
 use crate::token::{TokenProvider, TokenSettings};
 use crate::wechat::WechatClient;
+use dispatch::Intake;
+use lanes::Lanes;
 
 /// Why the worker could not run.
 #[derive(Debug, thiserror::Error)]
@@ -89,7 +95,6 @@ impl Worker {
                 health,
                 hard_stop: CancellationToken::new(),
             },
-            draining: CancellationToken::new(),
             rate: settings.rate_limit.map(|limit| RateLimit::new(limit, &app_ids)),
         };
         let catalog = settings.catalog.clone();
@@ -191,7 +196,14 @@ impl Worker {
     async fn session(&self, permits: &Arc<Semaphore>, shutdown: &CancellationToken) -> Result<(), SessionEnd> {
         let s = &self.settings;
         let conn = queue::connect(&s.amqp_url, &format!("wxnotify-worker {}", s.worker_id)).await?;
-        let (channel, session, mut consumer) = self.open(&conn).await?;
+        let Opened {
+            channel,
+            lane_channel,
+            session,
+            mut intake,
+            mut lanes,
+            tag,
+        } = self.open(&conn).await?;
         // The due-delivery loop publishes on this session's channel: it lives and dies with it.
         let due_stop = CancellationToken::new();
         let due_loop = tokio::spawn(crate::schedule::release::run(
@@ -207,27 +219,25 @@ impl Worker {
         self.ctx.db.health.set_broker(true);
         tracing::info!(queue = %s.topology.queue, prefetch = s.prefetch, concurrency = s.concurrency, "consuming");
 
-        let result = self.consume(&mut consumer, &session, permits, shutdown).await;
+        let result = dispatch::run(self, &mut lanes, &mut intake, &session, permits, shutdown).await;
         // Stop releasing due deliveries (a release in progress still commits or rolls back: its
-        // rows stay `scheduled`), and stop sampling. Deliveries still waiting for a send slot
-        // (the rate limit) give their message back at once: they have claimed nothing.
+        // rows stay `scheduled`), and stop sampling.
         due_stop.cancel();
-        if result.is_ok() {
-            self.ctx.draining.cancel();
-        } else {
+        if result.is_err() {
             session.broken.cancel();
         }
         sampler.abort();
         if result.is_ok() {
-            self.drain(&channel, consumer.tag().as_str(), permits).await;
+            self.drain(&channel, &lane_channel, &tag, permits).await;
         }
         stop_due_loop(due_loop).await;
         close(conn, result.is_ok()).await;
         result
     }
 
-    /// Declares the topology, sets the prefetch and starts consuming the work queue.
-    async fn open(&self, conn: &lapin::Connection) -> Result<(lapin::Channel, Session, lapin::Consumer), SessionEnd> {
+    /// Declares the topology, sets the prefetch and starts consuming the work queue and the
+    /// apps' lanes.
+    async fn open(&self, conn: &lapin::Connection) -> Result<Opened, SessionEnd> {
         let s = &self.settings;
         let channel = conn.create_channel().await?;
         s.topology.declare_core(&channel, s.delivery_limit).await?;
@@ -241,7 +251,7 @@ impl Worker {
             broken: CancellationToken::new(),
         };
         let tag = format!("wxnotify-{}", s.worker_id);
-        let consumer = channel
+        let work = channel
             .basic_consume(
                 s.topology.queue.as_str().into(),
                 tag.as_str().into(),
@@ -249,57 +259,80 @@ impl Worker {
                 FieldTable::default(),
             )
             .await?;
-        Ok((channel, session, consumer))
+        let mut lanes = Lanes::new(&self.laned_apps(), self.ctx.rate.is_some(), usize::from(s.prefetch));
+        lanes.set_share(self.ctx.rate.as_ref().map(RateLimit::share));
+        let lane_channel = conn.create_channel().await?;
+        let consumers = self.consume_lanes(conn, &lane_channel, &mut lanes, &tag).await?;
+        Ok(Opened {
+            channel,
+            lane_channel,
+            session,
+            intake: Intake { work, lanes: consumers },
+            lanes,
+            tag,
+        })
     }
 
-    /// Takes messages, each delivery its own task, until shutdown (`Ok`) or the session ends.
-    /// A permit first, then a message: shutdown is heard while every permit is busy (e.g.
-    /// deliveries waiting for Postgres), and a broken session ends the loop too.
-    async fn consume(
+    /// The apps that park in lanes: every configured app when there are several or a rate
+    /// limit; a lone app without one never waits behind another's, so it needs none.
+    fn laned_apps(&self) -> Vec<String> {
+        let apps = &self.settings.apps;
+        if apps.len() > 1 || self.ctx.rate.is_some() {
+            apps.iter().map(|a| a.app_id.clone()).collect()
+        } else {
+            Vec::new()
+        }
+    }
+
+    /// Declares the lanes and consumes each, its prefetch the scheduler's (a paced app's: two
+    /// seconds' worth, so that none of its messages waits long unacked). A lane left by an
+    /// earlier configuration (another app list, a rate limit since removed) is consumed too,
+    /// so nothing parked there is stranded.
+    async fn consume_lanes(
         &self,
-        consumer: &mut lapin::Consumer,
-        session: &Session,
-        permits: &Arc<Semaphore>,
-        shutdown: &CancellationToken,
-    ) -> Result<(), SessionEnd> {
-        loop {
-            // `biased`: a stop or a broken session wins over a ready message, so a message handed
-            // back by a broken session is not taken again by it (each time costs a delivery).
-            let permit = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = session.broken.cancelled() => return Err(SessionEnd::PublishFailed),
-                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            };
-            let next = tokio::select! {
-                biased;
-                _ = shutdown.cancelled() => return Ok(()),
-                _ = session.broken.cancelled() => return Err(SessionEnd::PublishFailed),
-                next = consumer.next() => next,
-            };
-            match next {
-                Some(Ok(msg)) => {
-                    let ctx = self.ctx.clone();
-                    let session = session.clone();
-                    metrics::gauge!("wxnotify_in_flight").increment(1.0);
-                    tokio::spawn(async move {
-                        let _permit = permit;
-                        delivery::deliver(&ctx, &session, &msg).await;
-                        metrics::gauge!("wxnotify_in_flight").decrement(1.0);
-                    });
-                }
-                Some(Err(e)) => return Err(SessionEnd::Amqp(e)),
-                None => return Err(SessionEnd::ConsumerCancelled),
+        conn: &lapin::Connection,
+        ch: &lapin::Channel,
+        lanes: &mut Lanes<Delivery>,
+        tag: &str,
+    ) -> Result<SelectAll<LaneStream>, SessionEnd> {
+        let s = &self.settings;
+        let parking = self.laned_apps();
+        s.topology.declare_lanes(ch, &parking, s.delivery_limit).await?;
+        let mut consumed = parking.clone();
+        for app in s.apps.iter().map(|a| &a.app_id).filter(|a| !parking.contains(a)) {
+            if queue::exists(conn, &s.topology.lane(app)).await? {
+                consumed.push(app.clone());
             }
         }
+        let prefetch = u16::try_from(lanes.lane_prefetch(s.concurrency)).unwrap_or(u16::MAX);
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        let mut all = SelectAll::new();
+        for app in &consumed {
+            let line = lanes.line_of(app);
+            let consumer = ch
+                .basic_consume(
+                    s.topology.lane(app).as_str().into(),
+                    lane_tag(tag, line).as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            all.push(consumer.map(move |d| (line, d)).boxed());
+        }
+        Ok(all)
     }
 
     /// Shutdown: intake stops first (in-flight deliveries still ack on `channel`), then the
     /// deliveries in flight get the grace period to finish; past it they stop waiting for the
     /// database and their messages go back to the queue.
-    async fn drain(&self, channel: &lapin::Channel, tag: &str, permits: &Semaphore) {
+    async fn drain(&self, channel: &lapin::Channel, lane_channel: &lapin::Channel, tag: &str, permits: &Semaphore) {
         let s = &self.settings;
         let _ = channel.basic_cancel(tag.into(), BasicCancelOptions::default()).await;
+        for line in 0..s.apps.len() {
+            let _ = lane_channel
+                .basic_cancel(lane_tag(tag, line).as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
         let all = u32::try_from(s.concurrency).unwrap_or(u32::MAX);
         match tokio::time::timeout(s.shutdown_grace, permits.acquire_many(all)).await {
             Ok(_) => tracing::info!("in-flight deliveries finished"),
@@ -366,6 +399,26 @@ async fn heartbeat(ctx: Arc<Context>) {
             }
         }
     }
+}
+
+/// The tag of the consumer of a lane (`line`: its app's line in the scheduler).
+fn lane_tag(tag: &str, line: usize) -> String {
+    format!("{tag}-lane-{line}")
+}
+
+/// One lane's deliveries, each with its app's line.
+type LaneStream = futures_util::stream::BoxStream<'static, (usize, lapin::Result<Delivery>)>;
+
+/// A session's channels and what it consumes.
+struct Opened {
+    /// The work queue's; deliveries from it are acked on it.
+    channel: lapin::Channel,
+    lane_channel: lapin::Channel,
+    session: Session,
+    intake: Intake,
+    lanes: Lanes<Delivery>,
+    /// The work queue consumer's tag; a lane's is `<tag>-lane-<line>`.
+    tag: String,
 }
 
 /// Why a broker session ended (other than shutdown).

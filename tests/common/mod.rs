@@ -17,6 +17,45 @@ pub(crate) mod leftovers;
 
 pub(crate) const APP_ID: &str = "wx1111111111111111";
 pub(crate) const APP_SECRET: &str = "sim-secret-Zq81x";
+/// Apps besides the default one, for tests and benchmarks of several apps: (app id, secret).
+/// The simulators of tests know them; [`apps_file`] configures them.
+pub(crate) const OTHER_APPS: [(&str, &str); 2] = [
+    ("wx2222222222222222", "sim-secret-Bb72q"),
+    ("wx3333333333333333", "sim-secret-Cc93r"),
+];
+
+/// The fixtures' templates with [`OTHER_APPS`] as `[[apps]]` (their secrets in
+/// `WXNOTIFY_TEST_APP2_SECRET` and `..._APP3_...`, see [`apps_env`]), written under `dir`.
+pub(crate) fn apps_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/templates.toml");
+    let mut text = std::fs::read_to_string(fixtures).expect("fixtures");
+    for (i, (app, _)) in OTHER_APPS.iter().enumerate() {
+        text.push_str(&format!(
+            "\n[[apps]]\napp_id = \"{app}\"\nsecret_env = \"WXNOTIFY_TEST_APP{}_SECRET\"\n",
+            i + 2
+        ));
+    }
+    let path = dir.join(format!("apps-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(&path, text).expect("write the apps file");
+    path
+}
+
+/// The environment [`apps_file`] names.
+pub(crate) fn apps_env() -> Vec<(String, String)> {
+    OTHER_APPS
+        .iter()
+        .enumerate()
+        .map(|(i, (_, secret))| (format!("WXNOTIFY_TEST_APP{}_SECRET", i + 2), secret.to_string()))
+        .collect()
+}
+
+/// Every app a test simulator knows: the default one and [`OTHER_APPS`].
+pub(crate) fn sim_apps() -> std::collections::HashMap<String, String> {
+    std::iter::once((APP_ID, APP_SECRET))
+        .chain(OTHER_APPS)
+        .map(|(a, s)| (a.to_string(), s.to_string()))
+        .collect()
+}
 
 pub(crate) fn base_db_url() -> String {
     std::env::var("TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432".into())

@@ -200,7 +200,7 @@ impl TestEnv {
         ));
         let (db_url, pool) = fresh_database_at(&services.db_base, &services.db_params, &id, 4).await;
 
-        sim_config.apps = HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]);
+        sim_config.apps = crate::common::sim_apps();
         let sim = Sim::new(sim_config);
         let addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim binds");
 

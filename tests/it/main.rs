@@ -10,6 +10,7 @@ mod delivery;
 mod delivery_edges;
 mod dlq;
 mod due_release;
+mod fairness;
 mod faults;
 mod follow_clock;
 mod helpers;

@@ -186,13 +186,23 @@ impl Sim {
     }
 }
 
+/// A stalled token endpoint (`token_latency_ms`) answers late.
+async fn token_stall(sim: &Sim) {
+    let stall = sim.with(|s| s.config.faults.token_latency_ms);
+    if stall > 0 {
+        tokio::time::sleep(Duration::from_millis(stall)).await;
+    }
+}
+
 async fn classic_token(State(sim): State<Sim>, Query(q): Params) -> Response {
+    token_stall(&sim).await;
     let g = |k: &str| q.get(k).map(String::as_str);
     let (status, body) = sim.with(|s| s.classic_token(g("grant_type"), g("appid"), g("secret")));
     json_reply(status, body)
 }
 
 async fn stable_token(State(sim): State<Sim>, body: Bytes) -> Response {
+    token_stall(&sim).await;
     let Ok(body) = serde_json::from_slice::<Value>(&body) else {
         return json_reply(
             200,

@@ -37,6 +37,9 @@ pub struct Faults {
     pub daily_quota: u64,
     /// Share of token API calls (classic and stable) answered `-1 system busy`.
     pub token_busy_rate: f64,
+    /// Delay of every token API answer (classic and stable), milliseconds: a stalled token
+    /// endpoint.
+    pub token_latency_ms: u64,
     /// Delay between accepting a message (or a follower event) and pushing it, milliseconds.
     pub push_delay_ms: u64,
     /// Share of pushed results that say the user blocked the account.
@@ -54,6 +57,7 @@ pub struct FaultsPatch {
     pub minute_quota: Option<u64>,
     pub daily_quota: Option<u64>,
     pub token_busy_rate: Option<f64>,
+    pub token_latency_ms: Option<u64>,
     pub push_delay_ms: Option<u64>,
     pub push_user_block_rate: Option<f64>,
     pub push_system_failed_rate: Option<f64>,
@@ -613,6 +617,9 @@ impl SimState {
         }
         if let Some(v) = p.token_busy_rate {
             f.token_busy_rate = v;
+        }
+        if let Some(v) = p.token_latency_ms {
+            f.token_latency_ms = v;
         }
         if let Some(v) = p.push_delay_ms {
             f.push_delay_ms = v;

@@ -1,0 +1,199 @@
+//! The worker's intake loop: takes messages from the work queue and the apps' lanes, asks the
+//! scheduler ([`super::lanes`]) where each goes and which starts next, and carries that out:
+//! a delivery task per started message (holding a permit), a park (publish to the lane,
+//! confirmed, then ack) per message that waits in its lane.
+
+use std::panic::AssertUnwindSafe;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::stream::{BoxStream, SelectAll};
+use futures_util::{FutureExt, StreamExt};
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+use super::lanes::{Lanes, Next, Route, Source};
+use super::{SessionEnd, Worker};
+use crate::delivery::{self, Context};
+use crate::queue::Session;
+
+/// How often the lines' backlogs are published as gauges.
+const GAUGES_EVERY: Duration = Duration::from_secs(1);
+
+/// What the broker hands this session: the work queue's consumer and the lanes' (each message
+/// with its app's line).
+pub(super) struct Intake {
+    pub work: lapin::Consumer,
+    pub lanes: SelectAll<BoxStream<'static, (usize, lapin::Result<Delivery>)>>,
+}
+
+/// A task's word back to the loop.
+enum Done {
+    Delivered(usize, Source),
+    Parked,
+}
+
+/// The loop of one session, until shutdown (`Ok`) or the session ends.
+pub(super) async fn run(
+    worker: &Worker,
+    lanes: &mut Lanes<Delivery>,
+    intake: &mut Intake,
+    session: &Session,
+    permits: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionEnd> {
+    let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let mut gauges = tokio::time::interval(GAUGES_EVERY);
+    let default_app = worker.ctx.rules.default_app.as_str().to_string();
+    loop {
+        lanes.set_share(worker.ctx.rate.as_ref().map(|r| r.share()));
+        let wake = start_ready(&worker.ctx, lanes, session, permits, &done_tx);
+        // `biased`: a stop or a broken session wins over a ready message, so a message handed
+        // back by a broken session is not taken again by it (each time costs a delivery).
+        tokio::select! {
+            biased;
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = session.broken.cancelled() => return Err(SessionEnd::PublishFailed),
+            Some(done) = done_rx.recv() => match done {
+                Done::Delivered(line, source) => lanes.finished(line, source),
+                Done::Parked => lanes.parked(),
+            },
+            next = intake.work.next() => {
+                let msg = next.ok_or(SessionEnd::ConsumerCancelled)??;
+                let app = crate::event::peek_app_id(&msg.data).unwrap_or_else(|| default_app.clone());
+                let line = lanes.line_of(&app);
+                match lanes.route(line) {
+                    Route::Line => lanes.push(line, msg, Source::Work),
+                    Route::Park => park(&worker.ctx, session, &app, msg, done_tx.clone()),
+                }
+            }
+            Some((line, next)) = intake.lanes.next() => lanes.push(line, next?, Source::Lane),
+            _ = sleep_until(wake), if wake.is_some() => {}
+            _ = gauges.tick() => publish_backlog(lanes),
+        }
+    }
+}
+
+async fn sleep_until(at: Option<std::time::Instant>) {
+    if let Some(at) = at {
+        tokio::time::sleep_until(at.into()).await;
+    }
+}
+
+/// Starts deliveries while permits are free and the scheduler has some; when it has none to
+/// start now, the instant to ask again (a paced app's next slot).
+fn start_ready(
+    ctx: &Arc<Context>,
+    lanes: &mut Lanes<Delivery>,
+    session: &Session,
+    permits: &Arc<Semaphore>,
+    done: &mpsc::UnboundedSender<Done>,
+) -> Option<std::time::Instant> {
+    loop {
+        let Ok(permit) = permits.clone().try_acquire_owned() else {
+            return None;
+        };
+        let next = lanes.next(|app| match &ctx.rate {
+            Some(rate) => rate.try_dispatch(app, std::time::Instant::now()),
+            None => Ok(()),
+        });
+        match next {
+            Next::Start { app, msg, source } => spawn_delivery(ctx, session, permit, (app, source), msg, done.clone()),
+            Next::Wait(at) => return at,
+        }
+    }
+}
+
+fn spawn_delivery(
+    ctx: &Arc<Context>,
+    session: &Session,
+    permit: OwnedSemaphorePermit,
+    (line, source): (usize, Source),
+    msg: Delivery,
+    done: mpsc::UnboundedSender<Done>,
+) {
+    let (ctx, session) = (ctx.clone(), session.clone());
+    metrics::gauge!("wxnotify_in_flight").increment(1.0);
+    tokio::spawn(async move {
+        if guarded(delivery::deliver(&ctx, &session, &msg)).await.is_err() {
+            // A bug, not a verdict: the broker hands the message out again, and its delivery
+            // limit dead-letters it (`delivery_limit`) if it keeps failing this way.
+            tracing::error!(
+                event_bytes = msg.data.len(),
+                "a delivery panicked; its message goes back to the queue"
+            );
+            let _ = msg
+                .nack(BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                })
+                .await;
+        }
+        metrics::gauge!("wxnotify_in_flight").decrement(1.0);
+        drop(permit);
+        let _ = done.send(Done::Delivered(line, source));
+    });
+}
+
+/// A delivery task's panic, caught so that its message is handed back and its permit freed.
+#[derive(Debug)]
+pub(super) struct Panicked;
+
+/// Runs `trip`, catching a panic in it.
+pub(super) async fn guarded(trip: impl Future<Output = ()>) -> Result<(), Panicked> {
+    AssertUnwindSafe(trip).catch_unwind().await.map_err(|_| Panicked)
+}
+
+/// Parks a message in its app's lane: publish (confirmed), then ack. If the publish fails the
+/// message goes back to the work queue and the session is rebuilt (it redeclares the lanes).
+fn park(ctx: &Arc<Context>, session: &Session, app: &str, msg: Delivery, done: mpsc::UnboundedSender<Done>) {
+    let lane = ctx.topology.lane(app);
+    let (session, app) = (session.clone(), app.to_string());
+    tokio::spawn(async move {
+        match session
+            .publisher
+            .publish("", &lane, &msg.data, msg.properties.clone())
+            .await
+        {
+            Ok(()) => {
+                metrics::counter!("wxnotify_parked_total", "app" => app).increment(1);
+                let _ = msg.ack(BasicAckOptions::default()).await;
+            }
+            Err(e) => {
+                tracing::warn!(%lane, error = %e, "could not park a message in its lane; it goes back to the queue");
+                let _ = msg
+                    .nack(BasicNackOptions {
+                        requeue: true,
+                        ..Default::default()
+                    })
+                    .await;
+                session.broken.cancel();
+            }
+        }
+        let _ = done.send(Done::Parked);
+    });
+}
+
+/// This worker's lines, as gauges: messages waiting for a permit, and those waiting for their
+/// app's rate.
+fn publish_backlog(lanes: &Lanes<Delivery>) {
+    for (app, waiting, for_rate) in lanes.backlog() {
+        let for_permit = (waiting - for_rate) as f64;
+        metrics::gauge!("wxnotify_waiting", "app" => app.to_string(), "for" => "permit").set(for_permit);
+        metrics::gauge!("wxnotify_waiting", "app" => app.to_string(), "for" => "rate").set(for_rate as f64);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_delivery_is_caught() {
+        assert!(guarded(async {}).await.is_ok());
+        let panics = async { panic!("a bug in a delivery") };
+        assert!(guarded(panics).await.is_err(), "the panic does not escape the task");
+    }
+}

@@ -1,0 +1,364 @@
+//! Which message starts next, and which one waits in its app's lane (docs/interface.md §11): the
+//! worker's scheduler, pure. The worker's loop ([`super::dispatch`]) feeds it what the broker
+//! hands over and carries out what it answers.
+//!
+//! - Every app has its own line of messages waiting for a permit. A free permit goes to the app
+//!   with the fewest deliveries in flight (ties in turn): apps with backlogs get equal shares, and
+//!   an app that cannot use its share (its rate limit, sends that hang) leaves it to the others.
+//! - A message taken from the work queue waits in its app's line only while that line is short
+//!   (and the work queue's prefetch half free); otherwise it is parked in the app's lane queue, so
+//!   the work queue keeps moving and another app's message behind a campaign is seen at once.
+//!   The lanes are consumed like the work queue and feed the same lines.
+//! - A rate-limited app starts deliveries only at its rate (a dispatch slot), keeps about a
+//!   second's worth in flight and in line, and parks the rest: a message waiting for its rate
+//!   waits in the lane, holding no permit and no prefetch slot of the work queue.
+
+use std::collections::{HashMap, VecDeque};
+use std::time::Instant;
+
+/// How many messages from the work queue one app may have waiting for a permit before the next
+/// one is parked in its lane (apps that share the worker; a lone app is never parked).
+const DIRECT_LINE: usize = 16;
+
+/// Where a message just taken from the work queue goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Route {
+    /// Into its app's line, to start when a permit is free.
+    Line,
+    /// Published to its app's lane (confirmed), then acked.
+    Park,
+}
+
+/// Where a message in a line came from: the work queue holds a prefetch slot for it until acked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Work,
+    Lane,
+}
+
+/// What the scheduler says when asked for the next delivery.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) enum Next<M> {
+    /// Start this message now (in its app's line `app`).
+    Start { app: usize, msg: M, source: Source },
+    /// Nothing can start now; ask again at this instant (a rate slot), or when something changes.
+    Wait(Option<Instant>),
+}
+
+/// One app's line.
+#[derive(Debug)]
+struct Line<M> {
+    app: String,
+    /// It has a lane to park in (a configured app); others are never parked.
+    lane: bool,
+    /// It is rate-limited.
+    paced: bool,
+    waiting: VecDeque<(M, Source)>,
+    in_flight: usize,
+}
+
+/// The scheduler of one worker session.
+#[derive(Debug)]
+pub(crate) struct Lanes<M> {
+    lines: Vec<Line<M>>,
+    index: HashMap<String, usize>,
+    /// Where the next tie is broken (round robin).
+    turn: usize,
+    /// Messages of the work queue not yet acked: in a line, in flight or being parked.
+    work_held: usize,
+    work_prefetch: usize,
+    /// Sends a second this worker may make per paced app (its share of `WXNOTIFY_RATE_LIMIT`).
+    share: Option<f64>,
+}
+
+impl<M> Lanes<M> {
+    /// `apps`: the configured apps, each with a lane; `paced`: whether they are rate-limited.
+    pub(crate) fn new(apps: &[String], paced: bool, work_prefetch: usize) -> Self {
+        let mut lanes = Self {
+            lines: Vec::new(),
+            index: HashMap::new(),
+            turn: 0,
+            work_held: 0,
+            work_prefetch,
+            share: None,
+        };
+        for app in apps {
+            lanes.add(app, true, paced);
+        }
+        lanes
+    }
+
+    fn add(&mut self, app: &str, lane: bool, paced: bool) -> usize {
+        let i = self.lines.len();
+        self.lines.push(Line {
+            app: app.to_string(),
+            lane,
+            paced,
+            waiting: VecDeque::new(),
+            in_flight: 0,
+        });
+        self.index.insert(app.to_string(), i);
+        i
+    }
+
+    /// The line of `app` (an app not configured gets one without a lane: intake refuses it).
+    pub(crate) fn line_of(&mut self, app: &str) -> usize {
+        match self.index.get(app) {
+            Some(&i) => i,
+            None => self.add(app, false, false),
+        }
+    }
+
+    #[cfg(test)]
+    fn app(&self, line: usize) -> &str {
+        &self.lines[line].app
+    }
+
+    /// This worker's current share of the rate limit, per paced app.
+    pub(crate) fn set_share(&mut self, share: Option<f64>) {
+        self.share = share;
+    }
+
+    /// A paced app's second's worth (at least one): how many it keeps in line and in flight.
+    fn paced_cap(&self) -> usize {
+        self.share.map_or(usize::MAX, |s| (s.ceil() as usize).max(1))
+    }
+
+    /// How many a lane consumer of a paced app may hold: two seconds' worth (at least two), so a
+    /// message never waits long unacked; other apps' lanes take `concurrency`.
+    pub(crate) fn lane_prefetch(&self, concurrency: usize) -> usize {
+        match self.share {
+            Some(s) => ((2.0 * s).ceil() as usize).clamp(2, concurrency.max(2)),
+            None => concurrency,
+        }
+    }
+
+    /// A message of `line` was taken from the work queue: where it goes. It is held (a prefetch
+    /// slot) until [`Lanes::parked`] or [`Lanes::finished`] says it was acked.
+    pub(crate) fn route(&mut self, line: usize) -> Route {
+        self.work_held += 1;
+        let l = &self.lines[line];
+        let lone = self.lines.iter().filter(|l| l.lane).count() <= 1;
+        let keep = if !l.lane {
+            true
+        } else if l.paced && self.share.is_some() {
+            l.waiting.len() < self.paced_cap()
+        } else {
+            lone || (l.waiting.len() < DIRECT_LINE && 2 * self.work_held <= self.work_prefetch)
+        };
+        if keep { Route::Line } else { Route::Park }
+    }
+
+    /// A parked message was published to its lane and acked (or handed back).
+    pub(crate) fn parked(&mut self) {
+        self.work_held = self.work_held.saturating_sub(1);
+    }
+
+    /// Puts a message in its app's line.
+    pub(crate) fn push(&mut self, line: usize, msg: M, source: Source) {
+        self.lines[line].waiting.push_back((msg, source));
+    }
+
+    /// The next message to start, given a free permit. `dispatch` takes a paced app's dispatch
+    /// slot (or says when the next is free); it is asked only for the app about to start.
+    pub(crate) fn next(&mut self, mut dispatch: impl FnMut(&str) -> Result<(), Instant>) -> Next<M> {
+        let n = self.lines.len();
+        let cap = self.paced_cap();
+        let mut candidates: Vec<usize> = (0..n)
+            .map(|k| (self.turn + k) % n)
+            .filter(|&i| {
+                let l = &self.lines[i];
+                !l.waiting.is_empty() && (!l.paced || l.in_flight < cap)
+            })
+            .collect();
+        // Fewest in flight first; among equals, the round robin's order (the sort is stable).
+        candidates.sort_by_key(|&i| self.lines[i].in_flight);
+        let mut wake: Option<Instant> = None;
+        for i in candidates {
+            let paced = self.lines[i].paced && self.share.is_some();
+            if paced && let Err(at) = dispatch(&self.lines[i].app) {
+                wake = Some(wake.map_or(at, |w| w.min(at)));
+                continue;
+            }
+            let l = &mut self.lines[i];
+            let (msg, source) = l.waiting.pop_front().expect("a candidate has a message waiting");
+            l.in_flight += 1;
+            self.turn = (i + 1) % n;
+            return Next::Start { app: i, msg, source };
+        }
+        Next::Wait(wake)
+    }
+
+    /// A delivery of `line` finished (its message acked or handed back).
+    pub(crate) fn finished(&mut self, line: usize, source: Source) {
+        let l = &mut self.lines[line];
+        l.in_flight = l.in_flight.saturating_sub(1);
+        if source == Source::Work {
+            self.work_held = self.work_held.saturating_sub(1);
+        }
+    }
+
+    /// Per app: messages waiting in this worker's line, and whether they wait for the rate.
+    pub(crate) fn backlog(&self) -> impl Iterator<Item = (&str, usize, usize)> + '_ {
+        self.lines.iter().map(|l| {
+            let for_rate = if l.paced && self.share.is_some() {
+                l.waiting.len()
+            } else {
+                0
+            };
+            (l.app.as_str(), l.waiting.len(), for_rate)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn apps(names: &[&str]) -> Vec<String> {
+        names.iter().map(|s| s.to_string()).collect()
+    }
+
+    /// Starts up to `permits` messages; which apps they were for.
+    fn start(lanes: &mut Lanes<u32>, permits: usize) -> Vec<String> {
+        let mut started = Vec::new();
+        for _ in 0..permits {
+            match lanes.next(|_| Ok(())) {
+                Next::Start { app, .. } => started.push(lanes.app(app).to_string()),
+                Next::Wait(_) => break,
+            }
+        }
+        started
+    }
+
+    #[test]
+    fn a_lone_app_is_never_parked() {
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA"]), false, 100);
+        let a = lanes.line_of("wxA");
+        for i in 0..1000 {
+            assert_eq!(lanes.route(a), Route::Line);
+            lanes.push(a, i, Source::Work);
+        }
+    }
+
+    #[test]
+    fn a_backlog_is_parked_and_another_apps_message_is_not() {
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB"]), false, 1000);
+        let (a, b) = (lanes.line_of("wxA"), lanes.line_of("wxB"));
+        let routes: Vec<Route> = (0..100)
+            .map(|i| {
+                let r = lanes.route(a);
+                if r == Route::Line {
+                    lanes.push(a, i, Source::Work);
+                } else {
+                    lanes.parked();
+                }
+                r
+            })
+            .collect();
+        assert_eq!(routes.iter().filter(|r| **r == Route::Line).count(), DIRECT_LINE);
+        assert_eq!(lanes.route(b), Route::Line, "B's line is empty");
+        lanes.push(b, 999, Source::Work);
+        // A has 16 waiting and none in flight; B one: the first permit is A's or B's in turn,
+        // the second B's at the latest.
+        let started = start(&mut lanes, 2);
+        assert!(started.contains(&"wxB".to_string()), "{started:?}");
+    }
+
+    #[test]
+    fn the_work_queue_keeps_half_its_prefetch_for_parking() {
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB", "wxC"]), false, 8);
+        let lines: Vec<usize> = ["wxA", "wxB", "wxC"].iter().map(|a| lanes.line_of(a)).collect();
+        let mut kept = 0;
+        for i in 0..8 {
+            if lanes.route(lines[i % 3]) == Route::Line {
+                kept += 1;
+            }
+        }
+        assert_eq!(
+            kept, 4,
+            "four of eight prefetch slots for messages in line or in flight"
+        );
+    }
+
+    #[test]
+    fn apps_with_backlogs_get_equal_shares_of_the_permits() {
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB", "wxC"]), false, 1000);
+        for app in ["wxA", "wxB", "wxC"] {
+            let l = lanes.line_of(app);
+            for i in 0..1000 {
+                lanes.push(l, i, Source::Lane);
+            }
+        }
+        let mut counts: HashMap<String, usize> = HashMap::new();
+        // 30 permits; each finished delivery frees one for the next start.
+        for app in start(&mut lanes, 30) {
+            *counts.entry(app).or_default() += 1;
+        }
+        assert_eq!(counts.values().copied().collect::<Vec<_>>(), [10, 10, 10]);
+        for _ in 0..300 {
+            // B's sends are the quickest: it finishes most often, yet gets no more than its turn.
+            let b = lanes.line_of("wxB");
+            lanes.finished(b, Source::Lane);
+            let started = start(&mut lanes, 1);
+            assert_eq!(started, ["wxB"], "the app with fewest in flight");
+        }
+    }
+
+    #[test]
+    fn an_app_that_cannot_start_leaves_the_permits_to_the_others() {
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB"]), true, 1000);
+        lanes.set_share(Some(10.0));
+        let (a, b) = (lanes.line_of("wxA"), lanes.line_of("wxB"));
+        let later = Instant::now() + Duration::from_millis(100);
+        for i in 0..5 {
+            lanes.push(a, i, Source::Lane);
+            lanes.push(b, i, Source::Lane);
+        }
+        // A's rate slot is not due: B's messages start; the scheduler says when to ask for A.
+        let mut started = Vec::new();
+        loop {
+            match lanes.next(|app| if app == "wxA" { Err(later) } else { Ok(()) }) {
+                Next::Start { app, .. } => started.push(lanes.app(app).to_string()),
+                Next::Wait(at) => {
+                    assert_eq!(at, Some(later));
+                    break;
+                }
+            }
+        }
+        assert_eq!(started, ["wxB"; 5]);
+    }
+
+    #[test]
+    fn a_paced_app_keeps_about_a_seconds_worth_in_line_and_in_flight() {
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA"]), true, 1000);
+        lanes.set_share(Some(5.0));
+        let a = lanes.line_of("wxA");
+        let kept = (0..20)
+            .filter(|&i| {
+                let r = lanes.route(a);
+                if r == Route::Line {
+                    lanes.push(a, i, Source::Work);
+                }
+                r == Route::Line
+            })
+            .count();
+        assert_eq!(kept, 5, "a lone paced app parks past a second's worth too");
+        assert_eq!(start(&mut lanes, 100).len(), 5, "at most 5 in flight");
+        assert_eq!(lanes.lane_prefetch(1000), 10);
+        let waiting: Vec<_> = lanes.backlog().collect();
+        assert_eq!(waiting, [("wxA", 0, 0)]);
+    }
+
+    #[test]
+    fn an_unknown_app_is_never_parked() {
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB"]), false, 4);
+        let x = lanes.line_of("wxUnknown");
+        for i in 0..10 {
+            assert_eq!(lanes.route(x), Route::Line);
+            lanes.push(x, i, Source::Work);
+        }
+    }
+}
