@@ -78,6 +78,8 @@ impl Broker {
         let policy = wxnotify::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(300));
         let mut names = vec![self.topology.queue.clone(), self.topology.dlq.clone()];
         names.extend(policy.tiers().into_iter().map(|t| self.topology.retry_queue(t)));
+        let apps = std::iter::once(APP_ID).chain(crate::common::OTHER_APPS.iter().map(|(a, _)| *a));
+        names.extend(apps.map(|a| self.topology.lane(a)));
         for q in names {
             let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
         }
@@ -119,7 +121,7 @@ pub(crate) fn spawn_worker_with(
 
 /// The binary under test: this build's, or `BENCH_WORKER_BIN` (another build of the same
 /// worker, to compare two builds in one run on this noisy machine).
-fn worker_binary() -> String {
+pub(crate) fn worker_binary() -> String {
     std::env::var("BENCH_WORKER_BIN").unwrap_or_else(|_| env!("CARGO_BIN_EXE_wxnotify").to_string())
 }
 

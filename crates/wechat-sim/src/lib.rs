@@ -142,6 +142,14 @@ impl Sim {
         self.with(|s| s.rotate(app));
     }
 
+    /// The app's secret is reset (as a merchant does in the admin console): the old one no
+    /// longer gets a token (40125).
+    pub fn set_secret(&self, app: &str, secret: &str) {
+        self.with(|s| {
+            s.config.apps.insert(app.to_string(), secret.to_string());
+        });
+    }
+
     pub fn set_unsubscribed(&self, openids: &[&str]) {
         self.with(|s| s.config.unsubscribed = openids.iter().map(|o| o.to_string()).collect());
     }
