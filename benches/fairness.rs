@@ -10,7 +10,8 @@
 //! send after 100 ms, app A = the default app, B and C = the other test apps.
 //!
 //! - `campaign`: A's backlog (100,000) alone, then again with B publishing one event every
-//!   100 ms for 60 s. B's publish → send latency p50 / p99; A's sends a second both times.
+//!   100 ms for 60 s. B's publish → send latency p50 / p99; A's sends a second both times. Twice:
+//!   the campaign published while the worker runs, then queued before it starts.
 //! - `rate`: `WXNOTIFY_RATE_LIMIT=50`, A's backlog 20,000, B's trickle; 20 s in, A's tokens are
 //!   revoked and the token endpoint stalls for 7 s. B's latency; A's most sends in any second.
 //! - `shares`: A's, then B's, then C's backlog queued (a third each); each app's share of the
@@ -42,17 +43,20 @@ const C: &str = OTHER_APPS[1].0;
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let bench = args.iter().any(|a| a == "--bench");
-    let only = args.iter().find(|a| a.chars().all(|c| c.is_ascii_lowercase()) && !a.is_empty());
+    let only = args
+        .iter()
+        .find(|a| a.chars().all(|c| c.is_ascii_lowercase()) && !a.is_empty());
     let n: Option<usize> = args.iter().find_map(|a| a.parse().ok());
     support::runtime().block_on(async {
         if !bench {
             println!("bench: smoke run under `cargo test` (figures are meaningless; use `cargo bench`)");
-            campaign(300, Duration::from_secs(3)).await;
+            campaign(300, Duration::from_secs(3), false).await;
             return;
         }
         let run = |name: &str| only.is_none_or(|o| o == name);
         if run("campaign") {
-            campaign(n.unwrap_or(100_000), Duration::from_secs(60)).await;
+            campaign(n.unwrap_or(100_000), Duration::from_secs(60), false).await;
+            campaign(n.unwrap_or(100_000), Duration::from_secs(60), true).await;
         }
         if run("rate") {
             rate(n.unwrap_or(20_000)).await;
@@ -129,7 +133,11 @@ impl World {
         let done: Vec<_> = futures_util::stream::iter(0..n)
             .map(|i| {
                 let body = body(app, &format!("{tag}-{i}")).into_bytes();
-                async move { b.publisher.publish(&b.topology.exchange, "booking.confirmed", &body, props()).await }
+                async move {
+                    b.publisher
+                        .publish(&b.topology.exchange, "booking.confirmed", &body, props())
+                        .await
+                }
             })
             .buffer_unordered(512)
             .collect()
@@ -150,13 +158,38 @@ impl World {
             let at = now_ms();
             let b = &self.broker;
             b.publisher
-                .publish(&b.topology.exchange, "booking.confirmed", body(app, &id).as_bytes(), props())
+                .publish(
+                    &b.topology.exchange,
+                    "booking.confirmed",
+                    body(app, &id).as_bytes(),
+                    props(),
+                )
                 .await
                 .expect("published");
             out.push((format!("o-{app}-{id}"), at));
             i += 1;
         }
         out
+    }
+
+    /// Waits until the worker consumes the work queue (a consumer on it).
+    async fn wait_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let ch = self.broker.conn.create_channel().await.expect("channel");
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let q = self.broker.topology.queue.as_str();
+        while ch
+            .queue_declare(q.into(), passive, Default::default())
+            .await
+            .map_or(0, |q| q.consumer_count())
+            == 0
+        {
+            assert!(Instant::now() < deadline, "the worker did not start consuming in 60 s");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits (at most `limit`) until WeChat accepted `n` sends of `app`.
@@ -209,14 +242,22 @@ fn sends(sim: &Sim, app: &str) -> Vec<i64> {
 
 /// Publish → send latency of the trickle's events: p50, p99, max (ms), and how many never went.
 fn latencies(sim: &Sim, published: &[(String, i64)]) -> String {
-    let sent: HashMap<String, i64> = sim.messages().into_iter().map(|m| (m.touser, m.accepted_at_ms)).collect();
+    let sent: HashMap<String, i64> = sim
+        .messages()
+        .into_iter()
+        .map(|m| (m.touser, m.accepted_at_ms))
+        .collect();
     let mut ms: Vec<i64> = published
         .iter()
         .filter_map(|(openid, at)| sent.get(openid).map(|s| s - at))
         .collect();
     ms.sort_unstable();
     let missing = published.len() - ms.len();
-    let q = |p: f64| ms.get(((ms.len() as f64 * p) as usize).min(ms.len().saturating_sub(1))).copied().unwrap_or(-1);
+    let q = |p: f64| {
+        ms.get(((ms.len() as f64 * p) as usize).min(ms.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(-1)
+    };
     format!(
         "B's latency p50 {} ms, p99 {} ms, max {} ms ({} events, {missing} not sent)",
         q(0.50),
@@ -246,29 +287,47 @@ fn peak_second(at: &[i64]) -> usize {
     most
 }
 
-async fn campaign(n: usize, span: Duration) {
+/// A's backlog alone, then with B's trickle: `queued` first (the worker starts after the whole
+/// campaign is in the work queue), or published while the worker runs (B starts when the last
+/// of A's is confirmed).
+async fn campaign(n: usize, span: Duration, queued: bool) {
+    let when = if queued {
+        "queued before the worker started"
+    } else {
+        "published while the worker ran"
+    };
     let alone = {
         let w = World::new().await;
-        w.backlog(APP_ID, "alone", n).await;
-        let child = w.worker(&[], None);
+        let child = start_and_publish(&w, n, queued).await;
         w.wait_sent(APP_ID, n, Duration::from_secs(900)).await;
         let rate = rate_of(&sends(&w.sim, APP_ID));
         w.close(child).await;
         rate
     };
     let w = World::new().await;
-    w.backlog(APP_ID, "campaign", n).await;
-    let child = w.worker(&[], None);
+    let child = start_and_publish(&w, n, queued).await;
     let published = w.trickle(B, span).await;
     w.wait_sent(APP_ID, n, Duration::from_secs(900)).await;
     w.wait_sent(B, published.len(), Duration::from_secs(60)).await;
     let with_b = rate_of(&sends(&w.sim, APP_ID));
     println!(
-        "fairness campaign: A's {n} alone {alone:.0} sends/s; with B {with_b:.0} sends/s ({:.0}% of alone); {}",
+        "fairness campaign ({when}): A's {n} alone {alone:.0} sends/s; with B {with_b:.0} sends/s ({:.0}% of alone); {}",
         100.0 * with_b / alone,
         latencies(&w.sim, &published)
     );
     w.close(child).await;
+}
+
+/// A's campaign of `n` and the worker, in the order `campaign` says.
+async fn start_and_publish(w: &World, n: usize, queued: bool) -> tokio::process::Child {
+    if queued {
+        w.backlog(APP_ID, "campaign", n).await;
+        return w.worker(&[], None);
+    }
+    let child = w.worker(&[], None);
+    w.wait_ready().await;
+    w.backlog(APP_ID, "campaign", n).await;
+    child
 }
 
 async fn rate(n: usize) {
@@ -318,7 +377,10 @@ async fn shares(n: usize) {
     let all: Vec<Vec<i64>> = [APP_ID, B, C].iter().map(|a| sends(&w.sim, a)).collect();
     let from = all.iter().map(|s| s[0]).max().unwrap_or(0);
     let to = all.iter().map(|s| *s.last().unwrap()).min().unwrap_or(0);
-    let counts: Vec<usize> = all.iter().map(|s| s.iter().filter(|t| (from..=to).contains(*t)).count()).collect();
+    let counts: Vec<usize> = all
+        .iter()
+        .map(|s| s.iter().filter(|t| (from..=to).contains(*t)).count())
+        .collect();
     let total: usize = counts.iter().sum();
     let shares: Vec<String> = counts
         .iter()
@@ -397,5 +459,8 @@ async fn set_consumer_timeout(ms: u64) {
         .status()
         .await
         .is_ok_and(|s| s.success());
-    println!("bench: consumer_timeout set to {ms} ms: {}", if ok { "ok" } else { "FAILED" });
+    println!(
+        "bench: consumer_timeout set to {ms} ms: {}",
+        if ok { "ok" } else { "FAILED" }
+    );
 }

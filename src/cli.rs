@@ -362,7 +362,8 @@ async fn status(format: OutputFormat, amqp: &AmqpArgs, db: &DbArgs) -> Result<()
     let mut status = ops::status::ledger(&pool)
         .await
         .map_err(|e| Failure::Runtime(format!("status: database: {e}")))?;
-    status.queues = ops::status::queues(&url, &topology)
+    let apps: Vec<String> = status.apps.iter().map(|a| a.app_id.clone()).collect();
+    status.queues = ops::status::queues(&url, &topology, &apps)
         .await
         .map_err(|e| Failure::Runtime(format!("status: broker: {e}")))?;
     match format {

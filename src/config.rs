@@ -211,6 +211,8 @@ pub struct WorkerArgs {
 pub struct AppCredentials {
     pub app_id: String,
     pub secret: Arc<SecretString>,
+    /// Sends a second for the whole fleet: its `[[apps]]` `rate_limit`, else `WXNOTIFY_RATE_LIMIT`.
+    pub rate_limit: Option<f64>,
 }
 
 impl std::fmt::Debug for AppCredentials {
@@ -218,6 +220,7 @@ impl std::fmt::Debug for AppCredentials {
         f.debug_struct("AppCredentials")
             .field("app_id", &self.app_id)
             .field("secret", &"[REDACTED]")
+            .field("rate_limit", &self.rate_limit)
             .finish()
     }
 }
@@ -397,6 +400,7 @@ impl WorkerArgs {
         Ok(AppCredentials {
             app_id: app_id.trim().to_string(),
             secret: Arc::new(SecretString::from(secret.trim().to_string())),
+            rate_limit: self.rate_limit,
         })
     }
 
@@ -473,6 +477,7 @@ fn all_apps(default_app: AppCredentials, catalog: &Catalog) -> Result<Vec<AppCre
         apps.push(AppCredentials {
             app_id: app.app_id.clone(),
             secret: Arc::new(env_secret(&app.secret_env)?),
+            rate_limit: app.rate_limit.or(apps[0].rate_limit),
         });
     }
     for t in catalog.templates() {

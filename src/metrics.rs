@@ -24,9 +24,40 @@ pub(crate) fn register(apps: &[String]) {
     register_due();
     register_db_errors();
     register_tokens(apps);
+    register_lanes(apps);
     register_health();
     register_ledger_batches();
     register_sampled();
+}
+
+/// Fairness between apps (docs/interface.md §11): per app, this worker's share of its rate
+/// limit, what waits in this worker's line (for a permit, for the rate), what it parked in the
+/// app's lane, and the lane's depth.
+fn register_lanes(apps: &[String]) {
+    describe_gauge!(
+        "wxnotify_waiting",
+        "Messages in this worker's line of an app, waiting for a permit or for the app's rate limit"
+    );
+    describe_counter!(
+        "wxnotify_parked_total",
+        "Messages this worker parked in their app's lane (the app had more than it could start)"
+    );
+    describe_gauge!(
+        "wxnotify_lane_messages",
+        "Ready messages in an app's lane: its backlog, fleet-wide (sampled)"
+    );
+    describe_gauge!(
+        "wxnotify_rate_share",
+        "Sends a second this worker may make for an app: its rate limit over the live workers (0: no limit)"
+    );
+    for app in apps {
+        metrics::gauge!("wxnotify_rate_share", "app" => app.clone()).set(0.0);
+        for why in ["permit", "rate"] {
+            metrics::gauge!("wxnotify_waiting", "app" => app.clone(), "for" => why).set(0.0);
+        }
+        metrics::counter!("wxnotify_parked_total", "app" => app.clone()).increment(0);
+        metrics::gauge!("wxnotify_lane_messages", "app" => app.clone()).set(0.0);
+    }
 }
 
 /// `wxnotify_messages_total`: every broker message settled, by outcome.
@@ -140,17 +171,12 @@ fn register_tokens(apps: &[String]) {
     }
 }
 
-/// The worker's own state: broker and database up, its rate share, its deliveries in flight.
+/// The worker's own state: broker and database up, its deliveries in flight.
 fn register_health() {
     describe_gauge!("wxnotify_broker_up", "1 while the worker's broker session is consuming");
     describe_gauge!("wxnotify_db_up", "1 while the database answered the last call");
     metrics::gauge!("wxnotify_broker_up").set(0.0);
     metrics::gauge!("wxnotify_db_up").set(0.0);
-    describe_gauge!(
-        "wxnotify_rate_share",
-        "Sends a second per app this worker may make: WXNOTIFY_RATE_LIMIT over the live workers (0: no limit)"
-    );
-    metrics::gauge!("wxnotify_rate_share").set(0.0);
     describe_gauge!("wxnotify_in_flight", "Deliveries this worker is working on right now");
     metrics::gauge!("wxnotify_in_flight").set(0.0);
 }

@@ -1,6 +1,7 @@
-//! The fleet-wide send rate per app (`WXNOTIFY_RATE_LIMIT`, docs/interface.md §6): every live worker takes
-//! an equal share of the limit (the limit divided by the workers whose heartbeat is fresh, counted
-//! at each heartbeat), so bursts stay under WeChat's minute quota (45011) however many run.
+//! The fleet-wide send rate per app (`WXNOTIFY_RATE_LIMIT`, or an app's `rate_limit` in the
+//! templates file, docs/interface.md §6): every live worker takes an equal share of the limit
+//! (the limit divided by the workers whose heartbeat is fresh, counted at each heartbeat), so
+//! bursts stay under WeChat's minute quota (45011) however many run.
 //!
 //! Each worker paces its own share per app with GCRA (virtual scheduling), twice: its scheduler
 //! dispatches a delivery of a paced app only when a dispatch slot is free (after a quiet spell up
@@ -21,62 +22,69 @@ use std::time::{Duration, Instant};
 /// rate): a delivery is dispatched a claim and a token ahead of its send.
 const BURST: Duration = Duration::from_millis(50);
 
-/// The pacers of one worker, two per configured app: one paces dispatching (which deliveries
+/// The pacers of one worker, two per rate-limited app: one paces dispatching (which deliveries
 /// start: the worker's scheduler asks it), one the sends themselves (asked right before each
 /// send, with no burst: the limit holds at the moment of the send, whatever stalled before).
 pub(crate) struct RateLimit {
-    /// Sends a second per app for the whole fleet.
-    limit: f64,
-    /// Live workers sharing it (this one included), from the last heartbeat.
+    /// Live workers sharing each limit (this one included), from the last heartbeat.
     live: AtomicU64,
     pacers: HashMap<String, Pacers>,
 }
 
 struct Pacers {
+    /// Sends a second for the whole fleet.
+    limit: f64,
     dispatch: Mutex<Pacer>,
     send: Mutex<Pacer>,
 }
 
 impl RateLimit {
-    /// `limit` sends a second per app, shared by the fleet; this worker alone until it counts others.
-    pub(crate) fn new(limit: f64, apps: &[String]) -> Self {
+    /// `limits`: sends a second per app, each shared by the fleet; this worker alone until it
+    /// counts others. Apps not listed are not limited. `None` when no app is.
+    pub(crate) fn new(limits: &[(String, f64)]) -> Option<Self> {
+        if limits.is_empty() {
+            return None;
+        }
         let now = Instant::now();
-        let pacers = apps
+        let pacers = limits
             .iter()
-            .map(|a| {
+            .map(|(app, limit)| {
                 let p = Pacers {
-                    dispatch: Mutex::new(Pacer::new(limit, BURST, now)),
-                    send: Mutex::new(Pacer::new(limit, Duration::ZERO, now)),
+                    limit: *limit,
+                    dispatch: Mutex::new(Pacer::new(*limit, BURST, now)),
+                    send: Mutex::new(Pacer::new(*limit, Duration::ZERO, now)),
                 };
-                (a.clone(), p)
+                (app.clone(), p)
             })
             .collect();
         let rate = Self {
-            limit,
             live: AtomicU64::new(1),
             pacers,
         };
-        rate.publish_share(1);
-        rate
+        rate.publish_shares(1);
+        Some(rate)
     }
 
-    /// `live` workers share the limit now (this one included).
+    /// `live` workers share the limits now (this one included).
     pub(crate) fn set_workers(&self, live: u64) {
         let live = live.max(1);
         self.live.store(live, Ordering::Relaxed);
         for p in self.pacers.values() {
-            p.dispatch
-                .lock()
-                .expect("pacer lock")
-                .set_rate(self.limit / live as f64);
-            p.send.lock().expect("pacer lock").set_rate(self.limit / live as f64);
+            p.dispatch.lock().expect("pacer lock").set_rate(p.limit / live as f64);
+            p.send.lock().expect("pacer lock").set_rate(p.limit / live as f64);
         }
-        self.publish_share(live);
+        self.publish_shares(live);
     }
 
-    /// This worker's sends a second per app now.
-    pub(crate) fn share(&self) -> f64 {
-        self.limit / self.live.load(Ordering::Relaxed).max(1) as f64
+    /// The live workers sharing the limits, as last counted.
+    pub(crate) fn live(&self) -> u64 {
+        self.live.load(Ordering::Relaxed).max(1)
+    }
+
+    /// The fleet's limit for `app`, if it has one.
+    #[cfg(test)]
+    fn limit(&self, app: &str) -> Option<f64> {
+        self.pacers.get(app).map(|p| p.limit)
     }
 
     /// Takes a dispatch slot for `app` if one is free now; otherwise when the next one is.
@@ -95,8 +103,10 @@ impl RateLimit {
         }
     }
 
-    fn publish_share(&self, live: u64) {
-        metrics::gauge!("wxnotify_rate_share").set(self.limit / live as f64);
+    fn publish_shares(&self, live: u64) {
+        for (app, p) in &self.pacers {
+            metrics::gauge!("wxnotify_rate_share", "app" => app.clone()).set(p.limit / live as f64);
+        }
     }
 }
 
@@ -227,17 +237,18 @@ mod tests {
 
     #[test]
     fn the_share_divides_the_limit_among_live_workers() {
-        let r = RateLimit::new(90.0, &["wxA".to_string()]);
+        let r = RateLimit::new(&[("wxA".to_string(), 90.0)]).expect("a limit");
         r.set_workers(3);
         let waits: Vec<u128> = (0..3).map(|_| r.reserve_send("wxA").as_millis()).collect();
         // 30/s each: 33 ms apart (the first slot is now; rounding may shave a millisecond).
-        assert!((r.share() - 30.0).abs() < 1e-9);
+        assert_eq!((r.live(), r.limit("wxA"), r.limit("wxB")), (3, Some(90.0), None));
         assert_eq!(waits[0], 0);
         assert!((32..=34).contains(&waits[1]), "{waits:?}");
         assert!((65..=67).contains(&waits[2]), "{waits:?}");
         assert_eq!(r.reserve_send("not-configured"), Duration::ZERO);
         r.set_workers(0); // never divides by zero: this worker at least
         assert!(r.reserve_send("wxA") > Duration::ZERO);
-        assert_eq!(r.share(), 90.0);
+        assert_eq!(r.live(), 1);
+        assert!(RateLimit::new(&[]).is_none(), "no app limited: no pacing at all");
     }
 }

@@ -29,6 +29,8 @@ pub struct AppStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueStatus {
     pub name: String,
+    /// The app whose lane this is (its backlog, docs/interface.md §11); `None`: another queue.
+    pub app: Option<String>,
     /// `None`: the queue does not exist (no worker declared it yet).
     pub messages: Option<u32>,
     pub consumers: Option<u32>,
@@ -158,26 +160,34 @@ pub async fn ledger(pool: &PgPool) -> Result<Status, sqlx::Error> {
     })
 }
 
-/// Depths of the work queue, the dead-letter queue and every retry queue that exists
-/// (`<queue>.retry.<2^k>s`), by passive declares: nothing is created.
-pub async fn queues(amqp_url: &SecretString, topology: &Topology) -> Result<Vec<QueueStatus>, lapin::Error> {
+/// Depths of the work queue, the dead-letter queue, every retry queue that exists
+/// (`<queue>.retry.<2^k>s`) and the lanes of `apps` that exist, by passive declares: nothing is
+/// created.
+pub async fn queues(
+    amqp_url: &SecretString,
+    topology: &Topology,
+    apps: &[String],
+) -> Result<Vec<QueueStatus>, lapin::Error> {
     let conn = queue::connect(amqp_url, "wxnotify-status").await?;
-    let mut names = vec![topology.queue.clone(), topology.dlq.clone()];
-    names.extend((0..16).map(|k| topology.retry_queue(Duration::from_secs(1 << k))));
+    let mut names: Vec<(String, Option<&String>)> = vec![(topology.queue.clone(), None), (topology.dlq.clone(), None)];
+    names.extend((0..16).map(|k| (topology.retry_queue(Duration::from_secs(1 << k)), None)));
+    names.extend(apps.iter().map(|a| (topology.lane(a), Some(a))));
     let mut out = Vec::new();
     let mut channel = conn.create_channel().await?;
-    for name in names {
+    for (name, app) in names {
         match queue::peek(&channel, &name).await {
             Ok(q) => out.push(QueueStatus {
                 name,
+                app: app.cloned(),
                 messages: Some(q.message_count()),
                 consumers: Some(q.consumer_count()),
             }),
             // 404: not declared; the broker closed the channel.
             Err(_) => {
-                if !name.contains(".retry.") {
+                if !name.contains(".retry.") && app.is_none() {
                     out.push(QueueStatus {
                         name,
+                        app: None,
                         messages: None,
                         consumers: None,
                     });
@@ -217,6 +227,20 @@ pub fn table(s: &Status) -> String {
         let n = |v: Option<u32>| v.map_or("absent".into(), |v| v.to_string());
         out.push_str(&format!("{:<48} {:>9} {:>9}\n", q.name, n(q.messages), n(q.consumers)));
     }
+    let backlogs: Vec<String> = s
+        .queues
+        .iter()
+        .filter_map(|q| Some((q.app.as_ref()?, q.messages.filter(|n| *n > 0)?)))
+        .map(|(app, n)| format!("{app} {n}"))
+        .collect();
+    out.push_str(&format!(
+        "\napps with a backlog in their lane: {}\n",
+        if backlogs.is_empty() {
+            "none".to_string()
+        } else {
+            backlogs.join(", ")
+        }
+    ));
     out.push_str(&format!(
         "\ndeliveries in doubt {}, scheduled {}, due now {}{}\nlive workers {}: {}\n",
         s.in_doubt,

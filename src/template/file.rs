@@ -77,4 +77,7 @@ pub struct AppSpec {
     /// EncodingAESKey (safe and compatible modes); plaintext mode only when absent.
     #[serde(default)]
     pub aes_key_env: Option<String>,
+    /// Sends a second for this app, for the whole fleet (instead of `WXNOTIFY_RATE_LIMIT`).
+    #[serde(default)]
+    pub rate_limit: Option<f64>,
 }

@@ -255,15 +255,25 @@ fn sample_for(spec: &TemplateSpec) -> Result<serde_json::Value, String> {
     Ok(sample)
 }
 
-/// No app is listed twice in `[[apps]]`.
+/// No app is listed twice in `[[apps]]`, and each `rate_limit` is a rate WXNOTIFY_RATE_LIMIT
+/// could be.
 fn check_apps_listed_once(apps: &[AppSpec], origin: &str) -> Result<(), TemplateConfigError> {
     let mut seen = HashSet::new();
+    let refuse = |message: String| TemplateConfigError::Parse {
+        path: origin.to_string(),
+        message,
+    };
     for app in apps {
         if !seen.insert(app.app_id.as_str()) {
-            return Err(TemplateConfigError::Parse {
-                path: origin.to_string(),
-                message: format!("app {} is listed twice in [[apps]]", app.app_id),
-            });
+            return Err(refuse(format!("app {} is listed twice in [[apps]]", app.app_id)));
+        }
+        if let Some(r) = app.rate_limit
+            && !(r.is_finite() && (0.01..=100_000.0).contains(&r))
+        {
+            return Err(refuse(format!(
+                "app {}: rate_limit must be a number of sends a second between 0.01 and 100000",
+                app.app_id
+            )));
         }
     }
     Ok(())
@@ -581,6 +591,24 @@ secret_env = "WECHAT_APP_SECRET_2"
         let body = json!({"event_id": "e1", "event_type": "booking.confirmed",
             "occurred_at": "2026-11-21T09:30:00+08:00", "openid": "o1", "data": data});
         BookingEvent::parse(body.to_string().as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn an_apps_rate_limit_is_read_and_checked() {
+        let limited = GOOD.replace(
+            "secret_env = \"WECHAT_APP_SECRET_2\"",
+            "secret_env = \"WECHAT_APP_SECRET_2\"\nrate_limit = 30",
+        );
+        assert_eq!(Catalog::parse(&limited, "test").unwrap().apps[0].rate_limit, Some(30.0));
+        assert_eq!(Catalog::parse(GOOD, "test").unwrap().apps[0].rate_limit, None);
+        for bad in ["0", "-1", "1e9", "nan"] {
+            let text = GOOD.replace(
+                "secret_env = \"WECHAT_APP_SECRET_2\"",
+                &format!("secret_env = \"WECHAT_APP_SECRET_2\"\nrate_limit = {bad}"),
+            );
+            let e = Catalog::parse(&text, "test").unwrap_err().to_string();
+            assert!(e.contains("rate_limit must be"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -48,7 +48,9 @@ pub(super) async fn run(
     let mut gauges = tokio::time::interval(GAUGES_EVERY);
     let default_app = worker.ctx.rules.default_app.as_str().to_string();
     loop {
-        lanes.set_share(worker.ctx.rate.as_ref().map(|r| r.share()));
+        if let Some(rate) = &worker.ctx.rate {
+            lanes.set_live(rate.live());
+        }
         let wake = start_ready(&worker.ctx, lanes, session, permits, &done_tx);
         // `biased`: a stop or a broken session wins over a ready message, so a message handed
         // back by a broken session is not taken again by it (each time costs a delivery).

@@ -1,5 +1,5 @@
 //! Gauges sampled every few seconds while a broker session lives: the queues' depths (passive
-//! declares of the queues this worker declared), and from the ledger the shared tokens (expiry,
+//! declares of the queues this worker declared, and of the lanes it consumes), and from the ledger the shared tokens (expiry,
 //! calls today, blocks), deliveries in doubt / scheduled / due, the scheduler's lag and the live
 //! workers. Every worker samples; dashboards take the max. The ledger's counts stop at
 //! [`crate::ops::status::SAMPLE_CAP`] (beyond it: at least that many; the scheduled count, the
@@ -16,14 +16,14 @@ use crate::queue::peek;
 
 const EVERY: Duration = Duration::from_secs(5);
 
-pub(crate) async fn run(ctx: Arc<Context>, channel: Channel, stop: CancellationToken) {
+pub(crate) async fn run(ctx: Arc<Context>, channel: Channel, lane_apps: Vec<String>, stop: CancellationToken) {
     let mut tick = tokio::time::interval(EVERY);
     loop {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = tick.tick() => {}
         }
-        if let Err(e) = queues(&ctx, &channel).await {
+        if let Err(e) = queues(&ctx, &channel, &lane_apps).await {
             tracing::debug!(error = %e, "sampling queue depths failed; stopping until the next session");
             return;
         }
@@ -60,7 +60,7 @@ async fn ledger(ctx: &Context) {
     }
 }
 
-async fn queues(ctx: &Context, channel: &Channel) -> lapin::Result<()> {
+async fn queues(ctx: &Context, channel: &Channel, lane_apps: &[String]) -> lapin::Result<()> {
     let topology = &ctx.topology;
     let work = peek(channel, &topology.queue).await?;
     metrics::gauge!("wxnotify_queue_messages", "queue" => "work").set(f64::from(work.message_count()));
@@ -72,5 +72,9 @@ async fn queues(ctx: &Context, channel: &Channel) -> lapin::Result<()> {
         retrying += peek(channel, &topology.retry_queue(tier)).await?.message_count();
     }
     metrics::gauge!("wxnotify_queue_messages", "queue" => "retry").set(f64::from(retrying));
+    for app in lane_apps {
+        let lane = peek(channel, &topology.lane(app)).await?;
+        metrics::gauge!("wxnotify_lane_messages", "app" => app.clone()).set(f64::from(lane.message_count()));
+    }
     Ok(())
 }

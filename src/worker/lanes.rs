@@ -51,8 +51,8 @@ struct Line<M> {
     app: String,
     /// It has a lane to park in (a configured app); others are never parked.
     lane: bool,
-    /// It is rate-limited.
-    paced: bool,
+    /// Its fleet-wide rate limit, if it has one.
+    limit: Option<f64>,
     waiting: VecDeque<(M, Source)>,
     in_flight: usize,
 }
@@ -67,33 +67,33 @@ pub(crate) struct Lanes<M> {
     /// Messages of the work queue not yet acked: in a line, in flight or being parked.
     work_held: usize,
     work_prefetch: usize,
-    /// Sends a second this worker may make per paced app (its share of `WXNOTIFY_RATE_LIMIT`).
-    share: Option<f64>,
+    /// Live workers sharing the rate limits (this one included).
+    live: u64,
 }
 
 impl<M> Lanes<M> {
-    /// `apps`: the configured apps, each with a lane; `paced`: whether they are rate-limited.
-    pub(crate) fn new(apps: &[String], paced: bool, work_prefetch: usize) -> Self {
+    /// `apps`: the configured apps that have a lane, each with its rate limit if it has one.
+    pub(crate) fn new(apps: &[(String, Option<f64>)], work_prefetch: usize) -> Self {
         let mut lanes = Self {
             lines: Vec::new(),
             index: HashMap::new(),
             turn: 0,
             work_held: 0,
             work_prefetch,
-            share: None,
+            live: 1,
         };
-        for app in apps {
-            lanes.add(app, true, paced);
+        for (app, limit) in apps {
+            lanes.add(app, true, *limit);
         }
         lanes
     }
 
-    fn add(&mut self, app: &str, lane: bool, paced: bool) -> usize {
+    fn add(&mut self, app: &str, lane: bool, limit: Option<f64>) -> usize {
         let i = self.lines.len();
         self.lines.push(Line {
             app: app.to_string(),
             lane,
-            paced,
+            limit,
             waiting: VecDeque::new(),
             in_flight: 0,
         });
@@ -105,7 +105,7 @@ impl<M> Lanes<M> {
     pub(crate) fn line_of(&mut self, app: &str) -> usize {
         match self.index.get(app) {
             Some(&i) => i,
-            None => self.add(app, false, false),
+            None => self.add(app, false, None),
         }
     }
 
@@ -114,20 +114,25 @@ impl<M> Lanes<M> {
         &self.lines[line].app
     }
 
-    /// This worker's current share of the rate limit, per paced app.
-    pub(crate) fn set_share(&mut self, share: Option<f64>) {
-        self.share = share;
+    /// How many workers share the rate limits now.
+    pub(crate) fn set_live(&mut self, live: u64) {
+        self.live = live.max(1);
+    }
+
+    /// This worker's sends a second for `line`, if its app is rate-limited.
+    fn share(&self, line: usize) -> Option<f64> {
+        self.lines[line].limit.map(|l| l / self.live as f64)
     }
 
     /// A paced app's second's worth (at least one): how many it keeps in line and in flight.
-    fn paced_cap(&self) -> usize {
-        self.share.map_or(usize::MAX, |s| (s.ceil() as usize).max(1))
+    fn paced_cap(&self, line: usize) -> usize {
+        self.share(line).map_or(usize::MAX, |s| (s.ceil() as usize).max(1))
     }
 
-    /// How many a lane consumer of a paced app may hold: two seconds' worth (at least two), so a
-    /// message never waits long unacked; other apps' lanes take `concurrency`.
-    pub(crate) fn lane_prefetch(&self, concurrency: usize) -> usize {
-        match self.share {
+    /// How many the lane consumer of `line` may hold: for a paced app two seconds' worth (at
+    /// least two), so a message never waits long unacked; for others `concurrency`.
+    pub(crate) fn lane_prefetch(&self, line: usize, concurrency: usize) -> usize {
+        match self.share(line) {
             Some(s) => ((2.0 * s).ceil() as usize).clamp(2, concurrency.max(2)),
             None => concurrency,
         }
@@ -141,8 +146,8 @@ impl<M> Lanes<M> {
         let lone = self.lines.iter().filter(|l| l.lane).count() <= 1;
         let keep = if !l.lane {
             true
-        } else if l.paced && self.share.is_some() {
-            l.waiting.len() < self.paced_cap()
+        } else if l.limit.is_some() {
+            l.waiting.len() < self.paced_cap(line)
         } else {
             lone || (l.waiting.len() < DIRECT_LINE && 2 * self.work_held <= self.work_prefetch)
         };
@@ -163,20 +168,20 @@ impl<M> Lanes<M> {
     /// slot (or says when the next is free); it is asked only for the app about to start.
     pub(crate) fn next(&mut self, mut dispatch: impl FnMut(&str) -> Result<(), Instant>) -> Next<M> {
         let n = self.lines.len();
-        let cap = self.paced_cap();
         let mut candidates: Vec<usize> = (0..n)
             .map(|k| (self.turn + k) % n)
             .filter(|&i| {
                 let l = &self.lines[i];
-                !l.waiting.is_empty() && (!l.paced || l.in_flight < cap)
+                !l.waiting.is_empty() && l.in_flight < self.paced_cap(i)
             })
             .collect();
         // Fewest in flight first; among equals, the round robin's order (the sort is stable).
         candidates.sort_by_key(|&i| self.lines[i].in_flight);
         let mut wake: Option<Instant> = None;
         for i in candidates {
-            let paced = self.lines[i].paced && self.share.is_some();
-            if paced && let Err(at) = dispatch(&self.lines[i].app) {
+            if self.lines[i].limit.is_some()
+                && let Err(at) = dispatch(&self.lines[i].app)
+            {
                 wake = Some(wake.map_or(at, |w| w.min(at)));
                 continue;
             }
@@ -201,11 +206,7 @@ impl<M> Lanes<M> {
     /// Per app: messages waiting in this worker's line, and whether they wait for the rate.
     pub(crate) fn backlog(&self) -> impl Iterator<Item = (&str, usize, usize)> + '_ {
         self.lines.iter().map(|l| {
-            let for_rate = if l.paced && self.share.is_some() {
-                l.waiting.len()
-            } else {
-                0
-            };
+            let for_rate = if l.limit.is_some() { l.waiting.len() } else { 0 };
             (l.app.as_str(), l.waiting.len(), for_rate)
         })
     }
@@ -217,8 +218,8 @@ mod tests {
 
     use super::*;
 
-    fn apps(names: &[&str]) -> Vec<String> {
-        names.iter().map(|s| s.to_string()).collect()
+    fn apps(names: &[&str]) -> Vec<(String, Option<f64>)> {
+        names.iter().map(|s| (s.to_string(), None)).collect()
     }
 
     /// Starts up to `permits` messages; which apps they were for.
@@ -235,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_lone_app_is_never_parked() {
-        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA"]), false, 100);
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA"]), 100);
         let a = lanes.line_of("wxA");
         for i in 0..1000 {
             assert_eq!(lanes.route(a), Route::Line);
@@ -245,7 +246,7 @@ mod tests {
 
     #[test]
     fn a_backlog_is_parked_and_another_apps_message_is_not() {
-        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB"]), false, 1000);
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB"]), 1000);
         let (a, b) = (lanes.line_of("wxA"), lanes.line_of("wxB"));
         let routes: Vec<Route> = (0..100)
             .map(|i| {
@@ -269,7 +270,7 @@ mod tests {
 
     #[test]
     fn the_work_queue_keeps_half_its_prefetch_for_parking() {
-        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB", "wxC"]), false, 8);
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB", "wxC"]), 8);
         let lines: Vec<usize> = ["wxA", "wxB", "wxC"].iter().map(|a| lanes.line_of(a)).collect();
         let mut kept = 0;
         for i in 0..8 {
@@ -285,7 +286,7 @@ mod tests {
 
     #[test]
     fn apps_with_backlogs_get_equal_shares_of_the_permits() {
-        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB", "wxC"]), false, 1000);
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB", "wxC"]), 1000);
         for app in ["wxA", "wxB", "wxC"] {
             let l = lanes.line_of(app);
             for i in 0..1000 {
@@ -309,8 +310,8 @@ mod tests {
 
     #[test]
     fn an_app_that_cannot_start_leaves_the_permits_to_the_others() {
-        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB"]), true, 1000);
-        lanes.set_share(Some(10.0));
+        let limited = [("wxA".to_string(), Some(10.0)), ("wxB".to_string(), Some(10.0))];
+        let mut lanes: Lanes<u32> = Lanes::new(&limited, 1000);
         let (a, b) = (lanes.line_of("wxA"), lanes.line_of("wxB"));
         let later = Instant::now() + Duration::from_millis(100);
         for i in 0..5 {
@@ -333,8 +334,9 @@ mod tests {
 
     #[test]
     fn a_paced_app_keeps_about_a_seconds_worth_in_line_and_in_flight() {
-        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA"]), true, 1000);
-        lanes.set_share(Some(5.0));
+        // 10/s for the fleet, two workers: 5/s for this one.
+        let mut lanes: Lanes<u32> = Lanes::new(&[("wxA".to_string(), Some(10.0))], 1000);
+        lanes.set_live(2);
         let a = lanes.line_of("wxA");
         let kept = (0..20)
             .filter(|&i| {
@@ -347,14 +349,14 @@ mod tests {
             .count();
         assert_eq!(kept, 5, "a lone paced app parks past a second's worth too");
         assert_eq!(start(&mut lanes, 100).len(), 5, "at most 5 in flight");
-        assert_eq!(lanes.lane_prefetch(1000), 10);
+        assert_eq!(lanes.lane_prefetch(a, 1000), 10);
         let waiting: Vec<_> = lanes.backlog().collect();
         assert_eq!(waiting, [("wxA", 0, 0)]);
     }
 
     #[test]
     fn an_unknown_app_is_never_parked() {
-        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB"]), false, 4);
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB"]), 4);
         let x = lanes.line_of("wxUnknown");
         for i in 0..10 {
             assert_eq!(lanes.route(x), Route::Line);

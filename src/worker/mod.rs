@@ -95,7 +95,13 @@ impl Worker {
                 health,
                 hard_stop: CancellationToken::new(),
             },
-            rate: settings.rate_limit.map(|limit| RateLimit::new(limit, &app_ids)),
+            rate: RateLimit::new(
+                &settings
+                    .apps
+                    .iter()
+                    .filter_map(|a| Some((a.app_id.clone(), a.rate_limit?)))
+                    .collect::<Vec<_>>(),
+            ),
         };
         let catalog = settings.catalog.clone();
         let releaser = Releaser {
@@ -202,6 +208,7 @@ impl Worker {
             session,
             mut intake,
             mut lanes,
+            lane_apps,
             tag,
         } = self.open(&conn).await?;
         // The due-delivery loop publishes on this session's channel: it lives and dies with it.
@@ -214,6 +221,7 @@ impl Worker {
         let sampler = tokio::spawn(gauges::run(
             self.ctx.clone(),
             conn.create_channel().await?,
+            lane_apps,
             due_stop.clone(),
         ));
         self.ctx.db.health.set_broker(true);
@@ -259,26 +267,28 @@ impl Worker {
                 FieldTable::default(),
             )
             .await?;
-        let mut lanes = Lanes::new(&self.laned_apps(), self.ctx.rate.is_some(), usize::from(s.prefetch));
-        lanes.set_share(self.ctx.rate.as_ref().map(RateLimit::share));
+        let mut lanes = Lanes::new(&self.laned_apps(), usize::from(s.prefetch));
+        lanes.set_live(self.ctx.rate.as_ref().map_or(1, RateLimit::live));
         let lane_channel = conn.create_channel().await?;
-        let consumers = self.consume_lanes(conn, &lane_channel, &mut lanes, &tag).await?;
+        let (consumers, lane_apps) = self.consume_lanes(conn, &lane_channel, &mut lanes, &tag).await?;
         Ok(Opened {
             channel,
             lane_channel,
             session,
             intake: Intake { work, lanes: consumers },
             lanes,
+            lane_apps,
             tag,
         })
     }
 
-    /// The apps that park in lanes: every configured app when there are several or a rate
-    /// limit; a lone app without one never waits behind another's, so it needs none.
-    fn laned_apps(&self) -> Vec<String> {
+    /// The apps that park in lanes, each with its rate limit: every configured app when there
+    /// are several or a rate limit; a lone app without one never waits behind another's, so it
+    /// needs none.
+    fn laned_apps(&self) -> Vec<(String, Option<f64>)> {
         let apps = &self.settings.apps;
         if apps.len() > 1 || self.ctx.rate.is_some() {
-            apps.iter().map(|a| a.app_id.clone()).collect()
+            apps.iter().map(|a| (a.app_id.clone(), a.rate_limit)).collect()
         } else {
             Vec::new()
         }
@@ -294,9 +304,9 @@ impl Worker {
         ch: &lapin::Channel,
         lanes: &mut Lanes<Delivery>,
         tag: &str,
-    ) -> Result<SelectAll<LaneStream>, SessionEnd> {
+    ) -> Result<(SelectAll<LaneStream>, Vec<String>), SessionEnd> {
         let s = &self.settings;
-        let parking = self.laned_apps();
+        let parking: Vec<String> = self.laned_apps().into_iter().map(|(app, _)| app).collect();
         s.topology.declare_lanes(ch, &parking, s.delivery_limit).await?;
         let mut consumed = parking.clone();
         for app in s.apps.iter().map(|a| &a.app_id).filter(|a| !parking.contains(a)) {
@@ -304,11 +314,12 @@ impl Worker {
                 consumed.push(app.clone());
             }
         }
-        let prefetch = u16::try_from(lanes.lane_prefetch(s.concurrency)).unwrap_or(u16::MAX);
-        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
         let mut all = SelectAll::new();
         for app in &consumed {
             let line = lanes.line_of(app);
+            // Each lane's consumer its own prefetch (a qos applies to the consumers made after it).
+            let prefetch = u16::try_from(lanes.lane_prefetch(line, s.concurrency)).unwrap_or(u16::MAX);
+            ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
             let consumer = ch
                 .basic_consume(
                     s.topology.lane(app).as_str().into(),
@@ -319,7 +330,7 @@ impl Worker {
                 .await?;
             all.push(consumer.map(move |d| (line, d)).boxed());
         }
-        Ok(all)
+        Ok((all, consumed))
     }
 
     /// Shutdown: intake stops first (in-flight deliveries still ack on `channel`), then the
@@ -417,6 +428,8 @@ struct Opened {
     session: Session,
     intake: Intake,
     lanes: Lanes<Delivery>,
+    /// The apps whose lanes it consumes.
+    lane_apps: Vec<String>,
     /// The work queue consumer's tag; a lane's is `<tag>-lane-<line>`.
     tag: String,
 }

@@ -93,6 +93,13 @@ pub(crate) fn build(events: usize, seed: u64, t0: DateTime<Utc>, cancelled_due: 
     load
 }
 
+/// Booking `i`'s app: the default app, B or C in turn (C is rate-limited, see `chaos_worker_env`).
+fn set_app(ev: &mut serde_json::Value, i: usize) {
+    if !i.is_multiple_of(3) {
+        ev["app_id"] = crate::common::OTHER_APPS[i % 3 - 1].0.into();
+    }
+}
+
 impl Load {
     /// The `events` distinct events, in order; returns the cancellations of the bookings whose
     /// reminders must never arrive, for the caller to scatter.
@@ -103,6 +110,7 @@ impl Load {
             let openid = format!("o-chaos-{i:05}");
             let mut ev = event(&format!("evt-chaos-{i:05}"), event_type, &openid);
             ev["data"]["booking_id"] = format!("B-{i:05}").into();
+            set_app(&mut ev, i);
             if event_type == "booking.confirmed" && i % 100 != 37 {
                 cancels.extend(self.schedule_reminder(rng, i, &mut ev, t0, cancelled_due));
             }
@@ -149,6 +157,7 @@ impl Load {
         let notice = format!("o-chaos-cx-{i:05}");
         let mut cancel = event(&format!("evt-chaos-cx-{i:05}"), "booking.cancelled", &notice);
         cancel["data"]["booking_id"] = format!("B-{i:05}").into();
+        set_app(&mut cancel, i);
         cancel["occurred_at"] = "2026-11-21T09:45:00+08:00".into();
         self.delivered.insert(notice.clone());
         Some(Msg {

@@ -33,7 +33,7 @@ use tokio::time::Instant;
 use wechat_sim::{Faults, Sim, SimConfig, Stats};
 use wxnotify::queue::{self, Topology, headers};
 
-use common::{APP_ID, APP_SECRET, Taken, amqp_url, fresh_database, take_all, worker_env};
+use common::{Taken, amqp_url, fresh_database, take_all, worker_env};
 use fleet::{Fleet, queue_depths, services};
 use load::{Expect, Feeder, Load};
 
@@ -106,7 +106,7 @@ fn feed(load: &Load, exchange: &str, publish_secs: f64, t0: Instant) -> JoinHand
 /// every 150 accepted sends, 200 ms per send.
 fn simulator(load: &Load) -> Sim {
     Sim::new(SimConfig {
-        apps: HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]),
+        apps: common::sim_apps(),
         unsubscribed: load.unsubscribed.iter().cloned().collect(),
         faults: Faults {
             busy_rate: 0.05,
@@ -119,8 +119,8 @@ fn simulator(load: &Load) -> Sim {
 }
 
 /// The workers' environment: the common one, tuned for the run.
-fn chaos_worker_env(db_url: &str, topology: &Topology, sim_base: &str) -> Vec<(String, String)> {
-    let mut env = worker_env(db_url, topology, sim_base, "templates.toml");
+fn chaos_worker_env(db_url: &str, topology: &Topology, sim_base: &str, templates: &str) -> Vec<(String, String)> {
+    let mut env = worker_env(db_url, topology, sim_base, templates);
     env.extend(
         [
             // A rotation every 150 sends is far beyond stable_token's 20 forced refreshes a day.
@@ -135,7 +135,9 @@ fn chaos_worker_env(db_url: &str, topology: &Topology, sim_base: &str) -> Vec<(S
         ]
         .map(|(k, v)| (k, v.to_string())),
     );
-    env.into_iter().map(|(k, v)| (k.to_string(), v)).collect()
+    let mut env: Vec<(String, String)> = env.into_iter().map(|(k, v)| (k.to_string(), v)).collect();
+    env.extend(common::apps_env());
+    env
 }
 
 /// One run: its database, simulator, queues, and worker processes.
@@ -187,7 +189,10 @@ impl Run {
         fleet::declare(&amqp_url(), &topology).await;
         let logs = fleet::logs_of(&prefix);
         let sim_base = format!("http://{sim_addr}");
-        let worker_env = chaos_worker_env(&db_url, &topology, &sim_base);
+        // Three apps: the shipped templates, plus B, and C limited to 30 sends a second.
+        std::fs::create_dir_all(&logs).expect("logs directory");
+        let templates = common::apps_file_with("templates.toml", &logs, [None, Some(30.0)]);
+        let worker_env = chaos_worker_env(&db_url, &topology, &sim_base, &templates.to_string_lossy());
         let mut fleet = Fleet::new(WORKERS, worker_env, &logs);
         for slot in 0..WORKERS {
             fleet.start(slot).await;

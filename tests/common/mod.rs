@@ -28,12 +28,21 @@ pub(crate) const OTHER_APPS: [(&str, &str); 2] = [
 /// `WXNOTIFY_TEST_APP2_SECRET` and `..._APP3_...`, see [`apps_env`]), written under `dir`.
 pub(crate) fn apps_file(dir: &std::path::Path) -> std::path::PathBuf {
     let fixtures = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/templates.toml");
-    let mut text = std::fs::read_to_string(fixtures).expect("fixtures");
+    apps_file_with(fixtures, dir, [None, None])
+}
+
+/// The templates of `base` with [`OTHER_APPS`] as `[[apps]]`, each with its `rate_limit` if
+/// `limits` gives one, written under `dir`.
+pub(crate) fn apps_file_with(base: &str, dir: &std::path::Path, limits: [Option<f64>; 2]) -> std::path::PathBuf {
+    let mut text = std::fs::read_to_string(base).expect("templates file");
     for (i, (app, _)) in OTHER_APPS.iter().enumerate() {
         text.push_str(&format!(
             "\n[[apps]]\napp_id = \"{app}\"\nsecret_env = \"WXNOTIFY_TEST_APP{}_SECRET\"\n",
             i + 2
         ));
+        if let Some(limit) = limits[i] {
+            text.push_str(&format!("rate_limit = {limit}\n"));
+        }
     }
     let path = dir.join(format!("apps-{}.toml", uuid::Uuid::new_v4().simple()));
     std::fs::write(&path, text).expect("write the apps file");

@@ -252,6 +252,7 @@ async fn provider(env: &TestEnv, api: TokenApi, margin: Duration) -> TokenProvid
     let app = AppCredentials {
         app_id: APP_ID.into(),
         secret: Arc::new(SecretString::from(APP_SECRET)),
+        rate_limit: None,
     };
     TokenProvider::new(pool, client, settings, &[app])
 }
