@@ -14,7 +14,7 @@
 //!   the campaign published while the worker runs, then queued before it starts.
 //! - `rate`: `WXNOTIFY_RATE_LIMIT=50`, A's backlog 20,000, B's trickle; 20 s in, A's tokens are
 //!   revoked and the token endpoint stalls for 7 s. B's latency; A's most sends in any second.
-//! - `shares`: A's, then B's, then C's backlog queued (a third each); each app's share of the
+//! - `shares`: A's, then B's, then C's backlog queued (30,000 each); each app's share of the
 //!   sends while all three have a backlog.
 //! - `blocked`: A's and B's backlogs; a few seconds in, A's secret is reset (its token can no
 //!   longer be had). B's sends a second, beside B alone.
@@ -62,7 +62,7 @@ fn main() {
             rate(n.unwrap_or(20_000)).await;
         }
         if run("shares") {
-            shares(n.unwrap_or(30_000)).await;
+            shares(n.unwrap_or(90_000)).await;
         }
         if run("blocked") {
             blocked(n.unwrap_or(20_000)).await;
