@@ -240,6 +240,19 @@ fn sends(sim: &Sim, app: &str) -> Vec<i64> {
     at
 }
 
+/// When the worker started each send to `app` (the ledger's attempts, ms since the epoch), in
+/// order: the rate limit holds here; WeChat's receipt adds each request's own jitter.
+async fn send_starts(pool: &PgPool, app: &str) -> Vec<i64> {
+    sqlx::query_scalar(
+        "SELECT (EXTRACT(EPOCH FROM a.started_at) * 1000)::int8 FROM delivery_attempts a
+           JOIN deliveries d ON d.id = a.delivery_id WHERE d.app_id = $1 ORDER BY 1",
+    )
+    .bind(app)
+    .fetch_all(pool)
+    .await
+    .expect("attempts")
+}
+
 /// Publish → send latency of the trickle's events: p50, p99, max (ms), and how many never went.
 fn latencies(sim: &Sim, published: &[(String, i64)]) -> String {
     let sent: HashMap<String, i64> = sim
@@ -352,10 +365,12 @@ async fn rate(n: usize) {
     w.wait_sent(B, published.len(), Duration::from_secs(30)).await;
     stall.await.expect("stall");
     let a = sends(&w.sim, APP_ID);
+    let started = send_starts(&w.pool, APP_ID).await;
     println!(
-        "fairness rate 50/s: A sent {} in the run, {:.1}/s, at most {} in any second (after a 7 s token stall); {}",
+        "fairness rate 50/s: A sent {} in the run, {:.1}/s, at most {} in any second as the worker sent them, {} as WeChat received them (a 7 s token stall 20 s in); {}",
         a.len(),
         rate_of(&a),
+        peak_second(&started),
         peak_second(&a),
         latencies(&w.sim, &published)
     );
@@ -438,11 +453,13 @@ async fn timeout(n: usize) {
     let distinct: std::collections::HashSet<String> = w.sim.messages().into_iter().map(|m| m.touser).collect();
     let text = std::fs::read_to_string(&log).unwrap_or_default();
     let ended = text.matches("broker session ended").count();
+    let started = send_starts(&w.pool, APP_ID).await;
     println!(
-        "fairness timeout: consumer_timeout 60 s, A's {n} at 50/s ({}): {} sent, {} twice; sessions the broker ended: {ended}; most in any second {}",
+        "fairness timeout: consumer_timeout 60 s, A's {n} at 50/s ({}): {} sent, {} twice; sessions the broker ended: {ended}; most in any second {} as sent, {} as received",
         if done { "all sent" } else { "NOT all sent" },
         a.len(),
         a.len() - distinct.len().min(a.len()),
+        peak_second(&started),
         peak_second(&a)
     );
     w.close(child).await;
