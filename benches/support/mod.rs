@@ -72,7 +72,7 @@ impl Broker {
         .expect("consume")
     }
 
-    /// Deletes the run's queues (quorum queues are not free) and closes.
+    /// Deletes the run's queues (quorum queues are not free) and exchanges, and closes.
     pub(crate) async fn close(self) {
         let ch = self.conn.create_channel().await.expect("channel");
         let policy = wxnotify::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(300));
@@ -82,6 +82,9 @@ impl Broker {
         names.extend(apps.map(|a| self.topology.lane(a)));
         for q in names {
             let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        }
+        for x in [&self.topology.exchange, &self.topology.dlx] {
+            let _ = ch.exchange_delete(x.as_str().into(), Default::default()).await;
         }
         let _ = self.conn.close(200, "done".into()).await;
     }
