@@ -8,7 +8,7 @@
 #   scripts/faults.sh 1 NAME       one scenario (e.g. postgres_blackholed_then_healed)
 #   scripts/faults.sh short        the short run of CI: one scenario, smaller and faster
 # It loads this machine: do not run it beside other tests.
-# Knobs: FAULTS_EVENTS (3000), FAULTS_SECS (60), FAULTS_PUBLISH_SECS (30).
+# Knobs: FAULTS_EVENTS (3000), FAULTS_SECS (60), FAULTS_PUBLISH_SECS (30), FAULTS_SLOW_EVENTS (9000).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh up

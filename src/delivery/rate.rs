@@ -76,7 +76,10 @@ impl RateLimit {
         self.live.store(live, Ordering::Relaxed);
         for p in self.pacers.values() {
             p.dispatch.lock().expect("pacer lock").set_rate(p.limit / live as f64);
-            p.send.lock().expect("pacer lock").set_rate(p.limit * SEND_MARGIN / live as f64);
+            p.send
+                .lock()
+                .expect("pacer lock")
+                .set_rate(p.limit * SEND_MARGIN / live as f64);
         }
         self.publish_shares(live);
     }
