@@ -78,8 +78,7 @@ impl Broker {
         let policy = wxnotify::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(300));
         let mut names = vec![self.topology.queue.clone(), self.topology.dlq.clone()];
         names.extend(policy.tiers().into_iter().map(|t| self.topology.retry_queue(t)));
-        let apps = std::iter::once(APP_ID).chain(crate::common::OTHER_APPS.iter().map(|(a, _)| *a));
-        names.extend(apps.map(|a| self.topology.lane(a)));
+        names.extend(crate::common::all_apps().map(|(app, _)| self.topology.lane(app)));
         for q in names {
             let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
         }

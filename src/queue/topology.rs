@@ -52,6 +52,19 @@ impl Topology {
         format!("{}.retry.{}s", self.queue, tier.as_secs())
     }
 
+    /// The arguments of the work queue and of the lanes, which hold the same messages.
+    fn work_args(&self, delivery_limit: u32) -> FieldTable {
+        let mut args = FieldTable::default();
+        args.insert("x-queue-type".into(), string("quorum"));
+        // A message redelivered this many times (it crashes workers, or never gets acked) is
+        // dead-lettered by the broker instead of looping; RabbitMQ 3.10 has no default limit.
+        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(delivery_limit as i32));
+        // ...to our dead-letter exchange; the DLQ shows it with x-first-death-reason=delivery_limit.
+        args.insert("x-dead-letter-exchange".into(), string(&self.dlx));
+        at_least_once(&mut args);
+        args
+    }
+
     /// `<queue>.app.<app_id>`: one app's lane, where a worker parks that app's messages while
     /// it has more than it can start (docs/interface.md §2): its backlog waits there, not in the
     /// work queue ahead of other apps' messages.
@@ -63,13 +76,12 @@ impl Topology {
     /// dead-lettering), bound to nothing; workers publish to them through the default exchange.
     pub async fn declare_lanes(&self, ch: &Channel, apps: &[String], delivery_limit: u32) -> lapin::Result<()> {
         for app in apps {
-            let mut args = FieldTable::default();
-            args.insert("x-queue-type".into(), string("quorum"));
-            args.insert("x-delivery-limit".into(), AMQPValue::LongInt(delivery_limit as i32));
-            args.insert("x-dead-letter-exchange".into(), string(&self.dlx));
-            at_least_once(&mut args);
-            ch.queue_declare(self.lane(app).as_str().into(), durable(), args)
-                .await?;
+            ch.queue_declare(
+                self.lane(app).as_str().into(),
+                durable(),
+                self.work_args(delivery_limit),
+            )
+            .await?;
         }
         Ok(())
     }
@@ -109,15 +121,8 @@ impl Topology {
         )
         .await?;
 
-        let mut args = FieldTable::default();
-        args.insert("x-queue-type".into(), string("quorum"));
-        // A message redelivered this many times (it crashes workers, or never gets acked) is
-        // dead-lettered by the broker instead of looping; RabbitMQ 3.10 has no default limit.
-        args.insert("x-delivery-limit".into(), AMQPValue::LongInt(delivery_limit as i32));
-        // ...to our dead-letter exchange; the DLQ shows it with x-first-death-reason=delivery_limit.
-        args.insert("x-dead-letter-exchange".into(), string(&self.dlx));
-        at_least_once(&mut args);
-        ch.queue_declare(self.queue.as_str().into(), durable(), args).await?;
+        ch.queue_declare(self.queue.as_str().into(), durable(), self.work_args(delivery_limit))
+            .await?;
         ch.queue_bind(
             self.queue.as_str().into(),
             self.exchange.as_str().into(),

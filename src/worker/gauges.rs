@@ -1,7 +1,7 @@
 //! Gauges sampled every few seconds while a broker session lives: the queues' depths (passive
-//! declares of the queues this worker declared, and of the lanes it consumes), and from the ledger the shared tokens (expiry,
-//! calls today, blocks), deliveries in doubt / scheduled / due, the scheduler's lag and the live
-//! workers. Every worker samples; dashboards take the max. The ledger's counts stop at
+//! declares of the queues this worker declared, and of the lanes it consumes), and from the
+//! ledger the shared tokens (expiry, calls today, blocks), deliveries in doubt / scheduled / due,
+//! the scheduler's lag and the live workers. Every worker samples; dashboards take the max. The ledger's counts stop at
 //! [`crate::ops::status::SAMPLE_CAP`] (beyond it: at least that many; the scheduled count, the
 //! planner's estimate), so a sample costs milliseconds with millions of rows waiting.
 

@@ -267,10 +267,14 @@ impl Worker {
                 FieldTable::default(),
             )
             .await?;
-        let mut lanes = Lanes::new(&self.laned_apps(), usize::from(s.prefetch));
+        let laned = self.laned_apps();
+        let mut lanes = Lanes::new(&laned, usize::from(s.prefetch));
         lanes.set_live(self.ctx.rate.as_ref().map_or(1, RateLimit::live));
         let lane_channel = conn.create_channel().await?;
-        let (consumers, lane_apps) = self.consume_lanes(conn, &lane_channel, &mut lanes, &tag).await?;
+        let parking: Vec<String> = laned.into_iter().map(|(app, _)| app).collect();
+        let (consumers, lane_apps) = self
+            .consume_lanes(conn, &lane_channel, &mut lanes, &parking, &tag)
+            .await?;
         Ok(Opened {
             channel,
             lane_channel,
@@ -294,21 +298,21 @@ impl Worker {
         }
     }
 
-    /// Declares the lanes and consumes each, its prefetch the scheduler's (a paced app's: two
-    /// seconds' worth, so that none of its messages waits long unacked). A lane left by an
-    /// earlier configuration (another app list, a rate limit since removed) is consumed too,
-    /// so nothing parked there is stranded.
+    /// Declares the lanes of `parking` (the apps that park) and consumes each, its prefetch the
+    /// scheduler's (a paced app's: two seconds' worth, so that none of its messages waits long
+    /// unacked). A lane left by an earlier configuration (another app list, a rate limit since
+    /// removed) is consumed too, so nothing parked there is stranded.
     async fn consume_lanes(
         &self,
         conn: &lapin::Connection,
         ch: &lapin::Channel,
         lanes: &mut Lanes<Delivery>,
+        parking: &[String],
         tag: &str,
     ) -> Result<(SelectAll<LaneStream>, Vec<String>), SessionEnd> {
         let s = &self.settings;
-        let parking: Vec<String> = self.laned_apps().into_iter().map(|(app, _)| app).collect();
-        s.topology.declare_lanes(ch, &parking, s.delivery_limit).await?;
-        let mut consumed = parking.clone();
+        s.topology.declare_lanes(ch, parking, s.delivery_limit).await?;
+        let mut consumed = parking.to_vec();
         for app in s.apps.iter().map(|a| &a.app_id).filter(|a| !parking.contains(a)) {
             if queue::exists(conn, &s.topology.lane(app)).await? {
                 consumed.push(app.clone());

@@ -87,8 +87,7 @@ impl Leftovers {
     pub(crate) fn topology(amqp_url: &str, exchange: &str, queue: &str) -> Self {
         let mut queues = vec![queue.to_string(), format!("{queue}.dlq"), format!("{queue}.pushes")];
         queues.extend((0..24).map(|i| format!("{queue}.retry.{}s", 1u64 << i)));
-        let apps = std::iter::once(super::APP_ID).chain(super::OTHER_APPS.iter().map(|(a, _)| *a));
-        queues.extend(apps.map(|app| format!("{queue}.app.{app}")));
+        queues.extend(super::all_apps().map(|(app, _)| format!("{queue}.app.{app}")));
         Self {
             amqp_url: amqp_url.to_string(),
             queues,

@@ -58,12 +58,14 @@ pub(crate) fn apps_env() -> Vec<(String, String)> {
         .collect()
 }
 
-/// Every app a test simulator knows: the default one and [`OTHER_APPS`].
+/// Every test app, (app id, secret): the default one and [`OTHER_APPS`].
+pub(crate) fn all_apps() -> impl Iterator<Item = (&'static str, &'static str)> {
+    std::iter::once((APP_ID, APP_SECRET)).chain(OTHER_APPS)
+}
+
+/// Every app a test simulator knows: [`all_apps`].
 pub(crate) fn sim_apps() -> std::collections::HashMap<String, String> {
-    std::iter::once((APP_ID, APP_SECRET))
-        .chain(OTHER_APPS)
-        .map(|(a, s)| (a.to_string(), s.to_string()))
-        .collect()
+    all_apps().map(|(a, s)| (a.to_string(), s.to_string())).collect()
 }
 
 pub(crate) fn base_db_url() -> String {
