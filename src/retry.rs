@@ -69,6 +69,10 @@ pub struct RetryPolicy {
     /// (it crashed or stalled workers) is dead-lettered `delivery_limit` by us, ledger row included,
     /// one delivery before the broker would do it without telling the ledger.
     pub delivery_limit: u32,
+    /// A tracked subscribe delivery finding no consent credit this soon after its event occurred
+    /// looks again a second later instead of ending `suppressed`: the user's `accept`, pushed by
+    /// WeChat, may still be on its way (docs/interface.md §12). Not counted.
+    pub consent_wait: Duration,
 }
 
 impl RetryPolicy {
@@ -83,6 +87,7 @@ impl RetryPolicy {
             dedup_window: Duration::from_secs(9 * 60 + 30),
             token_requeues: 2,
             delivery_limit: 20,
+            consent_wait: Duration::from_secs(5),
         }
     }
 

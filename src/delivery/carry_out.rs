@@ -7,7 +7,9 @@
 //! - otherwise: record → publish the retry/requeue copy (confirmed) → ack. The ack is always last,
 //!   after the outcome is committed in Postgres (docs/interface.md §3);
 //! - a 43004 marks the recipient unfollowed only after the delivery's dead letter is published and
-//!   its outcome recorded.
+//!   its outcome recorded;
+//! - a consent credit the send did not spend is given back before the outcome is recorded: a
+//!   crash in between leaves the delivery open, and its next copy takes a credit again.
 //!
 //! When one of its own steps fails, carry-out does not decide: it asks the judge again with what
 //! failed. A failed publish also marks the session broken, so the worker rebuilds its channels
@@ -23,7 +25,8 @@ use lapin::types::FieldTable;
 use super::intake::Meta;
 use super::judge::{self, Facts, Step};
 use super::{Abandoned, Context, Sent, Trip, stage};
-use crate::fate::{Outcome, Plan};
+use crate::fate::{Doubt, Finish, Outcome, Plan};
+use crate::ledger::consent::ConsentKey;
 use crate::queue::Session;
 use crate::queue::headers;
 
@@ -45,6 +48,7 @@ pub(crate) async fn carry_out(
     let plan = c.replace_token(plan).await;
     let (props, hdrs) = c.headers(&plan);
     let plan = c.dead_letter(plan, &props, hdrs.clone()).await;
+    c.give_back_credit(&plan).await?;
     c.record(&plan).await?;
     c.note_unfollowed(&plan).await;
     let released = plan.outcome == Outcome::Release || !c.republish(&plan, props, hdrs).await;
@@ -128,6 +132,38 @@ impl Carrier<'_> {
                 judge::judge(&self.facts(), Step::DeadLetterFailed(&plan), &self.ctx.policy)
             }
         }
+    }
+
+    /// The delivery's consent credit goes back unless the send spent it: sent, or maybe sent
+    /// (no answer). A 43101 says the user has none at all: the credits reset.
+    async fn give_back_credit(&self, plan: &Plan) -> Result<(), Abandoned> {
+        let Some(d) = &self.trip.delivery else {
+            return Ok(());
+        };
+        let (Some((app_id, openid)), Some(delivery_id)) = (&d.credit, d.delivery_id) else {
+            return Ok(());
+        };
+        let spent = match &plan.finish {
+            Some(Finish::Sent { .. }) => true,
+            Some(f) => f.doubt() == Doubt::MayHaveArrived,
+            None => false,
+        };
+        if spent {
+            return Ok(());
+        }
+        let refused = plan.finish.as_ref().and_then(Finish::errcode) == Some(wechat_rules::errcode::USER_REFUSED);
+        let key = ConsentKey {
+            app_id,
+            openid,
+            template_id: &d.template_id,
+            delivery_id,
+        };
+        let ctx = self.ctx;
+        ctx.db
+            .retry("give back a consent credit", || {
+                ctx.ledger.give_back_credit(key, refused)
+            })
+            .await
     }
 
     /// The plan's ledger write, for the claimed delivery.

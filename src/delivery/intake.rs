@@ -82,6 +82,8 @@ pub(crate) struct Delivery {
     /// Never send after this instant (`not_after`): the delivery ends `expired`.
     pub not_after: Option<DateTime<Utc>>,
     pub quiet_hours: Option<QuietHours>,
+    /// Sent only with a consent credit (docs/interface.md §12).
+    pub consent_tracked: bool,
 }
 
 /// An event whose deliveries wait in the ledger, and the cancellations it makes.
@@ -243,13 +245,14 @@ fn delivery(catalog: &Catalog, template: &Template, event: BookingEvent, app_id:
         .map_err(fail)
         .and_then(|m| timing.as_ref().map(|_| m).map_err(Clone::clone));
     Delivery {
-        app_id,
         key,
         client_msg_id,
         api: template.api,
         message,
         not_after: timing.ok().and_then(|t| t.not_after),
         quiet_hours: template.quiet_hours,
+        consent_tracked: catalog.tracks_consent(template, &app_id),
+        app_id,
         event,
     }
 }

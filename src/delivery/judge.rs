@@ -10,7 +10,7 @@ use std::time::Duration;
 use chrono::{DateTime, Utc};
 
 use super::intake::Meta;
-use crate::fate::{CancelledBy, DeadReason, Doubt, DueFate, Finish, Outcome, Plan, Reopen, ReplayRow};
+use crate::fate::{CancelledBy, DeadReason, Doubt, DueFate, Finish, Outcome, Plan, Reopen, ReplayRow, Suppressed};
 use crate::retry::{Backoff, ErrorClass, RetryPolicy, classify_send};
 use crate::schedule::{QuietHours, due};
 use crate::token::TokenError;
@@ -40,8 +40,22 @@ pub(crate) struct Facts {
     /// An event of the template's `cancelled_by` cancelled this delivery while it was being
     /// sent or dead (docs/interface.md §8): never sent, whichever copy comes (a retry, a replay).
     pub cancelled_by: Option<CancelledBy>,
+    /// What the consent ledger said (docs/interface.md §12).
+    pub consent: ConsentSeen,
     /// The current time, for errors that say until when to wait, expiry and quiet hours.
     pub now: DateTime<Utc>,
+}
+
+/// A subscribe delivery's consent, as the ledger answered (docs/interface.md §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConsentSeen {
+    /// Not tracked (a template message, or a template not marked `consent = "tracked"`), or not
+    /// asked yet.
+    NotTracked,
+    /// This delivery holds one of the user's credits.
+    Taken,
+    /// No credit. `blocked`: switched off in the settings; `age`: how long ago the event occurred.
+    Missing { blocked: bool, age: Duration },
 }
 
 impl Facts {
@@ -58,6 +72,7 @@ impl Facts {
             quiet_hours: None,
             unfollowed: false,
             cancelled_by: None,
+            consent: ConsentSeen::NotTracked,
             now,
         }
     }
@@ -241,7 +256,7 @@ impl Judge<'_> {
             return Some(self.dead(DeadReason::RenderFailed, None, error, Charge::Free, Doubt::Settled));
         }
         if f.unfollowed && f.api == Api::Template {
-            return Some(self.plan(Outcome::Ack, Some(Finish::Suppressed)));
+            return Some(self.plan(Outcome::Ack, Some(Finish::Suppressed(Suppressed::Unfollowed))));
         }
         match due(f.not_after, f.quiet_hours, f.now) {
             DueFate::Released => {}
@@ -260,6 +275,9 @@ impl Judge<'_> {
                 return Some(self.uncounted(wait, None, &error));
             }
         }
+        if let ConsentSeen::Missing { blocked, age } = f.consent {
+            return Some(self.no_consent(blocked, age));
+        }
         // Not in doubt: nothing can be duplicated, send.
         let age = f.in_doubt_for?;
         if f.api == Api::Subscribe {
@@ -277,6 +295,16 @@ impl Judge<'_> {
             return Some(self.dead(DeadReason::Ambiguous, None, &error, Charge::Free, Doubt::Settled));
         }
         None
+    }
+
+    /// No consent credit: `suppressed`, unless the event is so recent that the user's `accept`
+    /// may still be on its way (then a look again a second later, not counted).
+    fn no_consent(&self, blocked: bool, age: Duration) -> Plan {
+        if !blocked && age < self.policy.consent_wait {
+            let error = "no subscription consent yet; looking again (the accept may be on its way)";
+            return self.uncounted(Duration::from_secs(1), None, error);
+        }
+        self.plan(Outcome::Ack, Some(Finish::Suppressed(Suppressed::NoConsent)))
     }
 
     /// A counted failure: wait as the backoff says (at least `min`), or give up.

@@ -20,6 +20,7 @@ use tracing::Instrument;
 use crate::fate::Plan;
 use crate::fate::{Outcome, Reopen};
 use crate::ids::{AppId, OpenId};
+use crate::ledger::consent::{ConsentKey, Credit};
 use crate::ledger::{AttemptRecord, Claim, ClaimRequest, Claimed, Ledger};
 use crate::queue::{Session, Topology};
 use crate::retry::RetryPolicy;
@@ -27,7 +28,7 @@ use crate::token::{AccessToken, TokenError, TokenProvider};
 use crate::wechat::{OutgoingMessage, SendError, SendReply, WechatClient};
 pub(crate) use db_retry::DbRetry;
 use intake::{Delivery, Hold, Intake, Meta, Rules};
-use judge::{Answer, ClaimSeen, Facts, Gate, Step};
+use judge::{Answer, ClaimSeen, ConsentSeen, Facts, Gate, Step};
 
 /// Longest wait for the app's token: a refresh by another process (its WeChat call bounded by
 /// `WXNOTIFY_HTTP_TIMEOUT_SECS`) and the database calls around it. Past it the delivery waits
@@ -95,6 +96,8 @@ pub(crate) struct DeliveryTrip {
     pub delivery_id: Option<i64>,
     /// The send, once made.
     pub sent: Option<Sent>,
+    /// The delivery holds a consent credit (docs/interface.md §12): given back unless it is sent.
+    pub credit: Option<(AppId, OpenId)>,
 }
 
 /// A send that was made: its attempt, the token it used (a rejected one is replaced), and what
@@ -177,6 +180,12 @@ async fn one(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Resul
     span.record("template", d.key.template_id.as_str());
     span.record("openid", d.key.openid.as_str());
     trip.event_id = Some(d.key.event_id.clone());
+    if let Ok(message) = &d.message {
+        for key in &message.shortened {
+            let labels = [("template", message.template_id.clone()), ("key", key.clone())];
+            metrics::counter!("wxnotify_values_shortened_total", &labels).increment(1);
+        }
+    }
     decide(ctx, d, meta, trip).await
 }
 
@@ -200,6 +209,7 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
         facts: facts.clone(),
         delivery_id: claimed.as_ref().map(|c| c.claimed.id),
         sent: None,
+        credit: None,
     });
     if let Some(plan) = judge::stop_before_send(&facts, Gate::Claimed(&seen), &ctx.policy) {
         return Ok(plan);
@@ -207,6 +217,14 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
     let (Some(held), Ok(message)) = (claimed, &d.message) else {
         unreachable!("the judge lets only an owned, rendered delivery through");
     };
+    if d.consent_tracked {
+        facts.consent = take_credit(ctx, d, held.claimed.id).await?;
+        t.credit = (facts.consent == ConsentSeen::Taken).then(|| (d.app_id.clone(), d.key.openid.clone()));
+        t.facts = facts.clone();
+        if let Some(plan) = judge::stop_before_send(&facts, Gate::BeforeSend, &ctx.policy) {
+            return Ok(plan);
+        }
+    }
     if facts.in_doubt_for.is_some() {
         tracing::info!("resending a delivery whose earlier send is in doubt; WeChat drops it if it arrived");
     }
@@ -242,6 +260,32 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
         generation,
     };
     Ok(judge::judge(&facts, step, &ctx.policy))
+}
+
+/// Takes one of the user's consent credits for the claimed delivery `id`, as the judge sees it.
+async fn take_credit(ctx: &Context, d: &Delivery, id: i64) -> Result<ConsentSeen, Abandoned> {
+    let key = ConsentKey {
+        app_id: &d.app_id,
+        openid: &d.key.openid,
+        template_id: &d.key.template_id,
+        delivery_id: id,
+    };
+    let credit = ctx
+        .db
+        .retry("take a consent credit", || ctx.ledger.take_credit(key))
+        .await?;
+    let age = (Utc::now() - d.event.occurred().with_timezone(&Utc))
+        .to_std()
+        .unwrap_or_default();
+    let (result, seen) = match credit {
+        Credit::Taken => ("taken", ConsentSeen::Taken),
+        Credit::Missing { blocked } => (
+            if blocked { "blocked" } else { "missing" },
+            ConsentSeen::Missing { blocked, age },
+        ),
+    };
+    metrics::counter!("wxnotify_consent_checks_total", "result" => result).increment(1);
+    Ok(seen)
 }
 
 /// Stores an event's waiting deliveries and applies its cancellations (one transaction); the

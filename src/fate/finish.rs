@@ -13,7 +13,7 @@ pub(crate) enum Status {
     Scheduled,
     Cancelled,
     Expired,
-    /// Not sent: the user unfollowed (docs/interface.md §9).
+    /// Not sent: the user unfollowed (docs/interface.md §9), or gave no consent (§12).
     Suppressed,
 }
 
@@ -69,6 +69,18 @@ pub(crate) struct CancelledBy {
     pub event_type: String,
 }
 
+/// Why a delivery was not sent although nothing failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Suppressed {
+    /// The recipient does not follow the account (a template message; docs/interface.md §9).
+    Unfollowed,
+    /// No subscription consent left for the template (a subscribe message; §12).
+    NoConsent,
+}
+
+/// `last_error` of a delivery suppressed for want of consent (the views count it by this text).
+const NO_CONSENT: &str = "no subscription consent";
+
 /// The delivery's state after a step: exactly the states a step can write.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Finish {
@@ -88,8 +100,8 @@ pub(crate) enum Finish {
         error: String,
         doubt: Doubt,
     },
-    /// Not sent: the recipient does not follow the account (ledger only, no dead letter).
-    Suppressed,
+    /// Not sent, and not a failure (ledger only, no dead letter).
+    Suppressed(Suppressed),
     /// Not sent before the template's `not_after` (ledger only, no dead letter).
     Expired { error: String },
     /// Not sent: an event of its template's `cancelled_by` came first (ledger only).
@@ -123,7 +135,7 @@ impl Finish {
             Finish::Sent { .. } => Status::Sent,
             Finish::Retrying { .. } => Status::Retrying,
             Finish::Dead { .. } => Status::Dead,
-            Finish::Suppressed => Status::Suppressed,
+            Finish::Suppressed(_) => Status::Suppressed,
             Finish::Expired { .. } => Status::Expired,
             Finish::Cancelled(_) => Status::Cancelled,
         }
@@ -154,9 +166,10 @@ impl Finish {
             Finish::Retrying { error, .. } | Finish::Dead { error, .. } | Finish::Expired { error } => {
                 Some(error.clone())
             }
-            Finish::Suppressed => {
+            Finish::Suppressed(Suppressed::Unfollowed) => {
                 Some("the recipient does not follow the account (unsubscribe push or 43004); not sent".into())
             }
+            Finish::Suppressed(Suppressed::NoConsent) => Some(NO_CONSENT.into()),
             Finish::Cancelled(by) => Some(format!("cancelled by {} {}", by.event_type, by.event_id)),
             Finish::Sent { .. } => None,
         }

@@ -17,7 +17,7 @@ use std::time::Duration;
 pub(crate) use dead::ERROR_TEXT_MAX;
 pub(crate) use dead::{DeadLetter, DeadReason, one_line};
 pub(crate) use due::DueFate;
-pub(crate) use finish::{CancelledBy, Doubt, Finish, Status};
+pub(crate) use finish::{CancelledBy, Doubt, Finish, Status, Suppressed};
 pub(crate) use replay::{Reopen, ReplayRow};
 
 /// What happens to the broker message.

@@ -8,6 +8,7 @@
 
 mod batch;
 mod claim;
+pub(crate) mod consent;
 pub(crate) mod followers;
 mod heartbeat;
 mod record;

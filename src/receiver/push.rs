@@ -1,6 +1,7 @@
-//! What a push says, read from its [`Node`] tree (`WECHAT_API.md`, "Event push"): delivery
-//! receipts (`TEMPLATESENDJOBFINISH`, `subscribe_msg_sent_event`), follower changes
-//! (`subscribe`, `unsubscribe`), or anything else (answered `success`, counted, not stored).
+//! What a push says, read from its [`Node`] tree (docs/interface.md §9, §12): delivery receipts
+//! (`TEMPLATESENDJOBFINISH`, `subscribe_msg_sent_event`), follower changes (`subscribe`,
+//! `unsubscribe`), subscription consent (`subscribe_msg_popup_event`,
+//! `subscribe_msg_change_event`), or anything else (answered `success`, counted, not stored).
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
@@ -13,6 +14,8 @@ pub(crate) enum ReceiptStatus {
     Delivered,
     UserBlock,
     SystemFailed,
+    /// `failed:freq limit`: WeChat held it back, the user gets too many.
+    FreqLimit,
 }
 
 impl ReceiptStatus {
@@ -21,11 +24,13 @@ impl ReceiptStatus {
             ReceiptStatus::Delivered => "delivered",
             ReceiptStatus::UserBlock => "user_block",
             ReceiptStatus::SystemFailed => "system_failed",
+            ReceiptStatus::FreqLimit => "freq_limit",
         }
     }
 
     /// WeChat's status text: `success`; `failed:user block` (spacing varies, and a subscribe
-    /// result says `failed:user refuse to accept the msg`); any other failure is the system's.
+    /// result says `failed:user refuse to accept the msg`); `failed:freq limit`; any other
+    /// failure is the system's.
     fn from_wechat(status: &str) -> Self {
         let squeezed: String = status
             .chars()
@@ -36,6 +41,8 @@ impl ReceiptStatus {
             ReceiptStatus::Delivered
         } else if squeezed.starts_with("failed:user") {
             ReceiptStatus::UserBlock
+        } else if squeezed == "failed:freqlimit" {
+            ReceiptStatus::FreqLimit
         } else {
             ReceiptStatus::SystemFailed
         }
@@ -58,6 +65,8 @@ pub(crate) enum EventKind {
     SubscribeMsgSent,
     Subscribe,
     Unsubscribe,
+    ConsentPopup,
+    ConsentChange,
     Other,
 }
 
@@ -68,9 +77,42 @@ impl EventKind {
             EventKind::SubscribeMsgSent => "subscribe_msg_sent_event",
             EventKind::Subscribe => "subscribe",
             EventKind::Unsubscribe => "unsubscribe",
+            EventKind::ConsentPopup => "subscribe_msg_popup_event",
+            EventKind::ConsentChange => "subscribe_msg_change_event",
             EventKind::Other => "other",
         }
     }
+}
+
+/// A user's word on one subscribe template (`consent_log.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) enum Choice {
+    /// The pop-up's `accept`: one message allowed.
+    Accept,
+    /// The pop-up's `reject`.
+    Reject,
+    /// The settings page switched the template back on.
+    SettingsAccept,
+    /// The settings page switched it off: nothing until the next accept.
+    SettingsReject,
+}
+
+impl Choice {
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Choice::Accept => "accept",
+            Choice::Reject => "reject",
+            Choice::SettingsAccept => "settings_accept",
+            Choice::SettingsReject => "settings_reject",
+        }
+    }
+}
+
+/// One template of a consent push, and the user's word on it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct Consent {
+    pub template_id: String,
+    pub choice: Choice,
 }
 
 /// A push, read (and, when Postgres cannot take it in time, queued as JSON).
@@ -86,6 +128,15 @@ pub(crate) enum Push {
         openid: String,
         followed: bool,
         at: DateTime<Utc>,
+    },
+    /// Subscription consent (docs/interface.md §12).
+    Consent {
+        kind: EventKind,
+        openid: String,
+        at: DateTime<Utc>,
+        /// The push's `CreateTime` as written: a repeated push is the same push.
+        created: i64,
+        consents: Vec<Consent>,
     },
     Other,
 }
@@ -112,6 +163,19 @@ impl Push {
                 followed,
                 at: at.min(arrival),
             },
+            Push::Consent {
+                kind,
+                openid,
+                at,
+                created,
+                consents,
+            } => Push::Consent {
+                kind,
+                openid,
+                at: at.min(arrival),
+                created,
+                consents,
+            },
             Push::Other => Push::Other,
         }
     }
@@ -121,6 +185,7 @@ impl Push {
             Push::Receipts { kind, .. } => *kind,
             Push::Follow { followed: true, .. } => EventKind::Subscribe,
             Push::Follow { followed: false, .. } => EventKind::Unsubscribe,
+            Push::Consent { kind, .. } => *kind,
             Push::Other => EventKind::Other,
         }
     }
@@ -210,6 +275,16 @@ pub(crate) fn read(root: &Node) -> Result<Push, PushError> {
             receipts,
         });
     }
+    if let Some((kind, list)) = consent_event(event) {
+        let created = integer(root, "CreateTime")?;
+        return Ok(Push::Consent {
+            kind,
+            openid: required(root, "FromUserName")?.to_string(),
+            at: at()?,
+            created,
+            consents: consents(root, kind, list)?,
+        });
+    }
     if event.eq_ignore_ascii_case("subscribe") || event.eq_ignore_ascii_case("unsubscribe") {
         return Ok(Push::Follow {
             openid: required(root, "FromUserName")?.to_string(),
@@ -218,6 +293,40 @@ pub(crate) fn read(root: &Node) -> Result<Push, PushError> {
         });
     }
     Ok(Push::Other)
+}
+
+/// A consent event's kind and the element holding its `List`s.
+fn consent_event(event: &str) -> Option<(EventKind, &'static str)> {
+    match event {
+        "subscribe_msg_popup_event" => Some((EventKind::ConsentPopup, "SubscribeMsgPopupEvent")),
+        "subscribe_msg_change_event" => Some((EventKind::ConsentChange, "SubscribeMsgChangeEvent")),
+        _ => None,
+    }
+}
+
+/// The templates of a consent push and the user's word on each. A status other than `accept`
+/// or `reject` (WeChat's long-term subscriptions also say `ban`) moves no credit: that item is
+/// skipped, the rest kept.
+fn consents(root: &Node, kind: EventKind, list: &'static str) -> Result<Vec<Consent>, PushError> {
+    let items = root.child(list).ok_or(PushError::Missing(list))?.all("List");
+    let mut consents = Vec::new();
+    let mut listed = 0;
+    for item in items {
+        listed += 1;
+        let template_id = required(item, "TemplateId")?.to_string();
+        let choice = match (kind, required(item, "SubscribeStatusString")?) {
+            (EventKind::ConsentPopup, "accept") => Choice::Accept,
+            (EventKind::ConsentPopup, "reject") => Choice::Reject,
+            (_, "accept") => Choice::SettingsAccept,
+            (_, "reject") => Choice::SettingsReject,
+            _ => continue,
+        };
+        consents.push(Consent { template_id, choice });
+    }
+    if listed == 0 {
+        return Err(PushError::Missing("List"));
+    }
+    Ok(consents)
 }
 
 #[cfg(test)]
@@ -247,6 +356,8 @@ mod tests {
             ("failed: user block", ReceiptStatus::UserBlock),
             ("failed: system failed", ReceiptStatus::SystemFailed),
             ("failed:system failed", ReceiptStatus::SystemFailed),
+            ("failed:freq limit", ReceiptStatus::FreqLimit),
+            ("failed: freq limit", ReceiptStatus::FreqLimit),
         ] {
             let Push::Receipts {
                 kind,
@@ -372,5 +483,67 @@ mod tests {
         let empty_list = "<xml><CreateTime>1</CreateTime><MsgType>event</MsgType>\
                           <Event>subscribe_msg_sent_event</Event><SubscribeMsgSentEvent/></xml>";
         assert_eq!(read_body(empty_list), Err(PushError::Missing("List")));
+    }
+
+    #[test]
+    fn consent_pop_ups_and_settings_changes_in_xml_and_json() {
+        let popup = "<xml><ToUserName><![CDATA[gh_123456789abc]]></ToUserName><FromUserName><![CDATA[oUSER]]></FromUserName>\
+            <CreateTime>1610969440</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+            <Event><![CDATA[subscribe_msg_popup_event]]></Event>\
+            <SubscribeMsgPopupEvent><List><TemplateId><![CDATA[TPL_A]]></TemplateId>\
+            <SubscribeStatusString><![CDATA[accept]]></SubscribeStatusString><PopupScene>0</PopupScene></List>\
+            <List><TemplateId><![CDATA[TPL_B]]></TemplateId><SubscribeStatusString><![CDATA[reject]]></SubscribeStatusString>\
+            <PopupScene>0</PopupScene></List></SubscribeMsgPopupEvent></xml>";
+        let choice = |template_id: &str, choice| Consent {
+            template_id: template_id.into(),
+            choice,
+        };
+        assert_eq!(
+            read_body(popup).unwrap(),
+            Push::Consent {
+                kind: EventKind::ConsentPopup,
+                openid: "oUSER".into(),
+                at: DateTime::from_timestamp(1_610_969_440, 0).unwrap(),
+                created: 1_610_969_440,
+                consents: vec![choice("TPL_A", Choice::Accept), choice("TPL_B", Choice::Reject)],
+            }
+        );
+        let change_one = r#"{"ToUserName":"gh","FromUserName":"oUSER","CreateTime":1610969441,"MsgType":"event",
+            "Event":"subscribe_msg_change_event","SubscribeMsgChangeEvent":{"List":
+            {"TemplateId":"TPL_A","SubscribeStatusString":"reject"}}}"#;
+        let Push::Consent { kind, consents, .. } = read_body(change_one).unwrap() else {
+            panic!("a consent push")
+        };
+        assert_eq!(kind, EventKind::ConsentChange);
+        assert_eq!(consents, vec![choice("TPL_A", Choice::SettingsReject)]);
+        let popup_many = r#"{"ToUserName":"gh","FromUserName":"oUSER","CreateTime":1610969442,"MsgType":"event",
+            "Event":"subscribe_msg_popup_event","SubscribeMsgPopupEvent":{"List":[
+            {"TemplateId":"TPL_A","SubscribeStatusString":"accept","PopupScene":"2"},
+            {"TemplateId":"TPL_C","SubscribeStatusString":"ban","PopupScene":"2"},
+            {"TemplateId":"TPL_B","SubscribeStatusString":"accept","PopupScene":"2"}]}}"#;
+        let Push::Consent { consents, .. } = read_body(popup_many).unwrap() else {
+            panic!("a consent push")
+        };
+        assert_eq!(
+            consents,
+            vec![choice("TPL_A", Choice::Accept), choice("TPL_B", Choice::Accept)],
+            "an unknown status is skipped, the rest kept"
+        );
+        let empty = "<xml><FromUserName>o</FromUserName><CreateTime>1</CreateTime><MsgType>event</MsgType>\
+                     <Event>subscribe_msg_popup_event</Event><SubscribeMsgPopupEvent/></xml>";
+        assert_eq!(read_body(empty), Err(PushError::Missing("List")));
+        let no_template = popup.replace("<TemplateId><![CDATA[TPL_A]]></TemplateId>", "");
+        assert_eq!(read_body(&no_template), Err(PushError::Missing("TemplateId")));
+        let future = read_body(popup)
+            .unwrap()
+            .arrived_at(DateTime::from_timestamp(1_610_969_000, 0).unwrap());
+        let Push::Consent { at, created, .. } = future else {
+            panic!("a consent push")
+        };
+        assert_eq!(
+            (at.timestamp(), created),
+            (1_610_969_000, 1_610_969_440),
+            "ordered by arrival, recognised by CreateTime"
+        );
     }
 }

@@ -2,7 +2,8 @@
 //! `apply_receipts` function (advisory locks, the receipt rows, the deliveries with those msgids;
 //! see the migration `receipts`), batched: whatever receipts wait when a call starts share that
 //! call and its one commit (under load, one fsync serves many pushes; when idle, a push runs at
-//! once, alone), each push answered only after the commit. Follower changes go to `followers`.
+//! once, alone), each push answered only after the commit. Follower changes go to `followers`,
+//! consent choices to `consent_log` (see `crate::ledger::consent`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -12,6 +13,7 @@ use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
 use super::push::{Push, Receipt};
+use crate::ledger::consent::{Choice, record_push};
 use crate::ledger::followers::{FollowSource, set_following};
 
 /// Most receipts one call carries.
@@ -91,6 +93,23 @@ impl Store {
             }
             Push::Follow { openid, followed, at } => {
                 set_following(&self.pool, app_id, openid, *followed, *at, FollowSource::Push).await?;
+                Ok(Stored::default())
+            }
+            Push::Consent {
+                openid,
+                at,
+                created,
+                consents,
+                ..
+            } => {
+                let choices: Vec<Choice<'_>> = consents
+                    .iter()
+                    .map(|c| Choice {
+                        template_id: &c.template_id,
+                        kind: c.choice.as_str(),
+                    })
+                    .collect();
+                record_push(&self.pool, app_id, openid, &choices, *at, *created).await?;
                 Ok(Stored::default())
             }
             Push::Other => Ok(Stored::default()),

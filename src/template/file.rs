@@ -55,12 +55,38 @@ pub(crate) struct TemplateSpec {
     /// Event types that cancel this template's waiting deliveries with the same `cancel_key`.
     #[serde(default)]
     pub cancelled_by: Vec<String>,
-    /// Keyword → MiniJinja source.
-    pub data: BTreeMap<String, String>,
+    /// Keyword → MiniJinja source (a table here is refused with WeChat's reason: colours).
+    pub data: BTreeMap<String, DataValue>,
+    /// Refused with WeChat's reason: colours are dropped since 2023-05-04.
+    #[serde(default, alias = "colour", alias = "topcolor")]
+    pub color: Option<toml::Value>,
+    /// `"tracked"`: a subscribe message is sent only with the user's consent (docs/interface.md
+    /// §12); the app's setting when absent.
+    #[serde(default)]
+    pub consent: Option<ConsentMode>,
     /// Extra or overriding sample event fields for the start-up render check
     /// (e.g. `sample = { data = { room = "A1" } }`).
     #[serde(default)]
     pub sample: Option<toml::Table>,
+}
+
+/// A keyword's value as written: MiniJinja source, or (refused at start-up) a table such as
+/// `{ value = "…", color = "#173177" }` from the pre-2023 template-message API.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum DataValue {
+    Source(String),
+    Table(toml::Table),
+}
+
+/// Whether subscribe messages wait for the user's consent (docs/interface.md §12).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ConsentMode {
+    /// Sent only with a credit from the user's `accept`; without one, `suppressed`.
+    Tracked,
+    /// Sent as before; WeChat's 43101 is the only word on consent.
+    Untracked,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -80,4 +106,7 @@ pub struct AppSpec {
     /// Sends a second for this app, for the whole fleet (instead of `WXNOTIFY_RATE_LIMIT`).
     #[serde(default)]
     pub rate_limit: Option<f64>,
+    /// The consent mode of this app's subscribe templates that do not set their own.
+    #[serde(default)]
+    pub consent: Option<ConsentMode>,
 }

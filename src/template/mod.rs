@@ -12,6 +12,7 @@
 
 pub(crate) mod file;
 pub(crate) mod filters;
+pub(crate) mod shorten;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::Path;
@@ -24,8 +25,9 @@ use crate::event::BookingEvent;
 pub(crate) use crate::schedule::timing::{QuietHours, Timing};
 use crate::wechat::keywords::{self, KeywordType};
 use crate::wechat::{Api, Miniprogram, OutgoingMessage};
-use file::TemplateSpec;
+pub(crate) use file::ConsentMode;
 pub(crate) use file::{AppSpec, TemplatesFile};
+use file::{DataValue, TemplateSpec};
 
 /// A templates file that cannot be used. Always names where the problem is.
 #[derive(Debug, thiserror::Error)]
@@ -68,6 +70,8 @@ pub struct Template {
     pub quiet_hours: Option<QuietHours>,
     /// Event types that cancel this template's waiting deliveries.
     pub cancelled_by: Vec<String>,
+    /// Its own consent mode; the app's when `None` ([`Catalog::tracks_consent`]).
+    consent: Option<ConsentMode>,
 }
 
 impl Template {
@@ -155,7 +159,8 @@ fn check_names(spec: &TemplateSpec) -> Result<(), String> {
 
 /// Every `data` key is a keyword type, every constant value fits it, every value compiles.
 fn compile_data(env: &mut Environment<'static>, index: usize, spec: &TemplateSpec) -> Result<(), String> {
-    for (key, source) in &spec.data {
+    for (key, value) in &spec.data {
+        let source = source_of(key, value)?;
         if KeywordType::of_key(key).is_none() {
             return Err(format!(
                 "data.{key}: not a WeChat keyword type (thing, number, letter, symbol, character_string, \
@@ -164,9 +169,47 @@ fn compile_data(env: &mut Environment<'static>, index: usize, spec: &TemplateSpe
         }
         if is_constant(source) {
             keywords::check(key, source).map_err(|e| format!("data.{key}: {e}"))?;
+            if spec.api == Api::Template
+                && let Some(cut) = shorten::would_cut(source)
+            {
+                return Err(format!("data.{key}: the value {cut}"));
+            }
         }
-        env.add_template_owned(format!("{index}.data.{key}"), source.clone())
+        env.add_template_owned(format!("{index}.data.{key}"), source.to_string())
             .map_err(|e| format!("data.{key}: {e}"))?;
+    }
+    Ok(())
+}
+
+/// A keyword's MiniJinja source; `first`, `remark` and colours are refused with WeChat's reason.
+fn source_of<'a>(key: &str, value: &'a DataValue) -> Result<&'a str, String> {
+    if key == "first" || key == "remark" {
+        return Err(format!(
+            "data.{key}: WeChat drops `first` and `remark` from template messages since 2023-05-04, so \
+             the user would never see it; put the text in a keyword (e.g. thing5)"
+        ));
+    }
+    match value {
+        DataValue::Source(source) => Ok(source),
+        DataValue::Table(t) if t.contains_key("color") || t.contains_key("colour") => Err(format!(
+            "data.{key}: WeChat ignores colours in template messages since 2023-05-04; give the value \
+             as a plain string"
+        )),
+        DataValue::Table(_) => Err(format!("data.{key}: must be a string (MiniJinja source)")),
+    }
+}
+
+/// No colour (dropped by WeChat since 2023); `consent` only on subscribe messages.
+fn check_style_and_consent(spec: &TemplateSpec) -> Result<(), String> {
+    if spec.color.is_some() {
+        return Err("`color`: WeChat ignores colours in template messages since 2023-05-04; remove it".into());
+    }
+    if spec.consent == Some(ConsentMode::Tracked) && spec.api != Api::Subscribe {
+        return Err(
+            "consent = \"tracked\" applies to subscribe messages (api = \"subscribe\"): template \
+             messages need no consent"
+                .into(),
+        );
     }
     Ok(())
 }
@@ -300,6 +343,7 @@ impl Template {
             has_cancel_key: spec.cancel_key.is_some(),
             quiet_hours,
             cancelled_by: spec.cancelled_by,
+            consent: spec.consent,
         }
     }
 }
@@ -353,6 +397,7 @@ impl Catalog {
         };
         check_names(&spec).map_err(fail)?;
         compile_data(&mut self.env, index, &spec).map_err(fail)?;
+        check_style_and_consent(&spec).map_err(fail)?;
         check_api_fields(&spec).map_err(fail)?;
         compile_fields(&mut self.env, index, &spec).map_err(fail)?;
         let quiet_hours = check_scheduling(&spec).map_err(fail)?;
@@ -389,7 +434,7 @@ impl Catalog {
     fn check_samples(&self, samples: Vec<serde_json::Value>) -> Result<(), TemplateConfigError> {
         for (template, sample) in self.templates.iter().zip(samples) {
             let ctx = Value::from(Serde(&sample));
-            self.render_with(template, &ctx, "sample".into(), "wxn-sample".into())
+            self.render_with(template, &ctx, "sample".into(), "wxn-sample".into(), Values::Strict)
                 .and_then(|_| self.timing_with(template, &ctx))
                 .map_err(|e| {
                 TemplateConfigError::Template {
@@ -508,7 +553,13 @@ impl Catalog {
         client_msg_id: String,
     ) -> Result<OutgoingMessage, RenderError> {
         let ctx = Value::from(Serde(event));
-        self.render_with(template, &ctx, event.openid().to_string(), client_msg_id)
+        self.render_with(
+            template,
+            &ctx,
+            event.openid().to_string(),
+            client_msg_id,
+            Values::Shorten,
+        )
     }
 
     fn render_with(
@@ -517,16 +568,30 @@ impl Catalog {
         ctx: &Value,
         touser: String,
         client_msg_id: String,
+        values: Values,
     ) -> Result<OutgoingMessage, RenderError> {
         let render = |name: &str| self.render_field(template, name, ctx);
         let mut data = BTreeMap::new();
+        let mut shortened = Vec::new();
         for key in &template.keys {
             let field = format!("data.{key}");
-            let value = render(&field)?;
-            keywords::check(key, &value).map_err(|e| RenderError {
-                field,
-                message: e.to_string(),
-            })?;
+            let fail = |message: String| RenderError {
+                field: field.clone(),
+                message,
+            };
+            let mut value = render(&field)?;
+            let cut = (template.api == Api::Template)
+                .then(|| shorten::would_cut(&value))
+                .flatten();
+            match cut {
+                None => keywords::check(key, &value).map_err(|e| fail(e.to_string()))?,
+                Some(cut) if values == Values::Strict => return Err(fail(format!("the value {cut}"))),
+                Some(cut) => {
+                    value = shorten::shorten(&value).unwrap_or(value);
+                    shortened.push(key.clone());
+                    keywords::check(key, &value).map_err(|e| fail(format!("{e} (shortened: the value {cut})")))?;
+                }
+            }
             data.insert(key.clone(), value);
         }
         Ok(OutgoingMessage {
@@ -540,8 +605,24 @@ impl Catalog {
             miniprogram_state: template.miniprogram_state.clone(),
             lang: template.lang.clone(),
             data,
+            shortened,
         })
     }
+
+    /// Whether `template`'s deliveries for `app_id` wait for the user's consent: a subscribe
+    /// template marked `consent = "tracked"`, or one of an app so marked that says nothing itself.
+    pub fn tracks_consent(&self, template: &Template, app_id: &str) -> bool {
+        let app = || self.apps.iter().find(|a| a.app_id == app_id).and_then(|a| a.consent);
+        template.api == Api::Subscribe && template.consent.or_else(app) == Some(ConsentMode::Tracked)
+    }
+}
+
+/// What rendering does with a template-message value WeChat would cut (line break, over 20
+/// characters): refuse it (the start-up check of the samples) or shorten it (a real event).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Values {
+    Strict,
+    Shorten,
 }
 
 /// MiniJinja's error with its cause, on one line.
@@ -632,12 +713,11 @@ secret_env = "WECHAT_APP_SECRET_2"
         let e = event(json!({"booking_id": "B-1", "service": "精洗套餐"}));
         let err = c.render(t, &e, "id".into()).unwrap_err();
         assert!(err.field.starts_with("data."), "{err}");
-        let e = event(
-            json!({"booking_id": "B-1", "service": "一个非常非常非常非常非常非常非常长的服务名称", "store": "s",
-            "slot_start": "2026-11-22T14:00:00+08:00", "plate": "沪A12345", "price_cents": 1}),
-        );
+        // A template-message value too long for its type even once shortened.
+        let e = event(json!({"booking_id": "B-1", "service": "s", "store": "s",
+            "slot_start": "2026-11-22T14:00:00+08:00", "plate": "沪A1234567890", "price_cents": 1}));
         let err = c.render(t, &e, "id".into()).unwrap_err();
-        assert_eq!(err.field, "data.thing1");
+        assert_eq!(err.field, "data.car_number4");
     }
 
     #[test]
@@ -740,5 +820,101 @@ thing1 = "{{ data.service }}"
             let err = Catalog::parse(&text, "t").unwrap_err().to_string();
             assert!(err.contains(needle) && err.contains('#'), "{needle}: {err}");
         }
+    }
+
+    #[test]
+    fn rules_of_2023_first_remark_and_colours_are_refused_with_the_reason() {
+        let first = GOOD.replacen("thing1 = ", "first = \"您好\"\nthing1 = ", 1);
+        let e = Catalog::parse(&first, "t").unwrap_err().to_string();
+        assert!(e.contains("data.first") && e.contains("since 2023-05-04"), "{e}");
+        let remark = GOOD.replacen("thing1 = ", "remark = \"谢谢\"\nthing1 = ", 1);
+        assert!(
+            Catalog::parse(&remark, "t")
+                .unwrap_err()
+                .to_string()
+                .contains("data.remark")
+        );
+        let coloured = GOOD.replacen(
+            r#"thing2 = "{{ data.store }}""#,
+            r##"thing2 = { value = "{{ data.store }}", color = "#173177" }"##,
+            1,
+        );
+        let e = Catalog::parse(&coloured, "t").unwrap_err().to_string();
+        assert!(e.contains("data.thing2") && e.contains("colours"), "{e}");
+        let top = GOOD.replacen("[templates.data]", "color = \"#FF0000\"\n[templates.data]", 1);
+        let e = Catalog::parse(&top, "t").unwrap_err().to_string();
+        assert!(e.contains("#1") && e.contains("colours"), "{e}");
+    }
+
+    #[test]
+    fn a_template_message_sample_wechat_would_cut_fails_at_start_up() {
+        // 25 characters: a fine character_string in a subscribe message, not in a template message.
+        let id = "B-2026112200000000000001X";
+        let file = |api: &str| {
+            format!(
+                "[[templates]]\nevent_type = \"booking.confirmed\"\ntemplate_id = \"TPL\"\napi = \"{api}\"\n\
+                 sample = {{ data = {{ booking_id = \"{id}\" }} }}\n[templates.data]\n\
+                 character_string1 = \"{{{{ data.booking_id }}}}\"\n"
+            )
+        };
+        let e = Catalog::parse(&file("template"), "t").unwrap_err().to_string();
+        assert!(
+            e.contains("#1") && e.contains("data.character_string1") && e.contains("25 characters"),
+            "{e}"
+        );
+        Catalog::parse(&file("subscribe"), "t").expect("25 characters are fine in a subscribe message");
+        let line_break = GOOD.replacen(
+            r#"thing2 = "{{ data.store }}""#,
+            r#"thing2 = "{{ data.store }}\n欢迎光临""#,
+            1,
+        );
+        let e = Catalog::parse(&line_break, "t").unwrap_err().to_string();
+        assert!(e.contains("data.thing2") && e.contains("line break"), "{e}");
+    }
+
+    #[test]
+    fn a_long_value_at_send_time_is_shortened_and_reported() {
+        let c = Catalog::parse(GOOD, "test").unwrap();
+        let t = c.find("wx", "booking.confirmed")[0];
+        let store = "上海市徐汇区漕溪北路第一百八十八号汽车美容中心旗舰店总店"; // 28 characters
+        let e = event(json!({"booking_id": "B-1", "service": "精洗套餐", "store": store,
+            "slot_start": "2026-11-22T14:00:00+08:00", "plate": "沪A12345", "price_cents": 3980}));
+        let m = c.render(t, &e, "id".into()).unwrap();
+        assert_eq!(m.data["thing2"].chars().count(), 20);
+        assert!(m.data["thing2"].ends_with('…'));
+        assert_eq!(m.shortened, vec!["thing2".to_string()]);
+        // A subscribe message keeps its type's own limit: a long `thing` still fails to render.
+        let s = c.find("wx", "booking.reminder")[0];
+        let e = event(json!({"booking_id": "B-1", "service": store, "slot_start": "2026-11-22T14:00:00+08:00"}));
+        assert_eq!(c.render(s, &e, "id".into()).unwrap_err().field, "data.thing1");
+    }
+
+    #[test]
+    fn consent_is_tracked_per_template_or_per_app_and_only_for_subscribe_messages() {
+        let c = Catalog::parse(GOOD, "t").unwrap();
+        let reminder = c.find("wx", "booking.reminder")[0];
+        assert!(
+            !c.tracks_consent(reminder, "wx2222222222222222"),
+            "untracked by default"
+        );
+        let per_app = GOOD.replace(
+            "secret_env = \"WECHAT_APP_SECRET_2\"",
+            "secret_env = \"WECHAT_APP_SECRET_2\"\nconsent = \"tracked\"",
+        );
+        let c = Catalog::parse(&per_app, "t").unwrap();
+        let reminder = c.find("wx", "booking.reminder")[0];
+        let confirmed = c.find("wx", "booking.confirmed")[0];
+        assert!(c.tracks_consent(reminder, "wx2222222222222222"));
+        assert!(!c.tracks_consent(reminder, "wxother"), "another app");
+        assert!(!c.tracks_consent(confirmed, "wx2222222222222222"), "a template message");
+        let opted_out = per_app.replace(
+            "miniprogram_state = \"formal\"",
+            "miniprogram_state = \"formal\"\nconsent = \"untracked\"",
+        );
+        let c = Catalog::parse(&opted_out, "t").unwrap();
+        assert!(!c.tracks_consent(c.find("wx", "booking.reminder")[0], "wx2222222222222222"));
+        let on_template_message = GOOD.replacen("url = ", "consent = \"tracked\"\nurl = ", 1);
+        let e = Catalog::parse(&on_template_message, "t").unwrap_err().to_string();
+        assert!(e.contains("#1") && e.contains("subscribe"), "{e}");
     }
 }

@@ -45,6 +45,8 @@ pub struct OutgoingMessage {
     pub miniprogram_state: Option<String>,
     pub lang: Option<String>,
     pub data: BTreeMap<String, String>,
+    /// Keys whose value was shortened to WeChat's template-message limit (not sent; counted).
+    pub shortened: Vec<String>,
 }
 
 impl OutgoingMessage {

@@ -21,6 +21,7 @@ fn facts(api: Api) -> Facts {
         quiet_hours: None,
         unfollowed: false,
         cancelled_by: None,
+        consent: ConsentSeen::NotTracked,
         now: "2026-11-22T08:00:00Z".parse().unwrap(),
     }
 }
@@ -509,4 +510,56 @@ fn a_copy_of_a_cancelled_delivery_is_recorded_cancelled_and_acked_never_sent() {
     let f = Finish::Cancelled(by);
     assert_eq!(f.error().as_deref(), Some("cancelled by booking.cancelled evt-cancel"));
     assert_eq!(f.cancelled_by(), Some("evt-cancel"));
+}
+
+#[test]
+fn a_subscribe_message_without_consent_is_suppressed_unless_its_accept_may_be_on_its_way() {
+    let missing = |blocked, age_secs| Facts {
+        consent: ConsentSeen::Missing {
+            blocked,
+            age: Duration::from_secs(age_secs),
+        },
+        ..facts(Api::Subscribe)
+    };
+    let suppressed = done(stop_before_send(&missing(false, 60), Gate::BeforeSend, &policy()));
+    assert_eq!(suppressed.outcome, Outcome::Ack, "no dead letter, no send");
+    assert_eq!(suppressed.finish, Some(Finish::Suppressed(Suppressed::NoConsent)));
+    assert_eq!(
+        suppressed.finish.as_ref().and_then(Finish::error).as_deref(),
+        Some("no subscription consent")
+    );
+    // A booking made a moment ago: its accept may still be on its way, so it looks again,
+    // without using an attempt.
+    let young = done(stop_before_send(&missing(false, 2), Gate::BeforeSend, &policy()));
+    assert_eq!(
+        young.outcome,
+        Outcome::RetryLater {
+            delay: Duration::from_secs(1)
+        }
+    );
+    assert_eq!(
+        (young.attempts, young.finish.as_ref().map(Finish::status)),
+        (0, Some(crate::fate::Status::Retrying))
+    );
+    // Switched off in the settings: no accept is coming.
+    let blocked = done(stop_before_send(&missing(true, 0), Gate::BeforeSend, &policy()));
+    assert_eq!(blocked.finish, Some(Finish::Suppressed(Suppressed::NoConsent)));
+    // With a credit, or untracked: sent.
+    for consent in [ConsentSeen::Taken, ConsentSeen::NotTracked] {
+        let f = Facts {
+            consent,
+            ..facts(Api::Subscribe)
+        };
+        assert!(stop_before_send(&f, Gate::BeforeSend, &policy()).is_none());
+    }
+    // An expired delivery ends expired, whatever its consent.
+    let expired = Facts {
+        not_after: Some("2026-11-22T07:00:00Z".parse().unwrap()),
+        ..missing(false, 60)
+    };
+    let p = done(stop_before_send(&expired, Gate::BeforeSend, &policy()));
+    assert_eq!(
+        p.finish.as_ref().map(Finish::status),
+        Some(crate::fate::Status::Expired)
+    );
 }
