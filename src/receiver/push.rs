@@ -304,11 +304,13 @@ fn consent_event(event: &str) -> Option<(EventKind, &'static str)> {
     }
 }
 
-/// The templates of a consent push and the user's word on each. A status other than `accept`
+/// The templates of a consent push and the user's word on each (`List` under the event's own
+/// element, or at the top as WeChat's JSON pushes put it). A status other than `accept`
 /// or `reject` (WeChat's long-term subscriptions also say `ban`) moves no credit: that item is
 /// skipped, the rest kept.
 fn consents(root: &Node, kind: EventKind, list: &'static str) -> Result<Vec<Consent>, PushError> {
-    let items = root.child(list).ok_or(PushError::Missing(list))?.all("List");
+    // XML wraps the `List`s in an element named after the event; WeChat's JSON has them at the top.
+    let items = root.child(list).unwrap_or(root).all("List");
     let mut consents = Vec::new();
     let mut listed = 0;
     for item in items {
@@ -516,11 +518,11 @@ mod tests {
         };
         assert_eq!(kind, EventKind::ConsentChange);
         assert_eq!(consents, vec![choice("TPL_A", Choice::SettingsReject)]);
-        let popup_many = r#"{"ToUserName":"gh","FromUserName":"oUSER","CreateTime":1610969442,"MsgType":"event",
-            "Event":"subscribe_msg_popup_event","SubscribeMsgPopupEvent":{"List":[
+        let popup_many = r#"{"ToUserName":"gh","FromUserName":"oUSER","CreateTime":"1610969442","MsgType":"event",
+            "Event":"subscribe_msg_popup_event","List":[
             {"TemplateId":"TPL_A","SubscribeStatusString":"accept","PopupScene":"2"},
             {"TemplateId":"TPL_C","SubscribeStatusString":"ban","PopupScene":"2"},
-            {"TemplateId":"TPL_B","SubscribeStatusString":"accept","PopupScene":"2"}]}}"#;
+            {"TemplateId":"TPL_B","SubscribeStatusString":"accept","PopupScene":"2"}]}"#;
         let Push::Consent { consents, .. } = read_body(popup_many).unwrap() else {
             panic!("a consent push")
         };

@@ -6,6 +6,7 @@
 mod broker;
 #[path = "../common/mod.rs"]
 mod common;
+mod consent;
 mod delivery;
 mod delivery_edges;
 mod dlq;

@@ -1,18 +1,29 @@
 //! `wechat-sim`: a WeChat server API simulator faithful to WECHAT_API.md, for the tests and the
 //! demo stack. HTTP 200 with `{errcode, errmsg}` bodies (`errmsg` ends with a request id), tokens
 //! only from the query string, token overlap and rotation, stable-token rules, keyword rules,
-//! `client_msg_id` dedup of template sends (never of subscribe sends), quotas, unknown templates,
-//! unsubscribed users, and injected faults.
+//! template messages' values cut as since 2023 ([`cut`]), `client_msg_id` dedup of template sends
+//! (never of subscribe sends), quotas, unknown templates, unsubscribed users, subscription consent
+//! credits ([`mod@consent`], enforced with `enforce_consent`), and injected faults.
 //!
 //! Inspection and control for tests and people (not part of WeChat):
-//! `GET /sim/messages`, `GET /sim/stats`, `POST /sim/faults` (partial JSON), `POST /sim/rotate?appid=`,
-//! `POST /sim/users` (`{"unsubscribed": [...], "refused": [...]}`), `POST /sim/reset`.
+//! `GET /sim/messages` (each accepted message; `cut` lists the keys WeChat cut), `GET /sim/stats`,
+//! `POST /sim/faults` (partial JSON), `POST /sim/rotate?appid=`, `POST /sim/users`
+//! (`{"unsubscribed": [...], "refused": [...], "enforce_consent": bool}`, each optional),
+//! `POST /sim/reset` (messages and stats; users and credits stay).
 //!
 //! Event push (off unless configured; see [`push`]): `POST /sim/push` sets where and how
-//! (a [`PushConfig`] as JSON), `POST /sim/events` (`{"appid", "openid", "event": "subscribe" |
-//! "unsubscribe"}`) has a user follow or leave and pushes it, `GET /sim/pushes` lists the pushes
-//! made and their fate. The result mix and delay are faults (`push_*`).
+//! (a [`PushConfig`] as JSON; `"format": "json"` for a mini program set to JSON), `GET /sim/pushes`
+//! lists the pushes made and their fate, and `POST /sim/events` has a user act and pushes it:
+//! `{"appid"?, "openid", "event": "subscribe" | "unsubscribe"}` follows or leaves;
+//! `{"appid"?, "openid", "event": "subscribe_msg_popup_event" | "subscribe_msg_change_event",
+//! "list": [{"template_id", "status": "accept" | "reject"}], "create_time"?}` answers a mini
+//! program's subscription pop-up or settings page (`appid` may be left out when the simulator
+//! knows one app; anything else is a 400 `{"error"}`). The result mix and delay are faults
+//! (`push_*`).
 
+pub mod consent;
+pub mod cut;
+pub mod document;
 pub mod push;
 pub mod state;
 pub mod wire;
@@ -33,7 +44,8 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
-pub use push::{PushConfig, PushEvent, PushKind, Pushed};
+pub use consent::{ConsentItem, ConsentKind, ConsentStatus};
+pub use push::{PushConfig, PushEvent, PushFormat, PushKind, Pushed};
 pub use state::{Accepted, Faults, FaultsPatch, SimConfig, SimState, Stats};
 
 /// The simulator, shareable between the HTTP server and a test that inspects it in-process.
@@ -78,6 +90,34 @@ impl Sim {
     pub fn follow(&self, appid: &str, openid: &str, followed: bool) {
         self.with(|s| s.follow(appid, openid, followed));
         self.flush_outbox();
+    }
+
+    /// A user answers a subscription pop-up (`kind` [`ConsentKind::Popup`]) or changes the
+    /// settings page ([`ConsentKind::Settings`]) of `appid` (a mini program), one answer per
+    /// template: the credits change as WeChat's do (see [`mod@consent`]), and the event is pushed
+    /// as given when pushes are on, its `CreateTime` being `create_time` (Unix seconds) when
+    /// given, else the time of the push.
+    pub fn consent(
+        &self,
+        appid: &str,
+        openid: &str,
+        kind: ConsentKind,
+        items: &[(&str, ConsentStatus)],
+        create_time: Option<i64>,
+    ) {
+        self.with(|s| s.consent(appid, openid, kind, items, create_time));
+        self.flush_outbox();
+    }
+
+    /// The subscribe messages of `template_id` that `openid` still allows `appid` (0 while the
+    /// template is blocked on the settings page).
+    pub fn credits(&self, appid: &str, openid: &str, template_id: &str) -> u32 {
+        self.with(|s| s.credits(appid, openid, template_id))
+    }
+
+    /// Subscribe sends need a consent credit (43101 without one) while `on`.
+    pub fn set_enforce_consent(&self, on: bool) {
+        self.with(|s| s.config.enforce_consent = on);
     }
 
     /// Pushes `event` in the background (after the configured delay), as WeChat would.
@@ -177,7 +217,7 @@ impl Sim {
                 "/sim/pushes",
                 get(|State(sim): State<Sim>| async move { axum::Json(sim.pushes()) }),
             )
-            .route("/sim/events", post(follow_event))
+            .route("/sim/events", post(user_event))
             .route("/sim/healthz", get(|| async { "ok\n" }))
             .with_state(self.clone())
     }
@@ -276,6 +316,9 @@ struct Users {
     unsubscribed: Option<Vec<String>>,
     #[serde(default)]
     refused: Option<Vec<String>>,
+    /// Turns `enforce_consent` on or off.
+    #[serde(default)]
+    enforce_consent: Option<bool>,
 }
 
 async fn users(State(sim): State<Sim>, axum::Json(u): axum::Json<Users>) -> Response {
@@ -286,6 +329,9 @@ async fn users(State(sim): State<Sim>, axum::Json(u): axum::Json<Users>) -> Resp
         if let Some(list) = u.refused {
             s.config.refused = list.into_iter().collect();
         }
+        if let Some(on) = u.enforce_consent {
+            s.config.enforce_consent = on;
+        }
     });
     json_reply(200, json!({ "ok": true }))
 }
@@ -295,28 +341,87 @@ async fn set_push(State(sim): State<Sim>, axum::Json(config): axum::Json<PushCon
     json_reply(200, json!({ "ok": true }))
 }
 
+/// A `POST /sim/events` body: a follower event, or a consent event with its answers.
 #[derive(Deserialize)]
-struct FollowEvent {
+struct UserEvent {
     /// Optional when the simulator knows one app.
     appid: Option<String>,
     openid: String,
-    /// `subscribe` or `unsubscribe`.
+    /// `subscribe`, `unsubscribe`, `subscribe_msg_popup_event` or `subscribe_msg_change_event`.
     event: String,
+    /// The consent events' answers, one per template (`{"template_id", "status"}`).
+    list: Option<Vec<ConsentItem>>,
+    /// The consent push's `CreateTime` (Unix seconds); the time of the push when absent.
+    create_time: Option<i64>,
 }
 
-async fn follow_event(State(sim): State<Sim>, axum::Json(e): axum::Json<FollowEvent>) -> Response {
-    let followed = match e.event.as_str() {
-        "subscribe" => true,
-        "unsubscribe" => false,
-        _ => return json_reply(400, json!({ "error": "event must be subscribe or unsubscribe" })),
+/// What a `/sim/events` body asks for.
+enum Requested {
+    Follow(bool),
+    Consent(ConsentKind, Vec<ConsentItem>),
+}
+
+/// What `e` asks for, or why it cannot be done.
+fn requested(e: &mut UserEvent) -> Result<Requested, &'static str> {
+    if e.openid.is_empty() {
+        return Err("openid is empty");
+    }
+    let follow = match e.event.as_str() {
+        "subscribe" => Some(true),
+        "unsubscribe" => Some(false),
+        "subscribe_msg_popup_event" | "subscribe_msg_change_event" => None,
+        _ => {
+            return Err(
+                "event must be subscribe, unsubscribe, subscribe_msg_popup_event or subscribe_msg_change_event",
+            );
+        }
+    };
+    if let Some(followed) = follow {
+        if e.list.is_some() || e.create_time.is_some() {
+            return Err("list and create_time are for subscribe_msg_popup_event and subscribe_msg_change_event only");
+        }
+        return Ok(Requested::Follow(followed));
+    }
+    let list = e.list.take().unwrap_or_default();
+    if list.is_empty() {
+        return Err("list must hold at least one {\"template_id\", \"status\": \"accept\" | \"reject\"}");
+    }
+    if list.iter().any(|i| i.template_id.is_empty()) {
+        return Err("a template_id in list is empty");
+    }
+    let kind = if e.event == "subscribe_msg_popup_event" {
+        ConsentKind::Popup
+    } else {
+        ConsentKind::Settings
+    };
+    Ok(Requested::Consent(kind, list))
+}
+
+/// `POST /sim/events`: a user follows or leaves an account, or answers a mini program's
+/// subscription pop-up or settings page; pushed when pushes are on. 400 for anything else.
+async fn user_event(State(sim): State<Sim>, body: Bytes) -> Response {
+    let bad = |error: String| json_reply(400, json!({ "error": error }));
+    let mut e = match serde_json::from_slice::<UserEvent>(&body) {
+        Ok(e) => e,
+        Err(err) => return bad(format!("not a /sim/events body: {err}")),
+    };
+    let what = match requested(&mut e) {
+        Ok(w) => w,
+        Err(error) => return bad(error.to_string()),
     };
     let apps: Vec<String> = sim.with(|s| s.config.apps.keys().cloned().collect());
     let appid = match (e.appid, apps.as_slice()) {
         (Some(a), _) if apps.contains(&a) => a,
         (None, [only]) => only.clone(),
-        _ => return json_reply(400, json!({ "error": "appid missing or unknown" })),
+        _ => return bad("appid missing or unknown".into()),
     };
-    sim.follow(&appid, &e.openid, followed);
+    match what {
+        Requested::Follow(followed) => sim.follow(&appid, &e.openid, followed),
+        Requested::Consent(kind, list) => {
+            let items: Vec<(&str, ConsentStatus)> = list.iter().map(|i| (i.template_id.as_str(), i.status)).collect();
+            sim.consent(&appid, &e.openid, kind, &items, e.create_time);
+        }
+    }
     json_reply(200, json!({ "ok": true }))
 }
 
@@ -326,4 +431,134 @@ async fn reset(State(sim): State<Sim>) -> Response {
         s.stats = Stats::default();
     });
     json_reply(200, json!({ "ok": true }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const APP: &str = "wx1111111111111111";
+
+    /// A simulator served on port 0 with a mini program beside the default app; its base URL.
+    async fn served() -> (Sim, String) {
+        let mut config = SimConfig::default();
+        config.apps.insert("wxMini".into(), "mini-secret".into());
+        let sim = Sim::new(config);
+        let addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.unwrap();
+        (sim, format!("http://{addr}"))
+    }
+
+    /// POSTs `body` (JSON text) to `path`; the status and the answer.
+    async fn post_json(base: &str, path: &str, body: &str) -> (u16, Value) {
+        let r = reqwest::Client::new()
+            .post(format!("{base}{path}"))
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(body.to_string())
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        (
+            status,
+            serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null),
+        )
+    }
+
+    /// A callback server that acknowledges every push.
+    async fn callback() -> String {
+        let app = Router::new().route("/wechat/{app}", post(|| async { "success" }));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        format!("http://{addr}/wechat/{{appid}}")
+    }
+
+    #[tokio::test]
+    async fn sim_events_takes_popup_and_settings_answers_and_pushes_them() {
+        let (sim, base) = served().await;
+        sim.set_push(PushConfig {
+            callback_url: Some(callback().await),
+            ..PushConfig::default()
+        });
+        let popup = r#"{"appid": "wxMini", "openid": "oU", "event": "subscribe_msg_popup_event",
+            "list": [{"template_id": "TPL_A", "status": "accept"}, {"template_id": "TPL_B", "status": "reject"}],
+            "create_time": 1610969440}"#;
+        assert_eq!(post_json(&base, "/sim/events", popup).await.0, 200);
+        assert_eq!(sim.credits("wxMini", "oU", "TPL_A"), 1);
+        assert_eq!(sim.credits("wxMini", "oU", "TPL_B"), 0);
+        assert_eq!(
+            sim.credits(APP, "oU", "TPL_A"),
+            0,
+            "the mini program's, not the account's"
+        );
+        let change = r#"{"appid": "wxMini", "openid": "oU", "event": "subscribe_msg_change_event",
+            "list": [{"template_id": "TPL_A", "status": "reject"}]}"#;
+        assert_eq!(post_json(&base, "/sim/events", change).await.0, 200);
+        assert_eq!(sim.credits("wxMini", "oU", "TPL_A"), 0);
+        for _ in 0..100 {
+            if sim.pushes().len() == 2 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let mut pushed = sim.pushes();
+        pushed.sort_by_key(|p| matches!(p.event.kind, PushKind::SubscribeMsgChange { .. }));
+        assert!(pushed.iter().all(|p| p.acknowledged && p.event.appid == "wxMini"));
+        let kinds: Vec<Value> = pushed.iter().map(|p| json!(p)).collect();
+        assert_eq!(kinds[0]["event"], "subscribe_msg_popup");
+        assert_eq!(kinds[0]["create_time"], 1610969440);
+        assert_eq!(kinds[0]["list"][1], json!({"template_id": "TPL_B", "status": "reject"}));
+        assert_eq!(kinds[1]["event"], "subscribe_msg_change");
+    }
+
+    #[tokio::test]
+    async fn sim_events_refuses_what_it_cannot_do_with_400() {
+        let (sim, base) = served().await;
+        let bad = [
+            r#"{"appid": "wxMini", "openid": "oU", "event": "subscribe_msg_sent_event"}"#,
+            r#"{"appid": "wxMini", "openid": "oU", "event": "subscribe_msg_popup_event"}"#,
+            r#"{"appid": "wxMini", "openid": "oU", "event": "subscribe_msg_popup_event", "list": []}"#,
+            r#"{"appid": "wxMini", "openid": "oU", "event": "subscribe_msg_popup_event",
+                "list": [{"template_id": "TPL_A", "status": "maybe"}]}"#,
+            r#"{"appid": "wxMini", "openid": "oU", "event": "subscribe_msg_popup_event",
+                "list": [{"template_id": "", "status": "accept"}]}"#,
+            r#"{"appid": "wxMini", "openid": "oU", "event": "subscribe",
+                "list": [{"template_id": "TPL_A", "status": "accept"}]}"#,
+            r#"{"appid": "wxUnknown", "openid": "oU", "event": "subscribe_msg_popup_event",
+                "list": [{"template_id": "TPL_A", "status": "accept"}]}"#,
+            r#"{"openid": "oU", "event": "subscribe_msg_popup_event",
+                "list": [{"template_id": "TPL_A", "status": "accept"}]}"#,
+            r#"{"event": "subscribe"}"#,
+            "not json",
+        ];
+        for body in bad {
+            let (status, answer) = post_json(&base, "/sim/events", body).await;
+            assert_eq!(status, 400, "{body}: {answer}");
+            assert!(
+                answer["error"].as_str().is_some_and(|e| !e.is_empty()),
+                "{body}: {answer}"
+            );
+        }
+        assert_eq!(sim.credits("wxMini", "oU", "TPL_A"), 0);
+        // Today's follower events still work.
+        let leave = r#"{"appid": "wxMini", "openid": "oU", "event": "unsubscribe"}"#;
+        assert_eq!(post_json(&base, "/sim/events", leave).await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn sim_users_turns_consent_enforcement_on_and_off() {
+        let (sim, base) = served().await;
+        assert_eq!(
+            post_json(&base, "/sim/users", r#"{"enforce_consent": true}"#).await.0,
+            200
+        );
+        assert!(sim.with(|s| s.config.enforce_consent));
+        assert_eq!(post_json(&base, "/sim/users", r#"{"refused": []}"#).await.0, 200);
+        assert!(sim.with(|s| s.config.enforce_consent), "unchanged when absent");
+        assert_eq!(
+            post_json(&base, "/sim/users", r#"{"enforce_consent": false}"#).await.0,
+            200
+        );
+        assert!(!sim.with(|s| s.config.enforce_consent));
+    }
 }

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use wechat_sim::{Faults, PushConfig, Sim, SimConfig};
+use wechat_sim::{Faults, PushConfig, PushFormat, Sim, SimConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -80,25 +80,29 @@ struct Args {
     /// Share of results pushed as `failed: system failed`.
     #[arg(long, default_value_t = 0.0)]
     push_system_failed_rate: f64,
+    /// Share of template message results pushed as `failed:freq limit`.
+    #[arg(long, default_value_t = 0.0)]
+    push_freq_limit_rate: f64,
     /// Pause before pushing again after an answer that was not `success`, milliseconds.
     #[arg(long, default_value_t = 5000)]
     push_retry_gap_ms: u64,
+    /// The pushes' format: `xml`, or `json` (a mini program set to JSON).
+    #[arg(long, default_value = "xml", value_parser = ["xml", "json"])]
+    push_format: String,
+    /// Subscribe sends need a consent credit (one per pop-up `accept`, see `POST /sim/events`);
+    /// without one they are answered 43101.
+    #[arg(long)]
+    enforce_consent: bool,
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let args = Args::parse();
+/// The simulator's configuration from the flags, or what is wrong with them.
+fn sim_config(args: Args) -> Result<SimConfig, String> {
     let mut apps = HashMap::from([(args.app_id.clone(), args.app_secret.clone())]);
     for a in &args.apps {
-        match a.split_once(':') {
-            Some((id, secret)) => {
-                apps.insert(id.to_string(), secret.to_string());
-            }
-            None => {
-                eprintln!("configuration error: --app {a:?}: expected APPID:SECRET");
-                return std::process::ExitCode::from(2);
-            }
-        }
+        let (id, secret) = a
+            .split_once(':')
+            .ok_or_else(|| format!("--app {a:?}: expected APPID:SECRET"))?;
+        apps.insert(id.to_string(), secret.to_string());
     }
     let config = SimConfig {
         apps,
@@ -116,6 +120,7 @@ async fn main() -> std::process::ExitCode {
             push_delay_ms: args.push_delay_ms,
             push_user_block_rate: args.push_user_block_rate,
             push_system_failed_rate: args.push_system_failed_rate,
+            push_freq_limit_rate: args.push_freq_limit_rate,
             ..Faults::default()
         },
         push: PushConfig {
@@ -124,27 +129,43 @@ async fn main() -> std::process::ExitCode {
             aes_key: args.encoding_aes_key,
             compatible: args.compatible,
             retry_gap_ms: args.push_retry_gap_ms,
+            format: if args.push_format == "json" {
+                PushFormat::Json
+            } else {
+                PushFormat::Xml
+            },
             ..PushConfig::default()
         },
+        enforce_consent: args.enforce_consent,
     };
     if let Some(key) = &config.push.aes_key
         && wechat_sim::wire::aes_key(key).is_none()
     {
-        eprintln!("configuration error: WECHAT_ENCODING_AES_KEY: must be 43 base64 characters");
-        return std::process::ExitCode::from(2);
+        return Err("WECHAT_ENCODING_AES_KEY: must be 43 base64 characters".into());
     }
-    let sim = Sim::new(config);
-    let listener = match tokio::net::TcpListener::bind(args.listen).await {
-        Ok(l) => l,
+    Ok(config)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    let listen = args.listen;
+    let config = match sim_config(args) {
+        Ok(c) => c,
         Err(e) => {
-            eprintln!(
-                "configuration error: WECHAT_SIM_ADDR: cannot listen on {}: {e}",
-                args.listen
-            );
+            eprintln!("configuration error: {e}");
             return std::process::ExitCode::from(2);
         }
     };
-    eprintln!("wechat-sim listening on http://{}", args.listen);
+    let sim = Sim::new(config);
+    let listener = match tokio::net::TcpListener::bind(listen).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("configuration error: WECHAT_SIM_ADDR: cannot listen on {}: {e}", listen);
+            return std::process::ExitCode::from(2);
+        }
+    };
+    eprintln!("wechat-sim listening on http://{}", listen);
     let shutdown = async {
         let mut term =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
@@ -162,5 +183,42 @@ async fn main() -> std::process::ExitCode {
             eprintln!("error: {e}");
             std::process::ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(flags: &[&str]) -> Result<SimConfig, String> {
+        sim_config(Args::try_parse_from(std::iter::once("wechat-sim").chain(flags.iter().copied())).unwrap())
+    }
+
+    #[test]
+    fn consent_json_pushes_and_freq_limit_are_flags() {
+        let c = config(&[]).unwrap();
+        assert!(!c.enforce_consent);
+        assert_eq!(c.push.format, PushFormat::Xml);
+        assert_eq!(c.faults.push_freq_limit_rate, 0.0);
+        let c = config(&[
+            "--enforce-consent",
+            "--push-format",
+            "json",
+            "--push-freq-limit-rate",
+            "0.25",
+        ])
+        .unwrap();
+        assert!(c.enforce_consent);
+        assert_eq!(c.push.format, PushFormat::Json);
+        assert_eq!(c.faults.push_freq_limit_rate, 0.25);
+        assert!(Args::try_parse_from(["wechat-sim", "--push-format", "yaml"]).is_err());
+    }
+
+    #[test]
+    fn a_bad_app_or_key_is_a_configuration_error() {
+        assert!(config(&["--app", "wxNoSecret"]).unwrap_err().contains("APPID:SECRET"));
+        assert!(config(&["--encoding-aes-key", "short"]).unwrap_err().contains("43"));
+        let c = config(&["--app", "wxMini:s2"]).unwrap();
+        assert_eq!(c.apps.get("wxMini").map(String::as_str), Some("s2"));
     }
 }

@@ -1,8 +1,10 @@
 //! The simulator's event push, as WeChat does it: after accepting a message, the result
 //! (`TEMPLATESENDJOBFINISH`, `subscribe_msg_sent_event`) goes to the app's server URL after a
 //! delay, signed, and encrypted when an EncodingAESKey is configured (safe mode, or compatible);
-//! follower events (`subscribe`, `unsubscribe`) on request. An answer other than `success` (or
-//! empty) within the timeout is tried again, up to `tries` in all. Off unless `callback_url` is set.
+//! follower events (`subscribe`, `unsubscribe`) and subscription consent
+//! (`subscribe_msg_popup_event`, `subscribe_msg_change_event`) on request. The body is XML, or JSON
+//! for an app set to JSON ([`PushFormat`]). An answer other than `success` (or empty) within the
+//! timeout is tried again, up to `tries` in all. Off unless `callback_url` is set.
 
 use std::time::Duration;
 
@@ -10,6 +12,9 @@ use rand::Rng;
 
 use serde::{Deserialize, Serialize};
 
+use crate::consent::{ConsentItem, ConsentKind};
+use crate::document::{self, Document};
+use crate::state::Faults;
 use crate::wire;
 
 /// Where and how to push; `callback_url: None` (the default) pushes nothing.
@@ -30,6 +35,19 @@ pub struct PushConfig {
     pub tries: u32,
     /// Pause before trying again after an answer that was not `success`.
     pub retry_gap_ms: u64,
+    /// XML (the default), or JSON as a mini program set to JSON gets it.
+    pub format: PushFormat,
+}
+
+/// How a push's body is written (the message format of the app's server configuration).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PushFormat {
+    /// `Content-Type: text/xml`, `<xml>…</xml>`.
+    #[default]
+    Xml,
+    /// `Content-Type: application/json`, the same fields as one JSON object.
+    Json,
 }
 
 impl Default for PushConfig {
@@ -42,6 +60,7 @@ impl Default for PushConfig {
             timeout_ms: 5000,
             tries: 3,
             retry_gap_ms: 5000,
+            format: PushFormat::Xml,
         }
     }
 }
@@ -64,6 +83,20 @@ pub enum PushKind {
     },
     Subscribe,
     Unsubscribe,
+    /// The user's answers in a subscription pop-up (`subscribe_msg_popup_event`); `create_time`
+    /// (Unix seconds) is the push's `CreateTime` when set, else the time of the push.
+    SubscribeMsgPopup {
+        list: Vec<ConsentItem>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        create_time: Option<i64>,
+    },
+    /// The user's refusals on the settings page (`subscribe_msg_change_event`); `create_time` as
+    /// above.
+    SubscribeMsgChange {
+        list: Vec<ConsentItem>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        create_time: Option<i64>,
+    },
 }
 
 /// One push to make.
@@ -76,18 +109,31 @@ pub struct PushEvent {
 }
 
 impl PushEvent {
-    /// The plaintext XML, created at `created` (Unix seconds).
-    pub fn xml(&self, created: i64) -> String {
+    /// What the push says, pushed at `now` (Unix seconds; a consent event's own `create_time`
+    /// wins).
+    pub fn document(&self, now: i64) -> Document {
+        let openid = self.openid.as_str();
         match &self.kind {
-            PushKind::TemplateFinish { msgid, status } => wire::template_finish(&self.openid, created, *msgid, status),
+            PushKind::TemplateFinish { msgid, status } => document::template_finish(openid, now, *msgid, status),
             PushKind::SubscribeMsgSent {
                 msgid,
                 template_id,
                 status,
-            } => wire::subscribe_msg_sent(&self.openid, created, template_id, *msgid, status),
-            PushKind::Subscribe => wire::follow(&self.openid, created, true),
-            PushKind::Unsubscribe => wire::follow(&self.openid, created, false),
+            } => document::subscribe_msg_sent(openid, now, template_id, *msgid, status),
+            PushKind::Subscribe => document::follow(openid, now, true),
+            PushKind::Unsubscribe => document::follow(openid, now, false),
+            PushKind::SubscribeMsgPopup { list, create_time } => {
+                document::consent(openid, create_time.unwrap_or(now), ConsentKind::Popup, list)
+            }
+            PushKind::SubscribeMsgChange { list, create_time } => {
+                document::consent(openid, create_time.unwrap_or(now), ConsentKind::Settings, list)
+            }
         }
+    }
+
+    /// The plaintext XML, pushed at `created` (Unix seconds).
+    pub fn xml(&self, created: i64) -> String {
+        self.document(created).xml()
     }
 }
 
@@ -101,14 +147,20 @@ pub struct Pushed {
     pub acknowledged: bool,
 }
 
-/// A result status drawn from the configured mix.
-pub(crate) fn draw_status(api: &str, user_block_rate: f64, system_failed_rate: f64) -> &'static str {
+/// A result status drawn from the faults' mix: user block, then system failure, then (template
+/// messages only) frequency limit, each its share of the draws.
+pub(crate) fn draw_status(api: &str, faults: &Faults) -> &'static str {
     let x = rand::rng().random::<f64>();
-    match (x < user_block_rate, x < user_block_rate + system_failed_rate, api) {
-        (true, _, "subscribe") => "failed:user refuse to accept the msg",
-        (true, _, _) => "failed:user block",
-        (false, true, "subscribe") => "failed:system failed",
-        (false, true, _) => "failed: system failed",
+    let block = faults.push_user_block_rate;
+    let failed = block + faults.push_system_failed_rate;
+    let freq = failed + faults.push_freq_limit_rate;
+    match api {
+        "subscribe" if x < block => "failed:user refuse to accept the msg",
+        "subscribe" if x < failed => "failed:system failed",
+        "subscribe" => "success",
+        _ if x < block => "failed:user block",
+        _ if x < failed => "failed: system failed",
+        _ if x < freq => "failed:freq limit",
         _ => "success",
     }
 }
@@ -119,8 +171,38 @@ fn unix_now() -> i64 {
         .map_or(0, |d| d.as_secs() as i64)
 }
 
-/// Signs (and encrypts) one try of `event`; `None` when the configuration cannot make it.
-fn request(config: &PushConfig, url: &str, event: &PushEvent, xml: &str) -> Option<(reqwest::Url, String)> {
+impl PushFormat {
+    /// The body's `Content-Type`.
+    fn content_type(self) -> &'static str {
+        match self {
+            PushFormat::Xml => "text/xml",
+            PushFormat::Json => "application/json",
+        }
+    }
+
+    /// The plaintext of `doc`.
+    fn write(self, doc: &Document) -> String {
+        match self {
+            PushFormat::Xml => doc.xml(),
+            PushFormat::Json => serde_json::Value::Object(doc.json()).to_string(),
+        }
+    }
+}
+
+/// The body of an encrypted push of `doc` (its plaintext `plain`, encrypted `encrypted`): safe
+/// mode's envelope, or compatible mode's plain fields beside `Encrypt`.
+fn encrypted_body(config: &PushConfig, doc: &Document, plain: &str, encrypted: &str) -> String {
+    match (config.format, config.compatible) {
+        (PushFormat::Xml, false) => wire::safe_body(encrypted),
+        (PushFormat::Xml, true) => wire::compatible_body(plain, encrypted),
+        (PushFormat::Json, false) => wire::json_safe_body(encrypted),
+        (PushFormat::Json, true) => wire::json_compatible_body(doc, encrypted),
+    }
+}
+
+/// Signs (and encrypts) one try of `event`, saying `doc`; `None` when the configuration cannot
+/// make it.
+fn request(config: &PushConfig, url: &str, event: &PushEvent, doc: &Document) -> Option<(reqwest::Url, String)> {
     let mut url = reqwest::Url::parse(&url.replace("{appid}", &event.appid)).ok()?;
     let timestamp = unix_now().to_string();
     let nonce = rand::rng().random::<u32>().to_string();
@@ -131,19 +213,16 @@ fn request(config: &PushConfig, url: &str, event: &PushEvent, xml: &str) -> Opti
         .append_pair("timestamp", &timestamp)
         .append_pair("nonce", &nonce)
         .append_pair("openid", &event.openid);
+    let plain = config.format.write(doc);
     let body = match &config.aes_key {
-        None => xml.to_string(),
+        None => plain,
         Some(key) => {
-            let encrypted = wire::encrypt(&wire::aes_key(key)?, xml, &event.appid);
+            let encrypted = wire::encrypt(&wire::aes_key(key)?, &plain, &event.appid);
             let msg_signature = wire::sign(&[&config.token, &timestamp, &nonce, &encrypted]);
             query
                 .append_pair("encrypt_type", "aes")
                 .append_pair("msg_signature", &msg_signature);
-            if config.compatible {
-                wire::compatible_body(xml, &encrypted)
-            } else {
-                wire::safe_body(&encrypted)
-            }
+            encrypted_body(config, doc, &plain, &encrypted)
         }
     };
     drop(query);
@@ -161,15 +240,16 @@ pub(crate) async fn deliver(
     let Some(url) = &config.callback_url else {
         return (0, false);
     };
-    let xml = event.xml(unix_now());
+    // Written once: every try says the same, created at the same time.
+    let doc = event.document(unix_now());
     let tries = config.tries.max(1);
     for n in 1..=tries {
-        let Some((url, body)) = request(config, url, event, &xml) else {
+        let Some((url, body)) = request(config, url, event, &doc) else {
             return (n, false);
         };
         let answer = http
             .post(url)
-            .header(reqwest::header::CONTENT_TYPE, "text/xml")
+            .header(reqwest::header::CONTENT_TYPE, config.format.content_type())
             .timeout(Duration::from_millis(config.timeout_ms))
             .body(body)
             .send()
@@ -201,25 +281,31 @@ mod tests {
     use sha1::Digest;
 
     use super::*;
+    use crate::consent::ConsentStatus;
 
     const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
 
-    type Seen = Arc<Mutex<Vec<(HashMap<String, String>, String)>>>;
+    /// Each try: its query, its body and its `Content-Type`.
+    type Seen = Arc<Mutex<Vec<(HashMap<String, String>, String, String)>>>;
 
     /// A server that records every try and answers `fail` to the first `failures` of them.
     async fn server(failures: usize) -> (String, Seen) {
         let seen: Seen = Arc::default();
+        let record = move |State(seen): State<Seen>,
+                           Query(q): Query<HashMap<String, String>>,
+                           headers: axum::http::HeaderMap,
+                           body: String| async move {
+            let content_type = headers
+                .get(axum::http::header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string();
+            let mut seen = seen.lock().unwrap();
+            seen.push((q, body, content_type));
+            if seen.len() <= failures { "fail" } else { "success" }
+        };
         let app = axum::Router::new()
-            .route(
-                "/wechat/{app}",
-                axum::routing::post(
-                    move |State(seen): State<Seen>, Query(q): Query<HashMap<String, String>>, body: String| async move {
-                        let mut seen = seen.lock().unwrap();
-                        seen.push((q, body));
-                        if seen.len() <= failures { "fail" } else { "success" }
-                    },
-                ),
-            )
+            .route("/wechat/{app}", axum::routing::post(record))
             .with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -255,7 +341,8 @@ mod tests {
         assert_eq!(outcome, (2, true));
         assert_eq!(*tries.lock().unwrap(), vec![false, true]);
         let seen = seen.lock().unwrap();
-        for (q, body) in seen.iter() {
+        for (q, body, content_type) in seen.iter() {
+            assert_eq!(content_type, "text/xml");
             let mut parts = [q["timestamp"].as_str(), q["nonce"].as_str(), "tok123"];
             parts.sort();
             let expected = hex::encode(sha1::Sha1::digest(parts.concat()));
@@ -293,7 +380,7 @@ mod tests {
             deliver(&reqwest::Client::new(), &config, &event(), |_| {}).await,
             (1, true)
         );
-        let (q, body) = seen.lock().unwrap()[0].clone();
+        let (q, body, _) = seen.lock().unwrap()[0].clone();
         assert_eq!(q["encrypt_type"], "aes");
         let b64 = body
             .split("<Encrypt><![CDATA[")
@@ -301,6 +388,12 @@ mod tests {
             .and_then(|r| r.split("]]>").next())
             .unwrap();
         assert!(!body.contains("MsgID"), "safe mode hides the fields");
+        assert!(decrypt(&q, b64).contains("TEMPLATESENDJOBFINISH"));
+    }
+
+    /// Checks the `msg_signature` over `b64` and decrypts it; the message (its trailing appid
+    /// checked).
+    fn decrypt(q: &HashMap<String, String>, b64: &str) -> String {
         let mut parts = [q["timestamp"].as_str(), q["nonce"].as_str(), "tok123", b64];
         parts.sort();
         assert_eq!(q["msg_signature"], hex::encode(sha1::Sha1::digest(parts.concat())));
@@ -312,11 +405,158 @@ mod tests {
         let pad = *plain.last().unwrap() as usize;
         let plain = &plain[..plain.len() - pad];
         let len = u32::from_be_bytes(plain[16..20].try_into().unwrap()) as usize;
-        assert!(
-            std::str::from_utf8(&plain[20..20 + len])
-                .unwrap()
-                .contains("TEMPLATESENDJOBFINISH")
-        );
         assert_eq!(&plain[20 + len..], b"wx1111111111111111");
+        String::from_utf8(plain[20..20 + len].to_vec()).unwrap()
+    }
+
+    fn popup(items: &[(&str, ConsentStatus)], create_time: Option<i64>) -> PushEvent {
+        PushEvent {
+            appid: "wx1111111111111111".into(),
+            openid: "oUser".into(),
+            kind: PushKind::SubscribeMsgPopup {
+                list: items
+                    .iter()
+                    .map(|(t, status)| ConsentItem {
+                        template_id: t.to_string(),
+                        status: *status,
+                    })
+                    .collect(),
+                create_time,
+            },
+        }
+    }
+
+    /// Pushes `event` once with `config` pointed at a fresh server; what the server saw.
+    async fn push_once(config: PushConfig, event: &PushEvent) -> (HashMap<String, String>, String, String) {
+        let (url, seen) = server(0).await;
+        let config = PushConfig {
+            callback_url: Some(url),
+            token: "tok123".into(),
+            ..config
+        };
+        assert_eq!(
+            deliver(&reqwest::Client::new(), &config, event, |_| {}).await,
+            (1, true)
+        );
+        seen.lock().unwrap()[0].clone()
+    }
+
+    #[tokio::test]
+    async fn a_popup_event_lists_each_answer_at_its_create_time() {
+        let items = [("TPL_A", ConsentStatus::Accept), ("TPL_B", ConsentStatus::Reject)];
+        let (_, body, _) = push_once(PushConfig::default(), &popup(&items, Some(1_610_969_440))).await;
+        assert_eq!(
+            body,
+            "<xml><ToUserName><![CDATA[gh_sim]]></ToUserName><FromUserName><![CDATA[oUser]]></FromUserName>\
+             <CreateTime>1610969440</CreateTime><MsgType><![CDATA[event]]></MsgType>\
+             <Event><![CDATA[subscribe_msg_popup_event]]></Event><SubscribeMsgPopupEvent>\
+             <List><TemplateId><![CDATA[TPL_A]]></TemplateId><SubscribeStatusString><![CDATA[accept]]></SubscribeStatusString>\
+             <PopupScene>0</PopupScene></List>\
+             <List><TemplateId><![CDATA[TPL_B]]></TemplateId><SubscribeStatusString><![CDATA[reject]]></SubscribeStatusString>\
+             <PopupScene>0</PopupScene></List></SubscribeMsgPopupEvent></xml>"
+        );
+        let change = PushEvent {
+            kind: PushKind::SubscribeMsgChange {
+                list: vec![ConsentItem {
+                    template_id: "TPL_A".into(),
+                    status: ConsentStatus::Reject,
+                }],
+                create_time: None,
+            },
+            ..popup(&[], None)
+        };
+        let before = unix_now();
+        let (_, body, _) = push_once(PushConfig::default(), &change).await;
+        assert!(
+            body.contains(
+                "<Event><![CDATA[subscribe_msg_change_event]]></Event><SubscribeMsgChangeEvent><List>\
+                 <TemplateId><![CDATA[TPL_A]]></TemplateId><SubscribeStatusString><![CDATA[reject]]></SubscribeStatusString>\
+                 </List></SubscribeMsgChangeEvent>"
+            ),
+            "{body}"
+        );
+        let created: i64 = body
+            .split("<CreateTime>")
+            .nth(1)
+            .unwrap()
+            .split('<')
+            .next()
+            .unwrap()
+            .parse()
+            .unwrap();
+        assert!((before..=unix_now()).contains(&created), "now when not given");
+    }
+
+    fn json_config() -> PushConfig {
+        PushConfig {
+            format: PushFormat::Json,
+            ..PushConfig::default()
+        }
+    }
+
+    #[test]
+    fn the_format_is_xml_unless_set_to_json() {
+        let config: PushConfig = serde_json::from_str("{}").unwrap();
+        assert_eq!(config.format, PushFormat::Xml);
+        let config: PushConfig = serde_json::from_str(r#"{"format": "json"}"#).unwrap();
+        assert_eq!(config.format, PushFormat::Json);
+        assert!(serde_json::from_str::<PushConfig>(r#"{"format": "yaml"}"#).is_err());
+    }
+
+    #[tokio::test]
+    async fn json_pushes_carry_the_same_fields_with_numbers_as_numbers() {
+        let (_, body, content_type) = push_once(json_config(), &event()).await;
+        assert_eq!(content_type, "application/json");
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["Event"], "TEMPLATESENDJOBFINISH");
+        assert_eq!(doc["FromUserName"], "oUser");
+        assert_eq!(doc["MsgType"], "event");
+        assert!(doc["CreateTime"].is_i64());
+        assert_eq!(doc["MsgID"].to_string(), "9007199254740993", "exact, above 2^53");
+        let one = [("TPL_A", ConsentStatus::Accept)];
+        let (_, body, _) = push_once(json_config(), &popup(&one, Some(7))).await;
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(doc["CreateTime"], 7);
+        let list = &doc["SubscribeMsgPopupEvent"]["List"];
+        assert_eq!(list["TemplateId"], "TPL_A", "one item: an object");
+        assert_eq!(list["SubscribeStatusString"], "accept");
+        let two = [("TPL_A", ConsentStatus::Accept), ("TPL_B", ConsentStatus::Reject)];
+        let (_, body, _) = push_once(json_config(), &popup(&two, None)).await;
+        let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+        let list = doc["SubscribeMsgPopupEvent"]["List"]
+            .as_array()
+            .expect("several: an array");
+        assert_eq!(list[1]["TemplateId"], "TPL_B");
+    }
+
+    #[tokio::test]
+    async fn json_safe_mode_encrypts_the_json_text_and_compatible_mode_adds_the_fields() {
+        let safe = PushConfig {
+            aes_key: Some(KEY.into()),
+            ..json_config()
+        };
+        let (q, body, content_type) = push_once(safe.clone(), &event()).await;
+        assert_eq!(content_type, "application/json");
+        assert_eq!(q["encrypt_type"], "aes");
+        let envelope: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(envelope.as_object().unwrap().len(), 2, "{body}");
+        assert_eq!(envelope["ToUserName"], "gh_sim");
+        let inner: serde_json::Value =
+            serde_json::from_str(&decrypt(&q, envelope["Encrypt"].as_str().unwrap())).unwrap();
+        assert_eq!(inner["Event"], "TEMPLATESENDJOBFINISH");
+        assert_eq!(inner["MsgID"].to_string(), "9007199254740993");
+        let compatible = PushConfig {
+            compatible: true,
+            ..safe
+        };
+        let (q, body, _) = push_once(compatible, &event()).await;
+        let envelope: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            envelope["Event"], "TEMPLATESENDJOBFINISH",
+            "plain fields beside Encrypt"
+        );
+        assert_eq!(envelope["MsgID"].to_string(), "9007199254740993");
+        let inner = decrypt(&q, envelope["Encrypt"].as_str().unwrap());
+        assert!(inner.starts_with('{'), "{inner}");
     }
 }

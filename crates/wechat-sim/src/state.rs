@@ -1,6 +1,7 @@
 //! The simulator's model of WeChat: apps, tokens (classic and stable, with their overlap rules),
-//! accepted messages, template `client_msg_id` dedup (subscribe sends have none), quotas, users, and
-//! injected faults.
+//! accepted messages (template values cut as since 2023, see [`cut`]), template `client_msg_id`
+//! dedup (subscribe sends have none), quotas, users and their subscription consent (see
+//! [`crate::consent`]), and injected faults.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -17,6 +18,8 @@ use wechat_rules::errcode::{
 };
 use wechat_rules::keywords;
 
+use crate::consent::{ConsentItem, ConsentKind, ConsentStatus, Credits};
+use crate::cut;
 use crate::push::{PushConfig, PushEvent, PushKind, Pushed, draw_status};
 
 /// Faults to inject; every field optional in the `/sim/faults` body (missing = unchanged).
@@ -46,6 +49,9 @@ pub struct Faults {
     pub push_user_block_rate: f64,
     /// Share of pushed results that say WeChat failed.
     pub push_system_failed_rate: f64,
+    /// Share of pushed template message results that say `failed:freq limit` (subscribe results
+    /// never do).
+    pub push_freq_limit_rate: f64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -61,6 +67,7 @@ pub struct FaultsPatch {
     pub push_delay_ms: Option<u64>,
     pub push_user_block_rate: Option<f64>,
     pub push_system_failed_rate: Option<f64>,
+    pub push_freq_limit_rate: Option<f64>,
 }
 
 /// How the simulator starts.
@@ -80,6 +87,9 @@ pub struct SimConfig {
     pub faults: Faults,
     /// The event push (receipts, follower events); off by default.
     pub push: PushConfig,
+    /// A subscribe send needs a credit from a pop-up `accept` (43101 without one), and an
+    /// accepted send uses it; off by default (credits are kept all the same).
+    pub enforce_consent: bool,
 }
 
 impl Default for SimConfig {
@@ -94,6 +104,7 @@ impl Default for SimConfig {
             token_daily_quota: 2000,
             faults: Faults::default(),
             push: PushConfig::default(),
+            enforce_consent: false,
         }
     }
 }
@@ -124,6 +135,10 @@ pub struct Accepted {
     /// When it was accepted, in milliseconds since the Unix epoch (tests check send times).
     #[serde(default)]
     pub accepted_at_ms: i64,
+    /// The `data` keys whose value WeChat cut (template messages since 2023: at the first line
+    /// break, then at 20 characters); `data` holds the cut values.
+    #[serde(default)]
+    pub cut: Vec<String>,
 }
 
 /// Counters for tests and people.
@@ -147,6 +162,13 @@ pub struct Stats {
     pub push_tries_failed: u64,
     pub pushes_acknowledged: u64,
     pub pushes_abandoned: u64,
+    /// Keyword values WeChat cut in accepted template messages (one per key).
+    #[serde(default)]
+    pub values_cut: u64,
+    /// Subscribe sends refused (43101, also in `errors`) for want of a consent credit, with
+    /// `enforce_consent` on; the `refused` users' 43101s are not counted here.
+    #[serde(default)]
+    pub consent_refusals: u64,
 }
 
 pub struct SimState {
@@ -166,6 +188,8 @@ pub struct SimState {
     pub outbox: Vec<PushEvent>,
     /// Pushes made, with their fate.
     pub pushed: Vec<Pushed>,
+    /// Subscription consent per (appid, openid, template id).
+    credits: Credits,
 }
 
 /// An answer: HTTP status and JSON body.
@@ -179,6 +203,8 @@ struct SendRequest {
     client_msg_id: Option<String>,
     url: Option<String>,
     page: Option<String>,
+    /// The keys whose value WeChat cut (template sends).
+    cut: Vec<String>,
 }
 
 fn rid() -> String {
@@ -228,6 +254,7 @@ impl SimState {
             issued: Vec::new(),
             outbox: Vec::new(),
             pushed: Vec::new(),
+            credits: Credits::default(),
         }
     }
 
@@ -237,7 +264,7 @@ impl SimState {
             return;
         }
         let f = &self.config.faults;
-        let status = draw_status(api, f.push_user_block_rate, f.push_system_failed_rate).to_string();
+        let status = draw_status(api, f).to_string();
         let kind = if api == "subscribe" {
             PushKind::SubscribeMsgSent {
                 msgid,
@@ -273,6 +300,44 @@ impl SimState {
                 },
             });
         }
+    }
+
+    /// The user's answers in a pop-up or on the settings page: applied to the credits, and
+    /// pushed as given (one `List` each) when pushes are on.
+    pub fn consent(
+        &mut self,
+        appid: &str,
+        openid: &str,
+        kind: ConsentKind,
+        items: &[(&str, ConsentStatus)],
+        create_time: Option<i64>,
+    ) {
+        let list: Vec<ConsentItem> = items
+            .iter()
+            .map(|(template_id, status)| ConsentItem {
+                template_id: template_id.to_string(),
+                status: *status,
+            })
+            .collect();
+        for item in &list {
+            self.credits.apply(appid, openid, kind, item);
+        }
+        if self.config.push.callback_url.is_none() || list.is_empty() {
+            return;
+        }
+        self.outbox.push(PushEvent {
+            appid: appid.to_string(),
+            openid: openid.to_string(),
+            kind: match kind {
+                ConsentKind::Popup => PushKind::SubscribeMsgPopup { list, create_time },
+                ConsentKind::Settings => PushKind::SubscribeMsgChange { list, create_time },
+            },
+        });
+    }
+
+    /// The subscribe messages of `template_id` the user still allows `appid` (0 while blocked).
+    pub fn credits(&self, appid: &str, openid: &str, template_id: &str) -> u32 {
+        self.credits.get(appid, openid, template_id)
     }
 
     fn count_error(&mut self, errcode: i64, errmsg: &str) -> Reply {
@@ -437,7 +502,7 @@ impl SimState {
             return Err(self.count_error(SYSTEM_BUSY, "system error"));
         }
         let req = self.read_request(api, body)?;
-        self.check_recipient(api, &req)?;
+        self.check_recipient(api, &app, &req)?;
         let now = Instant::now();
         if let Some(msgid) = self.deduplicated(&req, now) {
             self.stats.deduplicated += 1;
@@ -478,7 +543,7 @@ impl SimState {
         let (Some(template_id), true) = (template_id, known) else {
             return Err(self.count_error(INVALID_TEMPLATE_ID, "invalid template_id"));
         };
-        let data = self.read_data(&body)?;
+        let (data, cut) = self.read_data(api, &body)?;
         if api == "subscribe" {
             self.check_subscribe_fields(s("miniprogram_state"), s("lang"))?;
         }
@@ -491,29 +556,35 @@ impl SimState {
             client_msg_id: s("client_msg_id").filter(|c| api == "template" && !c.is_empty()),
             url: s("url"),
             page: s("page"),
+            cut,
         })
     }
 
     /// `data`: every keyword's value by its type's rules; `first` and `remark` are dropped silently
-    /// (since 2023).
-    fn read_data(&mut self, body: &Value) -> Result<BTreeMap<String, String>, Reply> {
+    /// (since 2023). A template message's values are cut first ([`cut`]); the keys cut come second.
+    fn read_data(&mut self, api: &str, body: &Value) -> Result<(BTreeMap<String, String>, Vec<String>), Reply> {
         let Some(obj) = body.get("data").and_then(Value::as_object) else {
             return Err(self.count_error(DATA_FORMAT, "data format error"));
         };
         let mut data = BTreeMap::new();
+        let mut cut_keys = Vec::new();
         for (k, v) in obj {
             if k == "first" || k == "remark" {
                 continue;
             }
-            let Some(value) = v.get("value").and_then(Value::as_str) else {
+            let Some(sent) = v.get("value").and_then(Value::as_str) else {
                 return Err(self.count_error(ARGUMENT_INVALID, &format!("argument invalid! data.{k}.value empty")));
             };
+            let value = if api == "template" { cut::cut(sent) } else { sent };
             if keywords::check(k, value).is_err() {
                 return Err(self.count_error(ARGUMENT_INVALID, &format!("argument invalid! data.{k}.value invalid")));
             }
+            if value.len() != sent.len() {
+                cut_keys.push(k.clone());
+            }
             data.insert(k.clone(), value.to_string());
         }
-        Ok(data)
+        Ok((data, cut_keys))
     }
 
     fn check_subscribe_fields(&mut self, state: Option<String>, lang: Option<String>) -> Result<(), Reply> {
@@ -526,10 +597,15 @@ impl SimState {
         Ok(())
     }
 
-    /// A subscribe message to a user who refused it; a template message to one who left.
-    fn check_recipient(&mut self, api: &str, req: &SendRequest) -> Result<(), Reply> {
+    /// A subscribe message to a user who refused it (or, with `enforce_consent`, has no consent
+    /// credit for its template); a template message to one who left.
+    fn check_recipient(&mut self, api: &str, app: &str, req: &SendRequest) -> Result<(), Reply> {
         if api == "subscribe" {
             if self.config.refused.contains(&req.touser) {
+                return Err(self.count_error(USER_REFUSED, "user refuse to accept the msg"));
+            }
+            if self.config.enforce_consent && self.credits.get(app, &req.touser, &req.template_id) == 0 {
+                self.stats.consent_refusals += 1;
                 return Err(self.count_error(USER_REFUSED, "user refuse to accept the msg"));
             }
         } else if self.config.unsubscribed.contains(&req.touser) {
@@ -565,10 +641,15 @@ impl SimState {
         Ok(())
     }
 
-    /// Records the accepted message (and its result push); returns its msgid.
+    /// Records the accepted message (and its result push), using its consent credit when they
+    /// are enforced; returns its msgid.
     fn accept(&mut self, api: &str, app: &str, req: SendRequest, now: Instant) -> i64 {
         let msgid = self.next_msgid;
         self.next_msgid += 1;
+        if api == "subscribe" && self.config.enforce_consent {
+            self.credits.take(app, &req.touser, &req.template_id);
+        }
+        self.stats.values_cut += req.cut.len() as u64;
         if let Some(cmid) = &req.client_msg_id {
             self.dedup.insert((req.touser.clone(), cmid.clone()), (msgid, now));
         }
@@ -586,6 +667,7 @@ impl SimState {
             accepted_at_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX)),
+            cut: req.cut,
         });
         self.stats.accepted += 1;
         let every = self.config.faults.rotate_every;
@@ -630,12 +712,34 @@ impl SimState {
         if let Some(v) = p.push_system_failed_rate {
             f.push_system_failed_rate = v;
         }
+        if let Some(v) = p.push_freq_limit_rate {
+            f.push_freq_limit_rate = v;
+        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::consent::ConsentItem;
+
+    const APP: &str = "wx1111111111111111";
+
+    /// A simulator and an access token of its app.
+    fn sim_with_token(config: SimConfig) -> (SimState, String) {
+        let mut sim = SimState::new(config);
+        let (_, token) = sim.classic_token(Some("client_credential"), Some(APP), Some("sim-secret"));
+        let token = token["access_token"].as_str().expect("a token").to_string();
+        (sim, token)
+    }
+
+    /// Sends `data` to `oU` with template `TPL` through `api`; the errcode.
+    fn send_data(sim: &mut SimState, token: &str, api: &str, data: Value) -> i64 {
+        let body = json!({ "touser": "oU", "template_id": "TPL", "data": data }).to_string();
+        let (status, reply) = sim.send(api, Some(token), body.as_bytes());
+        assert_eq!(status, 200);
+        reply["errcode"].as_i64().expect("an errcode")
+    }
 
     /// Sends the same message (same openid and client_msg_id) twice through `api`; the msgids.
     fn send_twice(api: &str) -> (SimState, Vec<i64>) {
@@ -681,5 +785,210 @@ mod tests {
         assert_eq!(msgids[0], msgids[1], "the first message's msgid, answered again");
         assert_eq!(sim.stats.accepted, 1);
         assert_eq!(sim.stats.deduplicated, 1);
+    }
+
+    fn enforcing() -> (SimState, String) {
+        sim_with_token(SimConfig {
+            enforce_consent: true,
+            ..SimConfig::default()
+        })
+    }
+
+    fn subscribe(sim: &mut SimState, token: &str) -> i64 {
+        send_data(sim, token, "subscribe", json!({ "thing1": { "value": "精洗套餐" } }))
+    }
+
+    #[test]
+    fn with_consent_enforced_a_subscribe_send_needs_and_uses_a_popup_credit() {
+        let (mut sim, token) = enforcing();
+        assert_eq!(subscribe(&mut sim, &token), USER_REFUSED, "no credit yet");
+        sim.consent(APP, "oU", ConsentKind::Popup, &[("TPL", ConsentStatus::Accept)], None);
+        sim.consent(APP, "oU", ConsentKind::Popup, &[("TPL", ConsentStatus::Accept)], None);
+        assert_eq!(sim.credits(APP, "oU", "TPL"), 2);
+        assert_eq!(subscribe(&mut sim, &token), 0);
+        assert_eq!(sim.credits(APP, "oU", "TPL"), 1, "one credit used");
+        assert_eq!(subscribe(&mut sim, &token), 0);
+        assert_eq!(subscribe(&mut sim, &token), USER_REFUSED, "used up");
+        assert_eq!(sim.stats.accepted, 2);
+        assert_eq!(sim.stats.errors.get(&USER_REFUSED), Some(&2));
+        assert_eq!(sim.stats.consent_refusals, 2);
+        // Template sends need no consent.
+        assert_eq!(
+            send_data(&mut sim, &token, "template", json!({ "thing1": { "value": "x" } })),
+            0
+        );
+    }
+
+    #[test]
+    fn a_settings_reject_blocks_until_the_next_popup_accept() {
+        let (mut sim, token) = enforcing();
+        sim.consent(APP, "oU", ConsentKind::Popup, &[("TPL", ConsentStatus::Accept)], None);
+        sim.consent(
+            APP,
+            "oU",
+            ConsentKind::Settings,
+            &[("TPL", ConsentStatus::Reject)],
+            None,
+        );
+        assert_eq!(sim.credits(APP, "oU", "TPL"), 0);
+        assert_eq!(subscribe(&mut sim, &token), USER_REFUSED);
+        sim.consent(
+            APP,
+            "oU",
+            ConsentKind::Settings,
+            &[("TPL", ConsentStatus::Accept)],
+            None,
+        );
+        assert_eq!(
+            subscribe(&mut sim, &token),
+            USER_REFUSED,
+            "a settings accept gives no credit"
+        );
+        sim.consent(APP, "oU", ConsentKind::Popup, &[("TPL", ConsentStatus::Reject)], None);
+        assert_eq!(
+            subscribe(&mut sim, &token),
+            USER_REFUSED,
+            "a pop-up reject changes nothing"
+        );
+        sim.consent(APP, "oU", ConsentKind::Popup, &[("TPL", ConsentStatus::Accept)], None);
+        assert_eq!(subscribe(&mut sim, &token), 0);
+    }
+
+    #[test]
+    fn a_credit_is_used_only_by_an_accepted_send() {
+        let (mut sim, token) = enforcing();
+        sim.config.faults.daily_quota = 1;
+        sim.consent(APP, "oU", ConsentKind::Popup, &[("TPL", ConsentStatus::Accept)], None);
+        sim.consent(APP, "oU", ConsentKind::Popup, &[("TPL", ConsentStatus::Accept)], None);
+        assert_eq!(subscribe(&mut sim, &token), 0);
+        assert_eq!(subscribe(&mut sim, &token), DAILY_QUOTA);
+        assert_eq!(sim.credits(APP, "oU", "TPL"), 1, "kept: the send was refused");
+        let bad = send_data(
+            &mut sim,
+            &token,
+            "subscribe",
+            json!({ "thing1": { "value": "x".repeat(21) } }),
+        );
+        assert_eq!(bad, ARGUMENT_INVALID);
+        assert_eq!(sim.credits(APP, "oU", "TPL"), 1);
+    }
+
+    #[test]
+    fn refused_users_get_43101_with_or_without_consent_enforced() {
+        for enforce in [false, true] {
+            let (mut sim, token) = sim_with_token(SimConfig {
+                enforce_consent: enforce,
+                refused: HashSet::from(["oU".to_string()]),
+                ..SimConfig::default()
+            });
+            sim.consent(APP, "oU", ConsentKind::Popup, &[("TPL", ConsentStatus::Accept)], None);
+            assert_eq!(subscribe(&mut sim, &token), USER_REFUSED);
+            assert_eq!(sim.stats.consent_refusals, 0, "not for want of consent");
+        }
+        let (mut sim, token) = sim_with_token(SimConfig::default());
+        assert_eq!(subscribe(&mut sim, &token), 0, "not enforced by default");
+    }
+
+    #[test]
+    fn consent_is_pushed_as_given_when_pushes_are_on() {
+        let (mut sim, _) = sim_with_token(SimConfig::default());
+        sim.consent(APP, "oU", ConsentKind::Popup, &[("TPL", ConsentStatus::Accept)], None);
+        assert!(sim.outbox.is_empty(), "pushes are off");
+        sim.config.push.callback_url = Some("http://127.0.0.1:9/wechat/{appid}".into());
+        let items = [("TPL_A", ConsentStatus::Accept), ("TPL_B", ConsentStatus::Reject)];
+        sim.consent(APP, "oU", ConsentKind::Popup, &items, Some(1_610_969_440));
+        sim.consent(APP, "oU", ConsentKind::Settings, &items[1..], None);
+        let item = |t: &str, status| ConsentItem {
+            template_id: t.into(),
+            status,
+        };
+        let kinds: Vec<PushKind> = sim.outbox.iter().map(|e| e.kind.clone()).collect();
+        assert_eq!(
+            kinds,
+            vec![
+                PushKind::SubscribeMsgPopup {
+                    list: vec![
+                        item("TPL_A", ConsentStatus::Accept),
+                        item("TPL_B", ConsentStatus::Reject)
+                    ],
+                    create_time: Some(1_610_969_440),
+                },
+                PushKind::SubscribeMsgChange {
+                    list: vec![item("TPL_B", ConsentStatus::Reject)],
+                    create_time: None,
+                },
+            ]
+        );
+        assert!(sim.outbox.iter().all(|e| e.appid == APP && e.openid == "oU"));
+    }
+
+    #[test]
+    fn template_values_are_cut_at_a_line_break_then_at_twenty_characters() {
+        let (mut sim, token) = sim_with_token(SimConfig::default());
+        let long = "精".repeat(30);
+        let data = json!({
+            "first": { "value": "dropped" },
+            "thing1": { "value": long },
+            "thing2": { "value": "徐汇店\n请提前十分钟到达" },
+            "time3": { "value": "2026年11月22日 14:00\r\n(周日)" },
+            "character_string4": { "value": "B-10023" },
+        });
+        assert_eq!(send_data(&mut sim, &token, "template", data), 0);
+        let m = sim.messages.last().expect("accepted");
+        assert_eq!(m.data["thing1"], "精".repeat(20));
+        assert_eq!(m.data["thing2"], "徐汇店");
+        assert_eq!(m.data["time3"], "2026年11月22日 14:00");
+        assert_eq!(m.data["character_string4"], "B-10023");
+        assert!(!m.data.contains_key("first"));
+        assert_eq!(m.cut, vec!["thing1", "thing2", "time3"]);
+        assert_eq!(sim.stats.values_cut, 3);
+        let reply = serde_json::to_value(m).unwrap();
+        assert_eq!(reply["cut"], json!(["thing1", "thing2", "time3"]), "in the message log");
+    }
+
+    #[test]
+    fn a_cut_template_value_that_breaks_its_type_is_still_refused() {
+        let (mut sim, token) = sim_with_token(SimConfig::default());
+        let range = json!({ "time1": { "value": "2026-11-22 14:00 ~ 2026-11-22 16:00" } });
+        assert_eq!(send_data(&mut sim, &token, "template", range), ARGUMENT_INVALID);
+        let empty = json!({ "thing1": { "value": "\n第二行" } });
+        assert_eq!(send_data(&mut sim, &token, "template", empty), ARGUMENT_INVALID);
+        assert_eq!(sim.stats.accepted, 0);
+        assert_eq!(sim.stats.values_cut, 0);
+    }
+
+    #[test]
+    fn subscribe_values_are_checked_as_before_and_never_cut() {
+        let (mut sim, token) = sim_with_token(SimConfig::default());
+        let long = json!({ "thing1": { "value": "精".repeat(21) } });
+        assert_eq!(send_data(&mut sim, &token, "subscribe", long), ARGUMENT_INVALID);
+        let lines = json!({ "thing1": { "value": "第一行\n第二行" } });
+        assert_eq!(send_data(&mut sim, &token, "subscribe", lines), 0);
+        let m = sim.messages.last().expect("accepted");
+        assert_eq!(m.data["thing1"], "第一行\n第二行");
+        assert!(m.cut.is_empty());
+        assert_eq!(sim.stats.values_cut, 0);
+    }
+
+    #[test]
+    fn freq_limit_results_are_pushed_for_template_messages_only() {
+        let (mut sim, token) = sim_with_token(SimConfig::default());
+        sim.config.push.callback_url = Some("http://127.0.0.1:9/wechat/{appid}".into());
+        sim.patch_faults(FaultsPatch {
+            push_freq_limit_rate: Some(1.0),
+            ..FaultsPatch::default()
+        });
+        let data = json!({ "thing1": { "value": "x" } });
+        assert_eq!(send_data(&mut sim, &token, "template", data.clone()), 0);
+        assert_eq!(send_data(&mut sim, &token, "subscribe", data), 0);
+        let statuses: Vec<&str> = sim
+            .outbox
+            .iter()
+            .map(|e| match &e.kind {
+                PushKind::TemplateFinish { status, .. } | PushKind::SubscribeMsgSent { status, .. } => status.as_str(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(statuses, vec!["failed:freq limit", "success"]);
     }
 }

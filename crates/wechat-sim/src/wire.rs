@@ -1,13 +1,17 @@
 //! WeChat's event push on the wire, written independently of the receiver it tests
-//! (`WECHAT_API.md`, "Event push"): signatures, safe mode's encryption, and the bodies of the
-//! events the simulator pushes.
+//! (`WECHAT_API.md`, "Event push"): signatures, safe mode's encryption, the envelopes of safe and
+//! compatible modes (XML and JSON), and the XML of the events the simulator pushes (what each
+//! says is in [`document`]).
 
 use aes::cipher::block_padding::NoPadding;
 use aes::cipher::{BlockEncryptMut, KeyIvInit};
 use base64::Engine;
 use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig, STANDARD};
 use rand::Rng;
+use serde_json::{Value, json};
 use sha1::{Digest, Sha1};
+
+use crate::document::{self, Document};
 
 /// `sha1(join(sort(parts)))`, lowercase hex.
 pub fn sign(parts: &[&str]) -> String {
@@ -59,40 +63,29 @@ pub fn compatible_body(plain_xml: &str, encrypted: &str) -> String {
     format!("{inner}<Encrypt><![CDATA[{encrypted}]]></Encrypt></xml>")
 }
 
-fn head(openid: &str, created: i64, event: &str) -> String {
-    format!(
-        "<xml><ToUserName><![CDATA[gh_sim]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName>\
-         <CreateTime>{created}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[{event}]]></Event>"
-    )
+/// The envelope of a safe-mode JSON push: `{"ToUserName": "gh_sim", "Encrypt": "…"}`.
+pub fn json_safe_body(encrypted: &str) -> String {
+    json!({ "ToUserName": "gh_sim", "Encrypt": encrypted }).to_string()
 }
 
-/// A template message's result.
+/// A compatible-mode JSON push: the plain fields and `Encrypt` in one object.
+pub fn json_compatible_body(plain: &Document, encrypted: &str) -> String {
+    let mut fields = plain.json();
+    fields.insert("Encrypt".into(), encrypted.into());
+    Value::Object(fields).to_string()
+}
+
+/// A template message's result, as XML ([`document::template_finish`]).
 pub fn template_finish(openid: &str, created: i64, msgid: i64, status: &str) -> String {
-    format!(
-        "{}<MsgID>{msgid}</MsgID><Status><![CDATA[{status}]]></Status></xml>",
-        head(openid, created, "TEMPLATESENDJOBFINISH")
-    )
+    document::template_finish(openid, created, msgid, status).xml()
 }
 
-/// A subscribe message's result (one `List`).
+/// A subscribe message's result (one `List`), as XML ([`document::subscribe_msg_sent`]).
 pub fn subscribe_msg_sent(openid: &str, created: i64, template_id: &str, msgid: i64, status: &str) -> String {
-    let errcode = match status {
-        "success" => 0,
-        s if s.contains("user") => wechat_rules::errcode::USER_REFUSED,
-        _ => 43107,
-    };
-    format!(
-        "{}<SubscribeMsgSentEvent><List><TemplateId><![CDATA[{template_id}]]></TemplateId><MsgID>{msgid}</MsgID>\
-         <ErrorCode>{errcode}</ErrorCode><ErrorStatus><![CDATA[{status}]]></ErrorStatus></List></SubscribeMsgSentEvent></xml>",
-        head(openid, created, "subscribe_msg_sent_event")
-    )
+    document::subscribe_msg_sent(openid, created, template_id, msgid, status).xml()
 }
 
-/// `subscribe` (followed) or `unsubscribe` (left).
+/// `subscribe` (followed) or `unsubscribe` (left), as XML ([`document::follow`]).
 pub fn follow(openid: &str, created: i64, followed: bool) -> String {
-    let event = if followed { "subscribe" } else { "unsubscribe" };
-    format!(
-        "{}<EventKey><![CDATA[]]></EventKey></xml>",
-        head(openid, created, event)
-    )
+    document::follow(openid, created, followed).xml()
 }
