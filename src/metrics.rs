@@ -5,6 +5,9 @@
 
 use metrics::{describe_counter, describe_gauge, describe_histogram};
 
+use crate::template::Catalog;
+use crate::wechat::Api;
+
 const STAGES: [&str; 7] = ["queued", "rate", "claim", "token", "send", "record", "ack"];
 const DUPLICATE_STATUSES: [&str; 7] = [
     "sent",
@@ -16,9 +19,11 @@ const DUPLICATE_STATUSES: [&str; 7] = [
     "suppressed",
 ];
 
-/// Describes and registers every series; `apps` are the configured app ids.
-pub(crate) fn register(apps: &[String]) {
+/// Describes and registers every series; `apps` are the configured app ids, `catalog` the
+/// templates (whose template-message keywords may be shortened).
+pub(crate) fn register(apps: &[String], catalog: &Catalog) {
     register_settlements();
+    register_consent(catalog);
     register_sends();
     register_stored_fates();
     register_due();
@@ -28,6 +33,28 @@ pub(crate) fn register(apps: &[String]) {
     register_health();
     register_ledger_batches();
     register_sampled();
+}
+
+/// Subscription consent and WeChat's 2023 template-message rules (docs/interface.md §12): what
+/// the consent ledger answered, and the values shortened to 20 characters, per template and key.
+fn register_consent(catalog: &Catalog) {
+    describe_counter!(
+        "wxnotify_consent_checks_total",
+        "Tracked subscribe deliveries asking the consent ledger for a credit: taken, missing, blocked (switched off in the settings)"
+    );
+    for r in ["taken", "missing", "blocked"] {
+        metrics::counter!("wxnotify_consent_checks_total", "result" => r).increment(0);
+    }
+    describe_counter!(
+        "wxnotify_values_shortened_total",
+        "Template-message values shortened to WeChat's 20 characters (with …) or joined across a line break, by template and keyword"
+    );
+    for t in catalog.templates().iter().filter(|t| t.api == Api::Template) {
+        for key in t.keys() {
+            let labels = [("template", t.template_id.clone()), ("key", key.clone())];
+            metrics::counter!("wxnotify_values_shortened_total", &labels).increment(0);
+        }
+    }
 }
 
 /// Fairness between apps (docs/interface.md §11): per app, this worker's share of its rate

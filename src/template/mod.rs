@@ -75,6 +75,11 @@ pub struct Template {
 }
 
 impl Template {
+    /// Its keywords (`data` keys).
+    pub fn keys(&self) -> &[String] {
+        &self.keys
+    }
+
     /// Its deliveries wait in the ledger (scheduled, cancellable, quiet hours or an expiry)
     /// instead of going out the moment the event is consumed.
     pub fn is_held(&self) -> bool {

@@ -74,7 +74,7 @@ impl Worker {
             &settings.apps,
         );
         let app_ids: Vec<String> = settings.apps.iter().map(|a| a.app_id.clone()).collect();
-        crate::metrics::register(&app_ids);
+        crate::metrics::register(&app_ids, &settings.catalog);
         let ctx = Context {
             rules: Rules {
                 catalog: settings.catalog.clone(),
