@@ -1,5 +1,6 @@
 //! `wxnotify report`: the delivery summary, read from the reporting views (docs/interface.md §4):
-//! `delivery_daily_summary` since a Beijing day, and `delivery_failures` seen since then.
+//! `delivery_daily_summary` since a Beijing day, `consent_daily_summary` (§12) since then, and
+//! `delivery_failures` seen since then.
 
 use chrono::{DateTime, FixedOffset, NaiveDate, Utc};
 use serde::Serialize;
@@ -52,8 +53,29 @@ pub struct SummaryRow {
     pub delivered: i64,
     pub user_block: i64,
     pub system_failed: i64,
-    /// Not sent: the user had left the account.
+    /// Not sent: the user had left the account, or gave no consent.
     pub suppressed: i64,
+    /// Receipts saying WeChat held the message back (`failed:freq limit`).
+    pub freq_limit: i64,
+    /// Sent with a consent credit, and suppressed for want of one (docs/interface.md §12).
+    pub consents_used: i64,
+    pub consents_missing: i64,
+}
+
+/// Subscription consent of one subscribe template on one Beijing day (docs/interface.md §12).
+#[derive(Debug, Clone, Serialize)]
+pub struct ConsentRow {
+    pub day: NaiveDate,
+    pub app_id: String,
+    pub template_id: String,
+    /// Pop-up accepts.
+    pub granted: i64,
+    /// Credits spent by sends.
+    pub used: i64,
+    /// Deliveries suppressed for want of a credit.
+    pub missing: i64,
+    /// Rejects, in the pop-up or the settings page.
+    pub rejected: i64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -72,6 +94,7 @@ pub struct FailureRow {
 pub struct Report {
     pub since: DateTime<Utc>,
     pub summary: Vec<SummaryRow>,
+    pub consents: Vec<ConsentRow>,
     pub failures: Vec<FailureRow>,
 }
 
@@ -79,6 +102,7 @@ pub async fn report(pool: &PgPool, since: Since) -> Result<Report, sqlx::Error> 
     Ok(Report {
         since: since.0,
         summary: daily_summary(pool, since).await?,
+        consents: consents(pool, since).await?,
         failures: failures(pool, since).await?,
     })
 }
@@ -88,7 +112,7 @@ async fn daily_summary(pool: &PgPool, since: Since) -> Result<Vec<SummaryRow>, s
     sqlx::query(
         "SELECT day, app_id, event_type, deliveries, sent, dead, retrying, pending, attempts,
                 p50_send_ms, p95_send_ms, scheduled, cancelled, expired, delivered, user_block, system_failed,
-                suppressed
+                suppressed, freq_limit, consents_used, consents_missing
            FROM delivery_daily_summary
           WHERE day >= ($1 AT TIME ZONE 'Asia/Shanghai')::date
           ORDER BY day, app_id, event_type",
@@ -117,6 +141,35 @@ async fn daily_summary(pool: &PgPool, since: Since) -> Result<Vec<SummaryRow>, s
             user_block: r.try_get("user_block")?,
             system_failed: r.try_get("system_failed")?,
             suppressed: r.try_get("suppressed")?,
+            freq_limit: r.try_get("freq_limit")?,
+            consents_used: r.try_get("consents_used")?,
+            consents_missing: r.try_get("consents_missing")?,
+        })
+    })
+    .collect()
+}
+
+/// Consent per (Beijing day, app, template) since `since`.
+async fn consents(pool: &PgPool, since: Since) -> Result<Vec<ConsentRow>, sqlx::Error> {
+    sqlx::query(
+        "SELECT day, app_id, template_id, granted, used, missing, rejected
+           FROM consent_daily_summary
+          WHERE day >= ($1 AT TIME ZONE 'Asia/Shanghai')::date
+          ORDER BY day, app_id, template_id",
+    )
+    .bind(since.0)
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .map(|r| {
+        Ok(ConsentRow {
+            day: r.try_get("day")?,
+            app_id: r.try_get("app_id")?,
+            template_id: r.try_get("template_id")?,
+            granted: r.try_get("granted")?,
+            used: r.try_get("used")?,
+            missing: r.try_get("missing")?,
+            rejected: r.try_get("rejected")?,
         })
     })
     .collect()
@@ -155,6 +208,7 @@ fn ms(v: Option<f64>) -> String {
 /// Both tables, for people.
 pub fn table(r: &Report) -> String {
     let mut out = summary_table(r);
+    out.push_str(&consent_table(r));
     out.push_str(&failures_table(r));
     out
 }
@@ -162,7 +216,7 @@ pub fn table(r: &Report) -> String {
 /// The daily summary, a header and one line per row.
 fn summary_table(r: &Report) -> String {
     let mut out = format!(
-        "deliveries since {} (days in Beijing time; DELIVERED, USER_BLOCK, SYS_FAILED: WeChat's receipts)\n{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>9} {:>9} {:>7} {:>8} {:>7} {:>7} {:>9} {:>10} {:>10} {:>10}\n",
+        "deliveries since {} (days in Beijing time; DELIVERED, USER_BLOCK, SYS_FAILED, FREQ_LIMIT: WeChat's receipts)\n{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>9} {:>9} {:>7} {:>8} {:>7} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10}\n",
         r.since.format("%Y-%m-%d %H:%M UTC"),
         "DAY",
         "APP",
@@ -181,11 +235,12 @@ fn summary_table(r: &Report) -> String {
         "DELIVERED",
         "USER_BLOCK",
         "SYS_FAILED",
+        "FREQ_LIMIT",
         "SUPPRESSED"
     );
     for s in &r.summary {
         out.push_str(&format!(
-            "{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>9} {:>9} {:>7} {:>8} {:>7} {:>7} {:>9} {:>10} {:>10} {:>10}\n",
+            "{:<10} {:<20} {:<20} {:>10} {:>8} {:>6} {:>8} {:>7} {:>9} {:>9} {:>7} {:>8} {:>7} {:>7} {:>9} {:>10} {:>10} {:>10} {:>10}\n",
             s.day,
             s.app_id,
             s.event_type,
@@ -203,7 +258,32 @@ fn summary_table(r: &Report) -> String {
             s.delivered,
             s.user_block,
             s.system_failed,
+            s.freq_limit,
             s.suppressed
+        ));
+    }
+    out
+}
+
+/// Subscription consent by template, when any was recorded.
+fn consent_table(r: &Report) -> String {
+    if r.consents.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\nsubscription consent by template (GRANTED: accepts; USED: sent with one; MISSING: suppressed without one)\n{:<10} {:<20} {:<32} {:>8} {:>8} {:>8} {:>8}\n",
+        "DAY", "APP", "TEMPLATE", "GRANTED", "USED", "MISSING", "REJECTED"
+    );
+    for c in &r.consents {
+        out.push_str(&format!(
+            "{:<10} {:<20} {:<32} {:>8} {:>8} {:>8} {:>8}\n",
+            c.day,
+            c.app_id,
+            crate::event::truncate(&c.template_id, 32),
+            c.granted,
+            c.used,
+            c.missing,
+            c.rejected
         ));
     }
     out
@@ -242,7 +322,8 @@ fn csv_field(s: &str) -> String {
 pub fn csv(r: &Report) -> String {
     let mut out = String::from(
         "day,app_id,event_type,deliveries,sent,dead,retrying,pending,attempts,p50_send_ms,p95_send_ms,\
-         scheduled,cancelled,expired,delivered,user_block,system_failed,suppressed\n",
+         scheduled,cancelled,expired,delivered,user_block,system_failed,suppressed,freq_limit,consents_used,\
+         consents_missing\n",
     );
     let opt = |v: Option<f64>| v.map(|v| v.to_string()).unwrap_or_default();
     for s in &r.summary {
@@ -265,6 +346,9 @@ pub fn csv(r: &Report) -> String {
             s.user_block.to_string(),
             s.system_failed.to_string(),
             s.suppressed.to_string(),
+            s.freq_limit.to_string(),
+            s.consents_used.to_string(),
+            s.consents_missing.to_string(),
         ];
         out.push_str(&fields.join(","));
         out.push('\n');

@@ -1,7 +1,8 @@
 //! `wxnotify trace`: "did the customer get it?" One delivery's whole story from the ledger
 //! (docs/interface.md §4, §5): every delivery of an event (or of a user since a time), its
 //! attempts with errcodes and workers, doubt, the dead letter, replays, cancellation (by which
-//! event), schedule and lateness, WeChat's receipt, and whether the user follows the account.
+//! event), schedule and lateness, WeChat's receipt, whether the user follows the account, and a
+//! subscribe delivery's consent history up to its outcome (§12).
 //!
 //! Read from Postgres only: the dead-letter queue itself is not read (`wxnotify dlq list` shows
 //! it); a dead letter appears as the ledger's `dead` row and as the `dlq_replays` records of the
@@ -9,7 +10,7 @@
 //!
 //! Every query is indexed: deliveries by `deliveries_key` (event_id first), attempts by
 //! `delivery_attempts_delivery`, replays by `dlq_replays_event`, receipts, cancellations and
-//! followers by their primary keys. `--openid` has no index of its own (none on
+//! followers by their primary keys, consent by `consent_log_key`. `--openid` has no index of its own (none on
 //! `deliveries (openid, …)`): it scans `deliveries_created_at` from `--since`, and stops at
 //! `--limit`.
 
@@ -89,6 +90,25 @@ pub struct Follower {
     pub source: String,
 }
 
+/// A change to the user's consent to the delivery's template (`consent_log`, docs/interface.md §12).
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct ConsentEntry {
+    #[serde(skip)]
+    pub app_id: String,
+    #[serde(skip)]
+    pub openid: String,
+    #[serde(skip)]
+    pub template_id: String,
+    /// `accept`, `reject`, `settings_accept`, `settings_reject` (pushes), `use` (a credit a
+    /// delivery spent) or `refused` (WeChat's 43101).
+    pub kind: String,
+    pub at: DateTime<Utc>,
+    pub delivery_id: Option<i64>,
+}
+
+/// Most consent entries shown per delivery: the latest up to its outcome.
+const CONSENT_SHOWN: usize = 10;
+
 /// One delivery (event × template × user) and everything that happened to it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct Delivery {
@@ -129,6 +149,9 @@ pub struct Delivery {
     pub replays: Vec<Replay>,
     #[sqlx(skip)]
     pub receipts: Vec<Receipt>,
+    /// The user's consent to this template up to the delivery's outcome, latest last.
+    #[sqlx(skip)]
+    pub consent: Vec<ConsentEntry>,
 }
 
 /// The answer: the deliveries, oldest first per event; replays of the asked events that have no
@@ -180,7 +203,9 @@ pub async fn trace(pool: &PgPool, query: Query) -> Result<Trace, sqlx::Error> {
     event_ids.dedup();
     let replays = replays(pool, &event_ids).await?;
     let receipts = receipts(pool, &deliveries).await?;
+    let consent = consent(pool, &deliveries).await?;
     for d in &mut deliveries {
+        d.consent = consent_until_outcome(d, &consent);
         d.attempts = attempts.iter().filter(|a| a.delivery_id == d.id).cloned().collect();
         d.replays = replays
             .iter()
@@ -280,6 +305,43 @@ async fn receipts(pool: &PgPool, deliveries: &[Delivery]) -> Result<Vec<Receipt>
     .bind(msgids)
     .fetch_all(pool)
     .await
+}
+
+/// The consent history of the deliveries' (app, openid, template) keys.
+async fn consent(pool: &PgPool, deliveries: &[Delivery]) -> Result<Vec<ConsentEntry>, sqlx::Error> {
+    let mut keys: Vec<(&str, &str, &str)> = deliveries
+        .iter()
+        .map(|d| (d.app_id.as_str(), d.openid.as_str(), d.template_id.as_str()))
+        .collect();
+    keys.sort_unstable();
+    keys.dedup();
+    let apps: Vec<&str> = keys.iter().map(|k| k.0).collect();
+    let openids: Vec<&str> = keys.iter().map(|k| k.1).collect();
+    let templates: Vec<&str> = keys.iter().map(|k| k.2).collect();
+    sqlx::query_as(
+        "SELECT l.app_id, l.openid, l.template_id, l.kind, l.at, l.delivery_id
+           FROM unnest($1::text[], $2::text[], $3::text[]) AS k(app_id, openid, template_id)
+           JOIN consent_log l ON l.app_id = k.app_id AND l.openid = k.openid AND l.template_id = k.template_id
+          ORDER BY l.at, l.id",
+    )
+    .bind(apps)
+    .bind(openids)
+    .bind(templates)
+    .fetch_all(pool)
+    .await
+}
+
+/// The key's consent entries up to the delivery's outcome (its send, or its last change), the
+/// latest [`CONSENT_SHOWN`]: the consent as it stood when the delivery was decided.
+fn consent_until_outcome(d: &Delivery, all: &[ConsentEntry]) -> Vec<ConsentEntry> {
+    let until = d.sent_at.unwrap_or(d.updated_at);
+    let mine: Vec<ConsentEntry> = all
+        .iter()
+        .filter(|c| c.app_id == d.app_id && c.openid == d.openid && c.template_id == d.template_id)
+        .filter(|c| c.at <= until || c.delivery_id == Some(d.id))
+        .cloned()
+        .collect();
+    mine[mine.len().saturating_sub(CONSENT_SHOWN)..].to_vec()
 }
 
 async fn followers(pool: &PgPool, deliveries: &[Delivery]) -> Result<Vec<Follower>, sqlx::Error> {
@@ -402,7 +464,25 @@ fn delivery_block(d: &Delivery) -> String {
     for r in &d.replays {
         out.push_str(&replay_line(r));
     }
+    out.push_str(&consent_lines(d));
     out.push_str(&receipt_line(d));
+    out
+}
+
+/// The consent history (subscribe templates), one line per change, this delivery's own marked.
+fn consent_lines(d: &Delivery) -> String {
+    if d.consent.is_empty() {
+        return String::new();
+    }
+    let mut out = "  consent    up to this delivery's outcome (latest last):\n".to_string();
+    for c in &d.consent {
+        let whose = match c.delivery_id {
+            Some(id) if id == d.id => " (this delivery)".to_string(),
+            Some(id) => format!(" (delivery {id})"),
+            None => String::new(),
+        };
+        out.push_str(&format!("    {:<16} {}{whose}\n", esc(&c.kind), at(c.at)));
+    }
     out
 }
 

@@ -101,6 +101,8 @@ impl Drop for StopOnDrop {
 pub(crate) struct WorkerHandle {
     pub shutdown: CancellationToken,
     pub join: JoinHandle<Result<(), AppError>>,
+    /// Where `/metrics` answers (the process's one recorder: every in-process worker's series).
+    pub admin_addr: std::net::SocketAddr,
 }
 
 impl WorkerHandle {
@@ -268,8 +270,13 @@ impl TestEnv {
             .expect("worker builds")
             .expect("not shut down");
         self.running.add(&shutdown);
+        let admin_addr = app.admin_addr();
         let join = tokio::spawn(app.run(shutdown.clone()));
-        WorkerHandle { shutdown, join }
+        WorkerHandle {
+            shutdown,
+            join,
+            admin_addr,
+        }
     }
 
     /// A fresh channel on the test's own connection.

@@ -183,6 +183,36 @@ async fn only_the_messages_users_allowed_are_sent_and_wechat_never_says_43101() 
     );
     worker.stop().await;
     receiver.stop().await;
+    assert_report(&env).await;
+}
+
+/// `wxnotify report` counts the consents by template: granted, used, missing, rejected.
+async fn assert_report(env: &TestEnv) {
+    let out = env.wxnotify(&["report", "--format", "json"]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let by_template: BTreeMap<String, [i64; 4]> = report["consents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| {
+            let n = |k: &str| c[k].as_i64().unwrap();
+            let counts = [n("granted"), n("used"), n("missing"), n("rejected")];
+            (c["template_id"].as_str().unwrap().to_string(), counts)
+        })
+        .collect();
+    assert_eq!(
+        by_template,
+        BTreeMap::from([
+            (CONFIRMED.to_string(), [750, 750, 250, 250]),
+            (REMINDER.to_string(), [500, 500, 500, 500]),
+        ])
+    );
+    let summary = &report["summary"][0];
+    assert_eq!(
+        (summary["consents_used"].as_i64(), summary["consents_missing"].as_i64()),
+        (Some(1250), Some(750))
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -226,4 +256,52 @@ async fn two_accepts_pay_for_two_reminders_and_the_third_is_suppressed() {
     );
     worker.stop().await;
     receiver.stop().await;
+    // `trace` shows the consent as it stood: two accepts, both spent by the first two.
+    let out = env.wxnotify_ok(&["trace", "--event-id", "r-3"]).await;
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("suppressed") && text.contains("consent    up to"),
+        "{text}"
+    );
+    assert_eq!(text.matches("    accept ").count(), 2, "{text}");
+    assert_eq!(text.matches("    use ").count(), 2, "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_store_name_too_long_for_a_template_message_arrives_shortened_and_counted() {
+    let env = TestEnv::new().await;
+    let worker = env.spawn_worker(&WorkerOpts::default()).await;
+    let store = "上海市徐汇区漕溪北路一百八十八号汽车美容养护中心旗舰总店二号"; // 30 characters
+    assert_eq!(store.chars().count(), 30);
+    let mut e = event("long-1", "booking.confirmed", "oLong");
+    e["data"]["store"] = store.into();
+    env.publish(&e).await;
+    wait_for("sent", Duration::from_secs(30), || async {
+        env.statuses().await.get("long-1").map(String::as_str) == Some("sent")
+    })
+    .await;
+    let metrics = reqwest::get(format!("http://{}/metrics", worker.admin_addr))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let counted = metrics
+        .lines()
+        .find(|l| {
+            l.starts_with("wxnotify_values_shortened_total")
+                && l.contains("key=\"thing2\"")
+                && l.contains("TPL_BOOKING_CONFIRMED")
+        })
+        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok());
+    assert!(counted.is_some_and(|n| n >= 1.0), "counted: {counted:?}");
+    worker.stop().await;
+    let m = env.sim.messages().pop().unwrap();
+    let shown = &m.data["thing2"];
+    assert_eq!(shown.chars().count(), 20, "{shown}");
+    assert!(
+        shown.ends_with('…') && store.starts_with(shown.trim_end_matches('…')),
+        "{shown}"
+    );
+    assert!(m.cut.is_empty(), "WeChat had nothing left to cut: {:?}", m.cut);
 }
