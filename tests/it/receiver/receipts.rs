@@ -223,6 +223,7 @@ async fn end_to_end_the_worker_sends_the_simulator_pushes_and_the_row_gets_its_r
     env.sim.patch_faults(wechat_sim::FaultsPatch {
         push_user_block_rate: Some(0.2),
         push_system_failed_rate: Some(0.1),
+        push_freq_limit_rate: Some(0.1),
         ..Default::default()
     });
     let worker = env.spawn_worker(&WorkerOpts::default()).await;
@@ -266,11 +267,18 @@ async fn end_to_end_the_worker_sends_the_simulator_pushes_and_the_row_gets_its_r
         let expected = match status.as_str() {
             "success" => "delivered",
             s if s.starts_with("failed:user") => "user_block",
+            "failed:freq limit" => "freq_limit",
             _ => "system_failed",
         };
         assert!(p.acknowledged);
         assert_eq!(env.receipt_of(*msgid).await.as_deref(), Some(expected), "msgid {msgid}");
     }
+    assert!(
+        env.count("SELECT count(*) FROM deliveries WHERE receipt_status = 'freq_limit'")
+            .await
+            > 0,
+        "WeChat's `failed:freq limit` kept as freq_limit"
+    );
     // Follower events on request, through the simulator's control.
     env.sim.follow(APP_ID, "oE2E1", false);
     wait_for("the unfollow stored", Duration::from_secs(10), || async {
