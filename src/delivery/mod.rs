@@ -229,16 +229,10 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
         tracing::info!("resending a delivery whose earlier send is in doubt; WeChat drops it if it arrived");
     }
 
-    let token_started = Instant::now();
-    let token = match tokio::time::timeout(TOKEN_WAIT, ctx.tokens.get(&d.app_id)).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => return Ok(judge::judge(&facts, Step::NoToken(&e), &ctx.policy)),
-        Err(_) => {
-            let e = TokenError::Db(format!("no token within {} s", TOKEN_WAIT.as_secs()));
-            return Ok(judge::judge(&facts, Step::NoToken(&e), &ctx.policy));
-        }
+    let token = match token(ctx, &d.app_id).await {
+        Ok(t) => t,
+        Err(e) => return Ok(judge::judge(&facts, Step::NoToken(&e), &ctx.policy)),
     };
-    stage("token", token_started);
     // The token wait may have been long: the window is checked again right before the send.
     facts.in_doubt_for = held.doubt();
     facts.now = Utc::now();
@@ -260,6 +254,17 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
         generation,
     };
     Ok(judge::judge(&facts, step, &ctx.policy))
+}
+
+/// The app's shared token, waited for at most [`TOKEN_WAIT`].
+async fn token(ctx: &Context, app_id: &AppId) -> Result<AccessToken, TokenError> {
+    let started = Instant::now();
+    let token = match tokio::time::timeout(TOKEN_WAIT, ctx.tokens.get(app_id)).await {
+        Ok(result) => result?,
+        Err(_) => return Err(TokenError::Db(format!("no token within {} s", TOKEN_WAIT.as_secs()))),
+    };
+    stage("token", started);
+    Ok(token)
 }
 
 /// Takes one of the user's consent credits for the claimed delivery `id`, as the judge sees it.

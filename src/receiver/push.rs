@@ -251,28 +251,11 @@ pub(crate) fn read(root: &Node) -> Result<Push, PushError> {
         });
     }
     if event == "subscribe_msg_sent_event" {
-        let list = root
-            .child("SubscribeMsgSentEvent")
-            .ok_or(PushError::Missing("SubscribeMsgSentEvent"))?;
-        let receipts = list
-            .all("List")
-            .map(|item| {
-                let status = required(item, "ErrorStatus")?;
-                Ok(Receipt {
-                    msgid: integer(item, "MsgID")?,
-                    status: ReceiptStatus::from_wechat(status),
-                    wechat_status: status.to_string(),
-                })
-            })
-            .collect::<Result<Vec<_>, PushError>>()?;
-        if receipts.is_empty() {
-            return Err(PushError::Missing("List"));
-        }
         return Ok(Push::Receipts {
             kind: EventKind::SubscribeMsgSent,
             openid: openid()?,
             at: at()?,
-            receipts,
+            receipts: subscribe_results(root)?,
         });
     }
     if let Some((kind, list)) = consent_event(event) {
@@ -293,6 +276,28 @@ pub(crate) fn read(root: &Node) -> Result<Push, PushError> {
         });
     }
     Ok(Push::Other)
+}
+
+/// The results of a `subscribe_msg_sent_event`, one per `List`.
+fn subscribe_results(root: &Node) -> Result<Vec<Receipt>, PushError> {
+    let list = root
+        .child("SubscribeMsgSentEvent")
+        .ok_or(PushError::Missing("SubscribeMsgSentEvent"))?;
+    let receipts = list
+        .all("List")
+        .map(|item| {
+            let status = required(item, "ErrorStatus")?;
+            Ok(Receipt {
+                msgid: integer(item, "MsgID")?,
+                status: ReceiptStatus::from_wechat(status),
+                wechat_status: status.to_string(),
+            })
+        })
+        .collect::<Result<Vec<_>, PushError>>()?;
+    if receipts.is_empty() {
+        return Err(PushError::Missing("List"));
+    }
+    Ok(receipts)
 }
 
 /// A consent event's kind and the element holding its `List`s.
