@@ -22,6 +22,11 @@ export WECHAT_ENCODING_AES_KEY="${WECHAT_ENCODING_AES_KEY:-abcdefghijklmnopqrstu
 export WXNOTIFY_RECEIVER_ADDR="${WXNOTIFY_RECEIVER_ADDR:-127.0.0.1:8080}"
 bin=target/release
 logs=$(mktemp -d)
+# The mini program's subscribe message (TPL_REMINDER) goes only with the user's consent
+# (docs/interface.md §12): the demo runs the shipped templates with `consent = "tracked"` on it.
+sed 's/^template_id = "TPL_REMINDER"$/&\nconsent = "tracked"/' "$WXNOTIFY_TEMPLATES" >"$logs/templates.toml"
+grep -q '^consent = "tracked"$' "$logs/templates.toml" || { echo "no TPL_REMINDER template in $WXNOTIFY_TEMPLATES" >&2; exit 1; }
+export WXNOTIFY_TEMPLATES="$logs/templates.toml"
 
 cleanup() {
   [ -n "${worker_pid:-}" ] && kill -TERM "$worker_pid" 2>/dev/null && wait "$worker_pid" 2>/dev/null || true
@@ -32,11 +37,11 @@ trap cleanup EXIT
 
 $bin/wxnotify migrate
 # A clean slate: earlier demo runs' deliveries, dead letters, and tokens of a simulator now gone.
-PGPASSWORD=postgres psql -q "$DATABASE_URL" -c "TRUNCATE deliveries, delivery_attempts, wechat_tokens, dlq_replays, delivery_cancellations, delivery_receipts, followers CASCADE" >/dev/null
+PGPASSWORD=postgres psql -q "$DATABASE_URL" -c "TRUNCATE deliveries, delivery_attempts, wechat_tokens, dlq_replays, delivery_cancellations, delivery_receipts, followers, consent_log, consents CASCADE" >/dev/null
 rabbitmqctl -q purge_queue "$WXNOTIFY_QUEUE.dlq" >/dev/null 2>&1 || true
 # The simulator pushes each message's result to the receiver 300 ms after accepting it, like
-# WeChat (10% "user block").
-$bin/wechat-sim --unsubscribed oUpF8uMuAJO_M2pxb1Q9zNjWe004 \
+# WeChat (10% "user block"), and answers 43101 to a subscribe message its user did not accept.
+$bin/wechat-sim --unsubscribed oUpF8uMuAJO_M2pxb1Q9zNjWe004 --enforce-consent \
   --callback-url "http://$WXNOTIFY_RECEIVER_ADDR/wechat/{appid}" --push-delay-ms 300 --push-user-block-rate 0.1 \
   >"$logs/sim.log" 2>&1 &
 sim_pid=$!
@@ -61,6 +66,17 @@ kill -0 "$sim_pid" 2>/dev/null || { cat "$logs/sim.log" >&2; echo "wechat-sim di
 wait_http "$WECHAT_API_BASE/sim/healthz"
 wait_http "http://$WXNOTIFY_ADMIN_ADDR/readyz" || { cat "$logs/worker.log" >&2; exit 1; }
 wait_http "http://127.0.0.1:9465/readyz" || { cat "$logs/receiver.log" >&2; exit 1; }
+
+# The two mini-program users of examples/events.jsonl said yes to the reminder in the pop-up;
+# WeChat pushes their choice to the receiver.
+popup() {
+  curl -fsS -X POST -H 'content-type: application/json' \
+    -d "{\"openid\": \"$1\", \"event\": \"subscribe_msg_popup_event\", \"list\": [{\"template_id\": \"TPL_REMINDER\", \"status\": \"$2\"}]}" \
+    "$WECHAT_API_BASE/sim/events" >/dev/null
+}
+popup oUpF8uMuAJO_M2pxb1Q9zNjWe003 accept
+popup oUpF8uMuAJO_M2pxb1Q9zNjWe008 accept
+wait_sql "select (select count(*) from consent_log where kind = 'accept') >= 2" 10
 
 echo "== publishing examples/events.jsonl (10 events, 1 duplicate, 1 without a template; openid ...004 does not follow the account)"
 $bin/wxnotify publish examples/events.jsonl
@@ -143,7 +159,24 @@ PGPASSWORD=postgres psql "$DATABASE_URL" -c \
   "select event_id, openid, status, last_error from deliveries where event_id = 'evt-20261122-000100'"
 echo "   send requests at the simulator before and after: $before -> $after (no call for the suppressed one)"
 echo
-echo "== wxnotify report (views delivery_daily_summary, delivery_failures)"
+echo "== subscription consent (mini program): one user accepts the reminder in the pop-up, one declines it"
+popup oDemoConsent0000000000000001 accept
+popup oDemoConsent0000000000000002 reject
+wait_sql "select (select count(*) from consent_log where openid like 'oDemoConsent%') >= 2" 10
+refused_before=$(curl -fsS "$WECHAT_API_BASE/sim/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["errors"].get("43101", 0))')
+for n in 1 2; do
+  for kind in confirmed reminder; do
+    echo "{\"event_id\": \"evt-consent-$n-$kind\", \"event_type\": \"booking.$kind\", \"occurred_at\": \"2026-11-22T10:00:00+08:00\", \"openid\": \"oDemoConsent000000000000000$n\", \"data\": {\"booking_id\": \"B-C$n\", \"service\": \"精洗套餐\", \"store\": \"徐汇店\", \"slot_start\": \"2026-11-22T14:00:00+08:00\", \"plate\": \"沪A12345\", \"price_cents\": 3980}}"
+  done
+done | $bin/wxnotify publish
+wait_sql "select (select count(*) from deliveries where event_id like 'evt-consent-%' and template_id in ('TPL_BOOKING_CONFIRMED', 'TPL_REMINDER') and status in ('sent', 'suppressed')) >= 4" 20
+refused_after=$(curl -fsS "$WECHAT_API_BASE/sim/stats" | python3 -c 'import json,sys; print(json.load(sys.stdin)["errors"].get("43101", 0))')
+PGPASSWORD=postgres psql "$DATABASE_URL" -c \
+  "select event_id, openid, template_id, status, last_error from deliveries
+    where event_id like 'evt-consent-%' and template_id in ('TPL_BOOKING_CONFIRMED', 'TPL_REMINDER') order by event_id"
+echo "   WeChat's 43101 answers before and after: $refused_before -> $refused_after (the declined reminder was never sent)"
+echo
+echo "== wxnotify report (views delivery_daily_summary, consent_daily_summary, delivery_failures)"
 $bin/wxnotify report
 echo "== simulator stats"
 curl -fsS "$WECHAT_API_BASE/sim/stats"; echo
