@@ -1,12 +1,15 @@
 -- Subscription consent (docs/interface.md §12) and WeChat's `failed:freq limit` receipts (§9).
 
--- A receipt may now say `freq_limit` (TEMPLATESENDJOBFINISH `failed:freq limit`).
+-- A receipt may now say `freq_limit` (TEMPLATESENDJOBFINISH `failed:freq limit`). Live-table safe:
+-- the wider checks are added NOT VALID (a catalog change: the tables' lock is held for the
+-- moment of this transaction, no scan under it); the next two migrations validate them without
+-- stopping writers.
 ALTER TABLE deliveries DROP CONSTRAINT deliveries_receipt_status_check,
     ADD CONSTRAINT deliveries_receipt_status_check
-        CHECK (receipt_status IN ('delivered', 'user_block', 'system_failed', 'freq_limit'));
+        CHECK (receipt_status IN ('delivered', 'user_block', 'system_failed', 'freq_limit')) NOT VALID;
 ALTER TABLE delivery_receipts DROP CONSTRAINT delivery_receipts_status_check,
     ADD CONSTRAINT delivery_receipts_status_check
-        CHECK (status IN ('delivered', 'user_block', 'system_failed', 'freq_limit'));
+        CHECK (status IN ('delivered', 'user_block', 'system_failed', 'freq_limit')) NOT VALID;
 
 -- Everything that moves a user's consent to one subscribe template, one row each: pushes
 -- (`accept` / `reject` from the pop-up, `settings_accept` / `settings_reject` from the settings

@@ -1,6 +1,6 @@
 //! `wxnotify migrate` on a live, large ledger (issue 16): the migrations since the release before
-//! build their indexes concurrently, so workers keep delivering while they run and nobody's write
-//! waits for a table lock.
+//! build their indexes and validate their checks concurrently, so workers keep delivering while
+//! they run and nobody's write waits for a table lock longer than a catalog change takes.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -114,12 +114,18 @@ async fn publish_while(env: &TestEnv, on: Arc<AtomicBool>) -> u32 {
     n
 }
 
+/// A lock may be seen this long, at most, during `migrate`: the moment of a catalog change (a
+/// check added NOT VALID), never a scan or a build under a lock that stops writers.
+const LONGEST_LOCK: Duration = Duration::from_millis(250);
+
 /// Every 10 ms while `on`: the table locks that would stop a worker's writes (anything stronger
 /// than what CREATE INDEX CONCURRENTLY takes), held by anyone on the test's database, and
 /// sessions waiting for a relation lock. (A relation the watcher cannot see yet, an index being
-/// built, is nobody else's either.)
+/// built, is nobody else's either.) Returns those seen for longer than [`LONGEST_LOCK`] in a row,
+/// with how long.
 async fn watch_locks(pool: sqlx::PgPool, on: Arc<AtomicBool>) -> Vec<String> {
-    let mut seen = Vec::<String>::new();
+    let mut since = std::collections::HashMap::<String, Instant>::new();
+    let mut too_long = std::collections::BTreeMap::<String, Duration>::new();
     while on.load(Ordering::Relaxed) {
         let rows: Vec<String> = sqlx::query_scalar(
             "SELECT l.relation::regclass::text || ' ' || l.mode || CASE WHEN l.granted THEN ' held' ELSE ' awaited' END
@@ -133,8 +139,19 @@ async fn watch_locks(pool: sqlx::PgPool, on: Arc<AtomicBool>) -> Vec<String> {
         .fetch_all(&pool)
         .await
         .unwrap();
-        seen.extend(rows);
+        let now = Instant::now();
+        since.retain(|lock, _| rows.contains(lock));
+        for lock in rows {
+            let seen = now - *since.entry(lock.clone()).or_insert(now);
+            if seen > LONGEST_LOCK {
+                let longest = too_long.entry(lock).or_default();
+                *longest = (*longest).max(seen);
+            }
+        }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    seen
+    too_long
+        .into_iter()
+        .map(|(lock, d)| format!("{lock} for {} ms", d.as_millis()))
+        .collect()
 }
