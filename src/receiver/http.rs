@@ -16,12 +16,12 @@ use axum::body::{Body, Bytes};
 use axum::extract::{FromRequest, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Extension, Router};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use super::envelope::{self, Refusal};
-use super::push::{EventKind, Push};
+use super::push::{EventKind, Push, PushError};
 use super::serve::{REQUEST_TIMEOUT, ReadBy};
 use super::settings::CallbackApp;
 use super::spill::Spill;
@@ -39,6 +39,8 @@ pub(crate) const SPILL_TIMEOUT: Duration = Duration::from_millis(1500);
 #[derive(Clone)]
 pub(crate) struct ReceiverState {
     pub apps: Arc<HashMap<String, CallbackApp>>,
+    /// The third-party platforms: their authorization event URL (docs/interface.md §10).
+    pub platforms: Arc<HashMap<String, CallbackApp>>,
     pub store: Store,
     pub spill: Option<Arc<Spill>>,
     /// The database probe's verdict: while it says down, a push goes straight to the spill.
@@ -48,6 +50,7 @@ pub(crate) struct ReceiverState {
 pub(crate) fn router(state: ReceiverState) -> Router {
     Router::new()
         .route("/wechat/{app_id}", get(url_check).post(push))
+        .route("/wechat/platform/{component_appid}", post(platform_push))
         .layer(RequestBodyLimitLayer::new(MAX_BODY))
         .layer(axum::middleware::map_response(count_too_large))
         .with_state(state)
@@ -129,20 +132,56 @@ async fn push(
         tracing::debug!(app = ?app_id, "push for an unknown app");
         return text(StatusCode::NOT_FOUND, "unknown app\n");
     };
-    let body = match read_body(body, read_by.map(|Extension(r)| r)).await {
-        Ok(body) => body,
+    let push = match open(app, &app_id, &query, read_by, body).await {
+        Ok(Push::Platform(_)) => return refused(&app_id, &Refusal::Push(PushError::Misdirected)),
+        Ok(push) => push,
         Err(answer) => return answer,
     };
-    let push = match envelope::open(app, &app_id, &query, &body, chrono::Utc::now()) {
-        Ok(push) => push,
-        Err(refusal) => return refused(&app_id, &refusal),
+    keep_and_answer(&state, &app_id, push).await
+}
+
+/// `POST /wechat/platform/{component_appid}`: a platform's tickets and authorizations, always
+/// encrypted with its token and key, for that platform only (docs/interface.md §10).
+async fn platform_push(
+    State(state): State<ReceiverState>,
+    Path(component_appid): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+    read_by: Option<Extension<ReadBy>>,
+    body: Body,
+) -> Response {
+    let Some(platform) = state.platforms.get(&component_appid) else {
+        tracing::debug!(platform = ?component_appid, "push for an unknown platform");
+        return text(StatusCode::NOT_FOUND, "unknown platform\n");
     };
+    let push = match open(platform, &component_appid, &query, read_by, body).await {
+        Ok(Push::Platform(p)) if p.component_appid == component_appid => Push::Platform(p),
+        Ok(Push::Other) => Push::Other,
+        Ok(_) => return refused(&component_appid, &Refusal::Push(PushError::Misdirected)),
+        Err(answer) => return answer,
+    };
+    keep_and_answer(&state, &component_appid, push).await
+}
+
+/// The body read, checked and opened, or the answer that refuses it.
+async fn open(
+    secrets: &CallbackApp,
+    id: &str,
+    query: &HashMap<String, String>,
+    read_by: Option<Extension<ReadBy>>,
+    body: Body,
+) -> Result<Push, Response> {
+    let body = read_body(body, read_by.map(|Extension(r)| r)).await?;
+    envelope::open(secrets, id, query, &body, chrono::Utc::now()).map_err(|refusal| refused(id, &refusal))
+}
+
+/// Stores an opened push and answers: `success` once it is kept, else 400 or 503.
+async fn keep_and_answer(state: &ReceiverState, app_id: &str, push: Push) -> Response {
     let event = push.kind().label();
     if push == Push::Other {
         count(EventKind::Other.label(), "ok");
         return text(StatusCode::OK, "success");
     }
-    match keep(&state, &app_id, &push).await {
+    match keep(state, app_id, &push).await {
         Kept::Stored(stored) => {
             count(
                 event,

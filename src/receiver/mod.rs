@@ -3,7 +3,7 @@
 //! (`subscribe`, `unsubscribe`).
 //!
 //! ```text
-//! POST /wechat/{app_id} → envelope (signature, timestamp, mode; crypto: AES in safe mode)
+//! POST /wechat/{app_id}, POST /wechat/platform/{component_appid} → envelope (signature, timestamp, mode; crypto: AES in safe mode)
 //!   → document (XML without entities, or JSON) → push (what it says)
 //!   → store (Postgres, committed) → "success"      | 401 / 400 / 413 / 503 (WeChat retries)
 //!       └ Postgres down or slow, a broker configured: spill (`<queue>.pushes`, confirmed)
@@ -17,6 +17,7 @@ mod crypto;
 mod document;
 mod envelope;
 mod http;
+mod platform_push;
 mod push;
 mod serve;
 mod settings;
@@ -71,6 +72,7 @@ impl Receiver {
         };
         let state = http::ReceiverState {
             apps: settings.apps.clone(),
+            platforms: settings.platforms.clone(),
             store: store::Store::new(pool),
             spill: settings
                 .spill

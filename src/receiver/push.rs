@@ -7,6 +7,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
 use super::document::Node;
+use super::platform_push::{self, PlatformInfo, PlatformPush};
 
 /// What WeChat says became of a message (`deliveries.receipt_status`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -67,6 +68,11 @@ pub(crate) enum EventKind {
     Unsubscribe,
     ConsentPopup,
     ConsentChange,
+    /// A third-party platform's pushes (docs/interface.md §10).
+    Ticket,
+    Authorized,
+    UpdateAuthorized,
+    Unauthorized,
     Other,
 }
 
@@ -79,6 +85,10 @@ impl EventKind {
             EventKind::Unsubscribe => "unsubscribe",
             EventKind::ConsentPopup => "subscribe_msg_popup_event",
             EventKind::ConsentChange => "subscribe_msg_change_event",
+            EventKind::Ticket => "component_verify_ticket",
+            EventKind::Authorized => "authorized",
+            EventKind::UpdateAuthorized => "updateauthorized",
+            EventKind::Unauthorized => "unauthorized",
             EventKind::Other => "other",
         }
     }
@@ -138,6 +148,8 @@ pub(crate) enum Push {
         created: i64,
         consents: Vec<Consent>,
     },
+    /// A third-party platform's push (docs/interface.md §10).
+    Platform(PlatformPush),
     Other,
 }
 
@@ -176,6 +188,10 @@ impl Push {
                 created,
                 consents,
             },
+            Push::Platform(p) => Push::Platform(PlatformPush {
+                at: p.at.min(arrival),
+                ..p
+            }),
             Push::Other => Push::Other,
         }
     }
@@ -186,6 +202,12 @@ impl Push {
             Push::Follow { followed: true, .. } => EventKind::Subscribe,
             Push::Follow { followed: false, .. } => EventKind::Unsubscribe,
             Push::Consent { kind, .. } => *kind,
+            Push::Platform(p) => match &p.info {
+                PlatformInfo::Ticket { .. } => EventKind::Ticket,
+                PlatformInfo::Authorized { update: false, .. } => EventKind::Authorized,
+                PlatformInfo::Authorized { update: true, .. } => EventKind::UpdateAuthorized,
+                PlatformInfo::Unauthorized { .. } => EventKind::Unauthorized,
+            },
             Push::Other => EventKind::Other,
         }
     }
@@ -204,6 +226,8 @@ pub(crate) enum PushError {
     TooLong(&'static str),
     #[error("{0} holds a NUL, which Postgres text cannot store")]
     Nul(&'static str),
+    #[error("a platform's push at an app's URL, or an app's at a platform's (or another platform's)")]
+    Misdirected,
 }
 
 /// Openids are 28 characters; statuses a few words. Anything longer is not WeChat's.
@@ -228,6 +252,9 @@ fn integer(node: &Node, field: &'static str) -> Result<i64, PushError> {
 
 /// Reads a decrypted (or plain) push.
 pub(crate) fn read(root: &Node) -> Result<Push, PushError> {
+    if platform_push::is_platform_push(root) {
+        return Ok(platform_push::read(root)?.map_or(Push::Other, Push::Platform));
+    }
     let msg_type = required(root, "MsgType")?;
     if msg_type != "event" {
         return Ok(Push::Other);

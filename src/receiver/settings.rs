@@ -11,7 +11,7 @@ use secrecy::SecretString;
 
 use super::crypto::AesKey;
 use crate::config::{AmqpArgs, ConfigError, DbArgs, env_secret};
-use crate::template::{AppSpec, Catalog};
+use crate::template::{AppSpec, Catalog, PlatformSpec};
 
 #[derive(Debug, Clone, Args)]
 pub struct ReceiverArgs {
@@ -81,6 +81,8 @@ pub struct ReceiverSettings {
     pub spill: Option<(SecretString, String)>,
     /// app id → its callback secrets.
     pub(crate) apps: Arc<HashMap<String, CallbackApp>>,
+    /// component appid → the platform's token and key (docs/interface.md §10).
+    pub(crate) platforms: Arc<HashMap<String, CallbackApp>>,
 }
 
 /// A callback token: WeChat's console takes 3–32 letters and digits.
@@ -133,7 +135,13 @@ impl ReceiverArgs {
                 "must be between 1 and 1000000",
             ));
         }
+        let platforms = catalog
+            .platforms
+            .iter()
+            .map(|p| Ok((p.component_appid.trim().to_string(), listed_platform(p)?)))
+            .collect::<Result<HashMap<_, _>, ConfigError>>()?;
         Ok(ReceiverSettings {
+            platforms: Arc::new(platforms),
             spill: self.spill()?,
             database_url: self.db.url()?,
             db_pool: self.db_pool,
@@ -205,5 +213,16 @@ fn listed_app(app: &AppSpec) -> Result<CallbackApp, ConfigError> {
             .as_deref()
             .map(|name| aes_key(name, &env_secret(name)?))
             .transpose()?,
+    })
+}
+
+/// A platform's callback settings: its token and key (its pushes are always encrypted), from the
+/// environment variables it names. Its AppSecret is checked too, so a platform missing one fails
+/// at start-up rather than at its first merchant.
+fn listed_platform(p: &PlatformSpec) -> Result<CallbackApp, ConfigError> {
+    env_secret(&p.secret_env)?;
+    Ok(CallbackApp {
+        token: token(&p.callback_token_env, env_secret(&p.callback_token_env)?)?,
+        aes_key: Some(aes_key(&p.aes_key_env, &env_secret(&p.aes_key_env)?)?),
     })
 }

@@ -12,9 +12,11 @@ use chrono::{DateTime, Utc};
 use sqlx::PgPool;
 use tokio::sync::{mpsc, oneshot};
 
+use super::platform_push::{PlatformInfo, PlatformPush};
 use super::push::{Push, Receipt};
 use crate::ledger::consent::{Choice, record_push};
 use crate::ledger::followers::{FollowSource, set_following};
+use crate::platform::pushes;
 
 /// Most receipts one call carries.
 const BATCH_MAX: usize = 512;
@@ -112,9 +114,43 @@ impl Store {
                 record_push(&self.pool, app_id, openid, &choices, *at, *created).await?;
                 Ok(Stored::default())
             }
+            Push::Platform(p) => {
+                store_platform(&self.pool, p).await?;
+                Ok(Stored::default())
+            }
             Push::Other => Ok(Stored::default()),
         }
     }
+}
+
+/// A platform's push: the ticket kept, the code kept to exchange, or the merchant revoked.
+async fn store_platform(pool: &PgPool, p: &PlatformPush) -> Result<(), sqlx::Error> {
+    let component = p.component_appid.as_str();
+    match &p.info {
+        PlatformInfo::Ticket { ticket } => {
+            pushes::keep_ticket(pool, component, ticket, p.at).await?;
+        }
+        PlatformInfo::Authorized {
+            authorizer_appid,
+            code,
+            code_expires_at,
+            update,
+        } => {
+            let a = pushes::Authorization {
+                component_appid: component,
+                authorizer_appid,
+                code,
+                code_expires_at: *code_expires_at,
+                update: *update,
+                at: p.at,
+            };
+            pushes::keep_authorization(pool, &a).await?;
+        }
+        PlatformInfo::Unauthorized { authorizer_appid } => {
+            pushes::revoke(pool, component, authorizer_appid, p.at).await?;
+        }
+    }
+    Ok(())
 }
 
 /// Runs one call for `jobs` and answers each. A value Postgres refuses (SQLSTATE class 22) is

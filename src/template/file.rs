@@ -1,4 +1,5 @@
-//! The templates file (TOML) as written by people: `[[templates]]` and `[[apps]]` (docs/interface.md §6).
+//! The templates file (TOML) as written by people: `[[templates]]`, `[[apps]]` and `[[platforms]]`
+//! (docs/interface.md §6, §10).
 //! Unknown keys are refused, so a typo fails at boot instead of being silently ignored.
 
 use std::collections::BTreeMap;
@@ -14,6 +15,8 @@ pub(crate) struct TemplatesFile {
     pub templates: Vec<TemplateSpec>,
     #[serde(default)]
     pub apps: Vec<AppSpec>,
+    #[serde(default)]
+    pub platforms: Vec<PlatformSpec>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -109,4 +112,19 @@ pub struct AppSpec {
     /// The consent mode of this app's subscribe templates that do not set their own.
     #[serde(default)]
     pub consent: Option<ConsentMode>,
+}
+
+/// A WeChat third-party platform that sends for the merchants who authorize it (docs/interface.md
+/// §10). Its secrets are named, never written here.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PlatformSpec {
+    pub component_appid: String,
+    /// The environment variable holding the platform's AppSecret.
+    pub secret_env: String,
+    /// The environment variable holding the platform's message-check token.
+    pub callback_token_env: String,
+    /// The environment variable holding the platform's 43-character EncodingAESKey (its pushes
+    /// are always encrypted).
+    pub aes_key_env: String,
 }

@@ -26,7 +26,7 @@ pub(crate) use crate::schedule::timing::{QuietHours, Timing};
 use crate::wechat::keywords::{self, KeywordType};
 use crate::wechat::{Api, Miniprogram, OutgoingMessage};
 pub(crate) use file::ConsentMode;
-pub(crate) use file::{AppSpec, TemplatesFile};
+pub(crate) use file::{AppSpec, PlatformSpec, TemplatesFile};
 use file::{DataValue, TemplateSpec};
 
 /// A templates file that cannot be used. Always names where the problem is.
@@ -96,6 +96,8 @@ pub struct Catalog {
     /// Event type → the templates it cancels deliveries of.
     cancels: HashMap<String, Vec<usize>>,
     pub apps: Vec<AppSpec>,
+    /// The third-party platforms (docs/interface.md §10).
+    pub platforms: Vec<PlatformSpec>,
 }
 
 impl std::fmt::Debug for Catalog {
@@ -103,6 +105,7 @@ impl std::fmt::Debug for Catalog {
         f.debug_struct("Catalog")
             .field("templates", &self.templates)
             .field("apps", &self.apps)
+            .field("platforms", &self.platforms)
             .finish()
     }
 }
@@ -327,6 +330,41 @@ fn check_apps_listed_once(apps: &[AppSpec], origin: &str) -> Result<(), Template
     Ok(())
 }
 
+/// Each platform is listed once, names its three environment variables, and is not also an app.
+fn check_platforms(platforms: &[PlatformSpec], apps: &[AppSpec], origin: &str) -> Result<(), TemplateConfigError> {
+    let refuse = |message: String| TemplateConfigError::Parse {
+        path: origin.to_string(),
+        message,
+    };
+    let mut seen = HashSet::new();
+    for p in platforms {
+        let id = p.component_appid.trim();
+        if id.is_empty() {
+            return Err(refuse("[[platforms]]: component_appid is empty".into()));
+        }
+        if !seen.insert(id) {
+            return Err(refuse(format!("platform {id} is listed twice in [[platforms]]")));
+        }
+        if apps.iter().any(|a| a.app_id == id) {
+            return Err(refuse(format!(
+                "{id} is both an app ([[apps]]) and a platform ([[platforms]])"
+            )));
+        }
+        for (key, env) in [
+            ("secret_env", &p.secret_env),
+            ("callback_token_env", &p.callback_token_env),
+            ("aes_key_env", &p.aes_key_env),
+        ] {
+            if env.trim().is_empty() {
+                return Err(refuse(format!(
+                    "platform {id}: {key} is empty (the environment variable's name)"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Template {
     /// A template from its checked spec.
     fn checked(spec: TemplateSpec, label: String, index: usize, quiet_hours: Option<QuietHours>) -> Self {
@@ -375,6 +413,7 @@ impl Catalog {
             lookup: HashMap::new(),
             cancels: HashMap::new(),
             apps: file.apps,
+            platforms: file.platforms,
         };
         let mut seen_ids = HashSet::new();
         let mut samples = Vec::new();
@@ -384,6 +423,7 @@ impl Catalog {
         catalog.check_cancelled_by()?;
         catalog.check_samples(samples)?;
         check_apps_listed_once(&catalog.apps, origin)?;
+        check_platforms(&catalog.platforms, &catalog.apps, origin)?;
         Ok(catalog)
     }
 
@@ -921,5 +961,32 @@ thing1 = "{{ data.service }}"
         let on_template_message = GOOD.replacen("url = ", "consent = \"tracked\"\nurl = ", 1);
         let e = Catalog::parse(&on_template_message, "t").unwrap_err().to_string();
         assert!(e.contains("#1") && e.contains("subscribe"), "{e}");
+    }
+
+    #[test]
+    fn platforms_are_listed_once_with_their_three_secrets_named() {
+        let platform = |id: &str, token_env: &str| {
+            format!(
+                "\n[[platforms]]\ncomponent_appid = \"{id}\"\nsecret_env = \"S\"\ncallback_token_env = \"{token_env}\"\naes_key_env = \"K\"\n"
+            )
+        };
+        let c = Catalog::parse(&format!("{GOOD}{}", platform("wx3333333333333333", "T")), "t").unwrap();
+        assert_eq!(c.platforms[0].component_appid, "wx3333333333333333");
+        for (text, needle) in [
+            (
+                format!("{GOOD}{}{}", platform("wx3", "T"), platform("wx3", "T")),
+                "listed twice",
+            ),
+            (format!("{GOOD}{}", platform("wx2222222222222222", "T")), "both an app"),
+            (format!("{GOOD}{}", platform("wx3", " ")), "callback_token_env is empty"),
+            (format!("{GOOD}{}", platform(" ", "T")), "component_appid is empty"),
+            (
+                format!("{GOOD}\n[[platforms]]\ncomponent_appid = \"wx3\"\nsecret = \"x\"\n"),
+                "unknown field",
+            ),
+        ] {
+            let e = Catalog::parse(&text, "t").unwrap_err().to_string();
+            assert!(e.contains(needle), "{needle}: {e}");
+        }
     }
 }

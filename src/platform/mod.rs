@@ -1,0 +1,5 @@
+//! The third-party platform (docs/interface.md §10): wxnotify sends for the merchants who
+//! authorize a platform, with Postgres as the source of truth for tickets, merchants and their
+//! tokens. Built so far: what the platform's pushes say, stored ([`pushes`]).
+
+pub(crate) mod pushes;

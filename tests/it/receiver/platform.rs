@@ -1,0 +1,211 @@
+//! A third-party platform's authorization event URL (docs/interface.md §10), on the real
+//! `wxnotify receiver` binary: verify tickets kept (the latest by CreateTime), authorization codes
+//! kept to exchange, `unauthorized` revoking the merchant; forged, stale, wrong-key, plaintext and
+//! misdirected pushes refused with nothing changed.
+
+use std::process::Stdio;
+
+use super::*;
+
+const PLATFORM: &str = "wx9999999999999999";
+const PLATFORM_TOKEN: &str = "platformToken42";
+const PLATFORM_KEY: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";
+const MERCHANT: &str = "wxMERCHANT0000001";
+
+/// The receiver binary serving the default app and the platform; killed when dropped.
+struct PlatformReceiver {
+    url: String,
+    _child: tokio::process::Child,
+    _file: TempFile,
+}
+
+struct TempFile(std::path::PathBuf);
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+async fn spawn(env: &TestEnv) -> PlatformReceiver {
+    let fixtures = std::fs::read_to_string(&env.templates).unwrap();
+    let file = TempFile(std::env::temp_dir().join(format!("wxn-platform-{}.toml", uuid::Uuid::new_v4().simple())));
+    std::fs::write(
+        &file.0,
+        format!(
+            "{fixtures}\n[[platforms]]\ncomponent_appid = \"{PLATFORM}\"\nsecret_env = \"WXN_TEST_COMPONENT_SECRET\"\n\
+             callback_token_env = \"WXN_TEST_COMPONENT_TOKEN\"\naes_key_env = \"WXN_TEST_COMPONENT_KEY\"\n"
+        ),
+    )
+    .unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let child = env
+        .wxnotify(&["receiver", "--no-migrate"])
+        .env("WXNOTIFY_TEMPLATES", &file.0)
+        .env("WXNOTIFY_RECEIVER_ADDR", format!("127.0.0.1:{port}"))
+        .env("WECHAT_CALLBACK_TOKEN", CALLBACK_TOKEN)
+        .env("WECHAT_ENCODING_AES_KEY", AES_KEY)
+        .env("WXN_TEST_COMPONENT_SECRET", "component-secret")
+        .env("WXN_TEST_COMPONENT_TOKEN", PLATFORM_TOKEN)
+        .env("WXN_TEST_COMPONENT_KEY", PLATFORM_KEY)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    wait_for("the receiver listens", Duration::from_secs(30), || async {
+        reqwest::get(format!("{base}/wechat/{APP_ID}")).await.is_ok()
+    })
+    .await;
+    PlatformReceiver {
+        url: format!("{base}/wechat/platform/{PLATFORM}"),
+        _child: child,
+        _file: file,
+    }
+}
+
+fn platform_push(xml: &str) -> Push<'_> {
+    Push {
+        token: PLATFORM_TOKEN,
+        aes_key: PLATFORM_KEY,
+        appid: PLATFORM,
+        ..Push::new(xml, Mode::Safe)
+    }
+}
+
+fn ticket_xml(ticket: &str, at: i64) -> String {
+    format!(
+        "<xml><AppId>{PLATFORM}</AppId><CreateTime>{at}</CreateTime><InfoType>component_verify_ticket</InfoType>\
+         <ComponentVerifyTicket>{ticket}</ComponentVerifyTicket></xml>"
+    )
+}
+
+async fn stored_ticket(env: &TestEnv) -> Option<String> {
+    sqlx::query_scalar("SELECT ticket FROM platform_tickets WHERE component_appid = $1")
+        .bind(PLATFORM)
+        .fetch_optional(&env.pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tickets_and_authorizations_are_kept_the_latest_winning() {
+    let env = TestEnv::new().await;
+    let receiver = spawn(&env).await;
+    let now = unix_now();
+    let newer = ticket_xml("ticket@@@newer", now - 10);
+    for _ in 0..3 {
+        let (status, body) = platform_push(&newer).send_to(&receiver.url).await;
+        assert_eq!((status, body.as_str()), (StatusCode::OK, "success"));
+    }
+    // An older ticket arriving late never replaces the newer one.
+    let older = ticket_xml("ticket@@@older", now - 600);
+    assert_eq!(platform_push(&older).send_to(&receiver.url).await.0, StatusCode::OK);
+    assert_eq!(stored_ticket(&env).await.as_deref(), Some("ticket@@@newer"));
+
+    let authorized = format!(
+        "<xml><AppId>{PLATFORM}</AppId><CreateTime>{now}</CreateTime><InfoType>authorized</InfoType>\
+         <AuthorizerAppid>{MERCHANT}</AuthorizerAppid><AuthorizationCode>queryauthcode@@@1</AuthorizationCode>\
+         <AuthorizationCodeExpiredTime>{}</AuthorizationCodeExpiredTime><PreAuthCode>preauthcode@@@1</PreAuthCode></xml>",
+        now + 3600
+    );
+    for _ in 0..2 {
+        assert_eq!(
+            platform_push(&authorized).send_to(&receiver.url).await.0,
+            StatusCode::OK
+        );
+    }
+    assert_eq!(
+        env.count("SELECT count(*) FROM platform_authorizations WHERE exchanged_at IS NULL")
+            .await,
+        1,
+        "a repeated push is the same code"
+    );
+    let unauthorized = format!(
+        "<xml><AppId>{PLATFORM}</AppId><CreateTime>{now}</CreateTime><InfoType>unauthorized</InfoType>\
+         <AuthorizerAppid>{MERCHANT}</AuthorizerAppid></xml>"
+    );
+    assert_eq!(
+        platform_push(&unauthorized).send_to(&receiver.url).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM authorizers WHERE state = 'revoked'")
+            .await,
+        1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_stale_wrong_key_plaintext_and_misdirected_pushes_change_nothing() {
+    let env = TestEnv::new().await;
+    let receiver = spawn(&env).await;
+    let xml = ticket_xml("ticket@@@forged", unix_now());
+    let refusals = [
+        (
+            "forged signature",
+            Push {
+                token: "notTheToken",
+                ..platform_push(&xml)
+            },
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "stale",
+            Push {
+                timestamp: unix_now() - 600,
+                ..platform_push(&xml)
+            },
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "another key",
+            Push {
+                aes_key: AES_KEY,
+                ..platform_push(&xml)
+            },
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "another platform's appid inside",
+            Push {
+                appid: APP_ID,
+                ..platform_push(&xml)
+            },
+            StatusCode::UNAUTHORIZED,
+        ),
+        (
+            "plaintext",
+            Push {
+                mode: Mode::Plain,
+                ..platform_push(&xml)
+            },
+            StatusCode::UNAUTHORIZED,
+        ),
+        // The default app's own push (its token and key) is not the platform's.
+        ("an app's push", Push::new(&xml, Mode::Safe), StatusCode::UNAUTHORIZED),
+    ];
+    for (what, push, expected) in refusals {
+        assert_eq!(push.send_to(&receiver.url).await.0, expected, "{what}");
+    }
+    // Signed by the platform but not a platform event: refused.
+    let message = finish(1, "success");
+    assert_eq!(
+        platform_push(&message).send_to(&receiver.url).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    // A platform event at an app's URL: refused there too.
+    let app_url = receiver.url.replace(&format!("platform/{PLATFORM}"), APP_ID);
+    assert_eq!(
+        Push::new(&xml, Mode::Safe).send_to(&app_url).await.0,
+        StatusCode::BAD_REQUEST
+    );
+    // Another platform's URL: unknown.
+    let unknown = receiver.url.replace(PLATFORM, "wx0000000000000000");
+    assert_eq!(platform_push(&xml).send_to(&unknown).await.0, StatusCode::NOT_FOUND);
+    assert_eq!(stored_ticket(&env).await, None, "nothing changed");
+}
