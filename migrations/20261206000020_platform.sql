@@ -12,6 +12,18 @@ CREATE TABLE platform_tickets (
     received_at     TIMESTAMPTZ NOT NULL DEFAULT now()
 );
 
+-- One component access token per platform, shared by every worker (the row lock is the
+-- fleet-wide single flight, as for `wechat_tokens`).
+CREATE TABLE platform_tokens (
+    component_appid TEXT        PRIMARY KEY,
+    access_token    TEXT,
+    expires_at      TIMESTAMPTZ,
+    generation      BIGINT      NOT NULL DEFAULT 0,
+    fetched_at      TIMESTAMPTZ,
+    last_error      TEXT,
+    updated_at      TIMESTAMPTZ NOT NULL DEFAULT now()
+);
+
 -- The merchants (authorizers): one row per merchant account, its state and, once its code is
 -- exchanged, its refresh token. `changed_at`: the latest authorization push applied (an older
 -- push arriving late changes nothing).
@@ -24,6 +36,12 @@ CREATE TABLE authorizers (
     revoked_at       TIMESTAMPTZ,
     changed_at       TIMESTAMPTZ NOT NULL,
     refresh_token    TEXT,
+    -- The merchant's access token, shared by every worker; `generation` counts its refreshes (a
+    -- rejected token is replaced only if it is still the current one).
+    access_token     TEXT,
+    access_expires_at TIMESTAMPTZ,
+    generation       BIGINT      NOT NULL DEFAULT 0,
+    refreshed_at     TIMESTAMPTZ,
     last_error       TEXT,
     updated_at       TIMESTAMPTZ NOT NULL DEFAULT now()
 );

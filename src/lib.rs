@@ -29,7 +29,7 @@
 //! - [`ops`]: the commands for people (`publish`, `dlq`, `report`, `trace`, `status`, …).
 //! - [`receiver`]: `wxnotify receiver`, WeChat's event push (receipts, followers, consent, a
 //!   third-party platform's tickets and authorizations) into the ledger.
-//! - `platform`: the third-party platform's state in Postgres (docs/interface.md §10).
+//! - [`platform`]: the third-party platform's state and tokens in Postgres (docs/interface.md §10).
 //! - [`config`], [`redact`], [`telemetry`], `admin`, [`db`], [`tls`], `shutdown`: the service
 //!   around it.
 //!
@@ -47,7 +47,7 @@ pub mod ids;
 pub(crate) mod ledger;
 pub(crate) mod metrics;
 pub mod ops;
-pub(crate) mod platform;
+pub mod platform;
 pub mod queue;
 pub mod receiver;
 pub mod redact;

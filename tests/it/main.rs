@@ -19,6 +19,7 @@ mod leftovers;
 mod metrics;
 mod migrate;
 mod plans;
+mod platform;
 mod prometheus;
 mod proxy;
 mod prune;
