@@ -45,6 +45,17 @@ pub enum PlatformError {
     Db(#[from] sqlx::Error),
 }
 
+/// A merchant's row as its token is read under its lock.
+#[derive(sqlx::FromRow)]
+struct MerchantRow {
+    state: String,
+    refresh_token: Option<String>,
+    access_token: Option<String>,
+    /// The access token is valid beyond the refresh margin.
+    valid: bool,
+    generation: i64,
+}
+
 /// A merchant's access token and its generation.
 pub struct MerchantToken {
     pub token: SecretString,
@@ -146,9 +157,9 @@ impl PlatformTokens {
     /// refresh token (the new pair committed together), by one process of the fleet at a time.
     pub async fn merchant(&self, p: &Platform, authorizer_appid: &str) -> Result<MerchantToken, PlatformError> {
         let mut tx = bounded_tx(&self.pool).await?;
-        let row: Option<(String, Option<String>, Option<String>, bool, i64)> = sqlx::query_as(
+        let row: Option<MerchantRow> = sqlx::query_as(
             "SELECT state, refresh_token, access_token,
-                    COALESCE(access_expires_at > now() + make_interval(secs => $3), false), generation
+                    COALESCE(access_expires_at > now() + make_interval(secs => $3), false) AS valid, generation
                FROM authorizers WHERE authorizer_appid = $1 AND component_appid = $2 FOR UPDATE",
         )
         .bind(authorizer_appid)
@@ -156,7 +167,14 @@ impl PlatformTokens {
         .bind(MARGIN_SECS)
         .fetch_optional(&mut *tx)
         .await?;
-        let Some((state, refresh, access, valid, generation)) = row else {
+        let Some(MerchantRow {
+            state,
+            refresh_token: refresh,
+            access_token: access,
+            valid,
+            generation,
+        }) = row
+        else {
             return Err(PlatformError::UnknownMerchant(authorizer_appid.to_string()));
         };
         if state != "active" {

@@ -101,7 +101,12 @@ impl Receiver {
 
     /// Serves until `shutdown`, then finishes the requests in flight (within a grace period).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), AppError> {
-        tracing::info!(addr = %self.addr, apps = self.state.apps.len(), "receiver: POST /wechat/{{app_id}}");
+        tracing::info!(
+            addr = %self.addr,
+            apps = self.state.apps.len(),
+            platforms = self.state.platforms.len(),
+            "receiver: POST /wechat/{{app_id}}, POST /wechat/platform/{{component_appid}}"
+        );
         tokio::spawn(watch_database(
             self.state.store.pool().clone(),
             self.state.health.clone(),

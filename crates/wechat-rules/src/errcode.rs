@@ -34,3 +34,20 @@ pub const MINUTE_QUOTA: i64 = 45011;
 pub const DATA_FORMAT: i64 = 47001;
 /// `47003`: an argument is invalid (a data value breaks its keyword's type).
 pub const ARGUMENT_INVALID: i64 = 47003;
+/// `45026`: the account already holds the most templates it may (25): `api_add_template` refused.
+pub const TEMPLATE_LIMIT: i64 = 45026;
+/// `48001`: the API is not authorized for this account (or this kind of token).
+pub const API_UNAUTHORIZED: i64 = 48001;
+/// `61003`: the account never authorized this third-party platform (`api_authorizer_token`).
+pub const COMPONENT_NOT_AUTHORIZED: i64 = 61003;
+/// `61005`: the component verify ticket is expired (older than 12 h; `api_component_token`).
+pub const VERIFY_TICKET_EXPIRED: i64 = 61005;
+/// `61006`: the component verify ticket is invalid: not one WeChat pushed, or superseded.
+pub const VERIFY_TICKET_INVALID: i64 = 61006;
+/// `61009`: the authorization code is invalid or already used (`api_query_auth`).
+pub const AUTH_CODE_INVALID: i64 = 61009;
+/// `61010`: the authorization code is expired (`api_query_auth`; codes last about an hour).
+pub const AUTH_CODE_EXPIRED: i64 = 61010;
+/// `61023`: the authorizer refresh token is invalid: not the merchant's current one (a
+/// re-authorization replaced it, or the merchant revoked the platform).
+pub const REFRESH_TOKEN_INVALID: i64 = 61023;

@@ -12,6 +12,9 @@ use crate::consent::{ConsentItem, ConsentKind};
 pub enum Field {
     /// Text: CDATA in XML, a string in JSON.
     Text(String),
+    /// Text written bare in XML (escaped), as the platform's authorization events are; a string
+    /// in JSON.
+    Bare(String),
     /// A number (MsgID may exceed 2^53: written exactly either way).
     Number(i64),
     /// An element holding fields (`SubscribeMsgSentEvent`).
@@ -28,6 +31,12 @@ impl Document {
     /// Adds a text field.
     pub fn text(mut self, name: &'static str, value: impl Into<String>) -> Self {
         self.0.push((name, Field::Text(value.into())));
+        self
+    }
+
+    /// Adds a text field written bare in XML (no CDATA).
+    pub fn bare(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.0.push((name, Field::Bare(value.into())));
         self
     }
 
@@ -65,6 +74,10 @@ impl Document {
                     let t = t.replace("]]>", "]]]]><![CDATA[>");
                     out.push_str(&format!("<{name}><![CDATA[{t}]]></{name}>"));
                 }
+                Field::Bare(t) => {
+                    let t = t.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;");
+                    out.push_str(&format!("<{name}>{t}</{name}>"));
+                }
                 Field::Number(n) => out.push_str(&format!("<{name}>{n}</{name}>")),
                 Field::Group(d) => {
                     out.push_str(&format!("<{name}>"));
@@ -88,7 +101,7 @@ impl Document {
             .iter()
             .map(|(name, field)| {
                 let value = match field {
-                    Field::Text(t) => Value::from(t.as_str()),
+                    Field::Text(t) | Field::Bare(t) => Value::from(t.as_str()),
                     Field::Number(n) => Value::from(*n),
                     Field::Group(d) => Value::Object(d.json()),
                     Field::Items(items) => match items.as_slice() {
@@ -177,6 +190,13 @@ mod tests {
         );
         let tricky = Document::default().text("A", "x]]>y").xml();
         assert_eq!(tricky, "<xml><A><![CDATA[x]]]]><![CDATA[>y]]></A></xml>");
+    }
+
+    #[test]
+    fn bare_text_is_escaped_in_xml_and_a_string_in_json() {
+        let d = Document::default().bare("AppId", "wx3").bare("A", "a<b&c>");
+        assert_eq!(d.xml(), "<xml><AppId>wx3</AppId><A>a&lt;b&amp;c&gt;</A></xml>");
+        assert_eq!(d.json()["A"], Value::from("a<b&c>"));
     }
 
     #[test]

@@ -9,7 +9,7 @@
 //! `GET /sim/messages` (each accepted message; `cut` lists the keys WeChat cut), `GET /sim/stats`,
 //! `POST /sim/faults` (partial JSON), `POST /sim/rotate?appid=`, `POST /sim/users`
 //! (`{"unsubscribed": [...], "refused": [...], "enforce_consent": bool}`, each optional),
-//! `POST /sim/reset` (messages and stats; users and credits stay).
+//! `POST /sim/reset` (messages, stats and platform stats; users, credits and merchants stay).
 //!
 //! Event push (off unless configured; see [`push`]): `POST /sim/push` sets where and how
 //! (a [`PushConfig`] as JSON; `"format": "json"` for a mini program set to JSON), `GET /sim/pushes`
@@ -20,10 +20,26 @@
 //! program's subscription pop-up or settings page (`appid` may be left out when the simulator
 //! knows one app; anything else is a 400 `{"error"}`). The result mix and delay are faults
 //! (`push_*`).
+//!
+//! Third-party platforms (see [`platform`]; `SimConfig::platforms`): WeChat's
+//! `/cgi-bin/component/*` endpoints and `/cgi-bin/template/api_add_template`, sends with a
+//! merchant's access token, and for tests and people: `POST /sim/platform/authorize`
+//! (`{"component_appid", "authorizer_appid", "func_info"?, "pre_auth_code"?}`: the merchant scans
+//! and authorizes; pushed `authorized`, or `updateauthorized`), `POST /sim/platform/reauthorize`
+//! (the same body, after a revocation), `POST /sim/platform/revoke` (`{"component_appid",
+//! "authorizer_appid"}`: pushed `unauthorized`), `POST /sim/platform/rotate?component_appid=&
+//! authorizer_appid=` (merchants' access tokens revoked; each optional), `POST
+//! /sim/platform/push` (a [`PlatformPushConfig`]: the authorization event URL and the ticket
+//! period), `POST /sim/platform/ticket?component_appid=` (a ticket pushed now), `POST
+//! /sim/platform/expire_tickets?component_appid=` (61005 until the next ticket),
+//! `GET /sim/platform/pushes`, `GET /sim/platform/stats`, `GET /sim/platform/merchants`. The
+//! faults `component_token_busy_rate`, `authorizer_token_busy_rate`, `platform_latency_ms`,
+//! `rotate_refresh_on_refresh` and `merchant_rotate_every` are in `/sim/faults`.
 
 pub mod consent;
 pub mod cut;
 pub mod document;
+pub mod platform;
 pub mod push;
 pub mod state;
 pub mod wire;
@@ -45,6 +61,10 @@ use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 pub use consent::{ConsentItem, ConsentKind, ConsentStatus};
+pub use platform::event::{Authorization, PlatformEvent, PlatformInfo, PlatformPushed};
+pub use platform::merchant::{MAX_TEMPLATES, MerchantTemplate};
+pub use platform::onboard::{Authorize, Authorized};
+pub use platform::{MerchantView, PlatformConfig, PlatformPushConfig, PlatformStats};
 pub use push::{PushConfig, PushEvent, PushFormat, PushKind, Pushed};
 pub use state::{Accepted, Faults, FaultsPatch, SimConfig, SimState, Stats};
 
@@ -69,11 +89,15 @@ fn json_reply(status: u16, body: Value) -> Response {
 type Params = Query<HashMap<String, String>>;
 
 impl Sim {
+    /// A simulator; inside a Tokio runtime, the platforms' ticket task starts when the
+    /// configuration asks for one.
     pub fn new(config: SimConfig) -> Self {
-        Self {
+        let sim = Self {
             state: Arc::new(Mutex::new(SimState::new(config))),
             http: reqwest::Client::new(),
-        }
+        };
+        sim.start_platform_pushes();
+        sim
     }
 
     /// Where and how to push (replaces the whole push configuration).
@@ -124,7 +148,11 @@ impl Sim {
     pub fn push(&self, event: PushEvent) {
         let sim = self.clone();
         tokio::spawn(async move {
-            let (config, delay) = sim.with(|s| (s.config.push.clone(), s.config.faults.push_delay_ms));
+            // A merchant's account is pushed with its platform's token and key.
+            let (config, sealed, delay) = sim.with(|s| {
+                let (config, sealed) = s.platforms.push_config_for(&s.config, &event.appid);
+                (config, sealed, s.config.faults.push_delay_ms)
+            });
             if delay > 0 {
                 tokio::time::sleep(Duration::from_millis(delay)).await;
             }
@@ -134,7 +162,7 @@ impl Sim {
                     s.stats.push_tries_failed += u64::from(!acknowledged);
                 })
             };
-            let (tries, acknowledged) = push::deliver(&sim.http, &config, &event, on_try).await;
+            let (tries, acknowledged) = push::deliver(&sim.http, &config, &event, &sealed, on_try).await;
             sim.with(|s| {
                 if acknowledged {
                     s.stats.pushes_acknowledged += 1;
@@ -173,9 +201,10 @@ impl Sim {
         self.with(|s| s.patch_faults(p));
     }
 
-    /// Every token value issued so far (for tests proving they never leak).
+    /// Every token value issued so far (for tests proving they never leak): apps' tokens, then
+    /// the platforms' component tokens, merchants' access and refresh tokens and verify tickets.
     pub fn issued_tokens(&self) -> Vec<String> {
-        self.with(|s| s.issued.clone())
+        self.with(|s| s.issued.iter().chain(&s.platforms.issued).cloned().collect())
     }
 
     pub fn rotate(&self, app: &str) {
@@ -219,6 +248,7 @@ impl Sim {
             )
             .route("/sim/events", post(user_event))
             .route("/sim/healthz", get(|| async { "ok\n" }))
+            .merge(platform::http::routes())
             .with_state(self.clone())
     }
 
@@ -226,6 +256,7 @@ impl Sim {
     pub async fn spawn(&self, addr: SocketAddr) -> std::io::Result<SocketAddr> {
         let listener = TcpListener::bind(addr).await?;
         let local = listener.local_addr()?;
+        self.start_platform_pushes();
         let app = self.router();
         tokio::spawn(async move {
             let _ = axum::serve(listener, app).await;
@@ -410,8 +441,9 @@ async fn user_event(State(sim): State<Sim>, body: Bytes) -> Response {
         Err(error) => return bad(error.to_string()),
     };
     let apps: Vec<String> = sim.with(|s| s.config.apps.keys().cloned().collect());
+    let merchant = |a: &str| sim.with(|s| s.platforms.component_of(a).is_some());
     let appid = match (e.appid, apps.as_slice()) {
-        (Some(a), _) if apps.contains(&a) => a,
+        (Some(a), _) if apps.contains(&a) || merchant(&a) => a,
         (None, [only]) => only.clone(),
         _ => return bad("appid missing or unknown".into()),
     };
@@ -429,6 +461,7 @@ async fn reset(State(sim): State<Sim>) -> Response {
     sim.with(|s| {
         s.messages.clear();
         s.stats = Stats::default();
+        s.platforms.stats = PlatformStats::default();
     });
     json_reply(200, json!({ "ok": true }))
 }

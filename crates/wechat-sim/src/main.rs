@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use clap::Parser;
-use wechat_sim::{Faults, PushConfig, PushFormat, Sim, SimConfig};
+use wechat_sim::{Faults, PlatformConfig, PlatformPushConfig, PushConfig, PushFormat, Sim, SimConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -93,6 +93,41 @@ struct Args {
     /// without one they are answered 43101.
     #[arg(long)]
     enforce_consent: bool,
+    /// Third-party platforms, as COMPONENT_APPID:SECRET:TOKEN:AESKEY (repeatable; the key is the
+    /// platform's 43-character EncodingAESKey). Merchants authorize them through
+    /// `POST /sim/platform/authorize`.
+    #[arg(long = "platform")]
+    platforms: Vec<String>,
+    /// Push the platforms' authorization events (verify tickets, authorized, updateauthorized,
+    /// unauthorized) to this URL, `{component_appid}` replaced by the platform's id (e.g.
+    /// http://127.0.0.1:8080/wechat/platform/{component_appid}); none when absent.
+    #[arg(long, env = "WECHAT_SIM_PLATFORM_CALLBACK_URL")]
+    platform_callback_url: Option<String>,
+    /// Push a verify ticket to every platform every N milliseconds (WeChat: 600000); when absent,
+    /// only when asked (`api_start_push_ticket`).
+    #[arg(long)]
+    ticket_every_ms: Option<u64>,
+}
+
+/// `--platform COMPONENT_APPID:SECRET:TOKEN:AESKEY` (the secret may hold colons), or what is
+/// wrong with it.
+fn platform(spec: &str) -> Result<(String, PlatformConfig), String> {
+    let wrong = || format!("--platform {spec:?}: expected COMPONENT_APPID:SECRET:TOKEN:AESKEY");
+    let (appid, rest) = spec.split_once(':').ok_or_else(wrong)?;
+    let (rest, aes_key) = rest.rsplit_once(':').ok_or_else(wrong)?;
+    let (secret, token) = rest.rsplit_once(':').ok_or_else(wrong)?;
+    if [appid, secret, token].iter().any(|p| p.is_empty()) {
+        return Err(wrong());
+    }
+    if wechat_sim::wire::aes_key(aes_key).is_none() {
+        return Err(format!("--platform {appid}: the AES key must be 43 base64 characters"));
+    }
+    let config = PlatformConfig {
+        secret: secret.to_string(),
+        token: token.to_string(),
+        aes_key: aes_key.to_string(),
+    };
+    Ok((appid.to_string(), config))
 }
 
 /// The simulator's configuration from the flags, or what is wrong with them.
@@ -104,6 +139,11 @@ fn sim_config(args: Args) -> Result<SimConfig, String> {
             .ok_or_else(|| format!("--app {a:?}: expected APPID:SECRET"))?;
         apps.insert(id.to_string(), secret.to_string());
     }
+    let platforms = args
+        .platforms
+        .iter()
+        .map(|p| platform(p))
+        .collect::<Result<HashMap<_, _>, _>>()?;
     let config = SimConfig {
         apps,
         token_ttl: Duration::from_secs(args.token_ttl_secs.max(1)),
@@ -137,6 +177,13 @@ fn sim_config(args: Args) -> Result<SimConfig, String> {
             ..PushConfig::default()
         },
         enforce_consent: args.enforce_consent,
+        platforms,
+        platform_push: PlatformPushConfig {
+            callback_url: args.platform_callback_url,
+            ticket_every_ms: args.ticket_every_ms,
+            retry_gap_ms: args.push_retry_gap_ms,
+            ..PlatformPushConfig::default()
+        },
     };
     if let Some(key) = &config.push.aes_key
         && wechat_sim::wire::aes_key(key).is_none()
@@ -220,5 +267,57 @@ mod tests {
         assert!(config(&["--encoding-aes-key", "short"]).unwrap_err().contains("43"));
         let c = config(&["--app", "wxMini:s2"]).unwrap();
         assert_eq!(c.apps.get("wxMini").map(String::as_str), Some("s2"));
+    }
+
+    const KEY: &str = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
+
+    #[test]
+    fn platforms_their_callback_url_and_ticket_period_are_flags() {
+        let c = config(&[]).unwrap();
+        assert!(c.platforms.is_empty());
+        assert_eq!(
+            c.platform_push,
+            PlatformPushConfig {
+                retry_gap_ms: 5000,
+                ..PlatformPushConfig::default()
+            }
+        );
+        let first = format!("wxC1:s:e:cret:tok:{KEY}");
+        let c = config(&[
+            "--platform",
+            &first,
+            "--platform",
+            &format!("wxC2:s2:t2:{KEY}"),
+            "--platform-callback-url",
+            "http://127.0.0.1:8080/wechat/platform/{component_appid}",
+            "--ticket-every-ms",
+            "600000",
+        ])
+        .unwrap();
+        let p = &c.platforms["wxC1"];
+        assert_eq!(
+            (p.secret.as_str(), p.token.as_str(), p.aes_key.as_str()),
+            ("s:e:cret", "tok", KEY)
+        );
+        assert_eq!(c.platforms["wxC2"].token, "t2");
+        assert_eq!(c.platform_push.ticket_every_ms, Some(600_000));
+        assert_eq!(
+            c.platform_push.callback_url.as_deref(),
+            Some("http://127.0.0.1:8080/wechat/platform/{component_appid}")
+        );
+    }
+
+    #[test]
+    fn a_bad_platform_is_a_configuration_error() {
+        assert!(
+            config(&["--platform", "wxC:secret"])
+                .unwrap_err()
+                .contains("COMPONENT_APPID:SECRET:TOKEN:AESKEY")
+        );
+        assert!(
+            config(&["--platform", &format!("wxC::tok:{KEY}")]).is_err(),
+            "no secret"
+        );
+        assert!(config(&["--platform", "wxC:s:t:short"]).unwrap_err().contains("43"));
     }
 }

@@ -165,7 +165,7 @@ pub(crate) fn draw_status(api: &str, faults: &Faults) -> &'static str {
     }
 }
 
-fn unix_now() -> i64 {
+pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs() as i64)
@@ -200,10 +200,19 @@ fn encrypted_body(config: &PushConfig, doc: &Document, plain: &str, encrypted: &
     }
 }
 
-/// Signs (and encrypts) one try of `event`, saying `doc`; `None` when the configuration cannot
-/// make it.
-fn request(config: &PushConfig, url: &str, event: &PushEvent, doc: &Document) -> Option<(reqwest::Url, String)> {
-    let mut url = reqwest::Url::parse(&url.replace("{appid}", &event.appid)).ok()?;
+/// Whom a push is for: its URL (placeholders replaced), the openid the query names (none for a
+/// platform's authorization events), and the appid sealed into an encrypted body (the account's
+/// own, or for a merchant's account and a platform, the platform's `component_appid`).
+pub(crate) struct Target<'a> {
+    pub(crate) url: String,
+    pub(crate) openid: Option<&'a str>,
+    pub(crate) sealed_appid: &'a str,
+}
+
+/// Signs (and encrypts) one try of `doc` for `target`; `None` when the configuration cannot make
+/// it.
+fn request(config: &PushConfig, target: &Target<'_>, doc: &Document) -> Option<(reqwest::Url, String)> {
+    let mut url = reqwest::Url::parse(&target.url).ok()?;
     let timestamp = unix_now().to_string();
     let nonce = rand::rng().random::<u32>().to_string();
     let signature = wire::sign(&[&config.token, &timestamp, &nonce]);
@@ -211,13 +220,15 @@ fn request(config: &PushConfig, url: &str, event: &PushEvent, doc: &Document) ->
     query
         .append_pair("signature", &signature)
         .append_pair("timestamp", &timestamp)
-        .append_pair("nonce", &nonce)
-        .append_pair("openid", &event.openid);
+        .append_pair("nonce", &nonce);
+    if let Some(openid) = target.openid {
+        query.append_pair("openid", openid);
+    }
     let plain = config.format.write(doc);
     let body = match &config.aes_key {
         None => plain,
         Some(key) => {
-            let encrypted = wire::encrypt(&wire::aes_key(key)?, &plain, &event.appid);
+            let encrypted = wire::encrypt(&wire::aes_key(key)?, &plain, target.sealed_appid);
             let msg_signature = wire::sign(&[&config.token, &timestamp, &nonce, &encrypted]);
             query
                 .append_pair("encrypt_type", "aes")
@@ -229,22 +240,38 @@ fn request(config: &PushConfig, url: &str, event: &PushEvent, doc: &Document) ->
     Some((url, body))
 }
 
-/// Pushes `event` with WeChat's retries, telling `on_try` how each try went; returns how many
-/// tries it took and whether one was acknowledged.
+/// Pushes `event` with WeChat's retries, sealing `sealed_appid` into an encrypted body, telling
+/// `on_try` how each try went; returns how many tries it took and whether one was acknowledged.
 pub(crate) async fn deliver(
     http: &reqwest::Client,
     config: &PushConfig,
     event: &PushEvent,
+    sealed_appid: &str,
     on_try: impl Fn(bool),
 ) -> (u32, bool) {
     let Some(url) = &config.callback_url else {
         return (0, false);
     };
+    let target = Target {
+        url: url.replace("{appid}", &event.appid),
+        openid: Some(&event.openid),
+        sealed_appid,
+    };
     // Written once: every try says the same, created at the same time.
-    let doc = event.document(unix_now());
+    deliver_document(http, config, &target, &event.document(unix_now()), on_try).await
+}
+
+/// Pushes `doc` to `target` with WeChat's retries (see [`deliver`]).
+pub(crate) async fn deliver_document(
+    http: &reqwest::Client,
+    config: &PushConfig,
+    target: &Target<'_>,
+    doc: &Document,
+    on_try: impl Fn(bool),
+) -> (u32, bool) {
     let tries = config.tries.max(1);
     for n in 1..=tries {
-        let Some((url, body)) = request(config, url, event, &doc) else {
+        let Some((url, body)) = request(config, target, doc) else {
             return (n, false);
         };
         let answer = http
@@ -334,7 +361,7 @@ mod tests {
             ..PushConfig::default()
         };
         let tries = Mutex::new(Vec::new());
-        let outcome = deliver(&reqwest::Client::new(), &config, &event(), |ok| {
+        let outcome = deliver(&reqwest::Client::new(), &config, &event(), "wx1111111111111111", |ok| {
             tries.lock().unwrap().push(ok)
         })
         .await;
@@ -361,7 +388,7 @@ mod tests {
             ..PushConfig::default()
         };
         assert_eq!(
-            deliver(&reqwest::Client::new(), &config, &event(), |_| {}).await,
+            deliver(&reqwest::Client::new(), &config, &event(), "wx1111111111111111", |_| {}).await,
             (3, false)
         );
         assert_eq!(seen.lock().unwrap().len(), 3);
@@ -377,7 +404,7 @@ mod tests {
             ..PushConfig::default()
         };
         assert_eq!(
-            deliver(&reqwest::Client::new(), &config, &event(), |_| {}).await,
+            deliver(&reqwest::Client::new(), &config, &event(), "wx1111111111111111", |_| {}).await,
             (1, true)
         );
         let (q, body, _) = seen.lock().unwrap()[0].clone();
@@ -435,7 +462,7 @@ mod tests {
             ..config
         };
         assert_eq!(
-            deliver(&reqwest::Client::new(), &config, event, |_| {}).await,
+            deliver(&reqwest::Client::new(), &config, event, &event.appid, |_| {}).await,
             (1, true)
         );
         seen.lock().unwrap()[0].clone()

@@ -20,6 +20,7 @@ use wechat_rules::keywords;
 
 use crate::consent::{ConsentItem, ConsentKind, ConsentStatus, Credits};
 use crate::cut;
+use crate::platform::{Check, PlatformConfig, PlatformPushConfig, Platforms};
 use crate::push::{PushConfig, PushEvent, PushKind, Pushed, draw_status};
 
 /// Faults to inject; every field optional in the `/sim/faults` body (missing = unchanged).
@@ -52,6 +53,19 @@ pub struct Faults {
     /// Share of pushed template message results that say `failed:freq limit` (subscribe results
     /// never do).
     pub push_freq_limit_rate: f64,
+    /// Share of `api_component_token` calls answered `-1 system busy`.
+    pub component_token_busy_rate: f64,
+    /// Share of `api_authorizer_token` calls answered `-1 system busy`.
+    pub authorizer_token_busy_rate: f64,
+    /// Delay of every third-party platform API answer (`/cgi-bin/component/*`,
+    /// `api_add_template`), milliseconds; WeChat acts on the call halfway through.
+    pub platform_latency_ms: u64,
+    /// A harsher WeChat than the real one: every `api_authorizer_token` issues a new refresh token
+    /// and the old one stops working at once (61023).
+    pub rotate_refresh_on_refresh: bool,
+    /// Revoke a merchant's access tokens (no overlap) after every N sends accepted from its
+    /// account; 0 = never.
+    pub merchant_rotate_every: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -68,6 +82,11 @@ pub struct FaultsPatch {
     pub push_user_block_rate: Option<f64>,
     pub push_system_failed_rate: Option<f64>,
     pub push_freq_limit_rate: Option<f64>,
+    pub component_token_busy_rate: Option<f64>,
+    pub authorizer_token_busy_rate: Option<f64>,
+    pub platform_latency_ms: Option<u64>,
+    pub rotate_refresh_on_refresh: Option<bool>,
+    pub merchant_rotate_every: Option<u64>,
 }
 
 /// How the simulator starts.
@@ -90,6 +109,11 @@ pub struct SimConfig {
     /// A subscribe send needs a credit from a pop-up `accept` (43101 without one), and an
     /// accepted send uses it; off by default (credits are kept all the same).
     pub enforce_consent: bool,
+    /// Third-party platforms: component appid → credentials (none by default; see
+    /// [`crate::platform`]). Component and merchant tokens live `token_ttl`, with `overlap`.
+    pub platforms: HashMap<String, PlatformConfig>,
+    /// Where the platforms' authorization events go, and the ticket period; off by default.
+    pub platform_push: PlatformPushConfig,
 }
 
 impl Default for SimConfig {
@@ -105,6 +129,8 @@ impl Default for SimConfig {
             faults: Faults::default(),
             push: PushConfig::default(),
             enforce_consent: false,
+            platforms: HashMap::new(),
+            platform_push: PlatformPushConfig::default(),
         }
     }
 }
@@ -190,6 +216,8 @@ pub struct SimState {
     pub pushed: Vec<Pushed>,
     /// Subscription consent per (appid, openid, template id).
     credits: Credits,
+    /// The third-party platforms' tickets, tokens, merchants, counters and pushes.
+    pub(crate) platforms: Platforms,
 }
 
 /// An answer: HTTP status and JSON body.
@@ -229,9 +257,15 @@ fn new_token_value() -> String {
         .collect()
 }
 
+/// Whose token a send carries: an app's own, or a merchant's (`component`: its platform).
+struct Sender {
+    appid: String,
+    component: Option<String>,
+}
+
 /// A token must be sent byte for byte; these are the errcodes for what is not.
 enum TokenCheck {
-    Ok(String),
+    Ok(Sender),
     Missing,
     Invalid,
     Expired,
@@ -255,6 +289,7 @@ impl SimState {
             outbox: Vec::new(),
             pushed: Vec::new(),
             credits: Credits::default(),
+            platforms: Platforms::default(),
         }
     }
 
@@ -481,9 +516,20 @@ impl SimState {
         };
         let now = Instant::now();
         match self.tokens.iter().find(|t| t.value == token) {
-            Some(t) if !t.revoked && now < self.valid_until(t) => TokenCheck::Ok(t.app.clone()),
+            Some(t) if !t.revoked && now < self.valid_until(t) => TokenCheck::Ok(Sender {
+                appid: t.app.clone(),
+                component: None,
+            }),
             Some(t) if !t.revoked && now >= t.expires => TokenCheck::Expired,
-            _ => TokenCheck::Invalid,
+            Some(_) => TokenCheck::Invalid,
+            None => match self.platforms.check_access_token(token, self.config.overlap, now) {
+                Check::Valid((component, appid)) => TokenCheck::Ok(Sender {
+                    appid,
+                    component: Some(component),
+                }),
+                Check::Expired => TokenCheck::Expired,
+                Check::Invalid => TokenCheck::Invalid,
+            },
         }
     }
 
@@ -496,27 +542,27 @@ impl SimState {
 
     /// Each check in WeChat's order; the first refusal is the answer (`Err`).
     fn try_send(&mut self, api: &str, token: Option<&str>, body: &[u8]) -> Result<Reply, Reply> {
-        let app = self.authorize(token)?;
+        let sender = self.authorize(token)?;
         self.stats.send_requests += 1;
         if rand::rng().random::<f64>() < self.config.faults.busy_rate {
             return Err(self.count_error(SYSTEM_BUSY, "system error"));
         }
-        let req = self.read_request(api, body)?;
-        self.check_recipient(api, &app, &req)?;
+        let req = self.read_request(api, &sender, body)?;
+        self.check_recipient(api, &sender.appid, &req)?;
         let now = Instant::now();
         if let Some(msgid) = self.deduplicated(&req, now) {
             self.stats.deduplicated += 1;
             return Ok((200, json!({ "errcode": 0, "errmsg": "ok", "msgid": msgid })));
         }
         self.take_quota(now)?;
-        let msgid = self.accept(api, &app, req, now);
+        let msgid = self.accept(api, &sender, req, now);
         Ok((200, json!({ "errcode": 0, "errmsg": "ok", "msgid": msgid })))
     }
 
-    /// The app whose access token this is.
-    fn authorize(&mut self, token: Option<&str>) -> Result<String, Reply> {
+    /// The app (or merchant) whose access token this is.
+    fn authorize(&mut self, token: Option<&str>) -> Result<Sender, Reply> {
         match self.check_token(token) {
-            TokenCheck::Ok(app) => Ok(app),
+            TokenCheck::Ok(sender) => Ok(sender),
             TokenCheck::Missing => Err(self.count_error(TOKEN_MISSING, "access_token missing")),
             TokenCheck::Invalid => Err(self.count_error(
                 TOKEN_INVALID,
@@ -527,7 +573,7 @@ impl SimState {
     }
 
     /// The body's fields, each checked as WeChat checks it.
-    fn read_request(&mut self, api: &str, body: &[u8]) -> Result<SendRequest, Reply> {
+    fn read_request(&mut self, api: &str, sender: &Sender, body: &[u8]) -> Result<SendRequest, Reply> {
         let Ok(body) = serde_json::from_slice::<Value>(body) else {
             return Err(self.count_error(DATA_FORMAT, "data format error"));
         };
@@ -536,10 +582,7 @@ impl SimState {
             return Err(self.count_error(INVALID_OPENID, "invalid openid"));
         };
         let template_id = s("template_id").filter(|t| !t.is_empty());
-        let known = template_id.as_ref().is_some_and(|id| match &self.config.templates {
-            Some(set) => set.contains(id),
-            None => !id.starts_with("INVALID"),
-        });
+        let known = template_id.as_ref().is_some_and(|id| self.template_known(sender, id));
         let (Some(template_id), true) = (template_id, known) else {
             return Err(self.count_error(INVALID_TEMPLATE_ID, "invalid template_id"));
         };
@@ -558,6 +601,21 @@ impl SimState {
             page: s("page"),
             cut,
         })
+    }
+
+    /// A merchant may send the templates on its account (a template the simulator gave another
+    /// merchant: no); anything else follows the app rules: the configured ids, or any id not
+    /// starting with `INVALID`.
+    fn template_known(&self, sender: &Sender, id: &str) -> bool {
+        let merchant = sender
+            .component
+            .as_ref()
+            .and_then(|c| self.platforms.template_allowed(c, &sender.appid, id));
+        match (merchant, &self.config.templates) {
+            (Some(allowed), _) => allowed,
+            (None, Some(set)) => set.contains(id),
+            (None, None) => !id.starts_with("INVALID"),
+        }
     }
 
     /// `data`: every keyword's value by its type's rules; `first` and `remark` are dropped silently
@@ -643,7 +701,8 @@ impl SimState {
 
     /// Records the accepted message (and its result push), using its consent credit when they
     /// are enforced; returns its msgid.
-    fn accept(&mut self, api: &str, app: &str, req: SendRequest, now: Instant) -> i64 {
+    fn accept(&mut self, api: &str, sender: &Sender, req: SendRequest, now: Instant) -> i64 {
+        let app = sender.appid.as_str();
         let msgid = self.next_msgid;
         self.next_msgid += 1;
         if api == "subscribe" && self.config.enforce_consent {
@@ -671,8 +730,13 @@ impl SimState {
         });
         self.stats.accepted += 1;
         let every = self.config.faults.rotate_every;
-        if every > 0 && self.stats.accepted.is_multiple_of(every) {
-            self.rotate(app);
+        match &sender.component {
+            Some(c) => {
+                let every = self.config.faults.merchant_rotate_every;
+                self.platforms.count_send(c, app, every);
+            }
+            None if every > 0 && self.stats.accepted.is_multiple_of(every) => self.rotate(app),
+            None => {}
         }
         msgid
     }
@@ -714,6 +778,21 @@ impl SimState {
         }
         if let Some(v) = p.push_freq_limit_rate {
             f.push_freq_limit_rate = v;
+        }
+        if let Some(v) = p.component_token_busy_rate {
+            f.component_token_busy_rate = v;
+        }
+        if let Some(v) = p.authorizer_token_busy_rate {
+            f.authorizer_token_busy_rate = v;
+        }
+        if let Some(v) = p.platform_latency_ms {
+            f.platform_latency_ms = v;
+        }
+        if let Some(v) = p.rotate_refresh_on_refresh {
+            f.rotate_refresh_on_refresh = v;
+        }
+        if let Some(v) = p.merchant_rotate_every {
+            f.merchant_rotate_every = v;
         }
     }
 }

@@ -15,8 +15,19 @@ const MERCHANT: &str = "wxMERCHANT0000001";
 /// The receiver binary serving the default app and the platform; killed when dropped.
 struct PlatformReceiver {
     url: String,
-    _child: tokio::process::Child,
+    child: tokio::process::Child,
     _file: TempFile,
+    /// Its log (debug level), to look for secrets in.
+    log: TempFile,
+}
+
+impl PlatformReceiver {
+    /// Stops the receiver and returns what it logged.
+    async fn log(mut self) -> String {
+        let _ = self.child.start_kill();
+        let _ = self.child.wait().await;
+        std::fs::read_to_string(&self.log.0).unwrap_or_default()
+    }
 }
 
 struct TempFile(std::path::PathBuf);
@@ -43,6 +54,7 @@ async fn spawn(env: &TestEnv) -> PlatformReceiver {
         .local_addr()
         .unwrap()
         .port();
+    let log = TempFile(std::env::temp_dir().join(format!("wxn-platform-{}.log", uuid::Uuid::new_v4().simple())));
     let child = env
         .wxnotify(&["receiver", "--no-migrate"])
         .env("WXNOTIFY_TEMPLATES", &file.0)
@@ -52,8 +64,9 @@ async fn spawn(env: &TestEnv) -> PlatformReceiver {
         .env("WXN_TEST_COMPONENT_SECRET", "component-secret")
         .env("WXN_TEST_COMPONENT_TOKEN", PLATFORM_TOKEN)
         .env("WXN_TEST_COMPONENT_KEY", PLATFORM_KEY)
+        .env("RUST_LOG", "debug")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(&log.0).unwrap())
         .spawn()
         .unwrap();
     let base = format!("http://127.0.0.1:{port}");
@@ -63,8 +76,9 @@ async fn spawn(env: &TestEnv) -> PlatformReceiver {
     .await;
     PlatformReceiver {
         url: format!("{base}/wechat/platform/{PLATFORM}"),
-        _child: child,
+        child,
         _file: file,
+        log,
     }
 }
 
@@ -138,6 +152,19 @@ async fn tickets_and_authorizations_are_kept_the_latest_winning() {
             .await,
         1
     );
+    // Nothing secret in its log: the platform's secret, token and key, the tickets, the code.
+    let log = receiver.log().await;
+    assert!(log.contains("platforms=1"), "the log was read: {log}");
+    for secret in [
+        "component-secret",
+        PLATFORM_TOKEN,
+        PLATFORM_KEY,
+        "ticket@@@newer",
+        "ticket@@@older",
+        "queryauthcode@@@1",
+    ] {
+        assert!(!log.contains(secret), "{secret} in the receiver's log");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
