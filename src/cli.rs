@@ -129,6 +129,44 @@ pub enum Command {
         #[command(subcommand)]
         command: ScheduledCommand,
     },
+    /// Third-party platforms' merchants (the authorizers): list them, sync them with WeChat.
+    Platform {
+        #[command(subcommand)]
+        command: PlatformCommand,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PlatformCommand {
+    /// Every merchant of every platform: state, authorization, token expiry, whether a refresh
+    /// token is held (never which), last error.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: OutputFormat,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// For each platform of the templates file, pages through WeChat's authorizer list: merchants
+    /// missing from the ledger, or that lost their refresh token, are restored from it (no scan
+    /// again); active ones WeChat no longer lists become revoked. Needs a verify ticket younger
+    /// than 12 h (the receiver stores WeChat's pushes).
+    Sync {
+        #[command(flatten)]
+        args: PlatformArgs,
+    },
+}
+
+/// What `platform sync` needs: the ledger, WeChat, and the platforms' secrets.
+#[derive(Debug, clap::Args)]
+pub struct PlatformArgs {
+    #[command(flatten)]
+    pub db: DbArgs,
+    /// Base URL of WeChat's API.
+    #[arg(long, env = "WECHAT_API_BASE", default_value = "https://api.weixin.qq.com")]
+    pub wechat_api_base: String,
+    /// The templates file: its `[[platforms]]` and the variables holding their secrets.
+    #[arg(long, env = "WXNOTIFY_TEMPLATES", default_value = "templates.toml")]
+    pub templates: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -306,6 +344,7 @@ async fn run(command: Command) -> Result<(), Failure> {
         Command::Publish { file, raw, amqp } => publish(file.as_ref(), raw, &amqp).await,
         Command::Dlq { command } => dlq(command).await,
         Command::Scheduled { command } => scheduled(command).await,
+        Command::Platform { command } => platform(command).await,
         Command::Prune {
             older_than,
             dry_run,
@@ -371,6 +410,60 @@ async fn status(format: OutputFormat, amqp: &AmqpArgs, db: &DbArgs) -> Result<()
         OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default()),
     }
     Ok(())
+}
+
+/// `wxnotify platform list | sync`.
+async fn platform(command: PlatformCommand) -> Result<(), Failure> {
+    use crate::platform::sync;
+    match command {
+        PlatformCommand::List { format, db } => {
+            let pool = connect_checked(&db).await?;
+            let rows = sync::list(&pool)
+                .await
+                .map_err(|e| Failure::Runtime(format!("platform list: {e}")))?;
+            match format {
+                OutputFormat::Table => print!("{}", sync::table(&rows)),
+                OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default()),
+            }
+            Ok(())
+        }
+        PlatformCommand::Sync { args } => {
+            let platforms = platforms_of(&args)?;
+            let api =
+                crate::platform::client::ComponentApi::new(&args.wechat_api_base, std::time::Duration::from_secs(10))
+                    .map_err(|e| ConfigError::new("WECHAT_API_BASE", e))?;
+            let pool = connect_checked(&args.db).await?;
+            for p in &platforms {
+                let r = sync::sync(&pool, &api, p)
+                    .await
+                    .map_err(|e| Failure::Runtime(format!("platform sync {}: {e}", p.component_appid)))?;
+                println!(
+                    "platform {}: {} merchant(s) listed by WeChat, {} restored, {} revoked, {} without a refresh token yet",
+                    r.component_appid, r.listed, r.restored, r.revoked, r.without_refresh_token
+                );
+            }
+            Ok(())
+        }
+    }
+}
+
+/// The templates file's platforms with their secrets from the environment.
+fn platforms_of(args: &PlatformArgs) -> Result<Vec<crate::platform::tokens::Platform>, Failure> {
+    let catalog = crate::template::Catalog::load(&args.templates)
+        .map_err(|e| ConfigError::new("WXNOTIFY_TEMPLATES", e.to_string()))?;
+    if catalog.platforms.is_empty() {
+        return Err(ConfigError::new("WXNOTIFY_TEMPLATES", "has no [[platforms]]").into());
+    }
+    catalog
+        .platforms
+        .iter()
+        .map(|p| {
+            Ok(crate::platform::tokens::Platform {
+                component_appid: p.component_appid.trim().to_string(),
+                secret: crate::config::env_secret(&p.secret_env)?,
+            })
+        })
+        .collect()
 }
 
 /// `wxnotify report`: deliveries by day, failures by errcode.

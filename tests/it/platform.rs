@@ -177,3 +177,91 @@ async fn a_refresh_answered_but_never_stored_is_recovered_from_the_authorizer_li
     assert_eq!(state, "active", "no re-authorization");
     assert_eq!(env.sim.platform_stats().refresh_token_invalid, 1, "the stale one, once");
 }
+
+/// A templates file naming the platform's secret, removed when dropped.
+struct PlatformsFile(std::path::PathBuf);
+
+impl Drop for PlatformsFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+fn platforms_file(env: &TestEnv) -> PlatformsFile {
+    let fixtures = std::fs::read_to_string(&env.templates).unwrap();
+    let path = std::env::temp_dir().join(format!("wxn-platforms-{}.toml", uuid::Uuid::new_v4().simple()));
+    std::fs::write(
+        &path,
+        format!(
+            "{fixtures}\n[[platforms]]\ncomponent_appid = \"{PLATFORM}\"\nsecret_env = \"WXN_TEST_COMPONENT_SECRET\"\n\
+             callback_token_env = \"WXN_TEST_COMPONENT_TOKEN\"\naes_key_env = \"WXN_TEST_COMPONENT_KEY\"\n"
+        ),
+    )
+    .unwrap();
+    PlatformsFile(path)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn platform_sync_restores_merchants_whose_tokens_were_lost_without_a_scan() {
+    let env = env_with_platform().await;
+    let t = tokens(&env).await;
+    let merchants = [
+        "wxMERCHANT0000011",
+        "wxMERCHANT0000012",
+        "wxMERCHANT0000013",
+        "wxMERCHANT0000014",
+    ];
+    onboard(&env, &t, &merchants).await;
+    // The cache is lost: two merchants' tokens gone, one merchant's row gone; and one merchant
+    // revoked while nobody heard the push.
+    sqlx::query("UPDATE authorizers SET refresh_token = NULL, access_token = NULL WHERE authorizer_appid IN ($1, $2)")
+        .bind(merchants[0])
+        .bind(merchants[1])
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query("DELETE FROM authorizers WHERE authorizer_appid = $1")
+        .bind(merchants[2])
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    env.sim.revoke_merchant(PLATFORM, merchants[3]).unwrap();
+    let file = platforms_file(&env);
+    let out = env
+        .wxnotify(&["platform", "sync"])
+        .env("WXNOTIFY_TEMPLATES", &file.0)
+        .env("WXN_TEST_COMPONENT_SECRET", SECRET)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        stdout.contains("3 merchant(s) listed by WeChat, 3 restored, 1 revoked"),
+        "{stdout}"
+    );
+    for m in &merchants[..3] {
+        assert_eq!(
+            stored_refresh_token(&env, m).await,
+            env.sim.refresh_token_of(PLATFORM, m),
+            "{m} restored with WeChat's current refresh token"
+        );
+        t.merchant(&platform(), m).await.expect("a token, without a scan");
+    }
+    let state: String = sqlx::query_scalar("SELECT state FROM authorizers WHERE authorizer_appid = $1")
+        .bind(merchants[3])
+        .fetch_one(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(state, "revoked");
+    assert_eq!(env.sim.platform_stats().query_auth_calls, 4, "no code exchanged again");
+    // `platform list` shows them, and never a token.
+    let out = env.wxnotify_ok(&["platform", "list", "--format", "json"]).await;
+    let rows: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(rows.as_array().unwrap().len(), 4);
+    let text = String::from_utf8_lossy(&out.stdout);
+    for m in &merchants[..3] {
+        let refresh = env.sim.refresh_token_of(PLATFORM, m).unwrap();
+        assert!(!text.contains(&refresh), "a refresh token in platform list");
+    }
+}
