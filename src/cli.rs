@@ -438,8 +438,8 @@ async fn platform(command: PlatformCommand) -> Result<(), Failure> {
                     .await
                     .map_err(|e| Failure::Runtime(format!("platform sync {}: {e}", p.component_appid)))?;
                 println!(
-                    "platform {}: {} merchant(s) listed by WeChat, {} restored, {} revoked, {} without a refresh token yet",
-                    r.component_appid, r.listed, r.restored, r.revoked, r.without_refresh_token
+                    "platform {}: {} merchant(s) listed by WeChat, {} restored, {} revoked, {} without a refresh token yet; {} authorization code(s) exchanged first",
+                    r.component_appid, r.listed, r.restored, r.revoked, r.without_refresh_token, r.exchanged
                 );
             }
             Ok(())

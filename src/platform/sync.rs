@@ -1,4 +1,5 @@
-//! `wxnotify platform sync` (docs/interface.md §10): the merchants WeChat lists for a platform
+//! `wxnotify platform sync` (docs/interface.md §10): first the authorization codes waiting to be
+//! exchanged, then the merchants WeChat lists for a platform
 //! (`api_get_authorizer_list`, with each merchant's current refresh token) against the ledger's.
 //! A merchant the ledger lacks, or whose refresh token it lost (a cache gone, a row dropped), is
 //! restored from WeChat's list: no merchant scans again. A merchant the ledger has as `active`
@@ -21,6 +22,8 @@ const PAGE: u64 = 500;
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct SyncReport {
     pub component_appid: String,
+    /// Authorization codes waiting to be exchanged, exchanged first.
+    pub exchanged: usize,
     /// Merchants WeChat lists.
     pub listed: usize,
     /// Restored from the list: added, or given back their refresh token.
@@ -33,7 +36,9 @@ pub struct SyncReport {
 
 /// Syncs one platform's merchants with WeChat's list.
 pub async fn sync(pool: &PgPool, api: &ComponentApi, p: &Platform) -> Result<SyncReport, PlatformError> {
-    let component = PlatformTokens::new(pool.clone(), api.clone()).component(p).await?;
+    let tokens = PlatformTokens::new(pool.clone(), api.clone());
+    let exchanged = tokens.exchange_codes(p).await?;
+    let component = tokens.component(p).await?;
     let mut listed = Vec::new();
     loop {
         let (total, page) = api
@@ -47,6 +52,7 @@ pub async fn sync(pool: &PgPool, api: &ComponentApi, p: &Platform) -> Result<Syn
     }
     let mut report = SyncReport {
         component_appid: p.component_appid.clone(),
+        exchanged,
         listed: listed.len(),
         ..SyncReport::default()
     };

@@ -21,6 +21,8 @@ use axum::{Extension, Router};
 use tower_http::limit::RequestBodyLimitLayer;
 
 use super::envelope::{self, Refusal};
+use super::exchange::Exchange;
+use super::platform_push::PlatformInfo;
 use super::push::{EventKind, Push, PushError};
 use super::serve::{REQUEST_TIMEOUT, ReadBy};
 use super::settings::CallbackApp;
@@ -41,6 +43,8 @@ pub(crate) struct ReceiverState {
     pub apps: Arc<HashMap<String, CallbackApp>>,
     /// The third-party platforms: their authorization event URL (docs/interface.md §10).
     pub platforms: Arc<HashMap<String, CallbackApp>>,
+    /// Exchanges a platform's authorization codes once stored (`None`: no platform).
+    pub exchange: Option<Arc<Exchange>>,
     pub store: Store,
     pub spill: Option<Arc<Spill>>,
     /// The database probe's verdict: while it says down, a push goes straight to the spill.
@@ -159,7 +163,17 @@ async fn platform_push(
         Ok(_) => return refused(&component_appid, &Refusal::Push(PushError::Misdirected)),
         Err(answer) => return answer,
     };
-    keep_and_answer(&state, &component_appid, push).await
+    // A code to exchange, or a ticket that lets a waiting one be exchanged.
+    let exchange = matches!(&push, Push::Platform(p)
+        if matches!(p.info, PlatformInfo::Authorized { .. } | PlatformInfo::Ticket { .. }));
+    let answer = keep_and_answer(&state, &component_appid, push).await;
+    if exchange
+        && answer.status() == StatusCode::OK
+        && let Some(exchange) = &state.exchange
+    {
+        exchange.spawn(&component_appid);
+    }
+    answer
 }
 
 /// The body read, checked and opened, or the answer that refuses it.

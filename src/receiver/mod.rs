@@ -16,6 +16,7 @@
 mod crypto;
 mod document;
 mod envelope;
+mod exchange;
 mod http;
 mod platform_push;
 mod push;
@@ -73,6 +74,7 @@ impl Receiver {
         let state = http::ReceiverState {
             apps: settings.apps.clone(),
             platforms: settings.platforms.clone(),
+            exchange: exchange::Exchange::new(pool.clone(), &settings.wechat_api_base, &settings.platform_secrets),
             store: store::Store::new(pool),
             spill: settings
                 .spill
@@ -112,6 +114,9 @@ impl Receiver {
             self.state.health.clone(),
             shutdown.clone(),
         ));
+        if let Some(exchange) = &self.state.exchange {
+            exchange.spawn_all();
+        }
         let drain = self
             .state
             .spill

@@ -50,6 +50,10 @@ pub struct ReceiverArgs {
     /// Postgres connections of the receiver.
     #[arg(long, env = "WXNOTIFY_DB_POOL", default_value_t = 16)]
     pub db_pool: u32,
+    /// Base URL of WeChat's API: a third-party platform's authorization codes are exchanged there
+    /// as soon as their push is stored.
+    #[arg(long, env = "WECHAT_API_BASE", default_value = "https://api.weixin.qq.com")]
+    pub wechat_api_base: String,
 }
 
 /// One app the receiver serves.
@@ -83,6 +87,9 @@ pub struct ReceiverSettings {
     pub(crate) apps: Arc<HashMap<String, CallbackApp>>,
     /// component appid → the platform's token and key (docs/interface.md §10).
     pub(crate) platforms: Arc<HashMap<String, CallbackApp>>,
+    /// The platforms' AppSecrets, and where WeChat's component APIs are, for the code exchange.
+    pub(crate) platform_secrets: Arc<HashMap<String, SecretString>>,
+    pub(crate) wechat_api_base: String,
 }
 
 /// A callback token: WeChat's console takes 3–32 letters and digits.
@@ -135,13 +142,21 @@ impl ReceiverArgs {
                 "must be between 1 and 1000000",
             ));
         }
-        let platforms = catalog
-            .platforms
-            .iter()
-            .map(|p| Ok((p.component_appid.trim().to_string(), listed_platform(p)?)))
-            .collect::<Result<HashMap<_, _>, ConfigError>>()?;
+        let mut platforms = HashMap::new();
+        let mut platform_secrets = HashMap::new();
+        for p in &catalog.platforms {
+            let id = p.component_appid.trim().to_string();
+            platform_secrets.insert(id.clone(), env_secret(&p.secret_env)?);
+            platforms.insert(id, listed_platform(p)?);
+        }
+        if !platforms.is_empty() {
+            crate::platform::client::ComponentApi::new(&self.wechat_api_base, std::time::Duration::from_secs(1))
+                .map_err(|e| ConfigError::new("WECHAT_API_BASE", e))?;
+        }
         Ok(ReceiverSettings {
             platforms: Arc::new(platforms),
+            platform_secrets: Arc::new(platform_secrets),
+            wechat_api_base: self.wechat_api_base.clone(),
             spill: self.spill()?,
             database_url: self.db.url()?,
             db_pool: self.db_pool,
@@ -217,10 +232,8 @@ fn listed_app(app: &AppSpec) -> Result<CallbackApp, ConfigError> {
 }
 
 /// A platform's callback settings: its token and key (its pushes are always encrypted), from the
-/// environment variables it names. Its AppSecret is checked too, so a platform missing one fails
-/// at start-up rather than at its first merchant.
+/// environment variables it names.
 fn listed_platform(p: &PlatformSpec) -> Result<CallbackApp, ConfigError> {
-    env_secret(&p.secret_env)?;
     Ok(CallbackApp {
         token: token(&p.callback_token_env, env_secret(&p.callback_token_env)?)?,
         aes_key: Some(aes_key(&p.aes_key_env, &env_secret(&p.aes_key_env)?)?),

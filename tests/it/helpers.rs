@@ -504,6 +504,7 @@ impl TestEnv {
             amqp_url: spill.then(|| self.amqp_url.clone()),
             queue: self.topology.queue.clone(),
             db_pool: 8,
+            wechat_api_base: self.sim_base.clone(),
         };
         adjust(&mut args);
         let settings = args.into_settings().expect("valid receiver settings");

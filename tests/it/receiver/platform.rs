@@ -236,3 +236,74 @@ async fn forged_stale_wrong_key_plaintext_and_misdirected_pushes_change_nothing(
     assert_eq!(platform_push(&xml).send_to(&unknown).await.0, StatusCode::NOT_FOUND);
     assert_eq!(stored_ticket(&env).await, None, "nothing changed");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_merchant_who_scans_is_active_with_its_tokens_and_an_old_ticket_is_asked_again() {
+    let platform = wechat_sim::PlatformConfig {
+        secret: "component-secret".into(),
+        token: PLATFORM_TOKEN.into(),
+        aes_key: PLATFORM_KEY.into(),
+    };
+    let env = TestEnv::with_sim(wechat_sim::SimConfig {
+        platforms: [(PLATFORM.to_string(), platform)].into(),
+        ..Default::default()
+    })
+    .await;
+    let receiver = spawn(&env).await;
+    env.sim.set_platform_push(wechat_sim::PlatformPushConfig {
+        callback_url: Some(receiver.url.replace(PLATFORM, "{component_appid}")),
+        retry_gap_ms: 200,
+        ..Default::default()
+    });
+    env.sim.push_ticket(PLATFORM).unwrap();
+    wait_for("the ticket stored", Duration::from_secs(10), || async {
+        stored_ticket(&env).await.is_some()
+    })
+    .await;
+    let active = |merchant: &'static str| {
+        let env = &env;
+        async move {
+            let row: Option<(String, Option<String>)> =
+                sqlx::query_as("SELECT state, refresh_token FROM authorizers WHERE authorizer_appid = $1")
+                    .bind(merchant)
+                    .fetch_optional(&env.pool)
+                    .await
+                    .unwrap();
+            row.is_some_and(|(state, refresh)| {
+                state == "active" && refresh == env.sim.refresh_token_of(PLATFORM, merchant)
+            })
+        }
+    };
+    // The merchant scans: WeChat pushes `authorized`, the receiver exchanges the code.
+    env.sim
+        .authorize_merchant(wechat_sim::Authorize::new(PLATFORM, "wxMERCHANT0000021"))
+        .unwrap();
+    wait_for(
+        "the merchant active with WeChat's refresh token",
+        Duration::from_secs(20),
+        || active("wxMERCHANT0000021"),
+    )
+    .await;
+    // Ticket pushes stopped long ago: the stored one is older than 12 h and the component token
+    // expired. The next merchant's exchange asks WeChat for a ticket (api_start_push_ticket);
+    // once it is pushed and stored, the waiting code is exchanged.
+    sqlx::query("UPDATE platform_tickets SET pushed_at = now() - interval '13 hours'")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    sqlx::query("UPDATE platform_tokens SET expires_at = now()")
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    env.sim
+        .authorize_merchant(wechat_sim::Authorize::new(PLATFORM, "wxMERCHANT0000022"))
+        .unwrap();
+    wait_for("the second merchant active", Duration::from_secs(30), || {
+        active("wxMERCHANT0000022")
+    })
+    .await;
+    let stats = env.sim.platform_stats();
+    assert_eq!(stats.start_push_ticket_calls.get(PLATFORM), Some(&1), "{stats:?}");
+    assert_eq!(stats.query_auth_calls, 2, "each code exchanged once");
+    let _ = receiver.log().await;
+}
