@@ -272,7 +272,7 @@ pub struct ReplayArgs {
     /// Dead letters with this reason.
     #[arg(long, value_parser = [
         "invalid_event", "no_template", "render_failed", "permanent_error",
-        "retries_exhausted", "delivery_limit", "ambiguous",
+        "retries_exhausted", "delivery_limit", "ambiguous", "unauthorized",
     ])]
     reason: Option<String>,
     /// Dead letters with this WeChat errcode.

@@ -237,6 +237,8 @@ pub struct WorkerSettings {
     pub token_api: TokenApi,
     /// The default app first, then the templates file's `[[apps]]`.
     pub apps: Vec<AppCredentials>,
+    /// The third-party platforms whose merchants this worker sends for (docs/interface.md §10).
+    pub platforms: Vec<crate::platform::tokens::Platform>,
     pub catalog: Arc<Catalog>,
     pub prefetch: u16,
     pub concurrency: usize,
@@ -360,9 +362,20 @@ impl WorkerArgs {
         let catalog =
             Catalog::load(&self.templates).map_err(|e| ConfigError::new("WXNOTIFY_TEMPLATES", e.to_string()))?;
         let apps = all_apps(default_app, &catalog)?;
+        let platforms = catalog
+            .platforms
+            .iter()
+            .map(|p| {
+                Ok(crate::platform::tokens::Platform {
+                    component_appid: p.component_appid.trim().to_string(),
+                    secret: env_secret(&p.secret_env)?,
+                })
+            })
+            .collect::<Result<Vec<_>, ConfigError>>()?;
         self.check_limits()?;
         let retry = self.retry_policy()?;
         Ok(WorkerSettings {
+            platforms,
             database_url: self.db.url()?,
             db_pool: self.db_pool,
             amqp_url: self.amqp.url()?,

@@ -34,6 +34,9 @@ pub(crate) struct Rules {
     pub apps: HashSet<AppId>,
     /// `WXNOTIFY_MAX_BODY_BYTES`: a larger body is not parsed.
     pub max_body: usize,
+    /// Third-party platforms are configured: an app id that is none of `apps` may be a merchant's
+    /// (the token step decides, from `authorizers`: docs/interface.md §10).
+    pub merchants: bool,
 }
 
 /// What the message's headers say about its history.
@@ -177,7 +180,7 @@ fn accept(body: &[u8], rules: &Rules) -> Result<(BookingEvent, AppId), Intake> {
         event_id: BookingEvent::sniff_event_id(body),
     })?;
     let app_id = event.app_id().unwrap_or(&rules.default_app).clone();
-    if !rules.apps.contains(&app_id) {
+    if !rules.apps.contains(&app_id) && !rules.merchants {
         let error = format!("unknown app_id {app_id:?} (neither WECHAT_APP_ID nor in [[apps]])");
         return Err(reject(DeadReason::InvalidEvent, error, &event));
     }
@@ -300,6 +303,7 @@ mod tests {
             default_app: "wx1".into(),
             apps: HashSet::from([AppId::from("wx1")]),
             max_body: 4096,
+            merchants: false,
         }
     }
 

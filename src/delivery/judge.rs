@@ -342,6 +342,10 @@ impl Judge<'_> {
             TokenError::UnknownApp { .. } => {
                 self.dead(DeadReason::InvalidEvent, None, &error, Charge::Free, Doubt::Settled)
             }
+            // Not sent; replayable (`dlq replay --reason unauthorized`) once it authorizes again.
+            TokenError::Unauthorized { .. } => {
+                self.dead(DeadReason::Unauthorized, None, &error, Charge::Free, Doubt::Settled)
+            }
             // Another process found the token API unusable for a while (the daily quota, a
             // backoff): wait until then without using an attempt, like 45009 itself.
             TokenError::Blocked {

@@ -11,11 +11,14 @@ pub(crate) enum DeadReason {
     RetriesExhausted,
     DeliveryLimit,
     Ambiguous,
+    /// A third-party platform's merchant that is not `active` (docs/interface.md §10): replayable
+    /// once it authorizes again.
+    Unauthorized,
 }
 
 impl DeadReason {
     /// Every reason, for metrics registered at start-up.
-    pub(crate) const ALL: [DeadReason; 7] = [
+    pub(crate) const ALL: [DeadReason; 8] = [
         DeadReason::InvalidEvent,
         DeadReason::NoTemplate,
         DeadReason::RenderFailed,
@@ -23,6 +26,7 @@ impl DeadReason {
         DeadReason::RetriesExhausted,
         DeadReason::DeliveryLimit,
         DeadReason::Ambiguous,
+        DeadReason::Unauthorized,
     ];
 
     pub(crate) fn as_str(self) -> &'static str {
@@ -34,6 +38,7 @@ impl DeadReason {
             DeadReason::RetriesExhausted => "retries_exhausted",
             DeadReason::DeliveryLimit => "delivery_limit",
             DeadReason::Ambiguous => "ambiguous",
+            DeadReason::Unauthorized => "unauthorized",
         }
     }
 }

@@ -24,7 +24,8 @@ const REFRESH_TOKEN_INVALID: i64 = 61023;
 /// `api_get_authorizer_list` pages.
 const LIST_PAGE: u64 = 500;
 
-/// A platform and its AppSecret.
+/// A platform and its AppSecret (`Debug` masks it).
+#[derive(Debug, Clone)]
 pub struct Platform {
     pub component_appid: String,
     pub secret: SecretString,

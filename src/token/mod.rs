@@ -25,6 +25,7 @@
 //! still used. A credentials block holds only for workers with the secret WeChat rejected (its
 //! fingerprint is stored, never the secret): one worker with a wrong secret does not stop the rest.
 
+mod merchants;
 mod store;
 
 /// The bounds of a token row's lock, shared with the platform's tokens (`crate::platform::tokens`).
@@ -81,8 +82,11 @@ impl std::fmt::Debug for AccessToken {
 
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum TokenError {
-    #[error("app {app_id} is not configured (neither WECHAT_APP_ID nor in [[apps]])")]
+    #[error("app {app_id} is not configured (neither WECHAT_APP_ID nor in [[apps]], nor a platform's merchant)")]
     UnknownApp { app_id: String },
+    /// A third-party platform's merchant that is not `active` (revoked, or to authorize again).
+    #[error("merchant {app_id} is {state}: it must authorize the platform again")]
+    Unauthorized { app_id: String, state: String },
     /// The credentials are wrong; a person must fix them. Nobody asks again before `until`.
     #[error(
         "WeChat rejected the credentials of app {app_id}: errcode {errcode} ({errmsg}); check its app id and secret"
@@ -207,6 +211,8 @@ struct Inner {
     client: WechatClient,
     settings: TokenSettings,
     apps: HashMap<String, Arc<AppSlot>>,
+    /// A third-party platform's merchants: any other app id is looked up among them.
+    merchants: Option<merchants::Merchants>,
 }
 
 /// How a credentials block starts in `wechat_tokens.blocked_reason`.
@@ -292,8 +298,25 @@ impl TokenProvider {
                 client,
                 settings,
                 apps,
+                merchants: None,
             }),
         }
+    }
+
+    /// Also serves the merchants of these third-party platforms (docs/interface.md §10). Call
+    /// before the provider is shared.
+    pub(crate) fn with_platforms(
+        mut self,
+        pool: PgPool,
+        tokens: crate::platform::tokens::PlatformTokens,
+        platforms: Vec<crate::platform::tokens::Platform>,
+    ) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner)
+            && !platforms.is_empty()
+        {
+            inner.merchants = Some(merchants::Merchants::new(pool, tokens, platforms));
+        }
+        self
     }
 
     fn slot(&self, app_id: &str) -> Result<&Arc<AppSlot>, TokenError> {
@@ -307,7 +330,11 @@ impl TokenProvider {
     /// be refreshed, the current one is still used until it expires, unless WeChat rejected
     /// this process's credentials (a person must see that, at boot first).
     pub async fn get(&self, app_id: &str) -> Result<AccessToken, TokenError> {
-        let slot = self.slot(app_id)?;
+        let slot = match (self.slot(app_id), &self.inner.merchants) {
+            (Ok(slot), _) => slot,
+            (Err(_), Some(merchants)) => return Box::pin(merchants.get(app_id)).await,
+            (Err(e), None) => return Err(e),
+        };
         if let Some(t) = slot.fresh() {
             return Ok(t);
         }
@@ -338,7 +365,11 @@ impl TokenProvider {
     /// `failed` was rejected by WeChat. Replaces it if, and only if, it is still the current
     /// generation; otherwise someone already did, and the next `get` returns the newer one.
     pub async fn invalidate(&self, failed: &AccessToken) -> Result<(), TokenError> {
-        let slot = self.slot(&failed.app_id)?;
+        let slot = match (self.slot(&failed.app_id), &self.inner.merchants) {
+            (Ok(slot), _) => slot,
+            (Err(_), Some(merchants)) => return merchants.invalidate(failed).await,
+            (Err(e), None) => return Err(e),
+        };
         let _flight = slot.flight.lock().await;
         slot.rejected.fetch_max(failed.generation, Ordering::Relaxed);
         let cached_generation = slot

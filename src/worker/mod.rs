@@ -58,21 +58,37 @@ pub(crate) struct Worker {
     releaser: Releaser,
 }
 
+/// The shared tokens of the configured apps and of the platforms' merchants.
+fn token_provider(
+    settings: &WorkerSettings,
+    pool: &PgPool,
+    wechat: &WechatClient,
+) -> Result<TokenProvider, WorkerError> {
+    let provider = TokenProvider::new(
+        pool.clone(),
+        wechat.clone(),
+        TokenSettings {
+            api: settings.token_api,
+            margin: settings.token_refresh_margin,
+            credentials_pause: Duration::from_secs(600),
+        },
+        &settings.apps,
+    );
+    if settings.platforms.is_empty() {
+        return Ok(provider);
+    }
+    let api = crate::platform::client::ComponentApi::new(&settings.wechat_api_base, settings.http_timeout)
+        .map_err(|e| WorkerError::Config(format!("WECHAT_API_BASE: {e}")))?;
+    let tokens = crate::platform::tokens::PlatformTokens::new(pool.clone(), api);
+    Ok(provider.with_platforms(pool.clone(), tokens, settings.platforms.clone()))
+}
+
 impl Worker {
     /// Builds the worker over an existing (migrated) pool.
     pub(crate) fn new(settings: WorkerSettings, pool: PgPool, health: Arc<Health>) -> Result<Self, WorkerError> {
         let wechat = WechatClient::new(&settings.wechat_api_base, settings.http_timeout)
             .map_err(|e| WorkerError::Config(format!("WECHAT_API_BASE: {e}")))?;
-        let tokens = TokenProvider::new(
-            pool.clone(),
-            wechat.clone(),
-            TokenSettings {
-                api: settings.token_api,
-                margin: settings.token_refresh_margin,
-                credentials_pause: Duration::from_secs(600),
-            },
-            &settings.apps,
-        );
+        let tokens = token_provider(&settings, &pool, &wechat)?;
         let app_ids: Vec<String> = settings.apps.iter().map(|a| a.app_id.clone()).collect();
         crate::metrics::register(&app_ids, &settings.catalog);
         let ctx = Context {
@@ -85,6 +101,7 @@ impl Worker {
                     .map(|a| AppId::from(a.app_id.as_str()))
                     .collect::<HashSet<_>>(),
                 max_body: settings.max_body_bytes,
+                merchants: !settings.platforms.is_empty(),
             },
             policy: settings.retry.clone(),
             topology: settings.topology.clone(),

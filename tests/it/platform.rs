@@ -265,3 +265,83 @@ async fn platform_sync_restores_merchants_whose_tokens_were_lost_without_a_scan(
         assert!(!text.contains(&refresh), "a refresh token in platform list");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookings_go_from_each_merchants_account_and_a_revoked_merchants_wait_in_the_dlq() {
+    let env = env_with_platform().await;
+    let t = tokens(&env).await;
+    let (m1, m2) = ("wxMERCHANT0000031", "wxMERCHANT0000032");
+    onboard(&env, &t, &[m1, m2]).await;
+    let file = platforms_file(&env);
+    let mut worker = env
+        .worker_command()
+        .env("WXNOTIFY_TEMPLATES", &file.0)
+        .env("WXN_TEST_COMPONENT_SECRET", SECRET)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    // m2 withdrew its authorization (the receiver stored `unauthorized`).
+    env.sim.revoke_merchant(PLATFORM, m2).unwrap();
+    sqlx::query("UPDATE authorizers SET state = 'revoked', revoked_at = now() WHERE authorizer_appid = $1")
+        .bind(m2)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    let booking = |id: &str, app: &str| {
+        let mut e = crate::common::event(id, "booking.confirmed", &format!("o-{id}"));
+        e["app_id"] = app.into();
+        e
+    };
+    env.publish(&booking("m-1", m1)).await;
+    env.publish(&booking("m-2", m2)).await;
+    env.publish(&booking("m-3", "wxNOBODY00000000")).await;
+    crate::helpers::wait_for("the three final", Duration::from_secs(60), || async {
+        env.count("SELECT count(*) FROM deliveries WHERE status IN ('sent', 'dead')")
+            .await
+            == 3
+    })
+    .await;
+    let reasons: std::collections::HashMap<String, (String, Option<String>)> =
+        sqlx::query_as::<_, (String, String, Option<String>)>("SELECT event_id, status, dead_reason FROM deliveries")
+            .fetch_all(&env.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(e, s, r)| (e, (s, r)))
+            .collect();
+    assert_eq!(reasons["m-1"], ("sent".into(), None));
+    assert_eq!(reasons["m-2"], ("dead".into(), Some("unauthorized".into())));
+    assert_eq!(reasons["m-3"], ("dead".into(), Some("invalid_event".into())));
+    let sent = env.sim.messages();
+    assert_eq!(sent.len(), 1);
+    assert_eq!(sent[0].appid, m1, "sent from the merchant's own account");
+    // m2 authorizes again; its booking is replayed from the DLQ and goes from its account.
+    let a = env
+        .sim
+        .reauthorize_merchant(Authorize::new(PLATFORM, m2))
+        .unwrap()
+        .authorization;
+    sqlx::query(
+        "INSERT INTO platform_authorizations (component_appid, authorizer_appid, authorization_code, is_update, pushed_at)
+         VALUES ($1, $2, $3, false, now())",
+    )
+    .bind(PLATFORM)
+    .bind(m2)
+    .bind(a.authorization_code)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(t.exchange_codes(&platform()).await.unwrap(), 1);
+    let report = env.replay_by_reason("unauthorized").await;
+    assert_eq!(report.replayed.len(), 1, "{report:?}");
+    crate::helpers::wait_for("m-2 sent", Duration::from_secs(60), || async {
+        env.count("SELECT count(*) FROM deliveries WHERE event_id = 'm-2' AND status = 'sent'")
+            .await
+            == 1
+    })
+    .await;
+    assert_eq!(env.sim.messages().last().unwrap().appid, m2);
+    let _ = worker.start_kill();
+    let _ = worker.wait().await;
+}

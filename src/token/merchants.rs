@@ -1,0 +1,121 @@
+//! The send path's tokens for a third-party platform's merchants (docs/interface.md §10): an
+//! app id that is no configured app is looked up in `authorizers`; an `active` merchant's token
+//! comes from the platform's shared store (`crate::platform::tokens`: one refresh per expiry for
+//! the fleet, the refresh token committed with it) and is kept here a minute, so a send costs no
+//! database round trip while it is fresh. A merchant that is not `active` is `Unauthorized`; no
+//! verify ticket younger than 12 h pauses its deliveries (WeChat is asked for one) without using
+//! their attempts.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use sqlx::PgPool;
+
+use super::{AccessToken, TokenError};
+use crate::platform::tokens::{Platform, PlatformError, PlatformTokens};
+
+/// How long this process uses a merchant's token before asking the store again (a stored token
+/// is valid for 5 minutes more at least).
+const FRESH_FOR: Duration = Duration::from_secs(60);
+const VALID_FOR: Duration = Duration::from_secs(300);
+/// Deliveries wait this long when the platform has no ticket (a new one comes every 10 minutes).
+const NO_TICKET_PAUSE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+
+pub(crate) struct Merchants {
+    pool: PgPool,
+    tokens: PlatformTokens,
+    platforms: HashMap<String, Platform>,
+    cached: RwLock<HashMap<String, AccessToken>>,
+    /// In-process single flight: one task asks the store at a time.
+    flight: tokio::sync::Mutex<()>,
+}
+
+impl Merchants {
+    pub(crate) fn new(pool: PgPool, tokens: PlatformTokens, platforms: Vec<Platform>) -> Self {
+        Self {
+            pool,
+            tokens,
+            platforms: platforms.into_iter().map(|p| (p.component_appid.clone(), p)).collect(),
+            cached: RwLock::default(),
+            flight: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn fresh(&self, app_id: &str) -> Option<AccessToken> {
+        let cached = self.cached.read().expect("merchant token cache lock");
+        cached.get(app_id).filter(|t| t.is_fresh()).cloned()
+    }
+
+    /// The merchant's current token.
+    pub(crate) async fn get(&self, app_id: &str) -> Result<AccessToken, TokenError> {
+        if let Some(t) = self.fresh(app_id) {
+            return Ok(t);
+        }
+        let _flight = self.flight.lock().await;
+        if let Some(t) = self.fresh(app_id) {
+            return Ok(t);
+        }
+        let unknown = || TokenError::UnknownApp { app_id: app_id.into() };
+        let component: Option<String> =
+            sqlx::query_scalar("SELECT component_appid FROM authorizers WHERE authorizer_appid = $1")
+                .bind(app_id)
+                .fetch_optional(&self.pool)
+                .await?;
+        let platform = component.and_then(|c| self.platforms.get(&c)).ok_or_else(unknown)?;
+        let token = self
+            .tokens
+            .merchant(platform, app_id)
+            .await
+            .map_err(|e| to_token_error(app_id, e))?;
+        let now = Instant::now();
+        let token = AccessToken {
+            secret: Arc::new(token.token),
+            app_id: app_id.into(),
+            generation: token.generation,
+            refresh_at: now + FRESH_FOR,
+            expires_at: now + VALID_FOR,
+        };
+        let mut cached = self.cached.write().expect("merchant token cache lock");
+        cached.insert(app_id.to_string(), token.clone());
+        Ok(token)
+    }
+
+    /// WeChat rejected `failed`: replaced for the fleet if it is still the current generation.
+    pub(crate) async fn invalidate(&self, failed: &AccessToken) -> Result<(), TokenError> {
+        {
+            let mut cached = self.cached.write().expect("merchant token cache lock");
+            if cached
+                .get(&*failed.app_id)
+                .is_some_and(|t| t.generation <= failed.generation)
+            {
+                cached.remove(&*failed.app_id);
+            }
+        }
+        self.tokens
+            .invalidate_merchant(&failed.app_id, failed.generation)
+            .await?;
+        Ok(())
+    }
+}
+
+fn to_token_error(app_id: &str, e: PlatformError) -> TokenError {
+    match e {
+        PlatformError::UnknownMerchant(_) => TokenError::UnknownApp { app_id: app_id.into() },
+        PlatformError::NotActive { state, .. } => TokenError::Unauthorized {
+            app_id: app_id.into(),
+            state,
+        },
+        PlatformError::NoTicket(platform) => TokenError::Blocked {
+            app_id: app_id.into(),
+            reason: format!("platform {platform} has no verify ticket younger than 12 h; WeChat was asked for one"),
+            until: chrono::Utc::now() + NO_TICKET_PAUSE,
+            credentials: false,
+        },
+        PlatformError::WeChat(e) => TokenError::Transient {
+            app_id: app_id.into(),
+            message: e.to_string(),
+        },
+        PlatformError::Db(e) => TokenError::Db(e.to_string()),
+    }
+}
