@@ -154,6 +154,18 @@ pub enum PlatformCommand {
         #[command(flatten)]
         args: PlatformArgs,
     },
+    /// A fresh pre-auth code and the URL of WeChat's page where a merchant scans to authorize the
+    /// platform (valid 30 minutes). Needs a verify ticket younger than 12 h.
+    AuthorizeUrl {
+        /// The platform (a `[[platforms]]` entry).
+        #[arg(long)]
+        component_appid: String,
+        /// Where WeChat sends the merchant after the scan.
+        #[arg(long)]
+        redirect_uri: String,
+        #[command(flatten)]
+        args: PlatformArgs,
+    },
 }
 
 /// What `platform sync` needs: the ledger, WeChat, and the platforms' secrets.
@@ -425,6 +437,28 @@ async fn platform(command: PlatformCommand) -> Result<(), Failure> {
                 OutputFormat::Table => print!("{}", sync::table(&rows)),
                 OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows).unwrap_or_default()),
             }
+            Ok(())
+        }
+        PlatformCommand::AuthorizeUrl {
+            component_appid,
+            redirect_uri,
+            args,
+        } => {
+            let platforms = platforms_of(&args)?;
+            let p = platforms
+                .iter()
+                .find(|p| p.component_appid == component_appid)
+                .ok_or_else(|| {
+                    ConfigError::new("--component-appid", "is no [[platforms]] entry of the templates file")
+                })?;
+            let api =
+                crate::platform::client::ComponentApi::new(&args.wechat_api_base, std::time::Duration::from_secs(10))
+                    .map_err(|e| ConfigError::new("WECHAT_API_BASE", e))?;
+            let pool = connect_checked(&args.db).await?;
+            let url = sync::authorize_url(&pool, &api, p, &redirect_uri)
+                .await
+                .map_err(|e| Failure::Runtime(format!("platform authorize-url: {e}")))?;
+            println!("{url}");
             Ok(())
         }
         PlatformCommand::Sync { args } => {

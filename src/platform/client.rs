@@ -162,6 +162,19 @@ impl ComponentApi {
             .map(|_| ())
     }
 
+    /// `api_create_preauthcode`: a pre-auth code for the page a merchant scans (30 minutes).
+    pub(crate) async fn create_preauthcode(
+        &self,
+        component_appid: &str,
+        token: &SecretString,
+    ) -> Result<String, CallError> {
+        let body = json!({"component_appid": component_appid});
+        let v = self
+            .call("/cgi-bin/component/api_create_preauthcode", Some(token), body)
+            .await?;
+        text(&v, "pre_auth_code")
+    }
+
     /// `api_query_auth`: an authorization code for the merchant's tokens.
     pub(crate) async fn query_auth(
         &self,

@@ -105,6 +105,26 @@ async fn revoke_unlisted(pool: &PgPool, component_appid: &str, listed: &[Listed]
     Ok(revoked as usize)
 }
 
+/// Where a merchant scans to authorize the platform: WeChat's authorization page with a fresh
+/// pre-auth code (valid 30 minutes), for official accounts (`auth_type=1`); after the scan WeChat
+/// redirects to `redirect_uri` and pushes `authorized` to the receiver.
+pub async fn authorize_url(
+    pool: &PgPool,
+    api: &ComponentApi,
+    p: &Platform,
+    redirect_uri: &str,
+) -> Result<String, PlatformError> {
+    let component = PlatformTokens::new(pool.clone(), api.clone()).component(p).await?;
+    let code = api.create_preauthcode(&p.component_appid, &component).await?;
+    let mut url = reqwest::Url::parse("https://mp.weixin.qq.com/cgi-bin/componentloginpage").expect("a fixed URL");
+    url.query_pairs_mut()
+        .append_pair("component_appid", &p.component_appid)
+        .append_pair("pre_auth_code", &code)
+        .append_pair("redirect_uri", redirect_uri)
+        .append_pair("auth_type", "1");
+    Ok(url.to_string())
+}
+
 /// One merchant, as `platform list` shows it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct MerchantRow {

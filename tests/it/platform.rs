@@ -345,3 +345,57 @@ async fn bookings_go_from_each_merchants_account_and_a_revoked_merchants_wait_in
     let _ = worker.start_kill();
     let _ = worker.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn authorize_url_gives_a_fresh_pre_auth_code_wechat_accepts() {
+    let env = env_with_platform().await;
+    let t = tokens(&env).await;
+    onboard(&env, &t, &[]).await;
+    let file = platforms_file(&env);
+    let out = env
+        .wxnotify(&[
+            "platform",
+            "authorize-url",
+            "--component-appid",
+            PLATFORM,
+            "--redirect-uri",
+            "https://wash.example.com/authorized?x=1",
+        ])
+        .env("WXNOTIFY_TEMPLATES", &file.0)
+        .env("WXN_TEST_COMPONENT_SECRET", SECRET)
+        .output()
+        .await
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let url = reqwest::Url::parse(String::from_utf8_lossy(&out.stdout).trim()).unwrap();
+    assert_eq!(url.host_str(), Some("mp.weixin.qq.com"));
+    let q: std::collections::HashMap<_, _> = url.query_pairs().into_owned().collect();
+    assert_eq!(q["component_appid"], PLATFORM);
+    assert_eq!(q["redirect_uri"], "https://wash.example.com/authorized?x=1");
+    assert_eq!(q["auth_type"], "1");
+    // The merchant scans that page: WeChat takes the pre-auth code.
+    let scan = Authorize {
+        pre_auth_code: Some(q["pre_auth_code"].clone()),
+        ..Authorize::new(PLATFORM, "wxMERCHANT0000041")
+    };
+    env.sim
+        .authorize_merchant(scan)
+        .expect("WeChat accepts the pre-auth code");
+    assert_eq!(env.sim.platform_stats().preauthcode_calls, 1);
+    // An unknown platform is a usage error.
+    let out = env
+        .wxnotify(&[
+            "platform",
+            "authorize-url",
+            "--component-appid",
+            "wx0",
+            "--redirect-uri",
+            "https://x",
+        ])
+        .env("WXNOTIFY_TEMPLATES", &file.0)
+        .env("WXN_TEST_COMPONENT_SECRET", SECRET)
+        .output()
+        .await
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+}
