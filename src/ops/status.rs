@@ -1,6 +1,7 @@
 //! `wxnotify status` (docs/interface.md §5): what an on-call engineer asks first. Per app: the shared
 //! token's generation, seconds to expiry, any block and why, token calls today (Beijing day, as
-//! WeChat counts its quota). The queues' depths. Deliveries in doubt, scheduled, due. Live workers.
+//! WeChat counts its quota). The third-party platforms: ticket age, component token, merchants by
+//! state, codes waiting. The queues' depths. Deliveries in doubt, scheduled, due. Live workers.
 
 use std::time::Duration;
 
@@ -26,6 +27,23 @@ pub struct AppStatus {
     pub token_calls_today: i64,
 }
 
+/// A third-party platform (docs/interface.md §10), as the ledger has it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct PlatformStatus {
+    pub component_appid: String,
+    /// Since the latest verify ticket's push; `None`: none yet.
+    pub ticket_age_secs: Option<i64>,
+    /// No ticket younger than 12 h: its merchants' deliveries wait for one.
+    pub waiting_for_ticket: bool,
+    /// Negative: expired; `None`: none yet.
+    pub component_token_expires_in_secs: Option<i64>,
+    pub merchants_active: i64,
+    pub merchants_revoked: i64,
+    pub merchants_needs_reauthorization: i64,
+    /// Authorization codes pushed and not exchanged yet.
+    pub codes_waiting: i64,
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct QueueStatus {
     pub name: String,
@@ -39,6 +57,7 @@ pub struct QueueStatus {
 #[derive(Debug, Clone, Serialize)]
 pub struct Status {
     pub apps: Vec<AppStatus>,
+    pub platforms: Vec<PlatformStatus>,
     pub queues: Vec<QueueStatus>,
     /// An earlier send may have reached WeChat; not final yet.
     pub in_doubt: i64,
@@ -140,9 +159,34 @@ const APPS: &str = "SELECT t.app_id, t.generation,
                      AND f.day = (now() AT TIME ZONE 'Asia/Shanghai')::date), 0)::bigint AS calls
    FROM wechat_tokens t ORDER BY t.app_id";
 
+/// Every platform the ledger knows of (a ticket, a token or a merchant).
+pub async fn platforms(pool: &PgPool) -> Result<Vec<PlatformStatus>, sqlx::Error> {
+    sqlx::query_as(
+        "WITH ids AS (SELECT component_appid FROM platform_tickets UNION SELECT component_appid FROM platform_tokens
+                      UNION SELECT component_appid FROM authorizers)
+         SELECT i.component_appid,
+                EXTRACT(EPOCH FROM now() - t.pushed_at)::bigint AS ticket_age_secs,
+                (t.pushed_at IS NULL OR t.pushed_at <= now() - interval '12 hours') AS waiting_for_ticket,
+                EXTRACT(EPOCH FROM k.expires_at - now())::bigint AS component_token_expires_in_secs,
+                (SELECT count(*) FROM authorizers a WHERE a.component_appid = i.component_appid AND a.state = 'active') AS merchants_active,
+                (SELECT count(*) FROM authorizers a WHERE a.component_appid = i.component_appid AND a.state = 'revoked') AS merchants_revoked,
+                (SELECT count(*) FROM authorizers a
+                  WHERE a.component_appid = i.component_appid AND a.state = 'needs_reauthorization') AS merchants_needs_reauthorization,
+                (SELECT count(*) FROM platform_authorizations c
+                  WHERE c.component_appid = i.component_appid AND c.exchanged_at IS NULL) AS codes_waiting
+           FROM ids i
+           LEFT JOIN platform_tickets t USING (component_appid)
+           LEFT JOIN platform_tokens k USING (component_appid)
+          ORDER BY i.component_appid",
+    )
+    .fetch_all(pool)
+    .await
+}
+
 /// Everything the ledger says, exactly.
 pub async fn ledger(pool: &PgPool) -> Result<Status, sqlx::Error> {
     let apps = apps(pool).await?;
+    let platforms = platforms(pool).await?;
     let counts = sqlx::query(COUNTS_EXACT).fetch_one(pool).await?;
     let live_workers =
         sqlx::query_scalar("SELECT id FROM workers WHERE heartbeat_at > now() - make_interval(secs => $1) ORDER BY id")
@@ -151,6 +195,7 @@ pub async fn ledger(pool: &PgPool) -> Result<Status, sqlx::Error> {
             .await?;
     Ok(Status {
         apps,
+        platforms,
         queues: vec![],
         in_doubt: counts.try_get("in_doubt")?,
         scheduled: counts.try_get("scheduled")?,
@@ -222,6 +267,7 @@ pub fn table(s: &Status) -> String {
     if s.apps.is_empty() {
         out.push_str("(no token fetched yet)\n");
     }
+    out.push_str(&platforms_table(&s.platforms));
     out.push_str(&format!("\n{:<48} {:>9} {:>9}\n", "QUEUE", "MESSAGES", "CONSUMERS"));
     for q in &s.queues {
         let n = |v: Option<u32>| v.map_or("absent".into(), |v| v.to_string());
@@ -252,5 +298,35 @@ pub fn table(s: &Status) -> String {
         s.live_workers.len(),
         s.live_workers.join(", ")
     ));
+    out
+}
+
+/// The platforms, when there are any: a line each, saying when one waits for a ticket.
+fn platforms_table(platforms: &[PlatformStatus]) -> String {
+    if platforms.is_empty() {
+        return String::new();
+    }
+    let mut out = format!(
+        "\n{:<20} {:>12} {:>12} {:>7} {:>8} {:>7} {:>6}  {}\n",
+        "PLATFORM", "TICKET_AGE_S", "EXPIRES_IN_S", "ACTIVE", "REVOKED", "REAUTH", "CODES", "TICKET"
+    );
+    let n = |v: Option<i64>| v.map_or("-".into(), |v| v.to_string());
+    for p in platforms {
+        out.push_str(&format!(
+            "{:<20} {:>12} {:>12} {:>7} {:>8} {:>7} {:>6}  {}\n",
+            p.component_appid,
+            n(p.ticket_age_secs),
+            n(p.component_token_expires_in_secs),
+            p.merchants_active,
+            p.merchants_revoked,
+            p.merchants_needs_reauthorization,
+            p.codes_waiting,
+            if p.waiting_for_ticket {
+                "WAITING FOR A TICKET (none younger than 12 h; WeChat is asked for one)"
+            } else {
+                "ok"
+            }
+        ));
+    }
     out
 }

@@ -295,6 +295,17 @@ async fn a_merchant_who_scans_is_active_with_its_tokens_and_an_old_ticket_is_ask
         .execute(&env.pool)
         .await
         .unwrap();
+    // `status` says so.
+    let out = env.wxnotify_ok(&["status", "--format", "json"]).await;
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &status["platforms"][0];
+    assert_eq!(p["component_appid"], PLATFORM, "{status}");
+    assert_eq!(
+        (p["waiting_for_ticket"].as_bool(), p["merchants_active"].as_i64()),
+        (Some(true), Some(1))
+    );
+    let out = env.wxnotify_ok(&["status"]).await;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("WAITING FOR A TICKET"));
     env.sim
         .authorize_merchant(wechat_sim::Authorize::new(PLATFORM, "wxMERCHANT0000022"))
         .unwrap();
