@@ -24,6 +24,7 @@ const DUPLICATE_STATUSES: [&str; 7] = [
 pub(crate) fn register(apps: &[String], catalog: &Catalog) {
     register_settlements();
     register_consent(catalog);
+    register_platforms(catalog);
     register_sends();
     register_stored_fates();
     register_due();
@@ -54,6 +55,43 @@ fn register_consent(catalog: &Catalog) {
             let labels = [("template", t.template_id.clone()), ("key", key.clone())];
             metrics::counter!("wxnotify_values_shortened_total", &labels).increment(0);
         }
+    }
+}
+
+/// The third-party platforms (docs/interface.md §10), when `[[platforms]]` lists any: token
+/// refreshes asked of WeChat, merchants by state and the ticket's age (sampled).
+fn register_platforms(catalog: &Catalog) {
+    if catalog.platforms.is_empty() {
+        return;
+    }
+    describe_counter!(
+        "wxnotify_platform_token_refreshes_total",
+        "Third-party platform tokens asked of WeChat, by platform, token (component, merchant) and result (ok, failed)"
+    );
+    describe_gauge!(
+        "wxnotify_platform_merchants",
+        "A third-party platform's merchants, by state (active, revoked, needs_reauthorization)"
+    );
+    describe_gauge!(
+        "wxnotify_platform_ticket_age_seconds",
+        "Since the platform's latest verify ticket was pushed (over 43200: its merchants' new tokens wait for one)"
+    );
+    for p in &catalog.platforms {
+        let platform = p.component_appid.trim().to_string();
+        for token in ["component", "merchant"] {
+            for result in ["ok", "failed"] {
+                let labels = [
+                    ("platform", platform.clone()),
+                    ("token", token.to_string()),
+                    ("result", result.to_string()),
+                ];
+                metrics::counter!("wxnotify_platform_token_refreshes_total", &labels).increment(0);
+            }
+        }
+        for state in ["active", "revoked", "needs_reauthorization"] {
+            metrics::gauge!("wxnotify_platform_merchants", "platform" => platform.clone(), "state" => state).set(0.0);
+        }
+        metrics::gauge!("wxnotify_platform_ticket_age_seconds", "platform" => platform).set(0.0);
     }
 }
 

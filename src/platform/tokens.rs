@@ -131,6 +131,7 @@ impl PlatformTokens {
             .api
             .component_token(&p.component_appid, &p.secret, &SecretString::from(ticket))
             .await;
+        refreshed(&p.component_appid, "component", fetched.is_ok());
         let (token, error) = match &fetched {
             Ok(t) => (Some(t), None),
             Err(e) => (None, Some(e.to_string())),
@@ -238,6 +239,7 @@ impl PlatformTokens {
                 }
             }
         }
+        refreshed(c, "merchant", answer.is_ok());
         match answer {
             Ok(tokens) => {
                 let generation = store_tokens(&mut tx, authorizer_appid, &tokens).await?;
@@ -343,6 +345,17 @@ impl PlatformTokens {
         .rows_affected();
         Ok(n > 0)
     }
+}
+
+/// Counts a token refresh asked of WeChat (`wxnotify_platform_token_refreshes_total`).
+fn refreshed(platform: &str, token: &'static str, ok: bool) {
+    let result = if ok { "ok" } else { "failed" };
+    let labels = [
+        ("platform", platform.to_string()),
+        ("token", token.to_string()),
+        ("result", result.to_string()),
+    ];
+    metrics::counter!("wxnotify_platform_token_refreshes_total", &labels).increment(1);
 }
 
 /// A merchant's exchanged authorization, pushed at `pushed_at`: `active` with its tokens, unless

@@ -1,7 +1,7 @@
 //! Gauges sampled every few seconds while a broker session lives: the queues' depths (passive
 //! declares of the queues this worker declared, and of the lanes it consumes), and from the
 //! ledger the shared tokens (expiry, calls today, blocks), deliveries in doubt / scheduled / due,
-//! the scheduler's lag and the live workers. Every worker samples; dashboards take the max. The ledger's counts stop at
+//! the scheduler's lag, the live workers and the third-party platforms. Every worker samples; dashboards take the max. The ledger's counts stop at
 //! [`crate::ops::status::SAMPLE_CAP`] (beyond it: at least that many; the scheduled count, the
 //! planner's estimate), so a sample costs milliseconds with millions of rows waiting.
 
@@ -48,6 +48,9 @@ async fn ledger(ctx: &Context) {
         }
         Err(e) => tracing::debug!(error = %e, "sampling the tokens failed"),
     }
+    if !ctx.rules.catalog.platforms.is_empty() {
+        platforms(pool).await;
+    }
     match crate::ops::status::sample(pool).await {
         Ok(s) => {
             metrics::gauge!("wxnotify_deliveries", "state" => "in_doubt").set(s.in_doubt as f64);
@@ -57,6 +60,28 @@ async fn ledger(ctx: &Context) {
             metrics::gauge!("wxnotify_live_workers").set(s.live_workers as f64);
         }
         Err(e) => tracing::debug!(error = %e, "sampling the ledger failed"),
+    }
+}
+
+/// The third-party platforms' merchants by state and their tickets' age.
+async fn platforms(pool: &sqlx::PgPool) {
+    match crate::ops::status::platforms(pool).await {
+        Ok(platforms) => {
+            for p in platforms {
+                let id = p.component_appid;
+                for (state, n) in [
+                    ("active", p.merchants_active),
+                    ("revoked", p.merchants_revoked),
+                    ("needs_reauthorization", p.merchants_needs_reauthorization),
+                ] {
+                    metrics::gauge!("wxnotify_platform_merchants", "platform" => id.clone(), "state" => state)
+                        .set(n as f64);
+                }
+                let age = p.ticket_age_secs.unwrap_or(0) as f64;
+                metrics::gauge!("wxnotify_platform_ticket_age_seconds", "platform" => id).set(age);
+            }
+        }
+        Err(e) => tracing::debug!(error = %e, "sampling the platforms failed"),
     }
 }
 

@@ -273,10 +273,15 @@ async fn bookings_go_from_each_merchants_account_and_a_revoked_merchants_wait_in
     let (m1, m2) = ("wxMERCHANT0000031", "wxMERCHANT0000032");
     onboard(&env, &t, &[m1, m2]).await;
     let file = platforms_file(&env);
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
     let mut worker = env
         .worker_command()
         .env("WXNOTIFY_TEMPLATES", &file.0)
         .env("WXN_TEST_COMPONENT_SECRET", SECRET)
+        .env("WXNOTIFY_ADMIN_ADDR", admin.to_string())
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -342,6 +347,17 @@ async fn bookings_go_from_each_merchants_account_and_a_revoked_merchants_wait_in
     })
     .await;
     assert_eq!(env.sim.messages().last().unwrap().appid, m2);
+    // The platform's merchants by state, sampled by the worker.
+    let metrics = format!("http://{admin}/metrics");
+    let active = format!("wxnotify_platform_merchants{{platform=\"{PLATFORM}\",state=\"active\"}} 2");
+    crate::helpers::wait_for("the merchants sampled", Duration::from_secs(30), || async {
+        let text = match reqwest::get(&metrics).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        text.contains(&active) && text.contains("wxnotify_platform_ticket_age_seconds")
+    })
+    .await;
     let _ = worker.start_kill();
     let _ = worker.wait().await;
 }
