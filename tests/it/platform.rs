@@ -277,15 +277,7 @@ async fn bookings_go_from_each_merchants_account_and_a_revoked_merchants_wait_in
         .unwrap()
         .local_addr()
         .unwrap();
-    let mut worker = env
-        .worker_command()
-        .env("WXNOTIFY_TEMPLATES", &file.0)
-        .env("WXN_TEST_COMPONENT_SECRET", SECRET)
-        .env("WXNOTIFY_ADMIN_ADDR", admin.to_string())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut worker = spawn_worker(&env, &file, admin);
     // m2 withdrew its authorization (the receiver stored `unauthorized`).
     env.sim.revoke_merchant(PLATFORM, m2).unwrap();
     sqlx::query("UPDATE authorizers SET state = 'revoked', revoked_at = now() WHERE authorizer_appid = $1")
@@ -322,22 +314,7 @@ async fn bookings_go_from_each_merchants_account_and_a_revoked_merchants_wait_in
     assert_eq!(sent.len(), 1);
     assert_eq!(sent[0].appid, m1, "sent from the merchant's own account");
     // m2 authorizes again; its booking is replayed from the DLQ and goes from its account.
-    let a = env
-        .sim
-        .reauthorize_merchant(Authorize::new(PLATFORM, m2))
-        .unwrap()
-        .authorization;
-    sqlx::query(
-        "INSERT INTO platform_authorizations (component_appid, authorizer_appid, authorization_code, is_update, pushed_at)
-         VALUES ($1, $2, $3, false, now())",
-    )
-    .bind(PLATFORM)
-    .bind(m2)
-    .bind(a.authorization_code)
-    .execute(&env.pool)
-    .await
-    .unwrap();
-    assert_eq!(t.exchange_codes(&platform()).await.unwrap(), 1);
+    reauthorize(&env, &t, m2).await;
     let report = env.replay_by_reason("unauthorized").await;
     assert_eq!(report.replayed.len(), 1, "{report:?}");
     crate::helpers::wait_for("m-2 sent", Duration::from_secs(60), || async {
@@ -348,16 +325,7 @@ async fn bookings_go_from_each_merchants_account_and_a_revoked_merchants_wait_in
     .await;
     assert_eq!(env.sim.messages().last().unwrap().appid, m2);
     // The platform's merchants by state, sampled by the worker.
-    let metrics = format!("http://{admin}/metrics");
-    let active = format!("wxnotify_platform_merchants{{platform=\"{PLATFORM}\",state=\"active\"}} 2");
-    crate::helpers::wait_for("the merchants sampled", Duration::from_secs(30), || async {
-        let text = match reqwest::get(&metrics).await {
-            Ok(r) => r.text().await.unwrap_or_default(),
-            Err(_) => String::new(),
-        };
-        text.contains(&active) && text.contains("wxnotify_platform_ticket_age_seconds")
-    })
-    .await;
+    wait_merchants_sampled(admin, 2).await;
     let _ = worker.start_kill();
     let _ = worker.wait().await;
 }
@@ -414,4 +382,50 @@ async fn authorize_url_gives_a_fresh_pre_auth_code_wechat_accepts() {
         .await
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// The worker binary with the platform configured, its `/metrics` on `admin`.
+fn spawn_worker(env: &TestEnv, file: &PlatformsFile, admin: std::net::SocketAddr) -> tokio::process::Child {
+    env.worker_command()
+        .env("WXNOTIFY_TEMPLATES", &file.0)
+        .env("WXN_TEST_COMPONENT_SECRET", SECRET)
+        .env("WXNOTIFY_ADMIN_ADDR", admin.to_string())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap()
+}
+
+/// `merchant` authorizes the platform again (after a revocation) and its code is exchanged.
+async fn reauthorize(env: &TestEnv, t: &PlatformTokens, merchant: &str) {
+    let a = env
+        .sim
+        .reauthorize_merchant(Authorize::new(PLATFORM, merchant))
+        .unwrap()
+        .authorization;
+    sqlx::query(
+        "INSERT INTO platform_authorizations (component_appid, authorizer_appid, authorization_code, is_update, pushed_at)
+         VALUES ($1, $2, $3, false, now())",
+    )
+    .bind(PLATFORM)
+    .bind(merchant)
+    .bind(a.authorization_code)
+    .execute(&env.pool)
+    .await
+    .unwrap();
+    assert_eq!(t.exchange_codes(&platform()).await.unwrap(), 1);
+}
+
+/// Waits until the worker on `admin` exposes `active` active merchants and the ticket's age.
+async fn wait_merchants_sampled(admin: std::net::SocketAddr, active: usize) {
+    let metrics = format!("http://{admin}/metrics");
+    let line = format!("wxnotify_platform_merchants{{platform=\"{PLATFORM}\",state=\"active\"}} {active}");
+    crate::helpers::wait_for("the merchants sampled", Duration::from_secs(30), || async {
+        let text = match reqwest::get(&metrics).await {
+            Ok(r) => r.text().await.unwrap_or_default(),
+            Err(_) => String::new(),
+        };
+        text.contains(&line) && text.contains("wxnotify_platform_ticket_age_seconds")
+    })
+    .await;
 }
