@@ -162,6 +162,34 @@ pub(crate) async fn begin(pool: &PgPool) -> Result<sqlx::Transaction<'static, sq
     Box::pin(pool.begin()).await
 }
 
+/// How long a process waits for a row lock another holds across a call to WeChat (a token's
+/// refresh) before giving up (a database error).
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(15);
+/// How long such a lock's holder may stay silent (waiting for WeChat) before Postgres ends its
+/// session, and with it the lock.
+pub(crate) const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
+/// The longest statement under such a lock (the lock wait included).
+pub(crate) const STATEMENT: Duration = Duration::from_secs(20);
+
+/// A transaction meant to hold a row lock across a call to WeChat, bounded (`SET LOCAL`): a
+/// holder that hangs or is frozen loses it after [`IDLE_IN_TRANSACTION`], a waiter gives up after
+/// [`LOCK_WAIT`] (longer), no statement runs longer than [`STATEMENT`].
+pub(crate) async fn begin_bounded(pool: &PgPool) -> Result<sqlx::Transaction<'static, sqlx::Postgres>, sqlx::Error> {
+    let ms = |d: Duration| format!("{}ms", d.as_millis());
+    let mut tx = begin(pool).await?;
+    // set_config(..., true) is SET LOCAL: it ends with the transaction, not the pooled session.
+    sqlx::query(
+        "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true),
+                set_config('idle_in_transaction_session_timeout', $3, true)",
+    )
+    .bind(ms(LOCK_WAIT))
+    .bind(ms(STATEMENT))
+    .bind(ms(IDLE_IN_TRANSACTION))
+    .execute(&mut *tx)
+    .await?;
+    Ok(tx)
+}
+
 /// How long one database call may take before the worker gives up on it: a database that stopped
 /// answering (a half-open connection, a partition) is noticed by this, not by TCP's timeouts
 /// (minutes). Generous: a batched statement under load takes milliseconds.

@@ -8,8 +8,6 @@
 //! WeChat's answer and its commit leaves exactly that), before the merchant is declared
 //! `revoked`.
 
-use std::time::Duration;
-
 use secrecy::{ExposeSecret, SecretString};
 use sqlx::{PgPool, Postgres, Transaction};
 
@@ -69,22 +67,10 @@ pub struct PlatformTokens {
     api: ComponentApi,
 }
 
-/// A transaction whose lock waits, statements and idleness are bounded (as `wechat_tokens`'s:
-/// `crate::token::store`), so a frozen holder loses its lock.
+/// A transaction whose lock waits, statements and idleness are bounded, as `wechat_tokens`'s
+/// ([`crate::db::begin_bounded`]), so a frozen holder loses its lock.
 async fn bounded_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    use crate::token::{IDLE_IN_TRANSACTION, LOCK_WAIT, STATEMENT};
-    let ms = |d: Duration| format!("{}ms", d.as_millis());
-    let mut tx = crate::db::begin(pool).await?;
-    sqlx::query(
-        "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true),
-                set_config('idle_in_transaction_session_timeout', $3, true)",
-    )
-    .bind(ms(LOCK_WAIT))
-    .bind(ms(STATEMENT))
-    .bind(ms(IDLE_IN_TRANSACTION))
-    .execute(&mut *tx)
-    .await?;
-    Ok(tx)
+    crate::db::begin_bounded(pool).await
 }
 
 impl PlatformTokens {

@@ -28,9 +28,6 @@
 mod merchants;
 mod store;
 
-/// The bounds of a token row's lock, shared with the platform's tokens (`crate::platform::tokens`).
-pub(crate) use store::{IDLE_IN_TRANSACTION, LOCK_WAIT, STATEMENT};
-
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};

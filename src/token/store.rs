@@ -73,12 +73,7 @@ macro_rules! select_token {
     };
 }
 
-/// How long a process waits for another's refresh before giving up (a database error).
-pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(15);
-/// How long the lock holder may stay silent (waiting for WeChat) before Postgres ends its session.
-pub(crate) const IDLE_IN_TRANSACTION: Duration = Duration::from_secs(10);
-/// The longest statement under the lock (the lock wait included).
-pub(crate) const STATEMENT: Duration = Duration::from_secs(20);
+pub(crate) use crate::db::{IDLE_IN_TRANSACTION, LOCK_WAIT, STATEMENT};
 
 impl TokenStore {
     pub fn new(pool: PgPool) -> Self {
@@ -97,18 +92,7 @@ impl TokenStore {
     /// Locks the app's row, creating it if needed. Waits at most [`LOCK_WAIT`] for another
     /// process's refresh; the transaction ends by itself after [`IDLE_IN_TRANSACTION`] of silence.
     pub async fn lock(&self, app_id: &str) -> Result<LockedToken, sqlx::Error> {
-        let mut tx = crate::db::begin(&self.pool).await?;
-        let ms = |d: Duration| format!("{}ms", d.as_millis());
-        // set_config(..., true) is SET LOCAL: it ends with the transaction, not the pooled session.
-        sqlx::query(
-            "SELECT set_config('lock_timeout', $1, true), set_config('statement_timeout', $2, true),
-                    set_config('idle_in_transaction_session_timeout', $3, true)",
-        )
-        .bind(ms(LOCK_WAIT))
-        .bind(ms(STATEMENT))
-        .bind(ms(IDLE_IN_TRANSACTION))
-        .execute(&mut *tx)
-        .await?;
+        let mut tx = crate::db::begin_bounded(&self.pool).await?;
         sqlx::query("INSERT INTO wechat_tokens (app_id) VALUES ($1) ON CONFLICT (app_id) DO NOTHING")
             .bind(app_id)
             .execute(&mut *tx)
