@@ -67,12 +67,6 @@ pub struct PlatformTokens {
     api: ComponentApi,
 }
 
-/// A transaction whose lock waits, statements and idleness are bounded, as `wechat_tokens`'s
-/// ([`crate::db::begin_bounded`]), so a frozen holder loses its lock.
-async fn bounded_tx(pool: &PgPool) -> Result<Transaction<'static, Postgres>, sqlx::Error> {
-    crate::db::begin_bounded(pool).await
-}
-
 impl PlatformTokens {
     pub fn new(pool: PgPool, api: ComponentApi) -> Self {
         Self { pool, api }
@@ -81,7 +75,7 @@ impl PlatformTokens {
     /// The platform's component access token: the stored one while valid, else one fetched with
     /// the latest verify ticket, by one process of the fleet at a time.
     pub async fn component(&self, p: &Platform) -> Result<SecretString, PlatformError> {
-        let mut tx = bounded_tx(&self.pool).await?;
+        let mut tx = crate::db::begin_bounded(&self.pool).await?;
         sqlx::query("INSERT INTO platform_tokens (component_appid) VALUES ($1) ON CONFLICT DO NOTHING")
             .bind(&p.component_appid)
             .execute(&mut *tx)
@@ -144,7 +138,7 @@ impl PlatformTokens {
     /// A merchant's access token: the stored one while valid, else refreshed with its stored
     /// refresh token (the new pair committed together), by one process of the fleet at a time.
     pub async fn merchant(&self, p: &Platform, authorizer_appid: &str) -> Result<MerchantToken, PlatformError> {
-        let mut tx = bounded_tx(&self.pool).await?;
+        let mut tx = crate::db::begin_bounded(&self.pool).await?;
         let row: Option<MerchantRow> = sqlx::query_as(
             "SELECT state, refresh_token, access_token,
                     COALESCE(access_expires_at > now() + make_interval(secs => $3), false) AS valid, generation
@@ -280,7 +274,7 @@ impl PlatformTokens {
     pub async fn exchange_codes(&self, p: &Platform) -> Result<usize, PlatformError> {
         let mut exchanged = 0;
         loop {
-            let mut tx = bounded_tx(&self.pool).await?;
+            let mut tx = crate::db::begin_bounded(&self.pool).await?;
             let next: Option<(String, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
                 "SELECT authorizer_appid, authorization_code, pushed_at FROM platform_authorizations
                   WHERE component_appid = $1 AND exchanged_at IS NULL

@@ -61,16 +61,7 @@ async fn onboard(env: &TestEnv, t: &PlatformTokens, merchants: &[&str]) {
             .authorize_merchant(Authorize::new(PLATFORM, m))
             .unwrap()
             .authorization;
-        sqlx::query(
-            "INSERT INTO platform_authorizations (component_appid, authorizer_appid, authorization_code, is_update, pushed_at)
-             VALUES ($1, $2, $3, false, now())",
-        )
-        .bind(PLATFORM)
-        .bind(m)
-        .bind(a.authorization_code)
-        .execute(&env.pool)
-        .await
-        .unwrap();
+        store_code(env, m, &a.authorization_code).await;
     }
     assert_eq!(t.exchange_codes(&platform()).await.unwrap(), merchants.len());
 }
@@ -403,17 +394,22 @@ async fn reauthorize(env: &TestEnv, t: &PlatformTokens, merchant: &str) {
         .reauthorize_merchant(Authorize::new(PLATFORM, merchant))
         .unwrap()
         .authorization;
+    store_code(env, merchant, &a.authorization_code).await;
+    assert_eq!(t.exchange_codes(&platform()).await.unwrap(), 1);
+}
+
+/// A merchant's authorization code stored as the receiver stores an `authorized` push.
+async fn store_code(env: &TestEnv, merchant: &str, code: &str) {
     sqlx::query(
         "INSERT INTO platform_authorizations (component_appid, authorizer_appid, authorization_code, is_update, pushed_at)
          VALUES ($1, $2, $3, false, now())",
     )
     .bind(PLATFORM)
     .bind(merchant)
-    .bind(a.authorization_code)
+    .bind(code)
     .execute(&env.pool)
     .await
     .unwrap();
-    assert_eq!(t.exchange_codes(&platform()).await.unwrap(), 1);
 }
 
 /// Waits until the worker on `admin` exposes `active` active merchants and the ticket's age.
