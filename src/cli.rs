@@ -463,22 +463,40 @@ async fn platform(command: PlatformCommand) -> Result<(), Failure> {
         }
         PlatformCommand::Sync { args } => {
             let platforms = platforms_of(&args)?;
+            let libraries = libraries_of(&args)?;
             let api =
                 crate::platform::client::ComponentApi::new(&args.wechat_api_base, std::time::Duration::from_secs(10))
                     .map_err(|e| ConfigError::new("WECHAT_API_BASE", e))?;
             let pool = connect_checked(&args.db).await?;
             for p in &platforms {
-                let r = sync::sync(&pool, &api, p)
+                let r = sync::sync(&pool, &api, p, &libraries)
                     .await
                     .map_err(|e| Failure::Runtime(format!("platform sync {}: {e}", p.component_appid)))?;
                 println!(
                     "platform {}: {} merchant(s) listed by WeChat, {} restored, {} revoked, {} without a refresh token yet; {} authorization code(s) exchanged first",
                     r.component_appid, r.listed, r.restored, r.revoked, r.without_refresh_token, r.exchanged
                 );
+                if !libraries.is_empty() {
+                    let t = &r.templates;
+                    println!(
+                        "platform {}: library templates: {} on merchants' accounts, {} refused by WeChat (see platform list), {} not added now (asked again on the first delivery)",
+                        r.component_appid, t.provisioned, t.refused, t.failed
+                    );
+                }
             }
             Ok(())
         }
     }
+}
+
+/// The templates file's library templates (each (library id, keywords) once).
+fn libraries_of(args: &PlatformArgs) -> Result<Vec<crate::template::library::Library>, Failure> {
+    let catalog = crate::template::Catalog::load(&args.templates)
+        .map_err(|e| ConfigError::new("WXNOTIFY_TEMPLATES", e.to_string()))?;
+    let mut libraries: Vec<_> = catalog.libraries().cloned().collect();
+    libraries.sort_by(|a, b| (&a.library_id, &a.keywords).cmp(&(&b.library_id, &b.keywords)));
+    libraries.dedup();
+    Ok(libraries)
 }
 
 /// The templates file's platforms with their secrets from the environment.

@@ -87,6 +87,8 @@ pub(crate) struct Delivery {
     pub quiet_hours: Option<QuietHours>,
     /// Sent only with a consent credit (docs/interface.md §12).
     pub consent_tracked: bool,
+    /// A library template: sent with the merchant's own id of it (docs/interface.md §10).
+    pub library: Option<std::sync::Arc<crate::template::library::Library>>,
 }
 
 /// An event whose deliveries wait in the ledger, and the cancellations it makes.
@@ -255,6 +257,7 @@ fn delivery(catalog: &Catalog, template: &Template, event: BookingEvent, app_id:
         not_after: timing.ok().and_then(|t| t.not_after),
         quiet_hours: template.quiet_hours,
         consent_tracked: catalog.tracks_consent(template, &app_id),
+        library: template.library.clone(),
         app_id,
         event,
     }

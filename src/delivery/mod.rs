@@ -22,6 +22,7 @@ use crate::fate::{Outcome, Reopen};
 use crate::ids::{AppId, OpenId};
 use crate::ledger::consent::{ConsentKey, Credit};
 use crate::ledger::{AttemptRecord, Claim, ClaimRequest, Claimed, Ledger};
+use crate::platform::client::CallError;
 use crate::queue::{Session, Topology};
 use crate::retry::RetryPolicy;
 use crate::token::{AccessToken, TokenError, TokenProvider};
@@ -42,6 +43,8 @@ pub(crate) struct Context {
     pub topology: Topology,
     pub ledger: Ledger,
     pub tokens: TokenProvider,
+    /// The merchants' library template ids (docs/interface.md §10); with platforms only.
+    pub merchant_templates: Option<std::sync::Arc<crate::platform::templates::MerchantTemplates>>,
     pub wechat: WechatClient,
     /// Database calls on the delivery path wait out an outage (until the grace period is over).
     pub db: DbRetry,
@@ -192,7 +195,7 @@ async fn one(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Resul
 /// Claim, token, send, each gate asked of the judge: the plan for this delivery.
 async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Result<Plan, Abandoned> {
     let mut facts = Facts {
-        render_error: d.message.as_ref().err().cloned(),
+        render_error: d.message.as_ref().err().cloned().or_else(|| library_for_app(ctx, d)),
         not_after: d.not_after,
         quiet_hours: d.quiet_hours,
         ..Facts::new(d.api, meta, Utc::now())
@@ -240,9 +243,14 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
     if let Some(plan) = judge::stop_before_send(&facts, Gate::BeforeSend, &ctx.policy) {
         return Ok(plan);
     }
-    ctx.pace(&d.app_id).await;
-    ctx.ledger.sending(held.claimed.id);
-    let (answer, attempt) = send(ctx, message, &token).await;
+    let (answer, attempt) = match merchant_template(ctx, d, message, &token).await? {
+        Ok(message) => {
+            ctx.pace(&d.app_id).await;
+            ctx.ledger.sending(held.claimed.id);
+            send(ctx, &message, &token).await
+        }
+        Err(not_added) => not_added,
+    };
     let generation = token.generation;
     t.sent = Some(Sent {
         attempt,
@@ -254,6 +262,75 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
         generation,
     };
     Ok(judge::judge(&facts, step, &ctx.policy))
+}
+
+/// A library template is added to merchants' accounts only: for an app of the configuration,
+/// why its delivery cannot be made.
+fn library_for_app(ctx: &Context, d: &Delivery) -> Option<String> {
+    let library = d.library.as_ref()?;
+    ctx.rules.apps.contains(&d.app_id).then(|| {
+        format!(
+            "template {} is a library template: only a merchant's account (third-party platform) can add it, and {} is an app of the configuration",
+            library.library_id, d.app_id
+        )
+    })
+}
+
+/// The message as this merchant's account knows it: a library template gets the merchant's own
+/// id (added with `api_add_template` if the fleet has none yet). `Err`: WeChat's answer to the
+/// add, judged like a send's (a refusal dead-letters with its errcode, a token error replaces
+/// the token).
+async fn merchant_template<'m>(
+    ctx: &Context,
+    d: &Delivery,
+    message: &'m OutgoingMessage,
+    token: &AccessToken,
+) -> Result<Result<std::borrow::Cow<'m, OutgoingMessage>, (Answer, AttemptRecord)>, Abandoned> {
+    let (Some(library), Some(templates)) = (&d.library, &ctx.merchant_templates) else {
+        return Ok(Ok(std::borrow::Cow::Borrowed(message)));
+    };
+    let started_at = Utc::now();
+    let started = Instant::now();
+    let answer = ctx
+        .db
+        .retry("find the merchant's template id", || {
+            templates.template_id(&d.app_id, library, token.secret())
+        })
+        .await?;
+    stage("template", started);
+    let error = match answer {
+        Ok(id) => {
+            let mut message = message.clone();
+            message.template_id = id;
+            return Ok(Ok(std::borrow::Cow::Owned(message)));
+        }
+        Err(e) => e,
+    };
+    let elapsed = started.elapsed();
+    let (answer, errcode) = match &error {
+        CallError::WeChat { errcode, errmsg } => (
+            Answer::Refused {
+                errcode: *errcode,
+                errmsg: format!("api_add_template: {errmsg}"),
+            },
+            Some(*errcode),
+        ),
+        CallError::Transport(e) => (
+            Answer::NotSent {
+                error: format!("api_add_template: {e}"),
+            },
+            None,
+        ),
+    };
+    let attempt = AttemptRecord {
+        started,
+        started_at,
+        duration_ms: elapsed.as_millis().min(i32::MAX as u128) as i32,
+        http_status: None,
+        errcode,
+        errmsg: Some(format!("api_add_template: {error}")),
+    };
+    Ok(Err((answer, attempt)))
 }
 
 /// The app's shared token, waited for at most [`TOKEN_WAIT`].

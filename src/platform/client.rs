@@ -92,8 +92,14 @@ impl ComponentApi {
         Ok(Self { http, base })
     }
 
-    /// One call: `Ok` with the answer when its errcode is 0 (or absent).
+    /// One component call (the component access token in the query string, where given).
     async fn call(&self, path: &str, token: Option<&SecretString>, body: Value) -> Result<Value, CallError> {
+        self.post(path, token.map(|t| ("component_access_token", t)), body)
+            .await
+    }
+
+    /// One call: `Ok` with the answer when its errcode is 0 (or absent).
+    async fn post(&self, path: &str, token: Option<(&str, &SecretString)>, body: Value) -> Result<Value, CallError> {
         #[derive(Deserialize)]
         struct Errors {
             #[serde(default)]
@@ -104,9 +110,8 @@ impl ComponentApi {
         let mut url = self.base.clone();
         let prefix = url.path().trim_end_matches('/').to_string();
         url.set_path(&format!("{prefix}{path}"));
-        if let Some(t) = token {
-            url.query_pairs_mut()
-                .append_pair("component_access_token", t.expose_secret());
+        if let Some((name, t)) = token {
+            url.query_pairs_mut().append_pair(name, t.expose_secret());
         }
         let answer = self.http.post(url).json(&body).send().await;
         let bytes = match answer {
@@ -173,6 +178,25 @@ impl ComponentApi {
             .call("/cgi-bin/component/api_create_preauthcode", Some(token), body)
             .await?;
         text(&v, "pre_auth_code")
+    }
+
+    /// `api_add_template` with a merchant's access token: the library template `library_id`
+    /// with these keywords added to the merchant's account; its new template id there.
+    pub(crate) async fn add_template(
+        &self,
+        access_token: &SecretString,
+        library_id: &str,
+        keywords: &[String],
+    ) -> Result<String, CallError> {
+        let body = json!({"template_id_short": library_id, "keyword_name_list": keywords});
+        let v = self
+            .post(
+                "/cgi-bin/template/api_add_template",
+                Some(("access_token", access_token)),
+                body,
+            )
+            .await?;
+        text(&v, "template_id")
     }
 
     /// `api_query_auth`: an authorization code for the merchant's tokens.

@@ -7,4 +7,5 @@
 pub mod client;
 pub(crate) mod pushes;
 pub mod sync;
+pub(crate) mod templates;
 pub mod tokens;

@@ -13,7 +13,9 @@ use serde::Serialize;
 use sqlx::PgPool;
 
 use super::client::{ComponentApi, Listed};
+use super::templates::{MerchantTemplates, TemplatesReport};
 use super::tokens::{Platform, PlatformError, PlatformTokens};
+use crate::template::library::Library;
 
 /// `api_get_authorizer_list` pages.
 const PAGE: u64 = 500;
@@ -32,10 +34,18 @@ pub struct SyncReport {
     pub without_refresh_token: usize,
     /// Ours, no longer listed: now `revoked`.
     pub revoked: usize,
+    /// The library templates on the `active` merchants' accounts.
+    pub templates: TemplatesReport,
 }
 
-/// Syncs one platform's merchants with WeChat's list.
-pub async fn sync(pool: &PgPool, api: &ComponentApi, p: &Platform) -> Result<SyncReport, PlatformError> {
+/// Syncs one platform's merchants with WeChat's list, then adds the `libraries` to the accounts
+/// of its `active` merchants that lack them (a refusal is asked again).
+pub async fn sync(
+    pool: &PgPool,
+    api: &ComponentApi,
+    p: &Platform,
+    libraries: &[Library],
+) -> Result<SyncReport, PlatformError> {
     let tokens = PlatformTokens::new(pool.clone(), api.clone());
     let exchanged = tokens.exchange_codes(p).await?;
     let component = tokens.component(p).await?;
@@ -64,6 +74,9 @@ pub async fn sync(pool: &PgPool, api: &ComponentApi, p: &Platform) -> Result<Syn
         }
     }
     report.revoked = revoke_unlisted(pool, &p.component_appid, &listed).await?;
+    report.templates = MerchantTemplates::new(pool.clone(), api.clone())
+        .provision_platform(&tokens, p, libraries)
+        .await?;
     Ok(report)
 }
 
@@ -137,17 +150,37 @@ pub struct MerchantRow {
     pub refreshed_at: Option<chrono::DateTime<chrono::Utc>>,
     pub has_refresh_token: bool,
     pub last_error: Option<String>,
+    /// Library templates on its account (`api_add_template`).
+    pub templates: i64,
+    /// Library templates WeChat refused to add, with its errcode.
+    pub template_errors: Option<String>,
 }
 
 /// Every merchant of every platform (no secret: whether a refresh token is held, not which).
 pub async fn list(pool: &PgPool) -> Result<Vec<MerchantRow>, sqlx::Error> {
     sqlx::query_as(
         "SELECT component_appid, authorizer_appid, state, authorized_at, revoked_at, access_expires_at,
-                refreshed_at, COALESCE(refresh_token, '') <> '' AS has_refresh_token, last_error
-           FROM authorizers ORDER BY component_appid, authorizer_appid",
+                refreshed_at, COALESCE(refresh_token, '') <> '' AS has_refresh_token, last_error,
+                (SELECT count(*) FROM merchant_templates t
+                  WHERE t.authorizer_appid = a.authorizer_appid AND t.template_id IS NOT NULL) AS templates,
+                (SELECT string_agg(t.library_id || ': errcode ' || t.errcode || ' (' || COALESCE(t.errmsg, '') || ')',
+                                   '; ' ORDER BY t.library_id)
+                   FROM merchant_templates t
+                  WHERE t.authorizer_appid = a.authorizer_appid AND t.errcode IS NOT NULL) AS template_errors
+           FROM authorizers a ORDER BY component_appid, authorizer_appid",
     )
     .fetch_all(pool)
     .await
+}
+
+/// The merchant's last error and its templates' refusals, on one line.
+fn errors(r: &MerchantRow) -> String {
+    let parts: Vec<String> = [r.last_error.as_deref(), r.template_errors.as_deref()]
+        .into_iter()
+        .flatten()
+        .map(crate::fate::one_line)
+        .collect();
+    if parts.is_empty() { "-".into() } else { parts.join("; ") }
 }
 
 /// The merchants as a table, for people.
@@ -156,22 +189,20 @@ pub fn table(rows: &[MerchantRow]) -> String {
         t.map_or_else(|| "-".to_string(), |t| t.format("%Y-%m-%d %H:%M").to_string())
     };
     let mut out = format!(
-        "{:<20} {:<20} {:<22} {:<17} {:<17} {:<7} {}\n",
-        "PLATFORM", "MERCHANT", "STATE", "AUTHORIZED", "TOKEN_EXPIRES", "REFRESH", "LAST_ERROR"
+        "{:<20} {:<20} {:<22} {:<17} {:<17} {:<7} {:<9} {}\n",
+        "PLATFORM", "MERCHANT", "STATE", "AUTHORIZED", "TOKEN_EXPIRES", "REFRESH", "TEMPLATES", "LAST_ERROR"
     );
     for r in rows {
         out.push_str(&format!(
-            "{:<20} {:<20} {:<22} {:<17} {:<17} {:<7} {}\n",
+            "{:<20} {:<20} {:<22} {:<17} {:<17} {:<7} {:<9} {}\n",
             crate::event::truncate(&r.component_appid, 20),
             crate::event::truncate(&r.authorizer_appid, 20),
             r.state,
             at(r.authorized_at),
             at(r.access_expires_at),
             if r.has_refresh_token { "yes" } else { "NO" },
-            r.last_error
-                .as_deref()
-                .map(crate::fate::one_line)
-                .unwrap_or_else(|| "-".into())
+            r.templates,
+            errors(r)
         ));
     }
     out.push_str(&format!("{} merchant(s)\n", rows.len()));

@@ -23,7 +23,16 @@ pub(crate) struct TemplatesFile {
 #[serde(deny_unknown_fields)]
 pub(crate) struct TemplateSpec {
     pub event_type: String,
+    /// The account's template id; empty when `library_id` names the template instead.
+    #[serde(default)]
     pub template_id: String,
+    /// A library template (`template_id_short`) added to each merchant's account
+    /// (docs/interface.md §10), instead of a fixed `template_id`.
+    #[serde(default)]
+    pub library_id: Option<String>,
+    /// The library template's keyword names (`keyword_name_list`).
+    #[serde(default)]
+    pub keywords: Vec<String>,
     /// Restricts this template to one app (template ids belong to an account); any app when absent.
     #[serde(default)]
     pub app_id: Option<String>,

@@ -12,6 +12,7 @@
 
 pub(crate) mod file;
 pub(crate) mod filters;
+pub(crate) mod library;
 pub(crate) mod shorten;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -55,6 +56,8 @@ pub struct Template {
     pub template_id: String,
     pub app_id: Option<String>,
     pub api: Api,
+    /// A library template, added to each merchant's account; `template_id` is its `library_id`.
+    pub library: Option<std::sync::Arc<library::Library>>,
     /// `"#2 (booking.confirmed → TPL_X)"`, for messages.
     pub label: String,
     index: usize,
@@ -157,7 +160,7 @@ fn environment() -> Environment<'static> {
 /// `event_type` and `template_id` are given, and `data` has keywords.
 fn check_names(spec: &TemplateSpec) -> Result<(), String> {
     if spec.event_type.trim().is_empty() || spec.template_id.trim().is_empty() {
-        return Err("`event_type` and `template_id` must not be empty".into());
+        return Err("`event_type` and `template_id` (or `library_id`) must not be empty".into());
     }
     if spec.data.is_empty() {
         return Err("`data` has no keywords".into());
@@ -373,6 +376,7 @@ impl Template {
             template_id: spec.template_id,
             app_id: spec.app_id,
             api: spec.api,
+            library: None,
             label,
             index,
             keys: spec.data.into_keys().collect(),
@@ -424,6 +428,7 @@ impl Catalog {
         catalog.check_samples(samples)?;
         check_apps_listed_once(&catalog.apps, origin)?;
         check_platforms(&catalog.platforms, &catalog.apps, origin)?;
+        catalog.check_library_use()?;
         Ok(catalog)
     }
 
@@ -432,9 +437,13 @@ impl Catalog {
     fn add(
         &mut self,
         index: usize,
-        spec: TemplateSpec,
+        mut spec: TemplateSpec,
         seen_ids: &mut HashSet<(Option<String>, String, String)>,
     ) -> Result<serde_json::Value, TemplateConfigError> {
+        let library = library::identify(&mut spec).map_err(|message| TemplateConfigError::Template {
+            template: format!("#{} ({})", index + 1, spec.event_type),
+            message,
+        })?;
         let label = format!("#{} ({} → {})", index + 1, spec.event_type, spec.template_id);
         let fail = |message: String| TemplateConfigError::Template {
             template: label.clone(),
@@ -457,8 +466,41 @@ impl Catalog {
             self.cancels.entry(by.clone()).or_default().push(index);
         }
         let sample = sample_for(&spec).map_err(fail)?;
-        self.templates.push(Template::checked(spec, label, index, quiet_hours));
+        self.templates.push(Template {
+            library: library.map(std::sync::Arc::new),
+            ..Template::checked(spec, label, index, quiet_hours)
+        });
         Ok(sample)
+    }
+
+    /// The library templates (docs/interface.md §10).
+    pub fn libraries(&self) -> impl Iterator<Item = &library::Library> {
+        self.templates.iter().filter_map(|t| t.library.as_deref())
+    }
+
+    /// Library templates are for merchants: a platform is configured, and none is restricted to
+    /// an app of `[[apps]]` (whose templates are fixed ids).
+    fn check_library_use(&self) -> Result<(), TemplateConfigError> {
+        for t in self.templates.iter().filter(|t| t.library.is_some()) {
+            let fail = |message: &str| TemplateConfigError::Template {
+                template: t.label.clone(),
+                message: message.to_string(),
+            };
+            if self.platforms.is_empty() {
+                return Err(fail(
+                    "`library_id` needs a [[platforms]] entry: library templates are added to merchants' accounts",
+                ));
+            }
+            if t.app_id
+                .as_ref()
+                .is_some_and(|a| self.apps.iter().any(|s| &s.app_id == a))
+            {
+                return Err(fail(
+                    "`library_id` is for merchants; an app of [[apps]] gives its own `template_id`",
+                ));
+            }
+        }
+        Ok(())
     }
 
     /// Every `cancelled_by` type is some template's event type.

@@ -33,6 +33,7 @@ use crate::delivery::rate::RateLimit;
 use crate::delivery::{Context, DbRetry};
 use crate::ids::AppId;
 use crate::ledger::Ledger;
+use crate::platform::templates::MerchantTemplates;
 use crate::queue::{self, Publisher, Session};
 use crate::schedule::Releaser;
 use crate::token::{TokenProvider, TokenSettings};
@@ -58,12 +59,13 @@ pub(crate) struct Worker {
     releaser: Releaser,
 }
 
-/// The shared tokens of the configured apps and of the platforms' merchants.
+/// The shared tokens of the configured apps and of the platforms' merchants, and the merchants'
+/// library template ids (with platforms only).
 fn token_provider(
     settings: &WorkerSettings,
     pool: &PgPool,
     wechat: &WechatClient,
-) -> Result<TokenProvider, WorkerError> {
+) -> Result<(TokenProvider, Option<Arc<MerchantTemplates>>), WorkerError> {
     let provider = TokenProvider::new(
         pool.clone(),
         wechat.clone(),
@@ -75,12 +77,16 @@ fn token_provider(
         &settings.apps,
     );
     if settings.platforms.is_empty() {
-        return Ok(provider);
+        return Ok((provider, None));
     }
     let api = crate::platform::client::ComponentApi::new(&settings.wechat_api_base, settings.http_timeout)
         .map_err(|e| WorkerError::Config(format!("WECHAT_API_BASE: {e}")))?;
+    let templates = MerchantTemplates::new(pool.clone(), api.clone());
     let tokens = crate::platform::tokens::PlatformTokens::new(pool.clone(), api);
-    Ok(provider.with_platforms(pool.clone(), tokens, settings.platforms.clone()))
+    Ok((
+        provider.with_platforms(pool.clone(), tokens, settings.platforms.clone()),
+        Some(Arc::new(templates)),
+    ))
 }
 
 impl Worker {
@@ -88,7 +94,7 @@ impl Worker {
     pub(crate) fn new(settings: WorkerSettings, pool: PgPool, health: Arc<Health>) -> Result<Self, WorkerError> {
         let wechat = WechatClient::new(&settings.wechat_api_base, settings.http_timeout)
             .map_err(|e| WorkerError::Config(format!("WECHAT_API_BASE: {e}")))?;
-        let tokens = token_provider(&settings, &pool, &wechat)?;
+        let (tokens, merchant_templates) = token_provider(&settings, &pool, &wechat)?;
         let app_ids: Vec<String> = settings.apps.iter().map(|a| a.app_id.clone()).collect();
         crate::metrics::register(&app_ids, &settings.catalog);
         let ctx = Context {
@@ -107,6 +113,7 @@ impl Worker {
             topology: settings.topology.clone(),
             ledger: Ledger::new(pool, settings.worker_id.clone()),
             tokens,
+            merchant_templates,
             wechat,
             db: DbRetry {
                 health,

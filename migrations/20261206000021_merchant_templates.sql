@@ -1,0 +1,17 @@
+-- Library templates on merchants' accounts (docs/interface.md §10, "Templates per merchant"): the
+-- id `api_add_template` gave a library template (with these keyword names) on one merchant's
+-- account, or WeChat's refusal. The row lock is the fleet-wide single flight: one
+-- `api_add_template` per (merchant, template).
+CREATE TABLE merchant_templates (
+    authorizer_appid TEXT        NOT NULL,
+    library_id       TEXT        NOT NULL,
+    keywords         JSONB       NOT NULL,
+    template_id      TEXT,
+    added_at         TIMESTAMPTZ,
+    -- WeChat's refusal (e.g. 45026, the account's 25 templates), answered from here for an hour.
+    errcode          BIGINT,
+    errmsg           TEXT,
+    refused_at       TIMESTAMPTZ,
+    updated_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
+    PRIMARY KEY (authorizer_appid, library_id, keywords)
+);
