@@ -1,10 +1,11 @@
-//! The receiver's HTTP face: `GET /wechat/{app_id}` (the URL check) and `POST /wechat/{app_id}`
-//! (pushes). A push is answered `success` only once what it says is committed: in Postgres, or,
-//! when Postgres does not take it in time and a broker is configured, in the pushes queue
-//! ([`spill`](super::spill)). Otherwise it gets a 503 within 4 s, so WeChat tries again. Bodies over
-//! [`MAX_BODY`] are refused by length before they are read; a body not complete by the request's
-//! [`ReadBy`] gets 408 ([`serve`](super::serve) bounds the rest). Whatever the sender wrote reaches
-//! the logs only `Debug`-escaped.
+//! The receiver's HTTP face: `GET /wechat/{app_id}` (the URL check), `POST /wechat/{app_id}`
+//! (pushes: an app's, or a platform's merchant's) and `POST /wechat/platform/{component_appid}`
+//! (a platform's own pushes). A push is answered `success` only once what it says is committed:
+//! in Postgres, or, when Postgres does not take it in time and a broker is configured, in the
+//! pushes queue ([`spill`](super::spill)). Otherwise it gets a 503 within 4 s, so WeChat tries
+//! again. Bodies over [`MAX_BODY`] are refused by length before they are read; a body not complete
+//! by the request's [`ReadBy`] gets 408 ([`serve`](super::serve) bounds the rest). Whatever the
+//! sender wrote reaches the logs only `Debug`-escaped.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -22,6 +23,7 @@ use tower_http::limit::RequestBodyLimitLayer;
 
 use super::envelope::{self, Refusal};
 use super::exchange::Exchange;
+use super::merchants::Merchants;
 use super::platform_push::PlatformInfo;
 use super::push::{EventKind, Push, PushError};
 use super::serve::{REQUEST_TIMEOUT, ReadBy};
@@ -45,6 +47,9 @@ pub(crate) struct ReceiverState {
     pub platforms: Arc<HashMap<String, CallbackApp>>,
     /// Exchanges a platform's authorization codes once stored (`None`: no platform).
     pub exchange: Option<Arc<Exchange>>,
+    /// The platforms' merchants, whose pushes come to `/wechat/{authorizer_appid}` (`None`: no
+    /// platform).
+    pub merchants: Option<Arc<Merchants>>,
     pub store: Store,
     pub spill: Option<Arc<Spill>>,
     /// The database probe's verdict: while it says down, a push goes straight to the spill.
@@ -133,15 +138,55 @@ async fn push(
     body: Body,
 ) -> Response {
     let Some(app) = state.apps.get(&app_id) else {
-        tracing::debug!(app = ?app_id, "push for an unknown app");
-        return text(StatusCode::NOT_FOUND, "unknown app\n");
+        return merchant_push(&state, &app_id, &query, read_by, body).await;
     };
     let push = match open(app, &app_id, &query, read_by, body).await {
         Ok(Push::Platform(_)) => return refused(&app_id, &Refusal::Push(PushError::Misdirected)),
         Ok(push) => push,
         Err(answer) => return answer,
     };
-    keep_and_answer(&state, &app_id, push).await
+    keep_and_answer(&state, &app_id, push, Duration::ZERO).await
+}
+
+/// `POST /wechat/{authorizer_appid}` for an appid that is no configured app: a platform's
+/// merchant's push, checked and opened with the platform's token and key (its trailing appid is
+/// the platform's), kept as the merchant's own (docs/interface.md §10). Neither an app nor a
+/// merchant of a configured platform: 404.
+async fn merchant_push(
+    state: &ReceiverState,
+    appid: &str,
+    query: &HashMap<String, String>,
+    read_by: Option<Extension<ReadBy>>,
+    body: Body,
+) -> Response {
+    let asked = Instant::now();
+    let found = match &state.merchants {
+        Some(merchants) => merchants.platform_of(appid).await,
+        None => Ok(None),
+    };
+    let looked_up = asked.elapsed();
+    let platform = match found {
+        Ok(component) => component.and_then(|c| state.platforms.get_key_value(&c)),
+        Err(e) => {
+            tracing::warn!(app = ?appid, error = ?e.to_string(), "push not taken: answering 503 so WeChat retries");
+            count("unknown", "db_error");
+            return text(StatusCode::SERVICE_UNAVAILABLE, "try again\n");
+        }
+    };
+    let Some((component, platform)) = platform else {
+        tracing::debug!(app = ?appid, "push for an unknown app");
+        return text(StatusCode::NOT_FOUND, "unknown app\n");
+    };
+    let body = match read_body(body, read_by.map(|Extension(r)| r)).await {
+        Ok(body) => body,
+        Err(answer) => return answer,
+    };
+    let push = match envelope::open(platform, component, query, &body, chrono::Utc::now()) {
+        Ok(Push::Platform(_)) => return refused(appid, &Refusal::Push(PushError::Misdirected)),
+        Ok(push) => push,
+        Err(refusal) => return refused(appid, &refusal),
+    };
+    keep_and_answer(state, appid, push, looked_up).await
 }
 
 /// `POST /wechat/platform/{component_appid}`: a platform's tickets and authorizations, always
@@ -166,7 +211,7 @@ async fn platform_push(
     // A code to exchange, or a ticket that lets a waiting one be exchanged.
     let exchange = matches!(&push, Push::Platform(p)
         if matches!(p.info, PlatformInfo::Authorized { .. } | PlatformInfo::Ticket { .. }));
-    let answer = keep_and_answer(&state, &component_appid, push).await;
+    let answer = keep_and_answer(&state, &component_appid, push, Duration::ZERO).await;
     if exchange
         && answer.status() == StatusCode::OK
         && let Some(exchange) = &state.exchange
@@ -188,14 +233,15 @@ async fn open(
     envelope::open(secrets, id, query, &body, chrono::Utc::now()).map_err(|refusal| refused(id, &refusal))
 }
 
-/// Stores an opened push and answers: `success` once it is kept, else 400 or 503.
-async fn keep_and_answer(state: &ReceiverState, app_id: &str, push: Push) -> Response {
+/// Stores an opened push and answers: `success` once it is kept, else 400 or 503. `spent`: what
+/// looking up its sender took, out of the store's budget.
+async fn keep_and_answer(state: &ReceiverState, app_id: &str, push: Push, spent: Duration) -> Response {
     let event = push.kind().label();
     if push == Push::Other {
         count(EventKind::Other.label(), "ok");
         return text(StatusCode::OK, "success");
     }
-    match keep(state, app_id, &push).await {
+    match keep(state, app_id, &push, spent).await {
         Kept::Stored(stored) => {
             count(
                 event,
@@ -234,13 +280,15 @@ enum Kept {
     Not,
 }
 
-/// Stores `push` in Postgres within the budget, or else in the pushes queue when there is one.
-async fn keep(state: &ReceiverState, app_id: &str, push: &Push) -> Kept {
+/// Stores `push` in Postgres within the budget (less what was `spent` before), or else in the
+/// pushes queue when there is one.
+async fn keep(state: &ReceiverState, app_id: &str, push: &Push, spent: Duration) -> Kept {
     let budget = if state.spill.is_some() {
         STORE_TIMEOUT_BEFORE_SPILL
     } else {
         STORE_TIMEOUT
-    };
+    }
+    .saturating_sub(spent);
     let failure = if state.spill.is_some() && !state.health.ready() {
         "the database probe says Postgres is down".to_string()
     } else {

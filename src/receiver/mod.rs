@@ -3,7 +3,8 @@
 //! (`subscribe`, `unsubscribe`).
 //!
 //! ```text
-//! POST /wechat/{app_id}, POST /wechat/platform/{component_appid} → envelope (signature, timestamp, mode; crypto: AES in safe mode)
+//! POST /wechat/{app_id} (an app, or a platform's merchant: merchants), POST /wechat/platform/{component_appid}
+//!   → envelope (signature, timestamp, mode; crypto: AES in safe mode)
 //!   → document (XML without entities, or JSON) → push (what it says)
 //!   → store (Postgres, committed) → "success"      | 401 / 400 / 413 / 503 (WeChat retries)
 //!       └ Postgres down or slow, a broker configured: spill (`<queue>.pushes`, confirmed)
@@ -18,6 +19,7 @@ mod document;
 mod envelope;
 mod exchange;
 mod http;
+mod merchants;
 mod platform_push;
 mod push;
 mod serve;
@@ -75,6 +77,7 @@ impl Receiver {
             apps: settings.apps.clone(),
             platforms: settings.platforms.clone(),
             exchange: exchange::Exchange::new(pool.clone(), &settings.wechat_api_base, &settings.platform_secrets),
+            merchants: merchants::Merchants::new(pool.clone(), settings.platforms.keys()),
             store: store::Store::new(pool),
             spill: settings
                 .spill

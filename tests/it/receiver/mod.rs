@@ -10,6 +10,7 @@
 mod durability;
 mod followers;
 mod hostile;
+mod merchant_push;
 mod platform;
 mod receipts;
 mod signatures;

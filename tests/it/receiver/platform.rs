@@ -7,14 +7,15 @@ use std::process::Stdio;
 
 use super::*;
 
-const PLATFORM: &str = "wx9999999999999999";
-const PLATFORM_TOKEN: &str = "platformToken42";
-const PLATFORM_KEY: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";
+pub(super) const PLATFORM: &str = "wx9999999999999999";
+pub(super) const PLATFORM_TOKEN: &str = "platformToken42";
+pub(super) const PLATFORM_KEY: &str = "ZYXWVUTSRQPONMLKJIHGFEDCBA9876543210zyxwvut";
 const MERCHANT: &str = "wxMERCHANT0000001";
 
 /// The receiver binary serving the default app and the platform; killed when dropped.
-struct PlatformReceiver {
-    url: String,
+pub(super) struct PlatformReceiver {
+    /// The platform's authorization event URL.
+    pub(super) url: String,
     child: tokio::process::Child,
     _file: TempFile,
     /// Its log (debug level), to look for secrets in.
@@ -23,7 +24,7 @@ struct PlatformReceiver {
 
 impl PlatformReceiver {
     /// Stops the receiver and returns what it logged.
-    async fn log(mut self) -> String {
+    pub(super) async fn log(mut self) -> String {
         let _ = self.child.start_kill();
         let _ = self.child.wait().await;
         std::fs::read_to_string(&self.log.0).unwrap_or_default()
@@ -38,7 +39,7 @@ impl Drop for TempFile {
     }
 }
 
-async fn spawn(env: &TestEnv) -> PlatformReceiver {
+pub(super) async fn spawn(env: &TestEnv) -> PlatformReceiver {
     let fixtures = std::fs::read_to_string(&env.templates).unwrap();
     let file = TempFile(std::env::temp_dir().join(format!("wxn-platform-{}.toml", uuid::Uuid::new_v4().simple())));
     std::fs::write(
@@ -82,7 +83,7 @@ async fn spawn(env: &TestEnv) -> PlatformReceiver {
     }
 }
 
-fn platform_push(xml: &str) -> Push<'_> {
+pub(super) fn platform_push(xml: &str) -> Push<'_> {
     Push {
         token: PLATFORM_TOKEN,
         aes_key: PLATFORM_KEY,
@@ -91,7 +92,7 @@ fn platform_push(xml: &str) -> Push<'_> {
     }
 }
 
-fn ticket_xml(ticket: &str, at: i64) -> String {
+pub(super) fn ticket_xml(ticket: &str, at: i64) -> String {
     format!(
         "<xml><AppId>{PLATFORM}</AppId><CreateTime>{at}</CreateTime><InfoType>component_verify_ticket</InfoType>\
          <ComponentVerifyTicket>{ticket}</ComponentVerifyTicket></xml>"
