@@ -15,3 +15,7 @@ CREATE TABLE merchant_templates (
     updated_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (authorizer_appid, library_id, keywords)
 );
+
+-- Without a verify ticket younger than 12 h WeChat is asked to push one (`api_start_push_ticket`),
+-- at most once a minute for the whole fleet: when it was last asked.
+ALTER TABLE platform_tokens ADD COLUMN ticket_asked_at TIMESTAMPTZ;

@@ -17,6 +17,8 @@ use super::client::{CallError, ComponentApi, MerchantTokens};
 const MARGIN_SECS: f64 = 300.0;
 /// A verify ticket is valid this long after its push.
 const TICKET_HOURS: f64 = 12.0;
+/// Without a ticket, WeChat is asked for one at most this often (`api_start_push_ticket`).
+const TICKET_ASK_EVERY_SECS: f64 = 60.0;
 /// WeChat's "refresh token invalid".
 const REFRESH_TOKEN_INVALID: i64 = 61023;
 /// `api_get_authorizer_list` pages.
@@ -101,9 +103,25 @@ impl PlatformTokens {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(ticket) = ticket else {
-            tx.rollback().await?;
-            if let Err(e) = self.api.start_push_ticket(&p.component_appid, &p.secret).await {
-                tracing::warn!(platform = %p.component_appid, error = %e, "could not ask WeChat for a verify ticket");
+            // WeChat is asked for a ticket once a minute for the whole fleet, however many
+            // deliveries wait for it.
+            let ask = sqlx::query(
+                "UPDATE platform_tokens SET ticket_asked_at = now()
+                  WHERE component_appid = $1
+                    AND (ticket_asked_at IS NULL OR ticket_asked_at < now() - make_interval(secs => $2))",
+            )
+            .bind(&p.component_appid)
+            .bind(TICKET_ASK_EVERY_SECS)
+            .execute(&mut *tx)
+            .await?
+            .rows_affected()
+                > 0;
+            tx.commit().await?;
+            if ask {
+                tracing::warn!(platform = %p.component_appid, "no verify ticket younger than 12 h; asking WeChat to push one");
+                if let Err(e) = self.api.start_push_ticket(&p.component_appid, &p.secret).await {
+                    tracing::warn!(platform = %p.component_appid, error = %e, "could not ask WeChat for a verify ticket");
+                }
             }
             return Err(PlatformError::NoTicket(p.component_appid.clone()));
         };

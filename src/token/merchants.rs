@@ -19,8 +19,9 @@ use crate::platform::tokens::{Platform, PlatformError, PlatformTokens};
 /// is valid for 5 minutes more at least).
 const FRESH_FOR: Duration = Duration::from_secs(60);
 const VALID_FOR: Duration = Duration::from_secs(300);
-/// Deliveries wait this long when the platform has no ticket (a new one comes every 10 minutes).
-const NO_TICKET_PAUSE: chrono::TimeDelta = chrono::TimeDelta::seconds(60);
+/// Deliveries wait this long when the platform has no ticket: WeChat, asked for one, pushes it
+/// within seconds (else the next comes within 10 minutes).
+const NO_TICKET_PAUSE: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
 
 pub(crate) struct Merchants {
     pool: PgPool,
