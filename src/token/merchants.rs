@@ -7,7 +7,7 @@
 //! their attempts.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
@@ -28,8 +28,9 @@ pub(crate) struct Merchants {
     tokens: PlatformTokens,
     platforms: HashMap<String, Platform>,
     cached: RwLock<HashMap<String, AccessToken>>,
-    /// In-process single flight: one task asks the store at a time.
-    flight: tokio::sync::Mutex<()>,
+    /// In-process single flight per merchant: one task asks the store for a merchant at a time
+    /// (another merchant's lookup or refresh never waits for it).
+    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl Merchants {
@@ -39,7 +40,7 @@ impl Merchants {
             tokens,
             platforms: platforms.into_iter().map(|p| (p.component_appid.clone(), p)).collect(),
             cached: RwLock::default(),
-            flight: tokio::sync::Mutex::new(()),
+            flights: Mutex::default(),
         }
     }
 
@@ -53,7 +54,11 @@ impl Merchants {
         if let Some(t) = self.fresh(app_id) {
             return Ok(t);
         }
-        let _flight = self.flight.lock().await;
+        let flight = {
+            let mut flights = self.flights.lock().expect("merchant flights lock");
+            flights.entry(app_id.to_string()).or_default().clone()
+        };
+        let _flight = flight.lock().await;
         if let Some(t) = self.fresh(app_id) {
             return Ok(t);
         }
