@@ -108,10 +108,22 @@ pub(crate) fn spawn_worker_with(
     admin: &str,
     templates: &str,
 ) -> tokio::process::Child {
+    spawn_worker_env(db_url, topology, sim, templates, &[("WXNOTIFY_ADMIN_ADDR", admin)])
+}
+
+/// [`spawn_worker_with`] and more environment variables (the admin address among them, if any).
+pub(crate) fn spawn_worker_env(
+    db_url: &str,
+    topology: &Topology,
+    sim: SocketAddr,
+    templates: &str,
+    extra: &[(&str, &str)],
+) -> tokio::process::Child {
     tokio::process::Command::new(worker_binary())
         .arg("worker")
         .envs(worker_env(db_url, topology, &format!("http://{sim}"), templates))
-        .env("WXNOTIFY_ADMIN_ADDR", admin)
+        .env("WXNOTIFY_ADMIN_ADDR", "127.0.0.1:0")
+        .envs(extra.iter().copied())
         .env("RUST_LOG", "warn")
         .envs(std::env::vars().filter(|(k, _)| k.starts_with("WXNOTIFY_")))
         .stdin(Stdio::null())
