@@ -48,3 +48,68 @@ pub(crate) fn identify(spec: &mut TemplateSpec) -> Result<Option<Library>, Strin
         keywords: spec.keywords.clone(),
     }))
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::template::Catalog;
+
+    const PLATFORM: &str = "\n[[platforms]]\ncomponent_appid = \"wx9999999999999999\"\nsecret_env = \"S\"\n\
+                            callback_token_env = \"T\"\naes_key_env = \"K\"\n";
+
+    fn file(naming: &str, extra: &str) -> String {
+        format!(
+            "[[templates]]\nevent_type = \"booking.confirmed\"\n{naming}\n\
+             [templates.data]\nthing1 = \"{{{{ data.service }}}}\"\n{extra}"
+        )
+    }
+
+    fn refusal(text: &str) -> String {
+        Catalog::parse(text, "t.toml").expect_err("refused").to_string()
+    }
+
+    #[test]
+    fn a_library_template_is_known_by_its_library_id() {
+        let text = file("library_id = \"OPENTM1\"\nkeywords = [\"服务项目\"]", PLATFORM);
+        let catalog = Catalog::parse(&text, "t.toml").unwrap();
+        let libraries: Vec<_> = catalog.libraries().collect();
+        assert_eq!(libraries.len(), 1);
+        assert_eq!(libraries[0].keywords, ["服务项目"]);
+        assert_eq!(
+            catalog.find_one("wxM", "booking.confirmed", "OPENTM1").unwrap().label,
+            "#1 (booking.confirmed → OPENTM1)"
+        );
+    }
+
+    #[test]
+    fn a_library_template_is_refused_where_it_cannot_work() {
+        let cases = [
+            (
+                file("library_id = \"OPENTM1\"\nkeywords = [\"a\"]", ""),
+                "needs a [[platforms]]",
+            ),
+            (file("library_id = \"OPENTM1\"", PLATFORM), "`keywords` must list"),
+            (
+                file(
+                    "template_id = \"T\"\nlibrary_id = \"OPENTM1\"\nkeywords = [\"a\"]",
+                    PLATFORM,
+                ),
+                "not both",
+            ),
+            (
+                file("template_id = \"T\"\nkeywords = [\"a\"]", PLATFORM),
+                "belong to a `library_id`",
+            ),
+            (
+                file(
+                    "library_id = \"OPENTM1\"\nkeywords = [\"a\"]\napi = \"subscribe\"",
+                    PLATFORM,
+                ),
+                "for template messages",
+            ),
+        ];
+        for (text, expected) in cases {
+            let error = refusal(&text);
+            assert!(error.contains(expected), "{error} (expected {expected:?})");
+        }
+    }
+}

@@ -5,6 +5,7 @@
 
 mod fleet;
 mod onboarding;
+mod secrets;
 mod sending;
 mod templates;
 mod tokens;
