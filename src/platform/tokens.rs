@@ -103,27 +103,7 @@ impl PlatformTokens {
         .fetch_optional(&mut *tx)
         .await?;
         let Some(ticket) = ticket else {
-            // WeChat is asked for a ticket once a minute for the whole fleet, however many
-            // deliveries wait for it.
-            let ask = sqlx::query(
-                "UPDATE platform_tokens SET ticket_asked_at = now()
-                  WHERE component_appid = $1
-                    AND (ticket_asked_at IS NULL OR ticket_asked_at < now() - make_interval(secs => $2))",
-            )
-            .bind(&p.component_appid)
-            .bind(TICKET_ASK_EVERY_SECS)
-            .execute(&mut *tx)
-            .await?
-            .rows_affected()
-                > 0;
-            tx.commit().await?;
-            if ask {
-                tracing::warn!(platform = %p.component_appid, "no verify ticket younger than 12 h; asking WeChat to push one");
-                if let Err(e) = self.api.start_push_ticket(&p.component_appid, &p.secret).await {
-                    tracing::warn!(platform = %p.component_appid, error = %e, "could not ask WeChat for a verify ticket");
-                }
-            }
-            return Err(PlatformError::NoTicket(p.component_appid.clone()));
+            return Err(self.ask_for_ticket(tx, p).await?);
         };
         let fetched = self
             .api
@@ -151,6 +131,34 @@ impl PlatformTokens {
         .await?;
         tx.commit().await?;
         Ok(fetched?.token)
+    }
+
+    /// No ticket younger than 12 h: WeChat is asked to push one (`api_start_push_ticket`), at
+    /// most once a minute for the whole fleet however many deliveries wait; the caller's error.
+    async fn ask_for_ticket(
+        &self,
+        mut tx: Transaction<'static, Postgres>,
+        p: &Platform,
+    ) -> Result<PlatformError, PlatformError> {
+        let ask = sqlx::query(
+            "UPDATE platform_tokens SET ticket_asked_at = now()
+              WHERE component_appid = $1
+                AND (ticket_asked_at IS NULL OR ticket_asked_at < now() - make_interval(secs => $2))",
+        )
+        .bind(&p.component_appid)
+        .bind(TICKET_ASK_EVERY_SECS)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected()
+            > 0;
+        tx.commit().await?;
+        if ask {
+            tracing::warn!(platform = %p.component_appid, "no verify ticket younger than 12 h; asking WeChat to push one");
+            if let Err(e) = self.api.start_push_ticket(&p.component_appid, &p.secret).await {
+                tracing::warn!(platform = %p.component_appid, error = %e, "could not ask WeChat for a verify ticket");
+            }
+        }
+        Ok(PlatformError::NoTicket(p.component_appid.clone()))
     }
 
     /// A merchant's access token: the stored one while valid, else refreshed with its stored
