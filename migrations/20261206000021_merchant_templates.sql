@@ -19,3 +19,17 @@ CREATE TABLE merchant_templates (
 -- Without a verify ticket younger than 12 h WeChat is asked to push one (`api_start_push_ticket`),
 -- at most once a minute for the whole fleet: when it was last asked.
 ALTER TABLE platform_tokens ADD COLUMN ticket_asked_at TIMESTAMPTZ;
+
+-- A merchant's state changed (revoked, re-authorized, needs re-authorization): every worker
+-- forgets the token it cached for it at once, so no booking of a revoked merchant is sent with it.
+CREATE FUNCTION authorizers_notify_state() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('wxnotify_merchants', NEW.authorizer_appid);
+    RETURN NULL;
+END
+$$;
+
+CREATE TRIGGER authorizers_state_changed
+    AFTER UPDATE OF state ON authorizers
+    FOR EACH ROW WHEN (OLD.state IS DISTINCT FROM NEW.state)
+    EXECUTE FUNCTION authorizers_notify_state();

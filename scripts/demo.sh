@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The demo, end to end on this machine (no Docker needed):
-# services up → migrations → WeChat simulator → worker → sample events → what was delivered.
+# services up → migrations → WeChat simulator → worker → sample events → what was delivered; then
+# reminders, receipts, consent, and a third-party platform's merchants.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/services.sh up
@@ -20,12 +21,39 @@ export WXNOTIFY_ADMIN_ADDR="${WXNOTIFY_ADMIN_ADDR:-127.0.0.1:9464}"
 export WECHAT_CALLBACK_TOKEN="${WECHAT_CALLBACK_TOKEN:-demoCallbackToken}"
 export WECHAT_ENCODING_AES_KEY="${WECHAT_ENCODING_AES_KEY:-abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG}"
 export WXNOTIFY_RECEIVER_ADDR="${WXNOTIFY_RECEIVER_ADDR:-127.0.0.1:8080}"
+# A third-party platform (docs/interface.md §10): its AppSecret, message-check token and
+# EncodingAESKey, in the variables its [[platforms]] entry names; the simulator is given the same.
+component=wx3333333333333333
+export PLATFORM_SECRET="${PLATFORM_SECRET:-sim-component-secret}"
+export PLATFORM_TOKEN="${PLATFORM_TOKEN:-demoPlatformToken}"
+export PLATFORM_AES_KEY="${PLATFORM_AES_KEY:-0123456789abcdefghijklmnopqrstuvwxyzABCDEFG}"
 bin=target/release
 logs=$(mktemp -d)
 # The mini program's subscribe message (TPL_REMINDER) goes only with the user's consent
 # (docs/interface.md §12): the demo runs the shipped templates with `consent = "tracked"` on it.
 sed 's/^template_id = "TPL_REMINDER"$/&\nconsent = "tracked"/' "$WXNOTIFY_TEMPLATES" >"$logs/templates.toml"
 grep -q '^consent = "tracked"$' "$logs/templates.toml" || { echo "no TPL_REMINDER template in $WXNOTIFY_TEMPLATES" >&2; exit 1; }
+# The platform, and a library template for its merchants' bookings (`booking.paid`): each
+# merchant's account gets its own template id from WeChat (api_add_template).
+cat >>"$logs/templates.toml" <<EOF
+
+[[templates]]
+event_type = "booking.paid"
+library_id = "OPENTM400231951"
+keywords = ["服务项目", "门店", "预约时间", "支付金额"]
+url = "https://wash.example.com/bookings/{{ data.booking_id }}"
+[templates.data]
+thing1 = "{{ data.service }}"
+thing2 = "{{ data.store }}"
+time3 = "{{ data.slot_start | datetime('%Y年%m月%d日 %H:%M') }}"
+amount4 = "{{ data.price_cents | yuan }}"
+
+[[platforms]]
+component_appid = "$component"
+secret_env = "PLATFORM_SECRET"
+callback_token_env = "PLATFORM_TOKEN"
+aes_key_env = "PLATFORM_AES_KEY"
+EOF
 export WXNOTIFY_TEMPLATES="$logs/templates.toml"
 
 cleanup() {
@@ -37,12 +65,17 @@ trap cleanup EXIT
 
 $bin/wxnotify migrate
 # A clean slate: earlier demo runs' deliveries, dead letters, and tokens of a simulator now gone.
-PGPASSWORD=postgres psql -q "$DATABASE_URL" -c "TRUNCATE deliveries, delivery_attempts, wechat_tokens, dlq_replays, delivery_cancellations, delivery_receipts, followers, consent_log, consents CASCADE" >/dev/null
+PGPASSWORD=postgres psql -q "$DATABASE_URL" -c "TRUNCATE deliveries, delivery_attempts, wechat_tokens, dlq_replays, delivery_cancellations, delivery_receipts, followers, consent_log, consents,
+  platform_tickets, platform_tokens, platform_authorizations, authorizers, merchant_templates CASCADE" >/dev/null
 rabbitmqctl -q purge_queue "$WXNOTIFY_QUEUE.dlq" >/dev/null 2>&1 || true
 # The simulator pushes each message's result to the receiver 300 ms after accepting it, like
 # WeChat (10% "user block"), and answers 43101 to a subscribe message its user did not accept.
+# It knows the platform and pushes its authorization events to the receiver's authorization event
+# URL; a merchant's own pushes go to the message URL, /wechat/{its appid}.
 $bin/wechat-sim --unsubscribed oUpF8uMuAJO_M2pxb1Q9zNjWe004 --enforce-consent \
   --callback-url "http://$WXNOTIFY_RECEIVER_ADDR/wechat/{appid}" --push-delay-ms 300 --push-user-block-rate 0.1 \
+  --platform "$component:$PLATFORM_SECRET:$PLATFORM_TOKEN:$PLATFORM_AES_KEY" \
+  --platform-callback-url "http://$WXNOTIFY_RECEIVER_ADDR/wechat/platform/{component_appid}" \
   >"$logs/sim.log" 2>&1 &
 sim_pid=$!
 WXNOTIFY_ADMIN_ADDR=127.0.0.1:9465 $bin/wxnotify receiver --no-migrate >"$logs/receiver.log" 2>&1 &
@@ -175,6 +208,77 @@ PGPASSWORD=postgres psql "$DATABASE_URL" -c \
   "select event_id, openid, template_id, status, last_error from deliveries
     where event_id like 'evt-consent-%' and template_id in ('TPL_BOOKING_CONFIRMED', 'TPL_REMINDER') order by event_id"
 echo "   WeChat's 43101 answers before and after: $refused_before -> $refused_after (the declined reminder was never sent)"
+echo
+echo "== third-party platform $component: merchants authorize it by scanning, and it sends from their own accounts"
+echo "-- WeChat pushes a verify ticket to the receiver's authorization event URL, /wechat/platform/$component"
+curl -fsS -X POST "$WECHAT_API_BASE/sim/platform/ticket?component_appid=$component" >/dev/null
+wait_sql "select exists (select 1 from platform_tickets where component_appid = '$component')" 10
+$bin/wxnotify status | sed -n '/^PLATFORM/,/^$/p'
+merchants="wx5555555555555551 wx5555555555555552 wx5555555555555553"
+echo "-- three merchants onboard: wxnotify platform authorize-url, the merchant scans the page, WeChat pushes 'authorized'"
+for m in $merchants; do
+  url=$($bin/wxnotify platform authorize-url --component-appid "$component" --redirect-uri https://wash.example.com/platform/authorized)
+  [ "$m" = wx5555555555555551 ] && echo "   $url"
+  pre_auth_code=$(python3 -c 'import sys, urllib.parse as u; print(u.parse_qs(u.urlsplit(sys.argv[1]).query)["pre_auth_code"][0])' "$url")
+  curl -fsS -X POST -H 'content-type: application/json' \
+    -d "{\"component_appid\": \"$component\", \"authorizer_appid\": \"$m\", \"pre_auth_code\": \"$pre_auth_code\"}" \
+    "$WECHAT_API_BASE/sim/platform/authorize" >/dev/null
+  echo "   $m scanned the page with pre-auth code ${pre_auth_code:0:24}..."
+done
+# The receiver stores each push, answers `success`, then exchanges the code (api_query_auth).
+wait_sql "select (select count(*) from authorizers where state = 'active' and access_token is not null) = 3" 15
+echo "-- wxnotify platform list: the three are active, with their tokens"
+$bin/wxnotify platform list
+# merchant_booking N MERCHANT: a paid booking at that merchant (a library template: see above).
+merchant_booking() {
+  echo "{\"event_id\": \"evt-platform-$1\", \"event_type\": \"booking.paid\", \"app_id\": \"$2\", \"occurred_at\": \"2026-11-22T10:00:00+08:00\", \"openid\": \"oDemoMerchantUser00000000$1\", \"data\": {\"booking_id\": \"B-P$1\", \"service\": \"精洗套餐\", \"store\": \"徐汇店\", \"slot_start\": \"2026-11-22T14:00:00+08:00\", \"plate\": \"沪A12345\", \"price_cents\": 3980}}"
+}
+show_merchant_messages() {
+  curl -fsS "$WECHAT_API_BASE/sim/messages" | python3 -c '
+import json, sys
+for m in json.load(sys.stdin):
+    if m["appid"].startswith("wx555555"):
+        print("  from %s  %-38s -> %s  msgid %s" % (m["appid"], m["template_id"], m["touser"], m["msgid"]))'
+}
+echo "-- a booking at each merchant (booking.paid, app_id = the merchant's account)"
+{ merchant_booking 01 wx5555555555555551; merchant_booking 02 wx5555555555555552; merchant_booking 03 wx5555555555555553; } \
+  | $bin/wxnotify publish
+wait_sql "select (select count(*) from deliveries where event_id like 'evt-platform-%' and status = 'sent') >= 3" 20
+PGPASSWORD=postgres psql "$DATABASE_URL" -c \
+  "select event_id, app_id, template_id, status, wechat_msgid from deliveries where event_id like 'evt-platform-%' order by event_id"
+echo "-- messages the simulator accepted from the merchants: each from its own account, with the template id WeChat gave that account"
+show_merchant_messages
+echo
+echo "-- merchant wx5555555555555552 revokes the platform (WeChat pushes 'unauthorized'): its next booking is dead-lettered 'unauthorized', the customer gets nothing"
+curl -fsS -X POST -H 'content-type: application/json' -d "{\"component_appid\": \"$component\", \"authorizer_appid\": \"wx5555555555555552\"}" \
+  "$WECHAT_API_BASE/sim/platform/revoke" >/dev/null
+wait_sql "select (select state from authorizers where authorizer_appid = 'wx5555555555555552') = 'revoked'" 10
+merchant_booking 04 wx5555555555555552 | $bin/wxnotify publish
+wait_sql "select (select count(*) from deliveries where event_id = 'evt-platform-04' and status = 'dead') >= 1" 20
+PGPASSWORD=postgres psql "$DATABASE_URL" -c \
+  "select event_id, app_id, status, dead_reason, last_error from deliveries where event_id = 'evt-platform-04'"
+$bin/wxnotify platform list
+echo "-- dead letters (wxnotify dlq list)"
+$bin/wxnotify dlq list
+echo
+echo "-- wx5555555555555552 authorizes again (WeChat pushes 'authorized'); wxnotify dlq replay --reason unauthorized"
+curl -fsS -X POST -H 'content-type: application/json' -d "{\"component_appid\": \"$component\", \"authorizer_appid\": \"wx5555555555555552\"}" \
+  "$WECHAT_API_BASE/sim/platform/reauthorize" >/dev/null
+wait_sql "select (select state = 'active' and access_token is not null from authorizers where authorizer_appid = 'wx5555555555555552')" 15
+$bin/wxnotify dlq replay --reason unauthorized
+wait_sql "select (select count(*) from deliveries where event_id = 'evt-platform-04' and status = 'sent') >= 1" 20
+PGPASSWORD=postgres psql "$DATABASE_URL" -c \
+  "select event_id, app_id, status, attempts, wechat_msgid from deliveries where event_id = 'evt-platform-04'"
+show_merchant_messages
+echo
+echo "-- the ledger loses merchant wx5555555555555553 (say, an old backup restored): wxnotify platform sync restores it from WeChat's authorizer list, no new scan"
+PGPASSWORD=postgres psql -q "$DATABASE_URL" -c "DELETE FROM authorizers WHERE authorizer_appid = 'wx5555555555555553'" >/dev/null
+$bin/wxnotify platform sync
+$bin/wxnotify platform list
+echo "-- the merchants' receipts: WeChat pushed them to the message URL, /wechat/{merchant's appid}, with the platform's token and key"
+wait_sql "select (select count(*) from deliveries where event_id like 'evt-platform-%' and status = 'sent' and receipt_status is null) = 0" 10
+PGPASSWORD=postgres psql "$DATABASE_URL" -c \
+  "select event_id, app_id, status, receipt_status from deliveries where event_id like 'evt-platform-%' order by event_id"
 echo
 echo "== wxnotify report (views delivery_daily_summary, consent_daily_summary, delivery_failures)"
 $bin/wxnotify report

@@ -61,7 +61,8 @@ pub(crate) async fn keep_authorization(pool: &PgPool, a: &Authorization<'_>) -> 
 
 /// An `unauthorized` push at `at`: the merchant is `revoked` (a row is made if none exists, so
 /// that an older `authorized` arriving late cannot bring it back), unless an authorization newer
-/// than `at` is known.
+/// than `at` is known. An authorization of the same second (CreateTime counts seconds) came
+/// before it: pushes of one second apply in the order they arrive. Its tokens are dropped: WeChat no longer takes them.
 pub(crate) async fn revoke(
     pool: &PgPool,
     component_appid: &str,
@@ -73,8 +74,8 @@ pub(crate) async fn revoke(
          VALUES ($2, $1, 'revoked', $3, $3)
          ON CONFLICT (authorizer_appid) DO UPDATE
             SET state = 'revoked', revoked_at = EXCLUDED.revoked_at, changed_at = EXCLUDED.changed_at,
-                updated_at = now()
-          WHERE a.component_appid = EXCLUDED.component_appid AND EXCLUDED.changed_at > a.changed_at",
+                access_token = NULL, access_expires_at = NULL, refresh_token = NULL, updated_at = now()
+          WHERE a.component_appid = EXCLUDED.component_appid AND EXCLUDED.changed_at >= a.changed_at",
     )
     .bind(component_appid)
     .bind(authorizer_appid)

@@ -23,6 +23,9 @@ const VALID_FOR: Duration = Duration::from_secs(300);
 /// within seconds (else the next comes within 10 minutes).
 const NO_TICKET_PAUSE: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
 
+/// Notified by `authorizers`' trigger with a merchant's appid when its state changes.
+const MERCHANTS_CHANNEL: &str = "wxnotify_merchants";
+
 pub(crate) struct Merchants {
     pool: PgPool,
     tokens: PlatformTokens,
@@ -85,6 +88,58 @@ impl Merchants {
         let mut cached = self.cached.write().expect("merchant token cache lock");
         cached.insert(app_id.to_string(), token.clone());
         Ok(token)
+    }
+
+    /// Forgets cached tokens the moment a merchant's state changes anywhere in the fleet (a
+    /// revocation pushed to a receiver, `platform sync`, another worker's refresh meeting 61023):
+    /// a trigger on `authorizers` notifies [`MERCHANTS_CHANNEL`] with the merchant's appid. While
+    /// the listener is down (and when it comes back) every cached token is forgotten, so a
+    /// missed notification costs a lookup, never a send for a revoked merchant.
+    pub(crate) async fn watch(&self, stop: tokio_util::sync::CancellationToken) {
+        while !stop.is_cancelled() {
+            let listener = async {
+                let mut l = sqlx::postgres::PgListener::connect_with(&self.pool).await?;
+                l.listen(MERCHANTS_CHANNEL).await?;
+                Ok::<_, sqlx::Error>(l)
+            };
+            let mut listener = match crate::db::bounded(listener).await {
+                Ok(l) => l,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot listen for merchants' state changes; retrying");
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => continue,
+                    }
+                }
+            };
+            self.forget_all();
+            loop {
+                let heard = tokio::select! {
+                    _ = stop.cancelled() => return,
+                    heard = listener.try_recv() => heard,
+                };
+                match heard {
+                    Ok(Some(n)) => self.forget(n.payload()),
+                    // The connection was lost (the next call reconnects): what changed meanwhile
+                    // went unheard.
+                    Ok(None) => self.forget_all(),
+                    Err(e) => {
+                        tracing::warn!(error = %e, "lost the merchants' state listener; listening again");
+                        self.forget_all();
+                        break;
+                    }
+                }
+            }
+        }
+    }
+
+    fn forget(&self, app_id: &str) {
+        metrics::counter!("wxnotify_platform_state_changes_heard_total").increment(1);
+        self.cached.write().expect("merchant token cache lock").remove(app_id);
+    }
+
+    fn forget_all(&self) {
+        self.cached.write().expect("merchant token cache lock").clear();
     }
 
     /// WeChat rejected `failed`: replaced for the fleet if it is still the current generation.

@@ -316,6 +316,14 @@ impl TokenProvider {
         self
     }
 
+    /// Until `stop`: forgets a merchant's cached token as soon as its state changes anywhere in
+    /// the fleet (returns at once without platforms).
+    pub(crate) async fn watch_merchants(&self, stop: tokio_util::sync::CancellationToken) {
+        if let Some(merchants) = &self.inner.merchants {
+            merchants.watch(stop).await;
+        }
+    }
+
     fn slot(&self, app_id: &str) -> Result<&Arc<AppSlot>, TokenError> {
         self.inner
             .apps

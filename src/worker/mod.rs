@@ -157,6 +157,11 @@ impl Worker {
             Err(_) => return Ok(()),
         }
         let heartbeat = tokio::spawn(heartbeat(ctx.clone()));
+        // Merchants' state changes, heard until this returns.
+        let watching = CancellationToken::new();
+        let (watch_ctx, stop) = (ctx.clone(), watching.clone());
+        tokio::spawn(async move { watch_ctx.tokens.watch_merchants(stop).await });
+        let _stop_watching = watching.drop_guard();
         tokio::select! {
             checked = self.check_apps() => checked?,
             _ = shutdown.cancelled() => {

@@ -18,27 +18,35 @@ async fn bookings_go_from_each_merchants_account_and_a_revoked_merchants_wait_in
         .local_addr()
         .unwrap();
     let mut worker = spawn_worker(&env, &file, admin);
-    // m2 withdrew its authorization (the receiver stored `unauthorized`).
+    let booking = |id: &str, app: &str| {
+        let mut e = crate::common::event(id, "booking.confirmed", &format!("o-{id}"));
+        e["app_id"] = app.into();
+        e
+    };
+    // m2's booking goes first: the worker now holds m2's token.
+    env.publish(&booking("m-2-first", m2)).await;
+    crate::helpers::wait_for("m2's first booking sent", Duration::from_secs(60), || async {
+        env.sim.messages().len() == 1
+    })
+    .await;
+    // m2 withdraws its authorization: WeChat stops taking its tokens and pushes `unauthorized`,
+    // which the receiver stores. The worker hears of it and forgets the token it held.
     env.sim.revoke_merchant(PLATFORM, m2).unwrap();
     sqlx::query("UPDATE authorizers SET state = 'revoked', revoked_at = now() WHERE authorizer_appid = $1")
         .bind(m2)
         .execute(&env.pool)
         .await
         .unwrap();
-    let booking = |id: &str, app: &str| {
-        let mut e = crate::common::event(id, "booking.confirmed", &format!("o-{id}"));
-        e["app_id"] = app.into();
-        e
-    };
+    wait_metric(admin, "wxnotify_platform_state_changes_heard_total 1").await;
     env.publish(&booking("m-1", m1)).await;
     for i in 0..10 {
         env.publish(&booking(&format!("m-2-{i}"), m2)).await;
     }
     env.publish(&booking("m-3", "wxNOBODY00000000")).await;
-    crate::helpers::wait_for("the twelve final", Duration::from_secs(60), || async {
+    crate::helpers::wait_for("the thirteen final", Duration::from_secs(60), || async {
         env.count("SELECT count(*) FROM deliveries WHERE status IN ('sent', 'dead')")
             .await
-            == 12
+            == 13
     })
     .await;
     let fates: Vec<(String, String, Option<String>)> =
@@ -48,15 +56,26 @@ async fn bookings_go_from_each_merchants_account_and_a_revoked_merchants_wait_in
             .unwrap();
     for (event, status, reason) in &fates {
         let expected = match event.as_str() {
-            "m-1" => ("sent", None),
+            "m-1" | "m-2-first" => ("sent", None),
             "m-3" => ("dead", Some("invalid_event")),
             _ => ("dead", Some("unauthorized")),
         };
         assert_eq!((status.as_str(), reason.as_deref()), expected, "{event}");
     }
     let sent = env.sim.messages();
-    assert_eq!(sent.len(), 1, "nothing sent for the revoked merchant");
-    assert_eq!(sent[0].appid, m1, "sent from the merchant's own account");
+    assert_eq!(sent.len(), 2, "nothing sent for the revoked merchant");
+    assert_eq!(sent[1].appid, m1, "sent from the merchant's own account");
+    let tried: Vec<String> = sqlx::query_scalar(
+        "SELECT d.event_id || ': ' || COALESCE(a.errcode::text, '') || ' ' || COALESCE(a.errmsg, '')
+           FROM delivery_attempts a JOIN deliveries d ON d.id = a.delivery_id WHERE a.errcode <> 0",
+    )
+    .fetch_all(&env.pool)
+    .await
+    .unwrap();
+    assert!(
+        tried.is_empty(),
+        "no send tried with the revoked merchant's token: {tried:?}"
+    );
     // m2 authorizes again; its bookings are replayed from the DLQ and go from its account, once.
     reauthorize(&env, &t, m2).await;
     let report = env.replay_by_reason("unauthorized").await;
@@ -64,12 +83,12 @@ async fn bookings_go_from_each_merchants_account_and_a_revoked_merchants_wait_in
     crate::helpers::wait_for("m-2's ten sent", Duration::from_secs(60), || async {
         env.count("SELECT count(*) FROM deliveries WHERE event_id LIKE 'm-2-%' AND status = 'sent'")
             .await
-            == 10
+            == 11
     })
     .await;
     let sent = env.sim.messages();
-    assert_eq!(sent.len(), 11, "each replayed booking sent once");
-    assert_eq!(sent.iter().filter(|m| m.appid == m2).count(), 10);
+    assert_eq!(sent.len(), 12, "each replayed booking sent once");
+    assert_eq!(sent.iter().filter(|m| m.appid == m2).count(), 11);
     // The platform's merchants by state, sampled by the worker.
     wait_merchants_sampled(admin, 2).await;
     let _ = worker.start_kill();
@@ -156,4 +175,16 @@ async fn without_a_ticket_deliveries_wait_until_one_arrives_and_nothing_is_dead_
     assert_eq!(asked, 1, "asked once for the fleet, not once per delivery");
     let _ = worker.start_kill();
     let _ = worker.wait().await;
+}
+
+/// Waits until the worker on `admin` exposes `line` in its metrics.
+async fn wait_metric(admin: std::net::SocketAddr, line: &str) {
+    let metrics = format!("http://{admin}/metrics");
+    crate::helpers::wait_for(line, Duration::from_secs(30), || async {
+        match reqwest::get(&metrics).await {
+            Ok(r) => r.text().await.unwrap_or_default().contains(line),
+            Err(_) => false,
+        }
+    })
+    .await;
 }

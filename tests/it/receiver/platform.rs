@@ -153,6 +153,23 @@ async fn tickets_and_authorizations_are_kept_the_latest_winning() {
             .await,
         1
     );
+    // Authorized (its code exchanged) and revoked within one second, CreateTime's resolution: the
+    // revocation, arriving after, wins.
+    sqlx::query("UPDATE authorizers SET state = 'active', changed_at = to_timestamp($1)")
+        .bind(now as f64)
+        .execute(&env.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        platform_push(&unauthorized).send_to(&receiver.url).await.0,
+        StatusCode::OK
+    );
+    assert_eq!(
+        env.count("SELECT count(*) FROM authorizers WHERE state = 'revoked'")
+            .await,
+        1,
+        "a revocation in the second of the authorization"
+    );
     // Nothing secret in its log: the platform's secret, token and key, the tickets, the code.
     let log = receiver.log().await;
     assert!(log.contains("platforms=1"), "the log was read: {log}");
