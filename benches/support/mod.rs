@@ -72,18 +72,25 @@ impl Broker {
         .expect("consume")
     }
 
-    /// Deletes the run's queues (quorum queues are not free) and exchanges, and closes.
+    /// Deletes the run's queues (quorum queues are not free) and exchanges, and closes; each on
+    /// its own channel: deleting a queue that was never declared closes its channel.
     pub(crate) async fn close(self) {
-        let ch = self.conn.create_channel().await.expect("channel");
         let policy = wxnotify::retry::RetryPolicy::new(8, Duration::from_secs(1), Duration::from_secs(300));
         let mut names = vec![self.topology.queue.clone(), self.topology.dlq.clone()];
         names.extend(policy.tiers().into_iter().map(|t| self.topology.retry_queue(t)));
         names.extend(crate::common::all_apps().map(|(app, _)| self.topology.lane(app)));
+        names.extend((0..wxnotify::queue::topology::MERCHANT_LANES).map(|k| self.topology.merchant_lane(k)));
         for q in names {
-            let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+            if let Ok(ch) = self.conn.create_channel().await {
+                let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+                let _ = ch.close(200, "done".into()).await;
+            }
         }
         for x in [&self.topology.exchange, &self.topology.dlx] {
-            let _ = ch.exchange_delete(x.as_str().into(), Default::default()).await;
+            if let Ok(ch) = self.conn.create_channel().await {
+                let _ = ch.exchange_delete(x.as_str().into(), Default::default()).await;
+                let _ = ch.close(200, "done".into()).await;
+            }
         }
         let _ = self.conn.close(200, "done".into()).await;
     }

@@ -7,6 +7,9 @@ use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptio
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{Channel, ExchangeKind};
 
+/// How many lanes the merchants of third-party platforms share (docs/interface.md §11).
+pub const MERCHANT_LANES: usize = 8;
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topology {
     /// Topic exchange the booking app publishes to.
@@ -72,16 +75,28 @@ impl Topology {
         format!("{}.app.{app_id}", self.queue)
     }
 
-    /// The lanes of `apps`: quorum queues like the work queue (the same delivery limit and
-    /// dead-lettering), bound to nothing; workers publish to them through the default exchange.
-    pub async fn declare_lanes(&self, ch: &Channel, apps: &[String], delivery_limit: u32) -> lapin::Result<()> {
-        for app in apps {
-            ch.queue_declare(
-                self.lane(app).as_str().into(),
-                durable(),
-                self.work_args(delivery_limit),
-            )
-            .await?;
+    /// `<queue>.merchants.<k>`: one of the [`MERCHANT_LANES`] lanes the third-party platform's
+    /// merchants share (docs/interface.md §11): merchants are rows, not configuration, so each
+    /// parks in the lane its appid hashes to.
+    pub fn merchant_lane(&self, k: usize) -> String {
+        format!("{}.merchants.{k}", self.queue)
+    }
+
+    /// The merchant lane of `app_id` (FNV-1a of the appid: the same in every process).
+    pub fn merchant_lane_of(&self, app_id: &str) -> String {
+        let hash = app_id.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+        self.merchant_lane((hash % MERCHANT_LANES as u64) as usize)
+    }
+
+    /// The lanes named (see [`Topology::lane`], [`Topology::merchant_lane`]): quorum queues like
+    /// the work queue (the same delivery limit and dead-lettering), bound to nothing; workers
+    /// publish to them through the default exchange.
+    pub async fn declare_lanes(&self, ch: &Channel, lanes: &[String], delivery_limit: u32) -> lapin::Result<()> {
+        for lane in lanes {
+            ch.queue_declare(lane.as_str().into(), durable(), self.work_args(delivery_limit))
+                .await?;
         }
         Ok(())
     }

@@ -26,7 +26,7 @@ const GAUGES_EVERY: Duration = Duration::from_secs(1);
 /// with its app's line).
 pub(super) struct Intake {
     pub work: lapin::Consumer,
-    pub lanes: SelectAll<BoxStream<'static, (usize, lapin::Result<Delivery>)>>,
+    pub lanes: SelectAll<BoxStream<'static, (Option<usize>, lapin::Result<Delivery>)>>,
 }
 
 /// A task's word back to the loop.
@@ -71,7 +71,14 @@ pub(super) async fn run(
                     Route::Park => park(&worker.ctx, session, &app, msg, done_tx.clone()),
                 }
             }
-            Some((line, next)) = intake.lanes.next() => lanes.push(line, next?, Source::Lane),
+            Some((line, next)) = intake.lanes.next() => {
+                let msg = next?;
+                let line = line.unwrap_or_else(|| {
+                    let app = crate::event::peek_app_id(&msg.data).unwrap_or_else(|| default_app.clone());
+                    lanes.line_of(&app)
+                });
+                lanes.push(line, msg, Source::Lane);
+            }
             _ = sleep_until(wake), if wake.is_some() => {}
             _ = gauges.tick() => publish_backlog(lanes),
         }
@@ -151,7 +158,11 @@ pub(super) async fn guarded(trip: impl Future<Output = ()>) -> Result<(), Panick
 /// Parks a message in its app's lane: publish (confirmed), then ack. If the publish fails the
 /// message goes back to the work queue and the session is rebuilt (it redeclares the lanes).
 fn park(ctx: &Arc<Context>, session: &Session, app: &str, msg: Delivery, done: mpsc::UnboundedSender<Done>) {
-    let lane = ctx.topology.lane(app);
+    let lane = if ctx.rules.apps.contains(&crate::ids::AppId::from(app)) {
+        ctx.topology.lane(app)
+    } else {
+        ctx.topology.merchant_lane_of(app)
+    };
     let (session, app) = (session.clone(), app.to_string());
     tokio::spawn(async move {
         match session

@@ -69,11 +69,15 @@ pub(crate) struct Lanes<M> {
     work_prefetch: usize,
     /// Live workers sharing the rate limits (this one included).
     live: u64,
+    /// Apps met that are not configured are a platform's merchants, parked in the merchant
+    /// lanes (with platforms configured; otherwise intake refuses them).
+    merchants: bool,
 }
 
 impl<M> Lanes<M> {
-    /// `apps`: the configured apps that have a lane, each with its rate limit if it has one.
-    pub(crate) fn new(apps: &[(String, Option<f64>)], work_prefetch: usize) -> Self {
+    /// `apps`: the configured apps that have a lane, each with its rate limit if it has one;
+    /// `merchants`: other apps are merchants, which have lanes too.
+    pub(crate) fn new(apps: &[(String, Option<f64>)], work_prefetch: usize, merchants: bool) -> Self {
         let mut lanes = Self {
             lines: Vec::new(),
             index: HashMap::new(),
@@ -81,6 +85,7 @@ impl<M> Lanes<M> {
             work_held: 0,
             work_prefetch,
             live: 1,
+            merchants,
         };
         for (app, limit) in apps {
             lanes.add(app, true, *limit);
@@ -101,11 +106,12 @@ impl<M> Lanes<M> {
         i
     }
 
-    /// The line of `app` (an app not configured gets one without a lane: intake refuses it).
+    /// The line of `app`. An app not configured is a merchant (with a lane) when platforms are
+    /// served; otherwise it gets a line without a lane (intake refuses it).
     pub(crate) fn line_of(&mut self, app: &str) -> usize {
         match self.index.get(app) {
             Some(&i) => i,
-            None => self.add(app, false, None),
+            None => self.add(app, self.merchants, None),
         }
     }
 
@@ -236,7 +242,7 @@ mod tests {
 
     #[test]
     fn a_lone_app_is_never_parked() {
-        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA"]), 100);
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA"]), 100, false);
         let a = lanes.line_of("wxA");
         for i in 0..1000 {
             assert_eq!(lanes.route(a), Route::Line);
@@ -246,7 +252,7 @@ mod tests {
 
     #[test]
     fn a_backlog_is_parked_and_another_apps_message_is_not() {
-        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB"]), 1000);
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB"]), 1000, false);
         let (a, b) = (lanes.line_of("wxA"), lanes.line_of("wxB"));
         let routes: Vec<Route> = (0..100)
             .map(|i| {
@@ -270,7 +276,7 @@ mod tests {
 
     #[test]
     fn the_work_queue_keeps_half_its_prefetch_for_parking() {
-        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB", "wxC"]), 8);
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB", "wxC"]), 8, false);
         let lines: Vec<usize> = ["wxA", "wxB", "wxC"].iter().map(|a| lanes.line_of(a)).collect();
         let mut kept = 0;
         for i in 0..8 {
@@ -286,7 +292,7 @@ mod tests {
 
     #[test]
     fn apps_with_backlogs_get_equal_shares_of_the_permits() {
-        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB", "wxC"]), 1000);
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB", "wxC"]), 1000, false);
         for app in ["wxA", "wxB", "wxC"] {
             let l = lanes.line_of(app);
             for i in 0..1000 {
@@ -311,7 +317,7 @@ mod tests {
     #[test]
     fn an_app_that_cannot_start_leaves_the_permits_to_the_others() {
         let limited = [("wxA".to_string(), Some(10.0)), ("wxB".to_string(), Some(10.0))];
-        let mut lanes: Lanes<u32> = Lanes::new(&limited, 1000);
+        let mut lanes: Lanes<u32> = Lanes::new(&limited, 1000, false);
         let (a, b) = (lanes.line_of("wxA"), lanes.line_of("wxB"));
         let later = Instant::now() + Duration::from_millis(100);
         for i in 0..5 {
@@ -335,7 +341,7 @@ mod tests {
     #[test]
     fn a_paced_app_keeps_about_a_seconds_worth_in_line_and_in_flight() {
         // 10/s for the fleet, two workers: 5/s for this one.
-        let mut lanes: Lanes<u32> = Lanes::new(&[("wxA".to_string(), Some(10.0))], 1000);
+        let mut lanes: Lanes<u32> = Lanes::new(&[("wxA".to_string(), Some(10.0))], 1000, false);
         lanes.set_live(2);
         let a = lanes.line_of("wxA");
         let kept = (0..20)
@@ -356,11 +362,43 @@ mod tests {
 
     #[test]
     fn an_unknown_app_is_never_parked() {
-        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB"]), 4);
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB"]), 4, false);
         let x = lanes.line_of("wxUnknown");
         for i in 0..10 {
             assert_eq!(lanes.route(x), Route::Line);
             lanes.push(x, i, Source::Work);
         }
+    }
+
+    #[test]
+    fn a_merchants_backlog_is_parked_and_another_merchants_message_is_not() {
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA"]), 1000, true);
+        let m1 = lanes.line_of("wxMERCHANT1");
+        let parked = (0..100)
+            .filter(|&i| match lanes.route(m1) {
+                Route::Line => {
+                    lanes.push(m1, i, Source::Work);
+                    false
+                }
+                Route::Park => {
+                    lanes.parked();
+                    true
+                }
+            })
+            .count();
+        assert_eq!(parked, 100 - DIRECT_LINE);
+        let m2 = lanes.line_of("wxMERCHANT2");
+        assert_eq!(
+            lanes.route(m2),
+            Route::Line,
+            "another merchant's first message waits in no lane"
+        );
+        lanes.push(m2, 999, Source::Work);
+        let started = start(&mut lanes, 2);
+        assert!(started.contains(&"wxMERCHANT2".to_string()), "{started:?}");
+        // Without platforms an unknown app is never parked (intake refuses it).
+        let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB"]), 1000, false);
+        let x = lanes.line_of("wxUNKNOWN");
+        assert!((0..100).all(|_| lanes.route(x) == Route::Line));
     }
 }

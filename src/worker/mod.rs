@@ -34,6 +34,7 @@ use crate::delivery::{Context, DbRetry};
 use crate::ids::AppId;
 use crate::ledger::Ledger;
 use crate::platform::templates::MerchantTemplates;
+use crate::queue::topology::MERCHANT_LANES;
 use crate::queue::{self, Publisher, Session};
 use crate::schedule::Releaser;
 use crate::token::{TokenProvider, TokenSettings};
@@ -297,7 +298,7 @@ impl Worker {
             )
             .await?;
         let laned = self.laned_apps();
-        let mut lanes = Lanes::new(&laned, usize::from(s.prefetch));
+        let mut lanes = Lanes::new(&laned, usize::from(s.prefetch), !s.platforms.is_empty());
         lanes.set_live(self.ctx.rate.as_ref().map_or(1, RateLimit::live));
         let lane_channel = conn.create_channel().await?;
         let parking: Vec<String> = laned.into_iter().map(|(app, _)| app).collect();
@@ -316,11 +317,11 @@ impl Worker {
     }
 
     /// The apps that park in lanes, each with its rate limit: every configured app when there
-    /// are several or a rate limit; a lone app without one never waits behind another's, so it
-    /// needs none.
+    /// are several, a rate limit or a platform's merchants; a lone app without one never waits
+    /// behind another's, so it needs none.
     fn laned_apps(&self) -> Vec<(String, Option<f64>)> {
         let apps = &self.settings.apps;
-        if apps.len() > 1 || self.ctx.rate.is_some() {
+        if apps.len() > 1 || self.ctx.rate.is_some() || !self.settings.platforms.is_empty() {
             apps.iter().map(|a| (a.app_id.clone(), a.rate_limit)).collect()
         } else {
             Vec::new()
@@ -340,7 +341,8 @@ impl Worker {
         tag: &str,
     ) -> Result<(SelectAll<LaneStream>, Vec<String>), SessionEnd> {
         let s = &self.settings;
-        s.topology.declare_lanes(ch, parking, s.delivery_limit).await?;
+        let named: Vec<String> = parking.iter().map(|app| s.topology.lane(app)).collect();
+        s.topology.declare_lanes(ch, &named, s.delivery_limit).await?;
         let mut consumed = parking.to_vec();
         for app in s.apps.iter().map(|a| &a.app_id).filter(|a| !parking.contains(a)) {
             if queue::exists(conn, &s.topology.lane(app)).await? {
@@ -361,9 +363,39 @@ impl Worker {
                     FieldTable::default(),
                 )
                 .await?;
-            all.push(consumer.map(move |d| (line, d)).boxed());
+            all.push(consumer.map(move |d| (Some(line), d)).boxed());
+        }
+        if !s.platforms.is_empty() {
+            self.consume_merchant_lanes(ch, &mut all, tag).await?;
         }
         Ok((all, consumed))
+    }
+
+    /// Declares and consumes the lanes the platforms' merchants share; their messages find their
+    /// line by their `app_id`.
+    async fn consume_merchant_lanes(
+        &self,
+        ch: &lapin::Channel,
+        all: &mut SelectAll<LaneStream>,
+        tag: &str,
+    ) -> Result<(), SessionEnd> {
+        let s = &self.settings;
+        let names: Vec<String> = (0..MERCHANT_LANES).map(|k| s.topology.merchant_lane(k)).collect();
+        s.topology.declare_lanes(ch, &names, s.delivery_limit).await?;
+        let prefetch = u16::try_from(s.concurrency).unwrap_or(u16::MAX);
+        ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
+        for (k, name) in names.iter().enumerate() {
+            let consumer = ch
+                .basic_consume(
+                    name.as_str().into(),
+                    merchant_lane_tag(tag, k).as_str().into(),
+                    BasicConsumeOptions::default(),
+                    FieldTable::default(),
+                )
+                .await?;
+            all.push(consumer.map(|d| (None, d)).boxed());
+        }
+        Ok(())
     }
 
     /// Shutdown: intake stops first (in-flight deliveries still ack on `channel`), then the
@@ -375,6 +407,11 @@ impl Worker {
         for line in 0..s.apps.len() {
             let _ = lane_channel
                 .basic_cancel(lane_tag(tag, line).as_str().into(), BasicCancelOptions::default())
+                .await;
+        }
+        for k in (0..MERCHANT_LANES).filter(|_| !s.platforms.is_empty()) {
+            let _ = lane_channel
+                .basic_cancel(merchant_lane_tag(tag, k).as_str().into(), BasicCancelOptions::default())
                 .await;
         }
         let all = u32::try_from(s.concurrency).unwrap_or(u32::MAX);
@@ -450,8 +487,13 @@ fn lane_tag(tag: &str, line: usize) -> String {
     format!("{tag}-lane-{line}")
 }
 
-/// One lane's deliveries, each with its app's line.
-type LaneStream = futures_util::stream::BoxStream<'static, (usize, lapin::Result<Delivery>)>;
+fn merchant_lane_tag(tag: &str, k: usize) -> String {
+    format!("{tag}-merchants-{k}")
+}
+
+/// One lane's deliveries, each with its app's line (`None`: a merchant lane's, found by the
+/// message's `app_id`).
+type LaneStream = futures_util::stream::BoxStream<'static, (Option<usize>, lapin::Result<Delivery>)>;
 
 /// A session's channels and what it consumes.
 struct Opened {

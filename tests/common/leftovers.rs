@@ -82,12 +82,13 @@ pub(crate) struct Leftovers {
 
 impl Leftovers {
     /// The objects [`wxnotify::queue::Topology`] declares for `exchange` and `queue` (every retry
-    /// tier there could be, the lanes of the test apps) and the receiver's spill queue,
+    /// tier there could be, the lanes of the test apps and of merchants) and the receiver's spill queue,
     /// `<queue>.pushes`.
     pub(crate) fn topology(amqp_url: &str, exchange: &str, queue: &str) -> Self {
         let mut queues = vec![queue.to_string(), format!("{queue}.dlq"), format!("{queue}.pushes")];
         queues.extend((0..24).map(|i| format!("{queue}.retry.{}s", 1u64 << i)));
         queues.extend(super::all_apps().map(|(app, _)| format!("{queue}.app.{app}")));
+        queues.extend((0..wxnotify::queue::topology::MERCHANT_LANES).map(|k| format!("{queue}.merchants.{k}")));
         Self {
             amqp_url: amqp_url.to_string(),
             queues,

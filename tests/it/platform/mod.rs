@@ -3,6 +3,7 @@
 //! each merchant's account ([`sending`]), library templates added once per merchant
 //! ([`templates`]), and a fleet of workers serving hundreds of merchants ([`fleet`]).
 
+mod fairness;
 mod fleet;
 mod onboarding;
 mod secrets;
