@@ -155,7 +155,11 @@ impl<M> Lanes<M> {
         } else if l.limit.is_some() {
             l.waiting.len() < self.paced_cap(line)
         } else {
-            lone || (l.waiting.len() < DIRECT_LINE && 2 * self.work_held <= self.work_prefetch)
+            // Past half the prefetch held, only an app with nothing waiting still lines up: its
+            // message starts within a round of the permits, and parking it would only cost a
+            // second trip through the broker.
+            lone || (l.waiting.len() < DIRECT_LINE
+                && (l.waiting.is_empty() || 2 * self.work_held <= self.work_prefetch))
         };
         if keep { Route::Line } else { Route::Park }
     }
@@ -173,24 +177,18 @@ impl<M> Lanes<M> {
     /// The next message to start, given a free permit. `dispatch` takes a paced app's dispatch
     /// slot (or says when the next is free); it is asked only for the app about to start.
     pub(crate) fn next(&mut self, mut dispatch: impl FnMut(&str) -> Result<(), Instant>) -> Next<M> {
-        let n = self.lines.len();
-        let mut candidates: Vec<usize> = (0..n)
-            .map(|k| (self.turn + k) % n)
-            .filter(|&i| {
-                let l = &self.lines[i];
-                !l.waiting.is_empty() && l.in_flight < self.paced_cap(i)
-            })
-            .collect();
-        // Fewest in flight first; among equals, the round robin's order (the sort is stable).
-        candidates.sort_by_key(|&i| self.lines[i].in_flight);
         let mut wake: Option<Instant> = None;
-        for i in candidates {
+        // Paced apps that have no slot now: passed over on this call.
+        let mut refused: Vec<usize> = Vec::new();
+        while let Some(i) = self.fewest_in_flight(&refused) {
             if self.lines[i].limit.is_some()
                 && let Err(at) = dispatch(&self.lines[i].app)
             {
                 wake = Some(wake.map_or(at, |w| w.min(at)));
+                refused.push(i);
                 continue;
             }
+            let n = self.lines.len();
             let l = &mut self.lines[i];
             let (msg, source) = l.waiting.pop_front().expect("a candidate has a message waiting");
             l.in_flight += 1;
@@ -198,6 +196,20 @@ impl<M> Lanes<M> {
             return Next::Start { app: i, msg, source };
         }
         Next::Wait(wake)
+    }
+
+    /// The line that may start a message with the fewest in flight; among equals, the first in
+    /// the round robin's order from `turn`. One pass, no allocation: a platform's worker has a
+    /// line per merchant.
+    fn fewest_in_flight(&self, refused: &[usize]) -> Option<usize> {
+        let n = self.lines.len();
+        (0..n)
+            .map(|k| (self.turn + k) % n)
+            .filter(|&i| {
+                let l = &self.lines[i];
+                !l.waiting.is_empty() && l.in_flight < self.paced_cap(i) && !refused.contains(&i)
+            })
+            .min_by_key(|&i| self.lines[i].in_flight)
     }
 
     /// A delivery of `line` finished (its message acked or handed back).
@@ -281,6 +293,7 @@ mod tests {
         let mut kept = 0;
         for i in 0..8 {
             if lanes.route(lines[i % 3]) == Route::Line {
+                lanes.push(lines[i % 3], i as u32, Source::Work);
                 kept += 1;
             }
         }
@@ -288,6 +301,9 @@ mod tests {
             kept, 4,
             "four of eight prefetch slots for messages in line or in flight"
         );
+        // An app with nothing waiting still lines up its message.
+        let d = lanes.line_of("wxD");
+        assert_eq!(lanes.route(d), Route::Line);
     }
 
     #[test]
