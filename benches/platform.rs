@@ -121,7 +121,13 @@ async fn run(file: &std::path::Path, merchants: usize, each: usize) -> f64 {
         .collect()
         .await;
     assert!(results.iter().all(Result::is_ok), "every publish confirmed");
+    let admin = std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("a free port")
+        .local_addr()
+        .expect("its address")
+        .to_string();
     let secrets = [
+        ("WXNOTIFY_ADMIN_ADDR", admin.as_str()),
         ("WXN_BENCH_COMPONENT_SECRET", SECRET),
         ("WXN_BENCH_COMPONENT_TOKEN", "benchPlatformToken"),
         ("WXN_BENCH_COMPONENT_KEY", AES_KEY),
@@ -136,10 +142,26 @@ async fn run(file: &std::path::Path, merchants: usize, each: usize) -> f64 {
     }
     let secs = started.elapsed().as_secs_f64();
     assert_eq!(sim.stats().accepted, total as u64, "one message per booking");
+    println!(
+        "bench:   {total} in {secs:.1} s; {} parked in lanes",
+        parked(&admin).await
+    );
     stop_worker(child).await;
     broker.close().await;
     pool.close().await;
     total as f64 / secs
+}
+
+/// Messages the worker parked in lanes (`wxnotify_parked_total`, all apps).
+async fn parked(admin: &str) -> u64 {
+    let text = match reqwest::get(format!("http://{admin}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => return 0,
+    };
+    text.lines()
+        .filter(|l| l.starts_with("wxnotify_parked_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 fn platform_config() -> PlatformConfig {

@@ -7,6 +7,7 @@
 //! their attempts.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,9 @@ use crate::platform::tokens::{Platform, PlatformError, PlatformTokens};
 /// is valid for 5 minutes more at least).
 const FRESH_FOR: Duration = Duration::from_secs(60);
 const VALID_FOR: Duration = Duration::from_secs(300);
+/// How often the worker loads every merchant's valid token in one query (before the cached ones
+/// are no longer fresh).
+const RELOAD_EVERY: Duration = Duration::from_secs(45);
 /// Deliveries wait this long when the platform has no ticket: WeChat, asked for one, pushes it
 /// within seconds (else the next comes within 10 minutes).
 const NO_TICKET_PAUSE: chrono::TimeDelta = chrono::TimeDelta::seconds(15);
@@ -34,6 +38,8 @@ pub(crate) struct Merchants {
     /// In-process single flight per merchant: one task asks the store for a merchant at a time
     /// (another merchant's lookup or refresh never waits for it).
     flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    /// Counts what was forgotten: a bulk load that overlapped a forget is not kept.
+    forgets: AtomicU64,
 }
 
 impl Merchants {
@@ -44,6 +50,7 @@ impl Merchants {
             platforms: platforms.into_iter().map(|p| (p.component_appid.clone(), p)).collect(),
             cached: RwLock::default(),
             flights: Mutex::default(),
+            forgets: AtomicU64::new(0),
         }
     }
 
@@ -77,17 +84,52 @@ impl Merchants {
             .merchant(platform, app_id)
             .await
             .map_err(|e| to_token_error(app_id, e))?;
+        Ok(self.keep(app_id, token.token, token.generation))
+    }
+
+    /// Caches a merchant's token read from the store (valid there for [`VALID_FOR`] at least).
+    fn keep(&self, app_id: &str, secret: secrecy::SecretString, generation: i64) -> AccessToken {
         let now = Instant::now();
         let token = AccessToken {
-            secret: Arc::new(token.token),
+            secret: Arc::new(secret),
             app_id: app_id.into(),
-            generation: token.generation,
+            generation,
             refresh_at: now + FRESH_FOR,
             expires_at: now + VALID_FOR,
         };
         let mut cached = self.cached.write().expect("merchant token cache lock");
         cached.insert(app_id.to_string(), token.clone());
-        Ok(token)
+        token
+    }
+
+    /// Caches, in one query, the token of every `active` merchant that the store holds valid for
+    /// a while yet: a worker serving a thousand merchants asks the store once, not once per
+    /// merchant. Kept only if nothing was forgotten meanwhile.
+    async fn load_valid(&self) -> Result<usize, sqlx::Error> {
+        let before = self.forgets.load(Ordering::SeqCst);
+        let platforms: Vec<&str> = self.platforms.keys().map(String::as_str).collect();
+        let rows: Vec<(String, String, i64)> = sqlx::query_as(
+            "SELECT authorizer_appid, access_token, generation FROM authorizers
+              WHERE state = 'active' AND component_appid = ANY($1) AND access_token IS NOT NULL
+                AND access_expires_at > now() + make_interval(secs => $2)",
+        )
+        .bind(platforms)
+        .bind((VALID_FOR + FRESH_FOR).as_secs_f64())
+        .fetch_all(&self.pool)
+        .await?;
+        if self.forgets.load(Ordering::SeqCst) != before {
+            return Ok(0);
+        }
+        for (app_id, token, generation) in &rows {
+            let newer_held = {
+                let cached = self.cached.read().expect("merchant token cache lock");
+                cached.get(app_id).is_some_and(|t| t.generation > *generation)
+            };
+            if !newer_held {
+                self.keep(app_id, secrecy::SecretString::from(token.as_str()), *generation);
+            }
+        }
+        Ok(rows.len())
     }
 
     /// Forgets cached tokens the moment a merchant's state changes anywhere in the fleet (a
@@ -113,9 +155,15 @@ impl Merchants {
                 }
             };
             self.forget_all();
+            self.reload().await;
+            let mut reload = tokio::time::interval_at(tokio::time::Instant::now() + RELOAD_EVERY, RELOAD_EVERY);
             loop {
                 let heard = tokio::select! {
                     _ = stop.cancelled() => return,
+                    _ = reload.tick() => {
+                        self.reload().await;
+                        continue;
+                    }
                     heard = listener.try_recv() => heard,
                 };
                 match heard {
@@ -135,11 +183,21 @@ impl Merchants {
 
     fn forget(&self, app_id: &str) {
         metrics::counter!("wxnotify_platform_state_changes_heard_total").increment(1);
+        self.forgets.fetch_add(1, Ordering::SeqCst);
         self.cached.write().expect("merchant token cache lock").remove(app_id);
     }
 
     fn forget_all(&self) {
+        self.forgets.fetch_add(1, Ordering::SeqCst);
         self.cached.write().expect("merchant token cache lock").clear();
+    }
+
+    /// Reloads the cache in bulk ([`Merchants::load_valid`]); a failure leaves the lookups to
+    /// each delivery.
+    async fn reload(&self) {
+        if let Err(e) = crate::db::bounded(self.load_valid()).await {
+            tracing::warn!(error = %e, "could not load the merchants' tokens; each is looked up when needed");
+        }
     }
 
     /// WeChat rejected `failed`: replaced for the fleet if it is still the current generation.
