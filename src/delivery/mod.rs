@@ -26,6 +26,7 @@ use crate::platform::client::CallError;
 use crate::queue::{Session, Topology};
 use crate::retry::RetryPolicy;
 use crate::token::{AccessToken, TokenError, TokenProvider};
+use crate::wechat::errcode::INVALID_TEMPLATE_ID;
 use crate::wechat::{OutgoingMessage, SendError, SendReply, WechatClient};
 pub(crate) use db_retry::DbRetry;
 use intake::{Delivery, Hold, Intake, Meta, Rules};
@@ -243,14 +244,7 @@ async fn decide(ctx: &Context, d: &Delivery, meta: &Meta, trip: &mut Trip) -> Re
     if let Some(plan) = judge::stop_before_send(&facts, Gate::BeforeSend, &ctx.policy) {
         return Ok(plan);
     }
-    let (answer, attempt) = match merchant_template(ctx, d, message, &token).await? {
-        Ok(message) => {
-            ctx.pace(&d.app_id).await;
-            ctx.ledger.sending(held.claimed.id);
-            send(ctx, &message, &token).await
-        }
-        Err(not_added) => not_added,
-    };
+    let (answer, attempt) = send_as_merchant(ctx, d, message, &token, held.claimed.id).await?;
     let generation = token.generation;
     t.sent = Some(Sent {
         attempt,
@@ -331,6 +325,46 @@ async fn merchant_template<'m>(
         errmsg: Some(format!("api_add_template: {error}")),
     };
     Ok(Err((answer, attempt)))
+}
+
+/// Sends the delivery's message, a library template with the merchant's own id of it. An id
+/// WeChat no longer knows on the merchant's account (40037: the merchant deleted the template in
+/// its console) is forgotten, the template added again and the send made again, once: a 40037 is
+/// a refusal, nothing reached the user.
+async fn send_as_merchant(
+    ctx: &Context,
+    d: &Delivery,
+    message: &OutgoingMessage,
+    token: &AccessToken,
+    delivery_id: i64,
+) -> Result<(Answer, AttemptRecord), Abandoned> {
+    let mut again = false;
+    loop {
+        let message = match merchant_template(ctx, d, message, token).await? {
+            Ok(message) => message,
+            Err(not_added) => return Ok(not_added),
+        };
+        ctx.pace(&d.app_id).await;
+        ctx.ledger.sending(delivery_id);
+        let (answer, attempt) = send(ctx, &message, token).await;
+        let gone = matches!(
+            answer,
+            Answer::Refused {
+                errcode: INVALID_TEMPLATE_ID,
+                ..
+            }
+        );
+        let (Some(library), Some(templates), true, false) = (&d.library, &ctx.merchant_templates, gone, again) else {
+            return Ok((answer, attempt));
+        };
+        tracing::warn!(template = %message.template_id, "the merchant's template is gone (40037); adding it again");
+        ctx.db
+            .retry("forget the merchant's template id", || {
+                templates.forget(&d.app_id, library, &message.template_id)
+            })
+            .await?;
+        again = true;
+    }
 }
 
 /// The app's shared token, waited for at most [`TOKEN_WAIT`].

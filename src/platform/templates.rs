@@ -86,6 +86,35 @@ impl MerchantTemplates {
         Ok(answer)
     }
 
+    /// WeChat no longer knows `template_id` on the merchant's account (40037: the merchant deleted
+    /// it): forgotten here and in the store, unless another process already replaced it, so that
+    /// the next delivery adds the template again.
+    pub(crate) async fn forget(
+        &self,
+        authorizer_appid: &str,
+        library: &Arc<Library>,
+        template_id: &str,
+    ) -> Result<(), sqlx::Error> {
+        let key = (authorizer_appid.to_string(), library.clone());
+        {
+            let mut known = self.known.write().expect("template ids lock");
+            if known.get(&key).is_some_and(|id| id == template_id) {
+                known.remove(&key);
+            }
+        }
+        sqlx::query(
+            "DELETE FROM merchant_templates
+              WHERE authorizer_appid = $1 AND library_id = $2 AND keywords = $3 AND template_id = $4",
+        )
+        .bind(authorizer_appid)
+        .bind(&library.library_id)
+        .bind(serde_json::json!(library.keywords))
+        .bind(template_id)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
     /// Under the row's lock: the stored id or refusal (unless `again`), else WeChat's answer,
     /// stored.
     async fn provision(

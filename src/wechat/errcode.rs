@@ -3,7 +3,7 @@
 //! live in `wechat_rules::errcode`, shared with the simulator; the classes here are wxnotify's.
 
 pub use wechat_rules::errcode::{
-    DAILY_QUOTA, MINUTE_QUOTA, SYSTEM_BUSY, TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MALFORMED,
+    DAILY_QUOTA, INVALID_TEMPLATE_ID, MINUTE_QUOTA, SYSTEM_BUSY, TOKEN_EXPIRED, TOKEN_INVALID, TOKEN_MALFORMED,
 };
 
 /// What a token API's errcode means. On the token APIs, 40001 means a wrong secret, not a bad token.

@@ -1,7 +1,8 @@
 //! Library templates on merchants' accounts: `api_add_template` once per (merchant, template)
 //! across three workers and fifty concurrent first deliveries, each sent with the merchant's own
 //! id; a full account's refusal (45026) dead-letters that merchant's deliveries with the errcode,
-//! asked of WeChat once, and shown by `platform list`.
+//! asked of WeChat once, and shown by `platform list`; a template the merchant deleted (40037) is
+//! added again once.
 
 use std::time::Duration;
 
@@ -84,6 +85,27 @@ async fn a_library_template_is_added_once_per_merchant_across_the_fleet() {
     assert_eq!(row(m1)["templates"], 1);
     let errors = row(full)["template_errors"].as_str().unwrap_or_default().to_string();
     assert!(errors.contains(LIBRARY) && errors.contains("45026"), "{errors}");
+    // m1 deletes the template in its console: WeChat answers 40037; the fleet adds it again,
+    // once, and the bookings go with the new id.
+    let old_id = sent.iter().find(|m| m.appid == m1).unwrap().template_id.clone();
+    assert!(env.sim.delete_merchant_template(PLATFORM, m1, &old_id));
+    for i in 0..6 {
+        env.publish(&booking(&format!("lib-again-{i}"), m1)).await;
+    }
+    crate::helpers::wait_for("the six sent", Duration::from_secs(60), || async {
+        env.count("SELECT count(*) FROM deliveries WHERE event_id LIKE 'lib-again-%' AND status = 'sent'")
+            .await
+            == 6
+    })
+    .await;
+    let calls = env.sim.platform_stats().add_template_calls;
+    assert_eq!(calls[m1][LIBRARY], 2, "added again once for the fleet: {calls:?}");
+    let again: Vec<_> = env.sim.messages().into_iter().skip(50).collect();
+    assert_eq!(again.len(), 6);
+    assert!(
+        again.iter().all(|m| m.template_id != old_id && m.appid == m1),
+        "{again:?}"
+    );
     for w in &mut workers {
         let _ = w.start_kill();
         let _ = w.wait().await;

@@ -351,7 +351,7 @@ impl Platforms {
             return Err(COMPONENT_NOT_AUTHORIZED);
         };
         let id = m.add_template(authorizer, library, keywords)?;
-        self.template_owners.insert(id.clone(), key.clone());
+        self.template_owners.insert(id.clone(), Some(key.clone()));
         Ok(id)
     }
 }

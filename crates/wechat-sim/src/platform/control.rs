@@ -81,6 +81,12 @@ impl Sim {
         self.with(|s| s.platforms.add_template_for(&key, library_id, Vec::new(), false))
     }
 
+    /// The merchant deletes `template_id` from its account by hand (in its console): sends with
+    /// it are answered 40037 (invalid template_id) from then on. Whether it was on the account.
+    pub fn delete_merchant_template(&self, component: &str, authorizer: &str, template_id: &str) -> bool {
+        self.with(|s| s.platforms.delete_template(component, authorizer, template_id))
+    }
+
     /// A new verify ticket for `component`, now, pushed when the platforms' URL is set (issued
     /// all the same when not); `None` for a platform the simulator does not know.
     pub fn push_ticket(&self, component: &str) -> Option<String> {

@@ -168,8 +168,9 @@ pub(crate) struct Platforms {
     each: HashMap<String, Platform>,
     component_tokens: Leases<String>,
     access_tokens: Leases<MerchantKey>,
-    /// Template ids the simulator gave → the merchant whose they are.
-    template_owners: HashMap<String, MerchantKey>,
+    /// Template ids the simulator gave → the merchant whose they are (`None` once the merchant
+    /// deleted it: a send with it is answered 40037).
+    template_owners: HashMap<String, Option<MerchantKey>>,
     pub(crate) stats: PlatformStats,
     /// Pushes to make, taken by the HTTP layer (which spawns them) after each call.
     pub(crate) outbox: Vec<PlatformEvent>,
@@ -221,7 +222,22 @@ impl Platforms {
     pub(crate) fn template_allowed(&self, component: &str, authorizer: &str, template_id: &str) -> Option<bool> {
         self.template_owners
             .get(template_id)
-            .map(|(c, a)| c == component && a == authorizer)
+            .map(|owner| owner.as_ref().is_some_and(|(c, a)| c == component && a == authorizer))
+    }
+
+    /// The merchant deletes `template_id` from its account (in its console): later sends with it
+    /// are refused (40037). Whether it was the merchant's.
+    pub(crate) fn delete_template(&mut self, component: &str, authorizer: &str, template_id: &str) -> bool {
+        let Some(m) = self.merchant_mut(component, authorizer) else {
+            return false;
+        };
+        let before = m.templates.len();
+        m.templates.retain(|t| t.template_id != template_id);
+        let deleted = m.templates.len() < before;
+        if deleted {
+            self.template_owners.insert(template_id.to_string(), None);
+        }
+        deleted
     }
 
     /// One more send accepted from the merchant's account; every `every`th revokes its access

@@ -462,6 +462,11 @@ fn templates_are_the_merchants_own_and_the_twenty_sixth_is_refused() {
         !s.platforms.stats.add_template_calls["wxM2"].contains_key("OPENTM9"),
         "not an API call"
     );
+    // The merchant deletes it in its console: sends with it are refused from then on.
+    let id = s.platforms.merchants()[1].templates[1].template_id.clone();
+    assert!(s.platforms.delete_template(C, "wxM2", &id));
+    assert_eq!(errcode(&send(&mut s, &m2, &id)), INVALID_TEMPLATE_ID, "deleted");
+    assert!(!s.platforms.delete_template(C, "wxM2", &id), "once");
     let never = s
         .platforms
         .add_template_for(&(C.into(), "wxNever".into()), "OPENTM9", vec![], false);
