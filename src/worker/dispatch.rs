@@ -14,7 +14,7 @@ use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::lanes::{Lanes, Next, Route, Source};
+use super::lanes::{Lanes, MERCHANTS, Next, Route, Source};
 use super::{SessionEnd, Worker};
 use crate::delivery::{self, Context};
 use crate::queue::Session;
@@ -158,12 +158,12 @@ pub(super) async fn guarded(trip: impl Future<Output = ()>) -> Result<(), Panick
 /// Parks a message in its app's lane: publish (confirmed), then ack. If the publish fails the
 /// message goes back to the work queue and the session is rebuilt (it redeclares the lanes).
 fn park(ctx: &Arc<Context>, session: &Session, app: &str, msg: Delivery, done: mpsc::UnboundedSender<Done>) {
-    let lane = if ctx.rules.apps.contains(&crate::ids::AppId::from(app)) {
-        ctx.topology.lane(app)
+    let (lane, label) = if ctx.rules.apps.contains(&crate::ids::AppId::from(app)) {
+        (ctx.topology.lane(app), app.to_string())
     } else {
-        ctx.topology.merchant_lane_of(app)
+        (ctx.topology.merchant_lane_of(app), MERCHANTS.to_string())
     };
-    let (session, app) = (session.clone(), app.to_string());
+    let (session, app) = (session.clone(), label);
     tokio::spawn(async move {
         match session
             .publisher

@@ -20,6 +20,9 @@ use std::time::Instant;
 /// one is parked in its lane (apps that share the worker; a lone app is never parked).
 const DIRECT_LINE: usize = 16;
 
+/// The label of the platforms' merchants, counted together in the metrics.
+pub(crate) const MERCHANTS: &str = "merchants";
+
 /// Where a message just taken from the work queue goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
@@ -49,8 +52,10 @@ pub(crate) enum Next<M> {
 #[derive(Debug)]
 struct Line<M> {
     app: String,
-    /// It has a lane to park in (a configured app); others are never parked.
+    /// It has a lane to park in (a configured app, or a merchant); others are never parked.
     lane: bool,
+    /// A platform's merchant (not configured): its backlog is counted with the other merchants'.
+    merchant: bool,
     /// Its fleet-wide rate limit, if it has one.
     limit: Option<f64>,
     waiting: VecDeque<(M, Source)>,
@@ -98,6 +103,7 @@ impl<M> Lanes<M> {
         self.lines.push(Line {
             app: app.to_string(),
             lane,
+            merchant: false,
             limit,
             waiting: VecDeque::new(),
             in_flight: 0,
@@ -111,7 +117,11 @@ impl<M> Lanes<M> {
     pub(crate) fn line_of(&mut self, app: &str) -> usize {
         match self.index.get(app) {
             Some(&i) => i,
-            None => self.add(app, self.merchants, None),
+            None => {
+                let i = self.add(app, self.merchants, None);
+                self.lines[i].merchant = self.merchants;
+                i
+            }
         }
     }
 
@@ -221,12 +231,23 @@ impl<M> Lanes<M> {
         }
     }
 
-    /// Per app: messages waiting in this worker's line, and whether they wait for the rate.
-    pub(crate) fn backlog(&self) -> impl Iterator<Item = (&str, usize, usize)> + '_ {
-        self.lines.iter().map(|l| {
-            let for_rate = if l.limit.is_some() { l.waiting.len() } else { 0 };
-            (l.app.as_str(), l.waiting.len(), for_rate)
-        })
+    /// Per configured app: messages waiting in this worker's line, and how many of them wait for
+    /// the rate; the platforms' merchants together as `merchants` (one series, however many).
+    pub(crate) fn backlog(&self) -> Vec<(&str, usize, usize)> {
+        let mut out: Vec<(&str, usize, usize)> = self
+            .lines
+            .iter()
+            .filter(|l| !l.merchant)
+            .map(|l| {
+                let for_rate = if l.limit.is_some() { l.waiting.len() } else { 0 };
+                (l.app.as_str(), l.waiting.len(), for_rate)
+            })
+            .collect();
+        if self.merchants {
+            let waiting = self.lines.iter().filter(|l| l.merchant).map(|l| l.waiting.len()).sum();
+            out.push((MERCHANTS, waiting, 0));
+        }
+        out
     }
 }
 
@@ -372,7 +393,7 @@ mod tests {
         assert_eq!(kept, 5, "a lone paced app parks past a second's worth too");
         assert_eq!(start(&mut lanes, 100).len(), 5, "at most 5 in flight");
         assert_eq!(lanes.lane_prefetch(a, 1000), 10);
-        let waiting: Vec<_> = lanes.backlog().collect();
+        let waiting: Vec<_> = lanes.backlog();
         assert_eq!(waiting, [("wxA", 0, 0)]);
     }
 
@@ -412,6 +433,9 @@ mod tests {
         lanes.push(m2, 999, Source::Work);
         let started = start(&mut lanes, 2);
         assert!(started.contains(&"wxMERCHANT2".to_string()), "{started:?}");
+        // The metrics count the merchants together: one series however many there are.
+        let waiting: usize = lanes.lines.iter().map(|l| l.waiting.len()).sum();
+        assert_eq!(lanes.backlog(), vec![("wxA", 0, 0), (MERCHANTS, waiting, 0)]);
         // Without platforms an unknown app is never parked (intake refuses it).
         let mut lanes: Lanes<u32> = Lanes::new(&apps(&["wxA", "wxB"]), 1000, false);
         let x = lanes.line_of("wxUNKNOWN");
