@@ -43,6 +43,7 @@ pub mod db;
 pub(crate) mod delivery;
 pub mod event;
 pub(crate) mod fate;
+pub(crate) mod flights;
 pub mod ids;
 pub(crate) mod ledger;
 pub(crate) mod metrics;

@@ -319,7 +319,7 @@ async fn merchant_template<'m>(
     let attempt = AttemptRecord {
         started,
         started_at,
-        duration_ms: elapsed.as_millis().min(i32::MAX as u128) as i32,
+        duration_ms: millis(elapsed),
         http_status: None,
         errcode,
         errmsg: Some(format!("api_add_template: {error}")),
@@ -549,9 +549,14 @@ fn attempt_record(
     AttemptRecord {
         started,
         started_at,
-        duration_ms: elapsed.as_millis().min(i32::MAX as u128) as i32,
+        duration_ms: millis(elapsed),
         http_status,
         errcode,
         errmsg,
     }
+}
+
+/// A duration in whole milliseconds, as `delivery_attempts.duration_ms` holds it.
+fn millis(elapsed: Duration) -> i32 {
+    i32::try_from(elapsed.as_millis()).unwrap_or(i32::MAX)
 }

@@ -8,7 +8,7 @@
 //! Within a process a known id costs no database call, and one task per key waits on the row.
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use secrecy::SecretString;
 use sqlx::PgPool;
@@ -17,6 +17,7 @@ use futures_util::StreamExt;
 
 use super::client::{CallError, ComponentApi};
 use super::tokens::{Platform, PlatformError, PlatformTokens};
+use crate::flights::Flights;
 use crate::retry::{ErrorClass, classify_send};
 use crate::template::library::Library;
 
@@ -30,7 +31,7 @@ pub(crate) struct MerchantTemplates {
     pool: PgPool,
     api: ComponentApi,
     known: RwLock<HashMap<Key, String>>,
-    flights: Mutex<HashMap<Key, Arc<tokio::sync::Mutex<()>>>>,
+    flights: Flights<Key>,
 }
 
 #[derive(sqlx::FromRow)]
@@ -47,7 +48,7 @@ impl MerchantTemplates {
             pool,
             api,
             known: RwLock::default(),
-            flights: Mutex::default(),
+            flights: Flights::default(),
         }
     }
 
@@ -67,11 +68,7 @@ impl MerchantTemplates {
         if let Some(id) = self.known(&key) {
             return Ok(Ok(id));
         }
-        let flight = {
-            let mut flights = self.flights.lock().expect("template flights lock");
-            flights.entry(key.clone()).or_default().clone()
-        };
-        let _flight = flight.lock().await;
+        let _flight = self.flights.enter(&key).await;
         if let Some(id) = self.known(&key) {
             return Ok(Ok(id));
         }
@@ -81,7 +78,7 @@ impl MerchantTemplates {
                 .write()
                 .expect("template ids lock")
                 .insert(key.clone(), id.clone());
-            self.flights.lock().expect("template flights lock").remove(&key);
+            self.flights.forget(&key);
         }
         Ok(answer)
     }

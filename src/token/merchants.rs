@@ -8,12 +8,13 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
 
 use super::{AccessToken, TokenError};
+use crate::flights::Flights;
 use crate::platform::tokens::{Platform, PlatformError, PlatformTokens};
 
 /// How long this process uses a merchant's token before asking the store again (a stored token
@@ -37,7 +38,7 @@ pub(crate) struct Merchants {
     cached: RwLock<HashMap<String, AccessToken>>,
     /// In-process single flight per merchant: one task asks the store for a merchant at a time
     /// (another merchant's lookup or refresh never waits for it).
-    flights: Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    flights: Flights<String>,
     /// Counts what was forgotten: a bulk load that overlapped a forget is not kept.
     forgets: AtomicU64,
 }
@@ -49,7 +50,7 @@ impl Merchants {
             tokens,
             platforms: platforms.into_iter().map(|p| (p.component_appid.clone(), p)).collect(),
             cached: RwLock::default(),
-            flights: Mutex::default(),
+            flights: Flights::default(),
             forgets: AtomicU64::new(0),
         }
     }
@@ -64,11 +65,7 @@ impl Merchants {
         if let Some(t) = self.fresh(app_id) {
             return Ok(t);
         }
-        let flight = {
-            let mut flights = self.flights.lock().expect("merchant flights lock");
-            flights.entry(app_id.to_string()).or_default().clone()
-        };
-        let _flight = flight.lock().await;
+        let _flight = self.flights.enter(&app_id.to_string()).await;
         if let Some(t) = self.fresh(app_id) {
             return Ok(t);
         }
