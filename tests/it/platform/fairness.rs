@@ -21,20 +21,13 @@ async fn a_merchants_booking_does_not_wait_behind_another_merchants_backlog() {
         latency_ms: Some(100),
         ..Default::default()
     });
-    let booking = |id: String, merchant: &str| {
-        let mut e = crate::common::event(&id, "booking.confirmed", &format!("o-{id}"));
-        e["app_id"] = merchant.into();
-        e
-    };
+    let booking = |id: String, merchant: &str| booking(&id, "booking.confirmed", merchant);
     for i in 0..BACKLOG {
         env.publish(&booking(format!("a-{i}"), a)).await;
     }
     env.publish(&booking("b-0".into(), &b)).await;
     let file = platforms_file(&env);
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let admin = free_addr();
     // 20 sends at a time, each 100 ms: A's backlog takes about 15 s.
     let mut worker = env
         .worker_command()

@@ -41,13 +41,7 @@ async fn two_hundred_merchants_three_workers_a_kill_every_booking_once_from_its_
         ..Default::default()
     });
     let file = platforms_file(&env);
-    let admin = || {
-        std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-    };
-    let mut workers: Vec<_> = (0..3).map(|_| spawn_worker(&env, &file, admin())).collect();
+    let mut workers: Vec<_> = (0..3).map(|_| spawn_worker(&env, &file, free_addr())).collect();
     let stop = Arc::new(AtomicBool::new(false));
     let rotations = rotate_until(&env, stop.clone());
     let mut owner = HashMap::new();

@@ -110,6 +110,21 @@ pub(crate) fn platforms_file_with(env: &TestEnv, extra: &str) -> PlatformsFile {
     PlatformsFile(path)
 }
 
+/// A free local address (for a worker's `/metrics`).
+pub(crate) fn free_addr() -> std::net::SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A booking event of `event_type` for `merchant`'s account, to user `o-<id>`.
+pub(crate) fn booking(id: &str, event_type: &str, merchant: &str) -> serde_json::Value {
+    let mut e = crate::common::event(id, event_type, &format!("o-{id}"));
+    e["app_id"] = merchant.into();
+    e
+}
+
 /// The worker binary with the platform configured, its `/metrics` on `admin`.
 pub(crate) fn spawn_worker(env: &TestEnv, file: &PlatformsFile, admin: std::net::SocketAddr) -> tokio::process::Child {
     env.worker_command()

@@ -35,9 +35,7 @@ async fn stored_secrets(env: &TestEnv) -> Vec<String> {
 }
 
 async fn send_one(env: &TestEnv, id: &str, merchant: &str, sent: usize) {
-    let mut e = crate::common::event(id, "booking.library", &format!("o-{id}"));
-    e["app_id"] = merchant.into();
-    env.publish(&e).await;
+    env.publish(&booking(id, "booking.library", merchant)).await;
     crate::helpers::wait_for("sent", Duration::from_secs(60), || async {
         env.sim.messages().len() == sent
     })

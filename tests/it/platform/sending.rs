@@ -13,16 +13,9 @@ async fn bookings_go_from_each_merchants_account_and_a_revoked_merchants_wait_in
     let (m1, m2) = ("wxMERCHANT0000031", "wxMERCHANT0000032");
     onboard(&env, &t, &[m1, m2]).await;
     let file = platforms_file(&env);
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let admin = free_addr();
     let mut worker = spawn_worker(&env, &file, admin);
-    let booking = |id: &str, app: &str| {
-        let mut e = crate::common::event(id, "booking.confirmed", &format!("o-{id}"));
-        e["app_id"] = app.into();
-        e
-    };
+    let booking = |id: &str, app: &str| booking(id, "booking.confirmed", app);
     // m2's booking goes first: the worker now holds m2's token.
     env.publish(&booking("m-2-first", m2)).await;
     crate::helpers::wait_for("m2's first booking sent", Duration::from_secs(60), || async {
@@ -115,15 +108,10 @@ async fn without_a_ticket_deliveries_wait_until_one_arrives_and_nothing_is_dead_
         .await
         .unwrap();
     let file = platforms_file(&env);
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    let admin = free_addr();
     let mut worker = spawn_worker(&env, &file, admin);
     for i in 0..5 {
-        let mut e = crate::common::event(&format!("nt-{i}"), "booking.confirmed", &format!("o-nt-{i}"));
-        e["app_id"] = m.into();
-        env.publish(&e).await;
+        env.publish(&booking(&format!("nt-{i}"), "booking.confirmed", m)).await;
     }
     crate::helpers::wait_for("WeChat asked for a ticket", Duration::from_secs(60), || async {
         env.sim

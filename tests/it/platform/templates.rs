@@ -21,10 +21,8 @@ thing1 = "{{ data.service }}"
 thing2 = "{{ data.store }}"
 "#;
 
-fn booking(id: &str, merchant: &str) -> serde_json::Value {
-    let mut e = crate::common::event(id, "booking.library", &format!("o-{id}"));
-    e["app_id"] = merchant.into();
-    e
+fn library_booking(id: &str, merchant: &str) -> serde_json::Value {
+    booking(id, "booking.library", merchant)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -38,19 +36,16 @@ async fn a_library_template_is_added_once_per_merchant_across_the_fleet() {
     }
     // Fifty first deliveries waiting before the workers start, so that they meet at once.
     for i in 0..25 {
-        env.publish(&booking(&format!("lib-a-{i}"), m1)).await;
-        env.publish(&booking(&format!("lib-b-{i}"), m2)).await;
+        env.publish(&library_booking(&format!("lib-a-{i}"), m1)).await;
+        env.publish(&library_booking(&format!("lib-b-{i}"), m2)).await;
     }
     for i in 0..3 {
-        env.publish(&booking(&format!("lib-full-{i}"), full)).await;
+        env.publish(&library_booking(&format!("lib-full-{i}"), full)).await;
     }
     let file = platforms_file_with(&env, LIBRARY_TEMPLATE);
     let mut workers: Vec<_> = (0..3)
         .map(|_| {
-            let admin = std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap();
+            let admin = free_addr();
             spawn_worker(&env, &file, admin)
         })
         .collect();
@@ -90,7 +85,7 @@ async fn a_library_template_is_added_once_per_merchant_across_the_fleet() {
     let old_id = sent.iter().find(|m| m.appid == m1).unwrap().template_id.clone();
     assert!(env.sim.delete_merchant_template(PLATFORM, m1, &old_id));
     for i in 0..6 {
-        env.publish(&booking(&format!("lib-again-{i}"), m1)).await;
+        env.publish(&library_booking(&format!("lib-again-{i}"), m1)).await;
     }
     crate::helpers::wait_for("the six sent", Duration::from_secs(60), || async {
         env.count("SELECT count(*) FROM deliveries WHERE event_id LIKE 'lib-again-%' AND status = 'sent'")
