@@ -1,4 +1,4 @@
-//! Throughput benchmark: prints figures, asserts nothing (CI does not run it).
+//! Throughput benchmark: prints figures; asserts only that each fixture event was sent once.
 //!
 //!   cargo bench --bench throughput                     # all scenarios, 20,000 events each
 //!   cargo bench --bench throughput -- 50000            # more events
@@ -9,11 +9,17 @@
 //! 1. `broker`: the broker alone: persistent messages published with confirms into a quorum queue
 //!    while a consumer (prefetch 512) acks them. The ceiling for everything else.
 //! 2. `wxnotify, WeChat 0 ms`: N events already queued; one `wxnotify worker` process (release
-//!    build, default settings) delivers them to the simulator; clock from its start to the N-th
-//!    `sent` row in the ledger: consume, claim, render, send, record, ack.
+//!    build, default settings) delivers them to the simulator; clock from its start until every
+//!    delivery is final in the ledger: consume, claim, render, send, record, ack.
 //! 3. `wxnotify, WeChat 100 ms`: the same with every send answered after 100 ms.
+//! 4. `realistic mix`: the shipped templates and car-wash traffic (`support/realistic.rs`), N/4
+//!    bookings of four deliveries each, WeChat at once.
 //!
-//! For each: deliveries per second, and the worker's peak resident memory (VmHWM).
+//! For each: deliveries per second and the ratio to the broker; the worker's peak resident
+//! memory (VmHWM); CPU µs per delivery of each group of processes (RabbitMQ, Postgres, the
+//! worker, this benchmark with its simulator, others); Postgres's statements, commits, rows,
+//! index entries and WAL bytes per delivery; the worker's heap allocations per delivery (it runs
+//! with `WXNOTIFY_COUNT_ALLOCATIONS=1`). See `support/cost.rs`.
 //! `WXNOTIFY_*` variables of the environment reach the worker (e.g. `WXNOTIFY_CONCURRENCY=1000`).
 
 #[path = "../tests/common/mod.rs"]
@@ -26,12 +32,12 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use lapin::BasicProperties;
 use lapin::options::BasicAckOptions;
-use sqlx::PgPool;
 use wechat_sim::{Faults, Sim, SimConfig};
 use wxnotify::queue::{Publisher, Topology};
 
 use common::{APP_ID, APP_SECRET, event, fresh_database};
-use support::{Broker, SHIPPED, realistic, spawn_worker, spawn_worker_with, stop_worker};
+use support::cost::{self, Cpu, PgWork};
+use support::{Broker, FIXTURES, SHIPPED, realistic, spawn_worker_env, stop_worker};
 
 fn main() {
     // `cargo bench` passes `--bench`; `cargo test --all-targets` runs this too (with its own
@@ -45,25 +51,37 @@ fn main() {
     };
     support::runtime().block_on(async {
         println!("bench: {events} events per scenario; {} cores", num_cpus());
+        let (cpu_before, started) = (Cpu::read(), Instant::now());
         let broker = broker_alone(events).await;
         println!("bench: broker alone                 {broker:>8.0} msgs/s (publish with confirms + consume + ack, persistent, quorum)");
-        for latency in [0, 100] {
-            let (rate, rss_kib, secs) = wxnotify_run(events, latency).await;
-            println!(
-                "bench: wxnotify, WeChat {latency:>3} ms      {rate:>8.0} deliveries/s ({events} in {secs:.1} s; worker peak RSS {} MiB; {:.2} x the broker)",
-                rss_kib / 1024,
-                rate / broker
-            );
+        let secs = started.elapsed().as_secs_f64();
+        println!("bench:   {} (over {secs:.1} s, publishing included)", Cpu::read().per(&cpu_before, events));
+        for latency_ms in [0, 100] {
+            let scenario = Scenario { bodies: bodies(events), deliveries: events, templates: FIXTURES, latency_ms };
+            let r = run(scenario).await;
+            assert_eq!(r.sends, events as u64, "one message per event");
+            print(&format!("wxnotify, WeChat {latency_ms:>3} ms     "), events, &r, broker);
         }
         let bookings = events / 4;
-        let (rate, secs, work) = realistic_run(bookings).await;
-        println!(
-            "bench: realistic mix, WeChat   0 ms {rate:>8.0} deliveries/s ({} in {secs:.1} s; {:.2} x the broker)",
-            realistic::deliveries(bookings),
-            rate / broker
-        );
-        println!("bench:   {work}");
+        let scenario = Scenario {
+            bodies: realistic::bodies(bookings),
+            deliveries: realistic::deliveries(bookings),
+            templates: SHIPPED,
+            latency_ms: 0,
+        };
+        print("realistic mix, WeChat   0 ms", scenario.deliveries, &run(scenario).await, broker);
     });
+}
+
+fn print(label: &str, deliveries: usize, r: &Run, broker: f64) {
+    println!(
+        "bench: {label} {:>8.0} deliveries/s ({deliveries} in {:.1} s; worker peak RSS {} MiB; {:.2} x the broker)",
+        r.rate,
+        r.secs,
+        r.rss_kib / 1024,
+        r.rate / broker
+    );
+    println!("bench:   {}", r.cost);
 }
 
 fn num_cpus() -> usize {
@@ -117,13 +135,6 @@ async fn broker_alone(n: usize) -> f64 {
     rate
 }
 
-async fn sent(pool: &PgPool) -> i64 {
-    sqlx::query_scalar("SELECT count(*) FROM deliveries WHERE status = 'sent'")
-        .fetch_one(pool)
-        .await
-        .unwrap_or(0)
-}
-
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -135,57 +146,78 @@ fn peak_rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
-async fn wxnotify_run(n: usize, latency_ms: u64) -> (f64, u64, f64) {
+/// One scenario's figures.
+struct Run {
+    rate: f64,
+    secs: f64,
+    rss_kib: u64,
+    /// Messages the simulator accepted.
+    sends: u64,
+    /// CPU per process group, Postgres's work and the worker's allocations, per delivery.
+    cost: String,
+}
+
+/// What a scenario runs: its events, the templates, the simulator's latency, and how to tell it
+/// is done.
+struct Scenario {
+    bodies: Vec<(String, Vec<u8>)>,
+    deliveries: usize,
+    templates: &'static str,
+    latency_ms: u64,
+}
+
+/// The scenario's events queued first, then one worker (counting its allocations) until every
+/// delivery is final; the cost read around it.
+async fn run(scenario: Scenario) -> Run {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (db_url, pool) = fresh_database(&id, 2).await;
+    PgWork::prepare(&pool).await;
     let sim = Sim::new(SimConfig {
         apps: HashMap::from([(APP_ID.to_string(), APP_SECRET.to_string())]),
         faults: Faults {
-            latency_ms,
+            latency_ms: scenario.latency_ms,
             ..Faults::default()
         },
         ..SimConfig::default()
     });
     let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim");
     let broker = Broker::open("bench").await;
-    publish_all(&broker.publisher, &broker.topology, &bodies(n)).await;
-    let child = spawn_worker(&db_url, &broker.topology, sim_addr, "127.0.0.1:0");
+    publish_all(&broker.publisher, &broker.topology, &scenario.bodies).await;
+    let admin = cost::free_addr();
+    let (pg_before, cpu_before) = (PgWork::read(&pool).await, Cpu::read());
+    let env = [
+        ("WXNOTIFY_ADMIN_ADDR", admin.as_str()),
+        ("WXNOTIFY_COUNT_ALLOCATIONS", "1"),
+    ];
+    let child = spawn_worker_env(&db_url, &broker.topology, sim_addr, scenario.templates, &env);
     let pid = child.id().expect("pid");
     let started = Instant::now();
-    let deadline = started + Duration::from_secs(600);
-    let mut rss = 0;
-    while sent(&pool).await < n as i64 {
-        assert!(Instant::now() < deadline, "not delivered within 10 minutes");
-        rss = rss.max(peak_rss_kib(pid));
-        tokio::time::sleep(Duration::from_millis(100)).await;
+    let rss = tokio::spawn(async move {
+        let mut peak = 0;
+        loop {
+            peak = peak.max(peak_rss_kib(pid));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if peak_rss_kib(pid) == 0 {
+                return peak;
+            }
+        }
+    });
+    let secs = realistic::wait_final(&pool, scenario.deliveries, started).await;
+    let sends = sim.stats().accepted;
+    let cpu = Cpu::read().per(&cpu_before, scenario.deliveries);
+    let allocations = cost::allocations(&admin).await;
+    stop_worker(child).await;
+    let pg = PgWork::read(&pool).await.per(pg_before, scenario.deliveries);
+    broker.close().await;
+    pool.close().await;
+    let allocs = allocations.map_or("not read".into(), |a| {
+        format!("{:.0}", a as f64 / scenario.deliveries as f64)
+    });
+    Run {
+        rate: scenario.deliveries as f64 / secs,
+        secs,
+        rss_kib: rss.await.unwrap_or(0),
+        sends,
+        cost: format!("{cpu}\nbench:   {pg}\nbench:   worker allocations per delivery: {allocs} (start-up included)"),
     }
-    let secs = started.elapsed().as_secs_f64();
-    rss = rss.max(peak_rss_kib(pid));
-    assert_eq!(sim.stats().accepted, n as u64, "one message per event");
-    stop_worker(child).await;
-    broker.close().await;
-    pool.close().await;
-    (n as f64 / secs, rss, secs)
-}
-
-/// The realistic mix (see `realistic.rs`) through one worker, WeChat answering at once:
-/// deliveries a second, the seconds it took, and what Postgres did per delivery.
-async fn realistic_run(bookings: usize) -> (f64, f64, String) {
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    let (db_url, pool) = fresh_database(&id, 2).await;
-    let sim = support::sim();
-    let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim");
-    let broker = Broker::open("bench").await;
-    publish_all(&broker.publisher, &broker.topology, &realistic::bodies(bookings)).await;
-    let child = spawn_worker_with(&db_url, &broker.topology, sim_addr, "127.0.0.1:0", SHIPPED);
-    let before = realistic::PgWork::read(&pool).await;
-    let started = Instant::now();
-    let secs = realistic::wait_final(&pool, bookings, started).await;
-    let work = realistic::PgWork::read(&pool)
-        .await
-        .per(before, realistic::deliveries(bookings));
-    stop_worker(child).await;
-    broker.close().await;
-    pool.close().await;
-    (realistic::deliveries(bookings) as f64 / secs, secs, work)
 }

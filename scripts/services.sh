@@ -41,11 +41,22 @@ postgres_up() {
     log "creating database $PG_DB"
     psql_root -c "CREATE DATABASE \"$PG_DB\"" >/dev/null
   fi
-  local max
+  local max preload restart=""
   max=$(psql_root -c "show max_connections")
   if [ "$max" -lt 500 ]; then
-    log "raising max_connections to 500 (tests run many pools in parallel); restarting PostgreSQL"
+    log "raising max_connections to 500 (tests run many pools in parallel)"
     psql_root -c "ALTER SYSTEM SET max_connections = 500" >/dev/null
+    restart=yes
+  fi
+  # The throughput benchmark counts the statements per delivery with pg_stat_statements.
+  preload=$(psql_root -c "show shared_preload_libraries")
+  if [[ "$preload" != *pg_stat_statements* ]]; then
+    log "loading pg_stat_statements (the benchmarks count statements)"
+    psql_root -c "ALTER SYSTEM SET shared_preload_libraries = 'pg_stat_statements'" >/dev/null
+    restart=yes
+  fi
+  if [ -n "$restart" ]; then
+    log "restarting PostgreSQL"
     as_root pg_ctlcluster "$PG_VERSION" "$PG_CLUSTER" restart
   fi
   PGPASSWORD="$PG_PASSWORD" psql -h 127.0.0.1 -U postgres -d "$PG_DB" -qAtc 'select 1' >/dev/null

@@ -99,7 +99,10 @@ pub(crate) async fn bind(
         .route("/readyz", get(readyz))
         .route(
             "/metrics",
-            get(|State(s): State<AdminState>| async move { s.metrics.render() }),
+            get(|State(s): State<AdminState>| async move {
+                metrics::counter!("wxnotify_allocations_total").absolute(crate::allocations::count());
+                s.metrics.render()
+            }),
         )
         .with_state(state);
     let server = async move {

@@ -315,6 +315,9 @@ impl From<ConfigError> for Failure {
 
 pub fn main() -> ExitCode {
     let _ = dotenvy::dotenv();
+    if std::env::var("WXNOTIFY_COUNT_ALLOCATIONS").is_ok_and(|v| v == "1") {
+        crate::allocations::enable();
+    }
     let cli = Cli::parse();
     telemetry::init(cli.log_format);
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {

@@ -246,12 +246,17 @@ mod tests {
         // Every delivery awaits `get`; only a missing or stale token takes the slow path.
         let get = std::mem::size_of_val(&tokens.get("app"));
         assert!(get < 512, "TokenProvider::get future: {get} bytes");
+        let pool_for_holds = pool.clone();
         let ledger = crate::ledger::Ledger::new(pool, "w".into());
         let lock = std::mem::size_of_val(&store.lock("app"));
-        let hold = std::mem::size_of_val(&ledger.hold(&[], &[]));
+        let holds = crate::schedule::Holds::new(pool_for_holds);
+        let hold = std::mem::size_of_val(&holds.hold(crate::schedule::HoldRequest {
+            waiting: vec![],
+            cancellations: vec![],
+        }));
         let due = std::mem::size_of_val(&ledger.take_due(1));
         assert!(lock < 2048, "TokenStore::lock future: {lock} bytes");
-        assert!(hold < 2048, "Ledger::hold future: {hold} bytes");
+        assert!(hold < 2048, "Holds::hold future: {hold} bytes");
         assert!(due < 2048, "Ledger::take_due future: {due} bytes");
     }
 }

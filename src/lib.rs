@@ -33,9 +33,13 @@
 //! - [`config`], [`redact`], [`telemetry`], `admin`, [`db`], [`tls`], `shutdown`: the service
 //!   around it.
 //!
+//! - [`allocations`]: the allocation count the benchmarks read.
+//!
 //! The WeChat API simulator is a crate of its own (`crates/wechat-sim`).
 
 pub(crate) mod admin;
+#[allow(unsafe_code)]
+pub mod allocations;
 pub mod app;
 pub mod cli;
 pub mod config;

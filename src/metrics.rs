@@ -244,19 +244,24 @@ fn register_health() {
     metrics::gauge!("wxnotify_db_up").set(0.0);
     describe_gauge!("wxnotify_in_flight", "Deliveries this worker is working on right now");
     metrics::gauge!("wxnotify_in_flight").set(0.0);
+    describe_counter!(
+        "wxnotify_allocations_total",
+        "Heap allocations of this process; counted only with WXNOTIFY_COUNT_ALLOCATIONS=1 (benchmarks)"
+    );
+    metrics::counter!("wxnotify_allocations_total").absolute(0);
 }
 
 /// The batched ledger statements: duration and size, by kind.
 fn register_ledger_batches() {
     describe_histogram!(
         "wxnotify_ledger_statement_seconds",
-        "Duration of one batched ledger statement, by kind (claim, record)"
+        "Duration of one batched ledger statement, by kind (claim, record; hold: a transaction)"
     );
     describe_histogram!(
         "wxnotify_ledger_batch_size",
         "Requests one batched ledger statement carried, by kind"
     );
-    for k in ["claim", "record"] {
+    for k in ["claim", "record", "hold"] {
         let _ = metrics::histogram!("wxnotify_ledger_statement_seconds", "kind" => k);
         let _ = metrics::histogram!("wxnotify_ledger_batch_size", "kind" => k);
     }

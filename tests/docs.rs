@@ -24,6 +24,12 @@ const OTHER_SETTINGS: &[(&str, &str, &str, Option<&str>)] = &[
         Some(wxnotify::telemetry::DEFAULT_FILTER),
     ),
     ("USER", "src/ops/dlq.rs", "std::env::var(\"USER\")", None),
+    (
+        "WXNOTIFY_COUNT_ALLOCATIONS",
+        "src/cli.rs",
+        "std::env::var(\"WXNOTIFY_COUNT_ALLOCATIONS\")",
+        None,
+    ),
 ];
 
 /// One environment variable as the code reads it.

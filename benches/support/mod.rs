@@ -24,6 +24,7 @@ use wechat_sim::{Sim, SimConfig};
 
 use crate::common::{APP_ID, APP_SECRET, amqp_url, event, worker_env};
 
+pub(crate) mod cost;
 pub(crate) mod realistic;
 
 /// The benchmarks' own runtime: two threads, like the machine.

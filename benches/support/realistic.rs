@@ -9,47 +9,6 @@ use std::time::{Duration, Instant};
 use chrono::{FixedOffset, TimeDelta, Utc};
 use sqlx::PgPool;
 
-/// Postgres's own counters, read before and after a run: what it did per delivery.
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct PgWork {
-    pub commits: i64,
-    pub rows_written: i64,
-    pub wal_bytes: i64,
-}
-
-impl PgWork {
-    /// This database's commits and rows written; the cluster's WAL (this run is the only load
-    /// a benchmark should have).
-    pub(crate) async fn read(pool: &PgPool) -> Self {
-        let (commits, rows_written): (i64, i64) = sqlx::query_as(
-            "SELECT xact_commit, tup_inserted + tup_updated + tup_deleted
-               FROM pg_stat_database WHERE datname = current_database()",
-        )
-        .fetch_one(pool)
-        .await
-        .unwrap_or_default();
-        let wal_bytes: i64 = sqlx::query_scalar("SELECT wal_bytes::bigint FROM pg_stat_wal")
-            .fetch_one(pool)
-            .await
-            .unwrap_or_default();
-        Self {
-            commits,
-            rows_written,
-            wal_bytes,
-        }
-    }
-
-    pub(crate) fn per(self, before: Self, deliveries: usize) -> String {
-        let n = deliveries.max(1) as f64;
-        format!(
-            "Postgres per delivery: {:.1} commits, {:.1} rows written, {:.0} WAL bytes",
-            (self.commits - before.commits) as f64 / n,
-            (self.rows_written - before.rows_written) as f64 / n,
-            (self.wal_bytes - before.wal_bytes) as f64 / n,
-        )
-    }
-}
-
 /// The events of `bookings` bookings, as (routing key, body), each booking's in order.
 pub(crate) fn bodies(bookings: usize) -> Vec<(String, Vec<u8>)> {
     let bj = FixedOffset::east_opt(8 * 3600).expect("offset");
@@ -84,8 +43,8 @@ pub(crate) fn deliveries(bookings: usize) -> usize {
     bookings * 4
 }
 
-/// Waits until the run's deliveries are all there and final; the seconds it took from `started`.
-pub(crate) async fn wait_final(pool: &PgPool, bookings: usize, started: Instant) -> f64 {
+/// Waits until the run's `deliveries` are all there and final; the seconds it took from `started`.
+pub(crate) async fn wait_final(pool: &PgPool, deliveries: usize, started: Instant) -> f64 {
     let deadline = started + Duration::from_secs(900);
     loop {
         let (all, open): (i64, i64) = sqlx::query_as(
@@ -95,7 +54,7 @@ pub(crate) async fn wait_final(pool: &PgPool, bookings: usize, started: Instant)
         .fetch_one(pool)
         .await
         .unwrap_or_default();
-        if all >= deliveries(bookings) as i64 && open == 0 {
+        if all >= deliveries as i64 && open == 0 {
             return started.elapsed().as_secs_f64();
         }
         assert!(

@@ -43,6 +43,8 @@ pub(crate) struct Context {
     pub policy: RetryPolicy,
     pub topology: Topology,
     pub ledger: Ledger,
+    /// Events' waiting deliveries and cancellations, stored in batches.
+    pub holds: crate::schedule::Holds,
     pub tokens: TokenProvider,
     /// The merchants' library template ids (docs/interface.md §10); with platforms only.
     pub merchant_templates: Option<std::sync::Arc<crate::platform::templates::MerchantTemplates>>,
@@ -410,8 +412,12 @@ async fn hold(ctx: &Context, h: &Hold, meta: &Meta) -> Result<Plan, Abandoned> {
     let stored = ctx
         .db
         .retry("store waiting deliveries", || async {
-            match ctx.ledger.hold(&h.waiting, &h.cancellations).await {
-                Err(e) if crate::db::is_data_error(&e) => Ok(Err(e.to_string())),
+            let request = crate::schedule::HoldRequest {
+                waiting: h.waiting.clone(),
+                cancellations: h.cancellations.clone(),
+            };
+            match ctx.holds.hold(request).await {
+                Err(e) if e.is_data_error() => Ok(Err(e.to_string())),
                 other => other.map(Ok),
             }
         })

@@ -52,7 +52,7 @@ impl<Req> Deref for Batch<Req> {
 }
 
 /// Sends requests to a task that runs them in batches of up to `max`, at most `parallel` at once.
-pub(super) struct Batcher<Req, Resp> {
+pub(crate) struct Batcher<Req, Resp> {
     tx: mpsc::UnboundedSender<Job<Req, Resp>>,
 }
 
@@ -65,7 +65,7 @@ impl<Req, Resp> Clone for Batcher<Req, Resp> {
 impl<Req: Send + Sync + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
     /// `run` executes one batch and returns one result per request, in order (or one error for
     /// all). Must be called within a tokio runtime.
-    pub(super) fn spawn<F, Fut>(max: usize, parallel: usize, run: F) -> Self
+    pub(crate) fn spawn<F, Fut>(max: usize, parallel: usize, run: F) -> Self
     where
         F: Fn(Batch<Req>) -> Fut + Send + Sync + 'static,
         Fut: Future<Output = Result<Vec<Result<Resp, LedgerError>>, LedgerError>> + Send + 'static,
@@ -96,7 +96,7 @@ impl<Req: Send + Sync + 'static, Resp: Send + 'static> Batcher<Req, Resp> {
         Self { tx }
     }
 
-    pub(super) async fn call(&self, req: Req) -> Result<Resp, LedgerError> {
+    pub(crate) async fn call(&self, req: Req) -> Result<Resp, LedgerError> {
         let (reply, answer) = oneshot::channel();
         let gone = || LedgerError::from(sqlx::Error::PoolClosed);
         self.tx.send((req, reply)).map_err(|_| gone())?;

@@ -6,7 +6,7 @@
 //! batched: the claims (or outcomes) of the deliveries in flight share one statement and one
 //! commit, each with its own answer ([`batch`]); a caller is answered only after the commit.
 
-mod batch;
+pub(crate) mod batch;
 mod claim;
 pub(crate) mod consent;
 pub(crate) mod followers;
@@ -35,7 +35,7 @@ pub(crate) use claim::{Claim, ClaimRequest, Claimed};
 pub(crate) use record::AttemptRecord;
 
 /// A batched statement's duration and size, by kind.
-fn statement_done(kind: &'static str, size: usize, started: std::time::Instant) {
+pub(crate) fn statement_done(kind: &'static str, size: usize, started: std::time::Instant) {
     metrics::histogram!("wxnotify_ledger_statement_seconds", "kind" => kind).record(started.elapsed().as_secs_f64());
     metrics::histogram!("wxnotify_ledger_batch_size", "kind" => kind).record(size as f64);
 }

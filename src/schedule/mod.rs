@@ -2,12 +2,14 @@
 //!
 //! - [`timing`]: the rules a template gives (`send_at`, `not_after`, quiet hours), pure;
 //! - [`due()`]: the judge's part, what becomes of a delivery when its time comes, pure;
-//! - `store`: holding an event's waiting deliveries and cancellations in the ledger (one
-//!   transaction), and taking due rows (`FOR UPDATE SKIP LOCKED`);
+//! - `store`: holding an event's waiting deliveries and cancellations in the ledger, and taking
+//!   due rows (`FOR UPDATE SKIP LOCKED`);
+//! - `holds`: the events in flight hold theirs in one transaction, batched;
 //! - `release`: the loop that publishes due deliveries back to the work queue.
 //!
 //! A delivery that goes is sent by the ordinary trip (`crate::delivery`), with every guarantee.
 
+mod holds;
 pub(crate) mod release;
 mod store;
 pub(crate) mod timing;
@@ -15,6 +17,7 @@ pub(crate) mod timing;
 use chrono::{DateTime, Utc};
 
 use crate::fate::DueFate;
+pub(crate) use holds::{HoldRequest, Holds};
 pub(crate) use release::Releaser;
 pub(crate) use store::{Cancellation, Waiting};
 pub(crate) use timing::QuietHours;

@@ -6,6 +6,8 @@
 //! advisory lock: a cancellation committed first is seen by the delivery's insert; a delivery
 //! committed first is seen by the cancellation's update. Locks are taken in key order.
 
+use std::collections::HashMap;
+
 use chrono::{DateTime, Utc};
 use sqlx::{Postgres, Row, Transaction};
 
@@ -79,40 +81,6 @@ pub(crate) struct DueBatch {
 }
 
 impl Ledger {
-    /// Stores an event's waiting deliveries and applies its cancellations, in one transaction.
-    pub(crate) async fn hold(&self, waiting: &[Waiting], cancellations: &[Cancellation]) -> Result<Held, sqlx::Error> {
-        let mut tx = crate::db::begin(self.pool()).await?;
-        lock_keys(&mut tx, waiting, cancellations).await?;
-        let mut held = Held::default();
-        if !cancellations.is_empty() {
-            held.cancelled_others = cancel(&mut tx, cancellations).await?;
-        }
-        if !waiting.is_empty() {
-            let mut soon = false;
-            for (status, due_soon) in store(&mut tx, waiting).await? {
-                match status.as_str() {
-                    "scheduled" => {
-                        held.scheduled += 1;
-                        soon |= due_soon;
-                    }
-                    "cancelled" => held.cancelled += 1,
-                    _ => held.expired += 1,
-                }
-            }
-            // Every due-delivery loop wakes by itself within IDLE and reads the earliest due
-            // time: only a delivery due before then needs to wake them (and the notification
-            // takes Postgres's cluster-wide notify lock at commit).
-            if soon {
-                sqlx::query("SELECT pg_notify($1, '')")
-                    .bind(DUE_CHANNEL)
-                    .execute(&mut *tx)
-                    .await?;
-            }
-        }
-        tx.commit().await?;
-        Ok(held)
-    }
-
     /// Seconds until the earliest scheduled delivery falls due, by the database's clock (≤ 0:
     /// due now; `None`: nothing scheduled). The partial index answers it.
     pub(crate) async fn next_due_in(&self) -> Result<Option<f64>, sqlx::Error> {
@@ -204,10 +172,10 @@ impl DueBatch {
 }
 
 /// Serializes with every other transaction storing or cancelling the same (app, template, key).
-async fn lock_keys(
+pub(super) async fn lock_keys<'a>(
     tx: &mut Transaction<'static, Postgres>,
-    waiting: &[Waiting],
-    cancellations: &[Cancellation],
+    waiting: &[&Waiting],
+    cancellations: impl Iterator<Item = &'a Cancellation>,
 ) -> Result<(), sqlx::Error> {
     let mut keys: Vec<(AppId, String, String)> = waiting
         .iter()
@@ -216,11 +184,7 @@ async fn lock_keys(
                 .as_ref()
                 .map(|k| (w.app_id.clone(), w.key.template_id.clone(), k.clone()))
         })
-        .chain(
-            cancellations
-                .iter()
-                .map(|c| (c.app_id.clone(), c.template_id.clone(), c.cancel_key.clone())),
-        )
+        .chain(cancellations.map(|c| (c.app_id.clone(), c.template_id.clone(), c.cancel_key.clone())))
         .collect();
     if keys.is_empty() {
         return Ok(());
@@ -243,17 +207,22 @@ async fn lock_keys(
 }
 
 /// Records the cancellations (for deliveries arriving later) and cancels the waiting deliveries
-/// they cover. A delivery held by a worker (being sent) is not recalled.
-async fn cancel(tx: &mut Transaction<'static, Postgres>, cs: &[Cancellation]) -> Result<u64, sqlx::Error> {
-    let col = |f: fn(&Cancellation) -> &String| cs.iter().map(|c| f(c).clone()).collect::<Vec<_>>();
-    let done = sqlx::query(
+/// they cover. A delivery held by a worker (being sent) is not recalled. Each cancellation comes
+/// with its event's place in the batch; returned: that place once per delivery it cancelled.
+pub(super) async fn cancel(
+    tx: &mut Transaction<'static, Postgres>,
+    cs: &[(usize, &Cancellation)],
+) -> Result<Vec<usize>, sqlx::Error> {
+    let col = |f: fn(&Cancellation) -> &String| cs.iter().map(|(_, c)| f(c).clone()).collect::<Vec<_>>();
+    let places: Vec<i32> = sqlx::query_scalar(
         "WITH c AS (
-             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[])
-               AS t(app_id, template_id, cancel_key, event_id, event_type, occurred_at)
+             SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::timestamptz[],
+                                  $7::int[])
+               AS t(app_id, template_id, cancel_key, event_id, event_type, occurred_at, place)
          ),
          kept AS (
              INSERT INTO delivery_cancellations (app_id, template_id, cancel_key, event_id, event_type, occurred_at)
-             SELECT * FROM c
+             SELECT app_id, template_id, cancel_key, event_id, event_type, occurred_at FROM c
              ON CONFLICT DO NOTHING
          )
          UPDATE deliveries d
@@ -264,26 +233,45 @@ async fn cancel(tx: &mut Transaction<'static, Postgres>, cs: &[Cancellation]) ->
            FROM c
           WHERE d.app_id = c.app_id AND d.template_id = c.template_id AND d.cancel_key = c.cancel_key
             AND d.event_id <> c.event_id AND d.occurred_at <= c.occurred_at
-            AND (d.status = 'scheduled' OR (d.status IN ('pending', 'retrying') AND d.owner IS NULL))",
+            AND (d.status = 'scheduled' OR (d.status IN ('pending', 'retrying') AND d.owner IS NULL))
+         RETURNING c.place",
     )
-    .bind(cs.iter().map(|c| c.app_id.clone()).collect::<Vec<_>>())
+    .bind(cs.iter().map(|(_, c)| c.app_id.clone()).collect::<Vec<_>>())
     .bind(col(|c| &c.template_id))
     .bind(col(|c| &c.cancel_key))
     .bind(col(|c| &c.event_id))
     .bind(col(|c| &c.event_type))
-    .bind(cs.iter().map(|c| c.occurred_at).collect::<Vec<_>>())
-    .execute(&mut **tx)
+    .bind(cs.iter().map(|(_, c)| c.occurred_at).collect::<Vec<_>>())
+    .bind(
+        cs.iter()
+            .map(|(i, _)| i32::try_from(*i).unwrap_or(i32::MAX))
+            .collect::<Vec<_>>(),
+    )
+    .fetch_all(&mut **tx)
     .await?;
-    Ok(done.rows_affected())
+    Ok(places.into_iter().filter_map(|p| usize::try_from(p).ok()).collect())
+}
+
+/// Wakes every due-delivery loop (at commit): a delivery stored falls due before they would
+/// look by themselves. Postgres takes its cluster-wide notify lock at that commit.
+pub(super) async fn notify_due(tx: &mut Transaction<'static, Postgres>) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(DUE_CHANNEL)
+        .execute(&mut **tx)
+        .await?;
+    Ok(())
 }
 
 /// Inserts the waiting deliveries (a copy of one stored before changes nothing): `cancelled` if a
 /// cancellation arrived first, `expired` if it can no longer go out before `not_after`, else
-/// `scheduled`. Returns the statuses stored, each with whether it falls due before the due-delivery
-/// loops wake up by themselves.
-async fn store(tx: &mut Transaction<'static, Postgres>, ws: &[Waiting]) -> Result<Vec<(String, bool)>, sqlx::Error> {
+/// `scheduled`. Returns the status of each row stored, by key, with whether it falls due before
+/// the due-delivery loops wake up by themselves.
+pub(super) async fn store(
+    tx: &mut Transaction<'static, Postgres>,
+    ws: &[&Waiting],
+) -> Result<HashMap<DeliveryKey, (String, bool)>, sqlx::Error> {
     let col = |f: fn(&Waiting) -> &String| ws.iter().map(|w| f(w).clone()).collect::<Vec<_>>();
-    sqlx::query_as(
+    let rows: Vec<(String, String, String, String, bool)> = sqlx::query_as(
         "INSERT INTO deliveries AS d
              (event_id, event_type, app_id, openid, template_id, occurred_at, client_msg_id,
               due_at, not_after, cancel_key, payload, status, cancelled_by, last_error)
@@ -306,7 +294,8 @@ async fn store(tx: &mut Transaction<'static, Postgres>, ws: &[Waiting]) -> Resul
                    AND x.event_id <> t.event_id AND x.occurred_at >= t.occurred_at
                  LIMIT 1) c ON true
          ON CONFLICT (event_id, template_id, openid) DO NOTHING
-         RETURNING d.status, d.due_at <= now() + make_interval(secs => $12) AS soon",
+         RETURNING d.event_id, d.template_id, d.openid, d.status,
+                   d.due_at <= now() + make_interval(secs => $12) AS soon",
     )
     .bind(ws.iter().map(|w| w.key.event_id.clone()).collect::<Vec<_>>())
     .bind(col(|w| &w.event_type))
@@ -321,5 +310,16 @@ async fn store(tx: &mut Transaction<'static, Postgres>, ws: &[Waiting]) -> Resul
     .bind(col(|w| &w.payload))
     .bind(super::release::IDLE.as_secs_f64())
     .fetch_all(&mut **tx)
-    .await
+    .await?;
+    Ok(rows
+        .into_iter()
+        .map(|(event_id, template_id, openid, status, soon)| {
+            let key = DeliveryKey {
+                event_id,
+                template_id,
+                openid: openid.into(),
+            };
+            (key, (status, soon))
+        })
+        .collect())
 }

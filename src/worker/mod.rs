@@ -112,6 +112,7 @@ impl Worker {
             },
             policy: settings.retry.clone(),
             topology: settings.topology.clone(),
+            holds: crate::schedule::Holds::new(pool.clone()),
             ledger: Ledger::new(pool, settings.worker_id.clone()),
             tokens,
             merchant_templates,

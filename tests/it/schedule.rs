@@ -503,3 +503,66 @@ async fn scheduled_list_and_cancel_by_hand() {
     assert_eq!(out.status.code(), Some(2));
     worker.stop().await;
 }
+
+/// Statements of this database so far whose text contains `needle` (pg_stat_statements, loaded
+/// by `scripts/services.sh`).
+async fn statements_like(env: &TestEnv, needle: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT COALESCE(sum(calls), 0)::bigint FROM pg_stat_statements
+          WHERE dbid = (SELECT oid FROM pg_database WHERE datname = current_database()) AND query LIKE $1",
+    )
+    .bind(format!("%{needle}%"))
+    .fetch_one(&env.pool)
+    .await
+    .expect("pg_stat_statements (scripts/services.sh loads it)")
+}
+
+/// 200 bookings, each confirmed and cancelled, both events queued before the worker starts (half
+/// of them cancellation first): the events in flight hold their reminders and cancellations in
+/// shared transactions, and every reminder still ends cancelled, whatever shared its batch.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bookings_confirmed_and_cancelled_together_share_hold_transactions_and_no_reminder_goes() {
+    let env = TestEnv::new().await;
+    sqlx::query("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        .execute(&env.pool)
+        .await
+        .expect("pg_stat_statements is loaded (scripts/services.sh)");
+    let (t0, n) = (Utc::now(), 200);
+    for i in 0..n {
+        let (id, b, who) = (format!("h-{i}"), format!("B-{i}"), format!("oH{i}"));
+        let confirmed = booking(&id, "booking.confirmed", &b, &who, TimeDelta::seconds(3), t0);
+        let cancelled = booking(
+            &format!("{id}x"),
+            "booking.cancelled",
+            &b,
+            &who,
+            TimeDelta::seconds(3),
+            t0 + TimeDelta::seconds(1),
+        );
+        let pair = if i % 2 == 0 {
+            [confirmed, cancelled]
+        } else {
+            [cancelled, confirmed]
+        };
+        for e in &pair {
+            env.publish(e).await;
+        }
+    }
+    let worker = env.spawn_worker(&opts()).await;
+    let settled = "SELECT count(*) FROM deliveries
+                    WHERE (template_id = 'TPL_BOOKING_REMINDER' AND status = 'cancelled')
+                       OR (template_id <> 'TPL_BOOKING_REMINDER' AND status = 'sent')";
+    wait_for("every reminder cancelled, every other message sent", T, || async {
+        env.count(settled).await == 3 * n
+    })
+    .await;
+    assert!(reminders(&env).is_empty(), "no reminder went");
+    let holds = statements_like(&env, "pg_advisory_xact_lock").await;
+    assert!(holds > 0, "the holds lock their keys");
+    assert!(
+        holds < 100,
+        "{} events held in {holds} transactions: not batched",
+        2 * n
+    );
+    worker.stop().await;
+}
