@@ -3,7 +3,6 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value, json};
 
 /// Which send API a template uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -50,38 +49,101 @@ pub struct OutgoingMessage {
 }
 
 impl OutgoingMessage {
-    /// The request body WeChat expects for this message's API.
-    pub fn body(&self) -> Value {
-        let data: Map<String, Value> = self
-            .data
-            .iter()
-            .map(|(k, v)| (k.clone(), json!({ "value": v })))
-            .collect();
-        let mut body = json!({
-            "touser": self.touser,
-            "template_id": self.template_id,
-            "client_msg_id": self.client_msg_id,
-            "data": data,
-        });
-        let obj = body.as_object_mut().expect("object literal");
-        let mut put = |k: &str, v: &Option<String>| {
-            if let Some(v) = v {
-                obj.insert(k.to_string(), Value::String(v.clone()));
-            }
-        };
-        match self.api {
-            Api::Template => {
-                put("url", &self.url);
-                if let Some(mp) = &self.miniprogram {
-                    obj.insert("miniprogram".into(), serde_json::to_value(mp).expect("plain struct"));
-                }
-            }
-            Api::Subscribe => {
-                put("page", &self.page);
-                put("miniprogram_state", &self.miniprogram_state);
-                put("lang", &self.lang);
-            }
+    /// The request body WeChat expects for this message's API, serialized straight from the
+    /// message (borrowed: no JSON tree is built).
+    pub fn body(&self) -> Body<'_> {
+        let (template, subscribe) = (self.api == Api::Template, self.api == Api::Subscribe);
+        Body {
+            touser: &self.touser,
+            template_id: &self.template_id,
+            client_msg_id: &self.client_msg_id,
+            data: Data(&self.data),
+            url: only(template, &self.url),
+            miniprogram: self.miniprogram.as_ref().filter(|_| template),
+            page: only(subscribe, &self.page),
+            miniprogram_state: only(subscribe, &self.miniprogram_state),
+            lang: only(subscribe, &self.lang),
         }
-        body
+    }
+}
+
+/// `v`, if this API has the field.
+fn only(on: bool, v: &Option<String>) -> Option<&str> {
+    if on { v.as_deref() } else { None }
+}
+
+/// The JSON body of one send: the fields of its API only, those not given left out.
+#[derive(Debug, Serialize)]
+pub struct Body<'a> {
+    touser: &'a str,
+    template_id: &'a str,
+    client_msg_id: &'a str,
+    data: Data<'a>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    url: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    miniprogram: Option<&'a Miniprogram>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    page: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    miniprogram_state: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    lang: Option<&'a str>,
+}
+
+/// `"data": {"key": {"value": "…"}, …}`.
+#[derive(Debug)]
+struct Data<'a>(&'a BTreeMap<String, String>);
+
+impl Serialize for Data<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Valued<'v> {
+            value: &'v str,
+        }
+        s.collect_map(self.0.iter().map(|(k, v)| (k, Valued { value: v })))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use serde_json::json;
+
+    use super::*;
+
+    fn message(api: Api) -> OutgoingMessage {
+        OutgoingMessage {
+            api,
+            touser: "oU".into(),
+            template_id: "T".into(),
+            client_msg_id: "c1".into(),
+            url: Some("https://u".into()),
+            miniprogram: Some(Miniprogram {
+                appid: "wxm".into(),
+                pagepath: None,
+            }),
+            page: Some("pages/a".into()),
+            miniprogram_state: Some("formal".into()),
+            lang: None,
+            data: BTreeMap::from([("thing1".into(), "洗车".into()), ("time2".into(), "10:00".into())]),
+            shortened: vec![],
+        }
+    }
+
+    #[test]
+    fn each_api_gets_its_own_fields_and_data_as_values() {
+        let data = json!({"thing1": {"value": "洗车"}, "time2": {"value": "10:00"}});
+        let template = serde_json::to_value(message(Api::Template).body()).expect("json");
+        assert_eq!(
+            template,
+            json!({"touser": "oU", "template_id": "T", "client_msg_id": "c1", "data": data,
+                   "url": "https://u", "miniprogram": {"appid": "wxm", "pagepath": null}})
+        );
+        let subscribe = serde_json::to_value(message(Api::Subscribe).body()).expect("json");
+        assert_eq!(
+            subscribe,
+            json!({"touser": "oU", "template_id": "T", "client_msg_id": "c1", "data": data,
+                   "page": "pages/a", "miniprogram_state": "formal"})
+        );
     }
 }
