@@ -69,8 +69,8 @@ pub struct Status {
 }
 
 /// The exact counts of `status`, each by an index: in doubt by `deliveries_in_doubt` (a handful
-/// of rows), scheduled by the `(status, updated_at)` index (an index-only scan: every scheduled row
-/// is counted, ~150 ms for 2 M), due and the oldest due by `deliveries_due`.
+/// of rows), scheduled, due and the oldest due by `deliveries_due` (partial: the scheduled rows;
+/// every scheduled row is counted).
 pub const COUNTS_EXACT: &str = "SELECT
     (SELECT count(*) FROM deliveries
       WHERE in_doubt_since IS NOT NULL AND status IN ('pending', 'retrying')) AS in_doubt,
