@@ -45,13 +45,30 @@ pub(crate) async fn carry_out(
         meta,
         trip,
     };
-    let plan = c.replace_token(plan).await;
-    let (props, hdrs) = c.headers(&plan);
-    let plan = c.dead_letter(plan, &props, hdrs.clone()).await;
-    c.give_back_credit(&plan).await?;
+    // The rare steps are boxed and taken only when the plan needs them: every message in flight
+    // carries this future, sized by its largest step.
+    let plan = match plan.replace_token {
+        Some(_) => Box::pin(c.replace_token(plan)).await,
+        None => plan,
+    };
+    // Only a copy (dead letter, requeue, retry) needs the headers.
+    let copy = (!matches!(plan.outcome, Outcome::Ack | Outcome::Release)).then(|| c.headers(&plan));
+    let plan = match (&plan.outcome, &copy) {
+        (Outcome::DeadLetter(_), Some((props, hdrs))) => Box::pin(c.dead_letter(plan, props, hdrs.clone())).await,
+        _ => plan,
+    };
+    if c.trip.delivery.as_ref().is_some_and(|d| d.credit.is_some()) {
+        Box::pin(c.give_back_credit(&plan)).await?;
+    }
     c.record(&plan).await?;
-    c.note_unfollowed(&plan).await;
-    let released = plan.outcome == Outcome::Release || !c.republish(&plan, props, hdrs).await;
+    if c.sent().is_some_and(|s| s.left_the_account.is_some()) {
+        Box::pin(c.note_unfollowed(&plan)).await;
+    }
+    let released = plan.outcome == Outcome::Release
+        || match copy {
+            Some((props, hdrs)) => !Box::pin(c.republish(&plan, props, hdrs)).await,
+            None => false,
+        };
     c.settle(&plan, released).await
 }
 

@@ -342,9 +342,14 @@ async fn send_as_merchant(
 ) -> Result<(Answer, AttemptRecord), Abandoned> {
     let mut again = false;
     loop {
-        let message = match merchant_template(ctx, d, message, token).await? {
-            Ok(message) => message,
-            Err(not_added) => return Ok(not_added),
+        // A library template's path is rare and its future large: boxed, so that every other
+        // delivery's future (one per message in flight) does not carry its size.
+        let message = match d.library {
+            None => std::borrow::Cow::Borrowed(message),
+            Some(_) => match Box::pin(merchant_template(ctx, d, message, token)).await? {
+                Ok(message) => message,
+                Err(not_added) => return Ok(not_added),
+            },
         };
         ctx.pace(&d.app_id).await;
         ctx.ledger.sending(delivery_id);
