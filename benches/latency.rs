@@ -164,13 +164,6 @@ async fn broker_alone(rate: u64, secs: u64) -> Percentiles {
     percentiles(ms)
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free port")
-}
-
 async fn wxnotify_run(rate: u64, secs: u64) -> (Percentiles, BTreeMap<String, f64>) {
     let id = uuid::Uuid::new_v4().simple().to_string();
     let (db_url, pool) = fresh_database(&id, 2).await;
@@ -180,7 +173,7 @@ async fn wxnotify_run(rate: u64, secs: u64) -> (Percentiles, BTreeMap<String, f6
     });
     let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim");
     let broker = Broker::open("latency").await;
-    let admin = format!("127.0.0.1:{}", free_port());
+    let admin = support::free_addr();
     let child = spawn_worker(&db_url, &broker.topology, sim_addr, &admin);
     // Ready when it consumes: its admin endpoint says so.
     let http = reqwest::Client::new();

@@ -121,11 +121,7 @@ async fn run(file: &std::path::Path, merchants: usize, each: usize) -> f64 {
         .collect()
         .await;
     assert!(results.iter().all(Result::is_ok), "every publish confirmed");
-    let admin = std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("a free port")
-        .local_addr()
-        .expect("its address")
-        .to_string();
+    let admin = support::free_addr();
     let secrets = [
         ("WXNOTIFY_ADMIN_ADDR", admin.as_str()),
         ("WXN_BENCH_COMPONENT_SECRET", SECRET),
@@ -154,11 +150,9 @@ async fn run(file: &std::path::Path, merchants: usize, each: usize) -> f64 {
 
 /// Messages the worker parked in lanes (`wxnotify_parked_total`, all apps).
 async fn parked(admin: &str) -> u64 {
-    let text = match reqwest::get(format!("http://{admin}/metrics")).await {
-        Ok(r) => r.text().await.unwrap_or_default(),
-        Err(_) => return 0,
-    };
-    text.lines()
+    support::metrics_text(admin)
+        .await
+        .lines()
         .filter(|l| l.starts_with("wxnotify_parked_total"))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum::<f64>() as u64

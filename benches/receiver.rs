@@ -76,11 +76,7 @@ async fn run(n: usize) -> (f64, f64) {
     .await
     .expect("deliveries");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("a free port")
-        .port();
-    let addr = format!("127.0.0.1:{port}");
+    let addr = support::free_addr();
     let receiver = tokio::process::Command::new(env!("CARGO_BIN_EXE_wxnotify"))
         .args(["receiver", "--no-migrate"])
         .env("DATABASE_URL", &db_url)

@@ -183,7 +183,7 @@ async fn run(scenario: Scenario) -> Run {
     let sim_addr = sim.spawn("127.0.0.1:0".parse().unwrap()).await.expect("sim");
     let broker = Broker::open("bench").await;
     publish_all(&broker.publisher, &broker.topology, &scenario.bodies).await;
-    let admin = cost::free_addr();
+    let admin = support::free_addr();
     let (pg_before, cpu_before) = (PgWork::read(&pool).await, Cpu::read());
     let env = [
         ("WXNOTIFY_ADMIN_ADDR", admin.as_str()),

@@ -19,7 +19,7 @@ fn group(comm: &str) -> &'static str {
         "beam.smp" | "erl_child_setup" | "epmd" | "inet_gethost" => "rabbitmq",
         "postgres" => "postgres",
         c if c.starts_with("wxnotify") => "worker",
-        c if c.starts_with("throughput-") || c.starts_with("tokio-runtime") => "bench",
+        c if c.starts_with("throughput-") => "bench",
         _ => "other",
     }
 }
@@ -160,19 +160,9 @@ impl PgWork {
 /// The worker's `wxnotify_allocations_total` (started with `WXNOTIFY_COUNT_ALLOCATIONS=1`), read
 /// from its `/metrics` at `admin`.
 pub(crate) async fn allocations(admin: &str) -> Option<u64> {
-    let body = reqwest::get(format!("http://{admin}/metrics"))
+    super::metrics_text(admin)
         .await
-        .ok()?
-        .text()
-        .await
-        .ok()?;
-    body.lines()
+        .lines()
         .find_map(|l| l.strip_prefix("wxnotify_allocations_total "))
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// A free local address for a worker's admin endpoint.
-pub(crate) fn free_addr() -> String {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    l.local_addr().expect("addr").to_string()
 }

@@ -27,6 +27,22 @@ use crate::common::{APP_ID, APP_SECRET, amqp_url, event, worker_env};
 pub(crate) mod cost;
 pub(crate) mod realistic;
 
+/// A free local address (`127.0.0.1:<port>`) for a worker's or a receiver's endpoint.
+pub(crate) fn free_addr() -> String {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .to_string()
+}
+
+/// The text of a process's `/metrics` at `admin`; empty if it does not answer.
+pub(crate) async fn metrics_text(admin: &str) -> String {
+    match reqwest::get(format!("http://{admin}/metrics")).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
 /// The benchmarks' own runtime: two threads, like the machine.
 pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
