@@ -250,10 +250,10 @@ mod tests {
         let ledger = crate::ledger::Ledger::new(pool, "w".into());
         let lock = std::mem::size_of_val(&store.lock("app"));
         let holds = crate::schedule::Holds::new(pool_for_holds);
-        let hold = std::mem::size_of_val(&holds.hold(crate::schedule::HoldRequest {
+        let hold = std::mem::size_of_val(&holds.hold(std::sync::Arc::new(crate::schedule::HoldRequest {
             waiting: vec![],
             cancellations: vec![],
-        }));
+        })));
         let due = std::mem::size_of_val(&ledger.take_due(1));
         assert!(lock < 2048, "TokenStore::lock future: {lock} bytes");
         assert!(hold < 2048, "Holds::hold future: {hold} bytes");

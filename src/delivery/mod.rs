@@ -25,6 +25,7 @@ use crate::ledger::{AttemptRecord, Claim, ClaimRequest, Claimed, Ledger};
 use crate::platform::client::CallError;
 use crate::queue::{Session, Topology};
 use crate::retry::RetryPolicy;
+use crate::schedule::HoldRequest;
 use crate::token::{AccessToken, TokenError, TokenProvider};
 use crate::wechat::errcode::INVALID_TEMPLATE_ID;
 use crate::wechat::{OutgoingMessage, SendError, SendReply, WechatClient};
@@ -153,14 +154,21 @@ pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::messa
                 Err(Abandoned) => return,
             },
             Intake::Hold(h) => {
-                tracing::Span::current().record("event_id", h.event_id.as_str());
-                trip.event_id = Some(h.event_id.clone());
-                let stored = match hold(ctx, &h, &meta).await {
+                let Hold {
+                    event_id,
+                    waiting,
+                    cancellations,
+                    now,
+                } = *h;
+                tracing::Span::current().record("event_id", event_id.as_str());
+                trip.event_id = Some(event_id);
+                let request = std::sync::Arc::new(HoldRequest { waiting, cancellations });
+                let stored = match hold(ctx, request, &meta).await {
                     Ok(plan) => plan,
                     Err(Abandoned) => return,
                 };
                 // Stored and committed: the delivery that goes at once goes now, on this trip.
-                match &h.now {
+                match &now {
                     Some(d) if stored.outcome == Outcome::Ack => match one(ctx, d, &meta, &mut trip).await {
                         Ok(plan) => plan,
                         Err(Abandoned) => return,
@@ -413,15 +421,11 @@ async fn take_credit(ctx: &Context, d: &Delivery, id: i64) -> Result<ConsentSeen
 
 /// Stores an event's waiting deliveries and applies its cancellations (one transaction); the
 /// message is acked once they are committed. A value Postgres refuses is the message's verdict.
-async fn hold(ctx: &Context, h: &Hold, meta: &Meta) -> Result<Plan, Abandoned> {
+async fn hold(ctx: &Context, request: std::sync::Arc<HoldRequest>, meta: &Meta) -> Result<Plan, Abandoned> {
     let stored = ctx
         .db
         .retry("store waiting deliveries", || async {
-            let request = crate::schedule::HoldRequest {
-                waiting: h.waiting.clone(),
-                cancellations: h.cancellations.clone(),
-            };
-            match ctx.holds.hold(request).await {
+            match ctx.holds.hold(request.clone()).await {
                 Err(e) if e.is_data_error() => Ok(Err(e.to_string())),
                 other => other.map(Ok),
             }

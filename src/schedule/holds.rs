@@ -9,6 +9,7 @@
 //! in whatever order the two events arrived.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
 use sqlx::PgPool;
 
@@ -30,7 +31,7 @@ pub(crate) struct HoldRequest {
 
 /// The worker's batcher of holds.
 #[derive(Clone)]
-pub(crate) struct Holds(Batcher<HoldRequest, Held>);
+pub(crate) struct Holds(Batcher<Arc<HoldRequest>, Held>);
 
 impl Holds {
     /// Spawns the batcher: call within a tokio runtime.
@@ -48,14 +49,18 @@ impl Holds {
 
     /// Stores an event's waiting deliveries and applies its cancellations; answered once they are
     /// committed. A data error is this event's own (its batch is split until it runs alone).
-    pub(crate) async fn hold(&self, request: HoldRequest) -> Result<Held, LedgerError> {
+    /// Shared, not copied: a database retry sends the same request again.
+    pub(crate) async fn hold(&self, request: Arc<HoldRequest>) -> Result<Held, LedgerError> {
         self.0.call(request).await
     }
 }
 
 /// One transaction for the batch: lock every cancel key, cancel, store, notify the due loops if
 /// anything falls due soon, commit. What each event's rows became, in the batch's order.
-async fn hold_batch(pool: &PgPool, batch: &Batch<HoldRequest>) -> Result<Vec<Result<Held, LedgerError>>, LedgerError> {
+async fn hold_batch(
+    pool: &PgPool,
+    batch: &Batch<Arc<HoldRequest>>,
+) -> Result<Vec<Result<Held, LedgerError>>, LedgerError> {
     let waiting: Vec<&Waiting> = batch.iter().flat_map(|r| &r.waiting).collect();
     let cancellations: Vec<(usize, &Cancellation)> = batch
         .iter()
@@ -85,7 +90,7 @@ async fn hold_batch(pool: &PgPool, batch: &Batch<HoldRequest>) -> Result<Vec<Res
 
 /// Each stored row counted for the first event of the batch that carries its key (a copy of a
 /// row stored before, or by an earlier event of the batch, changes nothing).
-fn count_stored(batch: &[HoldRequest], stored: &HashMap<DeliveryKey, (String, bool)>, held: &mut [Held]) {
+fn count_stored(batch: &[Arc<HoldRequest>], stored: &HashMap<DeliveryKey, (String, bool)>, held: &mut [Held]) {
     let mut seen = std::collections::HashSet::new();
     for (i, r) in batch.iter().enumerate() {
         for w in &r.waiting {
