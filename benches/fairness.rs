@@ -172,6 +172,45 @@ impl World {
         out
     }
 
+    /// How many messages wait in the work queue (ready, not handed to a consumer).
+    async fn work_queue_depth(&self) -> u32 {
+        let ch = self.broker.conn.create_channel().await.expect("channel");
+        let passive = lapin::options::QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        };
+        let q = self.broker.topology.queue.as_str();
+        let depth = ch
+            .queue_declare(q.into(), passive, Default::default())
+            .await
+            .map_or(0, |q| q.message_count());
+        let _ = ch.close(200, "done".into()).await;
+        depth
+    }
+
+    /// A task that answers how long after its start the work queue was first empty (sampled
+    /// every 50 ms).
+    async fn when_emptied(&self) -> tokio::task::JoinHandle<Duration> {
+        let ch = self.broker.conn.create_channel().await.expect("channel");
+        let q = self.broker.topology.queue.clone();
+        tokio::spawn(async move {
+            let passive = lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            };
+            let started = Instant::now();
+            while ch
+                .queue_declare(q.as_str().into(), passive, Default::default())
+                .await
+                .map_or(0, |q| q.message_count())
+                > 0
+            {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            started.elapsed()
+        })
+    }
+
     /// Waits until the worker consumes the work queue (a consumer on it).
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
@@ -318,8 +357,17 @@ async fn campaign(n: usize, span: Duration, queued: bool) {
         rate
     };
     let w = World::new().await;
+    let started = Instant::now();
     let child = start_and_publish(&w, n, queued).await;
+    let in_queue = started.elapsed();
+    let depth = w.work_queue_depth().await;
+    let emptied = w.when_emptied().await;
     let published = w.trickle(B, span).await;
+    println!(
+        "fairness campaign ({when}): A's {n} in the work queue {:.1} s after the start; {depth} still there when B began; the work queue was first empty {:.1} s later",
+        in_queue.as_secs_f64(),
+        emptied.await.expect("sampler").as_secs_f64()
+    );
     w.wait_sent(APP_ID, n, Duration::from_secs(900)).await;
     w.wait_sent(B, published.len(), Duration::from_secs(60)).await;
     let with_b = rate_of(&sends(&w.sim, APP_ID));
