@@ -11,7 +11,9 @@
 //!
 //! - `campaign`: A's backlog (100,000) alone, then again with B publishing one event every
 //!   100 ms for 60 s. B's publish → send latency p50 / p99; A's sends a second both times. Twice:
-//!   the campaign published while the worker runs, then queued before it starts.
+//!   the campaign published while the worker runs, then queued before it starts. Also how many
+//!   of A's still waited in the work queue when B began, and when it was first empty: B's worst
+//!   wait is the time the worker takes to look past them.
 //! - `rate`: `WXNOTIFY_RATE_LIMIT=50`, A's backlog 20,000, B's trickle; 20 s in, A's tokens are
 //!   revoked and the token endpoint stalls for 7 s. B's latency; A's most sends in any second.
 //! - `shares`: A's, then B's, then C's backlog queued (30,000 each); each app's share of the
