@@ -1,9 +1,8 @@
-//! The HTTP client for WeChat's token and send APIs.
+//! The HTTP client for WeChat's token and send APIs, over [`super::transport`].
 //!
 //! Secrets stay secret here: the access token is put into the query string of a [`reqwest::Url`]
-//! built inside the call and never formatted; every `reqwest::Error` is stripped of its URL
-//! (`without_url`) before it becomes text, so neither a token nor an app secret can reach a log line,
-//! an error message or the ledger.
+//! built inside the call and never formatted, and the transport's error text never holds the URL,
+//! so neither a token nor an app secret can reach a log line, an error message or the ledger.
 
 use std::time::Duration;
 
@@ -14,6 +13,7 @@ use serde_json::json;
 
 use super::TokenApi;
 use super::message::OutgoingMessage;
+use super::transport::{Failure, Transport};
 
 /// A send that got an answer from WeChat (errcode 0 or not).
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ pub enum TokenFetchError {
 
 #[derive(Clone)]
 pub struct WechatClient {
-    http: reqwest::Client,
+    http: Transport,
     base: Url,
 }
 
@@ -84,28 +84,6 @@ struct ErrorBody {
     expires_in: Option<u64>,
 }
 
-fn describe(err: reqwest::Error) -> String {
-    let kind = if err.is_timeout() {
-        "timed out"
-    } else if err.is_connect() {
-        "connection failed"
-    } else if err.is_body() || err.is_decode() {
-        "bad response body"
-    } else {
-        "request failed"
-    };
-    let err = err.without_url();
-    // The source chain says what happened (refused, reset...); the URL is gone.
-    let mut text = format!("{kind}: {err}");
-    let mut source = std::error::Error::source(&err);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
-}
-
 impl WechatClient {
     /// `base` is `WECHAT_API_BASE`, e.g. `https://api.weixin.qq.com`.
     pub fn new(base: &str, timeout: Duration) -> Result<Self, String> {
@@ -113,14 +91,7 @@ impl WechatClient {
         if !matches!(base.scheme(), "http" | "https") {
             return Err("must be an http or https URL".into());
         }
-        let http = reqwest::Client::builder()
-            .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
-            .pool_max_idle_per_host(1024)
-            .tcp_nodelay(true)
-            .user_agent(concat!("wxnotify/", env!("CARGO_PKG_VERSION")))
-            .build()
-            .map_err(|e| format!("cannot build the HTTP client: {}", describe(e)))?;
+        let http = Transport::new(timeout).map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self { http, base })
     }
 
@@ -136,20 +107,11 @@ impl WechatClient {
         let mut url = self.url(msg.api.path());
         url.query_pairs_mut()
             .append_pair("access_token", token.expose_secret().trim());
-        let resp = self.http.post(url).json(&msg.body()).send().await.map_err(|e| {
-            if e.is_connect() {
-                SendError::Connect(describe(e))
-            } else {
-                SendError::Unknown {
-                    message: describe(e),
-                    http_status: None,
-                }
-            }
-        })?;
-        let status = resp.status().as_u16();
-        let bytes = resp.bytes().await.map_err(|e| SendError::Unknown {
-            message: describe(e),
-            http_status: Some(status),
+        let body = serde_json::to_vec(&msg.body())
+            .map_err(|e| SendError::Connect(format!("cannot encode the message: {e}")))?;
+        let (status, bytes) = self.http.exchange(&url, Some(body)).await.map_err(|f| match f {
+            Failure::Connect(message) => SendError::Connect(message),
+            Failure::Unknown(message, http_status) => SendError::Unknown { message, http_status },
         })?;
         if status != 200 {
             return Err(SendError::Unknown {
@@ -179,31 +141,28 @@ impl WechatClient {
         secret: &SecretString,
         force: bool,
     ) -> Result<FetchedToken, TokenFetchError> {
-        let request = match api {
+        let (url, body) = match api {
             TokenApi::Classic => {
                 let mut url = self.url("/cgi-bin/token");
                 url.query_pairs_mut()
                     .append_pair("grant_type", "client_credential")
                     .append_pair("appid", app_id)
                     .append_pair("secret", secret.expose_secret());
-                self.http.get(url)
+                (url, None)
             }
-            TokenApi::Stable => self.http.post(self.url("/cgi-bin/stable_token")).json(&json!({
-                "grant_type": "client_credential",
-                "appid": app_id,
-                "secret": secret.expose_secret(),
-                "force_refresh": force,
-            })),
+            TokenApi::Stable => {
+                let body = json!({
+                    "grant_type": "client_credential",
+                    "appid": app_id,
+                    "secret": secret.expose_secret(),
+                    "force_refresh": force,
+                });
+                (self.url("/cgi-bin/stable_token"), Some(body.to_string().into_bytes()))
+            }
         };
-        let resp = request
-            .send()
-            .await
-            .map_err(|e| TokenFetchError::Transport(describe(e)))?;
-        let status = resp.status().as_u16();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| TokenFetchError::Transport(describe(e)))?;
+        let (status, bytes) = self.http.exchange(&url, body).await.map_err(|f| match f {
+            Failure::Connect(text) | Failure::Unknown(text, _) => TokenFetchError::Transport(text),
+        })?;
         if status != 200 {
             return Err(TokenFetchError::Transport(format!("HTTP {status} from the token API")));
         }

@@ -5,6 +5,7 @@
 pub mod client;
 pub mod errcode;
 pub mod message;
+mod transport;
 
 pub(crate) use wechat_rules::keywords;
 
