@@ -91,7 +91,7 @@ impl WechatClient {
         if !matches!(base.scheme(), "http" | "https") {
             return Err("must be an http or https URL".into());
         }
-        let http = Transport::new(timeout).map_err(|e| format!("cannot build the HTTP client: {e}"))?;
+        let http = Transport::to(&base, timeout).map_err(|e| format!("cannot build the HTTP client: {e}"))?;
         Ok(Self { http, base })
     }
 

@@ -2,6 +2,10 @@
 //! verifier; HTTP/2 when the server offers it, else HTTP/1.1), with a whole-exchange timeout and
 //! small per-connection buffers.
 //!
+//! When the environment names a proxy for WeChat's address (`HTTPS_PROXY`, `HTTP_PROXY`,
+//! `ALL_PROXY`, minus `NO_PROXY`, as curl reads them), the exchange goes through reqwest instead,
+//! which speaks to proxies (CONNECT, credentials); memory per connection is then reqwest's.
+//!
 //! Why not reqwest here: a worker keeps one HTTP/1.1 connection per send in flight (1,000 by
 //! default), and reqwest gives no say over hyper's read buffer (8 KiB a connection) or spares the
 //! boxed layers around each request. WeChat's answers are a few hundred bytes, so the read buffer
@@ -42,13 +46,50 @@ pub(crate) enum Failure {
 
 #[derive(Clone)]
 pub(crate) struct Transport {
-    client: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    via: Via,
     timeout: Duration,
     user_agent: HeaderValue,
 }
 
+#[derive(Clone)]
+enum Via {
+    // Boxed: hyper's client is 336 bytes, reqwest's one pointer.
+    Direct(Box<Client<HttpsConnector<HttpConnector>, Full<Bytes>>>),
+    Proxy(reqwest::Client),
+}
+
 impl Transport {
-    pub(crate) fn new(timeout: Duration) -> Result<Self, String> {
+    /// The transport to `base` (WeChat's API): direct, or through reqwest when a proxy applies.
+    pub(crate) fn to(base: &Url, timeout: Duration) -> Result<Self, String> {
+        let proxied = base.as_str().parse::<hyper::Uri>().is_ok_and(|uri| {
+            hyper_util::client::proxy::matcher::Matcher::from_env()
+                .intercept(&uri)
+                .is_some()
+        });
+        if proxied {
+            // reqwest reads the same variables itself (its system proxy).
+            Self::through(reqwest::Client::builder(), timeout)
+        } else {
+            Self::new(timeout)
+        }
+    }
+
+    /// Through reqwest as `builder` sets it up (its proxies), with this transport's timeouts.
+    fn through(builder: reqwest::ClientBuilder, timeout: Duration) -> Result<Self, String> {
+        let client = builder
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .tcp_nodelay(true)
+            .build()
+            .map_err(|e| chain("cannot build the HTTP client", &e.without_url()))?;
+        Ok(Self {
+            via: Via::Proxy(client),
+            timeout,
+            user_agent: user_agent(),
+        })
+    }
+
+    fn new(timeout: Duration) -> Result<Self, String> {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
@@ -66,16 +107,22 @@ impl Transport {
             .http1_read_buf_exact_size(READ_BUFFER)
             .build(connector);
         Ok(Self {
-            client,
+            via: Via::Direct(Box::new(client)),
             timeout,
-            user_agent: HeaderValue::from_static(concat!("wxnotify/", env!("CARGO_PKG_VERSION"))),
+            user_agent: user_agent(),
         })
     }
 
     /// GET `url`, or POST `json` to it: the status and the body, within the timeout.
     pub(crate) async fn exchange(&self, url: &Url, json: Option<Vec<u8>>) -> Result<(u16, Bytes), Failure> {
         let request = self.request(url, json)?;
-        match tokio::time::timeout(self.timeout, self.round_trip(request)).await {
+        let trip = async {
+            match &self.via {
+                Via::Direct(client) => round_trip(client, request).await,
+                Via::Proxy(client) => round_trip_proxied(client, request).await,
+            }
+        };
+        match tokio::time::timeout(self.timeout, trip).await {
             Ok(answer) => answer,
             Err(_) => Err(Failure::Unknown("timed out".into(), None)),
         }
@@ -95,22 +142,49 @@ impl Transport {
         // Only a malformed URI fails here; the text says so without repeating it.
         built.map_err(|_| Failure::Connect("request failed: not a valid request URL".into()))
     }
+}
 
-    async fn round_trip(&self, request: Request<Full<Bytes>>) -> Result<(u16, Bytes), Failure> {
-        let response = self.client.request(request).await.map_err(|e| {
-            if e.is_connect() {
-                Failure::Connect(chain("connection failed", &e))
-            } else {
-                Failure::Unknown(chain("request failed", &e), None)
-            }
-        })?;
-        let status = response.status().as_u16();
-        let body = Limited::new(response.into_body(), MAX_BODY)
-            .collect()
-            .await
-            .map_err(|e| Failure::Unknown(format!("bad response body: {e}"), Some(status)))?;
-        Ok((status, body.to_bytes()))
-    }
+fn user_agent() -> HeaderValue {
+    HeaderValue::from_static(concat!("wxnotify/", env!("CARGO_PKG_VERSION")))
+}
+
+async fn round_trip(
+    client: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    request: Request<Full<Bytes>>,
+) -> Result<(u16, Bytes), Failure> {
+    let response = client.request(request).await.map_err(|e| {
+        if e.is_connect() {
+            Failure::Connect(chain("connection failed", &e))
+        } else {
+            Failure::Unknown(chain("request failed", &e), None)
+        }
+    })?;
+    let status = response.status().as_u16();
+    let body = Limited::new(response.into_body(), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| Failure::Unknown(format!("bad response body: {e}"), Some(status)))?;
+    Ok((status, body.to_bytes()))
+}
+
+/// The same exchange through reqwest; its errors lose their URL before they become text.
+async fn round_trip_proxied(client: &reqwest::Client, request: Request<Full<Bytes>>) -> Result<(u16, Bytes), Failure> {
+    let request =
+        reqwest::Request::try_from(request.map(|body| reqwest::Body::from(body.into_inner().unwrap_or_default())))
+            .map_err(|e| Failure::Connect(chain("request failed", &e.without_url())))?;
+    let response = client.execute(request).await.map_err(|e| {
+        if e.is_connect() {
+            Failure::Connect(chain("connection failed", &e.without_url()))
+        } else {
+            Failure::Unknown(chain("request failed", &e.without_url()), None)
+        }
+    })?;
+    let status = response.status().as_u16();
+    let body = Limited::new(reqwest::Body::from(response), MAX_BODY)
+        .collect()
+        .await
+        .map_err(|e| Failure::Unknown(format!("bad response body: {e}"), Some(status)))?;
+    Ok((status, body.to_bytes()))
 }
 
 /// rustls with aws-lc-rs (as for RabbitMQ, src/tls.rs) and the platform's certificate verifier,
@@ -215,6 +289,32 @@ mod tests {
         for t in [&text, &cut_text] {
             assert!(!t.contains("SECRET") && !t.contains("127.0.0.1"), "{t}");
         }
+    }
+
+    #[tokio::test]
+    async fn through_a_proxy_the_request_goes_to_the_proxy() {
+        let proxy = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let at = proxy.local_addr().expect("addr");
+        let seen = tokio::spawn(async move {
+            let (mut conn, _) = proxy.accept().await.expect("accept");
+            let mut request = vec![0u8; 4096];
+            let n = conn.read(&mut request).await.expect("read");
+            let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}").await;
+            String::from_utf8_lossy(&request[..n])
+                .lines()
+                .next()
+                .unwrap_or("")
+                .to_string()
+        });
+        let builder = reqwest::Client::builder().proxy(reqwest::Proxy::all(format!("http://{at}")).expect("proxy"));
+        let via = Transport::through(builder, Duration::from_secs(5)).expect("transport");
+        let url = Url::parse("http://api.weixin.invalid/cgi-bin/token").expect("url");
+        let (status, body) = via.exchange(&url, None).await.expect("answer");
+        assert_eq!((status, body.as_ref()), (200, b"{}".as_slice()));
+        assert_eq!(
+            seen.await.expect("proxy"),
+            "GET http://api.weixin.invalid/cgi-bin/token HTTP/1.1"
+        );
     }
 
     #[tokio::test]
