@@ -62,6 +62,9 @@ pub struct Template {
     pub label: String,
     index: usize,
     keys: Vec<String>,
+    /// Each key's compiled template in the environment, `"{index}.data.{key}"`: named once here,
+    /// not per delivery.
+    data_names: Vec<String>,
     has_url: bool,
     has_page: bool,
     miniprogram: Option<Miniprogram>,
@@ -379,6 +382,7 @@ impl Template {
             library: None,
             label,
             index,
+            data_names: spec.data.keys().map(|key| format!("{index}.data.{key}")).collect(),
             keys: spec.data.into_keys().collect(),
             has_url: spec.url.is_some(),
             has_page: spec.page.is_some(),
@@ -618,16 +622,18 @@ impl Catalog {
     }
 
     fn render_field(&self, template: &Template, name: &str, ctx: &Value) -> Result<String, RenderError> {
-        let field = name.to_string();
-        let tpl = self
-            .env
-            .get_template(&format!("{}.{name}", template.index))
-            .map_err(|e| RenderError {
-                field: field.clone(),
-                message: e.to_string(),
-            })?;
+        self.render_named(&format!("{}.{name}", template.index), &|| name.to_string(), ctx)
+    }
+
+    /// Renders the compiled template `compiled`; `field` names the field in an error (built only
+    /// then: this runs for every keyword of every delivery).
+    fn render_named(&self, compiled: &str, field: &dyn Fn() -> String, ctx: &Value) -> Result<String, RenderError> {
+        let tpl = self.env.get_template(compiled).map_err(|e| RenderError {
+            field: field(),
+            message: e.to_string(),
+        })?;
         tpl.render(ctx.clone()).map_err(|e| RenderError {
-            field,
+            field: field(),
             message: describe(&e),
         })
     }
@@ -660,13 +666,13 @@ impl Catalog {
         let render = |name: &str| self.render_field(template, name, ctx);
         let mut data = BTreeMap::new();
         let mut shortened = Vec::new();
-        for key in &template.keys {
-            let field = format!("data.{key}");
+        for (key, compiled) in template.keys.iter().zip(&template.data_names) {
+            let field = || format!("data.{key}");
             let fail = |message: String| RenderError {
-                field: field.clone(),
+                field: field(),
                 message,
             };
-            let mut value = render(&field)?;
+            let mut value = self.render_named(compiled, &field, ctx)?;
             let cut = (template.api == Api::Template)
                 .then(|| shorten::would_cut(&value))
                 .flatten();
