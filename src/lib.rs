@@ -30,8 +30,8 @@
 //! - [`receiver`]: `wxnotify receiver`, WeChat's event push (receipts, followers, consent, a
 //!   third-party platform's tickets and authorizations) into the ledger.
 //! - [`platform`]: the third-party platform's state and tokens in Postgres (docs/interface.md §10).
-//! - [`config`], [`redact`], [`telemetry`], `admin`, [`db`], [`tls`], `shutdown`: the service
-//!   around it.
+//! - [`config`], [`redact`], [`telemetry`], `admin`, [`db`], [`tls`], `shutdown`, `error_text`:
+//!   the service around it.
 //!
 //! - [`allocations`]: the allocation count the benchmarks read.
 //!
@@ -45,6 +45,7 @@ pub mod cli;
 pub mod config;
 pub mod db;
 pub(crate) mod delivery;
+pub(crate) mod error_text;
 pub mod event;
 pub(crate) mod fate;
 pub(crate) mod flights;

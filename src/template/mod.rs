@@ -720,14 +720,7 @@ enum Values {
 
 /// MiniJinja's error with its cause, on one line.
 fn describe(err: &minijinja::Error) -> String {
-    let mut text = err.to_string();
-    let mut source = std::error::Error::source(err);
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text.replace('\n', " ")
+    crate::error_text::with_sources(err).replace('\n', " ")
 }
 
 #[cfg(test)]

@@ -78,7 +78,7 @@ impl Transport {
     fn through(builder: reqwest::ClientBuilder, timeout: Duration) -> Result<Self, String> {
         let client = builder
             .timeout(timeout)
-            .connect_timeout(timeout.min(Duration::from_secs(5)))
+            .connect_timeout(connect_timeout(timeout))
             .tcp_nodelay(true)
             .build()
             .map_err(|e| chain("cannot build the HTTP client", &e.without_url()))?;
@@ -93,7 +93,7 @@ impl Transport {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         http.set_nodelay(true);
-        http.set_connect_timeout(Some(timeout.min(Duration::from_secs(5))));
+        http.set_connect_timeout(Some(connect_timeout(timeout)));
         let tls = tls_config().map_err(|e| format!("cannot set up TLS: {e}"))?;
         let connector = hyper_rustls::HttpsConnectorBuilder::new()
             .with_tls_config(tls)
@@ -152,19 +152,11 @@ async fn round_trip(
     client: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     request: Request<Full<Bytes>>,
 ) -> Result<(u16, Bytes), Failure> {
-    let response = client.request(request).await.map_err(|e| {
-        if e.is_connect() {
-            Failure::Connect(chain("connection failed", &e))
-        } else {
-            Failure::Unknown(chain("request failed", &e), None)
-        }
-    })?;
-    let status = response.status().as_u16();
-    let body = Limited::new(response.into_body(), MAX_BODY)
-        .collect()
+    let response = client
+        .request(request)
         .await
-        .map_err(|e| Failure::Unknown(format!("bad response body: {e}"), Some(status)))?;
-    Ok((status, body.to_bytes()))
+        .map_err(|e| unanswered(e.is_connect(), &e))?;
+    read(response.status().as_u16(), response.into_body()).await
 }
 
 /// The same exchange through reqwest; its errors lose their URL before they become text.
@@ -172,15 +164,29 @@ async fn round_trip_proxied(client: &reqwest::Client, request: Request<Full<Byte
     let request =
         reqwest::Request::try_from(request.map(|body| reqwest::Body::from(body.into_inner().unwrap_or_default())))
             .map_err(|e| Failure::Connect(chain("request failed", &e.without_url())))?;
-    let response = client.execute(request).await.map_err(|e| {
-        if e.is_connect() {
-            Failure::Connect(chain("connection failed", &e.without_url()))
-        } else {
-            Failure::Unknown(chain("request failed", &e.without_url()), None)
-        }
-    })?;
-    let status = response.status().as_u16();
-    let body = Limited::new(reqwest::Body::from(response), MAX_BODY)
+    let response = client
+        .execute(request)
+        .await
+        .map_err(|e| unanswered(e.is_connect(), &e.without_url()))?;
+    read(response.status().as_u16(), reqwest::Body::from(response)).await
+}
+
+/// A request without an answer: not sent if no connection was made, else perhaps arrived.
+fn unanswered(connect: bool, err: &(dyn std::error::Error + 'static)) -> Failure {
+    if connect {
+        Failure::Connect(chain("connection failed", err))
+    } else {
+        Failure::Unknown(chain("request failed", err), None)
+    }
+}
+
+/// An answer's body, at most [`MAX_BODY`] bytes of it.
+async fn read<B>(status: u16, body: B) -> Result<(u16, Bytes), Failure>
+where
+    B: hyper::body::Body<Data = Bytes>,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let body = Limited::new(body, MAX_BODY)
         .collect()
         .await
         .map_err(|e| Failure::Unknown(format!("bad response body: {e}"), Some(status)))?;
@@ -201,14 +207,12 @@ fn tls_config() -> Result<rustls::ClientConfig, rustls::Error> {
 
 /// `kind: error: its source: …`, the source chain saying what happened (refused, reset...).
 fn chain(kind: &str, err: &(dyn std::error::Error + 'static)) -> String {
-    let mut text = format!("{kind}: {err}");
-    let mut source = err.source();
-    while let Some(s) = source {
-        text.push_str(": ");
-        text.push_str(&s.to_string());
-        source = s.source();
-    }
-    text
+    format!("{kind}: {}", crate::error_text::with_sources(err))
+}
+
+/// How long a connection may take to open: the exchange's timeout, at most 5 s.
+fn connect_timeout(timeout: Duration) -> Duration {
+    timeout.min(Duration::from_secs(5))
 }
 
 #[cfg(test)]
