@@ -177,15 +177,7 @@ impl World {
     /// How many messages wait in the work queue (ready, not handed to a consumer).
     async fn work_queue_depth(&self) -> u32 {
         let ch = self.broker.conn.create_channel().await.expect("channel");
-        let passive = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let q = self.broker.topology.queue.as_str();
-        let depth = ch
-            .queue_declare(q.into(), passive, Default::default())
-            .await
-            .map_or(0, |q| q.message_count());
+        let (depth, _) = queue_counts(&ch, &self.broker.topology.queue).await;
         let _ = ch.close(200, "done".into()).await;
         depth
     }
@@ -196,17 +188,8 @@ impl World {
         let ch = self.broker.conn.create_channel().await.expect("channel");
         let q = self.broker.topology.queue.clone();
         tokio::spawn(async move {
-            let passive = lapin::options::QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            };
             let started = Instant::now();
-            while ch
-                .queue_declare(q.as_str().into(), passive, Default::default())
-                .await
-                .map_or(0, |q| q.message_count())
-                > 0
-            {
+            while queue_counts(&ch, &q).await.0 > 0 {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
             started.elapsed()
@@ -217,17 +200,7 @@ impl World {
     async fn wait_ready(&self) {
         let deadline = Instant::now() + Duration::from_secs(60);
         let ch = self.broker.conn.create_channel().await.expect("channel");
-        let passive = lapin::options::QueueDeclareOptions {
-            passive: true,
-            ..Default::default()
-        };
-        let q = self.broker.topology.queue.as_str();
-        while ch
-            .queue_declare(q.into(), passive, Default::default())
-            .await
-            .map_or(0, |q| q.consumer_count())
-            == 0
-        {
+        while queue_counts(&ch, &self.broker.topology.queue).await.1 == 0 {
             assert!(Instant::now() < deadline, "the worker did not start consuming in 60 s");
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -251,6 +224,18 @@ impl World {
         self.pool.close().await;
         let _ = std::fs::remove_file(&self.apps_file);
     }
+}
+
+/// The messages ready in `queue` and its consumers, asked of the queue itself (a passive
+/// declare); (0, 0) if it cannot say.
+async fn queue_counts(ch: &lapin::Channel, queue: &str) -> (u32, u32) {
+    let passive = lapin::options::QueueDeclareOptions {
+        passive: true,
+        ..Default::default()
+    };
+    ch.queue_declare(queue.into(), passive, Default::default())
+        .await
+        .map_or((0, 0), |q| (q.message_count(), q.consumer_count()))
 }
 
 fn body(app: &str, id: &str) -> String {
