@@ -18,8 +18,6 @@
 use lapin::BasicProperties;
 use std::time::Instant;
 
-use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use lapin::types::FieldTable;
 
 use super::intake::Meta;
@@ -27,13 +25,13 @@ use super::judge::{self, Facts, Step};
 use super::{Abandoned, Context, Sent, Trip, stage};
 use crate::fate::{Doubt, Finish, Outcome, Plan};
 use crate::ledger::consent::ConsentKey;
-use crate::queue::Session;
 use crate::queue::headers;
+use crate::queue::{Message, Session};
 
 pub(crate) async fn carry_out(
     ctx: &Context,
     session: &Session,
-    msg: &Delivery,
+    msg: &Message,
     meta: &Meta,
     plan: Plan,
     trip: Trip,
@@ -76,7 +74,7 @@ pub(crate) async fn carry_out(
 struct Carrier<'a> {
     ctx: &'a Context,
     session: &'a Session,
-    msg: &'a Delivery,
+    msg: &'a Message,
     meta: &'a Meta,
     trip: Trip,
 }
@@ -266,17 +264,13 @@ impl Carrier<'_> {
         }
     }
 
-    /// Acks, or hands the message back to the broker (nack with requeue).
+    /// Acks, or hands the message back to the broker as it is ([`Message::hand_back`]).
     async fn settle(&self, plan: &Plan, released: bool) -> Result<(), Abandoned> {
         let started = Instant::now();
         let settled = if released {
-            let back = BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            };
-            self.msg.acker.nack(back).await
+            self.msg.hand_back().await
         } else {
-            self.msg.acker.ack(BasicAckOptions::default()).await
+            self.msg.ack().await
         };
         stage("ack", started);
         if let Err(e) = settled {

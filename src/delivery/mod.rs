@@ -23,7 +23,7 @@ use crate::ids::{AppId, OpenId};
 use crate::ledger::consent::{ConsentKey, Credit};
 use crate::ledger::{AttemptRecord, Claim, ClaimRequest, Claimed, Ledger};
 use crate::platform::client::CallError;
-use crate::queue::{Session, Topology};
+use crate::queue::{Message, Session, Topology};
 use crate::retry::RetryPolicy;
 use crate::schedule::HoldRequest;
 use crate::token::{AccessToken, TokenError, TokenProvider};
@@ -125,7 +125,7 @@ pub(crate) fn stage(name: &'static str, since: Instant) {
 }
 
 /// Takes one message from consume to ack.
-pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &lapin::message::Delivery) {
+pub(crate) async fn deliver(ctx: &Context, session: &Session, msg: &Message) {
     let meta = Meta::read(&msg.properties);
     let span = tracing::info_span!(
         "delivery",

@@ -1,7 +1,10 @@
 //! RabbitMQ: the [`topology`] wxnotify declares, the [`headers`] it reads and writes, a
-//! [`publisher`] that waits for the broker's confirm, and [`connect`].
+//! [`publisher`] that waits for the broker's confirm, the [`message`] a delivery settles (alone
+//! or as a member of a parked [`batch`]), and [`connect`].
 
+pub(crate) mod batch;
 pub mod headers;
+pub(crate) mod message;
 pub mod publisher;
 pub mod topology;
 
@@ -12,6 +15,7 @@ use lapin::tcp::OwnedTLSConfig;
 use lapin::{Connection, ConnectionProperties};
 use secrecy::{ExposeSecret, SecretString};
 
+pub(crate) use message::Message;
 pub(crate) use publisher::Session;
 pub use publisher::{PublishError, Publisher};
 pub use topology::Topology;

@@ -1,7 +1,7 @@
 //! The worker's intake loop: takes messages from the work queue and the apps' lanes, asks the
 //! scheduler ([`super::lanes`]) where each goes and which starts next, and carries that out:
-//! a delivery task per started message (holding a permit), a park (publish to the lane,
-//! confirmed, then ack) per message that waits in its lane.
+//! a delivery task per started message (holding a permit), and [`super::park`] for the messages
+//! that wait in their lane.
 
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
@@ -10,14 +10,14 @@ use std::time::Duration;
 use futures_util::stream::{BoxStream, SelectAll};
 use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::lanes::{Lanes, MERCHANTS, Next, Route, Source};
+use super::lanes::{Lanes, Next, Route, Source};
+use super::park::{self, Parking};
 use super::{SessionEnd, Worker};
 use crate::delivery::{self, Context};
-use crate::queue::Session;
+use crate::queue::{Message, Session};
 
 /// How often the lines' backlogs are published as gauges.
 const GAUGES_EVERY: Duration = Duration::from_secs(1);
@@ -29,22 +29,20 @@ pub(super) struct Intake {
     pub lanes: SelectAll<BoxStream<'static, (Option<usize>, lapin::Result<Delivery>)>>,
 }
 
-/// A task's word back to the loop.
-enum Done {
-    Delivered(usize, Source),
-    Parked,
-}
+/// A delivery task's word back to the loop: its line, and where its message came from.
+struct Delivered(usize, Source);
 
 /// The loop of one session, until shutdown (`Ok`) or the session ends.
 pub(super) async fn run(
     worker: &Worker,
-    lanes: &mut Lanes<Delivery>,
+    lanes: &mut Lanes<Message>,
     intake: &mut Intake,
     session: &Session,
     permits: &Arc<Semaphore>,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionEnd> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+    let (mut parking, mut parked) = Parking::new();
     let mut gauges = tokio::time::interval(GAUGES_EVERY);
     let default_app = worker.ctx.rules.default_app.as_str().to_string();
     loop {
@@ -58,28 +56,28 @@ pub(super) async fn run(
             biased;
             _ = shutdown.cancelled() => return Ok(()),
             _ = session.broken.cancelled() => return Err(SessionEnd::PublishFailed),
-            Some(done) = done_rx.recv() => match done {
-                Done::Delivered(line, source) => lanes.finished(line, source),
-                Done::Parked => lanes.parked(),
-            },
+            Some(Delivered(line, source)) = done_rx.recv() => lanes.finished(line, source),
+            Some(n) = parked.recv() => lanes.parked(n),
             next = intake.work.next() => {
                 let msg = next.ok_or(SessionEnd::ConsumerCancelled)??;
                 let app = crate::event::peek_app_id(&msg.data).unwrap_or_else(|| default_app.clone());
                 let line = lanes.line_of(&app);
                 match lanes.route(line) {
-                    Route::Line => lanes.push(line, msg, Source::Work),
-                    Route::Park => park(&worker.ctx, session, &app, msg, done_tx.clone()),
+                    Route::Line => lanes.push(line, Message::from(msg), Source::Work),
+                    Route::Park => parking.park(&worker.ctx, session, &app, lanes.paced(line), msg),
                 }
             }
             Some((line, next)) = intake.lanes.next() => {
-                let msg = next?;
-                let line = line.unwrap_or_else(|| {
-                    let app = crate::event::peek_app_id(&msg.data).unwrap_or_else(|| default_app.clone());
-                    lanes.line_of(&app)
-                });
-                lanes.push(line, msg, Source::Lane);
+                for msg in park::unpark(session, next?) {
+                    let line = line.unwrap_or_else(|| {
+                        let app = crate::event::peek_app_id(&msg.data).unwrap_or_else(|| default_app.clone());
+                        lanes.line_of(&app)
+                    });
+                    lanes.push(line, msg, Source::Lane);
+                }
             }
             _ = sleep_until(wake), if wake.is_some() => {}
+            _ = sleep_until(parking.due()), if parking.due().is_some() => parking.flush(session),
             _ = gauges.tick() => publish_backlog(lanes),
         }
     }
@@ -95,10 +93,10 @@ async fn sleep_until(at: Option<std::time::Instant>) {
 /// start now, the instant to ask again (a paced app's next slot).
 fn start_ready(
     ctx: &Arc<Context>,
-    lanes: &mut Lanes<Delivery>,
+    lanes: &mut Lanes<Message>,
     session: &Session,
     permits: &Arc<Semaphore>,
-    done: &mpsc::UnboundedSender<Done>,
+    done: &mpsc::UnboundedSender<Delivered>,
 ) -> Option<std::time::Instant> {
     loop {
         let Ok(permit) = permits.clone().try_acquire_owned() else {
@@ -120,8 +118,8 @@ fn spawn_delivery(
     session: &Session,
     permit: OwnedSemaphorePermit,
     (line, source): (usize, Source),
-    msg: Delivery,
-    done: mpsc::UnboundedSender<Done>,
+    msg: Message,
+    done: mpsc::UnboundedSender<Delivered>,
 ) {
     let (ctx, session) = (ctx.clone(), session.clone());
     metrics::gauge!("wxnotify_in_flight").increment(1.0);
@@ -138,16 +136,11 @@ fn spawn_delivery(
                 event_bytes = msg.data.len(),
                 "a delivery panicked; its message goes back to the queue"
             );
-            let _ = msg
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await;
+            let _ = msg.spoil().await;
         }
         metrics::gauge!("wxnotify_in_flight").decrement(1.0);
         drop(permit);
-        let _ = done.send(Done::Delivered(line, source));
+        let _ = done.send(Delivered(line, source));
     });
 }
 
@@ -160,43 +153,9 @@ pub(super) async fn guarded(trip: impl Future<Output = ()>) -> Result<(), Panick
     AssertUnwindSafe(trip).catch_unwind().await.map_err(|_| Panicked)
 }
 
-/// Parks a message in its app's lane: publish (confirmed), then ack. If the publish fails the
-/// message goes back to the work queue and the session is rebuilt (it redeclares the lanes).
-fn park(ctx: &Arc<Context>, session: &Session, app: &str, msg: Delivery, done: mpsc::UnboundedSender<Done>) {
-    let (lane, label) = if ctx.rules.apps.contains(&crate::ids::AppId::from(app)) {
-        (ctx.topology.lane(app), app.to_string())
-    } else {
-        (ctx.topology.merchant_lane_of(app), MERCHANTS.to_string())
-    };
-    let (session, app) = (session.clone(), label);
-    tokio::spawn(async move {
-        match session
-            .publisher
-            .publish("", &lane, &msg.data, msg.properties.clone())
-            .await
-        {
-            Ok(()) => {
-                metrics::counter!("wxnotify_parked_total", "app" => app).increment(1);
-                let _ = msg.ack(BasicAckOptions::default()).await;
-            }
-            Err(e) => {
-                tracing::warn!(%lane, error = %e, "could not park a message in its lane; it goes back to the queue");
-                let _ = msg
-                    .nack(BasicNackOptions {
-                        requeue: true,
-                        ..Default::default()
-                    })
-                    .await;
-                session.broken.cancel();
-            }
-        }
-        let _ = done.send(Done::Parked);
-    });
-}
-
 /// This worker's lines, as gauges: messages waiting for a permit, and those waiting for their
 /// app's rate.
-fn publish_backlog(lanes: &Lanes<Delivery>) {
+fn publish_backlog(lanes: &Lanes<Message>) {
     for (app, waiting, for_rate) in lanes.backlog() {
         let for_permit = (waiting - for_rate) as f64;
         metrics::gauge!("wxnotify_waiting", "app" => app.to_string(), "for" => "permit").set(for_permit);

@@ -20,6 +20,11 @@ use std::time::Instant;
 /// one is parked in its lane (apps that share the worker; a lone app is never parked).
 const DIRECT_LINE: usize = 16;
 
+/// How many parked messages of an app without a rate limit share one lane message (a batch,
+/// `src/queue/batch.rs`): the broker writes and hands out one message instead of each. A paced
+/// app's messages are parked one by one, so that none waits long unacked in a batch.
+pub(crate) const BATCH: usize = 64;
+
 /// The label of the platforms' merchants, counted together in the metrics.
 pub(crate) const MERCHANTS: &str = "merchants";
 
@@ -77,6 +82,12 @@ pub(crate) struct Lanes<M> {
     /// Apps met that are not configured are a platform's merchants, parked in the merchant
     /// lanes (with platforms configured; otherwise intake refuses them).
     merchants: bool,
+}
+
+/// The prefetch of a lane whose messages are batches: enough for twice `concurrency` messages
+/// (a lane's single messages, handed back or parked by an older version, get at least 16).
+pub(crate) fn batched_prefetch(concurrency: usize) -> usize {
+    (2 * concurrency).div_ceil(BATCH).max(16)
 }
 
 impl<M> Lanes<M> {
@@ -146,12 +157,18 @@ impl<M> Lanes<M> {
     }
 
     /// How many the lane consumer of `line` may hold: for a paced app two seconds' worth (at
-    /// least two), so a message never waits long unacked; for others `concurrency`.
+    /// least two), so a message never waits long unacked; for others enough batches for twice
+    /// `concurrency` messages ([`batched_prefetch`]).
     pub(crate) fn lane_prefetch(&self, line: usize, concurrency: usize) -> usize {
         match self.share(line) {
             Some(s) => ((2.0 * s).ceil() as usize).clamp(2, concurrency.max(2)),
-            None => concurrency,
+            None => batched_prefetch(concurrency),
         }
+    }
+
+    /// `line`'s app is rate-limited: its messages are parked one by one.
+    pub(crate) fn paced(&self, line: usize) -> bool {
+        self.lines[line].limit.is_some()
     }
 
     /// A message of `line` was taken from the work queue: where it goes. It is held (a prefetch
@@ -174,9 +191,9 @@ impl<M> Lanes<M> {
         if keep { Route::Line } else { Route::Park }
     }
 
-    /// A parked message was published to its lane and acked (or handed back).
-    pub(crate) fn parked(&mut self) {
-        self.work_held = self.work_held.saturating_sub(1);
+    /// `n` parked messages were published to their lane and acked (or handed back).
+    pub(crate) fn parked(&mut self, n: usize) {
+        self.work_held = self.work_held.saturating_sub(n);
     }
 
     /// Puts a message in its app's line.
@@ -293,7 +310,7 @@ mod tests {
                 if r == Route::Line {
                     lanes.push(a, i, Source::Work);
                 } else {
-                    lanes.parked();
+                    lanes.parked(1);
                 }
                 r
             })
@@ -418,7 +435,7 @@ mod tests {
                     false
                 }
                 Route::Park => {
-                    lanes.parked();
+                    lanes.parked(1);
                     true
                 }
             })

@@ -11,6 +11,7 @@
 mod dispatch;
 mod gauges;
 mod lanes;
+mod park;
 
 use std::collections::HashSet;
 use std::sync::Arc;
@@ -35,7 +36,7 @@ use crate::ids::AppId;
 use crate::ledger::Ledger;
 use crate::platform::templates::MerchantTemplates;
 use crate::queue::topology::MERCHANT_LANES;
-use crate::queue::{self, Publisher, Session};
+use crate::queue::{self, Message, Publisher, Session};
 use crate::schedule::Releaser;
 use crate::token::{TokenProvider, TokenSettings};
 use crate::wechat::WechatClient;
@@ -337,7 +338,7 @@ impl Worker {
         &self,
         conn: &lapin::Connection,
         ch: &lapin::Channel,
-        lanes: &mut Lanes<Delivery>,
+        lanes: &mut Lanes<Message>,
         parking: &[String],
         tag: &str,
     ) -> Result<(SelectAll<LaneStream>, Vec<String>), SessionEnd> {
@@ -383,7 +384,7 @@ impl Worker {
         let s = &self.settings;
         let names: Vec<String> = (0..MERCHANT_LANES).map(|k| s.topology.merchant_lane(k)).collect();
         s.topology.declare_lanes(ch, &names, s.delivery_limit).await?;
-        let prefetch = u16::try_from(s.concurrency).unwrap_or(u16::MAX);
+        let prefetch = u16::try_from(lanes::batched_prefetch(s.concurrency)).unwrap_or(u16::MAX);
         ch.basic_qos(prefetch, BasicQosOptions::default()).await?;
         for (k, name) in names.iter().enumerate() {
             let consumer = ch
@@ -503,7 +504,7 @@ struct Opened {
     lane_channel: lapin::Channel,
     session: Session,
     intake: Intake,
-    lanes: Lanes<Delivery>,
+    lanes: Lanes<Message>,
     /// The apps whose lanes it consumes.
     lane_apps: Vec<String>,
     /// The work queue consumer's tag; a lane's is `<tag>-lane-<line>`.

@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
-use lapin::options::QueueDeclareOptions;
+use lapin::BasicProperties;
+use lapin::options::{BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
 use wechat_sim::{Faults, SimConfig};
 
 use crate::common::{APP_ID, OTHER_APPS, apps_env, apps_file};
@@ -116,4 +118,96 @@ async fn an_app_waiting_for_its_rate_leaves_the_permits_to_the_others() {
     let env = TestEnv::new().await;
     // 20 sends a second per app: A's backlog of 200 takes 10 s; its waiters hold no permit.
     b_behind_a_backlog(&env, 200, 100, &[("WXNOTIFY_RATE_LIMIT", "20")]).await;
+}
+
+/// A worker of several apps (defaults otherwise), its output discarded.
+fn spawn_worker(env: &TestEnv, file: &AppsFile) -> tokio::process::Child {
+    env.worker_command()
+        .env("WXNOTIFY_TEMPLATES", &file.0)
+        .envs(apps_env())
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("start wxnotify worker")
+}
+
+/// A parked batch of these events, built as docs/interface.md §11 says a worker parks them.
+fn batch_of(events: &[serde_json::Value]) -> (Vec<u8>, BasicProperties) {
+    let mut body = Vec::new();
+    for e in events {
+        let props = BasicProperties::default().with_delivery_mode(2);
+        for part in [serde_json::to_vec(&props).unwrap(), e.to_string().into_bytes()] {
+            body.extend_from_slice(&(part.len() as u32).to_be_bytes());
+            body.extend_from_slice(&part);
+        }
+    }
+    (body, batch_props(events.len() as u32))
+}
+
+fn batch_props(members: u32) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    headers.insert("x-wxnotify-batch".into(), AMQPValue::LongUInt(members));
+    BasicProperties::default().with_delivery_mode(2).with_headers(headers)
+}
+
+/// A worker that died holding a parked batch: the broker hands the batch out again, and the next
+/// worker splits it into single messages; each event still goes once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_handed_out_again_is_split_and_each_event_goes_once() {
+    let env = TestEnv::new().await;
+    let file = AppsFile(apps_file(&std::env::temp_dir()));
+    let lane = env.topology.lane(B);
+    // A first worker declares the lanes; it is gone before the batch arrives.
+    let mut first = spawn_worker(&env, &file);
+    env.publish(&for_app("b-first", B)).await;
+    wait_for("the first worker's send", T, || async { accepted(&env, B) == 1 }).await;
+    first.start_kill().expect("kill");
+    let _ = first.wait().await;
+    let events: Vec<serde_json::Value> = (0..10).map(|i| for_app(&format!("b-{i}"), B)).collect();
+    let (body, props) = batch_of(&events);
+    env.publish_to_queue(&lane, &body, props).await;
+    // Taken and handed back, as by a worker that died: the broker marks it redelivered.
+    let ch = env.channel().await;
+    let taken = ch
+        .basic_get(lane.as_str().into(), BasicGetOptions::default())
+        .await
+        .expect("basic_get")
+        .expect("the batch is in the lane");
+    taken
+        .delivery
+        .acker
+        .nack(BasicNackOptions {
+            requeue: true,
+            ..Default::default()
+        })
+        .await
+        .expect("nack");
+    let mut worker = spawn_worker(&env, &file);
+    wait_for("the batch's ten sends", T, || async { accepted(&env, B) == 11 }).await;
+    wait_for("the lanes empty", T, || lanes_empty(&env)).await;
+    worker.start_kill().expect("kill");
+    let _ = worker.wait().await;
+    assert_eq!(env.sim.stats().accepted, 11, "each event sent once");
+}
+
+/// A lane message that says it is a batch but cannot be read is dead-lettered; the lane goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_that_cannot_be_read_is_dead_lettered_and_the_lane_goes_on() {
+    let env = TestEnv::new().await;
+    let file = AppsFile(apps_file(&std::env::temp_dir()));
+    let mut worker = spawn_worker(&env, &file);
+    env.publish(&for_app("b-first", B)).await;
+    wait_for("the first send", T, || async { accepted(&env, B) == 1 }).await;
+    let (good, _) = batch_of(&[for_app("b-cut", B), for_app("b-cut-2", B)]);
+    env.publish_to_queue(&env.topology.lane(B), &good[..good.len() - 3], batch_props(2))
+        .await;
+    let (body, props) = batch_of(&[for_app("b-after", B), for_app("b-after-2", B)]);
+    env.publish_to_queue(&env.topology.lane(B), &body, props).await;
+    wait_for("the readable batch's sends", T, || async { accepted(&env, B) == 3 }).await;
+    let dead = env.collect_dlq(1, T).await;
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].0, good[..good.len() - 3], "the batch as it was");
+    worker.start_kill().expect("kill");
+    let _ = worker.wait().await;
+    assert_eq!(env.sim.stats().accepted, 3, "nothing of the unreadable batch was sent");
 }

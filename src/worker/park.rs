@@ -1,0 +1,177 @@
+//! Parking an app's backlog in its lane, and taking it back out (docs/interface.md §11).
+//!
+//! An app without a rate limit parks its messages in batches of up to [`BATCH`]: one lane
+//! message (`src/queue/batch.rs`) published with a confirm, then each member acked in the work
+//! queue. A batch is gathered for at most [`GATHER`]. A paced app's messages are parked one by
+//! one. Taken out of a lane, a batch hands its members to the lines and is acked when the last
+//! one is done; a batch the broker hands out again (a worker died, or a member's delivery
+//! panicked) is split into single messages first, so that each is counted on its own against
+//! the lane's delivery limit.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use lapin::message::Delivery;
+use lapin::options::{BasicAckOptions, BasicNackOptions};
+use tokio::sync::mpsc;
+
+use super::lanes::{BATCH, MERCHANTS};
+use crate::delivery::Context;
+use crate::queue::batch::{self, Member};
+use crate::queue::{Message, Session};
+
+/// The longest a parked message waits for its batch to fill.
+const GATHER: Duration = Duration::from_millis(5);
+
+/// Messages of the work queue waiting to be parked, by lane.
+pub(super) struct Parking {
+    pending: HashMap<String, Pending>,
+    /// When the oldest pending message is to be parked at the latest.
+    due: Option<Instant>,
+    /// Each publish says, once done, how many work-queue messages it settled.
+    settled: mpsc::UnboundedSender<usize>,
+}
+
+struct Pending {
+    label: String,
+    msgs: Vec<Delivery>,
+}
+
+impl Parking {
+    /// The parking and where its publishes report the messages they settled.
+    pub(super) fn new() -> (Self, mpsc::UnboundedReceiver<usize>) {
+        let (settled, rx) = mpsc::unbounded_channel();
+        let parking = Self {
+            pending: HashMap::new(),
+            due: None,
+            settled,
+        };
+        (parking, rx)
+    }
+
+    /// Parks `msg` of `app`: at once if `paced`, otherwise with the next batch of its lane.
+    pub(super) fn park(&mut self, ctx: &Context, session: &Session, app: &str, paced: bool, msg: Delivery) {
+        let (lane, label) = if ctx.rules.apps.contains(&crate::ids::AppId::from(app)) {
+            (ctx.topology.lane(app), app.to_string())
+        } else {
+            (ctx.topology.merchant_lane_of(app), MERCHANTS.to_string())
+        };
+        if paced {
+            publish(session, lane, label, vec![msg], self.settled.clone());
+            return;
+        }
+        let pending = self.pending.entry(lane.clone()).or_insert_with(|| Pending {
+            label,
+            msgs: Vec::with_capacity(BATCH),
+        });
+        pending.msgs.push(msg);
+        if pending.msgs.len() >= BATCH
+            && let Some(full) = self.pending.remove(&lane)
+        {
+            publish(session, lane, full.label, full.msgs, self.settled.clone());
+        }
+        if self.due.is_none() {
+            self.due = Some(Instant::now() + GATHER);
+        }
+    }
+
+    /// When the pending batches must be published at the latest.
+    pub(super) fn due(&self) -> Option<Instant> {
+        self.due.filter(|_| !self.pending.is_empty())
+    }
+
+    /// Publishes every pending batch, full or not.
+    pub(super) fn flush(&mut self, session: &Session) {
+        for (lane, p) in self.pending.drain() {
+            publish(session, lane, p.label, p.msgs, self.settled.clone());
+        }
+        self.due = None;
+    }
+}
+
+/// Publishes `msgs` to `lane` (a batch if more than one; confirmed), then acks each; if the
+/// publish fails they go back to the work queue and the session is rebuilt.
+fn publish(session: &Session, lane: String, label: String, msgs: Vec<Delivery>, settled: mpsc::UnboundedSender<usize>) {
+    let session = session.clone();
+    tokio::spawn(async move {
+        let published = match msgs.as_slice() {
+            [one] => {
+                session
+                    .publisher
+                    .publish("", &lane, &one.data, one.properties.clone())
+                    .await
+            }
+            many => {
+                let (body, props) = batch::encode(many.iter().map(|m| (&m.properties, m.data.as_slice())));
+                session.publisher.publish("", &lane, &body, props).await
+            }
+        };
+        match published {
+            Ok(()) => {
+                metrics::counter!("wxnotify_parked_total", "app" => label).increment(msgs.len() as u64);
+                for m in &msgs {
+                    let _ = m.ack(BasicAckOptions::default()).await;
+                }
+            }
+            Err(e) => {
+                tracing::warn!(%lane, error = %e, "could not park messages in their lane; they go back to the queue");
+                for m in &msgs {
+                    let _ = m.nack(requeue(true)).await;
+                }
+                session.broken.cancel();
+            }
+        }
+        let _ = settled.send(msgs.len());
+    });
+}
+
+fn requeue(requeue: bool) -> BasicNackOptions {
+    BasicNackOptions {
+        requeue,
+        ..Default::default()
+    }
+}
+
+/// What a lane hands over, as messages for the lines: itself, or a batch's members. A batch
+/// handed out again is split (published back one by one, then acked) and yields nothing now; one
+/// that cannot be read is dead-lettered by the lane.
+pub(super) fn unpark(session: &Session, d: Delivery) -> Vec<Message> {
+    let Some(count) = batch::count(&d.properties) else {
+        return vec![Message::from(d)];
+    };
+    match batch::decode(&d.data, count) {
+        Ok(members) if d.redelivered => {
+            split(session, d, members);
+            Vec::new()
+        }
+        Ok(members) => Message::members(d, members, &session.publisher),
+        Err(e) => {
+            tracing::error!(lane = %d.routing_key, error = %e, "a parked batch cannot be read; the lane dead-letters it");
+            tokio::spawn(async move {
+                let _ = d.nack(requeue(false)).await;
+            });
+            Vec::new()
+        }
+    }
+}
+
+/// Publishes a batch's members back to its lane one by one, then acks the batch.
+fn split(session: &Session, d: Delivery, members: Vec<Member>) {
+    let session = session.clone();
+    tokio::spawn(async move {
+        let lane = d.routing_key.as_str();
+        tracing::info!(lane, members = members.len(), "a parked batch came back; splitting it");
+        let publishes = members.into_iter().map(|m| {
+            let publisher = session.publisher.clone();
+            async move { publisher.publish("", lane, &m.data, m.properties).await }
+        });
+        let all = futures_util::future::join_all(publishes).await;
+        if let Some(Err(e)) = all.into_iter().find(Result::is_err) {
+            tracing::warn!(lane, error = %e, "could not split a parked batch; it goes back whole");
+            let _ = d.nack(requeue(true)).await;
+            session.broken.cancel();
+        } else {
+            let _ = d.ack(BasicAckOptions::default()).await;
+        }
+    });
+}
