@@ -211,3 +211,68 @@ async fn a_batch_that_cannot_be_read_is_dead_lettered_and_the_lane_goes_on() {
     let _ = worker.wait().await;
     assert_eq!(env.sim.stats().accepted, 3, "nothing of the unreadable batch was sent");
 }
+
+/// Ready messages in `queue` now.
+async fn ready_in(env: &TestEnv, queue: &str) -> u32 {
+    let passive = QueueDeclareOptions {
+        passive: true,
+        ..QueueDeclareOptions::default()
+    };
+    let ch = env.channel().await;
+    ch.queue_declare(queue.into(), passive, Default::default())
+        .await
+        .expect("the queue exists")
+        .message_count()
+}
+
+/// A worker killed while it holds parked batches (and sends from them): the batches come back,
+/// are split, and every event reaches WeChat once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_holding_parked_batches_loses_and_duplicates_nothing() {
+    let env = TestEnv::with_sim(SimConfig {
+        faults: Faults {
+            latency_ms: 20,
+            ..Faults::default()
+        },
+        ..SimConfig::default()
+    })
+    .await;
+    let file = AppsFile(apps_file(&std::env::temp_dir()));
+    let backlog = 1500;
+    for i in 0..backlog {
+        env.publish(&for_app(&format!("a-{i}"), APP_ID)).await;
+    }
+    let start = |env: &TestEnv| {
+        env.worker_command()
+            .env("WXNOTIFY_TEMPLATES", &file.0)
+            .envs(apps_env())
+            .env("WXNOTIFY_CONCURRENCY", "8")
+            .env("WXNOTIFY_PREFETCH", "64")
+            .stdout(Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start wxnotify worker")
+    };
+    let mut first = start(&env);
+    wait_for("A's backlog parked and being sent", T, || async {
+        accepted(&env, APP_ID) >= 200 && ready_in(&env, &env.topology.queue).await == 0
+    })
+    .await;
+    let lane = env.topology.lane(APP_ID);
+    assert!(
+        ready_in(&env, &lane).await < 64,
+        "the lane holds batches, not {backlog} single messages"
+    );
+    first.start_kill().expect("SIGKILL");
+    let _ = first.wait().await;
+    let mut second = start(&env);
+    wait_for("the whole backlog", T * 3, || async {
+        accepted(&env, APP_ID) == backlog
+    })
+    .await;
+    wait_for("the lanes empty", T, || lanes_empty(&env)).await;
+    second.start_kill().expect("kill");
+    let _ = second.wait().await;
+    assert_eq!(env.sim.stats().accepted as usize, backlog, "each event at WeChat once");
+    assert!(env.drain_dlq().await.is_empty(), "nothing dead-lettered");
+}
