@@ -64,7 +64,7 @@ pub(super) async fn run(
                 let line = lanes.line_of(&app);
                 match lanes.route(line) {
                     Route::Line => lanes.push(line, Message::from(msg), Source::Work),
-                    Route::Park => parking.park(&worker.ctx, session, &app, lanes.paced(line), msg),
+                    Route::Park => parking.park(&worker.ctx, session, &app, lanes.batch_size(line), msg),
                 }
             }
             Some((line, next)) = intake.lanes.next() => {

@@ -20,9 +20,8 @@ use std::time::Instant;
 /// one is parked in its lane (apps that share the worker; a lone app is never parked).
 const DIRECT_LINE: usize = 16;
 
-/// How many parked messages of an app without a rate limit share one lane message (a batch,
-/// `src/queue/batch.rs`): the broker writes and hands out one message instead of each. A paced
-/// app's messages are parked one by one, so that none waits long unacked in a batch.
+/// How many parked messages share one lane message at most (a batch, `src/queue/batch.rs`): the
+/// broker writes and hands out one message instead of each.
 pub(crate) const BATCH: usize = 64;
 
 /// The label of the platforms' merchants, counted together in the metrics.
@@ -156,19 +155,20 @@ impl<M> Lanes<M> {
         self.share(line).map_or(usize::MAX, |s| (s.ceil() as usize).max(1))
     }
 
-    /// How many the lane consumer of `line` may hold: for a paced app two seconds' worth (at
-    /// least two), so a message never waits long unacked; for others enough batches for twice
-    /// `concurrency` messages ([`batched_prefetch`]).
+    /// How many the lane consumer of `line` may hold: for a paced app two batches, two seconds'
+    /// worth, so that none of its messages waits long unacked; for others enough batches for
+    /// twice `concurrency` messages ([`batched_prefetch`]).
     pub(crate) fn lane_prefetch(&self, line: usize, concurrency: usize) -> usize {
         match self.share(line) {
-            Some(s) => ((2.0 * s).ceil() as usize).clamp(2, concurrency.max(2)),
+            Some(_) => 2,
             None => batched_prefetch(concurrency),
         }
     }
 
-    /// `line`'s app is rate-limited: its messages are parked one by one.
-    pub(crate) fn paced(&self, line: usize) -> bool {
-        self.lines[line].limit.is_some()
+    /// How many of `line`'s parked messages share one lane message: [`BATCH`], or a paced app's
+    /// second's worth if less (so that a batch is done in about a second).
+    pub(crate) fn batch_size(&self, line: usize) -> usize {
+        self.paced_cap(line).min(BATCH)
     }
 
     /// A message of `line` was taken from the work queue: where it goes. It is held (a prefetch
@@ -409,9 +409,12 @@ mod tests {
             .count();
         assert_eq!(kept, 5, "a lone paced app parks past a second's worth too");
         assert_eq!(start(&mut lanes, 100).len(), 5, "at most 5 in flight");
-        assert_eq!(lanes.lane_prefetch(a, 1000), 10);
+        assert_eq!(lanes.batch_size(a), 5, "parked a second's worth to a batch");
+        assert_eq!(lanes.lane_prefetch(a, 1000), 2, "two batches: two seconds' worth");
         let waiting: Vec<_> = lanes.backlog();
         assert_eq!(waiting, [("wxA", 0, 0)]);
+        let b = lanes.line_of("wxB");
+        assert_eq!(lanes.batch_size(b), BATCH, "an app without a limit");
     }
 
     #[test]

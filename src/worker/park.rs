@@ -1,9 +1,8 @@
 //! Parking an app's backlog in its lane, and taking it back out (docs/interface.md §11).
 //!
-//! An app without a rate limit parks its messages in batches of up to [`BATCH`]: one lane
-//! message (`src/queue/batch.rs`) published with a confirm, then each member acked in the work
-//! queue. A batch is gathered for at most [`GATHER`]. A paced app's messages are parked one by
-//! one. Taken out of a lane, a batch hands its members to the lines and is acked when the last
+//! An app parks its messages in batches (of up to [`super::lanes::BATCH`]; a paced app's, a
+//! second's worth): one lane message (`src/queue/batch.rs`) published with a confirm, then each
+//! member acked in the work queue. A batch is gathered for at most [`GATHER`]. Taken out of a lane, a batch hands its members to the lines and is acked when the last
 //! one is done; a batch the broker hands out again (a worker died, or a member's delivery
 //! panicked) is split into single messages first, so that each is counted on its own against
 //! the lane's delivery limit.
@@ -15,7 +14,7 @@ use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::mpsc;
 
-use super::lanes::{BATCH, MERCHANTS};
+use super::lanes::MERCHANTS;
 use crate::delivery::Context;
 use crate::queue::batch::{self, Member};
 use crate::queue::{Message, Session};
@@ -49,23 +48,19 @@ impl Parking {
         (parking, rx)
     }
 
-    /// Parks `msg` of `app`: at once if `paced`, otherwise with the next batch of its lane.
-    pub(super) fn park(&mut self, ctx: &Context, session: &Session, app: &str, paced: bool, msg: Delivery) {
+    /// Parks `msg` of `app` with the next batch of its lane, published once it holds `batch`.
+    pub(super) fn park(&mut self, ctx: &Context, session: &Session, app: &str, batch: usize, msg: Delivery) {
         let (lane, label) = if ctx.rules.apps.contains(&crate::ids::AppId::from(app)) {
             (ctx.topology.lane(app), app.to_string())
         } else {
             (ctx.topology.merchant_lane_of(app), MERCHANTS.to_string())
         };
-        if paced {
-            publish(session, lane, label, vec![msg], self.settled.clone());
-            return;
-        }
         let pending = self.pending.entry(lane.clone()).or_insert_with(|| Pending {
             label,
-            msgs: Vec::with_capacity(BATCH),
+            msgs: Vec::with_capacity(batch),
         });
         pending.msgs.push(msg);
-        if pending.msgs.len() >= BATCH
+        if pending.msgs.len() >= batch
             && let Some(full) = self.pending.remove(&lane)
         {
             publish(session, lane, full.label, full.msgs, self.settled.clone());
