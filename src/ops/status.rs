@@ -280,7 +280,7 @@ pub fn table(s: &Status) -> String {
         .map(|(app, n)| format!("{app} {n}"))
         .collect();
     out.push_str(&format!(
-        "\napps with a backlog in their lane: {}\n",
+        "\napps with a backlog in their lane (lane messages; a parked batch counts once): {}\n",
         if backlogs.is_empty() {
             "none".to_string()
         } else {
