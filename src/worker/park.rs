@@ -22,18 +22,11 @@ use crate::queue::{Message, Session};
 /// The longest a parked message waits for its batch to fill.
 const GATHER: Duration = Duration::from_millis(5);
 
-/// Messages of the work queue waiting to be parked, by lane.
+/// Messages of the work queue waiting to be parked, and the publishes that park them.
 pub(super) struct Parking {
-    pending: HashMap<String, Pending>,
-    /// When the oldest pending message is to be parked at the latest.
-    due: Option<Instant>,
+    gathering: Gathering<Delivery>,
     /// Each publish says, once done, how many work-queue messages it settled.
     settled: mpsc::UnboundedSender<usize>,
-}
-
-struct Pending {
-    label: String,
-    msgs: Vec<Delivery>,
 }
 
 impl Parking {
@@ -41,8 +34,7 @@ impl Parking {
     pub(super) fn new() -> (Self, mpsc::UnboundedReceiver<usize>) {
         let (settled, rx) = mpsc::unbounded_channel();
         let parking = Self {
-            pending: HashMap::new(),
-            due: None,
+            gathering: Gathering::default(),
             settled,
         };
         (parking, rx)
@@ -55,32 +47,71 @@ impl Parking {
         } else {
             (ctx.topology.merchant_lane_of(app), MERCHANTS.to_string())
         };
-        let pending = self.pending.entry(lane.clone()).or_insert_with(|| Pending {
-            label,
-            msgs: Vec::with_capacity(batch),
-        });
-        pending.msgs.push(msg);
-        if pending.msgs.len() >= batch
-            && let Some(full) = self.pending.remove(&lane)
-        {
+        if let Some((lane, full)) = self.gathering.add(lane, label, batch, msg, Instant::now()) {
             publish(session, lane, full.label, full.msgs, self.settled.clone());
-        }
-        if self.due.is_none() {
-            self.due = Some(Instant::now() + GATHER);
         }
     }
 
     /// When the pending batches must be published at the latest.
     pub(super) fn due(&self) -> Option<Instant> {
-        self.due.filter(|_| !self.pending.is_empty())
+        self.gathering.due
     }
 
     /// Publishes every pending batch, full or not.
     pub(super) fn flush(&mut self, session: &Session) {
-        for (lane, p) in self.pending.drain() {
+        for (lane, p) in self.gathering.take_all() {
             publish(session, lane, p.label, p.msgs, self.settled.clone());
         }
+    }
+}
+
+/// Batches being gathered, by lane: pure.
+struct Gathering<M> {
+    pending: HashMap<String, Pending<M>>,
+    /// When the oldest pending message is to be parked at the latest; none when nothing is.
+    due: Option<Instant>,
+}
+
+impl<M> Default for Gathering<M> {
+    fn default() -> Self {
+        Self {
+            pending: HashMap::new(),
+            due: None,
+        }
+    }
+}
+
+struct Pending<M> {
+    label: String,
+    msgs: Vec<M>,
+}
+
+impl<M> Gathering<M> {
+    /// Adds `msg` to its lane's batch; the batch, if that filled it (`batch` messages).
+    fn add(&mut self, lane: String, label: String, batch: usize, msg: M, now: Instant) -> Option<(String, Pending<M>)> {
+        let pending = self.pending.entry(lane.clone()).or_insert_with(|| Pending {
+            label,
+            msgs: Vec::with_capacity(batch),
+        });
+        pending.msgs.push(msg);
+        let full = if pending.msgs.len() >= batch {
+            self.pending.remove(&lane).map(|p| (lane, p))
+        } else {
+            None
+        };
+        // The next message after an empty gathering gets its full time.
+        if self.pending.is_empty() {
+            self.due = None;
+        } else if self.due.is_none() {
+            self.due = Some(now + GATHER);
+        }
+        full
+    }
+
+    /// Every pending batch, full or not.
+    fn take_all(&mut self) -> impl Iterator<Item = (String, Pending<M>)> + '_ {
         self.due = None;
+        self.pending.drain()
     }
 }
 
@@ -169,4 +200,43 @@ fn split(session: &Session, d: Delivery, members: Vec<Member>) {
             let _ = d.ack(BasicAckOptions::default()).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn add(g: &mut Gathering<u32>, lane: &str, batch: usize, msg: u32, now: Instant) -> Option<Vec<u32>> {
+        g.add(lane.into(), lane.into(), batch, msg, now).map(|(_, p)| p.msgs)
+    }
+
+    #[test]
+    fn a_batch_goes_when_full_and_the_next_one_gets_its_full_gathering_time() {
+        let mut g = Gathering::default();
+        let t0 = Instant::now();
+        assert_eq!(add(&mut g, "a", 3, 1, t0), None);
+        assert_eq!(g.due, Some(t0 + GATHER));
+        assert_eq!(add(&mut g, "a", 3, 2, t0), None);
+        assert_eq!(add(&mut g, "a", 3, 3, t0), Some(vec![1, 2, 3]));
+        assert_eq!(g.due, None, "nothing pending: no deadline");
+        let t1 = t0 + GATHER * 3;
+        assert_eq!(add(&mut g, "a", 3, 4, t1), None);
+        assert_eq!(g.due, Some(t1 + GATHER), "not the first batch's deadline, long past");
+    }
+
+    #[test]
+    fn each_lane_gathers_its_own_batch_and_a_flush_takes_them_all() {
+        let mut g = Gathering::default();
+        let t0 = Instant::now();
+        assert_eq!(add(&mut g, "a", 2, 1, t0), None);
+        assert_eq!(add(&mut g, "b", 2, 2, t0 + GATHER / 2), None);
+        assert_eq!(g.due, Some(t0 + GATHER), "the oldest message's deadline");
+        assert_eq!(add(&mut g, "b", 2, 3, t0), Some(vec![2, 3]));
+        assert_eq!(g.due, Some(t0 + GATHER), "a's message still waits");
+        let mut all: Vec<(String, Vec<u32>)> = g.take_all().map(|(lane, p)| (lane, p.msgs)).collect();
+        all.sort();
+        assert_eq!(all, [("a".to_string(), vec![1])]);
+        assert_eq!(g.due, None);
+        assert!(g.pending.is_empty());
+    }
 }
