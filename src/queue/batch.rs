@@ -10,7 +10,10 @@ use lapin::BasicProperties;
 use lapin::types::{AMQPValue, FieldTable};
 
 /// The header that marks a batch, its value the number of members.
-pub(crate) const BATCH: &str = "x-wxnotify-batch";
+pub(crate) const BATCH: &str = "wxnotify-batch";
+
+/// The most body bytes a batch gathers; a message larger than this is parked alone.
+pub(crate) const MAX_BYTES: usize = 1024 * 1024;
 
 /// One member: the message as the booking app (or a retry) published it.
 #[derive(Debug, Clone, PartialEq)]
@@ -31,7 +34,7 @@ pub(crate) fn encode<'a>(
     let count = members.len();
     let mut body = Vec::new();
     for (props, data) in members {
-        // Serializing properties to JSON cannot fail: every field is a string, number or table.
+        // Only properties that pass [`fits`] are batched: their JSON reads back the same.
         let json = serde_json::to_vec(props).unwrap_or_default();
         frame(&mut body, &json);
         frame(&mut body, data);
@@ -46,6 +49,21 @@ pub(crate) fn encode<'a>(
         .with_content_type("application/vnd.wxnotify.batch".into())
         .with_headers(headers);
     (body, props)
+}
+
+/// Whether a message may join a batch: not larger than [`MAX_BYTES`], and no header JSON cannot
+/// carry (a float that is not finite would come back as `null`, and the batch unreadable).
+pub(crate) fn fits(props: &BasicProperties, data: &[u8]) -> bool {
+    fn finite(v: &AMQPValue) -> bool {
+        match v {
+            AMQPValue::Float(f) => f.is_finite(),
+            AMQPValue::Double(d) => d.is_finite(),
+            AMQPValue::FieldArray(a) => a.as_slice().iter().all(finite),
+            AMQPValue::FieldTable(t) => t.inner().values().all(finite),
+            _ => true,
+        }
+    }
+    data.len() <= MAX_BYTES && props.headers().as_ref().is_none_or(|h| h.inner().values().all(finite))
 }
 
 fn frame(body: &mut Vec<u8>, part: &[u8]) {
@@ -124,6 +142,21 @@ mod tests {
         assert_eq!(count(&props), Some(3));
         assert_eq!(props.delivery_mode(), &Some(2), "persistent, like every parked message");
         assert_eq!(decode(&body, 3).unwrap(), members);
+    }
+
+    #[test]
+    fn a_header_json_cannot_carry_or_a_large_body_keeps_a_message_out_of_batches() {
+        let m = member(1);
+        assert!(fits(&m.properties, &m.data));
+        let mut headers = FieldTable::default();
+        let mut inner = FieldTable::default();
+        inner.insert("f".into(), AMQPValue::Double(f64::NAN));
+        headers.insert("nested".into(), AMQPValue::FieldTable(inner));
+        let nan = BasicProperties::default().with_headers(headers);
+        assert!(!fits(&nan, b"{}"));
+        let (body, _) = encode([(&nan, b"{}".as_slice())].into_iter());
+        assert!(decode(&body, 1).is_err(), "what fits guards against");
+        assert!(!fits(&m.properties, &vec![b' '; MAX_BYTES + 1]));
     }
 
     #[test]

@@ -20,6 +20,9 @@ pub(crate) struct Message {
     /// The broker handed it out before (a batch's members: never).
     pub redelivered: bool,
     settle: Settle,
+    /// Settled already: a second settle (a panic after the ack) does nothing, for a batch's
+    /// count must not go down twice for one member, nor a delivery tag be acked twice.
+    settled: AtomicBool,
 }
 
 enum Settle {
@@ -36,6 +39,7 @@ impl From<Delivery> for Message {
             properties: d.properties,
             redelivered: d.redelivered,
             settle: Settle::Broker(d.acker),
+            settled: AtomicBool::new(false),
         }
     }
 }
@@ -56,12 +60,16 @@ impl Message {
                 properties: m.properties,
                 redelivered: false,
                 settle: Settle::Member(shared.clone()),
+                settled: AtomicBool::new(false),
             })
             .collect()
     }
 
     /// Done with: its outcome is recorded.
     pub(crate) async fn ack(&self) -> lapin::Result<()> {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
         match &self.settle {
             Settle::Broker(acker) => acker.ack(BasicAckOptions::default()).await.map(drop),
             Settle::Member(batch) => batch.one_done(false).await,
@@ -72,6 +80,9 @@ impl Message {
     /// batch's member is published to its lane on its own (if that fails, the whole batch goes
     /// back when its last member is done).
     pub(crate) async fn hand_back(&self) -> lapin::Result<()> {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
         match &self.settle {
             Settle::Broker(acker) => acker.nack(requeue()).await.map(drop),
             Settle::Member(batch) => {
@@ -90,6 +101,9 @@ impl Message {
     /// A delivery of it panicked: back to the broker, which counts the delivery. A batch goes
     /// back whole, and comes back split into single messages (each counted on its own).
     pub(crate) async fn spoil(&self) -> lapin::Result<()> {
+        if self.settled.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
         match &self.settle {
             Settle::Broker(acker) => acker.nack(requeue()).await.map(drop),
             Settle::Member(batch) => batch.one_done(true).await,

@@ -32,7 +32,8 @@ pub(super) struct Intake {
 /// A delivery task's word back to the loop: its line, and where its message came from.
 struct Delivered(usize, Source);
 
-/// The loop of one session, until shutdown (`Ok`) or the session ends.
+/// The loop of one session, until shutdown (`Ok`) or the session ends. Messages still gathering
+/// for a batch then go back to the work queue.
 pub(super) async fn run(
     worker: &Worker,
     lanes: &mut Lanes<Message>,
@@ -41,45 +42,76 @@ pub(super) async fn run(
     permits: &Arc<Semaphore>,
     shutdown: &CancellationToken,
 ) -> Result<(), SessionEnd> {
+    let (mut parking, parked) = Parking::new();
+    let end = intake_loop(
+        worker,
+        lanes,
+        intake,
+        (session, &mut parking, parked),
+        permits,
+        shutdown,
+    )
+    .await;
+    parking.hand_back();
+    end
+}
+
+async fn intake_loop(
+    worker: &Worker,
+    lanes: &mut Lanes<Message>,
+    intake: &mut Intake,
+    (session, parking, mut parked): (&Session, &mut Parking, mpsc::UnboundedReceiver<usize>),
+    permits: &Arc<Semaphore>,
+    shutdown: &CancellationToken,
+) -> Result<(), SessionEnd> {
     let (done_tx, mut done_rx) = mpsc::unbounded_channel();
-    let (mut parking, mut parked) = Parking::new();
     let mut gauges = tokio::time::interval(GAUGES_EVERY);
-    let default_app = worker.ctx.rules.default_app.as_str().to_string();
+    let default_app = worker.ctx.rules.default_app.as_str();
     loop {
         if let Some(rate) = &worker.ctx.rate {
             lanes.set_live(rate.live());
         }
         let wake = start_ready(&worker.ctx, lanes, session, permits, &done_tx);
         // `biased`: a stop or a broken session wins over a ready message, so a message handed
-        // back by a broken session is not taken again by it (each time costs a delivery).
+        // back by a broken session is not taken again by it (each time costs a delivery). A
+        // batch's deadline comes before new messages, which would otherwise starve it.
         tokio::select! {
             biased;
             _ = shutdown.cancelled() => return Ok(()),
             _ = session.broken.cancelled() => return Err(SessionEnd::PublishFailed),
             Some(Delivered(line, source)) = done_rx.recv() => lanes.finished(line, source),
             Some(n) = parked.recv() => lanes.parked(n),
+            _ = sleep_until(parking.due()), if parking.due().is_some() => parking.flush(session),
             next = intake.work.next() => {
                 let msg = next.ok_or(SessionEnd::ConsumerCancelled)??;
-                let app = crate::event::peek_app_id(&msg.data).unwrap_or_else(|| default_app.clone());
+                if crate::queue::batch::count(&msg.properties).is_some() {
+                    // A batch replayed from the dead-letter queue: its members go as a lane's.
+                    line_up(lanes, park::unpark(session, msg), None, default_app);
+                    continue;
+                }
+                let app = crate::event::peek_app_id(&msg.data).unwrap_or_else(|| default_app.to_string());
                 let line = lanes.line_of(&app);
                 match lanes.route(line) {
                     Route::Line => lanes.push(line, Message::from(msg), Source::Work),
                     Route::Park => parking.park(&worker.ctx, session, &app, lanes.batch_size(line), msg),
                 }
             }
-            Some((line, next)) = intake.lanes.next() => {
-                for msg in park::unpark(session, next?) {
-                    let line = line.unwrap_or_else(|| {
-                        let app = crate::event::peek_app_id(&msg.data).unwrap_or_else(|| default_app.clone());
-                        lanes.line_of(&app)
-                    });
-                    lanes.push(line, msg, Source::Lane);
-                }
-            }
+            Some((line, next)) = intake.lanes.next() => line_up(lanes, park::unpark(session, next?), line, default_app),
             _ = sleep_until(wake), if wake.is_some() => {}
-            _ = sleep_until(parking.due()), if parking.due().is_some() => parking.flush(session),
             _ = gauges.tick() => publish_backlog(lanes),
         }
+    }
+}
+
+/// Puts messages taken from a lane in their lines: `line` if the lane is one app's, otherwise
+/// each by its `app_id`.
+fn line_up(lanes: &mut Lanes<Message>, msgs: Vec<Message>, line: Option<usize>, default_app: &str) {
+    for msg in msgs {
+        let line = line.unwrap_or_else(|| {
+            let app = crate::event::peek_app_id(&msg.data);
+            lanes.line_of(app.as_deref().unwrap_or(default_app))
+        });
+        lanes.push(line, msg, Source::Lane);
     }
 }
 

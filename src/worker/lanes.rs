@@ -83,10 +83,10 @@ pub(crate) struct Lanes<M> {
     merchants: bool,
 }
 
-/// The prefetch of a lane whose messages are batches: enough for twice `concurrency` messages
-/// (a lane's single messages, handed back or parked by an older version, get at least 16).
+/// The prefetch of a lane whose messages are batches: enough for twice `concurrency` messages,
+/// and at least 4 (a lane's single messages: handed back, split, or parked by an older version).
 pub(crate) fn batched_prefetch(concurrency: usize) -> usize {
-    (2 * concurrency).div_ceil(BATCH).max(16)
+    (2 * concurrency).div_ceil(BATCH).max(4)
 }
 
 impl<M> Lanes<M> {
@@ -155,20 +155,20 @@ impl<M> Lanes<M> {
         self.share(line).map_or(usize::MAX, |s| (s.ceil() as usize).max(1))
     }
 
-    /// How many the lane consumer of `line` may hold: for a paced app two batches, two seconds'
-    /// worth, so that none of its messages waits long unacked; for others enough batches for
-    /// twice `concurrency` messages ([`batched_prefetch`]).
+    /// How many the lane consumer of `line` may hold: for a paced app two seconds' worth (at
+    /// least two), so a message never waits long unacked; for others enough batches for twice
+    /// `concurrency` messages ([`batched_prefetch`]).
     pub(crate) fn lane_prefetch(&self, line: usize, concurrency: usize) -> usize {
         match self.share(line) {
-            Some(_) => 2,
+            Some(s) => ((2.0 * s).ceil() as usize).clamp(2, concurrency.max(2)),
             None => batched_prefetch(concurrency),
         }
     }
 
-    /// How many of `line`'s parked messages share one lane message: [`BATCH`], or a paced app's
-    /// second's worth if less (so that a batch is done in about a second).
+    /// How many of `line`'s parked messages share one lane message: [`BATCH`]; a paced app's
+    /// are parked one by one, so that its lane's prefetch counts messages.
     pub(crate) fn batch_size(&self, line: usize) -> usize {
-        self.paced_cap(line).min(BATCH)
+        if self.lines[line].limit.is_some() { 1 } else { BATCH }
     }
 
     /// A message of `line` was taken from the work queue: where it goes. It is held (a prefetch
@@ -409,8 +409,8 @@ mod tests {
             .count();
         assert_eq!(kept, 5, "a lone paced app parks past a second's worth too");
         assert_eq!(start(&mut lanes, 100).len(), 5, "at most 5 in flight");
-        assert_eq!(lanes.batch_size(a), 5, "parked a second's worth to a batch");
-        assert_eq!(lanes.lane_prefetch(a, 1000), 2, "two batches: two seconds' worth");
+        assert_eq!(lanes.batch_size(a), 1, "parked one by one");
+        assert_eq!(lanes.lane_prefetch(a, 1000), 10, "two seconds' worth");
         let waiting: Vec<_> = lanes.backlog();
         assert_eq!(waiting, [("wxA", 0, 0)]);
         let b = lanes.line_of("wxB");

@@ -1,8 +1,10 @@
 //! Parking an app's backlog in its lane, and taking it back out (docs/interface.md §11).
 //!
-//! An app parks its messages in batches (of up to [`super::lanes::BATCH`]; a paced app's, a
-//! second's worth): one lane message (`src/queue/batch.rs`) published with a confirm, then each
-//! member acked in the work queue. A batch is gathered for at most [`GATHER`]. Taken out of a lane, a batch hands its members to the lines and is acked when the last
+//! An app without a rate limit parks its messages in batches of up to [`super::lanes::BATCH`]
+//! (and [`batch::MAX_BYTES`]): one lane message (`src/queue/batch.rs`) published with a
+//! confirm, then each member acked in the work queue. A batch is gathered for at most
+//! [`GATHER`]. A paced app's messages, and any that [`batch::fits`] refuses, are parked alone.
+//! Taken out of a lane, a batch hands its members to the lines and is acked when the last
 //! one is done; a batch the broker hands out again (a worker died, or a member's delivery
 //! panicked) is split into single messages first, so that each is counted on its own against
 //! the lane's delivery limit.
@@ -47,9 +49,29 @@ impl Parking {
         } else {
             (ctx.topology.merchant_lane_of(app), MERCHANTS.to_string())
         };
-        if let Some((lane, full)) = self.gathering.add(lane, label, batch, msg, Instant::now()) {
+        let batch = if batch::fits(&msg.properties, &msg.data) {
+            batch
+        } else {
+            1
+        };
+        if batch == 1 {
+            publish(session, lane, label, vec![msg], self.settled.clone());
+        } else if let Some((lane, full)) = self.gathering.add(lane, label, batch, msg, Instant::now()) {
             publish(session, lane, full.label, full.msgs, self.settled.clone());
         }
+    }
+
+    /// Hands every message still gathering back to the work queue (shutdown, a broken session).
+    pub(super) fn hand_back(&mut self) {
+        let msgs: Vec<Delivery> = self.gathering.take_all().flat_map(|(_, p)| p.msgs).collect();
+        if msgs.is_empty() {
+            return;
+        }
+        tokio::spawn(async move {
+            for m in msgs {
+                let _ = m.nack(requeue(true)).await;
+            }
+        });
     }
 
     /// When the pending batches must be published at the latest.
@@ -62,6 +84,17 @@ impl Parking {
         for (lane, p) in self.gathering.take_all() {
             publish(session, lane, p.label, p.msgs, self.settled.clone());
         }
+    }
+}
+
+/// A message's body size, for the batch's byte limit.
+trait Weighed {
+    fn bytes(&self) -> usize;
+}
+
+impl Weighed for Delivery {
+    fn bytes(&self) -> usize {
+        self.data.len()
     }
 }
 
@@ -84,17 +117,21 @@ impl<M> Default for Gathering<M> {
 struct Pending<M> {
     label: String,
     msgs: Vec<M>,
+    bytes: usize,
 }
 
-impl<M> Gathering<M> {
-    /// Adds `msg` to its lane's batch; the batch, if that filled it (`batch` messages).
+impl<M: Weighed> Gathering<M> {
+    /// Adds `msg` to its lane's batch; the batch, if that filled it (`batch` messages, or
+    /// [`batch::MAX_BYTES`] of bodies).
     fn add(&mut self, lane: String, label: String, batch: usize, msg: M, now: Instant) -> Option<(String, Pending<M>)> {
         let pending = self.pending.entry(lane.clone()).or_insert_with(|| Pending {
             label,
             msgs: Vec::with_capacity(batch),
+            bytes: 0,
         });
+        pending.bytes += msg.bytes();
         pending.msgs.push(msg);
-        let full = if pending.msgs.len() >= batch {
+        let full = if pending.msgs.len() >= batch || pending.bytes >= batch::MAX_BYTES {
             self.pending.remove(&lane).map(|p| (lane, p))
         } else {
             None
@@ -206,6 +243,12 @@ fn split(session: &Session, d: Delivery, members: Vec<Member>) {
 mod tests {
     use super::*;
 
+    impl Weighed for u32 {
+        fn bytes(&self) -> usize {
+            *self as usize
+        }
+    }
+
     fn add(g: &mut Gathering<u32>, lane: &str, batch: usize, msg: u32, now: Instant) -> Option<Vec<u32>> {
         g.add(lane.into(), lane.into(), batch, msg, now).map(|(_, p)| p.msgs)
     }
@@ -222,6 +265,15 @@ mod tests {
         let t1 = t0 + GATHER * 3;
         assert_eq!(add(&mut g, "a", 3, 4, t1), None);
         assert_eq!(g.due, Some(t1 + GATHER), "not the first batch's deadline, long past");
+    }
+
+    #[test]
+    fn a_batch_goes_when_its_bodies_reach_the_byte_limit() {
+        let mut g = Gathering::default();
+        let t0 = Instant::now();
+        let half = (batch::MAX_BYTES / 2) as u32;
+        assert_eq!(add(&mut g, "a", 64, half, t0), None);
+        assert_eq!(add(&mut g, "a", 64, half, t0), Some(vec![half, half]));
     }
 
     #[test]

@@ -146,7 +146,7 @@ fn batch_of(events: &[serde_json::Value]) -> (Vec<u8>, BasicProperties) {
 
 fn batch_props(members: u32) -> BasicProperties {
     let mut headers = FieldTable::default();
-    headers.insert("x-wxnotify-batch".into(), AMQPValue::LongUInt(members));
+    headers.insert("wxnotify-batch".into(), AMQPValue::LongUInt(members));
     BasicProperties::default().with_delivery_mode(2).with_headers(headers)
 }
 
@@ -275,4 +275,23 @@ async fn a_worker_killed_holding_parked_batches_loses_and_duplicates_nothing() {
     let _ = second.wait().await;
     assert_eq!(env.sim.stats().accepted as usize, backlog, "each event at WeChat once");
     assert!(env.drain_dlq().await.is_empty(), "nothing dead-lettered");
+}
+
+/// A batch in the dead-letter queue (unreadable once, or past the lane's delivery limit) is
+/// replayed like any dead letter: into the work queue, where the worker unpacks it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_replayed_from_the_dead_letter_queue_sends_each_member() {
+    let env = TestEnv::new().await;
+    let file = AppsFile(apps_file(&std::env::temp_dir()));
+    let events: Vec<serde_json::Value> = (0..3).map(|i| for_app(&format!("b-dlq-{i}"), B)).collect();
+    let (body, props) = batch_of(&events);
+    env.publish_to_queue(&env.topology.dlq, &body, props).await;
+    let out = env.wxnotify(&["dlq", "replay", "--all"]).output().await.unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let mut worker = spawn_worker(&env, &file);
+    wait_for("the three members sent", T, || async { accepted(&env, B) == 3 }).await;
+    worker.start_kill().expect("kill");
+    let _ = worker.wait().await;
+    assert!(env.drain_dlq().await.is_empty(), "nothing dead-lettered again");
+    assert_eq!(env.ready_everywhere().await, 0);
 }
