@@ -93,7 +93,7 @@ async fn intake_loop(
                 let line = lanes.line_of(&app);
                 match lanes.route(line) {
                     Route::Line => lanes.push(line, Message::from(msg), Source::Work),
-                    Route::Park => parking.park(&worker.ctx, session, &app, lanes.batch_size(line), msg),
+                    Route::Park => parking.park(&worker.ctx, session, &app, lanes.batching(line), msg),
                 }
             }
             Some((line, next)) = intake.lanes.next() => line_up(lanes, park::unpark(session, next?), line, default_app),

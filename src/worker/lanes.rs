@@ -14,7 +14,7 @@
 //!   waits in the lane, holding no permit and no prefetch slot of the work queue.
 
 use std::collections::{HashMap, VecDeque};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 /// How many messages from the work queue one app may have waiting for a permit before the next
 /// one is parked in its lane (apps that share the worker; a lone app is never parked).
@@ -23,6 +23,14 @@ const DIRECT_LINE: usize = 16;
 /// How many parked messages share one lane message at most (a batch, `src/queue/batch.rs`): the
 /// broker writes and hands out one message instead of each.
 pub(crate) const BATCH: usize = 64;
+
+/// How a lane's batches are gathered: their size, and the longest a message waits for its batch
+/// to fill.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Batching {
+    pub size: usize,
+    pub gather: Duration,
+}
 
 /// The label of the platforms' merchants, counted together in the metrics.
 pub(crate) const MERCHANTS: &str = "merchants";
@@ -155,20 +163,32 @@ impl<M> Lanes<M> {
         self.share(line).map_or(usize::MAX, |s| (s.ceil() as usize).max(1))
     }
 
-    /// How many the lane consumer of `line` may hold: for a paced app two seconds' worth (at
-    /// least two), so a message never waits long unacked; for others enough batches for twice
-    /// `concurrency` messages ([`batched_prefetch`]).
+    /// How many the lane consumer of `line` may hold: for a paced app two seconds' worth in
+    /// batches of [`Lanes::batching`] (at least two), so that none of its messages waits long
+    /// unacked; for others enough batches for twice `concurrency` messages ([`batched_prefetch`]).
     pub(crate) fn lane_prefetch(&self, line: usize, concurrency: usize) -> usize {
         match self.share(line) {
-            Some(s) => ((2.0 * s).ceil() as usize).clamp(2, concurrency.max(2)),
+            Some(s) => ((2.0 * s) / self.batching(line).size as f64)
+                .ceil()
+                .clamp(2.0, concurrency.max(2) as f64) as usize,
             None => batched_prefetch(concurrency),
         }
     }
 
-    /// How many of `line`'s parked messages share one lane message: [`BATCH`]; a paced app's
-    /// are parked one by one, so that its lane's prefetch counts messages.
-    pub(crate) fn batch_size(&self, line: usize) -> usize {
-        if self.lines[line].limit.is_some() { 1 } else { BATCH }
+    /// How `line`'s parked messages are batched: [`BATCH`] to a lane message, gathered for at
+    /// most 5 ms; a paced app's, a second's worth gathered for at most a second (they are parked
+    /// because a second's worth already waits in its line, so gathering delays none of them).
+    pub(crate) fn batching(&self, line: usize) -> Batching {
+        match self.share(line) {
+            Some(_) => Batching {
+                size: self.paced_cap(line).min(BATCH),
+                gather: Duration::from_secs(1),
+            },
+            None => Batching {
+                size: BATCH,
+                gather: Duration::from_millis(5),
+            },
+        }
     }
 
     /// A message of `line` was taken from the work queue: where it goes. It is held (a prefetch
@@ -409,12 +429,12 @@ mod tests {
             .count();
         assert_eq!(kept, 5, "a lone paced app parks past a second's worth too");
         assert_eq!(start(&mut lanes, 100).len(), 5, "at most 5 in flight");
-        assert_eq!(lanes.batch_size(a), 1, "parked one by one");
-        assert_eq!(lanes.lane_prefetch(a, 1000), 10, "two seconds' worth");
+        assert_eq!(lanes.batching(a).size, 5, "parked a second's worth to a batch");
+        assert_eq!(lanes.lane_prefetch(a, 1000), 2, "two batches: two seconds' worth");
         let waiting: Vec<_> = lanes.backlog();
         assert_eq!(waiting, [("wxA", 0, 0)]);
         let b = lanes.line_of("wxB");
-        assert_eq!(lanes.batch_size(b), BATCH, "an app without a limit");
+        assert_eq!(lanes.batching(b).size, BATCH, "an app without a limit");
     }
 
     #[test]

@@ -1,28 +1,25 @@
 //! Parking an app's backlog in its lane, and taking it back out (docs/interface.md §11).
 //!
-//! An app without a rate limit parks its messages in batches of up to [`super::lanes::BATCH`]
-//! (and [`batch::MAX_BYTES`]): one lane message (`src/queue/batch.rs`) published with a
-//! confirm, then each member acked in the work queue. A batch is gathered for at most
-//! [`GATHER`]. A paced app's messages, and any that [`batch::fits`] refuses, are parked alone.
+//! An app parks its messages in batches ([`Batching`]: up to [`super::lanes::BATCH`] messages
+//! and [`batch::MAX_BYTES`], gathered for at most 5 ms; a paced app's, a second's worth gathered
+//! for at most a second): one lane message (`src/queue/batch.rs`) published with a confirm,
+//! then each member acked in the work queue. A message [`batch::fits`] refuses is parked alone.
 //! Taken out of a lane, a batch hands its members to the lines and is acked when the last
 //! one is done; a batch the broker hands out again (a worker died, or a member's delivery
 //! panicked) is split into single messages first, so that each is counted on its own against
 //! the lane's delivery limit.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicNackOptions};
 use tokio::sync::mpsc;
 
-use super::lanes::MERCHANTS;
+use super::lanes::{Batching, MERCHANTS};
 use crate::delivery::Context;
 use crate::queue::batch::{self, Member};
 use crate::queue::{Message, Session};
-
-/// The longest a parked message waits for its batch to fill.
-const GATHER: Duration = Duration::from_millis(5);
 
 /// Messages of the work queue waiting to be parked, and the publishes that park them.
 pub(super) struct Parking {
@@ -42,21 +39,16 @@ impl Parking {
         (parking, rx)
     }
 
-    /// Parks `msg` of `app` with the next batch of its lane, published once it holds `batch`.
-    pub(super) fn park(&mut self, ctx: &Context, session: &Session, app: &str, batch: usize, msg: Delivery) {
+    /// Parks `msg` of `app` with the next batch of its lane, published once full or due.
+    pub(super) fn park(&mut self, ctx: &Context, session: &Session, app: &str, batching: Batching, msg: Delivery) {
         let (lane, label) = if ctx.rules.apps.contains(&crate::ids::AppId::from(app)) {
             (ctx.topology.lane(app), app.to_string())
         } else {
             (ctx.topology.merchant_lane_of(app), MERCHANTS.to_string())
         };
-        let batch = if batch::fits(&msg.properties, &msg.data) {
-            batch
-        } else {
-            1
-        };
-        if batch == 1 {
+        if batching.size <= 1 || !batch::fits(&msg.properties, &msg.data) {
             publish(session, lane, label, vec![msg], self.settled.clone());
-        } else if let Some((lane, full)) = self.gathering.add(lane, label, batch, msg, Instant::now()) {
+        } else if let Some((lane, full)) = self.gathering.add(lane, label, batching, msg, Instant::now()) {
             publish(session, lane, full.label, full.msgs, self.settled.clone());
         }
     }
@@ -74,14 +66,14 @@ impl Parking {
         });
     }
 
-    /// When the pending batches must be published at the latest.
+    /// When the next pending batch must be published.
     pub(super) fn due(&self) -> Option<Instant> {
-        self.gathering.due
+        self.gathering.due()
     }
 
-    /// Publishes every pending batch, full or not.
+    /// Publishes the pending batches that are due, full or not.
     pub(super) fn flush(&mut self, session: &Session) {
-        for (lane, p) in self.gathering.take_all() {
+        for (lane, p) in self.gathering.take_due(Instant::now()) {
             publish(session, lane, p.label, p.msgs, self.settled.clone());
         }
     }
@@ -101,15 +93,12 @@ impl Weighed for Delivery {
 /// Batches being gathered, by lane: pure.
 struct Gathering<M> {
     pending: HashMap<String, Pending<M>>,
-    /// When the oldest pending message is to be parked at the latest; none when nothing is.
-    due: Option<Instant>,
 }
 
 impl<M> Default for Gathering<M> {
     fn default() -> Self {
         Self {
             pending: HashMap::new(),
-            due: None,
         }
     }
 }
@@ -118,36 +107,56 @@ struct Pending<M> {
     label: String,
     msgs: Vec<M>,
     bytes: usize,
+    /// When it goes, full or not: its first message's gathering time is up.
+    due: Instant,
 }
 
 impl<M: Weighed> Gathering<M> {
-    /// Adds `msg` to its lane's batch; the batch, if that filled it (`batch` messages, or
-    /// [`batch::MAX_BYTES`] of bodies).
-    fn add(&mut self, lane: String, label: String, batch: usize, msg: M, now: Instant) -> Option<(String, Pending<M>)> {
+    /// Adds `msg` to its lane's batch; the batch, if that filled it (`batching.size` messages,
+    /// or [`batch::MAX_BYTES`] of bodies).
+    fn add(
+        &mut self,
+        lane: String,
+        label: String,
+        batching: Batching,
+        msg: M,
+        now: Instant,
+    ) -> Option<(String, Pending<M>)> {
         let pending = self.pending.entry(lane.clone()).or_insert_with(|| Pending {
             label,
-            msgs: Vec::with_capacity(batch),
+            msgs: Vec::with_capacity(batching.size),
             bytes: 0,
+            due: now + batching.gather,
         });
         pending.bytes += msg.bytes();
         pending.msgs.push(msg);
-        let full = if pending.msgs.len() >= batch || pending.bytes >= batch::MAX_BYTES {
+        if pending.msgs.len() >= batching.size || pending.bytes >= batch::MAX_BYTES {
             self.pending.remove(&lane).map(|p| (lane, p))
         } else {
             None
-        };
-        // The next message after an empty gathering gets its full time.
-        if self.pending.is_empty() {
-            self.due = None;
-        } else if self.due.is_none() {
-            self.due = Some(now + GATHER);
         }
-        full
     }
 
-    /// Every pending batch, full or not.
+    /// When the next batch is due.
+    fn due(&self) -> Option<Instant> {
+        self.pending.values().map(|p| p.due).min()
+    }
+
+    /// The batches due at `now`, full or not.
+    fn take_due(&mut self, now: Instant) -> Vec<(String, Pending<M>)> {
+        let due: Vec<String> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| p.due <= now)
+            .map(|(lane, _)| lane.clone())
+            .collect();
+        due.into_iter()
+            .filter_map(|lane| self.pending.remove(&lane).map(|p| (lane, p)))
+            .collect()
+    }
+
+    /// Every pending batch.
     fn take_all(&mut self) -> impl Iterator<Item = (String, Pending<M>)> + '_ {
-        self.due = None;
         self.pending.drain()
     }
 }
@@ -241,6 +250,8 @@ fn split(session: &Session, d: Delivery, members: Vec<Member>) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
 
     impl Weighed for u32 {
@@ -249,22 +260,54 @@ mod tests {
         }
     }
 
-    fn add(g: &mut Gathering<u32>, lane: &str, batch: usize, msg: u32, now: Instant) -> Option<Vec<u32>> {
-        g.add(lane.into(), lane.into(), batch, msg, now).map(|(_, p)| p.msgs)
+    const FAST: Batching = Batching {
+        size: 3,
+        gather: Duration::from_millis(5),
+    };
+
+    fn add(g: &mut Gathering<u32>, lane: &str, batching: Batching, msg: u32, now: Instant) -> Option<Vec<u32>> {
+        g.add(lane.into(), lane.into(), batching, msg, now).map(|(_, p)| p.msgs)
     }
 
     #[test]
     fn a_batch_goes_when_full_and_the_next_one_gets_its_full_gathering_time() {
         let mut g = Gathering::default();
         let t0 = Instant::now();
-        assert_eq!(add(&mut g, "a", 3, 1, t0), None);
-        assert_eq!(g.due, Some(t0 + GATHER));
-        assert_eq!(add(&mut g, "a", 3, 2, t0), None);
-        assert_eq!(add(&mut g, "a", 3, 3, t0), Some(vec![1, 2, 3]));
-        assert_eq!(g.due, None, "nothing pending: no deadline");
-        let t1 = t0 + GATHER * 3;
-        assert_eq!(add(&mut g, "a", 3, 4, t1), None);
-        assert_eq!(g.due, Some(t1 + GATHER), "not the first batch's deadline, long past");
+        assert_eq!(add(&mut g, "a", FAST, 1, t0), None);
+        assert_eq!(g.due(), Some(t0 + FAST.gather));
+        assert_eq!(add(&mut g, "a", FAST, 2, t0), None);
+        assert_eq!(add(&mut g, "a", FAST, 3, t0), Some(vec![1, 2, 3]));
+        assert_eq!(g.due(), None, "nothing pending: no deadline");
+        let t1 = t0 + FAST.gather * 3;
+        assert_eq!(add(&mut g, "a", FAST, 4, t1), None);
+        assert_eq!(
+            g.due(),
+            Some(t1 + FAST.gather),
+            "not the first batch's deadline, long past"
+        );
+    }
+
+    #[test]
+    fn each_lane_gathers_for_its_own_time_and_only_the_due_ones_go() {
+        let mut g = Gathering::default();
+        let t0 = Instant::now();
+        let paced = Batching {
+            size: 50,
+            gather: Duration::from_secs(1),
+        };
+        assert_eq!(add(&mut g, "paced", paced, 1, t0), None);
+        assert_eq!(add(&mut g, "a", FAST, 2, t0 + Duration::from_millis(1)), None);
+        assert_eq!(g.due(), Some(t0 + Duration::from_millis(6)), "the soonest deadline");
+        let due: Vec<(String, Vec<u32>)> = g
+            .take_due(t0 + Duration::from_millis(6))
+            .into_iter()
+            .map(|(lane, p)| (lane, p.msgs))
+            .collect();
+        assert_eq!(due, [("a".to_string(), vec![2])], "the paced lane keeps gathering");
+        assert_eq!(g.due(), Some(t0 + paced.gather));
+        let rest: Vec<Vec<u32>> = g.take_all().map(|(_, p)| p.msgs).collect();
+        assert_eq!(rest, [vec![1]]);
+        assert_eq!(g.due(), None);
     }
 
     #[test]
@@ -272,23 +315,8 @@ mod tests {
         let mut g = Gathering::default();
         let t0 = Instant::now();
         let half = (batch::MAX_BYTES / 2) as u32;
-        assert_eq!(add(&mut g, "a", 64, half, t0), None);
-        assert_eq!(add(&mut g, "a", 64, half, t0), Some(vec![half, half]));
-    }
-
-    #[test]
-    fn each_lane_gathers_its_own_batch_and_a_flush_takes_them_all() {
-        let mut g = Gathering::default();
-        let t0 = Instant::now();
-        assert_eq!(add(&mut g, "a", 2, 1, t0), None);
-        assert_eq!(add(&mut g, "b", 2, 2, t0 + GATHER / 2), None);
-        assert_eq!(g.due, Some(t0 + GATHER), "the oldest message's deadline");
-        assert_eq!(add(&mut g, "b", 2, 3, t0), Some(vec![2, 3]));
-        assert_eq!(g.due, Some(t0 + GATHER), "a's message still waits");
-        let mut all: Vec<(String, Vec<u32>)> = g.take_all().map(|(lane, p)| (lane, p.msgs)).collect();
-        all.sort();
-        assert_eq!(all, [("a".to_string(), vec![1])]);
-        assert_eq!(g.due, None);
-        assert!(g.pending.is_empty());
+        let big = Batching { size: 64, ..FAST };
+        assert_eq!(add(&mut g, "a", big, half, t0), None);
+        assert_eq!(add(&mut g, "a", big, half, t0), Some(vec![half, half]));
     }
 }
