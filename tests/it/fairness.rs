@@ -247,7 +247,7 @@ async fn a_worker_killed_holding_parked_batches_loses_and_duplicates_nothing() {
             .env("WXNOTIFY_TEMPLATES", &file.0)
             .envs(apps_env())
             .env("WXNOTIFY_CONCURRENCY", "8")
-            .env("WXNOTIFY_PREFETCH", "64")
+            .env("WXNOTIFY_PREFETCH", "256")
             .stdout(Stdio::null())
             .kill_on_drop(true)
             .spawn()
@@ -258,10 +258,14 @@ async fn a_worker_killed_holding_parked_batches_loses_and_duplicates_nothing() {
         accepted(&env, APP_ID) >= 200 && ready_in(&env, &env.topology.queue).await == 0
     })
     .await;
+    // Batches, not single messages: fewer lane messages than half the messages still to send
+    // (how full each batch is depends on how fast the broker hands the work queue over).
     let lane = env.topology.lane(APP_ID);
+    let (in_lane, left) = (ready_in(&env, &lane).await as usize, backlog - accepted(&env, APP_ID));
+    eprintln!("fairness: {in_lane} lane messages for {left} events when the worker was killed");
     assert!(
-        ready_in(&env, &lane).await < 64,
-        "the lane holds batches, not {backlog} single messages"
+        2 * in_lane <= left,
+        "the lane holds {in_lane} messages for {left} events: batches would be fewer"
     );
     first.start_kill().expect("SIGKILL");
     let _ = first.wait().await;
@@ -290,8 +294,13 @@ async fn a_batch_replayed_from_the_dead_letter_queue_sends_each_member() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let mut worker = spawn_worker(&env, &file);
     wait_for("the three members sent", T, || async { accepted(&env, B) == 3 }).await;
+    wait_for("the three recorded sent", T, || async {
+        env.count("SELECT count(*) FROM deliveries WHERE status = 'sent'").await == 3
+    })
+    .await;
     worker.start_kill().expect("kill");
     let _ = worker.wait().await;
+    // (Not "nothing ready": killed between the record and the ack, the batch goes back, and the
+    // next worker would ack its members as already sent.)
     assert!(env.drain_dlq().await.is_empty(), "nothing dead-lettered again");
-    assert_eq!(env.ready_everywhere().await, 0);
 }
