@@ -84,7 +84,7 @@ impl Message {
             return Ok(());
         }
         match &self.settle {
-            Settle::Broker(acker) => acker.nack(requeue()).await.map(drop),
+            Settle::Broker(acker) => acker.nack(nack(true)).await.map(drop),
             Settle::Member(batch) => {
                 let published = batch
                     .publisher
@@ -105,15 +105,16 @@ impl Message {
             return Ok(());
         }
         match &self.settle {
-            Settle::Broker(acker) => acker.nack(requeue()).await.map(drop),
+            Settle::Broker(acker) => acker.nack(nack(true)).await.map(drop),
             Settle::Member(batch) => batch.one_done(true).await,
         }
     }
 }
 
-fn requeue() -> BasicNackOptions {
+/// A nack's options: back to the queue (`requeue`) or to its dead-letter exchange.
+pub(crate) fn nack(requeue: bool) -> BasicNackOptions {
     BasicNackOptions {
-        requeue: true,
+        requeue,
         ..Default::default()
     }
 }
@@ -132,7 +133,7 @@ impl Batch {
         match self.left.one_done(spoiled) {
             None => Ok(()),
             Some(Whole::Ack) => self.acker.ack(BasicAckOptions::default()).await.map(drop),
-            Some(Whole::Back) => self.acker.nack(requeue()).await.map(drop),
+            Some(Whole::Back) => self.acker.nack(nack(true)).await.map(drop),
         }
     }
 }

@@ -13,12 +13,13 @@ use std::collections::HashMap;
 use std::time::Instant;
 
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicNackOptions};
+use lapin::options::BasicAckOptions;
 use tokio::sync::mpsc;
 
 use super::lanes::{Batching, MERCHANTS};
 use crate::delivery::Context;
 use crate::queue::batch::{self, Member};
+use crate::queue::message::nack;
 use crate::queue::{Message, Session};
 
 /// Messages of the work queue waiting to be parked, and the publishes that park them.
@@ -61,7 +62,7 @@ impl Parking {
         }
         tokio::spawn(async move {
             for m in msgs {
-                let _ = m.nack(requeue(true)).await;
+                let _ = m.nack(nack(true)).await;
             }
         });
     }
@@ -188,20 +189,13 @@ fn publish(session: &Session, lane: String, label: String, msgs: Vec<Delivery>, 
             Err(e) => {
                 tracing::warn!(%lane, error = %e, "could not park messages in their lane; they go back to the queue");
                 for m in &msgs {
-                    let _ = m.nack(requeue(true)).await;
+                    let _ = m.nack(nack(true)).await;
                 }
                 session.broken.cancel();
             }
         }
         let _ = settled.send(msgs.len());
     });
-}
-
-fn requeue(requeue: bool) -> BasicNackOptions {
-    BasicNackOptions {
-        requeue,
-        ..Default::default()
-    }
 }
 
 /// What a lane hands over, as messages for the lines: itself, or a batch's members. A batch
@@ -220,7 +214,7 @@ pub(super) fn unpark(session: &Session, d: Delivery) -> Vec<Message> {
         Err(e) => {
             tracing::error!(lane = %d.routing_key, error = %e, "a parked batch cannot be read; the lane dead-letters it");
             tokio::spawn(async move {
-                let _ = d.nack(requeue(false)).await;
+                let _ = d.nack(nack(false)).await;
             });
             Vec::new()
         }
@@ -240,7 +234,7 @@ fn split(session: &Session, d: Delivery, members: Vec<Member>) {
         let all = futures_util::future::join_all(publishes).await;
         if let Some(Err(e)) = all.into_iter().find(Result::is_err) {
             tracing::warn!(lane, error = %e, "could not split a parked batch; it goes back whole");
-            let _ = d.nack(requeue(true)).await;
+            let _ = d.nack(nack(true)).await;
             session.broken.cancel();
         } else {
             let _ = d.ack(BasicAckOptions::default()).await;

@@ -47,17 +47,11 @@ async fn b_behind_a_backlog(env: &TestEnv, backlog: usize, most: usize, settings
     for i in 0..backlog {
         env.publish(&for_app(&format!("a-{i}"), APP_ID)).await;
     }
-    let mut worker = env
-        .worker_command()
-        .env("WXNOTIFY_TEMPLATES", &file.0)
-        .envs(apps_env())
-        .env("WXNOTIFY_CONCURRENCY", "8")
-        .env("WXNOTIFY_PREFETCH", "64")
-        .envs(settings.iter().copied())
-        .stdout(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("start wxnotify worker");
+    let mut worker = spawn_worker(
+        env,
+        &file,
+        &[&[("WXNOTIFY_CONCURRENCY", "8"), ("WXNOTIFY_PREFETCH", "64")], settings].concat(),
+    );
     wait_for("A's first sends", T, || async { accepted(env, APP_ID) >= 20 }).await;
     for i in 0..5 {
         env.publish(&for_app(&format!("b-{i}"), B)).await;
@@ -81,34 +75,29 @@ async fn b_behind_a_backlog(env: &TestEnv, backlog: usize, most: usize, settings
 }
 
 async fn lanes_empty(env: &TestEnv) -> bool {
-    let ch = env.channel().await;
     for app in [APP_ID, B] {
-        let passive = QueueDeclareOptions {
-            passive: true,
-            ..QueueDeclareOptions::default()
-        };
-        let lane = env.topology.lane(app);
-        let q = ch
-            .queue_declare(lane.as_str().into(), passive, Default::default())
-            .await
-            .expect("the lane exists");
-        if q.message_count() > 0 {
+        if ready_in(env, &env.topology.lane(app)).await > 0 {
             return false;
         }
     }
     true
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn another_apps_events_do_not_wait_behind_a_campaign() {
-    let env = TestEnv::with_sim(SimConfig {
+/// WeChat answering each send after 20 ms.
+async fn answering_in_20_ms() -> TestEnv {
+    TestEnv::with_sim(SimConfig {
         faults: Faults {
             latency_ms: 20,
             ..Faults::default()
         },
         ..SimConfig::default()
     })
-    .await;
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn another_apps_events_do_not_wait_behind_a_campaign() {
+    let env = answering_in_20_ms().await;
     // 8 sends at a time, 20 ms each: the backlog takes seconds; B's events must not.
     b_behind_a_backlog(&env, 1500, 1000, &[]).await;
 }
@@ -120,11 +109,12 @@ async fn an_app_waiting_for_its_rate_leaves_the_permits_to_the_others() {
     b_behind_a_backlog(&env, 200, 100, &[("WXNOTIFY_RATE_LIMIT", "20")]).await;
 }
 
-/// A worker of several apps (defaults otherwise), its output discarded.
-fn spawn_worker(env: &TestEnv, file: &AppsFile) -> tokio::process::Child {
+/// A worker of several apps with these settings (defaults otherwise), its output discarded.
+fn spawn_worker(env: &TestEnv, file: &AppsFile, settings: &[(&str, &str)]) -> tokio::process::Child {
     env.worker_command()
         .env("WXNOTIFY_TEMPLATES", &file.0)
         .envs(apps_env())
+        .envs(settings.iter().copied())
         .stdout(Stdio::null())
         .kill_on_drop(true)
         .spawn()
@@ -158,7 +148,7 @@ async fn a_batch_handed_out_again_is_split_and_each_event_goes_once() {
     let file = AppsFile(apps_file(&std::env::temp_dir()));
     let lane = env.topology.lane(B);
     // A first worker declares the lanes; it is gone before the batch arrives.
-    let mut first = spawn_worker(&env, &file);
+    let mut first = spawn_worker(&env, &file, &[]);
     env.publish(&for_app("b-first", B)).await;
     wait_for("the first worker's send", T, || async { accepted(&env, B) == 1 }).await;
     first.start_kill().expect("kill");
@@ -182,7 +172,7 @@ async fn a_batch_handed_out_again_is_split_and_each_event_goes_once() {
         })
         .await
         .expect("nack");
-    let mut worker = spawn_worker(&env, &file);
+    let mut worker = spawn_worker(&env, &file, &[]);
     wait_for("the batch's ten sends", T, || async { accepted(&env, B) == 11 }).await;
     wait_for("the lanes empty", T, || lanes_empty(&env)).await;
     worker.start_kill().expect("kill");
@@ -195,7 +185,7 @@ async fn a_batch_handed_out_again_is_split_and_each_event_goes_once() {
 async fn a_batch_that_cannot_be_read_is_dead_lettered_and_the_lane_goes_on() {
     let env = TestEnv::new().await;
     let file = AppsFile(apps_file(&std::env::temp_dir()));
-    let mut worker = spawn_worker(&env, &file);
+    let mut worker = spawn_worker(&env, &file, &[]);
     env.publish(&for_app("b-first", B)).await;
     wait_for("the first send", T, || async { accepted(&env, B) == 1 }).await;
     let (good, _) = batch_of(&[for_app("b-cut", B), for_app("b-cut-2", B)]);
@@ -229,31 +219,14 @@ async fn ready_in(env: &TestEnv, queue: &str) -> u32 {
 /// are split, and every event reaches WeChat once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_worker_killed_holding_parked_batches_loses_and_duplicates_nothing() {
-    let env = TestEnv::with_sim(SimConfig {
-        faults: Faults {
-            latency_ms: 20,
-            ..Faults::default()
-        },
-        ..SimConfig::default()
-    })
-    .await;
+    let env = answering_in_20_ms().await;
     let file = AppsFile(apps_file(&std::env::temp_dir()));
     let backlog = 1500;
     for i in 0..backlog {
         env.publish(&for_app(&format!("a-{i}"), APP_ID)).await;
     }
-    let start = |env: &TestEnv| {
-        env.worker_command()
-            .env("WXNOTIFY_TEMPLATES", &file.0)
-            .envs(apps_env())
-            .env("WXNOTIFY_CONCURRENCY", "8")
-            .env("WXNOTIFY_PREFETCH", "256")
-            .stdout(Stdio::null())
-            .kill_on_drop(true)
-            .spawn()
-            .expect("start wxnotify worker")
-    };
-    let mut first = start(&env);
+    let settings = [("WXNOTIFY_CONCURRENCY", "8"), ("WXNOTIFY_PREFETCH", "256")];
+    let mut first = spawn_worker(&env, &file, &settings);
     wait_for("A's backlog parked and being sent", T, || async {
         accepted(&env, APP_ID) >= 200 && ready_in(&env, &env.topology.queue).await == 0
     })
@@ -269,7 +242,7 @@ async fn a_worker_killed_holding_parked_batches_loses_and_duplicates_nothing() {
     );
     first.start_kill().expect("SIGKILL");
     let _ = first.wait().await;
-    let mut second = start(&env);
+    let mut second = spawn_worker(&env, &file, &settings);
     wait_for("the whole backlog", T * 3, || async {
         accepted(&env, APP_ID) == backlog
     })
@@ -292,7 +265,7 @@ async fn a_batch_replayed_from_the_dead_letter_queue_sends_each_member() {
     env.publish_to_queue(&env.topology.dlq, &body, props).await;
     let out = env.wxnotify(&["dlq", "replay", "--all"]).output().await.unwrap();
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let mut worker = spawn_worker(&env, &file);
+    let mut worker = spawn_worker(&env, &file, &[]);
     wait_for("the three members sent", T, || async { accepted(&env, B) == 3 }).await;
     wait_for("the three recorded sent", T, || async {
         env.count("SELECT count(*) FROM deliveries WHERE status = 'sent'").await == 3
